@@ -1,0 +1,651 @@
+//! Semantic validation: the rules a JSON Schema cannot express (name formats, uniqueness,
+//! "exactly one of", min ≤ desired ≤ max, parseable quantities, cron schedules, parameter
+//! types). Every rule reports a [`FieldError`] with the path of the offending field, and all
+//! problems are collected rather than stopping at the first.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
+
+use serde_json::Value;
+
+use crate::database::ManagedDatabaseSpec;
+use crate::instance::{HealthCheck, InstanceSpec};
+use crate::kinds::{Kind, TypedObject};
+use crate::loadbalancer::LoadBalancerSpec;
+use crate::meta::{ObjectMeta, API_VERSION};
+use crate::quantity::{parse_bytes, parse_cpu_millis};
+use crate::scalinggroup::ScalingGroupSpec;
+use crate::secret::SecretSpec;
+use crate::stack::{ParameterSpec, ParameterType, StackSpec};
+use crate::{FieldError, FieldPath};
+
+/// Collects field errors.
+#[derive(Debug, Default)]
+pub struct Errors(pub Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, path: FieldPath, message: impl Into<String>) {
+        self.0.push(FieldError::new(path, message));
+    }
+}
+
+/// Checks a DNS-1123 label: at most 63 characters of `a-z`, `0-9` and `-`, starting and
+/// ending with a letter or digit. Returns what is wrong.
+pub fn check_dns_label(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if value.len() > 63 {
+        return Err(format!("{value:?} is {} characters long; at most 63 are allowed", value.len()));
+    }
+    let valid_chars = value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let valid_ends = !value.starts_with('-') && !value.ends_with('-');
+    if !valid_chars || !valid_ends {
+        return Err(format!(
+            "{value:?} is not a DNS-1123 label: use lower-case letters, digits and '-', starting and ending with a letter or digit (e.g. \"my-app-1\")"
+        ));
+    }
+    Ok(())
+}
+
+fn is_label_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= 63
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && text.as_bytes()[0].is_ascii_alphanumeric()
+        && text.as_bytes()[text.len() - 1].is_ascii_alphanumeric()
+}
+
+fn is_dns_subdomain(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 253 && text.split('.').all(|part| check_dns_label(part).is_ok())
+}
+
+/// Checks a label key: an optional DNS subdomain prefix and '/', then a name of at most 63
+/// alphanumerics, '-', '_' and '.'.
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if prefix.is_some_and(|prefix| !is_dns_subdomain(prefix)) || !is_label_name(name) {
+        return Err(format!(
+            "label key {key:?} is invalid: use an optional DNS prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a label value: empty, or at most 63 alphanumerics, '-', '_' and '.', starting and
+/// ending with an alphanumeric.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_name(value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "label value {value:?} is invalid: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+fn check_labels(labels: &BTreeMap<String, String>, path: &FieldPath, errors: &mut Errors) {
+    for (key, value) in labels {
+        if let Err(message) = check_label_key(key) {
+            errors.add(path.key(key), message);
+        }
+        if let Err(message) = check_label_value(value) {
+            errors.add(path.key(key), message);
+        }
+    }
+}
+
+fn check_metadata(meta: &ObjectMeta, errors: &mut Errors) {
+    let path = FieldPath::root().key("metadata");
+    if let Err(message) = check_dns_label(&meta.name) {
+        errors.add(path.key("name"), message);
+    }
+    if let Some(namespace) = &meta.namespace {
+        if let Err(message) = check_dns_label(namespace) {
+            errors.add(path.key("namespace"), message);
+        }
+    }
+    check_labels(&meta.labels, &path.key("labels"), errors);
+    for (key, _) in &meta.annotations {
+        if let Err(message) = check_label_key(key) {
+            errors.add(path.key("annotations").key(key), message);
+        }
+    }
+    for (index, finalizer) in meta.finalizers.iter().enumerate() {
+        if finalizer.trim().is_empty() {
+            errors.add(path.key("finalizers").index(index), "finalizer names must not be empty");
+        }
+    }
+    for (index, owner) in meta.owner_references.iter().enumerate() {
+        let owner_path = path.key("ownerReferences").index(index);
+        if Kind::from_kind_name(&owner.kind).is_none() {
+            errors.add(owner_path.key("kind"), format!("unknown kind {:?}", owner.kind));
+        }
+        if owner.uid.is_empty() {
+            errors.add(owner_path.key("uid"), "the owner's uid is required");
+        }
+    }
+}
+
+fn check_api_version(api_version: &str, errors: &mut Errors) {
+    if api_version != API_VERSION {
+        errors.add(
+            FieldPath::root().key("apiVersion"),
+            format!("unsupported apiVersion {api_version:?}: use {API_VERSION:?}"),
+        );
+    }
+}
+
+/// Validates one object: metadata, then its kind's spec rules.
+pub fn validate_object(object: &TypedObject) -> Vec<FieldError> {
+    let mut errors = Errors::default();
+    let spec = FieldPath::root().key("spec");
+    match object {
+        TypedObject::Instance(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            check_instance_spec(&o.spec, &spec, &mut errors);
+        }
+        TypedObject::LoadBalancer(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            check_load_balancer_spec(&o.spec, &spec, &mut errors);
+        }
+        TypedObject::ScalingGroup(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            check_scaling_group_spec(&o.spec, &spec, &mut errors);
+        }
+        TypedObject::ManagedDatabase(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            check_database_spec(&o.spec, &spec, &mut errors);
+        }
+        TypedObject::Stack(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            check_stack_spec(&o.spec, &spec, &mut errors);
+        }
+        TypedObject::Secret(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            check_secret_spec(&o.spec, &spec, &mut errors);
+        }
+    }
+    check_metadata(object.metadata(), &mut errors);
+    errors.0
+}
+
+fn check_optional_network(network: Option<&String>, path: &FieldPath, errors: &mut Errors) {
+    if let Some(network) = network {
+        if let Err(message) = check_dns_label(network) {
+            errors.add(path.key("network"), message);
+        }
+    }
+}
+
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+/// Validates an Instance spec found at `path` (also used for ScalingGroup templates).
+pub fn check_instance_spec(spec: &InstanceSpec, path: &FieldPath, errors: &mut Errors) {
+    if spec.image.trim().is_empty() || spec.image.chars().any(char::is_whitespace) {
+        errors.add(path.key("image"), "image must be a non-empty reference without spaces, e.g. \"minicloud/web:local\"");
+    }
+    let mut env_names = HashSet::new();
+    for (index, var) in spec.env.iter().enumerate() {
+        let var_path = path.key("env").index(index);
+        if !is_env_name(&var.name) {
+            errors.add(var_path.key("name"), format!("{:?} is not a valid variable name: use letters, digits and '_', not starting with a digit", var.name));
+        } else if !env_names.insert(var.name.as_str()) {
+            errors.add(var_path.key("name"), format!("variable {:?} is set twice", var.name));
+        }
+        match (&var.value, &var.value_from) {
+            (Some(_), Some(_)) => errors.add(var_path, "give either `value` or `valueFrom`, not both"),
+            (None, None) => errors.add(var_path, "give `value` or `valueFrom.secretKeyRef`"),
+            (None, Some(source)) => {
+                if let Err(message) = check_dns_label(&source.secret_key_ref.name) {
+                    errors.add(var_path.key("valueFrom").key("secretKeyRef").key("name"), message);
+                }
+            }
+            (Some(_), None) => {}
+        }
+    }
+    let mut port_names = HashSet::new();
+    let mut container_ports = HashSet::new();
+    let mut host_ports = HashSet::new();
+    for (index, port) in spec.ports.iter().enumerate() {
+        let port_path = path.key("ports").index(index);
+        if let Some(name) = &port.name {
+            if let Err(message) = check_dns_label(name) {
+                errors.add(port_path.key("name"), message);
+            } else if !port_names.insert(name.as_str()) {
+                errors.add(port_path.key("name"), format!("port name {name:?} is used twice"));
+            }
+        }
+        if port.container_port == 0 {
+            errors.add(port_path.key("containerPort"), "must be between 1 and 65535");
+        } else if !container_ports.insert((port.container_port, port.protocol)) {
+            errors.add(port_path.key("containerPort"), format!("container port {} is listed twice", port.container_port));
+        }
+        if let Some(host_port) = port.host_port {
+            if host_port == 0 {
+                errors.add(port_path.key("hostPort"), "must be between 1 and 65535");
+            } else if !host_ports.insert((host_port, port.protocol)) {
+                errors.add(port_path.key("hostPort"), format!("host port {host_port} is published twice"));
+            }
+        }
+        if let Some(ip) = &port.host_ip {
+            if ip.parse::<IpAddr>().is_err() {
+                errors.add(port_path.key("hostIP"), format!("{ip:?} is not an IP address; use e.g. \"127.0.0.1\""));
+            }
+        }
+    }
+    if let Some(resources) = &spec.resources {
+        if let Some(cpu) = &resources.cpu {
+            if let Err(message) = parse_cpu_millis(cpu) {
+                errors.add(path.key("resources").key("cpu"), message);
+            }
+        }
+        if let Some(memory) = &resources.memory {
+            match parse_bytes(memory) {
+                Err(message) => errors.add(path.key("resources").key("memory"), message),
+                Ok(bytes) if bytes < 6 << 20 => errors.add(
+                    path.key("resources").key("memory"),
+                    format!("memory limit {memory:?} is below Docker's minimum of 6Mi"),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+    if let Some(check) = &spec.health_check {
+        check_health_check(check, &path.key("healthCheck"), errors);
+    }
+    check_optional_network(spec.network.as_ref(), path, errors);
+    let mut volume_names = HashSet::new();
+    let mut mount_paths = HashSet::new();
+    for (index, volume) in spec.volumes.iter().enumerate() {
+        let volume_path = path.key("volumes").index(index);
+        if let Err(message) = check_dns_label(&volume.name) {
+            errors.add(volume_path.key("name"), message);
+        } else if !volume_names.insert(volume.name.as_str()) {
+            errors.add(volume_path.key("name"), format!("volume {:?} is listed twice", volume.name));
+        }
+        if !volume.mount_path.starts_with('/') {
+            errors.add(volume_path.key("mountPath"), format!("{:?} must be an absolute path, e.g. \"/data\"", volume.mount_path));
+        } else if !mount_paths.insert(volume.mount_path.as_str()) {
+            errors.add(volume_path.key("mountPath"), format!("{:?} is mounted twice", volume.mount_path));
+        }
+    }
+}
+
+fn check_health_check(check: &HealthCheck, path: &FieldPath, errors: &mut Errors) {
+    let probes = [check.http.is_some(), check.tcp.is_some(), check.exec.is_some()];
+    if probes.iter().filter(|set| **set).count() != 1 {
+        errors.add(path.clone(), "give exactly one of `http`, `tcp` or `exec`");
+    }
+    if let Some(http) = &check.http {
+        if http.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            errors.add(path.key("http").key("path"), "the path must start with '/'");
+        }
+        if http.port == 0 {
+            errors.add(path.key("http").key("port"), "must be between 1 and 65535");
+        }
+    }
+    if check.tcp.as_ref().is_some_and(|tcp| tcp.port == 0) {
+        errors.add(path.key("tcp").key("port"), "must be between 1 and 65535");
+    }
+    if check.exec.as_ref().is_some_and(|exec| exec.command.is_empty()) {
+        errors.add(path.key("exec").key("command"), "give the command to run, e.g. [\"pg_isready\"]");
+    }
+}
+
+fn check_load_balancer_spec(spec: &LoadBalancerSpec, path: &FieldPath, errors: &mut Errors) {
+    if spec.listeners.is_empty() {
+        errors.add(path.key("listeners"), "give at least one listener");
+    }
+    let mut names = HashSet::new();
+    let mut ports = HashSet::new();
+    for (index, listener) in spec.listeners.iter().enumerate() {
+        let listener_path = path.key("listeners").index(index);
+        if let Err(message) = check_dns_label(&listener.name) {
+            errors.add(listener_path.key("name"), message);
+        } else if !names.insert(listener.name.as_str()) {
+            errors.add(listener_path.key("name"), format!("listener {:?} is listed twice", listener.name));
+        }
+        if let Some(port) = listener.port {
+            if !ports.insert(port) {
+                errors.add(listener_path.key("port"), format!("port {port} is used by two listeners"));
+            }
+        }
+    }
+    let targets = path.key("targets");
+    match (&spec.targets.selector, &spec.targets.scaling_group_ref) {
+        (Some(_), Some(_)) | (None, None) => {
+            errors.add(targets.clone(), "give exactly one of `selector` or `scalingGroupRef`")
+        }
+        (Some(selector), None) => {
+            if selector.match_labels.is_empty() {
+                errors.add(targets.key("selector").key("matchLabels"), "an empty selector would match every Instance; give at least one label");
+            }
+            check_labels(&selector.match_labels, &targets.key("selector").key("matchLabels"), errors);
+        }
+        (None, Some(reference)) => {
+            if let Err(message) = check_dns_label(&reference.name) {
+                errors.add(targets.key("scalingGroupRef").key("name"), message);
+            }
+        }
+    }
+    if let Some(check) = &spec.health_check {
+        if check.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+            errors.add(path.key("healthCheck").key("path"), "the path must start with '/'");
+        }
+    }
+    check_optional_network(spec.network.as_ref(), path, errors);
+}
+
+fn check_scaling_group_spec(spec: &ScalingGroupSpec, path: &FieldPath, errors: &mut Errors) {
+    if spec.min_replicas > spec.max_replicas {
+        errors.add(
+            path.key("minReplicas"),
+            format!("minReplicas ({}) is greater than maxReplicas ({})", spec.min_replicas, spec.max_replicas),
+        );
+    }
+    if let Some(desired) = spec.desired_replicas {
+        if desired < spec.min_replicas || desired > spec.max_replicas {
+            errors.add(
+                path.key("desiredReplicas"),
+                format!("desiredReplicas ({desired}) must lie between minReplicas ({}) and maxReplicas ({})", spec.min_replicas, spec.max_replicas),
+            );
+        }
+    }
+    let template = path.key("template");
+    check_labels(&spec.template.labels, &template.key("labels"), errors);
+    check_instance_spec(&spec.template.spec, &template.key("spec"), errors);
+    if spec.max_replicas > 1 {
+        for (index, port) in spec.template.spec.ports.iter().enumerate() {
+            if port.host_port.is_some() {
+                errors.add(
+                    template.key("spec").key("ports").index(index).key("hostPort"),
+                    "replicas cannot share a fixed host port; remove hostPort and put a LoadBalancer in front",
+                );
+            }
+        }
+    }
+    if let Some(rolling) = &spec.update_strategy.rolling_update {
+        if rolling.max_surge == Some(0) && rolling.max_unavailable.unwrap_or(0) == 0 {
+            errors.add(path.key("updateStrategy").key("rollingUpdate"), "maxSurge and maxUnavailable cannot both be 0: the update could never progress");
+        }
+    }
+}
+
+/// Checks a five-field cron schedule (minute hour day-of-month month day-of-week).
+pub fn check_cron(schedule: &str) -> Result<(), String> {
+    const BOUNDS: [(&str, u32, u32); 5] =
+        [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7)];
+    let fields: Vec<&str> = schedule.split_whitespace().collect();
+    if fields.len() != 5 {
+        return Err(format!(
+            "schedule {schedule:?} has {} fields; write five: minute hour day-of-month month day-of-week (e.g. \"0 3 * * *\")",
+            fields.len()
+        ));
+    }
+    for (field, (what, low, high)) in fields.iter().zip(BOUNDS) {
+        for item in field.split(',') {
+            let (range, step) = match item.split_once('/') {
+                Some((range, step)) => (range, Some(step)),
+                None => (item, None),
+            };
+            if let Some(step) = step {
+                if step.parse::<u32>().map_or(true, |s| s == 0) {
+                    return Err(format!("schedule {schedule:?}: step {step:?} of the {what} field must be a positive number"));
+                }
+            }
+            if range == "*" {
+                continue;
+            }
+            let bounds: Vec<&str> = range.splitn(2, '-').collect();
+            for bound in &bounds {
+                match bound.parse::<u32>() {
+                    Ok(n) if (low..=high).contains(&n) => {}
+                    _ => return Err(format!("schedule {schedule:?}: {bound:?} is not a valid {what} ({low}-{high})")),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_database_spec(spec: &ManagedDatabaseSpec, path: &FieldPath, errors: &mut Errors) {
+    if spec.version.trim().is_empty() {
+        errors.add(path.key("version"), "give the engine version, e.g. \"15\"");
+    }
+    if let Some(size) = &spec.storage.size {
+        if let Err(message) = parse_bytes(size) {
+            errors.add(path.key("storage").key("size"), message);
+        }
+    }
+    if let Some(name) = &spec.database_name {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            errors.add(path.key("databaseName"), format!("{name:?} is not a valid database name: use lower-case letters, digits and '_', not starting with a digit"));
+        }
+    }
+    if let Some(backup) = &spec.backup {
+        if let Err(message) = check_cron(&backup.schedule) {
+            errors.add(path.key("backup").key("schedule"), message);
+        }
+    }
+    if let Some(restore) = &spec.restore_from {
+        if restore.backup.trim().is_empty() {
+            errors.add(path.key("restoreFrom").key("backup"), "give the backup's name");
+        }
+    }
+    check_optional_network(spec.network.as_ref(), path, errors);
+}
+
+fn check_secret_spec(spec: &SecretSpec, path: &FieldPath, errors: &mut Errors) {
+    for key in spec.string_data.keys() {
+        let valid = !key.is_empty()
+            && key.len() <= 253
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !valid {
+            errors.add(path.key("stringData").key(key), format!("{key:?} is not a valid key: use letters, digits, '-', '_' and '.'"));
+        }
+    }
+}
+
+/// Whether `value` fits the declared parameter (type, allowed values, bounds). Returns why not.
+pub fn check_parameter_value(parameter: &ParameterSpec, value: &Value) -> Result<(), String> {
+    let type_ok = match parameter.type_ {
+        ParameterType::String => value.is_string(),
+        ParameterType::Integer => value.is_i64() || value.is_u64(),
+        ParameterType::Number => value.is_number(),
+        ParameterType::Boolean => value.is_boolean(),
+    };
+    if !type_ok {
+        return Err(format!("parameter {:?} expects a {:?}, got {value}", parameter.name, parameter.type_));
+    }
+    if !parameter.allowed_values.is_empty() && !parameter.allowed_values.contains(value) {
+        let allowed: Vec<String> = parameter.allowed_values.iter().map(Value::to_string).collect();
+        return Err(format!("{value} is not allowed for parameter {:?}; choose one of {}", parameter.name, allowed.join(", ")));
+    }
+    if let Some(number) = value.as_f64() {
+        if parameter.minimum.is_some_and(|min| number < min) || parameter.maximum.is_some_and(|max| number > max) {
+            return Err(format!(
+                "{value} is outside the range of parameter {:?} ({} to {})",
+                parameter.name,
+                parameter.minimum.map_or("-∞".into(), |m| m.to_string()),
+                parameter.maximum.map_or("∞".into(), |m| m.to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `${name}` placeholders in a string.
+pub fn placeholders(text: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                found.push(&after[..end]);
+                rest = &after[end + 1..];
+            }
+            None => break,
+        }
+    }
+    found
+}
+
+fn collect_placeholders<'v>(value: &'v Value, path: FieldPath, out: &mut Vec<(FieldPath, &'v str)>) {
+    match value {
+        Value::String(text) => out.extend(placeholders(text).into_iter().map(|name| (path.clone(), name))),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                collect_placeholders(item, path.index(index), out);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                collect_placeholders(item, path.key(key), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
+    let mut declared = BTreeMap::new();
+    for (index, parameter) in spec.parameters.iter().enumerate() {
+        let parameter_path = path.key("parameters").index(index);
+        let valid_name = !parameter.name.is_empty()
+            && parameter.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid_name {
+            errors.add(parameter_path.key("name"), format!("{:?} is not a valid parameter name: use letters, digits, '_' and '-'", parameter.name));
+        } else if declared.insert(parameter.name.as_str(), parameter).is_some() {
+            errors.add(parameter_path.key("name"), format!("parameter {:?} is declared twice", parameter.name));
+        }
+        if let Some(default) = &parameter.default {
+            if let Err(message) = check_parameter_value(parameter, default) {
+                errors.add(parameter_path.key("default"), message);
+            }
+        }
+        if let (Some(min), Some(max)) = (parameter.minimum, parameter.maximum) {
+            if min > max {
+                errors.add(parameter_path.key("minimum"), format!("minimum ({min}) is greater than maximum ({max})"));
+            }
+        }
+    }
+    let from_template = spec.template_ref.is_some();
+    for (name, value) in &spec.values {
+        match declared.get(name.as_str()) {
+            Some(parameter) => {
+                if let Err(message) = check_parameter_value(parameter, value) {
+                    errors.add(path.key("values").key(name), message);
+                }
+            }
+            None if !from_template => {
+                errors.add(path.key("values").key(name), format!("no parameter {name:?} is declared; declare it under spec.parameters"))
+            }
+            None => {}
+        }
+    }
+    if !from_template {
+        for (index, parameter) in spec.parameters.iter().enumerate() {
+            if parameter.default.is_none() && !spec.values.contains_key(&parameter.name) {
+                errors.add(
+                    path.key("parameters").index(index),
+                    format!("parameter {:?} has no default and no value: set spec.values.{}", parameter.name, parameter.name),
+                );
+            }
+        }
+        if spec.resources.is_empty() {
+            errors.add(path.key("resources"), "a stack without templateRef needs at least one resource");
+        }
+    }
+    let mut resource_names = BTreeSet::new();
+    for (index, resource) in spec.resources.iter().enumerate() {
+        let resource_path = path.key("resources").index(index);
+        if resource.api_version != API_VERSION {
+            errors.add(resource_path.key("apiVersion"), format!("unsupported apiVersion {:?}: use {API_VERSION:?}", resource.api_version));
+        }
+        match Kind::from_kind_name(&resource.kind) {
+            None => errors.add(resource_path.key("kind"), format!("unknown kind {:?}", resource.kind)),
+            Some(Kind::Stack) => errors.add(resource_path.key("kind"), "stacks cannot contain stacks"),
+            Some(kind) => {
+                if !resource_names.insert((kind, resource.metadata.name.clone())) {
+                    errors.add(resource_path.key("metadata").key("name"), format!("{kind}/{} is listed twice", resource.metadata.name));
+                }
+            }
+        }
+        if placeholders(&resource.metadata.name).is_empty() {
+            if let Err(message) = check_dns_label(&resource.metadata.name) {
+                errors.add(resource_path.key("metadata").key("name"), message);
+            }
+        }
+        let mut found = Vec::new();
+        collect_placeholders(&resource.spec, resource_path.key("spec"), &mut found);
+        found.extend(placeholders(&resource.metadata.name).into_iter().map(|name| (resource_path.key("metadata").key("name"), name)));
+        if !from_template {
+            for (placeholder_path, name) in found {
+                if !declared.contains_key(name) {
+                    errors.add(placeholder_path, format!("${{{name}}} names no declared parameter"));
+                }
+            }
+        }
+    }
+    let mut output_names = HashSet::new();
+    for (index, output) in spec.outputs.iter().enumerate() {
+        if !output_names.insert(output.name.as_str()) {
+            errors.add(path.key("outputs").index(index).key("name"), format!("output {:?} is listed twice", output.name));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        assert!(check_dns_label("web-1").is_ok());
+        assert!(check_dns_label("Web").is_err());
+        assert!(check_dns_label("-web").is_err());
+        assert!(check_dns_label("web-").is_err());
+        assert!(check_dns_label("").is_err());
+        assert!(check_dns_label(&"a".repeat(64)).is_err());
+        assert!(check_dns_label("../etc").is_err());
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        assert!(check_label_key("app").is_ok());
+        assert!(check_label_key("minicloud.dev/name").is_ok());
+        assert!(check_label_key("bad key").is_err());
+        assert!(check_label_key("/x").is_err());
+        assert!(check_label_value("").is_ok());
+        assert!(check_label_value("v1.2_x").is_ok());
+        assert!(check_label_value("-x").is_err());
+    }
+
+    #[test]
+    fn cron_schedules() {
+        assert!(check_cron("0 3 * * *").is_ok());
+        assert!(check_cron("*/15 0-6 1,15 * 1-5").is_ok());
+        assert!(check_cron("0 3 * *").is_err());
+        assert!(check_cron("61 3 * * *").is_err());
+        assert!(check_cron("*/0 3 * * *").is_err());
+    }
+
+    #[test]
+    fn placeholders_are_found() {
+        assert_eq!(placeholders("${a}-${b}"), vec!["a", "b"]);
+        assert!(placeholders("${unterminated").is_empty());
+    }
+}
