@@ -1,0 +1,655 @@
+//! The SQL store, one implementation for SQLite and PostgreSQL (sqlx's `Any` driver with the
+//! same statements; the migrations differ per backend, under `migrations/`).
+//!
+//! Ordering: every write transaction first locks the single `meta` row (an `UPDATE`), then
+//! takes its revisions from it. Writers are therefore serialised, a revision is never used by
+//! two writes, and a transaction holding revision N commits before any transaction can take
+//! N+1. A watcher reading "every change after 4" can thus never see 6 while 5 is still in
+//! flight — the gap PostgreSQL sequences would allow. Lists and watch polls read the head
+//! revision and the rows in one statement, so they see one consistent snapshot.
+//!
+//! Wake-ups: writers in this process wake watchers directly; on PostgreSQL, `pg_notify` at
+//! commit wakes watchers in other replicas (LISTEN), and every watcher also polls once a
+//! second in case a notification was lost.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SecondsFormat, Utc};
+use minicloud_crds::{Object, ObjectKey};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
+use tokio::sync::{watch, Mutex, MutexGuard};
+use tokio::task::JoinHandle;
+
+use super::rules::{self, Plan};
+use super::{
+    ChangeType, Deleted, Event, EventType, NewEvent, ObjectList, Query, Store, StoreError, StoreResult, WatchEvent,
+    WatchStream,
+};
+
+/// How often a watcher polls when no wake-up arrives.
+const FALLBACK_POLL: Duration = Duration::from_secs(1);
+/// Changes read per watch poll.
+const WATCH_PAGE: i64 = 1000;
+/// The PostgreSQL notification channel.
+const CHANNEL: &str = "minicloud_changes";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A store on SQLite or PostgreSQL.
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+    head: Arc<watch::Sender<i64>>,
+    /// Serialises writers in this process (SQLite allows one writer at a time anyway; the lock
+    /// spares them from spinning on SQLITE_BUSY).
+    write_lock: Mutex<()>,
+    listener: Option<JoinHandle<()>>,
+}
+
+impl Drop for SqlStore {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.abort();
+        }
+    }
+}
+
+/// The SQLite URL of the embedded store in `data_dir`.
+pub fn sqlite_url(data_dir: &Path) -> String {
+    format!("sqlite://{}", data_dir.join("minicloud.db").display())
+}
+
+fn install_drivers() {
+    static DRIVERS: Once = Once::new();
+    DRIVERS.call_once(sqlx::any::install_default_drivers);
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn timestamp(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn parse_time(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text).map(|time| time.with_timezone(&Utc)).unwrap_or_default()
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) the store at `url` — `sqlite://PATH` or `postgres://...` —
+    /// and applies pending migrations.
+    pub async fn open(url: &str) -> StoreResult<SqlStore> {
+        install_drivers();
+        let (backend, connect_url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+            let file = path.split('?').next().unwrap_or(path);
+            if let Some(parent) = Path::new(file).parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent).map_err(|error| StoreError::Database(sqlx::Error::Io(error)))?;
+            }
+            let query = if path.contains('?') { "" } else { "?mode=rwc" };
+            (Backend::Sqlite, format!("sqlite://{path}{query}"))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        };
+        let options = match backend {
+            Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|connection, _| {
+                Box::pin(async move {
+                    connection
+                        .execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
+                        .await?;
+                    Ok(())
+                })
+            }),
+            Backend::Postgres => AnyPoolOptions::new().max_connections(10),
+        };
+        let pool = options.connect(&connect_url).await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        let revision: i64 = sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&pool).await?.try_get(0)?;
+        let head = Arc::new(watch::Sender::new(revision));
+        let listener = match backend {
+            Backend::Postgres => Some(tokio::spawn(listen_for_changes(url.to_owned(), head.clone()))),
+            Backend::Sqlite => None,
+        };
+        Ok(SqlStore { pool, backend, head, write_lock: Mutex::new(()), listener })
+    }
+
+    /// Which backend this is, for messages: `sqlite` or `postgres`.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// Closes the connections.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Starts a write: takes the in-process lock, opens a transaction and locks the revision
+    /// row, which serialises writers across processes too.
+    async fn begin_write(&self) -> StoreResult<(MutexGuard<'_, ()>, Transaction<'static, Any>)> {
+        let guard = self.write_lock.lock().await;
+        let mut transaction = self.pool.begin().await?;
+        sqlx::query("UPDATE meta SET revision = revision WHERE id = 1").execute(&mut *transaction).await?;
+        Ok((guard, transaction))
+    }
+
+    /// Commits and wakes watchers.
+    async fn commit(&self, mut transaction: Transaction<'static, Any>, last_revision: Option<i64>) -> StoreResult<()> {
+        if let (Some(revision), Backend::Postgres) = (last_revision, self.backend) {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(revision.to_string())
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        if let Some(revision) = last_revision {
+            self.head.send_if_modified(|head| {
+                let newer = revision > *head;
+                *head = (*head).max(revision);
+                newer
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Takes `count` new revisions; returns the last one.
+async fn take_revisions(transaction: &mut Transaction<'static, Any>, count: i64) -> StoreResult<i64> {
+    let row = sqlx::query("UPDATE meta SET revision = revision + $1 WHERE id = 1 RETURNING revision")
+        .bind(count)
+        .fetch_one(&mut **transaction)
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+async fn read_object(transaction: &mut Transaction<'static, Any>, key: &ObjectKey) -> StoreResult<Option<Object>> {
+    let row = sqlx::query("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
+        .bind(key.kind.as_str())
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .fetch_optional(&mut **transaction)
+        .await?;
+    match row {
+        Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0)?)?)),
+        None => Ok(None),
+    }
+}
+
+/// Writes one change of one object (already stamped with `revision`) and its change-log row.
+async fn write_change(
+    transaction: &mut Transaction<'static, Any>,
+    key: &ObjectKey,
+    object: &Object,
+    revision: i64,
+    change: ChangeType,
+) -> StoreResult<()> {
+    let body = serde_json::to_string(object)?;
+    match change {
+        ChangeType::Added => {
+            let result = sqlx::query(
+                "INSERT INTO objects (kind, namespace, name, uid, revision, owners, body) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(key.kind.as_str())
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .bind(object.metadata.uid.clone().unwrap_or_default())
+            .bind(revision)
+            .bind(rules::owner_column(object))
+            .bind(&body)
+            .execute(&mut **transaction)
+            .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::AlreadyExists(key.clone()));
+            }
+        }
+        ChangeType::Modified => {
+            sqlx::query("UPDATE objects SET revision = $1, owners = $2, body = $3 WHERE kind = $4 AND namespace = $5 AND name = $6")
+                .bind(revision)
+                .bind(rules::owner_column(object))
+                .bind(&body)
+                .bind(key.kind.as_str())
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .execute(&mut **transaction)
+                .await?;
+        }
+        ChangeType::Deleted => {
+            sqlx::query("DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
+                .bind(key.kind.as_str())
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .execute(&mut **transaction)
+                .await?;
+        }
+    }
+    sqlx::query("INSERT INTO changes (revision, kind, namespace, name, change_type, body) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(revision)
+        .bind(key.kind.as_str())
+        .bind(&key.namespace)
+        .bind(&key.name)
+        .bind(change.as_str())
+        .bind(&body)
+        .execute(&mut **transaction)
+        .await?;
+    Ok(())
+}
+
+/// Carries out a plan for an existing object; returns the resulting object and the last
+/// revision taken, if any. A removal cascades to the object's dependents.
+async fn apply_plan(
+    transaction: &mut Transaction<'static, Any>,
+    key: &ObjectKey,
+    plan: Plan,
+) -> StoreResult<(Object, Option<i64>)> {
+    let removing = matches!(plan, Plan::Remove(_));
+    let (object, revision) = write_plan(transaction, key, plan).await?;
+    if removing {
+        let last = cascade(transaction, &object).await?;
+        return Ok((object, last.or(revision)));
+    }
+    Ok((object, revision))
+}
+
+/// Deletes the dependents of a removed object (background cascade: dependents with finalizers
+/// become terminating; the rest go at once, and their own dependents after them).
+async fn cascade(transaction: &mut Transaction<'static, Any>, removed: &Object) -> StoreResult<Option<i64>> {
+    let mut last_revision = None;
+    let mut owners = VecDeque::from([(removed.namespace().to_owned(), removed.metadata.uid.clone().unwrap_or_default())]);
+    while let Some((namespace, uid)) = owners.pop_front() {
+        if uid.is_empty() {
+            continue;
+        }
+        let rows = sqlx::query("SELECT body FROM objects WHERE namespace = $1 AND owners LIKE $2")
+            .bind(&namespace)
+            .bind(format!("% {uid} %"))
+            .fetch_all(&mut **transaction)
+            .await?;
+        for row in rows {
+            let dependent: Object = serde_json::from_str(&row.try_get::<String, _>(0)?)?;
+            let key = rules::key_of(&dependent)?;
+            let plan = rules::prepare_delete(&dependent, &key, None, now())?;
+            let removed_now = matches!(plan, Plan::Remove(_));
+            let (object, revision) = write_plan(transaction, &key, plan).await?;
+            last_revision = revision.or(last_revision);
+            if removed_now {
+                owners.push_back((namespace.clone(), object.metadata.uid.clone().unwrap_or_default()));
+            }
+        }
+    }
+    Ok(last_revision)
+}
+
+/// Writes what a plan says for one object, without cascading.
+async fn write_plan(
+    transaction: &mut Transaction<'static, Any>,
+    key: &ObjectKey,
+    plan: Plan,
+) -> StoreResult<(Object, Option<i64>)> {
+    let (mut object, change) = match plan {
+        Plan::Unchanged(object) => return Ok((object, None)),
+        Plan::Write(object) => (object, ChangeType::Modified),
+        Plan::Remove(object) => (object, ChangeType::Deleted),
+    };
+    let revision = take_revisions(transaction, 1).await?;
+    rules::stamp(&mut object, revision);
+    write_change(transaction, key, &object, revision, change).await?;
+    Ok((object, Some(revision)))
+}
+
+fn event_from_row(row: &AnyRow) -> StoreResult<Event> {
+    let event_type = match row.try_get::<String, _>("event_type")?.as_str() {
+        "Warning" => EventType::Warning,
+        _ => EventType::Normal,
+    };
+    Ok(Event {
+        id: row.try_get("id")?,
+        kind: row.try_get("kind")?,
+        namespace: row.try_get("namespace")?,
+        name: row.try_get("name")?,
+        uid: row.try_get("uid")?,
+        event_type,
+        reason: row.try_get("reason")?,
+        message: row.try_get("message")?,
+        count: row.try_get("count")?,
+        first_timestamp: parse_time(&row.try_get::<String, _>("first_time")?),
+        last_timestamp: parse_time(&row.try_get::<String, _>("last_time")?),
+    })
+}
+
+const EVENT_COLUMNS: &str = "id, kind, namespace, name, uid, event_type, reason, message, count, first_time, last_time";
+
+#[async_trait]
+impl Store for SqlStore {
+    async fn create(&self, object: Object) -> StoreResult<Object> {
+        let mut created = self.create_all(vec![object]).await?;
+        created.pop().ok_or_else(|| StoreError::Invalid("nothing was created".into()))
+    }
+
+    async fn create_all(&self, objects: Vec<Object>) -> StoreResult<Vec<Object>> {
+        if objects.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys = objects.iter().map(rules::key_of).collect::<StoreResult<Vec<_>>>()?;
+        let (_guard, mut transaction) = self.begin_write().await?;
+        let count = i64::try_from(objects.len()).map_err(|_| StoreError::Invalid("too many objects".into()))?;
+        let last = take_revisions(&mut transaction, count).await?;
+        let mut created = Vec::with_capacity(objects.len());
+        let time = now();
+        for ((index, object), key) in objects.into_iter().enumerate().zip(&keys) {
+            let revision = last - count + 1 + index as i64;
+            let mut object = rules::prepare_create(object, time);
+            rules::stamp(&mut object, revision);
+            write_change(&mut transaction, key, &object, revision, ChangeType::Added).await?;
+            created.push(object);
+        }
+        self.commit(transaction, Some(last)).await?;
+        Ok(created)
+    }
+
+    async fn get(&self, key: &ObjectKey) -> StoreResult<Object> {
+        let row = sqlx::query("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
+            .bind(key.kind.as_str())
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        Ok(serde_json::from_str(&row.try_get::<String, _>(0)?)?)
+    }
+
+    async fn list(&self, query: &Query) -> StoreResult<ObjectList> {
+        let mut sql = String::from("SELECT m.revision, o.body FROM meta m LEFT JOIN objects o ON 1 = 1");
+        let mut binds = Vec::new();
+        if let Some(kind) = query.kind {
+            binds.push(kind.as_str().to_owned());
+            sql.push_str(&format!(" AND o.kind = ${}", binds.len()));
+        }
+        if let Some(namespace) = &query.namespace {
+            binds.push(namespace.clone());
+            sql.push_str(&format!(" AND o.namespace = ${}", binds.len()));
+        }
+        sql.push_str(" WHERE m.id = 1 ORDER BY o.kind, o.namespace, o.name");
+        let mut statement = sqlx::query(&sql);
+        for bind in binds {
+            statement = statement.bind(bind);
+        }
+        let rows = statement.fetch_all(&self.pool).await?;
+        let mut revision = 0;
+        let mut items = Vec::with_capacity(rows.len());
+        for row in rows {
+            revision = row.try_get(0)?;
+            if let Some(body) = row.try_get::<Option<String>, _>(1)? {
+                let object: Object = serde_json::from_str(&body)?;
+                if query.selector.matches(&object.metadata.labels) {
+                    items.push(object);
+                }
+            }
+        }
+        Ok(ObjectList { revision, items })
+    }
+
+    async fn update(&self, object: Object) -> StoreResult<Object> {
+        let key = rules::key_of(&object)?;
+        let (_guard, mut transaction) = self.begin_write().await?;
+        let stored = read_object(&mut transaction, &key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let plan = rules::prepare_update(&stored, &key, object)?;
+        let (object, revision) = apply_plan(&mut transaction, &key, plan).await?;
+        self.commit(transaction, revision).await?;
+        Ok(object)
+    }
+
+    async fn update_status(&self, object: Object) -> StoreResult<Object> {
+        let key = rules::key_of(&object)?;
+        let (_guard, mut transaction) = self.begin_write().await?;
+        let stored = read_object(&mut transaction, &key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let plan = rules::prepare_status(&stored, &key, object)?;
+        let (object, revision) = apply_plan(&mut transaction, &key, plan).await?;
+        self.commit(transaction, revision).await?;
+        Ok(object)
+    }
+
+    async fn delete(&self, key: &ObjectKey, resource_version: Option<&str>) -> StoreResult<Deleted> {
+        let (_guard, mut transaction) = self.begin_write().await?;
+        let stored = read_object(&mut transaction, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let plan = rules::prepare_delete(&stored, key, resource_version, now())?;
+        let gone = matches!(plan, Plan::Remove(_));
+        let (object, revision) = apply_plan(&mut transaction, key, plan).await?;
+        self.commit(transaction, revision).await?;
+        Ok(if gone { Deleted::Gone(object) } else { Deleted::Terminating(object) })
+    }
+
+    async fn watch(&self, query: Query, revision: i64) -> StoreResult<WatchStream> {
+        let compacted: i64 =
+            sqlx::query("SELECT compacted_revision FROM meta WHERE id = 1").fetch_one(&self.pool).await?.try_get(0)?;
+        if revision < compacted {
+            return Err(StoreError::Expired { requested: revision, compacted });
+        }
+        let watcher = Watcher {
+            pool: self.pool.clone(),
+            query,
+            last: revision,
+            buffer: VecDeque::new(),
+            head: self.head.subscribe(),
+            finished: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(watcher, |mut watcher| async move {
+            let item = watcher.next().await?;
+            Some((item, watcher))
+        })))
+    }
+
+    async fn revision(&self) -> StoreResult<i64> {
+        Ok(sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&self.pool).await?.try_get(0)?)
+    }
+
+    async fn compact(&self, revision: i64) -> StoreResult<i64> {
+        let (_guard, mut transaction) = self.begin_write().await?;
+        let row = sqlx::query("SELECT revision, compacted_revision FROM meta WHERE id = 1").fetch_one(&mut *transaction).await?;
+        let (head, compacted): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+        let target = revision.min(head);
+        if target <= compacted {
+            return Ok(compacted);
+        }
+        sqlx::query("DELETE FROM changes WHERE revision <= $1").bind(target).execute(&mut *transaction).await?;
+        sqlx::query("UPDATE meta SET compacted_revision = $1 WHERE id = 1").bind(target).execute(&mut *transaction).await?;
+        self.commit(transaction, None).await?;
+        Ok(target)
+    }
+
+    async fn record_event(&self, event: NewEvent) -> StoreResult<Event> {
+        let (_guard, mut transaction) = self.begin_write().await?;
+        let time = timestamp(now());
+        let existing = sqlx::query(
+            "SELECT id FROM events WHERE uid = $1 AND event_type = $2 AND reason = $3 AND message = $4 ORDER BY id DESC LIMIT 1",
+        )
+        .bind(&event.uid)
+        .bind(event.event_type.as_str())
+        .bind(&event.reason)
+        .bind(&event.message)
+        .fetch_optional(&mut *transaction)
+        .await?;
+        let id: i64 = match existing {
+            Some(row) => {
+                let id: i64 = row.try_get(0)?;
+                sqlx::query("UPDATE events SET count = count + 1, last_time = $1 WHERE id = $2")
+                    .bind(&time)
+                    .bind(id)
+                    .execute(&mut *transaction)
+                    .await?;
+                id
+            }
+            None => sqlx::query(
+                "INSERT INTO events (kind, namespace, name, uid, event_type, reason, message, count, first_time, last_time) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8) RETURNING id",
+            )
+            .bind(event.object.kind.as_str())
+            .bind(&event.object.namespace)
+            .bind(&event.object.name)
+            .bind(&event.uid)
+            .bind(event.event_type.as_str())
+            .bind(&event.reason)
+            .bind(&event.message)
+            .bind(&time)
+            .fetch_one(&mut *transaction)
+            .await?
+            .try_get(0)?,
+        };
+        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"))
+            .bind(id)
+            .fetch_one(&mut *transaction)
+            .await?;
+        let recorded = event_from_row(&row)?;
+        self.commit(transaction, None).await?;
+        Ok(recorded)
+    }
+
+    async fn events(&self, namespace: Option<&str>, object: Option<&ObjectKey>) -> StoreResult<Vec<Event>> {
+        let rows = match (object, namespace) {
+            (Some(key), _) => {
+                sqlx::query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE kind = $1 AND namespace = $2 AND name = $3 ORDER BY id"
+                ))
+                .bind(key.kind.as_str())
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            (None, Some(namespace)) => {
+                sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE namespace = $1 ORDER BY id"))
+                    .bind(namespace)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            (None, None) => sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id")).fetch_all(&self.pool).await?,
+        };
+        rows.iter().map(event_from_row).collect()
+    }
+}
+
+/// The state of one watch: where it is, and what it has read but not yet delivered.
+struct Watcher {
+    pool: AnyPool,
+    query: Query,
+    last: i64,
+    buffer: VecDeque<WatchEvent>,
+    head: watch::Receiver<i64>,
+    finished: bool,
+}
+
+impl Watcher {
+    /// The next change, waiting for one as long as it takes. `None` after an error was
+    /// delivered: the stream ends there.
+    async fn next(&mut self) -> Option<StoreResult<WatchEvent>> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            if let Some(event) = self.buffer.pop_front() {
+                return Some(Ok(event));
+            }
+            self.head.borrow_and_update();
+            match self.poll().await {
+                Ok(true) => continue,
+                Ok(false) => {
+                    // Nothing new: wait for a wake-up from a writer, or poll again later.
+                    if tokio::time::timeout(FALLBACK_POLL, self.head.changed()).await.is_ok_and(|r| r.is_err()) {
+                        tokio::time::sleep(FALLBACK_POLL).await;
+                    }
+                }
+                Err(error) => {
+                    self.finished = true;
+                    return Some(Err(error));
+                }
+            }
+        }
+    }
+
+    /// Reads the next page of changes; true when it advanced.
+    async fn poll(&mut self) -> StoreResult<bool> {
+        let mut sql = String::from(
+            "SELECT m.revision, m.compacted_revision, c.revision, c.change_type, c.body FROM meta m \
+             LEFT JOIN changes c ON c.revision > $1",
+        );
+        let mut binds = Vec::new();
+        if let Some(kind) = self.query.kind {
+            binds.push(kind.as_str().to_owned());
+            sql.push_str(&format!(" AND c.kind = ${}", binds.len() + 1));
+        }
+        if let Some(namespace) = &self.query.namespace {
+            binds.push(namespace.clone());
+            sql.push_str(&format!(" AND c.namespace = ${}", binds.len() + 1));
+        }
+        sql.push_str(&format!(" WHERE m.id = 1 ORDER BY c.revision LIMIT {WATCH_PAGE}"));
+        let mut statement = sqlx::query(&sql).bind(self.last);
+        for bind in binds {
+            statement = statement.bind(bind);
+        }
+        let rows = statement.fetch_all(&self.pool).await?;
+        let start = self.last;
+        let mut head = self.last;
+        let mut read = 0;
+        for row in &rows {
+            head = row.try_get(0)?;
+            let compacted: i64 = row.try_get(1)?;
+            if self.last < compacted {
+                return Err(StoreError::Expired { requested: self.last, compacted });
+            }
+            let Some(revision) = row.try_get::<Option<i64>, _>(2)? else { continue };
+            read += 1;
+            let change = ChangeType::parse(&row.try_get::<String, _>(3)?)
+                .ok_or_else(|| StoreError::Invalid("unknown change type in the change log".into()))?;
+            let object: Object = serde_json::from_str(&row.try_get::<String, _>(4)?)?;
+            self.last = revision;
+            if self.query.selector.matches(&object.metadata.labels) {
+                self.buffer.push_back(WatchEvent { change, revision, object });
+            }
+        }
+        if read < WATCH_PAGE {
+            // Everything up to the head of this snapshot has been read.
+            self.last = self.last.max(head);
+        }
+        Ok(self.last > start)
+    }
+}
+
+/// Wakes local watchers when another replica writes (PostgreSQL LISTEN). Reconnects after
+/// failures; watchers' fallback poll covers the gaps.
+async fn listen_for_changes(url: String, head: Arc<watch::Sender<i64>>) {
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => {
+                if listener.listen(CHANNEL).await.is_ok() {
+                    while let Ok(notification) = listener.recv().await {
+                        if let Ok(revision) = notification.payload().parse::<i64>() {
+                            head.send_if_modified(|current| {
+                                let newer = revision > *current;
+                                *current = (*current).max(revision);
+                                newer
+                            });
+                        }
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen for store changes; watchers fall back to polling"),
+        }
+        tokio::time::sleep(FALLBACK_POLL).await;
+    }
+}

@@ -1,0 +1,78 @@
+//! Test support shared by the integration tests: databases to run the store against (a
+//! temporary SQLite file, or a fresh database on a real PostgreSQL server) and object builders.
+#![allow(dead_code)]
+
+pub mod store_suite;
+
+use minicloud::store::SqlStore;
+use minicloud_crds::Object;
+use serde_json::json;
+use sqlx::Connection;
+
+/// Where the PostgreSQL tests connect to create their databases. `scripts/test` and `.ci/run`
+/// set it; the default suits a local server with the role `scripts/test` creates.
+pub fn postgres_admin_url() -> String {
+    std::env::var("MINICLOUD_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://minicloud:minicloud@127.0.0.1:5432/postgres".into())
+}
+
+/// A database for one test. PostgreSQL databases are dropped by [`TestDb::cleanup`]; SQLite
+/// files vanish with their temporary directory.
+pub struct TestDb {
+    pub url: String,
+    directory: Option<tempfile::TempDir>,
+    postgres_name: Option<String>,
+}
+
+impl TestDb {
+    /// A new SQLite file in a temporary directory.
+    pub async fn sqlite() -> TestDb {
+        let directory = tempfile::tempdir().expect("temporary directory");
+        let url = minicloud::store::sql::sqlite_url(directory.path());
+        TestDb { url, directory: Some(directory), postgres_name: None }
+    }
+
+    /// A new, empty database on the test PostgreSQL server. Fails loudly when no server
+    /// answers: the PostgreSQL half of the suite is never skipped silently.
+    pub async fn postgres() -> TestDb {
+        let admin = postgres_admin_url();
+        let mut connection = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|error| {
+            panic!(
+                "cannot reach the test PostgreSQL at {admin}: {error}. Run the tests with `scripts/test`, which starts PostgreSQL, or set MINICLOUD_TEST_POSTGRES_URL"
+            )
+        });
+        let name = format!("minicloud_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut connection).await.expect("create test database");
+        connection.close().await.ok();
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
+        TestDb { url: format!("{base}/{name}"), directory: None, postgres_name: Some(name) }
+    }
+
+    /// Opens a store on this database (several may be open at once, like replicas).
+    pub async fn open(&self) -> SqlStore {
+        SqlStore::open(&self.url).await.expect("open store")
+    }
+
+    /// Drops the PostgreSQL database.
+    pub async fn cleanup(self) {
+        if let Some(name) = &self.postgres_name {
+            if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut connection).await.ok();
+            }
+        }
+        drop(self.directory);
+    }
+}
+
+/// An Instance object named `name` in `namespace` with the given labels.
+pub fn instance(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Object {
+    let labels: serde_json::Map<String, serde_json::Value> =
+        labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    serde_json::from_value(json!({
+        "apiVersion": "minicloud.dev/v1",
+        "kind": "Instance",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"image": "minicloud/web:local", "env": [{"name": "COUNTER", "value": "0"}]}
+    }))
+    .expect("instance object")
+}
