@@ -98,6 +98,13 @@ fn check_labels(labels: &BTreeMap<String, String>, path: &FieldPath, errors: &mu
     }
 }
 
+/// Validates the metadata of an object of any kind (also usable when its spec is broken).
+pub fn validate_metadata(meta: &ObjectMeta) -> Vec<FieldError> {
+    let mut errors = Errors::default();
+    check_metadata(meta, &mut errors);
+    errors.0
+}
+
 fn check_metadata(meta: &ObjectMeta, errors: &mut Errors) {
     let path = FieldPath::root().key("metadata");
     if let Err(message) = check_dns_label(&meta.name) {

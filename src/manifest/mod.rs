@@ -17,8 +17,8 @@ use std::sync::{Arc, OnceLock};
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::paths::LocationSegment;
 use jsonschema::{ValidationError, Validator};
-use minicloud_crds::validation::validate_object;
-use minicloud_crds::{FieldPath, Kind, Object, ObjectKey, PathSegment, TypedObject};
+use minicloud_crds::validation::{validate_metadata, validate_object};
+use minicloud_crds::{FieldPath, Kind, Object, ObjectKey, ObjectMeta, PathSegment, TypedObject};
 use serde_json::Value;
 
 use self::yaml::{Position, SpanIndex};
@@ -76,6 +76,8 @@ pub struct Manifest {
     pub file: Arc<str>,
     pub position: Position,
     pub object: TypedObject,
+    /// Positions of the document's keys and values, for errors found after parsing.
+    pub spans: Arc<SpanIndex>,
 }
 
 impl Manifest {
@@ -195,7 +197,12 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<Manifest>, ManifestError>
         };
         for document in documents {
             match check_document(document.value, &document.spans) {
-                Ok(object) => manifests.push(Manifest { file: file.clone(), position: document.position, object }),
+                Ok(object) => manifests.push(Manifest {
+                    file: file.clone(),
+                    position: document.position,
+                    object,
+                    spans: Arc::new(document.spans),
+                }),
                 Err(located) => problems.extend(located.into_iter().map(|problem| Diagnostic {
                     file: source.name.clone(),
                     position: Some(problem.position.unwrap_or(document.position)),
@@ -206,6 +213,8 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<Manifest>, ManifestError>
         }
     }
     problems.extend(check_references(&manifests));
+    let order: HashMap<&str, usize> = sources.iter().enumerate().map(|(index, source)| (source.name.as_str(), index)).collect();
+    problems.sort_by_key(|problem| (order.get(problem.file.as_str()).copied(), problem.position));
     if problems.is_empty() {
         Ok(manifests)
     } else {
@@ -252,8 +261,13 @@ fn check_document(value: Value, spans: &SpanIndex) -> Result<TypedObject, Vec<Lo
         },
         Some(other) => return Err(vec![at_value(kind_path, format!("kind must be a string, got {other}"))]),
     };
-    let schema_errors = schema_problems(kind, &value, spans);
+    let mut schema_errors = schema_problems(kind, &value, spans);
     if !schema_errors.is_empty() {
+        // Report name and label problems too, when the metadata itself decodes.
+        if let Some(meta) = value.get("metadata").and_then(|meta| serde_json::from_value::<ObjectMeta>(meta.clone()).ok()) {
+            schema_errors.extend(validate_metadata(&meta).into_iter().map(|error| at_value(error.path, error.message)));
+            schema_errors.sort_by_key(|problem| problem.position);
+        }
         return Err(schema_errors);
     }
     let object = TypedObject::from_value(kind, value).map_err(|error| vec![at_value(error.path, error.message)])?;
@@ -346,7 +360,24 @@ fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, spans: &Sp
                 .iter()
                 .filter(|branch| !branch.iter().any(|inner| is_null_type_error(inner, &path)))
                 .collect();
-            if relevant.len() == 1 && !relevant[0].is_empty() {
+            let allowed: Vec<String> = context
+                .iter()
+                .filter_map(|branch| match branch.as_slice() {
+                    [only] => match only.kind() {
+                        ValidationErrorKind::Constant { expected_value } => Some(expected_value.to_string()),
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
+            if !allowed.is_empty() && allowed.len() == context.len() {
+                let got = error.instance().to_string();
+                out.push(Located {
+                    position: spans.value_position(&path),
+                    path: path.clone(),
+                    message: format!("{got} is not one of {}", allowed.join(", ")),
+                });
+            } else if relevant.len() == 1 && !relevant[0].is_empty() {
                 for inner in relevant[0] {
                     describe_schema_error(inner, schema, spans, out);
                 }
@@ -445,11 +476,12 @@ fn check_references(manifests: &[Manifest]) -> Vec<Diagnostic> {
     let mut problems = Vec::new();
     let mut seen: HashMap<ObjectKey, &Manifest> = HashMap::new();
     for manifest in manifests {
-        if let Some(first) = seen.insert(manifest.key(), manifest) {
+        if let Some(first) = seen.get(&manifest.key()) {
+            let path = FieldPath::parse("metadata.name");
             problems.push(Diagnostic {
                 file: manifest.file.to_string(),
-                position: Some(manifest.position),
-                path: Some(FieldPath::parse("metadata.name")),
+                position: manifest.spans.value_position(&path).or(Some(manifest.position)),
+                path: Some(path),
                 message: format!(
                     "{} is declared twice (first at {}:{}:{}); each object may appear once per batch",
                     manifest.key(),
@@ -458,18 +490,17 @@ fn check_references(manifests: &[Manifest]) -> Vec<Diagnostic> {
                     first.position.column
                 ),
             });
+        } else {
+            seen.insert(manifest.key(), manifest);
         }
     }
-    let secrets: BTreeMap<(String, String), Vec<String>> = manifests
-        .iter()
-        .filter_map(|manifest| match &manifest.object {
-            TypedObject::Secret(secret) => Some((
-                (secret.metadata.namespace_or_default().to_owned(), secret.metadata.name.clone()),
-                secret.spec.string_data.keys().cloned().collect(),
-            )),
-            _ => None,
-        })
-        .collect();
+    let mut secrets: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for manifest in manifests {
+        if let TypedObject::Secret(secret) = &manifest.object {
+            let key = (secret.metadata.namespace_or_default().to_owned(), secret.metadata.name.clone());
+            secrets.entry(key).or_insert_with(|| secret.spec.string_data.keys().cloned().collect());
+        }
+    }
     for manifest in manifests {
         let namespace = manifest.object.metadata().namespace_or_default().to_owned();
         let (spec, base) = match &manifest.object {
@@ -482,16 +513,13 @@ fn check_references(manifests: &[Manifest]) -> Vec<Diagnostic> {
             let reference = &source.secret_key_ref;
             if let Some(keys) = secrets.get(&(namespace.clone(), reference.name.clone())) {
                 if !keys.contains(&reference.key) {
+                    let path = base.key("env").index(index).key("valueFrom").key("secretKeyRef").key("key");
+                    let known = if keys.is_empty() { "it has none".to_owned() } else { format!("its keys are: {}", keys.join(", ")) };
                     problems.push(Diagnostic {
                         file: manifest.file.to_string(),
-                        position: Some(manifest.position),
-                        path: Some(base.key("env").index(index).key("valueFrom").key("secretKeyRef").key("key")),
-                        message: format!(
-                            "secret/{} has no key {:?}; its keys are: {}",
-                            reference.name,
-                            reference.key,
-                            keys.join(", ")
-                        ),
+                        position: manifest.spans.value_position(&path).or(Some(manifest.position)),
+                        path: Some(path),
+                        message: format!("secret/{} has no key {:?}; {known}", reference.name, reference.key),
                     });
                 }
             }

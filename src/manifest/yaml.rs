@@ -152,11 +152,8 @@ impl Loader {
             Event::DocumentEnd => {
                 if let Some(value) = self.root.take() {
                     if !value.is_null() {
-                        self.documents.push(Document {
-                            value,
-                            spans: std::mem::take(&mut self.spans),
-                            position: self.document_position,
-                        });
+                        let position = self.spans.values.get(&FieldPath::root()).copied().unwrap_or(self.document_position);
+                        self.documents.push(Document { value, spans: std::mem::take(&mut self.spans), position });
                     }
                 }
             }
@@ -457,7 +454,7 @@ mod tests {
     fn several_documents_and_empty_ones() {
         let documents = parse_documents("a: 1\n---\n# only a comment\n---\nb: 2\n").expect("valid");
         assert_eq!(documents.len(), 2);
-        assert_eq!(documents[1].position.line, 4);
+        assert_eq!(documents[1].position.line, 5);
     }
 
     #[test]
