@@ -65,7 +65,10 @@ fn stdin_and_cross_document_references() {
     assert_eq!(output.status.code(), Some(1));
     let errors = stderr(&output);
     assert!(errors.contains("<stdin>:13:52: spec.env[0].valueFrom.secretKeyRef.key: secret/creds has no key \"passwd\"; its keys are: token"), "{errors}");
-    assert!(errors.contains("<stdin>:17:18: metadata.name: secret/creds is declared twice (first at <stdin>:1:1)"), "{errors}");
+    assert!(
+        errors.contains("<stdin>:17:18: metadata.name: secret/creds is declared twice (first at <stdin>:1:1)"),
+        "{errors}"
+    );
 }
 
 #[test]
@@ -85,7 +88,9 @@ fn missing_files_and_empty_directories_are_clear() {
 /// 101), quickly.
 #[test]
 fn hostile_input_is_refused_cleanly() {
-    let mut bomb = String::from("apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata: {name: bomb}\nx0: &x0 [a, a, a, a, a, a, a, a, a, a]\n");
+    let mut bomb = String::from(
+        "apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata: {name: bomb}\nx0: &x0 [a, a, a, a, a, a, a, a, a, a]\n",
+    );
     for level in 1..12 {
         let previous = level - 1;
         bomb.push_str(&format!("x{level}: &x{level} [{}]\n", vec![format!("*x{previous}"); 10].join(", ")));
@@ -94,15 +99,27 @@ fn hostile_input_is_refused_cleanly() {
     let huge = format!("apiVersion: minicloud.dev/v1\n# {}\n", "x".repeat(17 * 1024 * 1024));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         ("truncated", b"apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata: {name: [web\n".to_vec(), "<stdin>:"),
-        ("wrong type", b"apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata: {name: web}\nspec: {image: [1, 2]}\n".to_vec(), "<stdin>:4:15: spec.image: "),
+        (
+            "wrong type",
+            b"apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata: {name: web}\nspec: {image: [1, 2]}\n".to_vec(),
+            "<stdin>:4:15: spec.image: ",
+        ),
         ("not a mapping", b"- just\n- a list\n".to_vec(), "a manifest must be a mapping"),
         ("scalar document", b"hello\n".to_vec(), "a manifest must be a mapping"),
         ("alias bomb", bomb.into_bytes(), "expands to more than"),
         ("deep nesting", deep.into_bytes(), "<stdin>:"),
         ("huge", huge.into_bytes(), "larger than 16 MiB"),
         ("binary", vec![0xff, 0xfe, 0x00, 0x41], "valid UTF-8"),
-        ("path traversal name", b"apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata: {name: ../../etc}\nspec: {}\n".to_vec(), "metadata.name: \"../../etc\" is not a DNS-1123 label"),
-        ("custom tag", b"apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata: {name: x}\nspec: !evil {}\n".to_vec(), "unsupported YAML tag"),
+        (
+            "path traversal name",
+            b"apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata: {name: ../../etc}\nspec: {}\n".to_vec(),
+            "metadata.name: \"../../etc\" is not a DNS-1123 label",
+        ),
+        (
+            "custom tag",
+            b"apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata: {name: x}\nspec: !evil {}\n".to_vec(),
+            "unsupported YAML tag",
+        ),
     ];
     for (name, input, expected) in cases {
         let started = Instant::now();

@@ -13,4 +13,5 @@ store_suite!(common::TestDb::postgres;
     watch_from_a_compacted_revision_is_expired,
     concurrent_updates_lose_nothing,
     concurrent_writers_watch_sees_everything_in_order,
+    compactor_trims_the_change_log,
 );

@@ -75,14 +75,8 @@ pub enum Kind {
 
 impl Kind {
     /// All kinds, in the order they are applied (dependencies first).
-    pub const ALL: [Kind; 6] = [
-        Kind::Secret,
-        Kind::ManagedDatabase,
-        Kind::Instance,
-        Kind::ScalingGroup,
-        Kind::LoadBalancer,
-        Kind::Stack,
-    ];
+    pub const ALL: [Kind; 6] =
+        [Kind::Secret, Kind::ManagedDatabase, Kind::Instance, Kind::ScalingGroup, Kind::LoadBalancer, Kind::Stack];
 
     /// The kind as written in `kind:`.
     pub fn as_str(self) -> &'static str {

@@ -116,7 +116,7 @@ fn check_metadata(meta: &ObjectMeta, errors: &mut Errors) {
         }
     }
     check_labels(&meta.labels, &path.key("labels"), errors);
-    for (key, _) in &meta.annotations {
+    for key in meta.annotations.keys() {
         if let Err(message) = check_label_key(key) {
             errors.add(path.key("annotations").key(key), message);
         }
@@ -197,13 +197,20 @@ fn is_env_name(name: &str) -> bool {
 /// Validates an Instance spec found at `path` (also used for ScalingGroup templates).
 pub fn check_instance_spec(spec: &InstanceSpec, path: &FieldPath, errors: &mut Errors) {
     if spec.image.trim().is_empty() || spec.image.chars().any(char::is_whitespace) {
-        errors.add(path.key("image"), "image must be a non-empty reference without spaces, e.g. \"minicloud/web:local\"");
+        errors
+            .add(path.key("image"), "image must be a non-empty reference without spaces, e.g. \"minicloud/web:local\"");
     }
     let mut env_names = HashSet::new();
     for (index, var) in spec.env.iter().enumerate() {
         let var_path = path.key("env").index(index);
         if !is_env_name(&var.name) {
-            errors.add(var_path.key("name"), format!("{:?} is not a valid variable name: use letters, digits and '_', not starting with a digit", var.name));
+            errors.add(
+                var_path.key("name"),
+                format!(
+                    "{:?} is not a valid variable name: use letters, digits and '_', not starting with a digit",
+                    var.name
+                ),
+            );
         } else if !env_names.insert(var.name.as_str()) {
             errors.add(var_path.key("name"), format!("variable {:?} is set twice", var.name));
         }
@@ -233,7 +240,8 @@ pub fn check_instance_spec(spec: &InstanceSpec, path: &FieldPath, errors: &mut E
         if port.container_port == 0 {
             errors.add(port_path.key("containerPort"), "must be between 1 and 65535");
         } else if !container_ports.insert((port.container_port, port.protocol)) {
-            errors.add(port_path.key("containerPort"), format!("container port {} is listed twice", port.container_port));
+            errors
+                .add(port_path.key("containerPort"), format!("container port {} is listed twice", port.container_port));
         }
         if let Some(host_port) = port.host_port {
             if host_port == 0 {
@@ -279,7 +287,10 @@ pub fn check_instance_spec(spec: &InstanceSpec, path: &FieldPath, errors: &mut E
             errors.add(volume_path.key("name"), format!("volume {:?} is listed twice", volume.name));
         }
         if !volume.mount_path.starts_with('/') {
-            errors.add(volume_path.key("mountPath"), format!("{:?} must be an absolute path, e.g. \"/data\"", volume.mount_path));
+            errors.add(
+                volume_path.key("mountPath"),
+                format!("{:?} must be an absolute path, e.g. \"/data\"", volume.mount_path),
+            );
         } else if !mount_paths.insert(volume.mount_path.as_str()) {
             errors.add(volume_path.key("mountPath"), format!("{:?} is mounted twice", volume.mount_path));
         }
@@ -333,7 +344,10 @@ fn check_load_balancer_spec(spec: &LoadBalancerSpec, path: &FieldPath, errors: &
         }
         (Some(selector), None) => {
             if selector.match_labels.is_empty() {
-                errors.add(targets.key("selector").key("matchLabels"), "an empty selector would match every Instance; give at least one label");
+                errors.add(
+                    targets.key("selector").key("matchLabels"),
+                    "an empty selector would match every Instance; give at least one label",
+                );
             }
             check_labels(&selector.match_labels, &targets.key("selector").key("matchLabels"), errors);
         }
@@ -362,7 +376,10 @@ fn check_scaling_group_spec(spec: &ScalingGroupSpec, path: &FieldPath, errors: &
         if desired < spec.min_replicas || desired > spec.max_replicas {
             errors.add(
                 path.key("desiredReplicas"),
-                format!("desiredReplicas ({desired}) must lie between minReplicas ({}) and maxReplicas ({})", spec.min_replicas, spec.max_replicas),
+                format!(
+                    "desiredReplicas ({desired}) must lie between minReplicas ({}) and maxReplicas ({})",
+                    spec.min_replicas, spec.max_replicas
+                ),
             );
         }
     }
@@ -381,7 +398,10 @@ fn check_scaling_group_spec(spec: &ScalingGroupSpec, path: &FieldPath, errors: &
     }
     if let Some(rolling) = &spec.update_strategy.rolling_update {
         if rolling.max_surge == Some(0) && rolling.max_unavailable.unwrap_or(0) == 0 {
-            errors.add(path.key("updateStrategy").key("rollingUpdate"), "maxSurge and maxUnavailable cannot both be 0: the update could never progress");
+            errors.add(
+                path.key("updateStrategy").key("rollingUpdate"),
+                "maxSurge and maxUnavailable cannot both be 0: the update could never progress",
+            );
         }
     }
 }
@@ -405,7 +425,9 @@ pub fn check_cron(schedule: &str) -> Result<(), String> {
             };
             if let Some(step) = step {
                 if step.parse::<u32>().map_or(true, |s| s == 0) {
-                    return Err(format!("schedule {schedule:?}: step {step:?} of the {what} field must be a positive number"));
+                    return Err(format!(
+                        "schedule {schedule:?}: step {step:?} of the {what} field must be a positive number"
+                    ));
                 }
             }
             if range == "*" {
@@ -460,7 +482,10 @@ fn check_secret_spec(spec: &SecretSpec, path: &FieldPath, errors: &mut Errors) {
             && key.len() <= 253
             && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
         if !valid {
-            errors.add(path.key("stringData").key(key), format!("{key:?} is not a valid key: use letters, digits, '-', '_' and '.'"));
+            errors.add(
+                path.key("stringData").key(key),
+                format!("{key:?} is not a valid key: use letters, digits, '-', '_' and '.'"),
+            );
         }
     }
 }
@@ -478,7 +503,11 @@ pub fn check_parameter_value(parameter: &ParameterSpec, value: &Value) -> Result
     }
     if !parameter.allowed_values.is_empty() && !parameter.allowed_values.contains(value) {
         let allowed: Vec<String> = parameter.allowed_values.iter().map(Value::to_string).collect();
-        return Err(format!("{value} is not allowed for parameter {:?}; choose one of {}", parameter.name, allowed.join(", ")));
+        return Err(format!(
+            "{value} is not allowed for parameter {:?}; choose one of {}",
+            parameter.name,
+            allowed.join(", ")
+        ));
     }
     if let Some(number) = value.as_f64() {
         if parameter.minimum.is_some_and(|min| number < min) || parameter.maximum.is_some_and(|max| number > max) {
@@ -534,7 +563,10 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
         let valid_name = !parameter.name.is_empty()
             && parameter.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !valid_name {
-            errors.add(parameter_path.key("name"), format!("{:?} is not a valid parameter name: use letters, digits, '_' and '-'", parameter.name));
+            errors.add(
+                parameter_path.key("name"),
+                format!("{:?} is not a valid parameter name: use letters, digits, '_' and '-'", parameter.name),
+            );
         } else if declared.insert(parameter.name.as_str(), parameter).is_some() {
             errors.add(parameter_path.key("name"), format!("parameter {:?} is declared twice", parameter.name));
         }
@@ -557,9 +589,10 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
                     errors.add(path.key("values").key(name), message);
                 }
             }
-            None if !from_template => {
-                errors.add(path.key("values").key(name), format!("no parameter {name:?} is declared; declare it under spec.parameters"))
-            }
+            None if !from_template => errors.add(
+                path.key("values").key(name),
+                format!("no parameter {name:?} is declared; declare it under spec.parameters"),
+            ),
             None => {}
         }
     }
@@ -568,7 +601,10 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
             if parameter.default.is_none() && !spec.values.contains_key(&parameter.name) {
                 errors.add(
                     path.key("parameters").index(index),
-                    format!("parameter {:?} has no default and no value: set spec.values.{}", parameter.name, parameter.name),
+                    format!(
+                        "parameter {:?} has no default and no value: set spec.values.{}",
+                        parameter.name, parameter.name
+                    ),
                 );
             }
         }
@@ -580,14 +616,20 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
     for (index, resource) in spec.resources.iter().enumerate() {
         let resource_path = path.key("resources").index(index);
         if resource.api_version != API_VERSION {
-            errors.add(resource_path.key("apiVersion"), format!("unsupported apiVersion {:?}: use {API_VERSION:?}", resource.api_version));
+            errors.add(
+                resource_path.key("apiVersion"),
+                format!("unsupported apiVersion {:?}: use {API_VERSION:?}", resource.api_version),
+            );
         }
         match Kind::from_kind_name(&resource.kind) {
             None => errors.add(resource_path.key("kind"), format!("unknown kind {:?}", resource.kind)),
             Some(Kind::Stack) => errors.add(resource_path.key("kind"), "stacks cannot contain stacks"),
             Some(kind) => {
                 if !resource_names.insert((kind, resource.metadata.name.clone())) {
-                    errors.add(resource_path.key("metadata").key("name"), format!("{kind}/{} is listed twice", resource.metadata.name));
+                    errors.add(
+                        resource_path.key("metadata").key("name"),
+                        format!("{kind}/{} is listed twice", resource.metadata.name),
+                    );
                 }
             }
         }
@@ -598,7 +640,11 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
         }
         let mut found = Vec::new();
         collect_placeholders(&resource.spec, resource_path.key("spec"), &mut found);
-        found.extend(placeholders(&resource.metadata.name).into_iter().map(|name| (resource_path.key("metadata").key("name"), name)));
+        found.extend(
+            placeholders(&resource.metadata.name)
+                .into_iter()
+                .map(|name| (resource_path.key("metadata").key("name"), name)),
+        );
         if !from_template {
             for (placeholder_path, name) in found {
                 if !declared.contains_key(name) {
@@ -610,7 +656,8 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
     let mut output_names = HashSet::new();
     for (index, output) in spec.outputs.iter().enumerate() {
         if !output_names.insert(output.name.as_str()) {
-            errors.add(path.key("outputs").index(index).key("name"), format!("output {:?} is listed twice", output.name));
+            errors
+                .add(path.key("outputs").index(index).key("name"), format!("output {:?} is listed twice", output.name));
         }
     }
 }

@@ -82,9 +82,8 @@ pub struct Manifest {
 
 impl Manifest {
     /// The object in its generic form (defaults applied), ready for the store.
-    pub fn to_object(&self) -> Object {
-        // Typed kinds always serialize to the generic shape.
-        Object::from_typed(&self.object).expect("typed objects convert to JSON")
+    pub fn to_object(&self) -> Result<Object, minicloud_crds::object::ObjectError> {
+        Object::from_typed(&self.object)
     }
 
     /// Kind, namespace and name.
@@ -213,7 +212,8 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<Manifest>, ManifestError>
         }
     }
     problems.extend(check_references(&manifests));
-    let order: HashMap<&str, usize> = sources.iter().enumerate().map(|(index, source)| (source.name.as_str(), index)).collect();
+    let order: HashMap<&str, usize> =
+        sources.iter().enumerate().map(|(index, source)| (source.name.as_str(), index)).collect();
     problems.sort_by_key(|problem| (order.get(problem.file.as_str()).copied(), problem.position));
     if problems.is_empty() {
         Ok(manifests)
@@ -237,7 +237,10 @@ fn check_document(value: Value, spans: &SpanIndex) -> Result<TypedObject, Vec<Lo
     let root = FieldPath::root();
     let at_value = |path: FieldPath, message: String| Located { position: spans.value_position(&path), path, message };
     let Some(document) = value.as_object() else {
-        return Err(vec![at_value(root, "a manifest must be a mapping with apiVersion, kind, metadata and spec".into())]);
+        return Err(vec![at_value(
+            root,
+            "a manifest must be a mapping with apiVersion, kind, metadata and spec".into(),
+        )]);
     };
     let kind_path = root.key("kind");
     let kind = match document.get("kind") {
@@ -256,7 +259,10 @@ fn check_document(value: Value, spans: &SpanIndex) -> Result<TypedObject, Vec<Lo
                     .find(|kind| kind.as_str().eq_ignore_ascii_case(name))
                     .map(|kind| format!(" (did you mean {kind}?)"))
                     .unwrap_or_default();
-                return Err(vec![at_value(kind_path, format!("unknown kind {name:?}{suggestion}; known kinds: {}", known_kinds()))]);
+                return Err(vec![at_value(
+                    kind_path,
+                    format!("unknown kind {name:?}{suggestion}; known kinds: {}", known_kinds()),
+                )]);
             }
         },
         Some(other) => return Err(vec![at_value(kind_path, format!("kind must be a string, got {other}"))]),
@@ -264,17 +270,17 @@ fn check_document(value: Value, spans: &SpanIndex) -> Result<TypedObject, Vec<Lo
     let mut schema_errors = schema_problems(kind, &value, spans);
     if !schema_errors.is_empty() {
         // Report name and label problems too, when the metadata itself decodes.
-        if let Some(meta) = value.get("metadata").and_then(|meta| serde_json::from_value::<ObjectMeta>(meta.clone()).ok()) {
+        if let Some(meta) =
+            value.get("metadata").and_then(|meta| serde_json::from_value::<ObjectMeta>(meta.clone()).ok())
+        {
             schema_errors.extend(validate_metadata(&meta).into_iter().map(|error| at_value(error.path, error.message)));
             schema_errors.sort_by_key(|problem| problem.position);
         }
         return Err(schema_errors);
     }
     let object = TypedObject::from_value(kind, value).map_err(|error| vec![at_value(error.path, error.message)])?;
-    let semantic: Vec<Located> = validate_object(&object)
-        .into_iter()
-        .map(|error| at_value(error.path, error.message))
-        .collect();
+    let semantic: Vec<Located> =
+        validate_object(&object).into_iter().map(|error| at_value(error.path, error.message)).collect();
     if semantic.is_empty() {
         Ok(object)
     } else {
@@ -356,10 +362,8 @@ fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, spans: &Sp
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
             // Optional fields are `anyOf: [T, null]`: report why the value is not a valid T
             // rather than "not valid under any of the schemas".
-            let relevant: Vec<&Vec<ValidationError<'static>>> = context
-                .iter()
-                .filter(|branch| !branch.iter().any(|inner| is_null_type_error(inner, &path)))
-                .collect();
+            let relevant: Vec<&Vec<ValidationError<'static>>> =
+                context.iter().filter(|branch| !branch.iter().any(|inner| is_null_type_error(inner, &path))).collect();
             let allowed: Vec<String> = context
                 .iter()
                 .filter_map(|branch| match branch.as_slice() {
@@ -382,15 +386,23 @@ fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, spans: &Sp
                     describe_schema_error(inner, schema, spans, out);
                 }
             } else {
-                out.push(Located { position: spans.value_position(&path), path: path.clone(), message: error.to_string() });
+                out.push(Located {
+                    position: spans.value_position(&path),
+                    path: path.clone(),
+                    message: error.to_string(),
+                });
             }
         }
-        _ => out.push(Located { position: spans.value_position(&path), path: path.clone(), message: error.to_string() }),
+        _ => {
+            out.push(Located { position: spans.value_position(&path), path: path.clone(), message: error.to_string() })
+        }
     }
 }
 
 fn is_null_type_error(error: &ValidationError<'_>, path: &FieldPath) -> bool {
-    matches!(error.kind(), ValidationErrorKind::Type { .. }) && instance_path(error) == *path && error.to_string().contains("null")
+    matches!(error.kind(), ValidationErrorKind::Type { .. })
+        && instance_path(error) == *path
+        && error.to_string().contains("null")
 }
 
 /// The property names the schema allows at `path`, for "did you mean" hints.
@@ -398,9 +410,10 @@ fn allowed_fields(schema: &Value, path: &FieldPath) -> Vec<String> {
     let mut node = resolve(schema, schema);
     for segment in &path.0 {
         let next = match segment {
-            PathSegment::Key(key) => node.get("properties").and_then(|properties| properties.get(key)).or_else(|| {
-                node.get("additionalProperties").filter(|additional| additional.is_object())
-            }),
+            PathSegment::Key(key) => node
+                .get("properties")
+                .and_then(|properties| properties.get(key))
+                .or_else(|| node.get("additionalProperties").filter(|additional| additional.is_object())),
             PathSegment::Index(_) => node.get("items"),
         };
         let Some(next) = next else { return Vec::new() };
@@ -454,8 +467,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in rows.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        rows[0][j] = j;
+    for (j, cell) in rows[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
@@ -514,7 +527,11 @@ fn check_references(manifests: &[Manifest]) -> Vec<Diagnostic> {
             if let Some(keys) = secrets.get(&(namespace.clone(), reference.name.clone())) {
                 if !keys.contains(&reference.key) {
                     let path = base.key("env").index(index).key("valueFrom").key("secretKeyRef").key("key");
-                    let known = if keys.is_empty() { "it has none".to_owned() } else { format!("its keys are: {}", keys.join(", ")) };
+                    let known = if keys.is_empty() {
+                        "it has none".to_owned()
+                    } else {
+                        format!("its keys are: {}", keys.join(", "))
+                    };
                     problems.push(Diagnostic {
                         file: manifest.file.to_string(),
                         position: manifest.spans.value_position(&path).or(Some(manifest.position)),
@@ -544,7 +561,10 @@ mod tests {
     fn typo_points_at_the_key_and_suggests() {
         let text = "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: web\nspec:\n  imgae: x\n";
         let problems = diagnostics(text);
-        assert!(problems.contains(&"m.yaml:6:3: spec.imgae: unknown field `imgae`; did you mean `image`?".to_string()), "{problems:?}");
+        assert!(
+            problems.contains(&"m.yaml:6:3: spec.imgae: unknown field `imgae`; did you mean `image`?".to_string()),
+            "{problems:?}"
+        );
         assert!(problems.iter().any(|p| p == "m.yaml:5:1: spec: missing required field `image`"), "{problems:?}");
     }
 
@@ -561,7 +581,10 @@ mod tests {
         let text = "apiVersion: minicloud.dev/v1\nkind: ScalingGroup\nmetadata:\n  name: Web\nspec:\n  minReplicas: 3\n  maxReplicas: 2\n  template:\n    spec:\n      image: x\n";
         let problems = diagnostics(text);
         assert!(problems.iter().any(|p| p.starts_with("m.yaml:4:9: metadata.name: ")), "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("m.yaml:6:16: spec.minReplicas: minReplicas (3)")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.starts_with("m.yaml:6:16: spec.minReplicas: minReplicas (3)")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl Loader {
             Event::DocumentEnd => {
                 if let Some(value) = self.root.take() {
                     if !value.is_null() {
-                        let position = self.spans.values.get(&FieldPath::root()).copied().unwrap_or(self.document_position);
+                        let position =
+                            self.spans.values.get(&FieldPath::root()).copied().unwrap_or(self.document_position);
                         self.documents.push(Document { value, spans: std::mem::take(&mut self.spans), position });
                     }
                 }
@@ -192,10 +193,7 @@ impl Loader {
                 check_collection_tag(tag.as_deref(), "!!seq", position)?;
                 let path = self.child_path(position)?;
                 self.spans.values.insert(path.clone(), position);
-                self.push(
-                    Frame::Sequence { items: Vec::new(), path, anchor, values_at_start: self.values },
-                    position,
-                )?;
+                self.push(Frame::Sequence { items: Vec::new(), path, anchor, values_at_start: self.values }, position)?;
             }
             Event::MappingStart(anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "!!map", position)?;
@@ -219,7 +217,9 @@ impl Loader {
                     Frame::Sequence { items, anchor, values_at_start, .. } => {
                         (Value::Array(items), anchor, values_at_start)
                     }
-                    Frame::Mapping { map, anchor, values_at_start, .. } => (Value::Object(map), anchor, values_at_start),
+                    Frame::Mapping { map, anchor, values_at_start, .. } => {
+                        (Value::Object(map), anchor, values_at_start)
+                    }
                 };
                 if anchor != 0 {
                     self.anchors.insert(anchor, (value.clone(), self.values - values_at_start + 1));
@@ -319,7 +319,12 @@ impl Loader {
 
 /// Applies a YAML merge key (`<<: *defaults`): keys of the merged mapping(s) fill in what the
 /// mapping does not set itself.
-fn merge_into(map: &mut Map<String, Value>, explicit: &[String], value: Value, position: Position) -> Result<(), YamlError> {
+fn merge_into(
+    map: &mut Map<String, Value>,
+    explicit: &[String],
+    value: Value,
+    position: Position,
+) -> Result<(), YamlError> {
     let sources = match value {
         Value::Object(source) => vec![source],
         Value::Array(items) => items
@@ -344,7 +349,9 @@ fn merge_into(map: &mut Map<String, Value>, explicit: &[String], value: Value, p
 fn check_collection_tag(tag: Option<&Tag>, allowed: &str, position: Position) -> Result<(), YamlError> {
     match tag {
         None => Ok(()),
-        Some(tag) if format!("{}{}", tag.handle, tag.suffix) == allowed || tag.suffix.ends_with(&allowed[2..]) => Ok(()),
+        Some(tag) if format!("{}{}", tag.handle, tag.suffix) == allowed || tag.suffix.ends_with(&allowed[2..]) => {
+            Ok(())
+        }
         Some(tag) => Err(YamlError::at(position, format!("unsupported YAML tag {}{}", tag.handle, tag.suffix))),
     }
 }
@@ -364,10 +371,7 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>, position: P
             },
             "int" => parse_integer(text).ok_or_else(|| YamlError::at(position, format!("{text:?} is not an integer"))),
             "float" => parse_float(text).ok_or_else(|| YamlError::at(position, format!("{text:?} is not a number"))),
-            _ => Err(YamlError::at(
-                position,
-                format!("unsupported YAML tag {}{}; remove it", tag.handle, tag.suffix),
-            )),
+            _ => Err(YamlError::at(position, format!("unsupported YAML tag {}{}; remove it", tag.handle, tag.suffix))),
         };
     }
     if style != ScalarStyle::Plain {
@@ -377,9 +381,7 @@ fn resolve_scalar(text: &str, style: ScalarStyle, tag: Option<&Tag>, position: P
         "" | "~" | "null" | "Null" | "NULL" => Value::Null,
         "true" | "True" | "TRUE" => Value::Bool(true),
         "false" | "False" | "FALSE" => Value::Bool(false),
-        _ => parse_integer(text)
-            .or_else(|| parse_float(text))
-            .unwrap_or_else(|| Value::String(text.to_owned())),
+        _ => parse_integer(text).or_else(|| parse_float(text)).unwrap_or_else(|| Value::String(text.to_owned())),
     })
 }
 
@@ -433,7 +435,8 @@ mod tests {
 
     #[test]
     fn scalars_follow_the_core_schema() {
-        let document = one("a: 1\nb: -2\nc: 1.5\nd: true\ne: ~\nf: '1'\ng: 0x1f\nh: hello\ni: 1e3\nj: 99999999999999999999\n");
+        let document =
+            one("a: 1\nb: -2\nc: 1.5\nd: true\ne: ~\nf: '1'\ng: 0x1f\nh: hello\ni: 1e3\nj: 99999999999999999999\n");
         assert_eq!(
             document.value,
             json!({"a": 1, "b": -2, "c": 1.5, "d": true, "e": null, "f": "1", "g": 31, "h": "hello", "i": 1000.0, "j": 1e20})

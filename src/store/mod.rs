@@ -222,3 +222,27 @@ pub trait Store: Send + Sync {
     /// Events of a namespace (all namespaces when `None`), or of one object, oldest first.
     async fn events(&self, namespace: Option<&str>, object: Option<&ObjectKey>) -> StoreResult<Vec<Event>>;
 }
+
+/// Keeps the change log short: every `every`, compacts everything older than the newest
+/// `retain` revisions. Watchers further behind get `Expired` and re-list. Runs until aborted.
+pub fn spawn_compactor(
+    store: std::sync::Arc<dyn Store>,
+    retain: i64,
+    every: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            ticker.tick().await;
+            match store.revision().await {
+                Ok(head) if head > retain => {
+                    if let Err(error) = store.compact(head - retain).await {
+                        tracing::warn!(%error, "change-log compaction failed; retrying later");
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot read the store revision for compaction"),
+            }
+        }
+    })
+}

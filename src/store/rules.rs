@@ -65,7 +65,11 @@ pub fn prepare_update(stored: &Object, key: &ObjectKey, incoming: Object) -> Sto
     check_version(stored, key, incoming.metadata.resource_version.as_deref())?;
     if let (Some(sent), Some(uid)) = (&incoming.metadata.uid, &stored.metadata.uid) {
         if sent != uid {
-            return Err(StoreError::Conflict { key: key.clone(), sent: format!("uid {sent}"), current: format!("uid {uid}") });
+            return Err(StoreError::Conflict {
+                key: key.clone(),
+                sent: format!("uid {sent}"),
+                current: format!("uid {uid}"),
+            });
         }
     }
     let mut next = stored.clone();
@@ -159,11 +163,15 @@ mod tests {
         let stored = stored();
         let mut relabelled = stored.clone();
         relabelled.metadata.labels.insert("app".into(), "web".into());
-        let Plan::Write(next) = prepare_update(&stored, &key(), relabelled).expect("plan") else { panic!("write expected") };
+        let Plan::Write(next) = prepare_update(&stored, &key(), relabelled).expect("plan") else {
+            panic!("write expected")
+        };
         assert_eq!(next.metadata.generation, Some(1));
         let mut respecced = stored.clone();
         respecced.spec = json!({"image": "b"});
-        let Plan::Write(next) = prepare_update(&stored, &key(), respecced).expect("plan") else { panic!("write expected") };
+        let Plan::Write(next) = prepare_update(&stored, &key(), respecced).expect("plan") else {
+            panic!("write expected")
+        };
         assert_eq!(next.metadata.generation, Some(2));
         assert!(matches!(prepare_update(&stored, &key(), stored.clone()), Ok(Plan::Unchanged(_))));
     }
@@ -182,7 +190,9 @@ mod tests {
     fn finalizers_hold_deletion_until_removed() {
         let mut stored = stored();
         stored.metadata.finalizers = vec!["minicloud.dev/container".into()];
-        let Plan::Write(terminating) = prepare_delete(&stored, &key(), None, Utc::now()).expect("plan") else { panic!("write expected") };
+        let Plan::Write(terminating) = prepare_delete(&stored, &key(), None, Utc::now()).expect("plan") else {
+            panic!("write expected")
+        };
         assert!(terminating.metadata.deletion_timestamp.is_some());
         let mut adding = terminating.clone();
         adding.metadata.finalizers.push("other".into());

@@ -144,7 +144,8 @@ mod tests {
 
     #[test]
     fn parses_and_matches_every_operator() {
-        let selector = Selector::parse("app=web,tier!=db,env in (prod, staging),track notin (canary),owner,!legacy").expect("valid");
+        let selector = Selector::parse("app=web,tier!=db,env in (prod, staging),track notin (canary),owner,!legacy")
+            .expect("valid");
         assert_eq!(selector.0.len(), 6);
         assert!(selector.matches(&labels(&[("app", "web"), ("env", "prod"), ("owner", "x")])));
         assert!(!selector.matches(&labels(&[("app", "web"), ("env", "dev"), ("owner", "x")])));

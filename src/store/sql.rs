@@ -63,6 +63,12 @@ impl Drop for SqlStore {
     }
 }
 
+/// Where the embedded store lives by default: `$XDG_DATA_HOME/minicloud` (on Linux usually
+/// `~/.local/share/minicloud`), or `./.minicloud` when the system names no data directory.
+pub fn default_data_dir() -> std::path::PathBuf {
+    dirs::data_dir().map_or_else(|| std::path::PathBuf::from(".minicloud"), |dir| dir.join("minicloud"))
+}
+
 /// The SQLite URL of the embedded store in `data_dir`.
 pub fn sqlite_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("minicloud.db").display())
@@ -90,18 +96,19 @@ impl SqlStore {
     /// and applies pending migrations.
     pub async fn open(url: &str) -> StoreResult<SqlStore> {
         install_drivers();
-        let (backend, connect_url) = if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-            let file = path.split('?').next().unwrap_or(path);
-            if let Some(parent) = Path::new(file).parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                std::fs::create_dir_all(parent).map_err(|error| StoreError::Database(sqlx::Error::Io(error)))?;
-            }
-            let query = if path.contains('?') { "" } else { "?mode=rwc" };
-            (Backend::Sqlite, format!("sqlite://{path}{query}"))
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_owned())
-        } else {
-            return Err(StoreError::UnsupportedUrl(url.to_owned()));
-        };
+        let (backend, connect_url) =
+            if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
+                let file = path.split('?').next().unwrap_or(path);
+                if let Some(parent) = Path::new(file).parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(parent).map_err(|error| StoreError::Database(sqlx::Error::Io(error)))?;
+                }
+                let query = if path.contains('?') { "" } else { "?mode=rwc" };
+                (Backend::Sqlite, format!("sqlite://{path}{query}"))
+            } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                (Backend::Postgres, url.to_owned())
+            } else {
+                return Err(StoreError::UnsupportedUrl(url.to_owned()));
+            };
         let options = match backend {
             Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|connection, _| {
                 Box::pin(async move {
@@ -239,15 +246,17 @@ async fn write_change(
                 .await?;
         }
     }
-    sqlx::query("INSERT INTO changes (revision, kind, namespace, name, change_type, body) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(revision)
-        .bind(key.kind.as_str())
-        .bind(&key.namespace)
-        .bind(&key.name)
-        .bind(change.as_str())
-        .bind(&body)
-        .execute(&mut **transaction)
-        .await?;
+    sqlx::query(
+        "INSERT INTO changes (revision, kind, namespace, name, change_type, body) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(revision)
+    .bind(key.kind.as_str())
+    .bind(&key.namespace)
+    .bind(&key.name)
+    .bind(change.as_str())
+    .bind(&body)
+    .execute(&mut **transaction)
+    .await?;
     Ok(())
 }
 
@@ -271,7 +280,8 @@ async fn apply_plan(
 /// become terminating; the rest go at once, and their own dependents after them).
 async fn cascade(transaction: &mut Transaction<'static, Any>, removed: &Object) -> StoreResult<Option<i64>> {
     let mut last_revision = None;
-    let mut owners = VecDeque::from([(removed.namespace().to_owned(), removed.metadata.uid.clone().unwrap_or_default())]);
+    let mut owners =
+        VecDeque::from([(removed.namespace().to_owned(), removed.metadata.uid.clone().unwrap_or_default())]);
     while let Some((namespace, uid)) = owners.pop_front() {
         if uid.is_empty() {
             continue;
@@ -461,14 +471,19 @@ impl Store for SqlStore {
 
     async fn compact(&self, revision: i64) -> StoreResult<i64> {
         let (_guard, mut transaction) = self.begin_write().await?;
-        let row = sqlx::query("SELECT revision, compacted_revision FROM meta WHERE id = 1").fetch_one(&mut *transaction).await?;
+        let row = sqlx::query("SELECT revision, compacted_revision FROM meta WHERE id = 1")
+            .fetch_one(&mut *transaction)
+            .await?;
         let (head, compacted): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
         let target = revision.min(head);
         if target <= compacted {
             return Ok(compacted);
         }
         sqlx::query("DELETE FROM changes WHERE revision <= $1").bind(target).execute(&mut *transaction).await?;
-        sqlx::query("UPDATE meta SET compacted_revision = $1 WHERE id = 1").bind(target).execute(&mut *transaction).await?;
+        sqlx::query("UPDATE meta SET compacted_revision = $1 WHERE id = 1")
+            .bind(target)
+            .execute(&mut *transaction)
+            .await?;
         self.commit(transaction, None).await?;
         Ok(target)
     }
@@ -538,7 +553,9 @@ impl Store for SqlStore {
                     .fetch_all(&self.pool)
                     .await?
             }
-            (None, None) => sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id")).fetch_all(&self.pool).await?,
+            (None, None) => {
+                sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id")).fetch_all(&self.pool).await?
+            }
         };
         rows.iter().map(event_from_row).collect()
     }

@@ -57,7 +57,10 @@ impl TestDb {
     pub async fn cleanup(self) {
         if let Some(name) = &self.postgres_name {
             if let Ok(mut connection) = sqlx::PgConnection::connect(&postgres_admin_url()).await {
-                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut connection).await.ok();
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut connection)
+                    .await
+                    .ok();
             }
         }
         drop(self.directory);

@@ -64,7 +64,8 @@ pub async fn list_filters_by_kind_namespace_and_labels(database: &TestDb) {
         ])
         .await
         .expect("create");
-    let names = |list: minicloud::store::ObjectList| list.items.into_iter().map(|o| o.metadata.name).collect::<Vec<_>>();
+    let names =
+        |list: minicloud::store::ObjectList| list.items.into_iter().map(|o| o.metadata.name).collect::<Vec<_>>();
     let all = store.list(&Query { kind: Some(Kind::Instance), ..Query::default() }).await.expect("list");
     assert_eq!(all.revision, store.revision().await.expect("revision"));
     assert_eq!(names(all), ["a", "b", "d", "c"]);
@@ -198,7 +199,10 @@ pub async fn events_fold_repeats(database: &TestDb) {
     assert!(repeated.last_timestamp >= repeated.first_timestamp);
     store.record_event(event("Pulled", "image present")).await.expect("event");
     let events = store.events(None, Some(&key("web"))).await.expect("events");
-    assert_eq!(events.iter().map(|e| (e.reason.as_str(), e.count)).collect::<Vec<_>>(), [("BackOff", 2), ("Pulled", 1)]);
+    assert_eq!(
+        events.iter().map(|e| (e.reason.as_str(), e.count)).collect::<Vec<_>>(),
+        [("BackOff", 2), ("Pulled", 1)]
+    );
     assert_eq!(store.events(Some("default"), None).await.expect("events").len(), 2);
     assert!(store.events(Some("staging"), None).await.expect("events").is_empty());
 }
@@ -242,7 +246,11 @@ pub async fn watch_resumes_without_gaps_or_duplicates(database: &TestDb) {
     let live = store.create(instance("default", "live", &[("app", "web")])).await.expect("create");
     let mut names = Vec::new();
     while names.len() < 3 {
-        let event = tokio::time::timeout(Duration::from_secs(10), filtered.next()).await.expect("in time").expect("open").expect("event");
+        let event = tokio::time::timeout(Duration::from_secs(10), filtered.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("event");
         names.push((event.object.metadata.name.clone(), event.revision));
     }
     assert_eq!(names.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["a", "a", "live"]);
@@ -323,7 +331,7 @@ pub async fn concurrent_writers_watch_sees_everything_in_order(database: &TestDb
     }
     let total = WRITERS * WRITES_PER_WRITER;
     let mut previous = start;
-    let mut last_step = vec![None::<usize>; WRITERS];
+    let mut last_step = [None::<usize>; WRITERS];
     for received in 0..total {
         let event = tokio::time::timeout(Duration::from_secs(60), stream.next())
             .await
@@ -343,4 +351,25 @@ pub async fn concurrent_writers_watch_sees_everything_in_order(database: &TestDb
     assert_eq!(previous, start + total as i64);
     let extra = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
     assert!(extra.is_err(), "no event beyond the writes: {extra:?}");
+}
+
+/// The compactor trims the change log to the newest revisions on its own.
+pub async fn compactor_trims_the_change_log(database: &TestDb) {
+    let store: Arc<dyn Store> = Arc::new(database.open().await);
+    let compactor = minicloud::store::spawn_compactor(store.clone(), 3, Duration::from_millis(20));
+    for index in 0..10 {
+        store.create(instance("default", &format!("web-{index}"), &[])).await.expect("create");
+    }
+    let head = store.revision().await.expect("revision");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.watch(Query::default(), 0).await {
+            Err(StoreError::Expired { compacted, .. }) if compacted == head - 3 => break,
+            _ if tokio::time::Instant::now() > deadline => panic!("the compactor did not compact to {}", head - 3),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    compactor.abort();
+    let mut stream = store.watch(Query::default(), head - 3).await.expect("recent revisions stay watchable");
+    assert_eq!(stream.next().await.expect("open").expect("event").revision, head - 2);
 }
