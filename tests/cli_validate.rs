@@ -129,3 +129,32 @@ fn hostile_input_is_refused_cleanly() {
         assert!(started.elapsed() < Duration::from_secs(10), "{name} took {:?}", started.elapsed());
     }
 }
+
+/// A Stack's resources are rendered with their parameter values and checked as documents of
+/// their own kinds; problems point into the Stack's text.
+#[test]
+fn stack_resources_are_validated_after_rendering() {
+    let output = cloud(&["validate", "-f", "tests/fixtures/broken-stack.yaml"], None);
+    assert_eq!(output.status.code(), Some(1));
+    let errors = stderr(&output);
+    for expected in [
+        "broken-stack.yaml:21:17: spec.resources[0].metadata.labels.tier: label value \"Front End\" is invalid",
+        "broken-stack.yaml:28:13: spec.resources[0].spec.template.spec.imgae: unknown field `imgae`; did you mean `image`?",
+        "broken-stack.yaml:32:15: spec.resources[1].metadata.name: ${missing} names no declared parameter",
+    ] {
+        assert!(errors.contains(expected), "expected {expected:?} in\n{errors}");
+    }
+    // With the typos fixed, the rendered value of `${replicas}` (12) is checked against the
+    // group's bounds.
+    let fixed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/broken-stack.yaml"))
+        .expect("fixture")
+        .replace("imgae", "image")
+        .replace("Front End", "front")
+        .replace("\"${missing}\"", "api");
+    let output = cloud(&["validate", "-f", "-"], Some(fixed.as_bytes()));
+    let errors = stderr(&output);
+    assert!(
+        errors.contains("<stdin>:25:26: spec.resources[0].spec.desiredReplicas: desiredReplicas (12) must lie between minReplicas (1) and maxReplicas (10)"),
+        "{errors}"
+    );
+}

@@ -58,7 +58,7 @@ typed_resource!(
     Stack, StackSpec, StackStatus
 );
 typed_resource!(
-    /// Sensitive values, encrypted at rest.
+    /// Sensitive values (passwords, keys) that Instances read as environment variables.
     Secret, SecretSpec, SecretStatus
 );
 

@@ -1,5 +1,6 @@
 //! `Secret`: named sensitive values (passwords, keys) that Instances read as environment
-//! variables. The store keeps them encrypted at rest.
+//! variables. (Encryption at rest, with a key the server creates, comes with the API server;
+//! until then the store holds them as it holds any object.)
 
 use std::collections::BTreeMap;
 

@@ -144,3 +144,97 @@ pub struct StackStatus {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub outputs: BTreeMap<String, String>,
 }
+
+impl StackSpec {
+    /// The value of every declared parameter: the given value, else the default. Parameters
+    /// with neither are absent.
+    pub fn parameter_values(&self) -> BTreeMap<String, Value> {
+        self.parameters
+            .iter()
+            .filter_map(|parameter| {
+                let value = self.values.get(&parameter.name).or(parameter.default.as_ref())?;
+                Some((parameter.name.clone(), value.clone()))
+            })
+            .collect()
+    }
+}
+
+impl StackResource {
+    /// The resource as a complete manifest in `namespace`, with parameters substituted.
+    pub fn render(&self, parameters: &BTreeMap<String, Value>, namespace: &str) -> Value {
+        let metadata = serde_json::json!({
+            "name": render_value(&Value::String(self.metadata.name.clone()), parameters),
+            "namespace": namespace,
+            "labels": render_value(&serde_json::to_value(&self.metadata.labels).unwrap_or_default(), parameters),
+        });
+        serde_json::json!({
+            "apiVersion": self.api_version,
+            "kind": self.kind,
+            "metadata": metadata,
+            "spec": render_value(&self.spec, parameters),
+        })
+    }
+}
+
+/// Substitutes `${name}` placeholders. A string that is exactly one placeholder takes the
+/// parameter's value with its type (`"${replicas}"` → `3`); inside longer strings the value's
+/// text is inserted. Placeholders naming no parameter are left as written.
+pub fn render_value(value: &Value, parameters: &BTreeMap<String, Value>) -> Value {
+    match value {
+        Value::String(text) => {
+            if let Some(name) = text.strip_prefix("${").and_then(|rest| rest.strip_suffix('}')) {
+                if let Some(parameter) = parameters.get(name).filter(|_| !name.contains('}')) {
+                    return parameter.clone();
+                }
+            }
+            Value::String(render_text(text, parameters))
+        }
+        Value::Array(items) => Value::Array(items.iter().map(|item| render_value(item, parameters)).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(key, item)| (key.clone(), render_value(item, parameters))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
+fn render_text(text: &str, parameters: &BTreeMap<String, Value>) -> String {
+    let mut rendered = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        rendered.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                match parameters.get(&after[..end]) {
+                    Some(Value::String(value)) => rendered.push_str(value),
+                    Some(value) => rendered.push_str(&value.to_string()),
+                    None => rendered.push_str(&rest[start..start + 2 + end + 1]),
+                }
+                rest = &after[end + 1..];
+            }
+            None => {
+                rendered.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    rendered.push_str(rest);
+    rendered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn placeholders_keep_types_when_whole_and_become_text_inside_strings() {
+        let parameters: BTreeMap<String, Value> =
+            [("replicas".to_string(), json!(3)), ("name".to_string(), json!("blog"))].into_iter().collect();
+        let rendered = render_value(
+            &json!({"n": "${replicas}", "s": "${name}-web", "x": "${unknown}", "list": ["${name}"]}),
+            &parameters,
+        );
+        assert_eq!(rendered, json!({"n": 3, "s": "blog-web", "x": "${unknown}", "list": ["blog"]}));
+    }
+}

@@ -195,7 +195,8 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<Manifest>, ManifestError>
             }
         };
         for document in documents {
-            match check_document(document.value, &document.spans) {
+            let locator = Locator { spans: &document.spans, prefix: FieldPath::root() };
+            match check_document(document.value, &locator) {
                 Ok(object) => manifests.push(Manifest {
                     file: file.clone(),
                     position: document.position,
@@ -233,9 +234,35 @@ struct Located {
     message: String,
 }
 
-fn check_document(value: Value, spans: &SpanIndex) -> Result<TypedObject, Vec<Located>> {
+/// Finds positions for paths of a document that may sit inside another one (a Stack's
+/// resource is checked as a document of its own, located under `spec.resources[i]`).
+struct Locator<'s> {
+    spans: &'s SpanIndex,
+    prefix: FieldPath,
+}
+
+impl Locator<'_> {
+    fn full(&self, path: &FieldPath) -> FieldPath {
+        FieldPath(self.prefix.0.iter().chain(&path.0).cloned().collect())
+    }
+
+    fn value_position(&self, path: &FieldPath) -> Option<Position> {
+        self.spans.value_position(&self.full(path))
+    }
+
+    fn key_position(&self, path: &FieldPath) -> Option<Position> {
+        self.spans.key_position(&self.full(path))
+    }
+}
+
+/// Checks one document; problems carry full paths (prefix included).
+fn check_document(value: Value, locator: &Locator<'_>) -> Result<TypedObject, Vec<Located>> {
     let root = FieldPath::root();
-    let at_value = |path: FieldPath, message: String| Located { position: spans.value_position(&path), path, message };
+    let at_value = |path: FieldPath, message: String| Located {
+        position: locator.value_position(&path),
+        path: locator.full(&path),
+        message,
+    };
     let Some(document) = value.as_object() else {
         return Err(vec![at_value(
             root,
@@ -246,8 +273,8 @@ fn check_document(value: Value, spans: &SpanIndex) -> Result<TypedObject, Vec<Lo
     let kind = match document.get("kind") {
         None => {
             return Err(vec![Located {
-                position: spans.value_position(&root),
-                path: kind_path,
+                position: locator.value_position(&root),
+                path: locator.full(&kind_path),
                 message: format!("missing required field `kind`; one of {}", known_kinds()),
             }])
         }
@@ -267,7 +294,7 @@ fn check_document(value: Value, spans: &SpanIndex) -> Result<TypedObject, Vec<Lo
         },
         Some(other) => return Err(vec![at_value(kind_path, format!("kind must be a string, got {other}"))]),
     };
-    let mut schema_errors = schema_problems(kind, &value, spans);
+    let mut schema_errors = schema_problems(kind, &value, locator);
     if !schema_errors.is_empty() {
         // Report name and label problems too, when the metadata itself decodes.
         if let Some(meta) =
@@ -279,13 +306,36 @@ fn check_document(value: Value, spans: &SpanIndex) -> Result<TypedObject, Vec<Lo
         return Err(schema_errors);
     }
     let object = TypedObject::from_value(kind, value).map_err(|error| vec![at_value(error.path, error.message)])?;
-    let semantic: Vec<Located> =
+    let mut problems: Vec<Located> =
         validate_object(&object).into_iter().map(|error| at_value(error.path, error.message)).collect();
-    if semantic.is_empty() {
+    problems.extend(check_stack_resources(&object, locator));
+    if problems.is_empty() {
         Ok(object)
     } else {
-        Err(semantic)
+        Err(problems)
     }
+}
+
+/// Renders each resource of a self-contained Stack with its parameter values and checks it
+/// as a document of its own kind.
+fn check_stack_resources(object: &TypedObject, locator: &Locator<'_>) -> Vec<Located> {
+    let TypedObject::Stack(stack) = object else { return Vec::new() };
+    if stack.spec.template_ref.is_some() {
+        return Vec::new();
+    }
+    let parameters = stack.spec.parameter_values();
+    let mut problems = Vec::new();
+    for (index, resource) in stack.spec.resources.iter().enumerate() {
+        if Kind::from_kind_name(&resource.kind).is_none_or(|kind| kind == Kind::Stack) {
+            continue; // already reported by the Stack's own rules
+        }
+        let rendered = resource.render(&parameters, stack.metadata.namespace_or_default());
+        let prefix = locator.full(&FieldPath::root().key("spec").key("resources").index(index));
+        if let Err(found) = check_document(rendered, &Locator { spans: locator.spans, prefix }) {
+            problems.extend(found);
+        }
+    }
+    problems
 }
 
 fn known_kinds() -> String {
@@ -308,15 +358,15 @@ fn validator(kind: Kind) -> &'static Validator {
     &validators[&kind]
 }
 
-fn schema_problems(kind: Kind, value: &Value, spans: &SpanIndex) -> Vec<Located> {
+fn schema_problems(kind: Kind, value: &Value, locator: &Locator<'_>) -> Vec<Located> {
     let schema = kind.schema();
     let mut problems = Vec::new();
     for error in validator(kind).iter_errors(value) {
-        describe_schema_error(&error, &schema, spans, &mut problems);
+        describe_schema_error(&error, &schema, locator, &mut problems);
     }
     problems.sort_by_key(|problem| problem.position);
     problems.dedup_by(|a, b| a.path == b.path && a.message == b.message);
-    problems
+    problems.into_iter().map(|problem| Located { path: locator.full(&problem.path), ..problem }).collect()
 }
 
 fn instance_path(error: &ValidationError<'_>) -> FieldPath {
@@ -332,7 +382,7 @@ fn instance_path(error: &ValidationError<'_>) -> FieldPath {
     )
 }
 
-fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, spans: &SpanIndex, out: &mut Vec<Located>) {
+fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, locator: &Locator<'_>, out: &mut Vec<Located>) {
     let path = instance_path(error);
     match error.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
@@ -345,7 +395,7 @@ fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, spans: &Sp
                     None => format!("; known fields: {}", known.join(", ")),
                 };
                 out.push(Located {
-                    position: spans.key_position(&field_path),
+                    position: locator.key_position(&field_path),
                     path: field_path,
                     message: format!("unknown field `{field}`{hint}"),
                 });
@@ -354,7 +404,7 @@ fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, spans: &Sp
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().map_or_else(|| property.to_string(), str::to_owned);
             out.push(Located {
-                position: spans.key_position(&path),
+                position: locator.key_position(&path),
                 path: path.clone(),
                 message: format!("missing required field `{name}`"),
             });
@@ -377,25 +427,27 @@ fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, spans: &Sp
             if !allowed.is_empty() && allowed.len() == context.len() {
                 let got = error.instance().to_string();
                 out.push(Located {
-                    position: spans.value_position(&path),
+                    position: locator.value_position(&path),
                     path: path.clone(),
                     message: format!("{got} is not one of {}", allowed.join(", ")),
                 });
             } else if relevant.len() == 1 && !relevant[0].is_empty() {
                 for inner in relevant[0] {
-                    describe_schema_error(inner, schema, spans, out);
+                    describe_schema_error(inner, schema, locator, out);
                 }
             } else {
                 out.push(Located {
-                    position: spans.value_position(&path),
+                    position: locator.value_position(&path),
                     path: path.clone(),
                     message: error.to_string(),
                 });
             }
         }
-        _ => {
-            out.push(Located { position: spans.value_position(&path), path: path.clone(), message: error.to_string() })
-        }
+        _ => out.push(Located {
+            position: locator.value_position(&path),
+            path: path.clone(),
+            message: error.to_string(),
+        }),
     }
 }
 

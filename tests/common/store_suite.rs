@@ -13,10 +13,26 @@ use serde_json::json;
 
 use super::{instance, TestDb};
 
-/// Instantiates the suite for a backend whose `TestDb` constructor is `$make`.
+/// Instantiates the whole suite for a backend whose `TestDb` constructor is `$make`. The list
+/// lives here, once, so every backend runs every test.
 #[macro_export]
 macro_rules! store_suite {
-    ($make:path; $($test:ident),* $(,)?) => {
+    ($make:path) => {
+        $crate::store_suite!(@tests $make;
+            create_assigns_metadata_and_refuses_duplicates,
+            list_filters_by_kind_namespace_and_labels,
+            updates_use_optimistic_concurrency_and_generations,
+            delete_honours_finalizers,
+            delete_cascades_to_dependents,
+            events_fold_repeats,
+            watch_resumes_without_gaps_or_duplicates,
+            watch_from_a_compacted_revision_is_expired,
+            concurrent_updates_lose_nothing,
+            concurrent_writers_watch_sees_everything_in_order,
+            compactor_trims_the_change_log,
+        );
+    };
+    (@tests $make:path; $($test:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
