@@ -4,6 +4,8 @@
 //!
 //! See ARCHITECTURE.md for the bird's-eye view.
 
+pub mod api;
 pub mod cli;
+pub mod client;
 pub mod manifest;
 pub mod store;

@@ -42,7 +42,7 @@ fn every_problem_is_reported_with_its_position() {
     assert_eq!(output.status.code(), Some(1));
     let expected = [
         "tests/fixtures/broken.yaml:4:9: metadata.name: \"Web_1\" is not a DNS-1123 label",
-        "tests/fixtures/broken.yaml:5:1: spec: missing required field `image`",
+        "tests/fixtures/broken.yaml:5:1: spec.image: required field is missing",
         "tests/fixtures/broken.yaml:6:3: spec.imgae: unknown field `imgae`; did you mean `image`?",
         "tests/fixtures/broken.yaml:8:22: spec.ports[0].containerPort: 70000 is greater than the maximum of 65535",
         "tests/fixtures/broken.yaml:9:18: spec.restartPolicy: \"Sometimes\" is not one of \"Always\", \"OnFailure\", \"Never\"",

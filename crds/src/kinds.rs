@@ -235,3 +235,43 @@ pub fn render_schema(kind: Kind) -> String {
     text.push('\n');
     text
 }
+
+/// Follows `$ref`, single-entry `allOf` and `anyOf: [T, null]` to the schema that describes a
+/// value.
+pub fn resolve_schema<'s>(root: &'s Value, mut node: &'s Value) -> &'s Value {
+    for _ in 0..16 {
+        if let Some(reference) = node.get("$ref").and_then(Value::as_str) {
+            let Some(name) = reference.strip_prefix("#/definitions/") else { return node };
+            match root.get("definitions").and_then(|definitions| definitions.get(name)) {
+                Some(target) => node = target,
+                None => return node,
+            }
+        } else if let Some(first) = node.get("allOf").and_then(|all| all.get(0)) {
+            node = first;
+        } else if let Some(options) = node.get("anyOf").and_then(Value::as_array) {
+            match options.iter().find(|option| option.get("type") != Some(&Value::String("null".into()))) {
+                Some(option) => node = option,
+                None => return node,
+            }
+        } else {
+            return node;
+        }
+    }
+    node
+}
+
+/// The (resolved) schema of the value at `path` in a document described by `root`.
+pub fn schema_at<'s>(root: &'s Value, path: &crate::FieldPath) -> Option<&'s Value> {
+    let mut node = resolve_schema(root, root);
+    for segment in &path.0 {
+        let next = match segment {
+            crate::PathSegment::Key(key) => node
+                .get("properties")
+                .and_then(|properties| properties.get(key))
+                .or_else(|| node.get("additionalProperties").filter(|additional| additional.is_object())),
+            crate::PathSegment::Index(_) => node.get("items"),
+        }?;
+        node = resolve_schema(root, next);
+    }
+    Some(node)
+}

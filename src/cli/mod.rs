@@ -1,22 +1,143 @@
-//! The `cloud` command line: argument parsing (clap) and one module per command.
+//! The `cloud` command line: argument parsing (clap), and one module per command. Commands that
+//! talk to a server use [`crate::client::Client`]; `validate`, `explain` and `completion` work
+//! offline. Exit status: 0 on success, 1 on any error.
 
+mod apply;
+mod delete;
+mod describe;
+mod events;
+mod explain;
+mod get;
+mod output;
+mod server;
 mod validate;
+mod wait;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use minicloud_crds::Kind;
+
+use crate::client::{Client, ClientError};
 
 /// minicloud: a self-hosted mini cloud on Docker, run the way Kubernetes runs a cluster.
 #[derive(Debug, Parser)]
 #[command(name = "cloud", version, about, propagate_version = true)]
 pub struct Cli {
+    /// Address of the minicloud server.
+    #[arg(long, global = true, env = "CLOUD_SERVER", default_value = "http://127.0.0.1:7080")]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Output formats of `get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Wide,
+    Yaml,
+    Json,
+    Name,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the API server (SQLite in the data directory unless --database-url says otherwise).
+    Server(server::ServerArgs),
+    /// Create or update objects from manifests; everything is validated before anything changes.
+    Apply {
+        /// Manifest files, directories, or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        /// Include subdirectories of directories.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// Namespace for objects whose manifest names none.
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// Show what would change without changing anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List objects: `cloud get instances`, `cloud get lb web -o yaml`, `cloud get inst -w`.
+    Get {
+        /// A kind (`instance`, `instances`, `inst`, ...) and optional names, or KIND/NAME items.
+        #[arg(required = true, num_args = 1..)]
+        targets: Vec<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Label selector, e.g. `app=web,tier!=db`.
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<OutputFormat>,
+        /// After listing, keep printing changes.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Show an object in detail: metadata, spec, status, conditions and recent events.
+    Describe {
+        /// KIND NAME or KIND/NAME.
+        #[arg(required = true, num_args = 1..)]
+        targets: Vec<String>,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
+    /// Delete objects by name or by the manifests that declared them.
+    Delete {
+        /// KIND NAME... or KIND/NAME items.
+        targets: Vec<String>,
+        /// Delete the objects declared in these manifests.
+        #[arg(short = 'f', long = "filename", num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Wait until the objects are gone (finalizers done).
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 30s, 2m.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Wait for a condition (`--for condition=Ready`, `--for condition=Ready=false`) or deletion
+    /// (`--for delete`).
+    Wait {
+        /// KIND/NAME items (or KIND NAME).
+        #[arg(required = true, num_args = 1..)]
+        targets: Vec<String>,
+        #[arg(long = "for", required = true)]
+        condition: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// e.g. 30s, 2m, 1h.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Document a kind or one of its fields: `cloud explain instance.spec.healthCheck`.
+    Explain {
+        /// KIND or KIND.field.path.
+        target: String,
+    },
+    /// List events, newest last: `cloud events --for instance/web`.
+    Events {
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Only the events of KIND/NAME.
+        #[arg(long = "for")]
+        object: Option<String>,
+        /// Keep printing new events.
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
     /// Check manifests without a server: YAML, schema and semantic rules, with file:line:col
     /// for every problem.
     Validate {
@@ -27,19 +148,141 @@ enum Command {
         #[arg(short = 'R', long)]
         recursive: bool,
     },
+    /// Print a shell completion script: `source <(cloud completion bash)`.
+    Completion { shell: clap_complete::Shell },
+    /// Print the client's and the server's version.
+    Version,
+    /// Print the OpenAPI document (as checked in at docs/openapi.json).
+    #[command(hide = true)]
+    Openapi,
+}
+
+/// Parses `30s`, `2m`, `1h`, `500ms` or plain seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("invalid duration {text:?}: write e.g. 30s, 2m, 1h"))?;
+    let seconds = match unit {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("invalid duration unit in {text:?}: use ms, s, m or h")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Parses a kind as typed on the command line.
+pub fn parse_kind(text: &str) -> anyhow::Result<Kind> {
+    Kind::from_cli_name(text).ok_or_else(|| {
+        let names: Vec<String> = Kind::ALL
+            .iter()
+            .map(|kind| {
+                let mut names = vec![kind.as_str().to_ascii_lowercase(), kind.plural().to_owned()];
+                names.extend(kind.short_names().iter().map(|name| name.to_string()));
+                names.join("|")
+            })
+            .collect();
+        anyhow::anyhow!("unknown resource type {text:?}; use one of: {}", names.join(", "))
+    })
+}
+
+/// Resolves `KIND NAME...` or `KIND/NAME...` arguments into (kind, name) pairs; a bare KIND
+/// gives a pair with no name.
+pub fn parse_targets(targets: &[String]) -> anyhow::Result<Vec<(Kind, Option<String>)>> {
+    let Some(first) = targets.first() else { anyhow::bail!("name a resource type, e.g. `instances`") };
+    if first.contains('/') {
+        return targets
+            .iter()
+            .map(|target| match target.split_once('/') {
+                Some((kind, name)) if !name.is_empty() => Ok((parse_kind(kind)?, Some(name.to_owned()))),
+                _ => anyhow::bail!("{target:?}: write KIND/NAME, e.g. instance/web"),
+            })
+            .collect();
+    }
+    let kind = parse_kind(first)?;
+    if targets.len() == 1 {
+        return Ok(vec![(kind, None)]);
+    }
+    targets[1..]
+        .iter()
+        .map(|name| {
+            if name.contains('/') {
+                anyhow::bail!("{name:?}: mix neither KIND NAME and KIND/NAME forms");
+            }
+            Ok((kind, Some(name.clone())))
+        })
+        .collect()
 }
 
 /// Runs the command line and returns the process exit code (0 success, 1 error).
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
+    let client = Client::new(&cli.server);
     let outcome = match cli.command {
+        Command::Server(args) => server::run(args).await,
+        Command::Apply { files, recursive, namespace, dry_run } => {
+            apply::run(&client, &files, recursive, namespace.as_deref(), dry_run).await
+        }
+        Command::Get { targets, namespace, all_namespaces, selector, output, watch } => {
+            let namespace = (!all_namespaces).then_some(namespace);
+            get::run(&client, &targets, namespace.as_deref(), selector.as_deref(), output, watch).await
+        }
+        Command::Describe { targets, namespace } => describe::run(&client, &targets, &namespace).await,
+        Command::Delete { targets, files, recursive, namespace, wait, timeout } => {
+            delete::run(&client, &targets, &files, recursive, &namespace, wait.then_some(timeout)).await
+        }
+        Command::Wait { targets, condition, namespace, timeout } => {
+            wait::run(&client, &targets, &condition, &namespace, timeout).await
+        }
+        Command::Explain { target } => explain::run(&target),
+        Command::Events { namespace, all_namespaces, object, watch } => {
+            let namespace = (!all_namespaces).then_some(namespace);
+            events::run(&client, namespace.as_deref(), object.as_deref(), watch).await
+        }
         Command::Validate { files, recursive } => validate::run(&files, recursive),
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cloud", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Version => version(&client).await,
+        Command::Openapi => {
+            print!("{}", crate::api::openapi::render());
+            Ok(())
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            report(&error);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints an error; API validation errors list every field problem.
+fn report(error: &anyhow::Error) {
+    if let Some(ClientError::Api { causes, reason, .. }) = error.downcast_ref::<ClientError>() {
+        if !causes.is_empty() {
+            eprintln!("error: {reason}:");
+            for cause in causes {
+                eprintln!("  {}: {}", cause.field, cause.message);
+            }
+            return;
+        }
+    }
+    eprintln!("error: {error:#}");
+}
+
+async fn version(client: &Client) -> anyhow::Result<()> {
+    println!("client: cloud {}", env!("CARGO_PKG_VERSION"));
+    match client.version().await {
+        Ok(version) => {
+            let text = |key: &str| version.get(key).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
+            println!("server: cloud {} at {} (store: {})", text("version"), client.server(), text("store"));
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
     }
 }

@@ -223,6 +223,16 @@ pub fn parse_sources(sources: &[Source]) -> Result<Vec<Manifest>, ManifestError>
     }
 }
 
+/// Validates one object given as JSON (as the API receives it): the same checks as for a
+/// manifest, reported by field path since there is no text to point into.
+pub fn validate_value(value: Value) -> Result<TypedObject, Vec<minicloud_crds::FieldError>> {
+    let spans = SpanIndex::default();
+    let locator = Locator { spans: &spans, prefix: FieldPath::root() };
+    check_document(value, &locator).map_err(|problems| {
+        problems.into_iter().map(|problem| minicloud_crds::FieldError::new(problem.path, problem.message)).collect()
+    })
+}
+
 /// Reads and validates in one step.
 pub fn load(paths: &[PathBuf], recursive: bool) -> Result<Vec<Manifest>, ManifestError> {
     parse_sources(&read_sources(paths, recursive)?)
@@ -403,10 +413,11 @@ fn describe_schema_error(error: &ValidationError<'_>, schema: &Value, locator: &
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().map_or_else(|| property.to_string(), str::to_owned);
+            let field = path.key(&name);
             out.push(Located {
-                position: locator.key_position(&path),
-                path: path.clone(),
-                message: format!("missing required field `{name}`"),
+                position: locator.key_position(&field),
+                path: field,
+                message: "required field is missing".into(),
             });
         }
         ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
@@ -459,46 +470,11 @@ fn is_null_type_error(error: &ValidationError<'_>, path: &FieldPath) -> bool {
 
 /// The property names the schema allows at `path`, for "did you mean" hints.
 fn allowed_fields(schema: &Value, path: &FieldPath) -> Vec<String> {
-    let mut node = resolve(schema, schema);
-    for segment in &path.0 {
-        let next = match segment {
-            PathSegment::Key(key) => node
-                .get("properties")
-                .and_then(|properties| properties.get(key))
-                .or_else(|| node.get("additionalProperties").filter(|additional| additional.is_object())),
-            PathSegment::Index(_) => node.get("items"),
-        };
-        let Some(next) = next else { return Vec::new() };
-        node = resolve(schema, next);
-    }
-    node.get("properties")
+    minicloud_crds::kinds::schema_at(schema, path)
+        .and_then(|node| node.get("properties"))
         .and_then(Value::as_object)
         .map(|properties| properties.keys().cloned().collect())
         .unwrap_or_default()
-}
-
-/// Follows `$ref`, single-entry `allOf` and `anyOf: [T, null]` to the schema that describes
-/// the value.
-fn resolve<'s>(root: &'s Value, mut node: &'s Value) -> &'s Value {
-    for _ in 0..16 {
-        if let Some(reference) = node.get("$ref").and_then(Value::as_str) {
-            let Some(name) = reference.strip_prefix("#/definitions/") else { return node };
-            match root.get("definitions").and_then(|definitions| definitions.get(name)) {
-                Some(target) => node = target,
-                None => return node,
-            }
-        } else if let Some(first) = node.get("allOf").and_then(|all| all.get(0)) {
-            node = first;
-        } else if let Some(options) = node.get("anyOf").and_then(Value::as_array) {
-            match options.iter().find(|option| option.get("type") != Some(&Value::String("null".into()))) {
-                Some(option) => node = option,
-                None => return node,
-            }
-        } else {
-            return node;
-        }
-    }
-    node
 }
 
 /// The known name closest to `field`, when it is close enough to be a typo.
@@ -617,7 +593,7 @@ mod tests {
             problems.contains(&"m.yaml:6:3: spec.imgae: unknown field `imgae`; did you mean `image`?".to_string()),
             "{problems:?}"
         );
-        assert!(problems.iter().any(|p| p == "m.yaml:5:1: spec: missing required field `image`"), "{problems:?}");
+        assert!(problems.iter().any(|p| p == "m.yaml:5:1: spec.image: required field is missing"), "{problems:?}");
     }
 
     #[test]

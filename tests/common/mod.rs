@@ -2,6 +2,7 @@
 //! temporary SQLite file, or a fresh database on a real PostgreSQL server) and object builders.
 #![allow(dead_code)]
 
+pub mod server;
 pub mod store_suite;
 
 use minicloud::store::SqlStore;
@@ -78,4 +79,32 @@ pub fn instance(namespace: &str, name: &str, labels: &[(&str, &str)]) -> Object 
         "spec": {"image": "minicloud/web:local", "env": [{"name": "COUNTER", "value": "0"}]}
     }))
     .expect("instance object")
+}
+
+/// Instantiates async tests `fn(&TestServer)` once per backend, in modules `sqlite` and
+/// `postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let server = $crate::common::server::TestServer::sqlite().await;
+                    super::$test(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let server = $crate::common::server::TestServer::postgres().await;
+                    super::$test(&server).await;
+                    server.stop().await;
+                }
+            )*
+        }
+    };
 }

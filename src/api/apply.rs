@@ -1,0 +1,300 @@
+//! Apply: create-or-update a batch of objects from manifests, the way `kubectl apply` does.
+//!
+//! The whole batch is validated before anything is written. Each object remembers what was last
+//! applied (annotation `minicloud.dev/last-applied`), so that a label or annotation removed
+//! from the manifest is removed from the object while ones added by others stay. `spec` belongs
+//! to the manifest entirely: a field removed from the manifest is removed from the object.
+//! With `dryRun` nothing is written and the answer says what would change.
+
+use std::collections::{BTreeMap, HashSet};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Query, State};
+use axum::Json;
+use minicloud_crds::{Kind, Object, ObjectKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::{ApiError, Cause};
+use super::objects::parse_body;
+use super::AppState;
+use crate::manifest;
+use crate::store::{Store, StoreError};
+
+/// The annotation that records the last applied labels, annotations and spec.
+pub const LAST_APPLIED: &str = "minicloud.dev/last-applied";
+
+/// How often an update is retried when a controller wrote the object in between.
+const CONFLICT_RETRIES: usize = 5;
+
+/// What apply did (or, in a dry run, would do) to one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Created,
+    Configured,
+    Unchanged,
+}
+
+/// The outcome for one object.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Applied {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub action: Action,
+    /// Fields that change (for `configured`), e.g. `spec.image`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
+}
+
+/// The applied configuration kept in the annotation.
+#[derive(Default, Serialize, Deserialize)]
+struct LastApplied {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// `POST /apis/minicloud.dev/v1/apply[?dryRun=true]` with `{"items": [objects...]}`.
+pub async fn apply(
+    State(state): State<AppState>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let dry_run = matches!(params.get("dryRun").map(String::as_str), Some("true") | Some("1") | Some("All"));
+    let body = parse_body(body, state.body_limit)?;
+    let Some(items) = body.get("items").and_then(Value::as_array) else {
+        return Err(ApiError::bad_request("send {\"items\": [objects...]}"));
+    };
+    let objects = validate_batch(items.clone())?;
+    let results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
+    Ok(Json(json!({"dryRun": dry_run, "items": results})))
+}
+
+/// Validates every object of a batch; all problems are reported together, prefixed with
+/// `items[i]`.
+pub fn validate_batch(items: Vec<Value>) -> Result<Vec<Object>, ApiError> {
+    let mut objects = Vec::with_capacity(items.len());
+    let mut causes = Vec::new();
+    let mut seen = HashSet::new();
+    for (index, item) in items.into_iter().enumerate() {
+        match manifest::validate_value(item) {
+            Ok(typed) => match Object::from_typed(&typed) {
+                Ok(object) => {
+                    let key = ObjectKey::new(typed.kind(), object.namespace(), object.metadata.name.clone());
+                    if !seen.insert(key.clone()) {
+                        causes.push(Cause {
+                            field: format!("items[{index}]"),
+                            message: format!("{key} appears twice in the batch"),
+                        });
+                    }
+                    objects.push(object);
+                }
+                Err(error) => causes.push(Cause { field: format!("items[{index}]"), message: error.to_string() }),
+            },
+            Err(errors) => causes.extend(
+                errors
+                    .into_iter()
+                    .map(|error| Cause { field: format!("items[{index}].{}", error.path), message: error.message }),
+            ),
+        }
+    }
+    if causes.is_empty() {
+        Ok(objects)
+    } else {
+        let mut error = ApiError::invalid("the batch", Vec::new());
+        error.message = format!(
+            "the batch is invalid; nothing was applied: {}",
+            causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join("; ")
+        );
+        error.causes = causes;
+        Err(error)
+    }
+}
+
+/// Applies validated objects: creates the new ones in one transaction, then updates the
+/// existing ones that differ.
+pub async fn apply_objects(store: &dyn Store, objects: Vec<Object>, dry_run: bool) -> Result<Vec<Applied>, ApiError> {
+    let mut results = Vec::with_capacity(objects.len());
+    let mut to_create = Vec::new();
+    let mut to_update = Vec::new();
+    for object in objects {
+        let key = key_of(&object)?;
+        match store.get(&key).await {
+            Err(StoreError::NotFound(_)) => {
+                results.push(outcome(&key, Action::Created, Vec::new()));
+                to_create.push(with_last_applied(object));
+            }
+            Err(error) => return Err(error.into()),
+            Ok(live) => {
+                let next = merge(&live, &object);
+                let changes = changed_fields(&live, &next);
+                if changes.is_empty() {
+                    results.push(outcome(&key, Action::Unchanged, changes));
+                } else {
+                    results.push(outcome(&key, Action::Configured, changes));
+                    to_update.push((key, object));
+                }
+            }
+        }
+    }
+    if dry_run {
+        return Ok(results);
+    }
+    store.create_all(to_create).await?;
+    for (key, manifest) in to_update {
+        update_with_retries(store, &key, &manifest).await?;
+    }
+    Ok(results)
+}
+
+async fn update_with_retries(store: &dyn Store, key: &ObjectKey, manifest: &Object) -> Result<(), ApiError> {
+    let mut attempt = 0;
+    loop {
+        let live = store.get(key).await?;
+        match store.update(merge(&live, manifest)).await {
+            Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => attempt += 1,
+            Err(error) => return Err(error.into()),
+            Ok(_) => return Ok(()),
+        }
+    }
+}
+
+fn key_of(object: &Object) -> Result<ObjectKey, ApiError> {
+    let kind = Kind::from_kind_name(&object.kind)
+        .ok_or_else(|| ApiError::bad_request(format!("unknown kind {:?}", object.kind)))?;
+    Ok(ObjectKey::new(kind, object.namespace(), object.metadata.name.clone()))
+}
+
+fn outcome(key: &ObjectKey, action: Action, changes: Vec<String>) -> Applied {
+    Applied {
+        kind: key.kind.as_str().to_owned(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        action,
+        changes,
+    }
+}
+
+fn last_applied_of(object: &Object) -> LastApplied {
+    let mut annotations = object.metadata.annotations.clone();
+    annotations.remove(LAST_APPLIED);
+    LastApplied { labels: object.metadata.labels.clone(), annotations }
+}
+
+fn with_last_applied(mut object: Object) -> Object {
+    let record = serde_json::to_string(&last_applied_of(&object)).unwrap_or_default();
+    object.metadata.annotations.insert(LAST_APPLIED.into(), record);
+    object
+}
+
+/// The live object updated by a manifest: spec replaced, labels and annotations merged three
+/// ways (removed from the manifest since the last apply → removed; set by others → kept).
+pub fn merge(live: &Object, manifest: &Object) -> Object {
+    let previous: LastApplied = live
+        .metadata
+        .annotations
+        .get(LAST_APPLIED)
+        .and_then(|text| serde_json::from_str(text).ok())
+        .unwrap_or_default();
+    let desired = last_applied_of(manifest);
+    let mut next = live.clone();
+    next.spec = manifest.spec.clone();
+    next.metadata.labels = merge_map(&previous.labels, &live.metadata.labels, &desired.labels);
+    next.metadata.annotations = merge_map(&previous.annotations, &live.metadata.annotations, &desired.annotations);
+    with_last_applied_record(next, &desired)
+}
+
+fn with_last_applied_record(mut object: Object, record: &LastApplied) -> Object {
+    let text = serde_json::to_string(record).unwrap_or_default();
+    object.metadata.annotations.insert(LAST_APPLIED.into(), text);
+    object
+}
+
+fn merge_map(
+    previous: &BTreeMap<String, String>,
+    live: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut merged: BTreeMap<String, String> = live
+        .iter()
+        .filter(|(key, _)| !previous.contains_key(*key) || desired.contains_key(*key))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    merged.extend(desired.iter().map(|(k, v)| (k.clone(), v.clone())));
+    merged
+}
+
+/// The leaf fields (`spec.image`, `metadata.labels.app`) that differ between two objects,
+/// ignoring the last-applied bookkeeping.
+pub fn changed_fields(before: &Object, after: &Object) -> Vec<String> {
+    let mut changes = Vec::new();
+    diff(&json!(before.spec), &json!(after.spec), "spec", &mut changes);
+    diff(&json!(before.metadata.labels), &json!(after.metadata.labels), "metadata.labels", &mut changes);
+    let strip = |object: &Object| {
+        let mut annotations = object.metadata.annotations.clone();
+        annotations.remove(LAST_APPLIED);
+        json!(annotations)
+    };
+    diff(&strip(before), &strip(after), "metadata.annotations", &mut changes);
+    changes
+}
+
+fn diff(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
+    match (before, after) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for key in keys {
+                let child = format!("{path}.{key}");
+                diff(a.get(key).unwrap_or(&Value::Null), b.get(key).unwrap_or(&Value::Null), &child, out);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
+            for (index, (x, y)) in a.iter().zip(b).enumerate() {
+                diff(x, y, &format!("{path}[{index}]"), out);
+            }
+        }
+        _ if before != after => out.push(path.to_owned()),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(labels: &[(&str, &str)], image: &str) -> Object {
+        let labels: BTreeMap<String, String> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        serde_json::from_value(json!({
+            "apiVersion": "minicloud.dev/v1", "kind": "Instance",
+            "metadata": {"name": "web", "namespace": "default", "labels": labels},
+            "spec": {"image": image, "env": [{"name": "A", "value": "1"}]}
+        }))
+        .expect("object")
+    }
+
+    #[test]
+    fn removed_labels_go_and_foreign_labels_stay() {
+        let first = with_last_applied(object(&[("app", "web"), ("tier", "front")], "a"));
+        let mut live = first.clone();
+        live.metadata.labels.insert("owner".into(), "ops".into());
+        let next = merge(&live, &object(&[("app", "web")], "a"));
+        let labels: Vec<&str> = next.metadata.labels.keys().map(String::as_str).collect();
+        assert_eq!(labels, ["app", "owner"]);
+        assert_eq!(changed_fields(&live, &next), ["metadata.labels.tier"]);
+    }
+
+    #[test]
+    fn spec_fields_removed_from_the_manifest_are_removed() {
+        let live = with_last_applied(object(&[], "a"));
+        let mut manifest = object(&[], "b");
+        manifest.spec.as_object_mut().expect("spec").remove("env");
+        let next = merge(&live, &manifest);
+        assert_eq!(next.spec, json!({"image": "b"}));
+        assert_eq!(changed_fields(&live, &next), ["spec.env", "spec.image"]);
+        assert!(changed_fields(&next, &merge(&next, &manifest)).is_empty());
+    }
+}

@@ -1,0 +1,119 @@
+//! API errors: one type that every handler returns, rendered as JSON
+//! `{code, reason, message, details}` with the matching HTTP status, as Kubernetes does.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use minicloud_crds::FieldError;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::store::StoreError;
+
+/// One field problem in an error's details.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cause {
+    pub field: String,
+    pub message: String,
+}
+
+/// An error as the API reports it.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}: {message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// CamelCase machine-readable reason (`NotFound`, `Conflict`, `Invalid`, ...).
+    pub reason: &'static str,
+    pub message: String,
+    /// Field problems, for validation errors.
+    pub causes: Vec<Cause>,
+    /// Kind and name concerned, when there is one.
+    pub target: Option<(String, String)>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, reason, message: message.into(), causes: Vec::new(), target: None }
+    }
+
+    /// 400: the request itself is malformed.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", message)
+    }
+
+    /// 400 with every field problem of an object.
+    pub fn invalid(what: &str, errors: Vec<FieldError>) -> ApiError {
+        let causes: Vec<Cause> =
+            errors.into_iter().map(|error| Cause { field: error.path.to_string(), message: error.message }).collect();
+        let summary = causes.iter().map(|cause| format!("{}: {}", cause.field, cause.message)).collect::<Vec<_>>();
+        let mut error =
+            ApiError::new(StatusCode::BAD_REQUEST, "Invalid", format!("{what} is invalid: {}", summary.join("; ")));
+        error.causes = causes;
+        error
+    }
+
+    /// 404: no such resource type or object.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
+    }
+
+    /// 413: the body exceeds the limit.
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("request body is larger than {} MiB; split the batch", limit >> 20),
+        )
+    }
+
+    /// 503: the server is shutting down or the store is unreachable.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", message)
+    }
+
+    /// The JSON body of this error.
+    pub fn body(&self) -> serde_json::Value {
+        let mut details = serde_json::Map::new();
+        if let Some((kind, name)) = &self.target {
+            details.insert("kind".into(), json!(kind));
+            details.insert("name".into(), json!(name));
+        }
+        if !self.causes.is_empty() {
+            details.insert("causes".into(), json!(self.causes));
+        }
+        json!({
+            "code": self.status.as_u16(),
+            "reason": self.reason,
+            "message": self.message,
+            "details": details,
+        })
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        let message = error.to_string();
+        let (status, reason, target) = match &error {
+            StoreError::NotFound(key) => (StatusCode::NOT_FOUND, "NotFound", Some(key)),
+            StoreError::AlreadyExists(key) => (StatusCode::CONFLICT, "AlreadyExists", Some(key)),
+            StoreError::Conflict { key, .. } => (StatusCode::CONFLICT, "Conflict", Some(key)),
+            StoreError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid", None),
+            StoreError::Expired { .. } => (StatusCode::GONE, "Expired", None),
+            StoreError::UnsupportedUrl(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None),
+            StoreError::Database(_) | StoreError::Migration(_) => {
+                tracing::error!(%error, "store failure");
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", None)
+            }
+            StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None),
+        };
+        let mut api = ApiError::new(status, reason, message);
+        api.target = target.map(|key| (key.kind.as_str().to_owned(), key.name.clone()));
+        api
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
+    }
+}

@@ -1,0 +1,191 @@
+//! The API server (`cloud server`): Kubernetes-shaped REST over the store, with watches,
+//! apply, events, health endpoints and an OpenAPI document. Every request gets a request id
+//! (`x-request-id`, generated unless the client sent one) that appears in the response and in
+//! the structured logs. On SIGINT/SIGTERM the server stops accepting connections, ends watch
+//! streams cleanly and lets in-flight requests finish.
+
+pub mod apply;
+pub mod error;
+pub mod events;
+pub mod objects;
+pub mod openapi;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, Request};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::store::{self, SqlStore, Store};
+use error::ApiError;
+
+/// Largest request body accepted.
+pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// Revisions the change log keeps for watchers that fall behind.
+const RETAINED_REVISIONS: i64 = 100_000;
+/// How often the change log is compacted.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    /// Flips to true when the server begins to shut down; watch streams end then.
+    pub shutdown: watch::Receiver<bool>,
+    pub body_limit: usize,
+    pub backend: &'static str,
+}
+
+/// The server's settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub body_limit: usize,
+}
+
+/// The routes, without the listener.
+pub fn router(state: AppState) -> Router {
+    let request_id = HeaderName::from_static("x-request-id");
+    let body_limit = state.body_limit;
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/version", get(version))
+        .route("/openapi.json", get(openapi_document))
+        .route("/apis/minicloud.dev/v1/apply", post(apply::apply))
+        .route("/apis/minicloud.dev/v1/events", get(events::list_all))
+        .route("/apis/minicloud.dev/v1/namespaces/{namespace}/events", get(events::list_namespaced))
+        .route("/apis/minicloud.dev/v1/{plural}", get(objects::list_all))
+        .route(
+            "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}",
+            get(objects::list_namespaced).post(objects::create),
+        )
+        .route(
+            "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}/{name}",
+            get(objects::get_one).put(objects::replace).delete(objects::delete_one),
+        )
+        .route(
+            "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}/{name}/status",
+            axum::routing::put(objects::replace_status),
+        )
+        .fallback(not_found)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &Request<Body>| {
+                    let id = request.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    tracing::info_span!("request", method = %request.method(), path = %request.uri().path(), request_id = %id)
+                })
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn not_found(request: Request<Body>) -> ApiError {
+    ApiError::not_found(format!("no endpoint {} {}; see /openapi.json", request.method(), request.uri().path()))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if *state.shutdown.borrow() {
+        return Err(ApiError::unavailable("shutting down"));
+    }
+    let revision = state.store.revision().await.map_err(|error| ApiError::unavailable(error.to_string()))?;
+    Ok(Json(json!({"status": "ready", "revision": revision})))
+}
+
+async fn version(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "apiVersion": minicloud_crds::API_VERSION,
+        "store": state.backend,
+    }))
+}
+
+async fn openapi_document() -> Json<Value> {
+    Json(openapi::document())
+}
+
+/// Opens the store, serves until `stop` completes, then shuts down gracefully. `bound` is
+/// told the address actually bound (useful with port 0).
+pub async fn serve(
+    config: ServerConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+    bound: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let sql = SqlStore::open(&config.database_url)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot open the store at {}: {error}", redact(&config.database_url)))?;
+    let backend = sql.backend_name();
+    let store: Arc<dyn Store> = Arc::new(sql);
+    let compactor = store::spawn_compactor(store.clone(), RETAINED_REVISIONS, COMPACTION_INTERVAL);
+    let (stopping, shutdown) = watch::channel(false);
+    let state = AppState { store, shutdown, body_limit: config.body_limit, backend };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = backend, "minicloud API server listening");
+    bound(address);
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            stop.await;
+            tracing::info!("shutting down: finishing in-flight requests and closing watches");
+            let _ = stopping.send(true);
+        })
+        .await?;
+    compactor.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,341 @@
+//! The object endpoints, Kubernetes-shaped:
+//! `/apis/minicloud.dev/v1/namespaces/{ns}/{plural}[/{name}[/status]]` and cluster-wide
+//! `/apis/minicloud.dev/v1/{plural}` lists. Lists accept `labelSelector`; with `watch=true` they
+//! stream changes as JSON lines (`{"type": "ADDED", "object": {...}}`) from `resourceVersion`
+//! (or from a fresh list when none is given), with `BOOKMARK` lines as heartbeats.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::StreamExt;
+use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::manifest;
+use crate::store::{self, Deleted, Selector};
+
+/// Heartbeat interval of watches unless `heartbeatSeconds` says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
+
+type Params = Query<HashMap<String, String>>;
+
+/// The kind served under a plural path segment.
+pub fn kind_for_plural(plural: &str) -> Result<Kind, ApiError> {
+    Kind::ALL.into_iter().find(|kind| kind.plural() == plural).ok_or_else(|| {
+        let known: Vec<&str> = Kind::ALL.iter().map(|kind| kind.plural()).collect();
+        ApiError::not_found(format!("unknown resource type {plural:?}; this server has: {}", known.join(", ")))
+    })
+}
+
+fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
+    minicloud_crds::validation::check_dns_label(value)
+        .map_err(|reason| ApiError::bad_request(format!("{what}: {reason}")))
+}
+
+fn key(kind: Kind, namespace: &str, name: &str) -> Result<ObjectKey, ApiError> {
+    check_name("namespace", namespace)?;
+    check_name("name", name)?;
+    Ok(ObjectKey::new(kind, namespace, name))
+}
+
+fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match params.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("query parameter {name}={other:?}: use true or false"))),
+    }
+}
+
+fn selector(params: &HashMap<String, String>) -> Result<Selector, ApiError> {
+    Selector::parse(params.get("labelSelector").map_or("", String::as_str))
+        .map_err(|error| ApiError::bad_request(error.to_string()))
+}
+
+/// Parses a request body as a JSON object, with a precise message when it is not one.
+pub fn parse_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large(limit)
+        } else {
+            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("the request body is empty; send the object as JSON"));
+    }
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::bad_request(format!("malformed JSON at line {} column {}: {error}", error.line(), error.column()))
+    })
+}
+
+/// Validates an object sent for `kind` in `namespace` (and `name`, for replacements) and
+/// returns it in stored form, defaults applied.
+pub fn accept_object(mut value: Value, kind: Kind, namespace: &str, name: Option<&str>) -> Result<Object, ApiError> {
+    let Some(object) = value.as_object_mut() else {
+        return Err(ApiError::bad_request("the body must be a JSON object with apiVersion, kind, metadata and spec"));
+    };
+    match object.get("kind").and_then(Value::as_str) {
+        Some(sent) if sent == kind.as_str() => {}
+        Some(sent) => {
+            return Err(ApiError::bad_request(format!("kind {sent:?} sent to the {} endpoint", kind.plural())))
+        }
+        None => return Err(ApiError::bad_request(format!("missing kind; expected {:?}", kind.as_str()))),
+    }
+    let metadata = object.entry("metadata").or_insert_with(|| json!({}));
+    let Some(metadata) = metadata.as_object_mut() else {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    };
+    match metadata.get("namespace").and_then(Value::as_str) {
+        None => {
+            metadata.insert("namespace".into(), json!(namespace));
+        }
+        Some(sent) if sent == namespace => {}
+        Some(sent) => {
+            return Err(ApiError::bad_request(format!(
+                "metadata.namespace {sent:?} does not match the namespace in the URL ({namespace:?})"
+            )))
+        }
+    }
+    if let Some(name) = name {
+        match metadata.get("name").and_then(Value::as_str) {
+            None => {
+                metadata.insert("name".into(), json!(name));
+            }
+            Some(sent) if sent == name => {}
+            Some(sent) => {
+                return Err(ApiError::bad_request(format!(
+                    "metadata.name {sent:?} does not match the name in the URL ({name:?})"
+                )))
+            }
+        }
+    }
+    // Status is not part of what users validate; keep what was sent aside.
+    let status = object.remove("status").unwrap_or(Value::Null);
+    let typed = manifest::validate_value(value).map_err(|errors| ApiError::invalid(&format!("{kind}"), errors))?;
+    let mut object = Object::from_typed(&typed).map_err(|error| ApiError::bad_request(error.to_string()))?;
+    object.status = status;
+    Ok(object)
+}
+
+fn list_body(kind: Option<Kind>, list: store::ObjectList) -> Value {
+    let list_kind = kind.map_or_else(|| "List".to_owned(), |kind| format!("{}List", kind.as_str()));
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": list_kind,
+        "metadata": {"resourceVersion": list.revision.to_string()},
+        "items": list.items,
+    })
+}
+
+async fn list_or_watch(
+    state: AppState,
+    kind: Kind,
+    namespace: Option<String>,
+    params: HashMap<String, String>,
+) -> Result<Response, ApiError> {
+    if let Some(namespace) = &namespace {
+        check_name("namespace", namespace)?;
+    }
+    let query = store::Query { kind: Some(kind), namespace, selector: selector(&params)? };
+    if flag(&params, "watch")? {
+        return watch(state, query, &params).await;
+    }
+    let list = state.store.list(&query).await?;
+    Ok(Json(list_body(Some(kind), list)).into_response())
+}
+
+/// `GET /apis/minicloud.dev/v1/namespaces/{ns}/{plural}`
+pub async fn list_namespaced(
+    State(state): State<AppState>,
+    Path((namespace, plural)): Path<(String, String)>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    let kind = kind_for_plural(&plural)?;
+    list_or_watch(state, kind, Some(namespace), params).await
+}
+
+/// `GET /apis/minicloud.dev/v1/{plural}`: every namespace.
+pub async fn list_all(
+    State(state): State<AppState>,
+    Path(plural): Path<String>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    let kind = kind_for_plural(&plural)?;
+    list_or_watch(state, kind, None, params).await
+}
+
+/// `POST /apis/minicloud.dev/v1/namespaces/{ns}/{plural}`
+pub async fn create(
+    State(state): State<AppState>,
+    Path((namespace, plural)): Path<(String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let kind = kind_for_plural(&plural)?;
+    check_name("namespace", &namespace)?;
+    let object = accept_object(parse_body(body, state.body_limit)?, kind, &namespace, None)?;
+    let created = state.store.create(object).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// `GET .../{plural}/{name}`
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+) -> Result<Json<Object>, ApiError> {
+    let key = key(kind_for_plural(&plural)?, &namespace, &name)?;
+    Ok(Json(state.store.get(&key).await?))
+}
+
+/// `PUT .../{plural}/{name}`: replaces spec and user metadata (resourceVersion checked when sent).
+pub async fn replace(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Object>, ApiError> {
+    let kind = kind_for_plural(&plural)?;
+    key(kind, &namespace, &name)?;
+    let object = accept_object(parse_body(body, state.body_limit)?, kind, &namespace, Some(&name))?;
+    Ok(Json(state.store.update(object).await?))
+}
+
+/// `PUT .../{plural}/{name}/status`: replaces the status only (controllers).
+pub async fn replace_status(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Object>, ApiError> {
+    let kind = kind_for_plural(&plural)?;
+    let key = key(kind, &namespace, &name)?;
+    let value = parse_body(body, state.body_limit)?;
+    let status = value.get("status").cloned().unwrap_or(Value::Null);
+    let resource_version = value.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+    let mut object = state.store.get(&key).await?;
+    check_status(kind, &status)?;
+    object.status = status;
+    object.metadata.resource_version = resource_version;
+    Ok(Json(state.store.update_status(object).await?))
+}
+
+/// Checks that a status has the shape of the kind's status type.
+fn check_status(kind: Kind, status: &Value) -> Result<(), ApiError> {
+    if status.is_null() {
+        return Ok(());
+    }
+    let probe = json!({"apiVersion": API_VERSION, "kind": kind.as_str(), "metadata": {"name": "status-check"}, "status": status});
+    let schema_errors = manifest::validate_value(probe).err().unwrap_or_default();
+    let status_errors: Vec<_> = schema_errors
+        .into_iter()
+        .filter(|error| matches!(error.path.0.first(), Some(minicloud_crds::PathSegment::Key(key)) if key == "status"))
+        .collect();
+    if status_errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(&format!("{kind} status"), status_errors))
+    }
+}
+
+/// `DELETE .../{plural}/{name}[?resourceVersion=N]`
+pub async fn delete_one(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
+    let key = key(kind_for_plural(&plural)?, &namespace, &name)?;
+    let deleted = state.store.delete(&key, params.get("resourceVersion").map(String::as_str)).await?;
+    Ok(match deleted {
+        Deleted::Gone(object) => (StatusCode::OK, Json(json!({"status": "Deleted", "object": object}))).into_response(),
+        Deleted::Terminating(object) => {
+            (StatusCode::ACCEPTED, Json(json!({"status": "Terminating", "object": object}))).into_response()
+        }
+    })
+}
+
+fn line(value: &Value) -> Bytes {
+    let mut text = value.to_string();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+fn bookmark(revision: i64) -> Bytes {
+    line(&json!({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": revision.to_string()}}}))
+}
+
+/// Streams changes as JSON lines until the client goes away or the server shuts down.
+async fn watch(state: AppState, query: store::Query, params: &HashMap<String, String>) -> Result<Response, ApiError> {
+    let heartbeat = match params.get("heartbeatSeconds") {
+        None => DEFAULT_HEARTBEAT,
+        Some(text) => match text.parse::<u64>() {
+            Ok(seconds @ 1..=300) => Duration::from_secs(seconds),
+            _ => return Err(ApiError::bad_request("heartbeatSeconds must be a whole number from 1 to 300")),
+        },
+    };
+    let requested =
+        match params.get("resourceVersion").map(String::as_str) {
+            None | Some("") | Some("0") => None,
+            Some(text) => Some(text.parse::<i64>().map_err(|_| {
+                ApiError::bad_request(format!("resourceVersion {text:?} is not one this server issued"))
+            })?),
+        };
+    // Without a resourceVersion, start with the current objects as ADDED (like kubectl).
+    let (initial, from) = match requested {
+        Some(revision) => (Vec::new(), revision),
+        None => {
+            let list = state.store.list(&query).await?;
+            (list.items, list.revision)
+        }
+    };
+    let mut changes = state.store.watch(query, from).await?;
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
+    let mut shutdown = state.shutdown.clone();
+    tokio::spawn(async move {
+        for object in initial {
+            if sender.send(Ok(line(&json!({"type": "ADDED", "object": object})))).await.is_err() {
+                return;
+            }
+        }
+        let mut last = from;
+        let mut ticker = tokio::time::interval(heartbeat);
+        ticker.tick().await;
+        loop {
+            let message = tokio::select! {
+                change = changes.next() => match change {
+                    Some(Ok(event)) => {
+                        last = event.revision;
+                        line(&json!({"type": event.change, "object": event.object}))
+                    }
+                    Some(Err(error)) => {
+                        let api: ApiError = error.into();
+                        let _ = sender.send(Ok(line(&json!({"type": "ERROR", "object": api.body()})))).await;
+                        return;
+                    }
+                    None => return,
+                },
+                _ = ticker.tick() => bookmark(last),
+                _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => return,
+                _ = sender.closed() => return,
+            };
+            if sender.send(Ok(message)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream =
+        futures::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+        );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(stream))
+        .map_err(|error| ApiError::bad_request(error.to_string()))
+}

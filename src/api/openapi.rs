@@ -1,0 +1,308 @@
+//! The OpenAPI 3.1 document of the API, generated from the resource types (their JSON Schemas)
+//! and the route table. A copy is checked in at `docs/openapi.json` (regenerate with
+//! `cargo run -q -- openapi > docs/openapi.json`); a test fails when it is stale.
+
+use minicloud_crds::Kind;
+use serde_json::{json, Map, Value};
+
+const PREFIX: &str = "/apis/minicloud.dev/v1";
+
+/// Rewrites draft-07 `#/definitions/X` references to OpenAPI's `#/components/schemas/X`.
+fn rewrite_refs(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get_mut("$ref") {
+                if let Some(name) = reference.strip_prefix("#/definitions/") {
+                    *reference = format!("#/components/schemas/{name}");
+                }
+            }
+            for child in map.values_mut() {
+                rewrite_refs(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+fn schema_ref(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn json_response(description: &str, schema: Value) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema}}})
+}
+
+fn error_responses(codes: &[(&str, &str)]) -> Map<String, Value> {
+    codes
+        .iter()
+        .map(|(code, description)| (code.to_string(), json_response(description, schema_ref("Error"))))
+        .collect()
+}
+
+fn parameter(name: &str, location: &str, description: &str, schema: Value) -> Value {
+    json!({"name": name, "in": location, "required": location == "path", "description": description, "schema": schema})
+}
+
+fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
+    let name = kind.as_str();
+    let plural = kind.plural();
+    let namespace = parameter("namespace", "path", "Namespace (a DNS-1123 label).", json!({"type": "string"}));
+    let object_name = parameter("name", "path", "Object name (a DNS-1123 label).", json!({"type": "string"}));
+    let list_parameters = json!([
+        parameter(
+            "labelSelector",
+            "query",
+            "Only objects whose labels match, e.g. `app=web,tier!=db`.",
+            json!({"type": "string"})
+        ),
+        parameter("watch", "query", "Stream changes as JSON lines instead of listing.", json!({"type": "boolean"})),
+        parameter(
+            "resourceVersion",
+            "query",
+            "With watch: stream changes after this revision (otherwise the current objects come first, as ADDED).",
+            json!({"type": "string"})
+        ),
+        parameter(
+            "heartbeatSeconds",
+            "query",
+            "With watch: seconds between BOOKMARK heartbeats (1-300, default 10).",
+            json!({"type": "integer"})
+        ),
+    ]);
+    let list_response = {
+        let mut responses =
+            error_responses(&[("400", "Bad selector or parameter"), ("410", "resourceVersion compacted: list again")]);
+        responses.insert(
+            "200".into(),
+            json!({
+                "description": format!("{name} list, or with watch=true a stream of JSON lines {{type, object}}"),
+                "content": {
+                    "application/json": {"schema": schema_ref(&format!("{name}List"))},
+                    "application/x-ndjson": {"schema": schema_ref("WatchEvent")}
+                }
+            }),
+        );
+        responses
+    };
+    paths.insert(
+        format!("{PREFIX}/{plural}"),
+        json!({"get": {
+            "summary": format!("List or watch {plural} in every namespace"),
+            "operationId": format!("list{name}AllNamespaces"),
+            "parameters": list_parameters,
+            "responses": list_response.clone(),
+        }}),
+    );
+    let mut create_responses = error_responses(&[
+        ("400", "Malformed or invalid object (every field problem in details.causes)"),
+        ("409", "AlreadyExists"),
+        ("413", "Body too large"),
+    ]);
+    create_responses.insert("201".into(), json_response("Created", schema_ref(name)));
+    let mut list_all = list_parameters.as_array().cloned().unwrap_or_default();
+    list_all.insert(0, namespace.clone());
+    paths.insert(
+        format!("{PREFIX}/namespaces/{{namespace}}/{plural}"),
+        json!({
+            "get": {
+                "summary": format!("List or watch {plural} in a namespace"),
+                "operationId": format!("list{name}"),
+                "parameters": list_all,
+                "responses": list_response,
+            },
+            "post": {
+                "summary": format!("Create a {name}"),
+                "operationId": format!("create{name}"),
+                "parameters": [namespace.clone()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(name)}}},
+                "responses": create_responses,
+            }
+        }),
+    );
+    let mut get_responses = error_responses(&[("404", "NotFound")]);
+    get_responses.insert("200".into(), json_response("The object", schema_ref(name)));
+    let mut put_responses = error_responses(&[
+        ("400", "Malformed or invalid"),
+        ("404", "NotFound"),
+        ("409", "Conflict: stale resourceVersion"),
+        ("422", "Not allowed now"),
+    ]);
+    put_responses.insert("200".into(), json_response("The object as stored", schema_ref(name)));
+    let mut delete_responses = error_responses(&[("404", "NotFound"), ("409", "Conflict: stale resourceVersion")]);
+    delete_responses.insert("200".into(), json_response("Deleted", schema_ref("DeleteResult")));
+    delete_responses
+        .insert("202".into(), json_response("Terminating: finalizers still hold it", schema_ref("DeleteResult")));
+    paths.insert(
+        format!("{PREFIX}/namespaces/{{namespace}}/{plural}/{{name}}"),
+        json!({
+            "get": {"summary": format!("Read a {name}"), "operationId": format!("read{name}"), "parameters": [namespace.clone(), object_name.clone()], "responses": get_responses},
+            "put": {
+                "summary": format!("Replace a {name}'s spec and metadata (send metadata.resourceVersion for optimistic concurrency)"),
+                "operationId": format!("replace{name}"),
+                "parameters": [namespace.clone(), object_name.clone()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(name)}}},
+                "responses": put_responses.clone(),
+            },
+            "delete": {
+                "summary": format!("Delete a {name}"),
+                "operationId": format!("delete{name}"),
+                "parameters": [namespace.clone(), object_name.clone(), parameter("resourceVersion", "query", "Delete only if the object is still at this version.", json!({"type": "string"}))],
+                "responses": delete_responses,
+            }
+        }),
+    );
+    paths.insert(
+        format!("{PREFIX}/namespaces/{{namespace}}/{plural}/{{name}}/status"),
+        json!({"put": {
+            "summary": format!("Replace a {name}'s status (controllers)"),
+            "operationId": format!("replace{name}Status"),
+            "parameters": [namespace, object_name],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(name)}}},
+            "responses": put_responses,
+        }}),
+    );
+}
+
+fn kind_schemas(kind: Kind, schemas: &mut Map<String, Value>) {
+    let mut schema = kind.schema();
+    rewrite_refs(&mut schema);
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("$schema");
+        object.remove("$id");
+        if let Some(Value::Object(definitions)) = object.remove("definitions") {
+            schemas.extend(definitions);
+        }
+    }
+    schemas.insert(kind.as_str().to_owned(), schema);
+    schemas.insert(
+        format!("{}List", kind.as_str()),
+        json!({
+            "type": "object",
+            "required": ["apiVersion", "kind", "metadata", "items"],
+            "properties": {
+                "apiVersion": {"type": "string"},
+                "kind": {"type": "string", "enum": [format!("{}List", kind.as_str())]},
+                "metadata": {"type": "object", "properties": {"resourceVersion": {"type": "string", "description": "Revision the list was read at; watch from it."}}},
+                "items": {"type": "array", "items": schema_ref(kind.as_str())}
+            }
+        }),
+    );
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths = Map::new();
+    let mut schemas = Map::new();
+    for kind in Kind::ALL {
+        kind_paths(kind, &mut paths);
+        kind_schemas(kind, &mut schemas);
+    }
+    let mut apply_responses =
+        error_responses(&[("400", "Malformed or invalid batch; nothing was applied"), ("413", "Body too large")]);
+    apply_responses.insert(
+        "200".into(),
+        json_response("What happened (or would happen) to each object", schema_ref("ApplyResult")),
+    );
+    paths.insert(
+        format!("{PREFIX}/apply"),
+        json!({"post": {
+            "summary": "Create or update a batch of objects; the batch is validated completely first",
+            "operationId": "apply",
+            "parameters": [parameter("dryRun", "query", "Validate and report what would change without writing.", json!({"type": "boolean"}))],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("ApplyRequest")}}},
+            "responses": apply_responses,
+        }}),
+    );
+    paths.insert(
+        format!("{PREFIX}/events"),
+        json!({"get": {"summary": "Events in every namespace", "operationId": "listEventsAllNamespaces", "responses": {"200": json_response("Events, oldest first", schema_ref("EventList"))}}}),
+    );
+    paths.insert(
+        format!("{PREFIX}/namespaces/{{namespace}}/events"),
+        json!({"get": {
+            "summary": "Events of a namespace, or of one object",
+            "operationId": "listEvents",
+            "parameters": [
+                parameter("namespace", "path", "Namespace.", json!({"type": "string"})),
+                parameter("kind", "query", "With name: only this object's events.", json!({"type": "string"})),
+                parameter("name", "query", "With kind: only this object's events.", json!({"type": "string"}))
+            ],
+            "responses": {"200": json_response("Events, oldest first", schema_ref("EventList"))}
+        }}),
+    );
+    for (path, summary) in [
+        ("/healthz", "Liveness"),
+        ("/readyz", "Readiness: the store answers"),
+        ("/version", "Server version and store backend"),
+    ] {
+        paths.insert(path.into(), json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}, "503": json_response("Not ready", schema_ref("Error"))}}}));
+    }
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["code", "reason", "message"],
+            "properties": {
+                "code": {"type": "integer", "description": "HTTP status code."},
+                "reason": {"type": "string", "description": "CamelCase reason: BadRequest, Invalid, NotFound, AlreadyExists, Conflict, Expired, ..."},
+                "message": {"type": "string", "description": "What went wrong and what to do."},
+                "details": {"type": "object", "properties": {
+                    "kind": {"type": "string"}, "name": {"type": "string"},
+                    "causes": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}
+                }}
+            }
+        }),
+    );
+    schemas.insert(
+        "WatchEvent".into(),
+        json!({"type": "object", "required": ["type", "object"], "properties": {
+            "type": {"type": "string", "enum": ["ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"]},
+            "object": {"type": "object", "description": "The object after the change; for BOOKMARK only metadata.resourceVersion; for ERROR an Error."}
+        }}),
+    );
+    schemas.insert(
+        "DeleteResult".into(),
+        json!({"type": "object", "properties": {"status": {"type": "string", "enum": ["Deleted", "Terminating"]}, "object": {"type": "object"}}}),
+    );
+    schemas.insert(
+        "ApplyRequest".into(),
+        json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": {"type": "object", "description": "Any minicloud object."}}}}),
+    );
+    schemas.insert(
+        "ApplyResult".into(),
+        json!({"type": "object", "properties": {
+            "dryRun": {"type": "boolean"},
+            "items": {"type": "array", "items": {"type": "object", "properties": {
+                "kind": {"type": "string"}, "namespace": {"type": "string"}, "name": {"type": "string"},
+                "action": {"type": "string", "enum": ["created", "configured", "unchanged"]},
+                "changes": {"type": "array", "items": {"type": "string"}, "description": "Fields that change, e.g. spec.image."}
+            }}}
+        }}),
+    );
+    schemas.insert(
+        "EventList".into(),
+        json!({"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {
+            "kind": {"type": "string"}, "namespace": {"type": "string"}, "name": {"type": "string"}, "uid": {"type": "string"},
+            "type": {"type": "string", "enum": ["Normal", "Warning"]}, "reason": {"type": "string"}, "message": {"type": "string"},
+            "count": {"type": "integer"}, "firstTimestamp": {"type": "string", "format": "date-time"}, "lastTimestamp": {"type": "string", "format": "date-time"}
+        }}}}}),
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "minicloud",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Kubernetes-shaped API of minicloud: objects under /apis/minicloud.dev/v1, watches as JSON lines, apply, events."
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    })
+}
+
+/// The document as checked in: pretty JSON with a final newline.
+pub fn render() -> String {
+    let mut text = serde_json::to_string_pretty(&document()).unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -1,0 +1,69 @@
+//! `cloud delete KIND NAME... | -f FILE [--wait]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use minicloud_crds::Kind;
+
+use super::parse_targets;
+use crate::client::Client;
+use crate::manifest::{self, ManifestError};
+
+/// Deletes the named objects, or those the manifests declare.
+pub async fn run(
+    client: &Client,
+    targets: &[String],
+    files: &[PathBuf],
+    recursive: bool,
+    namespace: &str,
+    wait: Option<Duration>,
+) -> anyhow::Result<()> {
+    let mut objects: Vec<(Kind, String, String)> = Vec::new();
+    if !files.is_empty() {
+        let manifests = manifest::load(files, recursive).map_err(|ManifestError::Invalid(problems)| {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            anyhow::anyhow!("{} problem(s) found; nothing was deleted", problems.len())
+        })?;
+        for manifest in manifests {
+            let key = manifest.key();
+            let namespace =
+                if manifest.object.metadata().namespace.is_some() { key.namespace } else { namespace.to_owned() };
+            objects.push((key.kind, namespace, key.name));
+        }
+    }
+    if !targets.is_empty() {
+        for (kind, name) in parse_targets(targets)? {
+            let Some(name) = name else {
+                anyhow::bail!("name the {} to delete (deleting every object of a kind is not supported)", kind.plural())
+            };
+            objects.push((kind, namespace.to_owned(), name));
+        }
+    }
+    if objects.is_empty() {
+        anyhow::bail!("name what to delete: `cloud delete instance web` or `cloud delete -f FILE`");
+    }
+    let mut failures = 0;
+    for (kind, namespace, name) in &objects {
+        let label = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
+        match client.delete(*kind, namespace, name).await {
+            Ok(answer) if answer.status == "Terminating" => println!("{label} deleting (waiting for finalizers)"),
+            Ok(_) => println!("{label} deleted"),
+            Err(error) => {
+                eprintln!("error: {error}");
+                failures += 1;
+            }
+        }
+    }
+    if let Some(timeout) = wait {
+        for (kind, namespace, name) in &objects {
+            let target = vec![format!("{}/{name}", kind.as_str().to_ascii_lowercase())];
+            super::wait::run(client, &target, "delete", namespace, timeout).await?;
+        }
+    }
+    if failures > 0 {
+        anyhow::bail!("{failures} of {} deletion(s) failed", objects.len());
+    }
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `cloud describe KIND NAME`: everything about one object — metadata, spec, status, a
+//! conditions table and its recent events. The first place to look when something is not Ready.
+
+use chrono::{DateTime, Utc};
+use minicloud_crds::Object;
+use serde_json::Value;
+
+use super::output::{age, table, yaml};
+use super::parse_targets;
+use crate::api::apply::LAST_APPLIED;
+use crate::client::Client;
+
+/// Describes every named object.
+pub async fn run(client: &Client, targets: &[String], namespace: &str) -> anyhow::Result<()> {
+    let targets = parse_targets(targets)?;
+    for (index, (kind, name)) in targets.iter().enumerate() {
+        let Some(name) = name else {
+            anyhow::bail!(
+                "name the {} to describe, e.g. `cloud describe {} web`",
+                kind.as_str().to_ascii_lowercase(),
+                kind.plural()
+            )
+        };
+        if index > 0 {
+            println!();
+        }
+        let object = client.get(*kind, namespace, name).await?;
+        let events = client.events(Some(namespace), Some((*kind, name))).await?;
+        print!("{}", render(&object, &events));
+    }
+    Ok(())
+}
+
+fn map_text(map: &std::collections::BTreeMap<String, String>) -> String {
+    let pairs: Vec<String> = map
+        .iter()
+        .filter(|(key, _)| key.as_str() != LAST_APPLIED)
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    if pairs.is_empty() {
+        "<none>".into()
+    } else {
+        pairs.join("\n              ")
+    }
+}
+
+fn time_text(time: Option<DateTime<Utc>>) -> String {
+    time.map_or("<none>".into(), |time| {
+        format!("{} ({} ago)", time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true), age(Some(time)))
+    })
+}
+
+/// The whole description as text.
+pub fn render(object: &Object, events: &[crate::store::Event]) -> String {
+    let meta = &object.metadata;
+    let mut out = String::new();
+    let mut field = |label: &str, value: String| out.push_str(&format!("{:<14}{value}\n", format!("{label}:")));
+    field("Name", meta.name.clone());
+    field("Namespace", object.namespace().to_owned());
+    field("Kind", object.kind.clone());
+    field("Labels", map_text(&meta.labels));
+    field("Annotations", map_text(&meta.annotations));
+    field("UID", meta.uid.clone().unwrap_or_default());
+    field("Version", meta.resource_version.clone().unwrap_or_default());
+    let observed = object.status.get("observedGeneration").and_then(Value::as_i64);
+    field(
+        "Generation",
+        format!(
+            "{} (observed: {})",
+            meta.generation.unwrap_or(0),
+            observed.map_or("not yet".into(), |generation| generation.to_string())
+        ),
+    );
+    field("Created", time_text(meta.creation_timestamp));
+    if meta.deletion_timestamp.is_some() {
+        field(
+            "Deleting",
+            format!("{} — waiting for finalizers: {}", time_text(meta.deletion_timestamp), meta.finalizers.join(", ")),
+        );
+    } else if !meta.finalizers.is_empty() {
+        field("Finalizers", meta.finalizers.join(", "));
+    }
+    for owner in &meta.owner_references {
+        field("Owned by", format!("{}/{}", owner.kind.to_ascii_lowercase(), owner.name));
+    }
+    out.push_str("Spec:\n");
+    out.push_str(&yaml(&object.spec, 2));
+    let mut status = object.status.clone();
+    let conditions = status.as_object_mut().and_then(|map| map.remove("conditions"));
+    if let Some(map) = status.as_object_mut() {
+        map.remove("observedGeneration");
+    }
+    if status.as_object().is_some_and(|map| !map.is_empty()) {
+        out.push_str("Status:\n");
+        out.push_str(&yaml(&status, 2));
+    }
+    out.push_str("Conditions:\n");
+    let conditions: Vec<Value> = conditions.and_then(|c| c.as_array().cloned()).unwrap_or_default();
+    if conditions.is_empty() {
+        out.push_str("  <none> (no controller has reported on this object yet)\n");
+    } else {
+        let rows: Vec<Vec<String>> = conditions
+            .iter()
+            .map(|condition| {
+                let text = |key: &str| condition.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+                let since = condition
+                    .get("lastTransitionTime")
+                    .and_then(Value::as_str)
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc));
+                vec![text("type"), text("status"), text("reason"), age(since), text("message")]
+            })
+            .collect();
+        out.push_str(&indent(&table(&["TYPE", "STATUS", "REASON", "AGE", "MESSAGE"], &rows)));
+    }
+    out.push_str("Events:\n");
+    if events.is_empty() {
+        out.push_str("  <none>\n");
+    } else {
+        let recent = &events[events.len().saturating_sub(20)..];
+        let rows: Vec<Vec<String>> = recent
+            .iter()
+            .map(|event| {
+                let count = if event.count > 1 { format!(" (x{})", event.count) } else { String::new() };
+                vec![
+                    format!("{:?}", event.event_type),
+                    event.reason.clone(),
+                    format!("{}{count}", age(Some(event.last_timestamp))),
+                    event.message.clone(),
+                ]
+            })
+            .collect();
+        out.push_str(&indent(&table(&["TYPE", "REASON", "AGE", "MESSAGE"], &rows)));
+    }
+    out
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}

@@ -1,0 +1,60 @@
+//! `cloud server`: runs the API server in the foreground until Ctrl-C or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::api::{self, ServerConfig};
+use crate::store::sql;
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Options of `cloud server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    pub listen: SocketAddr,
+    /// Store URL: `postgres://USER:PASSWORD@HOST/DB` or `sqlite://PATH`. Default: SQLite in the
+    /// data directory.
+    #[arg(long, env = "MINICLOUD_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Directory of the embedded SQLite store (default: ~/.local/share/minicloud).
+    #[arg(long, env = "MINICLOUD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Sets up logging (RUST_LOG filters; default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Runs the server until a shutdown signal.
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let database_url = match args.database_url {
+        Some(url) => url,
+        None => sql::sqlite_url(&args.data_dir.unwrap_or_else(sql::default_data_dir)),
+    };
+    let config = ServerConfig { listen: args.listen, database_url, body_limit: api::DEFAULT_BODY_LIMIT };
+    api::serve(config, api::shutdown_signal(), |_| {}).await
+}

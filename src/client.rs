@@ -1,0 +1,260 @@
+//! The HTTP client the CLI uses to talk to `cloud server`. Every error names the server, and
+//! API errors keep their reason and field causes so the CLI can print them.
+
+use std::pin::Pin;
+
+use bytes::{Buf, BytesMut};
+use futures::{Stream, StreamExt};
+use minicloud_crds::{Kind, Object};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::apply::Applied;
+use crate::api::error::Cause;
+use crate::store::Event;
+
+/// What can go wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the minicloud server at {server}: {reason}. Start it with `cloud server` (or `cloud up`), or point --server / CLOUD_SERVER at it")]
+    Unreachable { server: String, reason: String },
+    #[error("{message}")]
+    Api { status: u16, reason: String, message: String, causes: Vec<Cause> },
+    #[error("unexpected answer from {server}: {detail}")]
+    Protocol { server: String, detail: String },
+}
+
+impl ClientError {
+    /// True for a 404 from the API.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ClientError::Api { status: 404, .. })
+    }
+}
+
+/// An API error body.
+#[derive(Deserialize)]
+struct ErrorBody {
+    code: u16,
+    reason: String,
+    message: String,
+    #[serde(default)]
+    details: ErrorDetails,
+}
+
+#[derive(Default, Deserialize)]
+struct ErrorDetails {
+    #[serde(default)]
+    causes: Vec<Cause>,
+}
+
+/// A list as the server returns it.
+#[derive(Debug, Deserialize)]
+pub struct ObjectListBody {
+    pub metadata: ListMeta,
+    pub items: Vec<Object>,
+}
+
+/// List metadata.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListMeta {
+    pub resource_version: String,
+}
+
+/// One line of a watch stream.
+#[derive(Debug, Deserialize)]
+pub struct WatchLine {
+    #[serde(rename = "type")]
+    pub change: String,
+    pub object: Value,
+}
+
+/// A stream of watch lines.
+pub type WatchLines = Pin<Box<dyn Stream<Item = Result<WatchLine, ClientError>> + Send>>;
+
+/// The answer to an apply.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplyAnswer {
+    pub dry_run: bool,
+    pub items: Vec<Applied>,
+}
+
+/// What a delete did.
+#[derive(Debug, Deserialize)]
+pub struct DeleteAnswer {
+    pub status: String,
+}
+
+#[derive(Deserialize)]
+struct EventList {
+    items: Vec<Event>,
+}
+
+/// A client of one server.
+#[derive(Clone)]
+pub struct Client {
+    server: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the server at `server` (e.g. `http://127.0.0.1:7080`).
+    pub fn new(server: &str) -> Client {
+        Client { server: server.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+    }
+
+    /// The server's address.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server)
+    }
+
+    fn collection(kind: Kind, namespace: Option<&str>) -> String {
+        match namespace {
+            Some(namespace) => format!("/apis/minicloud.dev/v1/namespaces/{namespace}/{}", kind.plural()),
+            None => format!("/apis/minicloud.dev/v1/{}", kind.plural()),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|error| ClientError::Unreachable { server: self.server.clone(), reason: root_cause(&error) })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => ClientError::Api {
+                status: body.code,
+                reason: body.reason,
+                message: body.message,
+                causes: body.details.causes,
+            },
+            Err(_) => ClientError::Protocol { server: self.server.clone(), detail: format!("HTTP {status}: {text}") },
+        })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> Result<T, ClientError> {
+        let response = self.send(request).await?;
+        response
+            .json()
+            .await
+            .map_err(|error| ClientError::Protocol { server: self.server.clone(), detail: error.to_string() })
+    }
+
+    /// Lists objects (every namespace when `namespace` is `None`).
+    pub async fn list(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+    ) -> Result<ObjectListBody, ClientError> {
+        let mut request = self.http.get(self.url(&Self::collection(kind, namespace)));
+        if let Some(selector) = selector {
+            request = request.query(&[("labelSelector", selector)]);
+        }
+        self.json(request).await
+    }
+
+    /// Reads one object.
+    pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object, ClientError> {
+        let path = format!("{}/{name}", Self::collection(kind, Some(namespace)));
+        self.json(self.http.get(self.url(&path))).await
+    }
+
+    /// Applies a batch.
+    pub async fn apply(&self, items: Vec<Value>, dry_run: bool) -> Result<ApplyAnswer, ClientError> {
+        let request = self
+            .http
+            .post(self.url("/apis/minicloud.dev/v1/apply"))
+            .query(&[("dryRun", dry_run.to_string())])
+            .json(&json!({"items": items}));
+        self.json(request).await
+    }
+
+    /// Deletes one object.
+    pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<DeleteAnswer, ClientError> {
+        let path = format!("{}/{name}", Self::collection(kind, Some(namespace)));
+        self.json(self.http.delete(self.url(&path))).await
+    }
+
+    /// Events of a namespace (all when `None`) or of one object.
+    pub async fn events(
+        &self,
+        namespace: Option<&str>,
+        object: Option<(Kind, &str)>,
+    ) -> Result<Vec<Event>, ClientError> {
+        let request = match namespace {
+            None => self.http.get(self.url("/apis/minicloud.dev/v1/events")),
+            Some(namespace) => {
+                let request = self.http.get(self.url(&format!("/apis/minicloud.dev/v1/namespaces/{namespace}/events")));
+                match object {
+                    Some((kind, name)) => request.query(&[("kind", kind.as_str()), ("name", name)]),
+                    None => request,
+                }
+            }
+        };
+        Ok(self.json::<EventList>(request).await?.items)
+    }
+
+    /// The server's version document.
+    pub async fn version(&self) -> Result<Value, ClientError> {
+        self.json(self.http.get(self.url("/version"))).await
+    }
+
+    /// Watches objects; without `resource_version` the current objects come first as ADDED.
+    pub async fn watch(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+        resource_version: Option<&str>,
+    ) -> Result<WatchLines, ClientError> {
+        let mut query = vec![("watch", "true".to_owned())];
+        if let Some(selector) = selector {
+            query.push(("labelSelector", selector.to_owned()));
+        }
+        if let Some(version) = resource_version {
+            query.push(("resourceVersion", version.to_owned()));
+        }
+        let response = self.send(self.http.get(self.url(&Self::collection(kind, namespace))).query(&query)).await?;
+        let server = self.server.clone();
+        let bytes = response.bytes_stream();
+        let state = (bytes, BytesMut::new(), server);
+        Ok(Box::pin(futures::stream::unfold(state, |(mut bytes, mut buffer, server)| async move {
+            loop {
+                if let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {
+                    let line = buffer.split_to(end + 1);
+                    let parsed = serde_json::from_slice::<WatchLine>(line.chunk()).map_err(|error| {
+                        ClientError::Protocol { server: server.clone(), detail: format!("bad watch line: {error}") }
+                    });
+                    return Some((parsed, (bytes, buffer, server)));
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buffer.extend_from_slice(&chunk),
+                    Some(Err(error)) => {
+                        let failure = ClientError::Unreachable { server: server.clone(), reason: root_cause(&error) };
+                        return Some((Err(failure), (bytes, BytesMut::new(), server)));
+                    }
+                    None => return None,
+                }
+            }
+        })))
+    }
+}
+
+/// The innermost error message (reqwest wraps the interesting part).
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}

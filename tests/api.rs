@@ -1,0 +1,343 @@
+//! The API over real HTTP, against the real `cloud server` binary on SQLite and on PostgreSQL:
+//! status codes, optimistic concurrency, status, selectors, watch, apply, malformed input,
+//! request ids and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::server::TestServer;
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const V1: &str = "/apis/minicloud.dev/v1";
+
+fn instance(name: &str, labels: Value) -> Value {
+    json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Instance",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"image": "minicloud/web:local", "ports": [{"containerPort": 8080}]}
+    })
+}
+
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let response = request.send().await.expect("request");
+    let status = response.status();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (status, body)
+}
+
+async fn revision(http: &reqwest::Client, server: &TestServer) -> String {
+    let (_, list) = send(http.get(format!("{}{V1}/instances", server.url))).await;
+    list["metadata"]["resourceVersion"].as_str().expect("list revision").to_owned()
+}
+
+async fn crud_and_status_codes(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    let (status, created) = send(http.post(&collection).json(&instance("web", json!({"app": "web"})))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["metadata"]["generation"], 1);
+    let (status, body) = send(http.post(&collection).json(&instance("web", json!({})))).await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::CONFLICT, Some("AlreadyExists")), "{body}");
+
+    let item = format!("{collection}/web");
+    let (status, fetched) = send(http.get(&item)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(fetched, created);
+
+    let mut changed = created.clone();
+    changed["spec"]["image"] = json!("minicloud/web:v2");
+    let (status, updated) = send(http.put(&item).json(&changed)).await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["metadata"]["generation"], 2);
+    let (status, body) = send(http.put(&item).json(&changed)).await;
+    assert_eq!(
+        (status, body["reason"].as_str()),
+        (StatusCode::CONFLICT, Some("Conflict")),
+        "stale resourceVersion: {body}"
+    );
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("get it again")), "{body}");
+
+    let mut with_status = updated.clone();
+    with_status["status"] = json!({"phase": "Running", "restartCount": 1});
+    let (status, stored) = send(http.put(format!("{item}/status")).json(&with_status)).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["status"]["phase"], "Running");
+    assert_eq!(stored["metadata"]["generation"], 2, "status writes leave generation alone");
+    let mut bad_status = stored.clone();
+    bad_status["status"] = json!({"phase": "Dancing"});
+    let (status, body) = send(http.put(format!("{item}/status")).json(&bad_status)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let (status, body) = send(http.delete(format!("{item}?resourceVersion=1"))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let (status, body) = send(http.delete(&item)).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("Deleted")));
+    let (status, body) = send(http.get(&item)).await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::NOT_FOUND, Some("NotFound")));
+    assert_eq!(body["details"]["name"], "web");
+}
+
+async fn lists_select_by_label_and_span_namespaces(server: &TestServer) {
+    let http = reqwest::Client::new();
+    for (namespace, name, labels) in [
+        ("default", "a", json!({"app": "web", "tier": "front"})),
+        ("default", "b", json!({"app": "web", "tier": "db"})),
+        ("staging", "c", json!({"app": "web"})),
+    ] {
+        let (status, body) = send(
+            http.post(format!("{}{V1}/namespaces/{namespace}/instances", server.url)).json(&instance(name, labels)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let names = |list: &Value| {
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    let (_, list) = send(
+        http.get(format!("{}{V1}/namespaces/default/instances", server.url))
+            .query(&[("labelSelector", "app=web,tier!=db")]),
+    )
+    .await;
+    assert_eq!(list["kind"], "InstanceList");
+    assert_eq!(names(&list), ["a"]);
+    let (_, all) = send(http.get(format!("{}{V1}/instances", server.url))).await;
+    assert_eq!(names(&all), ["a", "b", "c"]);
+    let (status, body) =
+        send(http.get(format!("{}{V1}/instances", server.url)).query(&[("labelSelector", "app in web")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+async fn next_line(
+    lines: &mut (impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    buffer: &mut Vec<u8>,
+) -> Value {
+    loop {
+        if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            return serde_json::from_slice(&line).expect("JSON line");
+        }
+        let chunk = tokio::time::timeout(Duration::from_secs(10), lines.next())
+            .await
+            .expect("a watch line in time")
+            .expect("stream open")
+            .expect("chunk");
+        buffer.extend_from_slice(&chunk);
+    }
+}
+
+async fn watch_streams_changes_and_resumes(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    send(http.post(&collection).json(&instance("before", json!({})))).await;
+    let from = revision(&http, server).await;
+
+    // Without resourceVersion: the current objects first, as ADDED.
+    let response =
+        http.get(&collection).query(&[("watch", "true"), ("heartbeatSeconds", "1")]).send().await.expect("watch");
+    assert_eq!(response.headers()["content-type"], "application/x-ndjson");
+    let mut stream = response.bytes_stream();
+    let mut buffer = Vec::new();
+    let first = next_line(&mut stream, &mut buffer).await;
+    assert_eq!((first["type"].as_str(), first["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("before")));
+
+    let (_, created) = send(http.post(&collection).json(&instance("live", json!({})))).await;
+    let line = next_line(&mut stream, &mut buffer).await;
+    assert_eq!((line["type"].as_str(), line["object"]["metadata"]["name"].as_str()), (Some("ADDED"), Some("live")));
+    assert_eq!(line["object"]["metadata"]["resourceVersion"], created["metadata"]["resourceVersion"]);
+    send(http.delete(format!("{collection}/live"))).await;
+    let line = next_line(&mut stream, &mut buffer).await;
+    assert_eq!(line["type"], "DELETED");
+    // Heartbeats carry the last revision.
+    let bookmark = next_line(&mut stream, &mut buffer).await;
+    assert_eq!(bookmark["type"], "BOOKMARK", "{bookmark}");
+
+    // Resuming from a revision replays exactly what came after it.
+    let response = http
+        .get(&collection)
+        .query(&[("watch", "true"), ("resourceVersion", from.as_str())])
+        .send()
+        .await
+        .expect("watch");
+    let mut stream = response.bytes_stream();
+    let mut buffer = Vec::new();
+    let replayed: Vec<(String, String)> = {
+        let mut lines = Vec::new();
+        for _ in 0..2 {
+            let line = next_line(&mut stream, &mut buffer).await;
+            lines.push((
+                line["type"].as_str().unwrap_or("").to_owned(),
+                line["object"]["metadata"]["name"].as_str().unwrap_or("").to_owned(),
+            ));
+        }
+        lines
+    };
+    assert_eq!(replayed, [("ADDED".to_owned(), "live".to_owned()), ("DELETED".to_owned(), "live".to_owned())]);
+
+    let (status, body) = send(http.get(&collection).query(&[("watch", "true"), ("resourceVersion", "abc")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
+async fn apply_creates_configures_and_prunes_fields(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let apply = format!("{}{V1}/apply", server.url);
+    let mut web = instance("web", json!({"app": "web", "tier": "front"}));
+    web["spec"]["env"] = json!([{"name": "MODE", "value": "a"}]);
+    let batch = json!({"items": [web.clone(), instance("api", json!({}))]});
+    let (status, body) = send(http.post(&apply).json(&batch)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let actions = |body: &Value| {
+        body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| i["action"].as_str().unwrap_or("").to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(actions(&body), ["created", "created"]);
+    let (_, body) = send(http.post(&apply).json(&batch)).await;
+    assert_eq!(actions(&body), ["unchanged", "unchanged"]);
+
+    // Someone else labels the object; the manifest then drops a label and a spec field.
+    let item = format!("{}{V1}/namespaces/default/instances/web", server.url);
+    let (_, mut live) = send(http.get(&item)).await;
+    live["metadata"]["labels"]["owner"] = json!("ops");
+    send(http.put(&item).json(&live)).await;
+    let mut next = instance("web", json!({"app": "web"}));
+    next["spec"]["image"] = json!("minicloud/web:v2");
+    let before = revision(&http, server).await;
+    let (_, dry) = send(http.post(format!("{apply}?dryRun=true")).json(&json!({"items": [next.clone()]}))).await;
+    assert_eq!(dry["dryRun"], true);
+    assert_eq!(actions(&dry), ["configured"]);
+    let changes: Vec<&str> =
+        dry["items"][0]["changes"].as_array().expect("changes").iter().filter_map(Value::as_str).collect();
+    assert_eq!(changes, ["spec.env", "spec.image", "metadata.labels.tier"]);
+    assert_eq!(revision(&http, server).await, before, "a dry run writes nothing");
+    let (_, body) = send(http.post(&apply).json(&json!({"items": [next]}))).await;
+    assert_eq!(actions(&body), ["configured"]);
+    let (_, stored) = send(http.get(&item)).await;
+    assert_eq!(
+        stored["metadata"]["labels"],
+        json!({"app": "web", "owner": "ops"}),
+        "removed label gone, foreign label kept"
+    );
+    assert!(stored["spec"].get("env").is_none(), "field removed from the manifest is removed: {}", stored["spec"]);
+
+    // One invalid object: nothing of the batch is applied, every problem is listed.
+    let mut broken = instance("broken", json!({}));
+    broken["spec"]["imgae"] = json!("x");
+    let before = revision(&http, server).await;
+    let (status, body) = send(http.post(&apply).json(&json!({"items": [instance("fine", json!({})), broken]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let fields: Vec<&str> =
+        body["details"]["causes"].as_array().expect("causes").iter().filter_map(|c| c["field"].as_str()).collect();
+    assert!(fields.contains(&"items[1].spec.imgae"), "{body}");
+    assert_eq!(revision(&http, server).await, before);
+}
+
+/// Bad input of every sort gets a 4xx with a message, never a 500, and changes nothing.
+async fn malformed_input_is_refused_and_changes_nothing(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    send(http.post(&collection).json(&instance("existing", json!({})))).await;
+    let before = revision(&http, server).await;
+    let huge = vec![b' '; 10 * 1024 * 1024];
+    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
+        ("truncated JSON", http.post(&collection).body("{\"apiVersion\": \"minicloud.dev/v1\", \"kind\""), StatusCode::BAD_REQUEST),
+        ("YAML body", http.post(&collection).body("kind: Instance\n"), StatusCode::BAD_REQUEST),
+        ("empty body", http.post(&collection), StatusCode::BAD_REQUEST),
+        ("array body", http.post(&collection).body("[1,2]"), StatusCode::BAD_REQUEST),
+        ("wrong types", http.post(&collection).json(&json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "x"}, "spec": {"image": 5, "ports": "many"}})), StatusCode::BAD_REQUEST),
+        ("kind mismatch", http.post(&collection).json(&json!({"apiVersion": "minicloud.dev/v1", "kind": "Secret", "metadata": {"name": "x"}, "spec": {}})), StatusCode::BAD_REQUEST),
+        ("namespace mismatch", http.post(&collection).json(&json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "x", "namespace": "other"}, "spec": {"image": "i"}})), StatusCode::BAD_REQUEST),
+        ("10 MB body", http.post(&collection).body(huge.clone()), StatusCode::PAYLOAD_TOO_LARGE),
+        ("10 MB apply", http.post(format!("{}{V1}/apply", server.url)).body(huge), StatusCode::PAYLOAD_TOO_LARGE),
+        ("unknown kind", http.get(format!("{}{V1}/namespaces/default/databases", server.url)), StatusCode::NOT_FOUND),
+        ("unknown path", http.get(format!("{}/api/v1/pods", server.url)), StatusCode::NOT_FOUND),
+        ("invalid name", http.get(format!("{collection}/Web_1")), StatusCode::BAD_REQUEST),
+        ("path traversal", http.get(format!("{collection}/..%2F..%2Fetc%2Fpasswd")), StatusCode::BAD_REQUEST),
+        ("invalid namespace", http.get(format!("{}{V1}/namespaces/..%2F/instances", server.url)), StatusCode::BAD_REQUEST),
+        ("invalid name in body", http.post(&collection).json(&instance("../x", json!({}))), StatusCode::BAD_REQUEST),
+        ("name mismatch", http.put(format!("{collection}/existing")).json(&instance("other", json!({}))), StatusCode::BAD_REQUEST),
+        ("bad watch flag", http.get(&collection).query(&[("watch", "maybe")]), StatusCode::BAD_REQUEST),
+        ("apply without items", http.post(format!("{}{V1}/apply", server.url)).json(&json!({"objects": []})), StatusCode::BAD_REQUEST),
+        ("status of a missing object", http.put(format!("{collection}/missing/status")).json(&json!({"status": {}})), StatusCode::NOT_FOUND),
+    ];
+    for (name, request, expected) in cases {
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, expected, "{name}: {body}");
+        assert_eq!(body["code"], expected.as_u16(), "{name}: JSON error body expected, got {body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.len() > 10), "{name}: a useful message: {body}");
+    }
+    assert_eq!(revision(&http, server).await, before, "nothing changed");
+}
+
+async fn health_openapi_and_request_ids(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let response = http.get(format!("{}/healthz", server.url)).send().await.expect("healthz");
+    assert_eq!(response.status(), StatusCode::OK);
+    let generated = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    assert!(generated.is_some_and(|id| id.len() >= 32), "a request id is generated");
+    let response =
+        http.get(format!("{}/readyz", server.url)).header("x-request-id", "trace-me-42").send().await.expect("readyz");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42", "a client's request id is kept");
+    let logged = server.log.lock().map(|lines| lines.iter().any(|line| line.contains("trace-me-42"))).unwrap_or(false);
+    assert!(logged, "the request id appears in the server log");
+    let (status, document) = send(http.get(format!("{}/openapi.json", server.url))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(document, minicloud::api::openapi::document());
+    let (_, version) = send(http.get(format!("{}/version", server.url))).await;
+    assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
+}
+
+on_both_backends!(
+    crud_and_status_codes,
+    lists_select_by_label_and_span_namespaces,
+    watch_streams_changes_and_resumes,
+    apply_creates_configures_and_prunes_fields,
+    malformed_input_is_refused_and_changes_nothing,
+    health_openapi_and_request_ids,
+);
+
+/// SIGTERM: open watches end cleanly, the process exits 0, and JSON logs are one object per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_closes_watches() {
+    let mut server = TestServer::start(common::TestDb::sqlite().await, &["--log-format", "json"]).await;
+    let http = reqwest::Client::new();
+    let response = http
+        .get(format!("{}{V1}/namespaces/default/instances", server.url))
+        .query(&[("watch", "true"), ("heartbeatSeconds", "300")])
+        .send()
+        .await
+        .expect("watch");
+    let mut stream = response.bytes_stream();
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.terminate();
+        (server, status)
+    });
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(chunk) = stream.next().await {
+            chunk.expect("the watch ends cleanly, without a transport error");
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the watch stream ended when the server shut down");
+    let (server, status) = status.await.expect("join");
+    assert!(status.is_some_and(|status| status.success()), "exit status {status:?}");
+    let lines = server.log.lock().map(|lines| lines.clone()).unwrap_or_default();
+    assert!(lines.iter().any(|line| line.contains("shutting down")), "{lines:?}");
+    for line in &lines {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+    }
+    server.stop().await;
+}

@@ -1,0 +1,93 @@
+//! A real `cloud server` process for tests: on a free port, on a fresh SQLite directory or a
+//! fresh PostgreSQL database, killed and cleaned up when dropped.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::TestDb;
+
+/// A running server.
+pub struct TestServer {
+    pub url: String,
+    child: Child,
+    pub database: Option<TestDb>,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl TestServer {
+    /// Starts `cloud server` on `database` (extra arguments appended) and waits until it listens.
+    pub async fn start(database: TestDb, extra: &[&str]) -> TestServer {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cloud"));
+        command.args(["server", "--listen", "127.0.0.1:0", "--database-url", &database.url]).args(extra);
+        command.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start cloud server");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (address_tx, address_rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                // Text logs say `address=HOST:PORT`, JSON logs `"address":"HOST:PORT"`.
+                let found = line.split("address=").nth(1).or_else(|| line.split("\"address\":\"").nth(1));
+                if let Some(rest) = found {
+                    let address =
+                        rest.split(|c: char| c.is_whitespace() || c == '"' || c == ',').next().unwrap_or("").to_owned();
+                    let _ = address_tx.send(address);
+                }
+                if let Ok(mut lines) = sink.lock() {
+                    lines.push(line);
+                }
+            }
+        });
+        let address = address_rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!("cloud server did not start: {:?}", log.lock().map(|l| l.clone()).unwrap_or_default())
+        });
+        TestServer { url: format!("http://{address}"), child, database: Some(database), log }
+    }
+
+    /// Starts a server on a fresh SQLite directory.
+    pub async fn sqlite() -> TestServer {
+        TestServer::start(TestDb::sqlite().await, &[]).await
+    }
+
+    /// Starts a server on a fresh PostgreSQL database.
+    pub async fn postgres() -> TestServer {
+        TestServer::start(TestDb::postgres().await, &[]).await
+    }
+
+    /// The process id, to send signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit status.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Stops the server and drops its database.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(database) = self.database.take() {
+            database.cleanup().await;
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
