@@ -1,0 +1,261 @@
+//! The `cloud` CLI end to end: the real binary against the real `cloud server`, on SQLite and
+//! on PostgreSQL.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::server::TestServer;
+use minicloud::store::{EventType, NewEvent, SqlStore, Store};
+use minicloud_crds::{Kind, ObjectKey};
+use serde_json::{json, Value};
+
+fn cloud(server: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(args)
+        .env("CLOUD_SERVER", &server.url)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run cloud")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn ok(server: &TestServer, args: &[&str]) -> String {
+    let output = cloud(server, args);
+    assert!(output.status.success(), "cloud {args:?} failed: {}", stderr(&output));
+    stdout(&output)
+}
+
+async fn apply_get_describe_delete(server: &TestServer) {
+    let applied = ok(server, &["apply", "-R", "-f", "examples/"]);
+    assert!(applied.contains("instance/hello created"), "{applied}");
+    assert_eq!(applied.lines().count(), 7, "{applied}");
+    let again = ok(server, &["apply", "-R", "-f", "examples/"]);
+    assert_eq!(again.lines().filter(|line| line.ends_with(" unchanged")).count(), 7, "{again}");
+
+    let table = ok(server, &["get", "instances"]);
+    let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "PORTS", "AGE"]);
+    assert!(table.lines().any(|line| line.starts_with("hello ")), "{table}");
+    let named = ok(server, &["get", "inst", "-l", "app=hello", "-o", "name"]);
+    assert_eq!(named, "instance/hello\n");
+    let json: Value = serde_json::from_str(&ok(server, &["get", "instance/hello", "-o", "json"])).expect("json output");
+    assert_eq!(json["metadata"]["name"], "hello");
+    let yaml = ok(server, &["get", "instance", "hello", "-o", "yaml"]);
+    let parsed = minicloud::manifest::yaml::parse_documents(&yaml).expect("yaml output parses");
+    assert_eq!(parsed[0].value, json, "yaml and json output agree");
+    let everywhere = ok(server, &["get", "lb", "-A"]);
+    assert!(everywhere.starts_with("NAMESPACE"), "{everywhere}");
+    let wide = ok(server, &["get", "sg", "-o", "wide"]);
+    assert!(wide.contains("minicloud/web:local"), "{wide}");
+
+    let described = ok(server, &["describe", "instance", "hello"]);
+    for section in ["Name:         hello", "Namespace:    default", "Spec:", "Conditions:", "Events:"] {
+        assert!(described.contains(section), "missing {section:?} in\n{described}");
+    }
+
+    assert_eq!(ok(server, &["delete", "instance", "hello"]), "instance/hello deleted\n");
+    let output = cloud(server, &["get", "instance", "hello"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("instance/hello not found"), "{}", stderr(&output));
+    let output = cloud(server, &["get", "stacks", "-n", "empty"]);
+    assert!(stderr(&output).contains("No stacks found in namespace empty."), "{}", stderr(&output));
+}
+
+async fn invalid_manifests_never_reach_the_server(server: &TestServer) {
+    let output = cloud(server, &["apply", "-f", "tests/fixtures/broken.yaml"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("tests/fixtures/broken.yaml:6:3: spec.imgae: unknown field `imgae`"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(stderr(&output).contains("nothing was applied"));
+    let listed = cloud(server, &["get", "instances"]);
+    assert!(stderr(&listed).contains("No instances found"), "{}", stderr(&listed));
+    // Dry run reports without writing.
+    let dry = ok(server, &["apply", "--dry-run", "-f", "examples/hello/"]);
+    assert_eq!(dry, "instance/hello created (dry run)\n");
+    assert!(stderr(&cloud(server, &["get", "instances"])).contains("No instances found"));
+}
+
+async fn set_ready(server: &TestServer, name: &str, observed_generation: i64) {
+    let http = reqwest::Client::new();
+    let url = format!("{}/apis/minicloud.dev/v1/namespaces/default/instances/{name}", server.url);
+    let mut object: Value = http.get(&url).send().await.expect("get").json().await.expect("json");
+    object["status"] = json!({"observedGeneration": observed_generation, "conditions": [{
+        "type": "Ready", "status": "True", "reason": "ContainerServing", "message": "serving on 127.0.0.1:1",
+        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": observed_generation
+    }]});
+    let response = http.put(format!("{url}/status")).json(&object).send().await.expect("status");
+    assert!(response.status().is_success());
+}
+
+async fn wait_for_conditions_and_deletion(server: &TestServer) {
+    ok(server, &["apply", "-f", "examples/hello/"]);
+    let output = cloud(server, &["wait", "instance/hello", "--for", "condition=Ready", "--timeout", "1s"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("timed out after 1s waiting for instance/hello: it has no Ready condition yet"),
+        "{}",
+        stderr(&output)
+    );
+
+    // A Ready=True observed at an older generation does not count.
+    set_ready(server, "hello", 0).await;
+    let output = cloud(server, &["wait", "instance/hello", "--for", "condition=Ready", "--timeout", "1s"]);
+    assert_eq!(output.status.code(), Some(1), "stale condition must not satisfy wait");
+
+    let waiter = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["wait", "inst/hello", "--for", "condition=Ready", "--timeout", "30s"])
+        .env("CLOUD_SERVER", &server.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("wait");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    set_ready(server, "hello", 1).await;
+    let output =
+        tokio::task::spawn_blocking(move || waiter.wait_with_output()).await.expect("join").expect("wait output");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "instance/hello condition met\n");
+
+    // Deletion held by a finalizer: --wait returns once the finalizer is removed.
+    let http = reqwest::Client::new();
+    let url = format!("{}/apis/minicloud.dev/v1/namespaces/default/instances/hello", server.url);
+    let mut object: Value = http.get(&url).send().await.expect("get").json().await.expect("json");
+    object["metadata"]["finalizers"] = json!(["minicloud.dev/container"]);
+    assert!(http.put(&url).json(&object).send().await.expect("put").status().is_success());
+    let deleter = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["delete", "instance", "hello", "--wait", "--timeout", "30s"])
+        .env("CLOUD_SERVER", &server.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("delete");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut object: Value = http.get(&url).send().await.expect("get").json().await.expect("json");
+    assert!(object["metadata"]["deletionTimestamp"].is_string(), "terminating: {object}");
+    object["metadata"]["finalizers"] = json!([]);
+    assert!(http.put(&url).json(&object).send().await.expect("put").status().is_success());
+    let output = tokio::task::spawn_blocking(move || deleter.wait_with_output()).await.expect("join").expect("output");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "instance/hello deleting (waiting for finalizers)\ninstance/hello deleted\n");
+}
+
+async fn get_watch_prints_changes(server: &TestServer) {
+    ok(server, &["apply", "-f", "examples/hello/"]);
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["get", "instances", "-w"])
+        .env("CLOUD_SERVER", &server.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("get -w");
+    let lines = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || receiver.recv_timeout(Duration::from_secs(10)).expect("a line from get -w");
+    assert!(next().starts_with("NAME"));
+    assert!(next().starts_with("hello "));
+    let manifest =
+        "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata: {name: second}\nspec: {image: minicloud/web:local}\n";
+    let mut apply = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["apply", "-f", "-"])
+        .env("CLOUD_SERVER", &server.url)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("apply");
+    std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), manifest.as_bytes()).expect("write");
+    assert!(apply.wait().expect("apply").success());
+    assert!(next().starts_with("second "), "the new object is printed");
+    ok(server, &["delete", "instance", "second"]);
+    assert_eq!(next(), "instance/second deleted");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+}
+
+async fn events_are_listed(server: &TestServer) {
+    ok(server, &["apply", "-f", "examples/hello/"]);
+    let output = cloud(server, &["events"]);
+    assert!(stderr(&output).contains("No events found."), "{}", stderr(&output));
+    // Controllers record events through the store; do what one would.
+    let url = server.database.as_ref().expect("database").url.clone();
+    let store = SqlStore::open(&url).await.expect("open store");
+    let key = ObjectKey::new(Kind::Instance, "default", "hello");
+    let uid = store.get(&key).await.expect("object").metadata.uid.expect("uid");
+    for _ in 0..3 {
+        let event = NewEvent {
+            object: key.clone(),
+            uid: uid.clone(),
+            event_type: EventType::Warning,
+            reason: "ImagePullFailed".into(),
+            message: "no registry answers".into(),
+        };
+        store.record_event(event).await.expect("event");
+    }
+    store.close().await;
+    let listed = ok(server, &["events", "--for", "instance/hello"]);
+    let row = listed.lines().nth(1).unwrap_or("");
+    for cell in ["Warning", "ImagePullFailed", "instance/hello", "3", "no registry answers"] {
+        assert!(row.contains(cell), "{cell:?} missing from {listed}");
+    }
+    let described = ok(server, &["describe", "inst/hello"]);
+    assert!(described.contains("ImagePullFailed") && described.contains("(x3)"), "{described}");
+    assert!(ok(server, &["events", "-A"]).starts_with("NAMESPACE"));
+}
+
+on_both_backends!(
+    apply_get_describe_delete,
+    invalid_manifests_never_reach_the_server,
+    wait_for_conditions_and_deletion,
+    get_watch_prints_changes,
+    events_are_listed,
+);
+
+/// Commands that need no server, and what happens when there is none.
+#[test]
+fn offline_commands_and_unreachable_server() {
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cloud"))
+            .args(args)
+            .env("CLOUD_SERVER", "http://127.0.0.1:9")
+            .output()
+            .expect("run cloud")
+    };
+    let explained = run(&["explain", "sg.spec.autoscaling"]);
+    assert!(explained.status.success());
+    let text = stdout(&explained);
+    assert!(text.contains("FIELD:    spec.autoscaling <Object>") && text.contains("scaleInCooldownSeconds"), "{text}");
+    let output = run(&["explain", "instance.spec.nope"]);
+    assert_eq!(output.status.code(), Some(1));
+    for shell in ["bash", "zsh", "fish"] {
+        let output = run(&["completion", shell]);
+        assert!(output.status.success() && stdout(&output).contains("cloud"), "{shell}");
+    }
+    let output = run(&["get", "instances"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("cannot reach the minicloud server at http://127.0.0.1:9"), "{}", stderr(&output));
+    let output = run(&["version"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stdout(&output).contains("client: cloud"), "{}", stdout(&output));
+    let output = run(&["get", "pods"]);
+    assert!(stderr(&output).contains("unknown resource type \"pods\""), "{}", stderr(&output));
+}
