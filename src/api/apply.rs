@@ -8,8 +8,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Query, State};
 use axum::Json;
 use minicloud_crds::{Kind, Object, ObjectKey};
@@ -62,10 +60,10 @@ struct LastApplied {
 pub async fn apply(
     State(state): State<AppState>,
     Query(params): Query<std::collections::HashMap<String, String>>,
-    body: Result<Bytes, BytesRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let dry_run = matches!(params.get("dryRun").map(String::as_str), Some("true") | Some("1") | Some("All"));
-    let body = parse_body(body, state.body_limit)?;
+    let body = parse_body(body, state.body_limit).await?;
     let Some(items) = body.get("items").and_then(Value::as_array) else {
         return Err(ApiError::bad_request("send {\"items\": [objects...]}"));
     };

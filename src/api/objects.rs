@@ -9,7 +9,6 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -60,15 +59,34 @@ fn selector(params: &HashMap<String, String>) -> Result<Selector, ApiError> {
         .map_err(|error| ApiError::bad_request(error.to_string()))
 }
 
-/// Parses a request body as a JSON object, with a precise message when it is not one.
-pub fn parse_body(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Value, ApiError> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large(limit)
-        } else {
-            ApiError::bad_request(format!("cannot read the request body: {rejection}"))
+/// How much of an oversized body is still read (and discarded) so that the client, still
+/// sending, receives the 413 answer instead of a reset connection.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
+/// Reads a request body of at most `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let mut data = body.into_data_stream();
+    let mut collected = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = data.next().await {
+        let chunk = chunk.map_err(|error| ApiError::bad_request(format!("cannot read the request body: {error}")))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen > DRAIN_LIMIT {
+            break;
         }
-    })?;
+        if seen <= limit {
+            collected.extend_from_slice(&chunk);
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::too_large(limit));
+    }
+    Ok(collected.freeze())
+}
+
+/// Reads and parses a request body as JSON, with a precise message when it is not.
+pub async fn parse_body(body: Body, limit: usize) -> Result<Value, ApiError> {
+    let bytes = read_body(body, limit).await?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request("the request body is empty; send the object as JSON"));
     }
@@ -126,14 +144,77 @@ pub fn accept_object(mut value: Value, kind: Kind, namespace: &str, name: Option
     Ok(object)
 }
 
-fn list_body(kind: Option<Kind>, list: store::ObjectList) -> Value {
-    let list_kind = kind.map_or_else(|| "List".to_owned(), |kind| format!("{}List", kind.as_str()));
-    json!({
-        "apiVersion": API_VERSION,
-        "kind": list_kind,
-        "metadata": {"resourceVersion": list.revision.to_string()},
-        "items": list.items,
-    })
+/// Size of the chunks a streamed list is sent in.
+const LIST_CHUNK: usize = 64 * 1024;
+
+/// A list response streamed from the store's documents as they are read: memory stays at a
+/// chunk, however long the list. A store failure after the first byte aborts the body (the
+/// client sees a broken response, never a shorter list that looks complete).
+async fn list_response(state: &AppState, kind: Kind, query: store::Query) -> Result<Response, ApiError> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<store::RawItem>(512);
+    let store = state.store.clone();
+    let scan = tokio::spawn(async move { store.list_raw(&query, sender).await });
+    let revision = match receiver.recv().await {
+        Some(store::RawItem::Revision(revision)) => revision,
+        _ => {
+            return Err(match scan.await {
+                Ok(Err(error)) => error.into(),
+                _ => ApiError::unavailable("the store ended the list before it began"),
+            })
+        }
+    };
+    let header = format!(
+        r#"{{"apiVersion":"{API_VERSION}","kind":"{}List","metadata":{{"resourceVersion":"{revision}"}},"items":["#,
+        kind.as_str()
+    );
+    struct Progress {
+        receiver: tokio::sync::mpsc::Receiver<store::RawItem>,
+        scan: Option<tokio::task::JoinHandle<store::StoreResult<()>>>,
+        pending: Option<String>,
+        first: bool,
+    }
+    let progress = Progress { receiver, scan: Some(scan), pending: Some(header), first: true };
+    let stream = futures::stream::unfold(progress, |mut progress| async move {
+        let mut chunk = progress.pending.take()?;
+        loop {
+            match progress.receiver.recv().await {
+                Some(store::RawItem::Document(document)) => {
+                    if !progress.first {
+                        chunk.push(',');
+                    }
+                    progress.first = false;
+                    chunk.push_str(&document);
+                    if chunk.len() >= LIST_CHUNK {
+                        progress.pending = Some(String::new());
+                        return Some((Ok(Bytes::from(chunk)), progress));
+                    }
+                }
+                Some(store::RawItem::Revision(_)) => {}
+                None => {
+                    let outcome = match progress.scan.take() {
+                        Some(scan) => {
+                            scan.await.map_err(|error| error.to_string()).and_then(|r| r.map_err(|e| e.to_string()))
+                        }
+                        None => Ok(()),
+                    };
+                    return match outcome {
+                        Ok(()) => {
+                            chunk.push_str("]}");
+                            Some((Ok(Bytes::from(chunk)), progress))
+                        }
+                        Err(error) => {
+                            tracing::error!(%error, "list failed while streaming; aborting the response");
+                            Some((Err(std::io::Error::other(error)), progress))
+                        }
+                    };
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stream))
+        .map_err(|error| ApiError::bad_request(error.to_string()))
 }
 
 async fn list_or_watch(
@@ -149,8 +230,7 @@ async fn list_or_watch(
     if flag(&params, "watch")? {
         return watch(state, query, &params).await;
     }
-    let list = state.store.list(&query).await?;
-    Ok(Json(list_body(Some(kind), list)).into_response())
+    list_response(&state, kind, query).await
 }
 
 /// `GET /apis/minicloud.dev/v1/namespaces/{ns}/{plural}`
@@ -177,11 +257,11 @@ pub async fn list_all(
 pub async fn create(
     State(state): State<AppState>,
     Path((namespace, plural)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let kind = kind_for_plural(&plural)?;
     check_name("namespace", &namespace)?;
-    let object = accept_object(parse_body(body, state.body_limit)?, kind, &namespace, None)?;
+    let object = accept_object(parse_body(body, state.body_limit).await?, kind, &namespace, None)?;
     let created = state.store.create(object).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -199,11 +279,11 @@ pub async fn get_one(
 pub async fn replace(
     State(state): State<AppState>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_for_plural(&plural)?;
     key(kind, &namespace, &name)?;
-    let object = accept_object(parse_body(body, state.body_limit)?, kind, &namespace, Some(&name))?;
+    let object = accept_object(parse_body(body, state.body_limit).await?, kind, &namespace, Some(&name))?;
     Ok(Json(state.store.update(object).await?))
 }
 
@@ -211,11 +291,11 @@ pub async fn replace(
 pub async fn replace_status(
     State(state): State<AppState>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_for_plural(&plural)?;
     let key = key(kind, &namespace, &name)?;
-    let value = parse_body(body, state.body_limit)?;
+    let value = parse_body(body, state.body_limit).await?;
     let status = value.get("status").cloned().unwrap_or(Value::Null);
     let resource_version = value.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
     let mut object = state.store.get(&key).await?;

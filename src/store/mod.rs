@@ -87,6 +87,15 @@ pub struct ObjectList {
     pub items: Vec<Object>,
 }
 
+/// One piece of a streamed list (see [`Store::list_raw`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum RawItem {
+    /// First: the revision the list is read at.
+    Revision(i64),
+    /// Then each object, as its stored JSON document.
+    Document(String),
+}
+
 /// Kind of change a watch reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
@@ -195,6 +204,11 @@ pub trait Store: Send + Sync {
 
     /// Lists objects, with the revision they were read at.
     async fn list(&self, query: &Query) -> StoreResult<ObjectList>;
+
+    /// Lists objects like [`Store::list`], streaming the stored JSON documents into `sink`
+    /// (first the revision, then the documents in order) without decoding them, so that even a
+    /// large list is never held in memory at once. Stops early when the receiver goes away.
+    async fn list_raw(&self, query: &Query, sink: tokio::sync::mpsc::Sender<RawItem>) -> StoreResult<()>;
 
     /// Replaces spec, labels, annotations, finalizers and owner references. A set
     /// resourceVersion must match the stored one (`Conflict` otherwise). An update that

@@ -27,8 +27,8 @@ use tokio::task::JoinHandle;
 
 use super::rules::{self, Plan};
 use super::{
-    ChangeType, Deleted, Event, EventType, NewEvent, ObjectList, Query, Store, StoreError, StoreResult, WatchEvent,
-    WatchStream,
+    ChangeType, Deleted, Event, EventType, NewEvent, ObjectList, Query, RawItem, Store, StoreError, StoreResult,
+    WatchEvent, WatchStream,
 };
 
 /// How often a watcher polls when no wake-up arrives.
@@ -175,6 +175,35 @@ impl SqlStore {
         }
         Ok(())
     }
+}
+
+/// Just the labels of a stored object, for selector checks without decoding the rest.
+#[derive(serde::Deserialize)]
+struct LabelsOnly {
+    metadata: LabelsMeta,
+}
+
+#[derive(serde::Deserialize)]
+struct LabelsMeta {
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The statement listing what a query covers (kind and namespace; the caller applies the label
+/// selector), in name order, each row with the revision of the snapshot it was read at.
+fn list_statement(query: &Query) -> (String, Vec<String>) {
+    let mut sql = String::from("SELECT m.revision, o.body FROM meta m LEFT JOIN objects o ON 1 = 1");
+    let mut binds = Vec::new();
+    if let Some(kind) = query.kind {
+        binds.push(kind.as_str().to_owned());
+        sql.push_str(&format!(" AND o.kind = ${}", binds.len()));
+    }
+    if let Some(namespace) = &query.namespace {
+        binds.push(namespace.clone());
+        sql.push_str(&format!(" AND o.namespace = ${}", binds.len()));
+    }
+    sql.push_str(" WHERE m.id = 1 ORDER BY o.kind, o.namespace, o.name");
+    (sql, binds)
 }
 
 /// Takes `count` new revisions; returns the last one.
@@ -385,25 +414,16 @@ impl Store for SqlStore {
     }
 
     async fn list(&self, query: &Query) -> StoreResult<ObjectList> {
-        let mut sql = String::from("SELECT m.revision, o.body FROM meta m LEFT JOIN objects o ON 1 = 1");
-        let mut binds = Vec::new();
-        if let Some(kind) = query.kind {
-            binds.push(kind.as_str().to_owned());
-            sql.push_str(&format!(" AND o.kind = ${}", binds.len()));
-        }
-        if let Some(namespace) = &query.namespace {
-            binds.push(namespace.clone());
-            sql.push_str(&format!(" AND o.namespace = ${}", binds.len()));
-        }
-        sql.push_str(" WHERE m.id = 1 ORDER BY o.kind, o.namespace, o.name");
+        use futures::TryStreamExt;
+        let (sql, binds) = list_statement(query);
         let mut statement = sqlx::query(&sql);
         for bind in binds {
             statement = statement.bind(bind);
         }
-        let rows = statement.fetch_all(&self.pool).await?;
+        let mut rows = statement.fetch(&self.pool);
         let mut revision = 0;
-        let mut items = Vec::with_capacity(rows.len());
-        for row in rows {
+        let mut items = Vec::new();
+        while let Some(row) = rows.try_next().await? {
             revision = row.try_get(0)?;
             if let Some(body) = row.try_get::<Option<String>, _>(1)? {
                 let object: Object = serde_json::from_str(&body)?;
@@ -413,6 +433,36 @@ impl Store for SqlStore {
             }
         }
         Ok(ObjectList { revision, items })
+    }
+
+    async fn list_raw(&self, query: &Query, sink: tokio::sync::mpsc::Sender<RawItem>) -> StoreResult<()> {
+        use futures::TryStreamExt;
+        let (sql, binds) = list_statement(query);
+        let mut statement = sqlx::query(&sql);
+        for bind in binds {
+            statement = statement.bind(bind);
+        }
+        let mut rows = statement.fetch(&self.pool);
+        let mut first = true;
+        while let Some(row) = rows.try_next().await? {
+            if first {
+                first = false;
+                if sink.send(RawItem::Revision(row.try_get(0)?)).await.is_err() {
+                    return Ok(());
+                }
+            }
+            let Some(body) = row.try_get::<Option<String>, _>(1)? else { continue };
+            if !query.selector.is_empty() {
+                let labels: LabelsOnly = serde_json::from_str(&body)?;
+                if !query.selector.matches(&labels.metadata.labels) {
+                    continue;
+                }
+            }
+            if sink.send(RawItem::Document(body)).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
     }
 
     async fn update(&self, object: Object) -> StoreResult<Object> {

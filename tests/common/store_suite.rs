@@ -88,7 +88,32 @@ pub async fn list_filters_by_kind_namespace_and_labels(database: &TestDb) {
     assert_eq!(names(store.list(&Query::namespaced(Kind::Instance, "staging")).await.expect("list")), ["c"]);
     let selector = Selector::parse("app=web,tier!=db").expect("selector");
     let query = Query { kind: Some(Kind::Instance), namespace: Some("default".into()), selector };
-    assert_eq!(names(store.list(&query).await.expect("list")), ["a"]);
+    assert_eq!(names(store.list(&query.clone()).await.expect("list")), ["a"]);
+    // The raw form lists the same documents.
+    for query in
+        [query, Query::default(), Query::namespaced(Kind::Instance, "staging"), Query::namespaced(Kind::Secret, "none")]
+    {
+        let decoded = store.list(&query).await.expect("list");
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(4);
+        let streamed = tokio::spawn(async move {
+            let mut items = Vec::new();
+            while let Some(item) = receiver.recv().await {
+                items.push(item);
+            }
+            items
+        });
+        store.list_raw(&query, sender).await.expect("list_raw");
+        let items = streamed.await.expect("join");
+        assert_eq!(items.first(), Some(&minicloud::store::RawItem::Revision(decoded.revision)));
+        let documents: Vec<minicloud_crds::Object> = items[1..]
+            .iter()
+            .map(|item| match item {
+                minicloud::store::RawItem::Document(text) => serde_json::from_str(text).expect("stored JSON"),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(documents, decoded.items);
+    }
     let empty = store.list(&Query::namespaced(Kind::Secret, "default")).await.expect("list");
     assert!(empty.items.is_empty());
     assert_eq!(empty.revision, store.revision().await.expect("revision"));
