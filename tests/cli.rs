@@ -172,7 +172,8 @@ async fn get_watch_prints_changes(server: &TestServer) {
         }
     });
     let next = || receiver.recv_timeout(Duration::from_secs(10)).expect("a line from get -w");
-    assert!(next().starts_with("NAME"));
+    let header = next();
+    assert!(header.starts_with("NAME"));
     assert!(next().starts_with("hello "));
     let manifest =
         "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata: {name: second}\nspec: {image: minicloud/web:local}\n";
@@ -185,7 +186,9 @@ async fn get_watch_prints_changes(server: &TestServer) {
         .expect("apply");
     std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), manifest.as_bytes()).expect("write");
     assert!(apply.wait().expect("apply").success());
-    assert!(next().starts_with("second "), "the new object is printed");
+    let row = next();
+    assert!(row.starts_with("second "), "the new object is printed");
+    assert_eq!(row.find("Unknown"), header.find("READY"), "later rows keep the table's columns:\n{header}\n{row}");
     ok(server, &["delete", "instance", "second"]);
     assert_eq!(next(), "instance/second deleted");
     let _ = watcher.kill();

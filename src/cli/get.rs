@@ -5,7 +5,7 @@ use futures::StreamExt;
 use minicloud_crds::{Kind, Object};
 use serde_json::Value;
 
-use super::output::{age, table, yaml};
+use super::output::{age, table_with_widths, yaml};
 use super::{parse_targets, OutputFormat};
 use crate::client::Client;
 
@@ -178,6 +178,7 @@ fn print_objects(
     output: Option<OutputFormat>,
     all_namespaces: bool,
     with_headers: bool,
+    widths: &mut Vec<usize>,
 ) -> anyhow::Result<()> {
     match output {
         Some(OutputFormat::Json) => {
@@ -207,7 +208,7 @@ fn print_objects(
             if all_namespaces {
                 headers.insert(0, "NAMESPACE");
             }
-            let rendered = table(&headers, &rows(kind, objects, wide, all_namespaces));
+            let rendered = table_with_widths(&headers, &rows(kind, objects, wide, all_namespaces), widths);
             let body =
                 if with_headers { rendered.as_str() } else { rendered.split_once('\n').map_or("", |(_, rest)| rest) };
             print!("{body}");
@@ -232,6 +233,7 @@ pub async fn run(
     }
     let names: Vec<&str> = targets.iter().filter_map(|(_, name)| name.as_deref()).collect();
     let all_namespaces = namespace.is_none();
+    let mut widths = Vec::new();
     let (objects, revision) = if names.is_empty() {
         let list = client.list(kind, namespace, selector).await?;
         (list.items, Some(list.metadata.resource_version))
@@ -249,7 +251,7 @@ pub async fn run(
             None => eprintln!("No {} found.", kind.plural()),
         }
     } else {
-        print_objects(kind, &objects, output, all_namespaces, true)?;
+        print_objects(kind, &objects, output, all_namespaces, true, &mut widths)?;
     }
     if !watch {
         return Ok(());
@@ -275,7 +277,7 @@ pub async fn run(
             println!("{}/{} deleted", kind.as_str().to_ascii_lowercase(), object.metadata.name);
             continue;
         }
-        print_objects(kind, std::slice::from_ref(&object), output, all_namespaces, headers_due)?;
+        print_objects(kind, std::slice::from_ref(&object), output, all_namespaces, headers_due, &mut widths)?;
         headers_due = false;
     }
     Ok(())

@@ -6,7 +6,16 @@ use serde_json::Value;
 
 /// Columns padded to their widest cell, separated by three spaces, like kubectl.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|header| header.chars().count()).collect();
+    table_with_widths(headers, rows, &mut Vec::new())
+}
+
+/// Like [`table`], with column widths that only grow: pass the same `widths` again to print
+/// further rows aligned with an earlier table (as `get -w` does).
+pub fn table_with_widths(headers: &[&str], rows: &[Vec<String>], widths: &mut Vec<usize>) -> String {
+    widths.resize(headers.len(), 0);
+    for (width, header) in widths.iter_mut().zip(headers) {
+        *width = (*width).max(header.chars().count());
+    }
     for row in rows {
         for (index, cell) in row.iter().enumerate() {
             if index < widths.len() {
@@ -20,7 +29,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         for (index, cell) in cells.iter().enumerate() {
             text.push_str(cell);
             if index < last {
-                text.push_str(&" ".repeat(widths[index] - cell.chars().count() + 3));
+                text.push_str(&" ".repeat(widths[index].saturating_sub(cell.chars().count()) + 3));
             }
         }
         text.push('\n');
