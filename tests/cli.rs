@@ -176,7 +176,7 @@ async fn get_watch_prints_changes(server: &TestServer) {
     assert!(header.starts_with("NAME"));
     assert!(next().starts_with("hello "));
     let manifest =
-        "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata: {name: second}\nspec: {image: minicloud/web:local}\n";
+        "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata: {name: web2}\nspec: {image: minicloud/web:local}\n";
     let mut apply = Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(["apply", "-f", "-"])
         .env("CLOUD_SERVER", &server.url)
@@ -187,10 +187,11 @@ async fn get_watch_prints_changes(server: &TestServer) {
     std::io::Write::write_all(&mut apply.stdin.take().expect("stdin"), manifest.as_bytes()).expect("write");
     assert!(apply.wait().expect("apply").success());
     let row = next();
-    assert!(row.starts_with("second "), "the new object is printed");
+    assert!(row.starts_with("web2 "), "the new object is printed");
+    // A row that fits the first table's columns is printed in them.
     assert_eq!(row.find("Unknown"), header.find("READY"), "later rows keep the table's columns:\n{header}\n{row}");
-    ok(server, &["delete", "instance", "second"]);
-    assert_eq!(next(), "instance/second deleted");
+    ok(server, &["delete", "instance", "web2"]);
+    assert_eq!(next(), "instance/web2 deleted");
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
