@@ -209,7 +209,9 @@ async fn apply_creates_configures_and_prunes_fields(server: &TestServer) {
     let item = format!("{}{V1}/namespaces/default/instances/web", server.url);
     let (_, mut live) = send(http.get(&item)).await;
     live["metadata"]["labels"]["owner"] = json!("ops");
-    send(http.put(&item).json(&live)).await;
+    live["spec"]["network"] = json!("backend");
+    let (status, body) = send(http.put(&item).json(&live)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let mut next = instance("web", json!({"app": "web"}));
     next["spec"]["image"] = json!("minicloud/web:v2");
     let before = revision(&http, server).await;
@@ -229,6 +231,7 @@ async fn apply_creates_configures_and_prunes_fields(server: &TestServer) {
         "removed label gone, foreign label kept"
     );
     assert!(stored["spec"].get("env").is_none(), "field removed from the manifest is removed: {}", stored["spec"]);
+    assert_eq!(stored["spec"]["network"], "backend", "a spec field the manifest never set stays");
 
     // One invalid object: nothing of the batch is applied, every problem is listed.
     let mut broken = instance("broken", json!({}));

@@ -1,10 +1,11 @@
 //! Apply: create-or-update a batch of objects from manifests, the way `kubectl apply` does.
 //!
 //! The whole batch is validated before anything is written. Each object remembers what was last
-//! applied (annotation `minicloud.dev/last-applied`), so that a label or annotation removed
-//! from the manifest is removed from the object while ones added by others stay. `spec` belongs
-//! to the manifest entirely: a field removed from the manifest is removed from the object.
-//! With `dryRun` nothing is written and the answer says what would change.
+//! applied (annotation `minicloud.dev/last-applied`: labels, annotations and spec), and an update
+//! merges three ways, as `kubectl apply` does: a field removed from the manifest since the last
+//! apply is removed from the object, fields set in the manifest win, and fields the manifest
+//! never set (added by another client) stay. Lists are replaced whole. With `dryRun` nothing is
+//! written and the answer says what would change.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -54,6 +55,8 @@ struct LastApplied {
     labels: BTreeMap<String, String>,
     #[serde(default)]
     annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    spec: Value,
 }
 
 /// `POST /apis/minicloud.dev/v1/apply[?dryRun=true]` with `{"items": [objects...]}`.
@@ -180,7 +183,7 @@ fn outcome(key: &ObjectKey, action: Action, changes: Vec<String>) -> Applied {
 fn last_applied_of(object: &Object) -> LastApplied {
     let mut annotations = object.metadata.annotations.clone();
     annotations.remove(LAST_APPLIED);
-    LastApplied { labels: object.metadata.labels.clone(), annotations }
+    LastApplied { labels: object.metadata.labels.clone(), annotations, spec: object.spec.clone() }
 }
 
 fn with_last_applied(mut object: Object) -> Object {
@@ -189,8 +192,8 @@ fn with_last_applied(mut object: Object) -> Object {
     object
 }
 
-/// The live object updated by a manifest: spec replaced, labels and annotations merged three
-/// ways (removed from the manifest since the last apply → removed; set by others → kept).
+/// The live object updated by a manifest: spec, labels and annotations merged three ways
+/// (removed from the manifest since the last apply → removed; set by others → kept).
 pub fn merge(live: &Object, manifest: &Object) -> Object {
     let previous: LastApplied = live
         .metadata
@@ -200,7 +203,7 @@ pub fn merge(live: &Object, manifest: &Object) -> Object {
         .unwrap_or_default();
     let desired = last_applied_of(manifest);
     let mut next = live.clone();
-    next.spec = manifest.spec.clone();
+    next.spec = merge_value(Some(&previous.spec), &live.spec, &desired.spec);
     next.metadata.labels = merge_map(&previous.labels, &live.metadata.labels, &desired.labels);
     next.metadata.annotations = merge_map(&previous.annotations, &live.metadata.annotations, &desired.annotations);
     with_last_applied_record(next, &desired)
@@ -224,6 +227,30 @@ fn merge_map(
         .collect();
     merged.extend(desired.iter().map(|(k, v)| (k.clone(), v.clone())));
     merged
+}
+
+/// Three-way merge of JSON: objects key by key (keys the last apply had and the manifest has no
+/// longer are removed, keys the manifest has are merged, other keys stay); anything else is
+/// taken from the manifest.
+fn merge_value(last: Option<&Value>, live: &Value, desired: &Value) -> Value {
+    match (live, desired) {
+        (Value::Object(live_map), Value::Object(desired_map)) => {
+            let last_map = last.and_then(Value::as_object);
+            let mut merged = live_map.clone();
+            if let Some(last_map) = last_map {
+                for key in last_map.keys().filter(|key| !desired_map.contains_key(*key)) {
+                    merged.remove(key);
+                }
+            }
+            for (key, value) in desired_map {
+                let previous = last_map.and_then(|map| map.get(key));
+                let current = live_map.get(key).unwrap_or(&Value::Null);
+                merged.insert(key.clone(), merge_value(previous, current, value));
+            }
+            Value::Object(merged)
+        }
+        _ => desired.clone(),
+    }
 }
 
 /// The leaf fields (`spec.image`, `metadata.labels.app`) that differ between two objects,
@@ -283,6 +310,19 @@ mod tests {
         let labels: Vec<&str> = next.metadata.labels.keys().map(String::as_str).collect();
         assert_eq!(labels, ["app", "owner"]);
         assert_eq!(changed_fields(&live, &next), ["metadata.labels.tier"]);
+    }
+
+    #[test]
+    fn spec_fields_set_by_others_survive_and_nested_removals_apply() {
+        let mut manifest = object(&[], "a");
+        manifest.spec["healthCheck"] = json!({"tcp": {"port": 80}, "retries": 3});
+        let mut live = with_last_applied(manifest.clone());
+        live.spec["network"] = json!("backend");
+        live.spec["healthCheck"]["intervalSeconds"] = json!(5);
+        manifest.spec["healthCheck"] = json!({"tcp": {"port": 80}});
+        let next = merge(&live, &manifest);
+        assert_eq!(next.spec["network"], "backend", "a field the manifest never set stays");
+        assert_eq!(next.spec["healthCheck"], json!({"tcp": {"port": 80}, "intervalSeconds": 5}));
     }
 
     #[test]
