@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Builds the container images minicloud's examples and tests use, from Debian packages, on a
+# machine where no registry can be reached:
+#
+#   minicloud/web:local       busybox httpd on port 8080 serving /www (about 2 MB);
+#                             /cgi-bin/whoami answers with the container's hostname
+#   minicloud/haproxy:local   HAProxy 2.6 from Debian, run as `haproxy -W -db -f CONFIG`
+#   minicloud/postgres:local  PostgreSQL 15 from Debian (built with mmdebstrap; slowest)
+#
+# Usage: scripts/local-images.sh [--rebuild] [web] [haproxy] [postgres]   (default: all three)
+# An image that exists already is kept unless --rebuild is given. Missing Debian packages
+# (busybox-static, haproxy, mmdebstrap) are installed when running as root.
+set -euo pipefail
+
+rebuild=false
+wanted=()
+for argument in "$@"; do
+    case "$argument" in
+        --rebuild) rebuild=true ;;
+        web | haproxy | postgres) wanted+=("$argument") ;;
+        *) echo "usage: $0 [--rebuild] [web] [haproxy] [postgres]" >&2; exit 2 ;;
+    esac
+done
+[ ${#wanted[@]} -eq 0 ] && wanted=(web haproxy postgres)
+
+command -v docker >/dev/null || { echo "local-images: docker is not installed" >&2; exit 1; }
+docker info >/dev/null 2>&1 || { echo "local-images: the Docker engine does not answer (is dockerd running?)" >&2; exit 1; }
+
+ensure_packages() {
+    local missing=()
+    for package in "$@"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+    [ ${#missing[@]} -eq 0 ] && return
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "local-images: install these Debian packages first: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "local-images: installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 || {
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    }
+}
+
+needed() {
+    local image="$1"
+    if ! $rebuild && docker image inspect "$image" >/dev/null 2>&1; then
+        echo "local-images: $image exists (use --rebuild to rebuild it)"
+        return 1
+    fi
+    return 0
+}
+
+label_args=(--label minicloud.dev/image=local)
+
+build_web() {
+    local image=minicloud/web:local
+    needed "$image" || return 0
+    ensure_packages busybox-static
+    local context
+    context="$(mktemp -d)"
+    mkdir -p "$context/www/cgi-bin"
+    cp /bin/busybox "$context/busybox"
+    cat > "$context/www/index.html" <<'EOF'
+<!doctype html>
+<title>minicloud</title>
+<h1>Hello from minicloud</h1>
+<p>This page is served by busybox httpd in a container that minicloud manages.</p>
+EOF
+    cat > "$context/www/cgi-bin/whoami" <<'EOF'
+#!/bin/sh
+echo "Content-Type: text/plain"
+echo
+hostname
+EOF
+    chmod +x "$context/www/cgi-bin/whoami"
+    cat > "$context/Dockerfile" <<'EOF'
+FROM scratch
+COPY busybox /bin/busybox
+RUN ["/bin/busybox", "--install", "-s", "/bin"]
+COPY www /www
+EXPOSE 8080
+CMD ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
+EOF
+    docker build -q "${label_args[@]}" -t "$image" "$context" >/dev/null
+    rm -rf "$context"
+    echo "local-images: built $image"
+}
+
+build_haproxy() {
+    local image=minicloud/haproxy:local
+    needed "$image" || return 0
+    ensure_packages haproxy
+    local context
+    context="$(mktemp -d)"
+    mkdir -p "$context/root/usr/sbin" "$context/root/etc" "$context/root/usr/local/etc/haproxy" "$context/root/run" "$context/root/tmp"
+    cp /usr/sbin/haproxy "$context/root/usr/sbin/haproxy"
+    # The binary and every library it loads, at their own paths.
+    ldd /usr/sbin/haproxy | grep -o '/[^ ]*' | while read -r library; do
+        mkdir -p "$context/root$(dirname "$library")"
+        cp -L "$library" "$context/root$library"
+    done
+    mkdir -p "$context/root/lib64"
+    cp -L /lib64/ld-linux-x86-64.so.2 "$context/root/lib64/"
+    printf 'root:x:0:0:root:/:/bin/false\nhaproxy:x:99:99:haproxy:/:/bin/false\n' > "$context/root/etc/passwd"
+    printf 'root:x:0:\nhaproxy:x:99:\n' > "$context/root/etc/group"
+    cat > "$context/root/usr/local/etc/haproxy/haproxy.cfg" <<'EOF'
+# Placeholder: minicloud mounts the generated configuration over this file.
+global
+    log stdout format raw local0
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend placeholder
+    bind :8080
+    http-request return status 503 content-type text/plain string "no configuration yet"
+EOF
+    cat > "$context/Dockerfile" <<'EOF'
+FROM scratch
+COPY root /
+EXPOSE 8080
+ENTRYPOINT ["/usr/sbin/haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
+EOF
+    docker build -q "${label_args[@]}" -t "$image" "$context" >/dev/null
+    rm -rf "$context"
+    echo "local-images: built $image"
+}
+
+build_postgres() {
+    local image=minicloud/postgres:local
+    needed "$image" || return 0
+    ensure_packages mmdebstrap
+    local work
+    work="$(mktemp -d)"
+    echo "local-images: building $image with mmdebstrap (about a minute)"
+    # The host's own apt sources, so that the same mirror (or proxy) is used.
+    local sources=()
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        sources=("/etc/apt/sources.list.d/debian.sources")
+    elif [ -f /etc/apt/sources.list ]; then
+        sources=("/etc/apt/sources.list")
+    fi
+    mmdebstrap --quiet --variant=apt --include=postgresql-15,locales-all \
+        --customize-hook='chroot "$1" sh -c "rm -rf /var/lib/postgresql/15/main /etc/postgresql"' \
+        bookworm "$work/rootfs.tar" "${sources[@]}"
+    docker import \
+        --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'ENV PGDATA=/var/lib/postgresql/data' \
+        --change 'ENV LANG=C.UTF-8' \
+        --change 'USER postgres' \
+        --change 'EXPOSE 5432' \
+        --change 'LABEL minicloud.dev/image=local' \
+        --change 'CMD ["postgres", "-D", "/var/lib/postgresql/data", "-c", "listen_addresses=*"]' \
+        "$work/rootfs.tar" "$image" >/dev/null
+    rm -rf "$work"
+    echo "local-images: built $image"
+}
+
+for name in "${wanted[@]}"; do
+    "build_$name"
+done
