@@ -7,5 +7,6 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod docker;
 pub mod manifest;
 pub mod store;

@@ -1,0 +1,459 @@
+//! The Docker driver: everything minicloud does to the Docker engine goes through the
+//! [`ContainerDriver`] trait, implemented here over bollard. Controllers see only the trait, so
+//! their decisions can be unit-tested with a fake; integration tests run them against the real
+//! engine.
+//!
+//! Every object created carries the labels DESIGN.md lists (`minicloud.dev/managed-by`,
+//! `namespace`, `kind`, `name`, `uid`, `spec-hash`): the labels, not a private table, say what
+//! exists, so a restarted control plane finds its containers again. Ports are published on
+//! 127.0.0.1 unless a manifest says otherwise. A missing image is pulled; when no registry
+//! answers the error says how to build or load the image instead.
+
+pub mod labels;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
+    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::{Stream, StreamExt};
+
+pub use labels::{Labels, MANAGED_BY};
+
+/// What can go wrong talking to Docker.
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("cannot reach the Docker engine ({0}); check that dockerd runs and that DOCKER_HOST (if set) is right")]
+    Unreachable(String),
+    #[error("image {image} is not present and cannot be pulled ({reason}). Build it locally (for minicloud's own images: scripts/local-images.sh) or load it with `docker load`, then minicloud retries on its own")]
+    ImageUnavailable { image: String, reason: String },
+    #[error("a container named {0} exists already")]
+    NameTaken(String),
+    #[error("host port {port} is already in use; choose another hostPort or leave it out to get a free one")]
+    PortTaken { port: u16 },
+    #[error("Docker refused: {0}")]
+    Refused(String),
+}
+
+impl DriverError {
+    fn from_bollard(error: bollard::errors::Error) -> DriverError {
+        use bollard::errors::Error;
+        match error {
+            Error::DockerResponseServerError { status_code: 409, message } => DriverError::NameTaken(message),
+            Error::DockerResponseServerError { message, .. }
+                if message.contains("port is already allocated") || message.contains("address already in use") =>
+            {
+                let port = message
+                    .split(|c: char| !c.is_ascii_digit())
+                    .filter_map(|part| part.parse::<u16>().ok())
+                    .find(|port| *port > 0)
+                    .unwrap_or(0);
+                DriverError::PortTaken { port }
+            }
+            Error::DockerResponseServerError { message, .. } => DriverError::Refused(message),
+            Error::IOError { err } => DriverError::Unreachable(err.to_string()),
+            other => {
+                let text = other.to_string();
+                let lower = text.to_ascii_lowercase();
+                if lower.contains("connect") || lower.contains("no such file") || lower.contains("refused") {
+                    DriverError::Unreachable(text)
+                } else {
+                    DriverError::Refused(text)
+                }
+            }
+        }
+    }
+
+    /// True when the engine could not be reached at all.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, DriverError::Unreachable(_))
+    }
+}
+
+fn is_not_found(error: &bollard::errors::Error) -> bool {
+    matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
+}
+
+/// A port to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishSpec {
+    pub container_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: String,
+    pub host_ip: String,
+    /// `None`: let the engine pick a free port.
+    pub host_port: Option<u16>,
+}
+
+/// A named volume to mount.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeSpec {
+    pub volume: String,
+    pub mount_path: String,
+    pub read_only: bool,
+}
+
+/// A health check, in Docker's terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthSpec {
+    /// `["CMD", ...]` or `["CMD-SHELL", "..."]`.
+    pub test: Vec<String>,
+    pub interval_seconds: u32,
+    pub timeout_seconds: u32,
+    pub retries: u32,
+    pub start_period_seconds: u32,
+}
+
+/// Everything needed to create one container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub entrypoint: Option<Vec<String>>,
+    pub command: Option<Vec<String>>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub ports: Vec<PublishSpec>,
+    pub network: String,
+    /// Other names the container answers to on its network.
+    pub aliases: Vec<String>,
+    pub memory_bytes: Option<i64>,
+    pub nano_cpus: Option<i64>,
+    pub health: Option<HealthSpec>,
+    pub volumes: Vec<VolumeSpec>,
+}
+
+/// A managed container as the engine reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub labels: HashMap<String, String>,
+    pub running: bool,
+    /// `starting`, `healthy`, `unhealthy` when the container has a health check.
+    pub health: Option<String>,
+    pub exit_code: Option<i64>,
+    pub started_at: Option<String>,
+    /// Published ports: (container port, protocol, host ip, host port).
+    pub ports: Vec<(u16, String, String, u16)>,
+}
+
+/// An engine event about a managed container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerEvent {
+    pub container_id: String,
+    /// `die`, `oom`, `destroy`, `start`, `health_status: healthy`, ...
+    pub action: String,
+    pub labels: HashMap<String, String>,
+}
+
+/// A stream of container events; it ends when the engine connection ends.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, DriverError>> + Send>>;
+
+/// What controllers need from a container engine.
+#[async_trait]
+pub trait ContainerDriver: Send + Sync {
+    /// Checks that the engine answers.
+    async fn ping(&self) -> Result<(), DriverError>;
+    /// Every container carrying `minicloud.dev/managed-by=minicloud`, running or not.
+    async fn list_managed(&self) -> Result<Vec<ContainerInfo>, DriverError>;
+    /// One container by id or name; `None` when it does not exist.
+    async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, DriverError>;
+    /// Makes sure the image is present, pulling it when a registry answers.
+    async fn ensure_image(&self, image: &str) -> Result<(), DriverError>;
+    /// Makes sure a bridge network exists.
+    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<(), DriverError>;
+    /// Creates and starts a container; returns its id.
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError>;
+    /// Removes a container (running or not) and its anonymous volumes; absent is fine.
+    async fn remove(&self, id_or_name: &str) -> Result<(), DriverError>;
+    /// Removes a named volume; absent is fine.
+    async fn remove_volume(&self, name: &str) -> Result<(), DriverError>;
+    /// Removes a managed network when no container uses it any more.
+    async fn remove_network_if_unused(&self, name: &str) -> Result<(), DriverError>;
+    /// Events of managed containers from the moment of the call (even if the stream is first
+    /// polled later).
+    fn events(&self) -> EventStream;
+}
+
+/// The driver over a real Docker engine.
+#[derive(Clone)]
+pub struct DockerDriver {
+    docker: Docker,
+}
+
+impl DockerDriver {
+    /// Connects through DOCKER_HOST or the local socket and negotiates the API version (Debian's
+    /// engine speaks 1.41, older than bollard's default).
+    pub async fn connect() -> Result<DockerDriver, DriverError> {
+        let docker = Docker::connect_with_defaults().map_err(|error| DriverError::Unreachable(error.to_string()))?;
+        let docker = docker.negotiate_version().await.map_err(DriverError::from_bollard)?;
+        Ok(DockerDriver { docker })
+    }
+
+    /// Connects to an explicit engine address (`unix:///path` or `tcp://host:port`).
+    pub async fn connect_to(host: &str) -> Result<DockerDriver, DriverError> {
+        let docker = if let Some(path) = host.strip_prefix("unix://") {
+            Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION)
+        } else {
+            Docker::connect_with_http(&host.replacen("tcp://", "http://", 1), 30, bollard::API_DEFAULT_VERSION)
+        }
+        .map_err(|error| DriverError::Unreachable(error.to_string()))?;
+        let docker = docker.negotiate_version().await.map_err(DriverError::from_bollard)?;
+        Ok(DockerDriver { docker })
+    }
+
+    fn info_from_inspect(response: bollard::models::ContainerInspectResponse) -> ContainerInfo {
+        let state = response.state.unwrap_or_default();
+        let mut ports = Vec::new();
+        if let Some(map) = response.network_settings.and_then(|settings| settings.ports) {
+            for (key, bindings) in map {
+                let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
+                let Ok(container_port) = port.parse::<u16>() else { continue };
+                for binding in bindings.unwrap_or_default() {
+                    let host_port = binding.host_port.as_deref().and_then(|p| p.parse::<u16>().ok());
+                    if let Some(host_port) = host_port {
+                        let host_ip = binding.host_ip.unwrap_or_default();
+                        ports.push((container_port, protocol.to_owned(), host_ip, host_port));
+                    }
+                }
+            }
+        }
+        ports.sort();
+        ContainerInfo {
+            id: response.id.unwrap_or_default(),
+            name: response.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+            labels: response.config.and_then(|config| config.labels).unwrap_or_default(),
+            running: state.running.unwrap_or(false),
+            health: state.health.and_then(|health| health.status).map(|status| status.to_string()),
+            exit_code: state.exit_code,
+            started_at: state.started_at,
+            ports,
+        }
+    }
+}
+
+fn managed_filter() -> HashMap<String, Vec<String>> {
+    HashMap::from([("label".to_owned(), vec![format!("{MANAGED_BY}=minicloud")])])
+}
+
+#[async_trait]
+impl ContainerDriver for DockerDriver {
+    async fn ping(&self) -> Result<(), DriverError> {
+        self.docker.ping().await.map(|_| ()).map_err(DriverError::from_bollard)
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ContainerInfo>, DriverError> {
+        let options = ListContainersOptionsBuilder::default().all(true).filters(&managed_filter()).build();
+        let summaries = self.docker.list_containers(Some(options)).await.map_err(DriverError::from_bollard)?;
+        let mut containers = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            // Inspect for health, exit code and bound ports; a container may vanish meanwhile.
+            if let Some(info) = self.inspect(&id).await? {
+                containers.push(info);
+            }
+        }
+        Ok(containers)
+    }
+
+    async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, DriverError> {
+        match self.docker.inspect_container(id_or_name, None).await {
+            Ok(response) => Ok(Some(DockerDriver::info_from_inspect(response))),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
+    async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(error) if is_not_found(&error) => {}
+            Err(error) => return Err(DriverError::from_bollard(error)),
+        }
+        let (name, tag) = match image.rsplit_once(':').filter(|(_, tag)| !tag.contains('/')) {
+            Some((name, tag)) => (name, tag),
+            None => (image, "latest"),
+        };
+        let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
+        let mut progress = self.docker.create_image(Some(options), None, None);
+        while let Some(step) = progress.next().await {
+            if let Err(error) = step {
+                return Err(match DriverError::from_bollard(error) {
+                    DriverError::Unreachable(reason) => DriverError::Unreachable(reason),
+                    other => DriverError::ImageUnavailable { image: image.to_owned(), reason: other.to_string() },
+                });
+            }
+        }
+        match self.docker.inspect_image(image).await {
+            Ok(_) => Ok(()),
+            Err(error) => Err(DriverError::ImageUnavailable { image: image.to_owned(), reason: error.to_string() }),
+        }
+    }
+
+    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<(), DriverError> {
+        match self.docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+            Ok(_) => return Ok(()),
+            Err(error) if is_not_found(&error) => {}
+            Err(error) => return Err(DriverError::from_bollard(error)),
+        }
+        let request = NetworkCreateRequest {
+            name: name.to_owned(),
+            driver: Some("bridge".into()),
+            labels: Some(labels.clone()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Created concurrently by another reconcile: fine.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError> {
+        let mut exposed = Vec::new();
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for port in &spec.ports {
+            let key = format!("{}/{}", port.container_port, port.protocol);
+            exposed.push(key.clone());
+            bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(PortBinding {
+                host_ip: Some(port.host_ip.clone()),
+                host_port: Some(port.host_port.map(|p| p.to_string()).unwrap_or_default()),
+            });
+        }
+        let healthcheck = spec.health.as_ref().map(|health| HealthConfig {
+            test: Some(health.test.clone()),
+            interval: Some(i64::from(health.interval_seconds) * 1_000_000_000),
+            timeout: Some(i64::from(health.timeout_seconds) * 1_000_000_000),
+            retries: Some(i64::from(health.retries)),
+            start_period: Some(i64::from(health.start_period_seconds) * 1_000_000_000),
+            ..Default::default()
+        });
+        let binds: Vec<String> = spec
+            .volumes
+            .iter()
+            .map(|volume| {
+                format!("{}:{}{}", volume.volume, volume.mount_path, if volume.read_only { ":ro" } else { "" })
+            })
+            .collect();
+        let endpoint = EndpointSettings { aliases: Some(spec.aliases.clone()), ..Default::default() };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            cmd: spec.command.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            exposed_ports: Some(exposed),
+            healthcheck,
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                memory: spec.memory_bytes,
+                nano_cpus: spec.nano_cpus,
+                binds: (!binds.is_empty()).then_some(binds),
+                network_mode: Some(spec.network.clone()),
+                // minicloud itself replaces containers that stop (see restartPolicy).
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                init: Some(true),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(spec.network.clone(), endpoint)])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = self.docker.create_container(Some(options), body).await.map_err(DriverError::from_bollard)?;
+        if let Err(error) = self.docker.start_container(&created.id, None).await {
+            // Do not leave a created-but-never-started container behind.
+            let _ = self.remove(&created.id).await;
+            return Err(DriverError::from_bollard(error));
+        }
+        Ok(created.id)
+    }
+
+    async fn remove(&self, id_or_name: &str) -> Result<(), DriverError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
+        match self.docker.remove_container(id_or_name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            // Removal already in progress (e.g. two reconciles): the container is going.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str) -> Result<(), DriverError> {
+        match self.docker.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+            Ok(()) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
+    async fn remove_network_if_unused(&self, name: &str) -> Result<(), DriverError> {
+        let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build()))
+            .await
+            .map_err(DriverError::from_bollard)?;
+        let Some(network) = networks.into_iter().find(|network| network.name.as_deref() == Some(name)) else {
+            return Ok(());
+        };
+        let managed =
+            network.labels.as_ref().and_then(|labels| labels.get(MANAGED_BY)).is_some_and(|value| value == "minicloud");
+        if !managed {
+            return Ok(());
+        }
+        let in_use = self
+            .docker
+            .inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .map_err(DriverError::from_bollard)?
+            .containers
+            .is_some_and(|containers| !containers.is_empty());
+        if in_use {
+            return Ok(());
+        }
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            // A container joined meanwhile: keep it.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 403 | 409, .. }) => Ok(()),
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
+    fn events(&self) -> EventStream {
+        let mut filters = managed_filter();
+        filters.insert("type".into(), vec!["container".into()]);
+        // The request starts when the stream is first polled; `since` keeps events from now on.
+        let since = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs().to_string())
+            .unwrap_or_default();
+        let options = EventsOptionsBuilder::default().since(&since).filters(&filters).build();
+        Box::pin(self.docker.events(Some(options)).map(|event| {
+            let event = event.map_err(DriverError::from_bollard)?;
+            let actor = event.actor.unwrap_or_default();
+            Ok(ContainerEvent {
+                container_id: actor.id.unwrap_or_default(),
+                action: event.action.unwrap_or_default(),
+                labels: actor.attributes.unwrap_or_default(),
+            })
+        }))
+    }
+}

@@ -1,0 +1,158 @@
+//! The Docker driver against the real engine: containers with minicloud's labels, ports
+//! published on 127.0.0.1 that really serve, events, networks, and the errors users see.
+//! Needs the local images (`scripts/local-images.sh web`, run by `scripts/test`).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use minicloud::docker::{ContainerDriver, ContainerSpec, DockerDriver, DriverError, PublishSpec};
+
+const WEB_IMAGE: &str = "minicloud/web:local";
+
+fn test_labels(run: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("minicloud.dev/managed-by".to_owned(), "minicloud".to_owned()),
+        ("minicloud.dev/test".to_owned(), run.to_owned()),
+    ])
+}
+
+fn web_spec(name: &str, run: &str, network: &str) -> ContainerSpec {
+    ContainerSpec {
+        name: name.to_owned(),
+        image: WEB_IMAGE.to_owned(),
+        entrypoint: None,
+        command: None,
+        env: vec!["MODE=test".into()],
+        labels: test_labels(run),
+        ports: vec![PublishSpec {
+            container_port: 8080,
+            protocol: "tcp".into(),
+            host_ip: "127.0.0.1".into(),
+            host_port: None,
+        }],
+        network: network.to_owned(),
+        aliases: vec![name.to_owned()],
+        memory_bytes: Some(64 << 20),
+        nano_cpus: Some(500_000_000),
+        health: None,
+        volumes: Vec::new(),
+    }
+}
+
+/// Removes what an earlier, crashed run of this file left behind (label value `driver-...`).
+fn remove_leftovers() {
+    let list = |kind: &str| {
+        let mut args = vec![kind, "ls"];
+        if kind == "container" {
+            args.push("-a");
+        }
+        args.extend(["--filter", "label=minicloud.dev/test", "--format", "{{.ID}} {{.Label \"minicloud.dev/test\"}}"]);
+        let output = std::process::Command::new("docker")
+            .args(&args)
+            .output()
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap_or_default();
+        output
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(_, run)| run.starts_with("driver-"))
+            .map(|(id, _)| id.to_owned())
+            .collect::<Vec<_>>()
+    };
+    for id in list("container") {
+        let _ = std::process::Command::new("docker").args(["rm", "-f", &id]).output();
+    }
+    for id in list("network").into_iter().filter(|id| !id.is_empty()) {
+        let _ = std::process::Command::new("docker").args(["network", "rm", &id]).output();
+    }
+}
+
+async fn http_get(port: u16) -> Option<String> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/")).await.ok()?;
+    response.text().await.ok()
+}
+
+#[tokio::test]
+async fn containers_serve_on_loopback_and_are_labelled() {
+    remove_leftovers();
+    let driver = DockerDriver::connect().await.expect("a Docker engine");
+    driver.ping().await.expect("ping");
+    driver.ensure_image(WEB_IMAGE).await.expect("run scripts/local-images.sh web first");
+    let run = format!("driver-{}", uuid::Uuid::new_v4().simple());
+    let network = format!("mc-test-{}", &run[7..19]);
+    driver.ensure_network(&network, &test_labels(&run)).await.expect("network");
+    driver.ensure_network(&network, &test_labels(&run)).await.expect("network again is fine");
+
+    let mut events = driver.events();
+    let name = format!("mc-test-web-{}", &run[7..19]);
+    let id = driver.create_and_start(&web_spec(&name, &run, &network)).await.expect("create");
+    let info = driver.inspect(&id).await.expect("inspect").expect("exists");
+    assert!(info.running);
+    assert_eq!(info.labels.get("minicloud.dev/test"), Some(&run));
+    let (container_port, protocol, host_ip, host_port) = info.ports.first().cloned().expect("a published port");
+    assert_eq!((container_port, protocol.as_str(), host_ip.as_str()), (8080, "tcp", "127.0.0.1"));
+
+    let mut page = None;
+    for _ in 0..50 {
+        page = http_get(host_port).await;
+        if page.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(page.unwrap_or_default().contains("Hello from minicloud"), "the container serves on 127.0.0.1:{host_port}");
+
+    match driver.create_and_start(&web_spec(&name, &run, &network)).await {
+        Err(DriverError::NameTaken(_)) => {}
+        other => panic!("a second container with the same name must be refused, got {other:?}"),
+    }
+    let listed = driver.list_managed().await.expect("list");
+    assert_eq!(listed.iter().filter(|c| c.labels.get("minicloud.dev/test") == Some(&run)).count(), 1);
+
+    driver.remove(&id).await.expect("remove");
+    assert!(driver.inspect(&id).await.expect("inspect").is_none());
+    driver.remove(&id).await.expect("removing an absent container is fine");
+    let mut actions = Vec::new();
+    while !actions.iter().any(|action| action == "destroy") {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("events in time")
+            .expect("stream open")
+            .expect("event");
+        if event.container_id == id {
+            actions.push(event.action);
+        }
+    }
+    assert!(actions.contains(&"die".to_owned()), "{actions:?}");
+
+    driver.remove_network_if_unused(&network).await.expect("remove network");
+    driver.ensure_network(&network, &test_labels(&run)).await.expect("recreate");
+    driver.remove_network_if_unused(&network).await.expect("remove network");
+}
+
+#[tokio::test]
+async fn missing_images_say_what_to_do() {
+    let driver = DockerDriver::connect().await.expect("a Docker engine");
+    match driver.ensure_image("minicloud/does-not-exist:1").await {
+        Err(error @ DriverError::ImageUnavailable { .. }) => {
+            let message = error.to_string();
+            assert!(
+                message.contains("minicloud/does-not-exist:1") && message.contains("scripts/local-images.sh"),
+                "{message}"
+            );
+        }
+        other => panic!("expected ImageUnavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_is_reported_as_such() {
+    match DockerDriver::connect_to("tcp://127.0.0.1:9").await {
+        Err(error) => {
+            assert!(error.is_unreachable(), "{error:?}");
+            assert!(error.to_string().contains("cannot reach the Docker engine"));
+        }
+        Ok(_) => panic!("nothing listens on port 9"),
+    }
+}
