@@ -7,6 +7,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod controllers;
 pub mod docker;
 pub mod manifest;
 pub mod store;

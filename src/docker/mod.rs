@@ -185,31 +185,49 @@ pub trait ContainerDriver: Send + Sync {
     fn events(&self) -> EventStream;
 }
 
-/// The driver over a real Docker engine.
+/// The driver over a real Docker engine. The API version is negotiated on first use (Debian's
+/// engine speaks 1.41, older than bollard's default), so a driver can be made while the engine
+/// is down and starts working when it comes back.
 #[derive(Clone)]
 pub struct DockerDriver {
-    docker: Docker,
+    base: Docker,
+    negotiated: std::sync::Arc<tokio::sync::OnceCell<Docker>>,
 }
 
 impl DockerDriver {
-    /// Connects through DOCKER_HOST or the local socket and negotiates the API version (Debian's
-    /// engine speaks 1.41, older than bollard's default).
+    /// A driver for DOCKER_HOST or the local socket, without contacting the engine yet.
+    pub fn lazy() -> Result<DockerDriver, DriverError> {
+        let base = Docker::connect_with_defaults().map_err(|error| DriverError::Unreachable(error.to_string()))?;
+        Ok(DockerDriver { base, negotiated: Default::default() })
+    }
+
+    /// Connects through DOCKER_HOST or the local socket and negotiates the API version now.
     pub async fn connect() -> Result<DockerDriver, DriverError> {
-        let docker = Docker::connect_with_defaults().map_err(|error| DriverError::Unreachable(error.to_string()))?;
-        let docker = docker.negotiate_version().await.map_err(DriverError::from_bollard)?;
-        Ok(DockerDriver { docker })
+        let driver = DockerDriver::lazy()?;
+        driver.client().await?;
+        Ok(driver)
     }
 
     /// Connects to an explicit engine address (`unix:///path` or `tcp://host:port`).
     pub async fn connect_to(host: &str) -> Result<DockerDriver, DriverError> {
-        let docker = if let Some(path) = host.strip_prefix("unix://") {
+        let base = if let Some(path) = host.strip_prefix("unix://") {
             Docker::connect_with_unix(path, 30, bollard::API_DEFAULT_VERSION)
         } else {
             Docker::connect_with_http(&host.replacen("tcp://", "http://", 1), 30, bollard::API_DEFAULT_VERSION)
         }
         .map_err(|error| DriverError::Unreachable(error.to_string()))?;
-        let docker = docker.negotiate_version().await.map_err(DriverError::from_bollard)?;
-        Ok(DockerDriver { docker })
+        let driver = DockerDriver { base, negotiated: Default::default() };
+        driver.client().await?;
+        Ok(driver)
+    }
+
+    /// The client, with the API version negotiated (once).
+    async fn client(&self) -> Result<&Docker, DriverError> {
+        self.negotiated
+            .get_or_try_init(|| async {
+                self.base.clone().negotiate_version().await.map_err(DriverError::from_bollard)
+            })
+            .await
     }
 
     fn info_from_inspect(response: bollard::models::ContainerInspectResponse) -> ContainerInfo {
@@ -249,12 +267,12 @@ fn managed_filter() -> HashMap<String, Vec<String>> {
 #[async_trait]
 impl ContainerDriver for DockerDriver {
     async fn ping(&self) -> Result<(), DriverError> {
-        self.docker.ping().await.map(|_| ()).map_err(DriverError::from_bollard)
+        self.client().await?.ping().await.map(|_| ()).map_err(DriverError::from_bollard)
     }
 
     async fn list_managed(&self) -> Result<Vec<ContainerInfo>, DriverError> {
         let options = ListContainersOptionsBuilder::default().all(true).filters(&managed_filter()).build();
-        let summaries = self.docker.list_containers(Some(options)).await.map_err(DriverError::from_bollard)?;
+        let summaries = self.client().await?.list_containers(Some(options)).await.map_err(DriverError::from_bollard)?;
         let mut containers = Vec::with_capacity(summaries.len());
         for summary in summaries {
             let Some(id) = summary.id else { continue };
@@ -267,7 +285,7 @@ impl ContainerDriver for DockerDriver {
     }
 
     async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, DriverError> {
-        match self.docker.inspect_container(id_or_name, None).await {
+        match self.client().await?.inspect_container(id_or_name, None).await {
             Ok(response) => Ok(Some(DockerDriver::info_from_inspect(response))),
             Err(error) if is_not_found(&error) => Ok(None),
             Err(error) => Err(DriverError::from_bollard(error)),
@@ -275,7 +293,7 @@ impl ContainerDriver for DockerDriver {
     }
 
     async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
-        match self.docker.inspect_image(image).await {
+        match self.client().await?.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(error) if is_not_found(&error) => {}
             Err(error) => return Err(DriverError::from_bollard(error)),
@@ -285,7 +303,8 @@ impl ContainerDriver for DockerDriver {
             None => (image, "latest"),
         };
         let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
-        let mut progress = self.docker.create_image(Some(options), None, None);
+        let docker = self.client().await?;
+        let mut progress = docker.create_image(Some(options), None, None);
         while let Some(step) = progress.next().await {
             if let Err(error) = step {
                 return Err(match DriverError::from_bollard(error) {
@@ -294,14 +313,15 @@ impl ContainerDriver for DockerDriver {
                 });
             }
         }
-        match self.docker.inspect_image(image).await {
+        match self.client().await?.inspect_image(image).await {
             Ok(_) => Ok(()),
             Err(error) => Err(DriverError::ImageUnavailable { image: image.to_owned(), reason: error.to_string() }),
         }
     }
 
     async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<(), DriverError> {
-        match self.docker.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await {
+        match self.client().await?.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await
+        {
             Ok(_) => return Ok(()),
             Err(error) if is_not_found(&error) => {}
             Err(error) => return Err(DriverError::from_bollard(error)),
@@ -312,7 +332,7 @@ impl ContainerDriver for DockerDriver {
             labels: Some(labels.clone()),
             ..Default::default()
         };
-        match self.docker.create_network(request).await {
+        match self.client().await?.create_network(request).await {
             Ok(_) => Ok(()),
             // Created concurrently by another reconcile: fine.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
@@ -375,8 +395,9 @@ impl ContainerDriver for DockerDriver {
             ..Default::default()
         };
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
-        let created = self.docker.create_container(Some(options), body).await.map_err(DriverError::from_bollard)?;
-        if let Err(error) = self.docker.start_container(&created.id, None).await {
+        let docker = self.client().await?;
+        let created = docker.create_container(Some(options), body).await.map_err(DriverError::from_bollard)?;
+        if let Err(error) = docker.start_container(&created.id, None).await {
             // Do not leave a created-but-never-started container behind.
             let _ = self.remove(&created.id).await;
             return Err(DriverError::from_bollard(error));
@@ -386,7 +407,7 @@ impl ContainerDriver for DockerDriver {
 
     async fn remove(&self, id_or_name: &str) -> Result<(), DriverError> {
         let options = RemoveContainerOptionsBuilder::default().force(true).v(true).build();
-        match self.docker.remove_container(id_or_name, Some(options)).await {
+        match self.client().await?.remove_container(id_or_name, Some(options)).await {
             Ok(()) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
             // Removal already in progress (e.g. two reconciles): the container is going.
@@ -396,7 +417,7 @@ impl ContainerDriver for DockerDriver {
     }
 
     async fn remove_volume(&self, name: &str) -> Result<(), DriverError> {
-        match self.docker.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
+        match self.client().await?.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
             Ok(()) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
             Err(error) => Err(DriverError::from_bollard(error)),
@@ -405,8 +426,8 @@ impl ContainerDriver for DockerDriver {
 
     async fn remove_network_if_unused(&self, name: &str) -> Result<(), DriverError> {
         let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
-        let networks = self
-            .docker
+        let docker = self.client().await?;
+        let networks = docker
             .list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build()))
             .await
             .map_err(DriverError::from_bollard)?;
@@ -418,8 +439,7 @@ impl ContainerDriver for DockerDriver {
         if !managed {
             return Ok(());
         }
-        let in_use = self
-            .docker
+        let in_use = docker
             .inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>)
             .await
             .map_err(DriverError::from_bollard)?
@@ -428,7 +448,7 @@ impl ContainerDriver for DockerDriver {
         if in_use {
             return Ok(());
         }
-        match self.docker.remove_network(name).await {
+        match docker.remove_network(name).await {
             Ok(()) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
             // A container joined meanwhile: keep it.
@@ -446,14 +466,24 @@ impl ContainerDriver for DockerDriver {
             .map(|elapsed| elapsed.as_secs().to_string())
             .unwrap_or_default();
         let options = EventsOptionsBuilder::default().since(&since).filters(&filters).build();
-        Box::pin(self.docker.events(Some(options)).map(|event| {
-            let event = event.map_err(DriverError::from_bollard)?;
-            let actor = event.actor.unwrap_or_default();
-            Ok(ContainerEvent {
-                container_id: actor.id.unwrap_or_default(),
-                action: event.action.unwrap_or_default(),
-                labels: actor.attributes.unwrap_or_default(),
-            })
+        let driver = self.clone();
+        let stream = futures::stream::once(async move {
+            let docker = driver.client().await?.clone();
+            Ok::<_, DriverError>(docker.events(Some(options)).map(|event| {
+                let event = event.map_err(DriverError::from_bollard)?;
+                let actor = event.actor.unwrap_or_default();
+                Ok(ContainerEvent {
+                    container_id: actor.id.unwrap_or_default(),
+                    action: event.action.unwrap_or_default(),
+                    labels: actor.attributes.unwrap_or_default(),
+                })
+            }))
+        });
+        Box::pin(stream.flat_map(|connected| -> EventStream {
+            match connected {
+                Ok(events) => Box::pin(events),
+                Err(error) => Box::pin(futures::stream::once(async move { Err(error) })),
+            }
         }))
     }
 }
