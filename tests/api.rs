@@ -315,7 +315,8 @@ on_both_backends!(
 /// SIGTERM: open watches end cleanly, the process exits 0, and JSON logs are one object per line.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_closes_watches() {
-    let mut server = TestServer::start(common::TestDb::sqlite().await, &["--log-format", "json"]).await;
+    let mut server =
+        TestServer::start(common::TestDb::sqlite().await, &["--log-format", "json", "--no-controllers"]).await;
     let http = reqwest::Client::new();
     let response = http
         .get(format!("{}{V1}/namespaces/default/instances", server.url))

@@ -51,6 +51,53 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub database_url: String,
     pub body_limit: usize,
+    /// Run the controllers in this process (`None`: API only).
+    pub controllers: Option<ControllerSettings>,
+}
+
+/// How the controllers run.
+#[derive(Clone, Debug, Default)]
+pub struct ControllerSettings {
+    /// Labels added to every container (e.g. to mark a test run's containers).
+    pub extra_labels: std::collections::HashMap<String, String>,
+    pub runtime: crate::controllers::runtime::RuntimeConfig,
+}
+
+/// Starts the controllers; returns the tasks to wait for at shutdown.
+fn start_controllers(
+    store: Arc<dyn Store>,
+    settings: ControllerSettings,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    use crate::controllers::{instance, runtime};
+    use crate::docker::{ContainerDriver, DockerDriver};
+    let driver: Arc<dyn ContainerDriver> = Arc::new(DockerDriver::lazy()?);
+    let (events, _) = tokio::sync::broadcast::channel(1024);
+    let mut tasks = vec![runtime::spawn_docker_events(driver.clone(), events.clone())];
+    let reconciler = Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels));
+    let metrics = Arc::new(runtime::Metrics::default());
+    tasks.push(tokio::spawn(runtime::run(
+        reconciler,
+        store.clone(),
+        events.subscribe(),
+        settings.runtime.clone(),
+        metrics,
+        shutdown.clone(),
+    )));
+    // Orphaned containers: at start and every resync period.
+    let resync = settings.runtime.resync;
+    tasks.push(tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(resync);
+        loop {
+            ticker.tick().await;
+            match instance::collect_orphans(store.as_ref(), driver.as_ref()).await {
+                Ok(0) => {}
+                Ok(removed) => tracing::info!(removed, "orphaned containers removed"),
+                Err(error) => tracing::warn!(%error, "orphan collection failed; retrying later"),
+            }
+        }
+    }));
+    Ok(tasks)
 }
 
 /// The routes, without the listener.
@@ -112,6 +159,7 @@ async fn version(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "apiVersion": minicloud_crds::API_VERSION,
         "store": state.backend,
+        "cluster": state.store.cluster_id(),
     }))
 }
 
@@ -133,6 +181,10 @@ pub async fn serve(
     let store: Arc<dyn Store> = Arc::new(sql);
     let compactor = store::spawn_compactor(store.clone(), RETAINED_REVISIONS, COMPACTION_INTERVAL);
     let (stopping, shutdown) = watch::channel(false);
+    let controllers = match config.controllers.clone() {
+        Some(settings) => start_controllers(store.clone(), settings, shutdown.clone())?,
+        None => Vec::new(),
+    };
     let state = AppState { store, shutdown, body_limit: config.body_limit, backend };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -148,6 +200,17 @@ pub async fn serve(
         })
         .await?;
     compactor.abort();
+    // The controller loop finishes its running reconciles; helper tasks are stopped.
+    let mut controllers = controllers.into_iter();
+    if let Some(events) = controllers.next() {
+        events.abort();
+    }
+    if let Some(runtime) = controllers.next() {
+        let _ = tokio::time::timeout(Duration::from_secs(10), runtime).await;
+    }
+    for task in controllers {
+        task.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -31,6 +31,25 @@ pub struct ServerArgs {
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve the API only; run no controllers (e.g. for API-only replicas).
+    #[arg(long)]
+    pub no_controllers: bool,
+    /// A label (KEY=VALUE) added to every container minicloud creates; repeatable.
+    #[arg(long = "container-label", value_parser = parse_label)]
+    pub container_labels: Vec<(String, String)>,
+    /// How often every object is reconciled even when nothing changed, e.g. 5m, 30s.
+    #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
+    pub resync: std::time::Duration,
+    /// Reconciles running at once, per controller.
+    #[arg(long, default_value_t = 8)]
+    pub workers: usize,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text.split_once('=').ok_or_else(|| format!("{text:?}: write KEY=VALUE"))?;
+    minicloud_crds::validation::check_label_key(key)?;
+    minicloud_crds::validation::check_label_value(value)?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 /// Sets up logging (RUST_LOG filters; default `info`).
@@ -55,6 +74,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(url) => url,
         None => sql::sqlite_url(&args.data_dir.unwrap_or_else(sql::default_data_dir)),
     };
-    let config = ServerConfig { listen: args.listen, database_url, body_limit: api::DEFAULT_BODY_LIMIT };
+    let controllers = (!args.no_controllers).then(|| api::ControllerSettings {
+        extra_labels: args.container_labels.into_iter().collect(),
+        runtime: crate::controllers::runtime::RuntimeConfig {
+            workers: args.workers,
+            resync: args.resync,
+            ..Default::default()
+        },
+    });
+    let config = ServerConfig { listen: args.listen, database_url, body_limit: api::DEFAULT_BODY_LIMIT, controllers };
     api::serve(config, api::shutdown_signal(), |_| {}).await
 }

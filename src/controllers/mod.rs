@@ -4,5 +4,6 @@
 //! SQL, no HTTP.
 
 pub mod conditions;
+pub mod instance;
 pub mod queue;
 pub mod runtime;

@@ -158,6 +158,7 @@ pub async fn run(
         }));
     }
 
+    let cluster = store.cluster_id().to_owned();
     let docker_task = tokio::spawn({
         let queue = queue.clone();
         let mut events = docker_events;
@@ -166,7 +167,7 @@ pub async fn run(
                 match events.recv().await {
                     Ok(event) => {
                         if let Some(labels) = Labels::from_map(&event.labels) {
-                            if labels.kind == kind {
+                            if labels.kind == kind && labels.cluster == cluster {
                                 queue.schedule_now(ObjectKey::new(kind, labels.namespace, labels.name));
                             }
                         }

@@ -2,6 +2,8 @@
 //! exists: a restarted control plane lists containers by `minicloud.dev/managed-by`, maps each
 //! to its object through namespace, kind, name and uid, and compares `minicloud.dev/spec-hash`
 //! with the object's current spec to see whether the container is out of date.
+//! `minicloud.dev/cluster` names the control plane, so that installations sharing one engine
+//! leave each other's containers alone.
 
 use std::collections::HashMap;
 
@@ -14,10 +16,13 @@ pub const KIND: &str = "minicloud.dev/kind";
 pub const NAME: &str = "minicloud.dev/name";
 pub const UID: &str = "minicloud.dev/uid";
 pub const SPEC_HASH: &str = "minicloud.dev/spec-hash";
+pub const CLUSTER: &str = "minicloud.dev/cluster";
 
 /// The identity labels of one object's Docker resources.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Labels {
+    /// The control plane (store) the object belongs to.
+    pub cluster: String,
     pub namespace: String,
     pub kind: Kind,
     pub name: String,
@@ -30,6 +35,7 @@ impl Labels {
     pub fn to_map(&self, extra: &HashMap<String, String>) -> HashMap<String, String> {
         let mut map = extra.clone();
         map.insert(MANAGED_BY.into(), "minicloud".into());
+        map.insert(CLUSTER.into(), self.cluster.clone());
         map.insert(NAMESPACE.into(), self.namespace.clone());
         map.insert(KIND.into(), self.kind.as_str().into());
         map.insert(NAME.into(), self.name.clone());
@@ -44,6 +50,7 @@ impl Labels {
             return None;
         }
         Some(Labels {
+            cluster: map.get(CLUSTER).cloned().unwrap_or_default(),
             namespace: map.get(NAMESPACE)?.clone(),
             kind: Kind::from_kind_name(map.get(KIND)?)?,
             name: map.get(NAME)?.clone(),
@@ -73,6 +80,7 @@ mod tests {
     #[test]
     fn labels_round_trip_and_reject_foreign_containers() {
         let labels = Labels {
+            cluster: "c-1".into(),
             namespace: "default".into(),
             kind: Kind::Instance,
             name: "web".into(),

@@ -192,6 +192,10 @@ pub struct Event {
 /// The store contract. Reconcilers and the API server see the store only through it.
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// The identity of this store, the same for every replica on one database; stamped on the
+    /// Docker objects the control plane creates.
+    fn cluster_id(&self) -> &str;
+
     /// Creates an object; the store assigns uid, generation 1, resourceVersion and
     /// creationTimestamp, and ignores any status. `AlreadyExists` when the name is taken.
     async fn create(&self, object: Object) -> StoreResult<Object>;

@@ -53,6 +53,7 @@ pub struct SqlStore {
     /// spares them from spinning on SQLITE_BUSY).
     write_lock: Mutex<()>,
     listener: Option<JoinHandle<()>>,
+    cluster_id: String,
 }
 
 impl Drop for SqlStore {
@@ -125,13 +126,18 @@ impl SqlStore {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
+        sqlx::query("INSERT INTO cluster (singleton, id) VALUES (1, $1) ON CONFLICT DO NOTHING")
+            .bind(uuid::Uuid::new_v4().simple().to_string())
+            .execute(&pool)
+            .await?;
+        let cluster_id: String = sqlx::query("SELECT id FROM cluster").fetch_one(&pool).await?.try_get(0)?;
         let revision: i64 = sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&pool).await?.try_get(0)?;
         let head = Arc::new(watch::Sender::new(revision));
         let listener = match backend {
             Backend::Postgres => Some(tokio::spawn(listen_for_changes(url.to_owned(), head.clone()))),
             Backend::Sqlite => None,
         };
-        Ok(SqlStore { pool, backend, head, write_lock: Mutex::new(()), listener })
+        Ok(SqlStore { pool, backend, head, write_lock: Mutex::new(()), listener, cluster_id })
     }
 
     /// Which backend this is, for messages: `sqlite` or `postgres`.
@@ -376,6 +382,10 @@ const EVENT_COLUMNS: &str = "id, kind, namespace, name, uid, event_type, reason,
 
 #[async_trait]
 impl Store for SqlStore {
+    fn cluster_id(&self) -> &str {
+        &self.cluster_id
+    }
+
     async fn create(&self, object: Object) -> StoreResult<Object> {
         let mut created = self.create_all(vec![object]).await?;
         created.pop().ok_or_else(|| StoreError::Invalid("nothing was created".into()))

@@ -47,14 +47,14 @@ impl TestServer {
         TestServer { url: format!("http://{address}"), child, database: Some(database), log }
     }
 
-    /// Starts a server on a fresh SQLite directory.
+    /// Starts an API-only server on a fresh SQLite directory.
     pub async fn sqlite() -> TestServer {
-        TestServer::start(TestDb::sqlite().await, &[]).await
+        TestServer::start(TestDb::sqlite().await, &["--no-controllers"]).await
     }
 
-    /// Starts a server on a fresh PostgreSQL database.
+    /// Starts an API-only server on a fresh PostgreSQL database.
     pub async fn postgres() -> TestServer {
-        TestServer::start(TestDb::postgres().await, &[]).await
+        TestServer::start(TestDb::postgres().await, &["--no-controllers"]).await
     }
 
     /// The process id, to send signals.

@@ -30,6 +30,7 @@ macro_rules! store_suite {
             concurrent_updates_lose_nothing,
             concurrent_writers_watch_sees_everything_in_order,
             compactor_trims_the_change_log,
+            cluster_id_is_stable_and_shared,
         );
     };
     (@tests $make:path; $($test:ident),* $(,)?) => {
@@ -413,4 +414,15 @@ pub async fn compactor_trims_the_change_log(database: &TestDb) {
     compactor.abort();
     let mut stream = store.watch(Query::default(), head - 3).await.expect("recent revisions stay watchable");
     assert_eq!(stream.next().await.expect("open").expect("event").revision, head - 2);
+}
+
+/// The cluster id is made once and is the same for every store opened on the database.
+pub async fn cluster_id_is_stable_and_shared(database: &TestDb) {
+    let first = database.open().await;
+    let second = database.open().await;
+    assert_eq!(first.cluster_id().len(), 32);
+    assert_eq!(first.cluster_id(), second.cluster_id());
+    first.close().await;
+    let reopened = database.open().await;
+    assert_eq!(reopened.cluster_id(), second.cluster_id());
 }

@@ -1,0 +1,595 @@
+//! The Instance controller: one container per Instance, kept running and matching its spec.
+//!
+//! Each reconcile observes the container (found by its deterministic name `mc-NAMESPACE-NAME`,
+//! so a crash at any point can never leave two containers for one object) and takes the next
+//! step: create it, replace it (spec changed, or it stopped and the restart policy says so),
+//! or only report. Status carries the phase, container id, published ports (kept across
+//! replacements so an endpoint stays valid), restart count, and the conditions
+//! `ContainerRunning`, `Healthy` (with a health check) and `Ready`.
+//!
+//! Deletion goes through the finalizer `minicloud.dev/container`: the container, the volumes not
+//! marked `retain`, and the network when no longer used are removed before the object goes.
+//! Containers whose labels name no live Instance are removed by [`collect_orphans`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use minicloud_crds::instance::{
+    HealthCheck, InstancePhase, InstanceSpec, InstanceStatus, PublishedPort, RestartPolicy,
+};
+use minicloud_crds::kinds::{Instance, Secret};
+use minicloud_crds::meta::ConditionStatus;
+use minicloud_crds::quantity::{parse_bytes, parse_cpu_millis};
+use minicloud_crds::{Kind, Object, ObjectKey};
+use serde_json::json;
+
+use super::conditions::set_condition;
+use super::runtime::{ReconcileError, Reconciler};
+use crate::docker::labels::{self, spec_hash, Labels};
+use crate::docker::{ContainerDriver, ContainerInfo, ContainerSpec, DriverError, HealthSpec, PublishSpec, VolumeSpec};
+use crate::store::{EventType, NewEvent, Store, StoreError};
+
+/// The finalizer that guards an Instance's container.
+pub const FINALIZER: &str = "minicloud.dev/container";
+
+/// How soon a reconcile comes back while a container is still starting.
+const STARTING_RECHECK: Duration = Duration::from_secs(2);
+
+/// The container of an Instance.
+pub fn container_name(namespace: &str, name: &str) -> String {
+    format!("mc-{namespace}-{name}")
+}
+
+/// The Docker network of a minicloud network name in a namespace.
+pub fn network_name(namespace: &str, network: Option<&str>) -> String {
+    format!("mc-{namespace}-{}", network.unwrap_or("default"))
+}
+
+/// The Docker volume behind an Instance's named volume.
+pub fn volume_name(namespace: &str, instance: &str, volume: &str) -> String {
+    format!("mc-{namespace}-{instance}-{volume}")
+}
+
+/// Reconciles Instances.
+pub struct InstanceController {
+    store: Arc<dyn Store>,
+    driver: Arc<dyn ContainerDriver>,
+    /// Labels added to every container (e.g. a test run's marker).
+    extra_labels: HashMap<String, String>,
+}
+
+impl InstanceController {
+    pub fn new(store: Arc<dyn Store>, driver: Arc<dyn ContainerDriver>, extra_labels: HashMap<String, String>) -> Self {
+        InstanceController { store, driver, extra_labels }
+    }
+
+    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
+        let Some(key) = object.key() else { return };
+        let event = NewEvent {
+            object: key,
+            uid: object.metadata.uid.clone().unwrap_or_default(),
+            event_type,
+            reason: reason.to_owned(),
+            message,
+        };
+        if let Err(error) = self.store.record_event(event).await {
+            tracing::warn!(%error, "cannot record an event");
+        }
+    }
+
+    /// Environment as `KEY=value`, with Secret references resolved. Errors say which reference
+    /// could not be resolved.
+    async fn resolve_env(&self, namespace: &str, spec: &InstanceSpec) -> Result<Vec<String>, String> {
+        let mut env = Vec::with_capacity(spec.env.len());
+        for var in &spec.env {
+            let value = match (&var.value, &var.value_from) {
+                (Some(value), _) => value.clone(),
+                (None, Some(source)) => {
+                    let reference = &source.secret_key_ref;
+                    let key = ObjectKey::new(Kind::Secret, namespace, reference.name.clone());
+                    let secret = match self.store.get(&key).await {
+                        Ok(secret) => secret,
+                        Err(StoreError::NotFound(_)) => {
+                            return Err(format!("env {}: secret/{} does not exist", var.name, reference.name))
+                        }
+                        Err(error) => return Err(error.to_string()),
+                    };
+                    let secret: Secret =
+                        serde_json::from_value(serde_json::to_value(&secret).map_err(|e| e.to_string())?)
+                            .map_err(|error| format!("secret/{} is malformed: {error}", reference.name))?;
+                    secret.spec.string_data.get(&reference.key).cloned().ok_or_else(|| {
+                        format!("env {}: secret/{} has no key {:?}", var.name, reference.name, reference.key)
+                    })?
+                }
+                (None, None) => String::new(),
+            };
+            env.push(format!("{}={value}", var.name));
+        }
+        Ok(env)
+    }
+
+    fn container_spec(
+        &self,
+        object: &Object,
+        spec: &InstanceSpec,
+        status: &InstanceStatus,
+        env: Vec<String>,
+        labels: HashMap<String, String>,
+    ) -> ContainerSpec {
+        let namespace = object.namespace();
+        let name = &object.metadata.name;
+        let ports = spec
+            .ports
+            .iter()
+            .map(|port| {
+                let protocol = format!("{:?}", port.protocol).to_ascii_lowercase();
+                // Keep the host port of the previous container so the endpoint stays valid.
+                let previous = status
+                    .ports
+                    .iter()
+                    .find(|published| {
+                        published.container_port == port.container_port && published.protocol == port.protocol
+                    })
+                    .map(|published| published.host_port);
+                PublishSpec {
+                    container_port: port.container_port,
+                    protocol,
+                    host_ip: port.host_ip.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                    host_port: port.host_port.or(previous),
+                }
+            })
+            .collect();
+        ContainerSpec {
+            name: container_name(namespace, name),
+            image: spec.image.clone(),
+            entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
+            command: (!spec.args.is_empty()).then(|| spec.args.clone()),
+            env,
+            labels,
+            ports,
+            network: network_name(namespace, spec.network.as_deref()),
+            aliases: vec![name.clone()],
+            memory_bytes: spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.memory.as_deref())
+                .and_then(|m| parse_bytes(m).ok())
+                .map(|b| b as i64),
+            nano_cpus: spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.cpu.as_deref())
+                .and_then(|c| parse_cpu_millis(c).ok())
+                .map(|millis| millis as i64 * 1_000_000),
+            health: spec.health_check.as_ref().map(health_spec),
+            volumes: spec
+                .volumes
+                .iter()
+                .map(|volume| VolumeSpec {
+                    volume: volume_name(namespace, name, &volume.name),
+                    mount_path: volume.mount_path.clone(),
+                    read_only: volume.read_only,
+                })
+                .collect(),
+        }
+    }
+
+    /// Writes the status when it changed, and keeps `object` current (its new resourceVersion)
+    /// so that a later write in the same reconcile does not conflict with this one.
+    async fn write_status(&self, object: &mut Object, status: &InstanceStatus) -> Result<(), ReconcileError> {
+        let value = serde_json::to_value(status).map_err(|error| ReconcileError(error.to_string()))?;
+        if value == object.status {
+            return Ok(());
+        }
+        let mut next = object.clone();
+        next.status = value;
+        match self.store.update_status(next).await {
+            Ok(stored) => {
+                *object = stored;
+                Ok(())
+            }
+            // The object changed meanwhile; its watch event brings us back.
+            Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Deletion: remove what the Instance owns, then release the finalizer.
+    async fn finalize(&self, object: Object, instance: &Instance) -> Result<Option<Duration>, ReconcileError> {
+        let namespace = object.namespace().to_owned();
+        let name = object.metadata.name.clone();
+        self.driver.remove(&container_name(&namespace, &name)).await?;
+        for volume in instance.spec.volumes.iter().filter(|volume| !volume.retain) {
+            self.driver.remove_volume(&volume_name(&namespace, &name, &volume.name)).await?;
+        }
+        self.driver.remove_network_if_unused(&network_name(&namespace, instance.spec.network.as_deref())).await?;
+        if object.metadata.finalizers.iter().any(|f| f == FINALIZER) {
+            let mut released = object.clone();
+            released.metadata.finalizers.retain(|f| f != FINALIZER);
+            match self.store.update(released).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(StoreError::Conflict { .. }) => return Ok(Some(Duration::ZERO)),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn converge(&self, mut object: Object, instance: Instance) -> Result<Option<Duration>, ReconcileError> {
+        let now = Utc::now();
+        let generation = object.metadata.generation.unwrap_or(1);
+        let namespace = object.namespace().to_owned();
+        let uid = object.metadata.uid.clone().unwrap_or_default();
+        let spec = &instance.spec;
+        let mut status = instance.status.clone().unwrap_or_default();
+        status.observed_generation = Some(generation);
+
+        let env = match self.resolve_env(&namespace, spec).await {
+            Ok(env) => env,
+            Err(message) => {
+                self.not_running(&mut status, "SecretNotFound", &message, generation, now);
+                self.write_status(&mut object, &status).await?;
+                self.event(&object, EventType::Warning, "SecretNotFound", message).await;
+                return Ok(Some(Duration::from_secs(10)));
+            }
+        };
+        let hash = spec_hash(&json!({"spec": object.spec, "env": spec_hash(&json!(env))}));
+        let labels = Labels {
+            cluster: self.store.cluster_id().to_owned(),
+            namespace: namespace.clone(),
+            kind: Kind::Instance,
+            name: object.metadata.name.clone(),
+            uid: uid.clone(),
+            spec_hash: hash.clone(),
+        }
+        .to_map(&self.extra_labels);
+        let name = container_name(&namespace, &object.metadata.name);
+
+        let mut current = match self.driver.inspect(&name).await {
+            Ok(current) => current,
+            Err(error) => return self.driver_failed(&mut object, &mut status, error, generation).await,
+        };
+        if let Some(container) = &current {
+            let replace = if container.labels.get(labels::UID) != Some(&uid) {
+                Some(("Replacing", "a container of an earlier object with this name was found".to_owned(), false))
+            } else if container.labels.get(labels::SPEC_HASH) != Some(&hash) {
+                Some(("Replacing", "the spec changed".to_owned(), false))
+            } else if !container.running {
+                let code = container.exit_code.unwrap_or(-1);
+                let restart = match spec.restart_policy {
+                    RestartPolicy::Always => true,
+                    RestartPolicy::OnFailure => code != 0,
+                    RestartPolicy::Never => false,
+                };
+                restart.then(|| ("Restarting", format!("the container exited with code {code}"), true))
+            } else {
+                None
+            };
+            if let Some((reason, why, counts_as_restart)) = replace {
+                let message = format!("replacing container {}: {why}", short(&container.id));
+                self.event(&object, EventType::Normal, reason, message.clone()).await;
+                if let Err(error) = self.driver.remove(&container.id).await {
+                    return self.driver_failed(&mut object, &mut status, error, generation).await;
+                }
+                if counts_as_restart {
+                    status.restart_count += 1;
+                }
+                // Observers see the gap: not Ready while the replacement starts.
+                self.not_running(&mut status, reason, &message, generation, now);
+                self.write_status(&mut object, &status).await?;
+                current = None;
+            }
+        } else if status.container_id.is_some() && status.phase == InstancePhase::Running {
+            // It was running and vanished without us: removed outside minicloud.
+            status.restart_count += 1;
+            let message = "the container was removed outside minicloud; creating a new one";
+            self.event(&object, EventType::Warning, "ContainerMissing", message.into()).await;
+            self.not_running(&mut status, "ContainerMissing", message, generation, now);
+            self.write_status(&mut object, &status).await?;
+        }
+
+        let container = match current {
+            Some(container) => container,
+            None => match self.create(&mut object, spec, &mut status, env, labels, generation, now).await? {
+                Some(container) => container,
+                None => return Ok(Some(Duration::from_secs(15))),
+            },
+        };
+        self.observe(&mut status, spec, &container, generation, now);
+        self.write_status(&mut object, &status).await?;
+        let starting =
+            container.running && spec.health_check.is_some() && container.health.as_deref() != Some("healthy");
+        Ok(starting.then_some(STARTING_RECHECK))
+    }
+
+    /// Creates the container. `Ok(None)` when it cannot be created yet (status says why).
+    #[allow(clippy::too_many_arguments)]
+    async fn create(
+        &self,
+        object: &mut Object,
+        spec: &InstanceSpec,
+        status: &mut InstanceStatus,
+        env: Vec<String>,
+        labels: HashMap<String, String>,
+        generation: i64,
+        now: DateTime<Utc>,
+    ) -> Result<Option<ContainerInfo>, ReconcileError> {
+        if let Err(error) = self.driver.ensure_image(&spec.image).await {
+            return match error {
+                DriverError::ImageUnavailable { .. } => {
+                    let message = error.to_string();
+                    self.not_running(status, "ImagePullFailed", &message, generation, now);
+                    self.write_status(object, status).await?;
+                    self.event(object, EventType::Warning, "ImagePullFailed", message).await;
+                    Err(ReconcileError(error.to_string()))
+                }
+                other => self.driver_failed(object, status, other, generation).await.map(|_| None),
+            };
+        }
+        let network_labels = HashMap::from([
+            (labels::MANAGED_BY.to_owned(), "minicloud".to_owned()),
+            (labels::CLUSTER.to_owned(), self.store.cluster_id().to_owned()),
+            (labels::NAMESPACE.to_owned(), object.namespace().to_owned()),
+        ]);
+        let mut container_spec = self.container_spec(object, spec, status, env, labels);
+        let network_labels: HashMap<String, String> =
+            network_labels.into_iter().chain(self.extra_labels.clone()).collect();
+        if let Err(error) = self.driver.ensure_network(&container_spec.network, &network_labels).await {
+            return self.driver_failed(object, status, error, generation).await.map(|_| None);
+        }
+        status.phase = InstancePhase::Creating;
+        let id = match self.driver.create_and_start(&container_spec).await {
+            Ok(id) => id,
+            // A concurrent reconcile or an earlier run created it: observe it next time.
+            Err(DriverError::NameTaken(_)) => return Ok(None),
+            Err(DriverError::PortTaken { port }) if spec.ports.iter().all(|p| p.host_port != Some(port)) => {
+                // The remembered host port was taken by someone else: take a new one.
+                self.event(
+                    object,
+                    EventType::Warning,
+                    "HostPortChanged",
+                    format!("host port {port} is taken; publishing on a new port"),
+                )
+                .await;
+                for publish in &mut container_spec.ports {
+                    if publish.host_port == Some(port) {
+                        publish.host_port = None;
+                    }
+                }
+                match self.driver.create_and_start(&container_spec).await {
+                    Ok(id) => id,
+                    Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
+                }
+            }
+            Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
+        };
+        let container = match self.driver.inspect(&id).await {
+            Ok(Some(container)) => container,
+            Ok(None) => return Ok(None),
+            Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
+        };
+        let endpoints: Vec<String> = container.ports.iter().map(|(_, _, ip, port)| format!("{ip}:{port}")).collect();
+        let at = if endpoints.is_empty() { String::new() } else { format!(" on {}", endpoints.join(", ")) };
+        self.event(object, EventType::Normal, "Started", format!("container {} started{at}", short(&container.id)))
+            .await;
+        Ok(Some(container))
+    }
+
+    /// Reports that no container runs, with a reason.
+    fn not_running(
+        &self,
+        status: &mut InstanceStatus,
+        reason: &str,
+        message: &str,
+        generation: i64,
+        now: DateTime<Utc>,
+    ) {
+        status.phase = InstancePhase::Pending;
+        set_condition(
+            &mut status.conditions,
+            "ContainerRunning",
+            ConditionStatus::False,
+            reason,
+            message,
+            generation,
+            now,
+        );
+        set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, message, generation, now);
+    }
+
+    /// A driver failure: conditions say so (Docker unreachable, refused), then retry with backoff.
+    async fn driver_failed(
+        &self,
+        object: &mut Object,
+        status: &mut InstanceStatus,
+        error: DriverError,
+        generation: i64,
+    ) -> Result<Option<Duration>, ReconcileError> {
+        let reason = if error.is_unreachable() { "DockerUnreachable" } else { "DockerError" };
+        let message = error.to_string();
+        self.not_running(status, reason, &message, generation, Utc::now());
+        if status.container_id.is_some() && error.is_unreachable() {
+            status.phase = InstancePhase::Pending;
+        }
+        self.write_status(object, status).await?;
+        Err(ReconcileError(message))
+    }
+
+    /// Fills status from the observed container.
+    fn observe(
+        &self,
+        status: &mut InstanceStatus,
+        spec: &InstanceSpec,
+        container: &ContainerInfo,
+        generation: i64,
+        now: DateTime<Utc>,
+    ) {
+        status.container_id = Some(container.id.clone());
+        status.started_at = container
+            .started_at
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        status.ports = container
+            .ports
+            .iter()
+            .map(|(container_port, protocol, host_ip, host_port)| {
+                let declared = spec.ports.iter().find(|p| {
+                    p.container_port == *container_port && format!("{:?}", p.protocol).eq_ignore_ascii_case(protocol)
+                });
+                PublishedPort {
+                    name: declared.and_then(|p| p.name.clone()),
+                    container_port: *container_port,
+                    host_ip: host_ip.clone(),
+                    host_port: *host_port,
+                    protocol: declared.map(|p| p.protocol).unwrap_or_default(),
+                }
+            })
+            .collect();
+        if container.running {
+            status.phase = InstancePhase::Running;
+            set_condition(
+                &mut status.conditions,
+                "ContainerRunning",
+                ConditionStatus::True,
+                "Running",
+                format!("container {} is running", short(&container.id)),
+                generation,
+                now,
+            );
+        } else {
+            let code = container.exit_code.unwrap_or(-1);
+            status.phase = if code == 0 { InstancePhase::Stopped } else { InstancePhase::Failed };
+            set_condition(
+                &mut status.conditions,
+                "ContainerRunning",
+                ConditionStatus::False,
+                "Exited",
+                format!("the container exited with code {code} (restartPolicy {:?})", spec.restart_policy),
+                generation,
+                now,
+            );
+        }
+        let healthy = if spec.health_check.is_some() {
+            let (state, reason, message) = match container.health.as_deref() {
+                Some("healthy") => (ConditionStatus::True, "HealthCheckPassing", "the health check passes"),
+                Some("unhealthy") => (ConditionStatus::False, "HealthCheckFailing", "the health check fails"),
+                _ => (ConditionStatus::Unknown, "Starting", "waiting for the first health check"),
+            };
+            set_condition(&mut status.conditions, "Healthy", state, reason, message, generation, now);
+            state == ConditionStatus::True
+        } else {
+            status.conditions.retain(|condition| condition.type_ != "Healthy");
+            true
+        };
+        let (ready, reason, message) = match (container.running, healthy) {
+            (true, true) => {
+                let endpoints: Vec<String> =
+                    status.ports.iter().map(|p| format!("{}:{}", p.host_ip, p.host_port)).collect();
+                let message = if endpoints.is_empty() {
+                    "running".to_owned()
+                } else {
+                    format!("serving on {}", endpoints.join(", "))
+                };
+                (ConditionStatus::True, "Running", message)
+            }
+            (true, false) => (
+                ConditionStatus::False,
+                "NotHealthy",
+                "the container runs but its health check does not pass".to_owned(),
+            ),
+            (false, _) => (ConditionStatus::False, "ContainerNotRunning", "the container is not running".to_owned()),
+        };
+        set_condition(&mut status.conditions, "Ready", ready, reason, message, generation, now);
+    }
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A Docker health check for a declared one.
+fn health_spec(check: &HealthCheck) -> HealthSpec {
+    let test = if let Some(http) = &check.http {
+        let url = format!("http://127.0.0.1:{}{}", http.port, http.path.as_deref().unwrap_or("/"));
+        vec!["CMD-SHELL".into(), format!("wget -q -O /dev/null {url} || curl -fsS -o /dev/null {url} || exit 1")]
+    } else if let Some(tcp) = &check.tcp {
+        vec!["CMD-SHELL".into(), format!("nc -z 127.0.0.1 {} || exit 1", tcp.port)]
+    } else if let Some(exec) = &check.exec {
+        std::iter::once("CMD".to_owned()).chain(exec.command.iter().cloned()).collect()
+    } else {
+        vec!["NONE".into()]
+    };
+    HealthSpec {
+        test,
+        interval_seconds: check.interval_seconds.unwrap_or(10),
+        timeout_seconds: check.timeout_seconds.unwrap_or(5),
+        retries: check.retries.unwrap_or(3),
+        start_period_seconds: check.start_period_seconds.unwrap_or(0),
+    }
+}
+
+#[async_trait]
+impl Reconciler for InstanceController {
+    fn kind(&self) -> Kind {
+        Kind::Instance
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
+        let object = match self.store.get(key).await {
+            Ok(object) => object,
+            Err(StoreError::NotFound(_)) => {
+                // Gone without our finalizer (e.g. removed by hand): make sure nothing is left.
+                self.driver.remove(&container_name(&key.namespace, &key.name)).await?;
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let instance: Instance = serde_json::to_value(&object)
+            .and_then(serde_json::from_value)
+            .map_err(|error| ReconcileError(format!("{key} does not decode as an Instance: {error}")))?;
+        if object.metadata.deletion_timestamp.is_some() {
+            return self.finalize(object, &instance).await;
+        }
+        let object = if object.metadata.finalizers.iter().any(|f| f == FINALIZER) {
+            object
+        } else {
+            let mut guarded = object.clone();
+            guarded.metadata.finalizers.push(FINALIZER.to_owned());
+            match self.store.update(guarded).await {
+                Ok(updated) => updated,
+                Err(StoreError::Conflict { .. }) => return Ok(Some(Duration::ZERO)),
+                Err(error) => return Err(error.into()),
+            }
+        };
+        self.converge(object, instance).await
+    }
+}
+
+/// Removes this control plane's Instance containers whose labels name no live Instance
+/// (deleted objects, objects recreated under the same name). Containers of other minicloud
+/// installations on the same engine are left alone. Returns how many were removed.
+pub async fn collect_orphans(store: &dyn Store, driver: &dyn ContainerDriver) -> Result<usize, ReconcileError> {
+    let mut removed = 0;
+    for container in driver.list_managed().await? {
+        let Some(labels) = Labels::from_map(&container.labels) else { continue };
+        if labels.kind != Kind::Instance || labels.cluster != store.cluster_id() {
+            continue;
+        }
+        let key = ObjectKey::new(Kind::Instance, labels.namespace.clone(), labels.name.clone());
+        let live = match store.get(&key).await {
+            Ok(object) => object.metadata.uid.as_deref() == Some(labels.uid.as_str()),
+            Err(StoreError::NotFound(_)) => false,
+            Err(error) => return Err(error.into()),
+        };
+        if !live {
+            tracing::info!(container = %container.name, object = %key, "removing orphaned container");
+            driver.remove(&container.id).await?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
