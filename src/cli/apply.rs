@@ -3,9 +3,22 @@
 
 use std::path::PathBuf;
 
-use crate::api::apply::Action;
+use crate::api::apply::{Action, Applied};
 use crate::client::Client;
-use crate::manifest::{self, ManifestError};
+use crate::manifest::{self, Manifest, ManifestError};
+
+/// Reads and validates manifests, printing every problem; nothing is applied when any exists.
+pub fn load(paths: &[PathBuf], recursive: bool) -> anyhow::Result<Vec<Manifest>> {
+    match manifest::load(paths, recursive) {
+        Ok(manifests) => Ok(manifests),
+        Err(ManifestError::Invalid(problems)) => {
+            for problem in &problems {
+                eprintln!("{problem}");
+            }
+            anyhow::bail!("{} problem(s) found; nothing was applied", problems.len());
+        }
+    }
+}
 
 /// Applies the manifests at `paths`.
 pub async fn run(
@@ -15,17 +28,20 @@ pub async fn run(
     namespace: Option<&str>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let manifests = match manifest::load(paths, recursive) {
-        Ok(manifests) => manifests,
-        Err(ManifestError::Invalid(problems)) => {
-            for problem in &problems {
-                eprintln!("{problem}");
-            }
-            anyhow::bail!("{} problem(s) found; nothing was applied", problems.len());
-        }
-    };
+    let manifests = load(paths, recursive)?;
+    send(client, &manifests, namespace, dry_run).await.map(|_| ())
+}
+
+/// Sends validated manifests to the server and prints one line per object; returns what
+/// happened to each.
+pub async fn send(
+    client: &Client,
+    manifests: &[Manifest],
+    namespace: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<Vec<Applied>> {
     let mut items = Vec::with_capacity(manifests.len());
-    for manifest in &manifests {
+    for manifest in manifests {
         let mut object = manifest.to_object()?;
         if let (Some(namespace), None) = (namespace, &object.metadata.namespace) {
             object.metadata.namespace = Some(namespace.to_owned());
@@ -34,7 +50,7 @@ pub async fn run(
     }
     let answer = client.apply(items, dry_run).await?;
     let suffix = if answer.dry_run { " (dry run)" } else { "" };
-    for item in answer.items {
+    for item in &answer.items {
         let action = match item.action {
             Action::Created => "created",
             Action::Configured => "configured",
@@ -47,10 +63,10 @@ pub async fn run(
         };
         println!("{}/{}{namespace} {action}{suffix}", item.kind.to_ascii_lowercase(), item.name);
         if answer.dry_run {
-            for change in item.changes {
+            for change in &item.changes {
                 println!("  ~ {change}");
             }
         }
     }
-    Ok(())
+    Ok(answer.items)
 }

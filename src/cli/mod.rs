@@ -10,6 +10,7 @@ mod explain;
 mod get;
 mod output;
 mod server;
+mod up;
 mod validate;
 mod wait;
 
@@ -44,8 +45,12 @@ pub enum OutputFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the API server (SQLite in the data directory unless --database-url says otherwise).
+    /// Run the API server and the controllers (SQLite in the data directory unless
+    /// --database-url says otherwise).
     Server(server::ServerArgs),
+    /// Start an embedded control plane, apply manifests, wait until they are Ready, print the
+    /// endpoints and keep running until Ctrl-C (`--down` removes everything then).
+    Up(up::UpArgs),
     /// Create or update objects from manifests; everything is validated before anything changes.
     Apply {
         /// Manifest files, directories, or `-` for standard input.
@@ -222,6 +227,7 @@ pub async fn run() -> ExitCode {
     let client = Client::new(&cli.server);
     let outcome = match cli.command {
         Command::Server(args) => server::run(args).await,
+        Command::Up(args) => up::run(args).await,
         Command::Apply { files, recursive, namespace, dry_run } => {
             apply::run(&client, &files, recursive, namespace.as_deref(), dry_run).await
         }

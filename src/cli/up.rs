@@ -1,0 +1,214 @@
+//! `cloud up -f PATH`: the whole thing in one command. Validates the manifests, starts an
+//! embedded control plane (SQLite in the data directory, controllers on), applies, shows
+//! progress until every Instance is Ready, prints the endpoints, and keeps serving until
+//! Ctrl-C — with `--down`, Ctrl-C first removes everything it applied. While it runs, `cloud
+//! get` and `cloud describe` in another terminal talk to it.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use minicloud_crds::{Kind, Object};
+use serde_json::Value;
+
+use super::server::{init_logging, LogFormat, ServerArgs};
+use crate::api::{self, ControllerSettings, ServerConfig};
+use crate::client::Client;
+use crate::store::sql;
+
+/// Options of `cloud up`.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// Manifest files, directories, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+    pub files: Vec<PathBuf>,
+    /// Include subdirectories of directories.
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
+    /// On Ctrl-C, delete what was applied (and its containers) before stopping.
+    #[arg(long)]
+    pub down: bool,
+    /// How long to wait for everything to become Ready before saying what is missing.
+    #[arg(long, default_value = "120s", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+    #[command(flatten)]
+    pub server: ServerArgs,
+}
+
+/// Runs `cloud up`.
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    // Nothing starts unless every manifest is valid.
+    let manifests = super::apply::load(&args.files, args.recursive)?;
+    if args.server.log_format == LogFormat::Json || std::env::var_os("RUST_LOG").is_some() {
+        init_logging(args.server.log_format);
+    }
+    let database_url = match &args.server.database_url {
+        Some(url) => url.clone(),
+        None => sql::sqlite_url(&args.server.data_dir.clone().unwrap_or_else(sql::default_data_dir)),
+    };
+    let config = ServerConfig {
+        listen: args.server.listen,
+        database_url,
+        body_limit: api::DEFAULT_BODY_LIMIT,
+        controllers: Some(ControllerSettings {
+            extra_labels: args.server.container_labels.iter().cloned().collect(),
+            runtime: crate::controllers::runtime::RuntimeConfig {
+                workers: args.server.workers,
+                resync: args.server.resync,
+                ..Default::default()
+            },
+        }),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(api::serve(
+        config,
+        async move {
+            let _ = stopped.await;
+        },
+        move |address| {
+            let _ = bound_tx.send(address);
+        },
+    ));
+    let address = match bound_rx.await {
+        Ok(address) => address,
+        Err(_) => {
+            return Err(server
+                .await
+                .map_err(anyhow::Error::from)
+                .and_then(|r| r.err().ok_or_else(|| anyhow::anyhow!("the server stopped")))?)
+        }
+    };
+    let client = Client::new(&format!("http://{address}"));
+    println!("control plane listening on http://{address} (cloud get/describe talk to it)");
+
+    let applied = super::apply::send(&client, &manifests, None, false).await?;
+    let watched: Vec<(Kind, String, String)> = applied
+        .iter()
+        .filter_map(|item| Some((Kind::from_kind_name(&item.kind)?, item.namespace.clone(), item.name.clone())))
+        .collect();
+    let others: Vec<String> = watched
+        .iter()
+        .filter(|(kind, _, _)| *kind != Kind::Instance)
+        .map(|(kind, _, name)| format!("{}/{name}", kind.as_str().to_ascii_lowercase()))
+        .collect();
+    if !others.is_empty() {
+        println!("stored without a controller yet (nothing runs them): {}", others.join(", "));
+    }
+    let instances: Vec<(String, String)> = watched
+        .iter()
+        .filter(|(kind, _, _)| *kind == Kind::Instance)
+        .map(|(_, ns, name)| (ns.clone(), name.clone()))
+        .collect();
+    wait_until_ready(&client, &instances, args.timeout).await?;
+
+    println!("running; press Ctrl-C to stop{}", if args.down { " and remove everything" } else { "" });
+    api::shutdown_signal().await;
+    if args.down {
+        println!("removing what was applied…");
+        for (kind, namespace, name) in watched.iter().rev() {
+            match client.delete(*kind, namespace, name).await {
+                Ok(_) => {}
+                Err(error) if error.is_not_found() => {}
+                Err(error) => eprintln!("error: {error}"),
+            }
+        }
+        for (kind, namespace, name) in &watched {
+            let target = vec![format!("{}/{name}", kind.as_str().to_ascii_lowercase())];
+            if let Err(error) = super::wait::run(&client, &target, "delete", namespace, Duration::from_secs(60)).await {
+                eprintln!("error: {error:#}");
+            }
+        }
+    }
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
+
+/// Ready, reason and message of an object's Ready condition, if it is current.
+fn readiness(object: &Object) -> (bool, String) {
+    let generation = object.metadata.generation.unwrap_or(0);
+    let condition = object
+        .status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .and_then(|conditions| conditions.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")));
+    match condition {
+        Some(condition) => {
+            let text = |key: &str| condition.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+            let current = condition.get("observedGeneration").and_then(Value::as_i64).unwrap_or(0) >= generation;
+            (current && text("status") == "True", format!("{}: {}", text("reason"), text("message")))
+        }
+        None => (false, "waiting for the controller".into()),
+    }
+}
+
+fn endpoints(object: &Object) -> Vec<String> {
+    object
+        .status
+        .get("ports")
+        .and_then(Value::as_array)
+        .map(|ports| {
+            ports
+                .iter()
+                .filter_map(|port| Some(format!("http://{}:{}", port.get("hostIP")?.as_str()?, port.get("hostPort")?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Shows progress until every Instance is Ready (or the timeout passes), then prints where each
+/// one is reachable.
+async fn wait_until_ready(client: &Client, instances: &[(String, String)], timeout: Duration) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let live = std::io::stdout().is_terminal();
+    let mut reported: BTreeMap<(String, String), bool> = BTreeMap::new();
+    let mut last_line = String::new();
+    loop {
+        let mut waiting = Vec::new();
+        for (namespace, name) in instances {
+            let object = client.get(Kind::Instance, namespace, name).await?;
+            let (ready, why) = readiness(&object);
+            if ready {
+                if reported.insert((namespace.clone(), name.clone()), true) != Some(true) {
+                    if live {
+                        print!("\r\x1b[2K");
+                    }
+                    let at = endpoints(&object);
+                    let place = if at.is_empty() { String::new() } else { format!(" at {}", at.join(", ")) };
+                    println!("instance/{name} ready{place}");
+                }
+            } else {
+                waiting.push(format!("instance/{name} ({why})"));
+            }
+        }
+        if waiting.is_empty() {
+            if instances.is_empty() {
+                println!("no Instances to wait for");
+            } else {
+                println!("all {} instance(s) ready after {:.1}s", instances.len(), started.elapsed().as_secs_f64());
+            }
+            return Ok(());
+        }
+        let line = format!("waiting for {} of {}: {}", waiting.len(), instances.len(), waiting.join("; "));
+        if live {
+            let width = 160;
+            let shown: String = line.chars().take(width).collect();
+            print!("\r\x1b[2K{shown}");
+            let _ = std::io::stdout().flush();
+        } else if line != last_line {
+            println!("{line}");
+        }
+        last_line = line;
+        if started.elapsed() > timeout {
+            if live {
+                println!();
+            }
+            eprintln!("not everything is Ready after {timeout:?}; still serving — see `cloud describe` for details");
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
