@@ -204,6 +204,26 @@ impl Client {
         Ok(self.json::<EventList>(request).await?.items)
     }
 
+    /// An Instance's container output as a byte stream (kept open with `follow`).
+    pub async fn logs(
+        &self,
+        namespace: &str,
+        name: &str,
+        follow: bool,
+        tail: Option<u32>,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<bytes::Bytes, ClientError>> + Send>>, ClientError> {
+        let mut query = vec![("follow", follow.to_string())];
+        if let Some(tail) = tail {
+            query.push(("tailLines", tail.to_string()));
+        }
+        let path = format!("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log");
+        let response = self.send(self.http.get(self.url(&path)).query(&query)).await?;
+        let server = self.server.clone();
+        Ok(Box::pin(response.bytes_stream().map(move |chunk| {
+            chunk.map_err(|error| ClientError::Unreachable { server: server.clone(), reason: root_cause(&error) })
+        })))
+    }
+
     /// The server's version document.
     pub async fn version(&self) -> Result<Value, ClientError> {
         self.json(self.http.get(self.url("/version"))).await

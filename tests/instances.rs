@@ -198,6 +198,19 @@ async fn instances_run_heal_update_and_go_away() {
     }
     assert_eq!(docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &container]), (64u64 << 20).to_string());
 
+    // Logs through the API: busybox httpd logs each request it served.
+    let logs = std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["logs", "web", "-n", &harness.namespace, "--tail", "5"])
+        .env("CLOUD_SERVER", &harness.server.url)
+        .output()
+        .expect("cloud logs");
+    assert!(logs.status.success(), "{}", String::from_utf8_lossy(&logs.stderr));
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("response:200"),
+        "{}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+
     // Killed outside minicloud: replaced on the same host port; Ready goes False, then True.
     let watch = harness
         .http

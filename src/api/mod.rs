@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod error;
 pub mod events;
+pub mod logs;
 pub mod objects;
 pub mod openapi;
 
@@ -39,6 +40,8 @@ const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
+    /// The container engine, for logs (connected lazily; absent when Docker cannot be set up).
+    pub driver: Option<Arc<dyn crate::docker::ContainerDriver>>,
     /// Flips to true when the server begins to shut down; watch streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub body_limit: usize,
@@ -124,6 +127,7 @@ pub fn router(state: AppState) -> Router {
             "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}/{name}/status",
             axum::routing::put(objects::replace_status),
         )
+        .route("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log", get(logs::instance_log))
         .fallback(not_found)
         .with_state(state)
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -185,7 +189,11 @@ pub async fn serve(
         Some(settings) => start_controllers(store.clone(), settings, shutdown.clone())?,
         None => Vec::new(),
     };
-    let state = AppState { store, shutdown, body_limit: config.body_limit, backend };
+    let driver = crate::docker::DockerDriver::lazy()
+        .map(|driver| Arc::new(driver) as Arc<dyn crate::docker::ContainerDriver>)
+        .map_err(|error| tracing::warn!(%error, "no Docker engine: logs are unavailable"))
+        .ok();
+    let state = AppState { store, driver, shutdown, body_limit: config.body_limit, backend };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;

@@ -215,6 +215,24 @@ pub fn document() -> Value {
         }}),
     );
     paths.insert(
+        format!("{PREFIX}/namespaces/{{namespace}}/instances/{{name}}/log"),
+        json!({"get": {
+            "summary": "An Instance's container output (stdout and stderr)",
+            "operationId": "readInstanceLog",
+            "parameters": [
+                parameter("namespace", "path", "Namespace.", json!({"type": "string"})),
+                parameter("name", "path", "Instance name.", json!({"type": "string"})),
+                parameter("follow", "query", "Keep the response open and stream new output.", json!({"type": "boolean"})),
+                parameter("tailLines", "query", "Only the last N lines.", json!({"type": "integer"}))
+            ],
+            "responses": {
+                "200": {"description": "The output", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                "404": json_response("No such Instance", schema_ref("Error")),
+                "503": json_response("No container (yet) or no Docker engine", schema_ref("Error"))
+            }
+        }}),
+    );
+    paths.insert(
         format!("{PREFIX}/events"),
         json!({"get": {"summary": "Events in every namespace", "operationId": "listEventsAllNamespaces", "responses": {"200": json_response("Events, oldest first", schema_ref("EventList"))}}}),
     );

@@ -125,6 +125,19 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Print an Instance's container output: `cloud logs hello -f --tail 20`.
+    Logs {
+        /// NAME or instance/NAME.
+        target: String,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+        /// Keep printing new output.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<u32>,
+    },
     /// Document a kind or one of its fields: `cloud explain instance.spec.healthCheck`.
     Explain {
         /// KIND or KIND.field.path.
@@ -243,6 +256,7 @@ pub async fn run() -> ExitCode {
             wait::run(&client, &targets, &condition, &namespace, timeout).await
         }
         Command::Explain { target } => explain::run(&target),
+        Command::Logs { target, namespace, follow, tail } => logs(&client, &target, &namespace, follow, tail).await,
         Command::Events { namespace, all_namespaces, object, watch } => {
             let namespace = (!all_namespaces).then_some(namespace);
             events::run(&client, namespace.as_deref(), object.as_deref(), watch).await
@@ -279,6 +293,23 @@ fn report(error: &anyhow::Error) {
         }
     }
     eprintln!("error: {error:#}");
+}
+
+async fn logs(client: &Client, target: &str, namespace: &str, follow: bool, tail: Option<u32>) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use std::io::Write;
+    let name = match target.split_once('/') {
+        Some((kind, name)) if parse_kind(kind)? == Kind::Instance => name,
+        Some((kind, _)) => anyhow::bail!("logs are kept for instances only, not {kind}"),
+        None => target,
+    };
+    let mut stream = client.logs(namespace, name, follow, tail).await?;
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        stdout.write_all(&chunk?)?;
+        stdout.flush()?;
+    }
+    Ok(())
 }
 
 async fn version(client: &Client) -> anyhow::Result<()> {

@@ -156,6 +156,9 @@ pub struct ContainerEvent {
     pub labels: HashMap<String, String>,
 }
 
+/// A stream of log output (stdout and stderr interleaved as the engine delivers them).
+pub type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, DriverError>> + Send>>;
+
 /// A stream of container events; it ends when the engine connection ends.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, DriverError>> + Send>>;
 
@@ -183,6 +186,9 @@ pub trait ContainerDriver: Send + Sync {
     /// Events of managed containers from the moment of the call (even if the stream is first
     /// polled later).
     fn events(&self) -> EventStream;
+    /// A container's output: the last `tail` lines (all when `None`), then new output while
+    /// `follow` is set.
+    async fn logs(&self, id_or_name: &str, follow: bool, tail: Option<u32>) -> Result<LogStream, DriverError>;
 }
 
 /// The driver over a real Docker engine. The API version is negotiated on first use (Debian's
@@ -455,6 +461,23 @@ impl ContainerDriver for DockerDriver {
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 403 | 409, .. }) => Ok(()),
             Err(error) => Err(DriverError::from_bollard(error)),
         }
+    }
+
+    async fn logs(&self, id_or_name: &str, follow: bool, tail: Option<u32>) -> Result<LogStream, DriverError> {
+        let docker = self.client().await?.clone();
+        if docker.inspect_container(id_or_name, None).await.map_err(DriverError::from_bollard).is_err() {
+            return Err(DriverError::Refused(format!("container {id_or_name} does not exist (yet)")));
+        }
+        let tail = tail.map_or_else(|| "all".to_owned(), |lines| lines.to_string());
+        let options = bollard::query_parameters::LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .follow(follow)
+            .tail(&tail)
+            .build();
+        Ok(Box::pin(docker.logs(id_or_name, Some(options)).map(|chunk| {
+            chunk.map(|output| bytes::Bytes::copy_from_slice(output.as_ref())).map_err(DriverError::from_bollard)
+        })))
     }
 
     fn events(&self) -> EventStream {

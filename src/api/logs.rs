@@ -1,0 +1,48 @@
+//! `GET /apis/minicloud.dev/v1/namespaces/{ns}/instances/{name}/log[?follow=true&tailLines=N]`:
+//! an Instance's container output as plain text, streamed (and kept open with `follow`).
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::Response;
+use futures::StreamExt;
+use minicloud_crds::{Kind, ObjectKey};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::controllers::instance::container_name;
+
+/// Streams the logs of an Instance's container.
+pub async fn instance_log(
+    State(state): State<AppState>,
+    Path((namespace, name)): Path<(String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    for (what, value) in [("namespace", &namespace), ("name", &name)] {
+        minicloud_crds::validation::check_dns_label(value)
+            .map_err(|reason| ApiError::bad_request(format!("{what}: {reason}")))?;
+    }
+    // The object must exist: a 404 names it, rather than a container.
+    state.store.get(&ObjectKey::new(Kind::Instance, namespace.clone(), name.clone())).await?;
+    let follow = matches!(params.get("follow").map(String::as_str), Some("true") | Some("1"));
+    let tail = match params.get("tailLines") {
+        None => None,
+        Some(text) => Some(text.parse::<u32>().map_err(|_| ApiError::bad_request("tailLines must be a whole number"))?),
+    };
+    let driver = state.driver.clone().ok_or_else(|| ApiError::unavailable("this server has no Docker engine"))?;
+    let stream = driver
+        .logs(&container_name(&namespace, &name), follow, tail)
+        .await
+        .map_err(|error| ApiError::unavailable(format!("instance/{name} has no logs to show: {error}")))?;
+    let mut shutdown = state.shutdown.clone();
+    let stream =
+        stream.map(|chunk| chunk.map_err(|error| std::io::Error::other(error.to_string()))).take_until(async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Body::from_stream(stream))
+        .map_err(|error| ApiError::bad_request(error.to_string()))
+}
