@@ -81,8 +81,17 @@ async fn containers_serve_on_loopback_and_are_labelled() {
     driver.ensure_image(WEB_IMAGE).await.expect("run scripts/local-images.sh web first");
     let run = format!("driver-{}", uuid::Uuid::new_v4().simple());
     let network = format!("mc-test-{}", &run[7..19]);
-    driver.ensure_network(&network, &test_labels(&run)).await.expect("network");
-    driver.ensure_network(&network, &test_labels(&run)).await.expect("network again is fine");
+    let network_id = driver.ensure_network(&network, &test_labels(&run)).await.expect("network");
+    assert_eq!(driver.ensure_network(&network, &test_labels(&run)).await.expect("network again"), network_id);
+    // Concurrent callers get one network, not one each (Docker allows duplicate names).
+    let labels = test_labels(&run);
+    let concurrent = futures::future::join_all((0..6).map(|_| driver.ensure_network(&network, &labels))).await;
+    assert!(concurrent.iter().all(|id| id.as_deref().ok() == Some(network_id.as_str())));
+    let fresh = format!("{network}-x");
+    let ids = futures::future::join_all((0..6).map(|_| driver.ensure_network(&fresh, &labels))).await;
+    let distinct: std::collections::HashSet<String> = ids.into_iter().map(|id| id.expect("network")).collect();
+    assert_eq!(distinct.len(), 1, "one network for concurrent creators");
+    driver.remove_network_if_unused(&fresh).await.expect("remove");
 
     let mut events = driver.events();
     let name = format!("mc-test-web-{}", &run[7..19]);

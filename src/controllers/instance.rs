@@ -337,8 +337,10 @@ impl InstanceController {
         let mut container_spec = self.container_spec(object, spec, status, env, labels);
         let network_labels: HashMap<String, String> =
             network_labels.into_iter().chain(self.extra_labels.clone()).collect();
-        if let Err(error) = self.driver.ensure_network(&container_spec.network, &network_labels).await {
-            return self.driver_failed(object, status, error, generation).await.map(|_| None);
+        match self.driver.ensure_network(&container_spec.network, &network_labels).await {
+            // Attach by id: names are not unique in Docker.
+            Ok(id) => container_spec.network = id,
+            Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
         }
         status.phase = InstancePhase::Creating;
         let id = match self.driver.create_and_start(&container_spec).await {

@@ -173,8 +173,9 @@ pub trait ContainerDriver: Send + Sync {
     async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, DriverError>;
     /// Makes sure the image is present, pulling it when a registry answers.
     async fn ensure_image(&self, image: &str) -> Result<(), DriverError>;
-    /// Makes sure a bridge network exists.
-    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<(), DriverError>;
+    /// Makes sure exactly one bridge network of this name exists; returns its id (attach
+    /// containers by id: Docker does not keep network names unique).
+    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<String, DriverError>;
     /// Creates and starts a container; returns its id.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError>;
     /// Removes a container (running or not) and its anonymous volumes; absent is fine.
@@ -198,13 +199,15 @@ pub trait ContainerDriver: Send + Sync {
 pub struct DockerDriver {
     base: Docker,
     negotiated: std::sync::Arc<tokio::sync::OnceCell<Docker>>,
+    /// Serialises network creation: Docker accepts two networks with one name.
+    networks: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl DockerDriver {
     /// A driver for DOCKER_HOST or the local socket, without contacting the engine yet.
     pub fn lazy() -> Result<DockerDriver, DriverError> {
         let base = Docker::connect_with_defaults().map_err(|error| DriverError::Unreachable(error.to_string()))?;
-        Ok(DockerDriver { base, negotiated: Default::default() })
+        Ok(DockerDriver { base, negotiated: Default::default(), networks: Default::default() })
     }
 
     /// Connects through DOCKER_HOST or the local socket and negotiates the API version now.
@@ -222,9 +225,37 @@ impl DockerDriver {
             Docker::connect_with_http(&host.replacen("tcp://", "http://", 1), 30, bollard::API_DEFAULT_VERSION)
         }
         .map_err(|error| DriverError::Unreachable(error.to_string()))?;
-        let driver = DockerDriver { base, negotiated: Default::default() };
+        let driver = DockerDriver { base, negotiated: Default::default(), networks: Default::default() };
         driver.client().await?;
         Ok(driver)
+    }
+
+    /// The minicloud-managed networks with exactly this name: (id, creation time, in use).
+    async fn networks_named(&self, name: &str) -> Result<Vec<(String, String, bool)>, DriverError> {
+        let docker = self.client().await?;
+        let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
+        let networks = docker
+            .list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build()))
+            .await
+            .map_err(DriverError::from_bollard)?;
+        let mut found = Vec::new();
+        for network in networks {
+            let managed =
+                network.labels.as_ref().and_then(|labels| labels.get(MANAGED_BY)).is_some_and(|v| v == "minicloud");
+            if network.name.as_deref() != Some(name) || !managed {
+                continue;
+            }
+            let Some(id) = network.id else { continue };
+            let inspected = docker.inspect_network(&id, None::<bollard::query_parameters::InspectNetworkOptions>).await;
+            let in_use = match inspected {
+                Ok(details) => details.containers.is_some_and(|containers| !containers.is_empty()),
+                Err(error) if is_not_found(&error) => continue,
+                Err(error) => return Err(DriverError::from_bollard(error)),
+            };
+            let created = network.created.map(|time| format!("{time:?}")).unwrap_or_default();
+            found.push((id, created, in_use));
+        }
+        Ok(found)
     }
 
     /// The client, with the API version negotiated (once).
@@ -325,25 +356,29 @@ impl ContainerDriver for DockerDriver {
         }
     }
 
-    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<(), DriverError> {
-        match self.client().await?.inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>).await
-        {
-            Ok(_) => return Ok(()),
-            Err(error) if is_not_found(&error) => {}
-            Err(error) => return Err(DriverError::from_bollard(error)),
+    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<String, DriverError> {
+        let _creating = self.networks.lock().await;
+        let docker = self.client().await?;
+        let mut existing = self.networks_named(name).await?;
+        if existing.is_empty() {
+            let request = NetworkCreateRequest {
+                name: name.to_owned(),
+                driver: Some("bridge".into()),
+                labels: Some(labels.clone()),
+                ..Default::default()
+            };
+            return docker.create_network(request).await.map(|created| created.id).map_err(DriverError::from_bollard);
         }
-        let request = NetworkCreateRequest {
-            name: name.to_owned(),
-            driver: Some("bridge".into()),
-            labels: Some(labels.clone()),
-            ..Default::default()
-        };
-        match self.client().await?.create_network(request).await {
-            Ok(_) => Ok(()),
-            // Created concurrently by another reconcile: fine.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
-            Err(error) => Err(DriverError::from_bollard(error)),
+        // Duplicates (made by another process, or before this lock existed): keep the one in
+        // use, else the oldest, and remove the unused rest.
+        existing.sort_by_key(|(_, created, in_use)| (!*in_use, created.clone()));
+        let keep = existing[0].0.clone();
+        for (id, _, in_use) in existing.iter().skip(1) {
+            if !in_use {
+                let _ = docker.remove_network(id).await;
+            }
         }
+        Ok(keep)
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError> {
@@ -431,36 +466,21 @@ impl ContainerDriver for DockerDriver {
     }
 
     async fn remove_network_if_unused(&self, name: &str) -> Result<(), DriverError> {
-        let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
+        let _creating = self.networks.lock().await;
         let docker = self.client().await?;
-        let networks = docker
-            .list_networks(Some(ListNetworksOptionsBuilder::default().filters(&filters).build()))
-            .await
-            .map_err(DriverError::from_bollard)?;
-        let Some(network) = networks.into_iter().find(|network| network.name.as_deref() == Some(name)) else {
-            return Ok(());
-        };
-        let managed =
-            network.labels.as_ref().and_then(|labels| labels.get(MANAGED_BY)).is_some_and(|value| value == "minicloud");
-        if !managed {
-            return Ok(());
+        for (id, _, in_use) in self.networks_named(name).await? {
+            if in_use {
+                continue;
+            }
+            match docker.remove_network(&id).await {
+                Ok(()) => {}
+                Err(error) if is_not_found(&error) => {}
+                // A container joined meanwhile: keep it.
+                Err(bollard::errors::Error::DockerResponseServerError { status_code: 403 | 409, .. }) => {}
+                Err(error) => return Err(DriverError::from_bollard(error)),
+            }
         }
-        let in_use = docker
-            .inspect_network(name, None::<bollard::query_parameters::InspectNetworkOptions>)
-            .await
-            .map_err(DriverError::from_bollard)?
-            .containers
-            .is_some_and(|containers| !containers.is_empty());
-        if in_use {
-            return Ok(());
-        }
-        match docker.remove_network(name).await {
-            Ok(()) => Ok(()),
-            Err(error) if is_not_found(&error) => Ok(()),
-            // A container joined meanwhile: keep it.
-            Err(bollard::errors::Error::DockerResponseServerError { status_code: 403 | 409, .. }) => Ok(()),
-            Err(error) => Err(DriverError::from_bollard(error)),
-        }
+        Ok(())
     }
 
     async fn logs(&self, id_or_name: &str, follow: bool, tail: Option<u32>) -> Result<LogStream, DriverError> {

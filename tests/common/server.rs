@@ -18,8 +18,14 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `cloud server` on `database` (extra arguments appended) and waits until it listens.
     pub async fn start(database: TestDb, extra: &[&str]) -> TestServer {
+        TestServer::start_with_env(database, extra, &[]).await
+    }
+
+    /// Like [`TestServer::start`], with environment variables for the server process.
+    pub async fn start_with_env(database: TestDb, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cloud"));
         command.args(["server", "--listen", "127.0.0.1:0", "--database-url", &database.url]).args(extra);
+        command.envs(env.iter().copied());
         command.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start cloud server");
         let stderr = child.stderr.take().expect("stderr");
@@ -73,6 +79,14 @@ impl TestServer {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Kills the server with SIGKILL (no chance to clean up) and hands back its database, to
+    /// start another server on it.
+    pub fn crash(mut self) -> TestDb {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.database.take().expect("database")
     }
 
     /// Stops the server and drops its database.
