@@ -595,3 +595,321 @@ pub async fn collect_orphans(store: &dyn Store, driver: &dyn ContainerDriver) ->
     }
     Ok(removed)
 }
+
+#[cfg(test)]
+mod tests {
+    //! Reconcile decisions against the in-memory store and a fake engine. The integration
+    //! tests (`tests/instances.rs`, `tests/resilience.rs`) prove the same with real Docker.
+
+    use std::sync::Mutex;
+
+    use futures::stream;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::docker::{EventStream, LogStream};
+    use crate::store::MemoryStore;
+
+    /// A container engine in memory: containers run as soon as they are created.
+    #[derive(Default)]
+    struct FakeDriver {
+        containers: Mutex<HashMap<String, ContainerInfo>>,
+        missing_images: Vec<String>,
+        unreachable: bool,
+        next_port: Mutex<u16>,
+        created: Mutex<Vec<ContainerSpec>>,
+    }
+
+    impl FakeDriver {
+        fn check(&self) -> Result<(), DriverError> {
+            if self.unreachable {
+                return Err(DriverError::Unreachable("connection refused".into()));
+            }
+            Ok(())
+        }
+
+        fn set(&self, name: &str, change: impl FnOnce(&mut ContainerInfo)) {
+            if let Some(container) = self.containers.lock().expect("lock").get_mut(name) {
+                change(container);
+            }
+        }
+
+        fn get(&self, name: &str) -> Option<ContainerInfo> {
+            self.containers.lock().expect("lock").get(name).cloned()
+        }
+    }
+
+    #[async_trait]
+    impl ContainerDriver for FakeDriver {
+        async fn ping(&self) -> Result<(), DriverError> {
+            self.check()
+        }
+        async fn list_managed(&self) -> Result<Vec<ContainerInfo>, DriverError> {
+            self.check()?;
+            Ok(self.containers.lock().expect("lock").values().cloned().collect())
+        }
+        async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, DriverError> {
+            self.check()?;
+            let containers = self.containers.lock().expect("lock");
+            Ok(containers.values().find(|c| c.id == id_or_name || c.name == id_or_name).cloned())
+        }
+        async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
+            self.check()?;
+            if self.missing_images.iter().any(|missing| missing == image) {
+                return Err(DriverError::ImageUnavailable { image: image.into(), reason: "no registry".into() });
+            }
+            Ok(())
+        }
+        async fn ensure_network(&self, name: &str, _: &HashMap<String, String>) -> Result<String, DriverError> {
+            self.check()?;
+            Ok(format!("id-{name}"))
+        }
+        async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError> {
+            self.check()?;
+            let mut containers = self.containers.lock().expect("lock");
+            if containers.contains_key(&spec.name) {
+                return Err(DriverError::NameTaken(spec.name.clone()));
+            }
+            let ports = spec
+                .ports
+                .iter()
+                .map(|port| {
+                    let host_port = port.host_port.unwrap_or_else(|| {
+                        let mut next = self.next_port.lock().expect("lock");
+                        *next += 1;
+                        40_000 + *next
+                    });
+                    (port.container_port, port.protocol.clone(), port.host_ip.clone(), host_port)
+                })
+                .collect();
+            let id = format!("{:0>12}", self.created.lock().expect("lock").len() + 1);
+            containers.insert(
+                spec.name.clone(),
+                ContainerInfo {
+                    id: id.clone(),
+                    name: spec.name.clone(),
+                    labels: spec.labels.clone(),
+                    running: true,
+                    health: spec.health.as_ref().map(|_| "starting".to_owned()),
+                    exit_code: None,
+                    started_at: Some("2026-01-01T00:00:00Z".into()),
+                    ports,
+                },
+            );
+            self.created.lock().expect("lock").push(spec.clone());
+            Ok(id)
+        }
+        async fn remove(&self, id_or_name: &str) -> Result<(), DriverError> {
+            self.check()?;
+            self.containers.lock().expect("lock").retain(|name, c| c.id != id_or_name && name != id_or_name);
+            Ok(())
+        }
+        async fn remove_volume(&self, _: &str) -> Result<(), DriverError> {
+            self.check()
+        }
+        async fn remove_network_if_unused(&self, _: &str) -> Result<(), DriverError> {
+            self.check()
+        }
+        fn events(&self) -> EventStream {
+            Box::pin(stream::empty())
+        }
+        async fn logs(&self, _: &str, _: bool, _: Option<u32>) -> Result<LogStream, DriverError> {
+            Ok(Box::pin(stream::empty()))
+        }
+    }
+
+    struct Fixture {
+        store: Arc<MemoryStore>,
+        driver: Arc<FakeDriver>,
+        controller: InstanceController,
+    }
+
+    fn fixture(driver: FakeDriver) -> Fixture {
+        let store = Arc::new(MemoryStore::new());
+        let driver = Arc::new(driver);
+        let controller = InstanceController::new(store.clone(), driver.clone(), HashMap::new());
+        Fixture { store, driver, controller }
+    }
+
+    fn key(name: &str) -> ObjectKey {
+        ObjectKey::new(Kind::Instance, "default", name)
+    }
+
+    async fn create(fixture: &Fixture, name: &str, spec: Value) -> Object {
+        let object: Object = serde_json::from_value(json!({
+            "apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("object");
+        fixture.store.create(object).await.expect("create")
+    }
+
+    fn web() -> Value {
+        json!({"image": "web:1", "ports": [{"containerPort": 8080}], "restartPolicy": "Always"})
+    }
+
+    async fn status(fixture: &Fixture, name: &str) -> InstanceStatus {
+        let object = fixture.store.get(&key(name)).await.expect("object");
+        serde_json::from_value(object.status).expect("status")
+    }
+
+    fn condition(status: &InstanceStatus, type_: &str) -> (ConditionStatus, String) {
+        let found = status.conditions.iter().find(|c| c.type_ == type_).expect("condition");
+        (found.status, found.reason.clone())
+    }
+
+    #[tokio::test]
+    async fn creates_a_labelled_container_and_reports_ready() {
+        let fixture = fixture(FakeDriver::default());
+        let object = create(&fixture, "web", web()).await;
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        let stored = fixture.store.get(&key("web")).await.expect("object");
+        assert_eq!(stored.metadata.finalizers, [FINALIZER]);
+        let container = fixture.driver.get("mc-default-web").expect("container");
+        let labels = Labels::from_map(&container.labels).expect("labels");
+        assert_eq!(
+            (labels.uid, labels.cluster.as_str()),
+            (object.metadata.uid.clone().unwrap_or_default(), fixture.store.cluster_id())
+        );
+        let spec = fixture.driver.created.lock().expect("lock")[0].clone();
+        assert_eq!(spec.ports[0].host_ip, "127.0.0.1");
+        assert_eq!(spec.network, "id-mc-default-default", "attached by network id");
+        let status = status(&fixture, "web").await;
+        assert_eq!(status.phase, InstancePhase::Running);
+        assert_eq!(condition(&status, "Ready").0, ConditionStatus::True);
+        assert_eq!(status.observed_generation, Some(1));
+        // A second reconcile changes nothing.
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        assert_eq!(fixture.driver.created.lock().expect("lock").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn replaces_on_spec_change_and_keeps_the_host_port() {
+        let fixture = fixture(FakeDriver::default());
+        create(&fixture, "web", web()).await;
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        let port = status(&fixture, "web").await.ports[0].host_port;
+        let mut object = fixture.store.get(&key("web")).await.expect("object");
+        object.spec["image"] = json!("web:2");
+        fixture.store.update(object).await.expect("update");
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        let created = fixture.driver.created.lock().expect("lock").clone();
+        assert_eq!(created.len(), 2);
+        assert_eq!(created[1].image, "web:2");
+        assert_eq!(created[1].ports[0].host_port, Some(port), "the new container asks for the old host port");
+        let status = status(&fixture, "web").await;
+        assert_eq!((status.observed_generation, status.restart_count), (Some(2), 0));
+    }
+
+    #[tokio::test]
+    async fn restart_policy_decides_what_happens_after_an_exit() {
+        for (policy, exit_code, replaced) in
+            [("Always", 0, true), ("OnFailure", 1, true), ("OnFailure", 0, false), ("Never", 1, false)]
+        {
+            let fixture = fixture(FakeDriver::default());
+            let mut spec = web();
+            spec["restartPolicy"] = json!(policy);
+            create(&fixture, "web", spec).await;
+            fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+            fixture.driver.set("mc-default-web", |c| {
+                c.running = false;
+                c.exit_code = Some(exit_code);
+            });
+            fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+            let status = status(&fixture, "web").await;
+            let count = fixture.driver.created.lock().expect("lock").len();
+            assert_eq!(count == 2, replaced, "{policy} after exit {exit_code}");
+            if replaced {
+                assert_eq!(status.restart_count, 1);
+                assert_eq!(condition(&status, "Ready").0, ConditionStatus::True);
+            } else {
+                assert_eq!(condition(&status, "Ready"), (ConditionStatus::False, "ContainerNotRunning".into()));
+                let phase = if exit_code == 0 { InstancePhase::Stopped } else { InstancePhase::Failed };
+                assert_eq!(status.phase, phase, "{policy}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn health_checks_gate_readiness() {
+        let fixture = fixture(FakeDriver::default());
+        let mut spec = web();
+        spec["healthCheck"] = json!({"http": {"port": 8080}});
+        create(&fixture, "web", spec).await;
+        let again = fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        assert_eq!(again, Some(STARTING_RECHECK), "come back while the health check is pending");
+        assert_eq!(condition(&status(&fixture, "web").await, "Ready").0, ConditionStatus::False);
+        fixture.driver.set("mc-default-web", |c| c.health = Some("healthy".into()));
+        assert_eq!(fixture.controller.reconcile(&key("web")).await.expect("reconcile"), None);
+        let status = status(&fixture, "web").await;
+        assert_eq!(condition(&status, "Healthy").0, ConditionStatus::True);
+        assert_eq!(condition(&status, "Ready").0, ConditionStatus::True);
+    }
+
+    #[tokio::test]
+    async fn deletion_removes_the_container_then_the_object() {
+        let fixture = fixture(FakeDriver::default());
+        create(&fixture, "web", web()).await;
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        assert!(matches!(fixture.store.delete(&key("web"), None).await, Ok(crate::store::Deleted::Terminating(_))));
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        assert!(fixture.driver.get("mc-default-web").is_none());
+        assert!(matches!(fixture.store.get(&key("web")).await, Err(StoreError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn problems_become_conditions() {
+        let case = fixture(FakeDriver { missing_images: vec!["web:1".into()], ..FakeDriver::default() });
+        create(&case, "web", web()).await;
+        assert!(case.controller.reconcile(&key("web")).await.is_err(), "retried with backoff");
+        assert_eq!(condition(&status(&case, "web").await, "Ready"), (ConditionStatus::False, "ImagePullFailed".into()));
+
+        let case = fixture(FakeDriver { unreachable: true, ..FakeDriver::default() });
+        create(&case, "web", web()).await;
+        assert!(case.controller.reconcile(&key("web")).await.is_err());
+        assert_eq!(
+            condition(&status(&case, "web").await, "Ready"),
+            (ConditionStatus::False, "DockerUnreachable".into())
+        );
+
+        let case = fixture(FakeDriver::default());
+        let mut spec = web();
+        spec["env"] = json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]);
+        create(&case, "web", spec).await;
+        assert_eq!(case.controller.reconcile(&key("web")).await.expect("reconcile"), Some(Duration::from_secs(10)));
+        assert_eq!(condition(&status(&case, "web").await, "Ready"), (ConditionStatus::False, "SecretNotFound".into()));
+        assert!(case.driver.get("mc-default-web").is_none(), "no container without its environment");
+    }
+
+    #[tokio::test]
+    async fn orphans_of_this_cluster_go_and_others_stay() {
+        let fixture = fixture(FakeDriver::default());
+        create(&fixture, "web", web()).await;
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        let orphan = |name: &str, cluster: &str| ContainerInfo {
+            id: format!("id-{name}"),
+            name: name.to_owned(),
+            labels: Labels {
+                cluster: cluster.to_owned(),
+                namespace: "default".into(),
+                kind: Kind::Instance,
+                name: "gone".into(),
+                uid: "no-such-uid".into(),
+                spec_hash: String::new(),
+            }
+            .to_map(&HashMap::new()),
+            running: true,
+            health: None,
+            exit_code: None,
+            started_at: None,
+            ports: Vec::new(),
+        };
+        let cluster = fixture.store.cluster_id().to_owned();
+        fixture.driver.containers.lock().expect("lock").insert("ours".into(), orphan("ours", &cluster));
+        fixture.driver.containers.lock().expect("lock").insert("theirs".into(), orphan("theirs", "another"));
+        let removed = collect_orphans(fixture.store.as_ref(), fixture.driver.as_ref()).await.expect("collect");
+        assert_eq!(removed, 1);
+        assert!(fixture.driver.get("ours").is_none());
+        assert!(fixture.driver.get("theirs").is_some());
+        assert!(fixture.driver.get("mc-default-web").is_some(), "live objects keep their containers");
+    }
+}

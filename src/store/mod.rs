@@ -13,7 +13,9 @@
 //!   older revisions are compacted and a watch from before them is `Expired` (re-list).
 //!
 //! The rules that decide what a write does are in [`rules`], independent of any database.
+//! [`MemoryStore`] keeps the same contract in memory, for unit tests of reconcile decisions.
 
+pub mod memory;
 pub mod rules;
 pub mod selector;
 pub mod sql;
@@ -26,6 +28,7 @@ use futures::Stream;
 use minicloud_crds::{Kind, Object, ObjectKey};
 use serde::{Deserialize, Serialize};
 
+pub use self::memory::MemoryStore;
 pub use self::selector::Selector;
 pub use self::sql::SqlStore;
 

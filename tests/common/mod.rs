@@ -5,7 +5,9 @@
 pub mod server;
 pub mod store_suite;
 
-use minicloud::store::SqlStore;
+use std::sync::Arc;
+
+use minicloud::store::{MemoryStore, SqlStore, Store};
 use minicloud_crds::Object;
 use serde_json::json;
 use sqlx::Connection;
@@ -23,6 +25,7 @@ pub struct TestDb {
     pub url: String,
     directory: Option<tempfile::TempDir>,
     postgres_name: Option<String>,
+    memory: Option<MemoryStore>,
 }
 
 impl TestDb {
@@ -30,7 +33,7 @@ impl TestDb {
     pub async fn sqlite() -> TestDb {
         let directory = tempfile::tempdir().expect("temporary directory");
         let url = minicloud::store::sql::sqlite_url(directory.path());
-        TestDb { url, directory: Some(directory), postgres_name: None }
+        TestDb { url, directory: Some(directory), postgres_name: None, memory: None }
     }
 
     /// A new, empty database on the test PostgreSQL server. Fails loudly when no server
@@ -46,12 +49,20 @@ impl TestDb {
         sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut connection).await.expect("create test database");
         connection.close().await.ok();
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base).to_owned();
-        TestDb { url: format!("{base}/{name}"), directory: None, postgres_name: Some(name) }
+        TestDb { url: format!("{base}/{name}"), directory: None, postgres_name: Some(name), memory: None }
+    }
+
+    /// An in-memory store (every `open` shares it, like replicas sharing a database).
+    pub async fn memory() -> TestDb {
+        TestDb { url: "memory".into(), directory: None, postgres_name: None, memory: Some(MemoryStore::new()) }
     }
 
     /// Opens a store on this database (several may be open at once, like replicas).
-    pub async fn open(&self) -> SqlStore {
-        SqlStore::open(&self.url).await.expect("open store")
+    pub async fn open(&self) -> Arc<dyn Store> {
+        match &self.memory {
+            Some(memory) => Arc::new(memory.clone()),
+            None => Arc::new(SqlStore::open(&self.url).await.expect("open store")),
+        }
     }
 
     /// Drops the PostgreSQL database.

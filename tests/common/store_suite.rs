@@ -323,7 +323,7 @@ pub async fn watch_from_a_compacted_revision_is_expired(database: &TestDb) {
 /// 50 tasks increment one counter with retry-on-conflict: no update is lost and every accepted
 /// write has its own resourceVersion.
 pub async fn concurrent_updates_lose_nothing(database: &TestDb) {
-    let store = Arc::new(database.open().await);
+    let store = database.open().await;
     store.create(instance("default", "counter", &[])).await.expect("create");
     let mut tasks = Vec::new();
     for _ in 0..50 {
@@ -397,7 +397,7 @@ pub async fn concurrent_writers_watch_sees_everything_in_order(database: &TestDb
 
 /// The compactor trims the change log to the newest revisions on its own.
 pub async fn compactor_trims_the_change_log(database: &TestDb) {
-    let store: Arc<dyn Store> = Arc::new(database.open().await);
+    let store: Arc<dyn Store> = database.open().await;
     let compactor = minicloud::store::spawn_compactor(store.clone(), 3, Duration::from_millis(20));
     for index in 0..10 {
         store.create(instance("default", &format!("web-{index}"), &[])).await.expect("create");
@@ -422,7 +422,7 @@ pub async fn cluster_id_is_stable_and_shared(database: &TestDb) {
     let second = database.open().await;
     assert_eq!(first.cluster_id().len(), 32);
     assert_eq!(first.cluster_id(), second.cluster_id());
-    first.close().await;
+    drop(first);
     let reopened = database.open().await;
     assert_eq!(reopened.cluster_id(), second.cluster_id());
 }

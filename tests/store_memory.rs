@@ -1,0 +1,6 @@
+//! The shared store suite against the in-memory store (used by unit tests of reconcile
+//! decisions): it must keep exactly the same contract as the SQL stores.
+
+mod common;
+
+store_suite!(common::TestDb::memory);
