@@ -1,0 +1,349 @@
+//! Instance benchmark with the real Docker engine and the real `cloud server` (release build),
+//! each figure next to its baseline measured in the same run:
+//!
+//! - one Instance, apply → Ready and apply → serving, against a bare `docker run -d` of the same
+//!   image + wait until serving (the control plane's overhead is the difference of medians);
+//! - 20 Instances, apply → all serving, against 20 `docker run -d` in parallel and against
+//!   `docker-compose up -d` of an equivalent compose file;
+//! - recovery: container removed with `docker rm -f` → replacement serving;
+//! - idle cost: CPU used by `cloud server` over 30 s with 200 Ready Instances and nothing
+//!   changing.
+//!
+//! Run: `cargo bench --bench instances` (needs `scripts/local-images.sh web`). Everything it
+//! starts carries `minicloud.dev/test=bench-...` and is removed at the end.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const IMAGE: &str = "minicloud/web:local";
+const RUNS: usize = 5;
+
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().expect("docker");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data: &std::path::Path, label: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["server", "--listen", "127.0.0.1:0", "--container-label", label, "--resync", "5m"])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "warn,minicloud::api=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let address = loop {
+        let line = lines.next().expect("log").expect("line");
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap_or("").to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url: format!("http://{address}") }
+}
+
+fn serves(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.contains("Hello from minicloud")
+}
+
+fn wait_serving(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !serves(port) {
+        assert!(Instant::now() < deadline, "port {port} never served");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.0} ms", duration.as_secs_f64() * 1e3)
+}
+
+fn instance(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Instance",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"image": IMAGE, "ports": [{"containerPort": 8080}]}
+    })
+}
+
+fn apply(http: &reqwest::blocking::Client, server: &Server, items: Vec<Value>) {
+    let response = http
+        .post(format!("{}/apis/minicloud.dev/v1/apply", server.url))
+        .json(&json!({"items": items}))
+        .send()
+        .expect("apply");
+    assert!(response.status().is_success(), "{}", response.text().unwrap_or_default());
+}
+
+fn list(http: &reqwest::blocking::Client, server: &Server, namespace: &str) -> Vec<Value> {
+    let list: Value = http
+        .get(format!("{}/apis/minicloud.dev/v1/namespaces/{namespace}/instances", server.url))
+        .send()
+        .expect("list")
+        .json()
+        .expect("json");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn ready_port(object: &Value) -> Option<u16> {
+    let ready = object["status"]["conditions"].as_array()?.iter().any(|c| {
+        c["type"] == "Ready" && c["status"] == "True" && c["observedGeneration"] == object["metadata"]["generation"]
+    });
+    if !ready {
+        return None;
+    }
+    object["status"]["ports"][0]["hostPort"].as_u64().map(|p| p as u16)
+}
+
+/// Waits until `count` Instances of the namespace are Ready; returns their host ports.
+fn wait_ready(http: &reqwest::blocking::Client, server: &Server, namespace: &str, count: usize) -> Vec<u16> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let ports: Vec<u16> = list(http, server, namespace).iter().filter_map(ready_port).collect();
+        if ports.len() == count {
+            return ports;
+        }
+        assert!(Instant::now() < deadline, "{} of {count} Ready", ports.len());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // utime and stime are fields 14 and 15 of /proc/PID/stat; after the ")" they are 12 and 13.
+    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+fn main() {
+    let run = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    let label = format!("minicloud.dev/test={run}");
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = start_server(data.path(), &label);
+    let http = reqwest::blocking::Client::new();
+    println!("Instance benchmark (medians of {RUNS} runs where repeated); baselines from the same run");
+    println!();
+    println!("| what | minicloud | baseline | ratio / overhead |");
+    println!("|---|---|---|---|");
+
+    // One Instance in a new namespace (its Docker network is created first), then one at a
+    // time in a namespace whose network exists — the usual case.
+    let started = Instant::now();
+    apply(&http, &server, vec![instance("first", "web")]);
+    wait_serving(wait_ready(&http, &server, "first", 1)[0]);
+    let first_in_namespace = started.elapsed();
+    let mut to_ready = Vec::new();
+    let mut to_serving = Vec::new();
+    let mut bare = Vec::new();
+    for index in 0..RUNS {
+        let started = Instant::now();
+        apply(&http, &server, vec![instance("first", &format!("web-{index}"))]);
+        let port = loop {
+            let ready: Vec<u16> = list(&http, &server, "first")
+                .iter()
+                .filter(|o| o["metadata"]["name"] == format!("web-{index}"))
+                .filter_map(ready_port)
+                .collect();
+            if let Some(port) = ready.first() {
+                break *port;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        to_ready.push(started.elapsed());
+        wait_serving(port);
+        to_serving.push(started.elapsed());
+
+        let started = Instant::now();
+        let id = docker(&["run", "-d", "--label", &label, "-p", "127.0.0.1::8080", IMAGE]);
+        let published = docker(&["port", &id, "8080"]);
+        let port: u16 =
+            published.lines().next().and_then(|l| l.rsplit(':').next()).and_then(|p| p.parse().ok()).expect("port");
+        wait_serving(port);
+        bare.push(started.elapsed());
+    }
+    let (ready, serving, bare) = (median(to_ready), median(to_serving), median(bare));
+    println!(
+        "| one Instance: apply → serving (apply → Ready: {}) | {} | `docker run -d` + wait until serving: {} | overhead {:+.0} ms |",
+        ms(ready),
+        ms(serving),
+        ms(bare),
+        (serving.as_secs_f64() - bare.as_secs_f64()) * 1e3
+    );
+    println!(
+        "| the first Instance of a namespace (creates its network) | {} | (one run) | {:+.0} ms vs docker run |",
+        ms(first_in_namespace),
+        (first_in_namespace.as_secs_f64() - bare.as_secs_f64()) * 1e3
+    );
+
+    // Twenty Instances.
+    let started = Instant::now();
+    apply(&http, &server, (0..20).map(|i| instance("twenty", &format!("web-{i}"))).collect());
+    let ports = wait_ready(&http, &server, "twenty", 20);
+    for port in &ports {
+        wait_serving(*port);
+    }
+    let twenty = started.elapsed();
+    let started = Instant::now();
+    let runs: Vec<Child> = (0..20)
+        .map(|_| {
+            Command::new("docker")
+                .args(["run", "-d", "--label", &label, "-p", "127.0.0.1::8080", IMAGE])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("docker run")
+        })
+        .collect();
+    let ids: Vec<String> = runs
+        .into_iter()
+        .map(|child| String::from_utf8_lossy(&child.wait_with_output().expect("wait").stdout).trim().to_owned())
+        .collect();
+    for id in &ids {
+        let port: u16 = docker(&["port", id, "8080"])
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        wait_serving(port);
+    }
+    let parallel = started.elapsed();
+    let compose_dir = data.path().join("compose");
+    std::fs::create_dir_all(&compose_dir).expect("dir");
+    let mut compose = String::from("version: \"2.4\"\nservices:\n");
+    for index in 0..20 {
+        compose.push_str(&format!(
+            "  web{index}:\n    image: {IMAGE}\n    ports: [\"127.0.0.1::8080\"]\n    labels: [\"{label}\"]\n"
+        ));
+    }
+    std::fs::write(compose_dir.join("docker-compose.yml"), compose).expect("compose file");
+    let started = Instant::now();
+    let status = Command::new("docker-compose")
+        .args(["-p", &run, "up", "-d"])
+        .current_dir(&compose_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("docker-compose");
+    assert!(status.success());
+    for index in 0..20 {
+        let published = Command::new("docker-compose")
+            .args(["-p", &run, "port", &format!("web{index}"), "8080"])
+            .current_dir(&compose_dir)
+            .output()
+            .expect("port");
+        let port: u16 = String::from_utf8_lossy(&published.stdout)
+            .trim()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        wait_serving(port);
+    }
+    let compose_time = started.elapsed();
+    println!(
+        "| 20 Instances: apply → all serving | {} | 20 × `docker run -d` in parallel: {}; `docker-compose up -d`: {} | {:.2}× parallel docker run |",
+        ms(twenty),
+        ms(parallel),
+        ms(compose_time),
+        twenty.as_secs_f64() / parallel.as_secs_f64()
+    );
+    let _ = Command::new("docker-compose")
+        .args(["-p", &run, "down"])
+        .current_dir(&compose_dir)
+        .stderr(Stdio::null())
+        .status();
+
+    // Recovery.
+    let mut recoveries = Vec::new();
+    let mut bare_restarts = Vec::new();
+    for index in 0..RUNS {
+        let object = list(&http, &server, "twenty")
+            .into_iter()
+            .find(|o| o["metadata"]["name"] == format!("web-{index}"))
+            .expect("object");
+        let port = ready_port(&object).expect("ready");
+        let container = format!("mc-twenty-web-{index}");
+        let started = Instant::now();
+        docker(&["rm", "-f", &container]);
+        // The old container answered until it was removed; wait for the replacement.
+        wait_serving(port);
+        recoveries.push(started.elapsed());
+
+        let id = &ids[index];
+        let started = Instant::now();
+        docker(&["restart", "-t", "0", id]);
+        let port: u16 = docker(&["port", id, "8080"])
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next())
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        wait_serving(port);
+        bare_restarts.push(started.elapsed());
+    }
+    println!(
+        "| recovery: `docker rm -f` → replacement serving on the same port | {} | `docker restart -t 0` → serving: {} | {:.2}× |",
+        ms(median(recoveries.clone())),
+        ms(median(bare_restarts.clone())),
+        median(recoveries).as_secs_f64() / median(bare_restarts).as_secs_f64()
+    );
+    for id in &ids {
+        docker(&["rm", "-f", id]);
+    }
+
+    // Idle cost with 200 Ready Instances.
+    apply(&http, &server, (0..200).map(|i| instance("idle", &format!("web-{i}"))).collect());
+    wait_ready(&http, &server, "idle", 200);
+    std::thread::sleep(Duration::from_secs(5));
+    let ticks_per_second = 100.0; // USER_HZ on Linux
+    let pid = server.child.id();
+    let before = cpu_ticks(pid);
+    let window = Duration::from_secs(30);
+    std::thread::sleep(window);
+    let used = (cpu_ticks(pid) - before) as f64 / ticks_per_second;
+    println!(
+        "| idle: `cloud server` with 200 Ready Instances, nothing changing, over {}s | {:.2}% of one core | — | — |",
+        window.as_secs(),
+        used / window.as_secs_f64() * 100.0
+    );
+
+    drop(server);
+    for id in docker(&["ps", "-aq", "--filter", &format!("label={label}")]).lines() {
+        docker(&["rm", "-f", id]);
+    }
+    for id in docker(&["network", "ls", "-q", "--filter", &format!("label={label}")]).lines() {
+        docker(&["network", "rm", id]);
+    }
+}
