@@ -301,7 +301,6 @@ fn main() {
         wait_serving(port);
         recoveries.push(started.elapsed());
 
-        let id = &ids[index];
         let started = Instant::now();
         docker(&["restart", "-t", "0", id]);
         let port: u16 = docker(&["port", id, "8080"])
