@@ -288,7 +288,7 @@ fn main() {
     // Recovery.
     let mut recoveries = Vec::new();
     let mut bare_restarts = Vec::new();
-    for index in 0..RUNS {
+    for (index, id) in ids.iter().enumerate().take(RUNS) {
         let object = list(&http, &server, "twenty")
             .into_iter()
             .find(|o| o["metadata"]["name"] == format!("web-{index}"))
