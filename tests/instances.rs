@@ -405,3 +405,35 @@ async fn orphans_are_collected_but_other_installations_are_left_alone() {
     docker(&["rm", "-f", &theirs]);
     harness.stop().await;
 }
+
+/// Named volumes are mounted, and removed with the Instance unless marked `retain`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_are_removed_with_the_instance_unless_retained() {
+    let harness = Harness::start().await;
+    let mut object = instance(&harness.namespace, "vol", "a");
+    object["spec"]["volumes"] = json!([
+        {"name": "scratch", "mountPath": "/scratch"},
+        {"name": "keep", "mountPath": "/keep", "retain": true}
+    ]);
+    harness.apply(object).await;
+    harness.wait_for("vol", "Ready", ready).await;
+    let scratch = format!("mc-{}-vol-scratch", harness.namespace);
+    let keep = format!("mc-{}-vol-keep", harness.namespace);
+    let container = format!("mc-{}-vol", harness.namespace);
+    let mounts = docker(&["inspect", "-f", "{{range .Mounts}}{{.Name}}:{{.Destination}} {{end}}", &container]);
+    assert!(mounts.contains(&format!("{scratch}:/scratch")) && mounts.contains(&format!("{keep}:/keep")), "{mounts}");
+    harness.http.delete(harness.url("vol")).send().await.expect("delete");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while harness.get("vol").await.is_some() {
+        assert!(Instant::now() < deadline, "the object should go");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let volumes = docker(&["volume", "ls", "-q"]);
+    let has = |name: &str| volumes.lines().any(|line| line == name);
+    let (scratch_left, keep_left) = (has(&scratch), has(&keep));
+    docker(&["volume", "rm", "-f", &keep]);
+    docker(&["volume", "rm", "-f", &scratch]);
+    assert!(!scratch_left, "the volume without retain is removed");
+    assert!(keep_left, "the retained volume stays");
+    harness.stop().await;
+}

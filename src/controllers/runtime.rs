@@ -75,6 +75,8 @@ pub struct Metrics {
     pub reconciles: AtomicU64,
     pub errors: AtomicU64,
     pub duration_micros: AtomicU64,
+    /// Objects waiting in the queue, as of the last reconcile.
+    pub queue_depth: AtomicU64,
 }
 
 /// What decides whether a change must trigger a reconcile: everything but status.
@@ -154,6 +156,7 @@ pub async fn run(
                         tracing::warn!(object = %key, %error, retry_in = ?retry, "reconcile failed");
                     }
                 }
+                metrics.queue_depth.store(queue.depth() as u64, Ordering::Relaxed);
             }
         }));
     }
