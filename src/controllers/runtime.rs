@@ -65,6 +65,11 @@ impl From<crate::docker::DriverError> for ReconcileError {
 pub trait Reconciler: Send + Sync + 'static {
     /// The kind reconciled.
     fn kind(&self) -> Kind;
+    /// Kinds of the objects this kind owns: any change of one of them (status included) wakes
+    /// the owner named in its `ownerReferences`.
+    fn child_kinds(&self) -> Vec<Kind> {
+        Vec::new()
+    }
     /// Drives one object toward its spec. `Ok(Some(d))` asks to be called again after `d`.
     async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError>;
 }
@@ -182,6 +187,12 @@ pub async fn run(
         }
     });
 
+    let child_tasks: Vec<_> = reconciler
+        .child_kinds()
+        .into_iter()
+        .map(|child| tokio::spawn(wake_owners(store.clone(), queue.clone(), kind, child, revision)))
+        .collect();
+
     let mut resync = tokio::time::interval(config.resync);
     resync.tick().await;
     'watching: loop {
@@ -242,10 +253,39 @@ pub async fn run(
     }
     queue.close();
     docker_task.abort();
+    for task in child_tasks {
+        task.abort();
+    }
     for worker in workers {
         let _ = worker.await;
     }
     tracing::info!(%kind, "controller stopped");
+}
+
+/// Queues the owner (of kind `owner`) of every changed object of kind `child`.
+async fn wake_owners(store: Arc<dyn Store>, queue: Arc<Queue<ObjectKey>>, owner: Kind, child: Kind, mut revision: i64) {
+    let query = Query { kind: Some(child), ..Query::default() };
+    loop {
+        match store.watch(query.clone(), revision).await {
+            Ok(mut changes) => {
+                while let Some(change) = changes.next().await {
+                    let Ok(event) = change else { break };
+                    revision = event.revision;
+                    for reference in event.object.metadata.owner_references.iter().filter(|r| r.kind == owner.as_str())
+                    {
+                        queue.schedule_now(ObjectKey::new(owner, event.object.namespace(), reference.name.clone()));
+                    }
+                }
+            }
+            Err(_) => {
+                // Compacted past us: owners are resynced anyway; continue from now.
+                if let Ok(current) = store.revision().await {
+                    revision = current;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Feeds Docker events of managed containers to every controller, reconnecting after the
@@ -271,4 +311,94 @@ pub fn spawn_docker_events(
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// A reconciler that only records which objects it was asked about.
+    struct Recorder {
+        seen: Mutex<Vec<ObjectKey>>,
+    }
+
+    #[async_trait]
+    impl Reconciler for Recorder {
+        fn kind(&self) -> Kind {
+            Kind::Stack
+        }
+        fn child_kinds(&self) -> Vec<Kind> {
+            vec![Kind::Instance]
+        }
+        async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
+            self.seen.lock().expect("lock").push(key.clone());
+            Ok(None)
+        }
+    }
+
+    fn object(kind: &str, name: &str, spec: serde_json::Value) -> Object {
+        serde_json::from_value(
+            json!({"apiVersion": "minicloud.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec}),
+        )
+        .expect("object")
+    }
+
+    async fn eventually(recorder: &Recorder, expected: usize) {
+        for _ in 0..200 {
+            if recorder.seen.lock().expect("lock").len() >= expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("expected {expected} reconciles, saw {:?}", recorder.seen.lock().expect("lock"));
+    }
+
+    #[tokio::test]
+    async fn spec_changes_and_children_trigger_status_writes_do_not() {
+        let store = Arc::new(MemoryStore::new());
+        let stack = store.create(object("Stack", "blog", json!({"resources": []}))).await.expect("stack");
+        let recorder = Arc::new(Recorder { seen: Mutex::new(Vec::new()) });
+        let (stop, shutdown) = watch::channel(false);
+        let (_events, receiver) = broadcast::channel(4);
+        let config = RuntimeConfig { resync: Duration::from_secs(3600), ..RuntimeConfig::default() };
+        let runtime = tokio::spawn(run(recorder.clone(), store.clone(), receiver, config, Arc::default(), shutdown));
+        eventually(&recorder, 1).await; // the initial list
+
+        // A status-only write (what the controller itself does) does not trigger.
+        let mut with_status = store.get(&ObjectKey::new(Kind::Stack, "default", "blog")).await.expect("get");
+        with_status.status = json!({"observedGeneration": 1});
+        store.update_status(with_status).await.expect("status");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(recorder.seen.lock().expect("lock").len(), 1, "status-only writes do not re-trigger");
+
+        // A spec change does.
+        let mut changed = store.get(&ObjectKey::new(Kind::Stack, "default", "blog")).await.expect("get");
+        changed.spec = json!({"resources": [], "values": {"a": 1}});
+        store.update(changed).await.expect("update");
+        eventually(&recorder, 2).await;
+
+        // A child's change, even status only, wakes the owner.
+        let mut child = object("Instance", "blog-web", json!({"image": "web:1"}));
+        child.metadata.owner_references = vec![minicloud_crds::meta::OwnerReference {
+            api_version: "minicloud.dev/v1".into(),
+            kind: "Stack".into(),
+            name: "blog".into(),
+            uid: stack.metadata.uid.clone().unwrap_or_default(),
+            controller: Some(true),
+        }];
+        let mut child = store.create(child).await.expect("child");
+        eventually(&recorder, 3).await;
+        child.status = json!({"phase": "Running"});
+        store.update_status(child).await.expect("child status");
+        eventually(&recorder, 4).await;
+        assert!(recorder.seen.lock().expect("lock").iter().all(|key| key.name == "blog" && key.kind == Kind::Stack));
+
+        let _ = stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), runtime).await;
+    }
 }
