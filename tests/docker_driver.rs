@@ -78,7 +78,7 @@ async fn containers_serve_on_loopback_and_are_labelled() {
     remove_leftovers();
     let driver = DockerDriver::connect().await.expect("a Docker engine");
     driver.ping().await.expect("ping");
-    driver.ensure_image(WEB_IMAGE).await.expect("run scripts/local-images.sh web first");
+    driver.ensure_image(WEB_IMAGE, &|_| {}).await.expect("run scripts/local-images.sh web first");
     let run = format!("driver-{}", uuid::Uuid::new_v4().simple());
     let network = format!("mc-test-{}", &run[7..19]);
     let network_id = driver.ensure_network(&network, &test_labels(&run)).await.expect("network");
@@ -143,7 +143,7 @@ async fn containers_serve_on_loopback_and_are_labelled() {
 #[tokio::test]
 async fn missing_images_say_what_to_do() {
     let driver = DockerDriver::connect().await.expect("a Docker engine");
-    match driver.ensure_image("minicloud/does-not-exist:1").await {
+    match driver.ensure_image("minicloud/does-not-exist:1", &|_| {}).await {
         Err(error @ DriverError::ImageUnavailable { .. }) => {
             let message = error.to_string();
             assert!(

@@ -317,7 +317,31 @@ impl InstanceController {
         generation: i64,
         now: DateTime<Utc>,
     ) -> Result<Option<ContainerInfo>, ReconcileError> {
-        if let Err(error) = self.driver.ensure_image(&spec.image).await {
+        // Pull progress becomes events as it happens.
+        let (progress, mut messages) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let recorder = {
+            let store = self.store.clone();
+            let event = object.key().map(|key| (key, object.metadata.uid.clone().unwrap_or_default()));
+            tokio::spawn(async move {
+                while let Some(message) = messages.recv().await {
+                    let Some((key, uid)) = event.clone() else { continue };
+                    let reason = if message.starts_with("Status:") { "Pulled" } else { "Pulling" };
+                    let new =
+                        NewEvent { object: key, uid, event_type: EventType::Normal, reason: reason.into(), message };
+                    if let Err(error) = store.record_event(new).await {
+                        tracing::warn!(%error, "cannot record a pull event");
+                    }
+                }
+            })
+        };
+        let pulled = self
+            .driver
+            .ensure_image(&spec.image, &move |message| {
+                let _ = progress.send(message);
+            })
+            .await;
+        let _ = recorder.await;
+        if let Err(error) = pulled {
             return match error {
                 DriverError::ImageUnavailable { .. } => {
                     let message = error.to_string();
@@ -653,7 +677,7 @@ mod tests {
             let containers = self.containers.lock().expect("lock");
             Ok(containers.values().find(|c| c.id == id_or_name || c.name == id_or_name).cloned())
         }
-        async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
+        async fn ensure_image(&self, image: &str, _: &(dyn Fn(String) + Send + Sync)) -> Result<(), DriverError> {
             self.check()?;
             if self.missing_images.iter().any(|missing| missing == image) {
                 return Err(DriverError::ImageUnavailable { image: image.into(), reason: "no registry".into() });

@@ -171,8 +171,9 @@ pub trait ContainerDriver: Send + Sync {
     async fn list_managed(&self) -> Result<Vec<ContainerInfo>, DriverError>;
     /// One container by id or name; `None` when it does not exist.
     async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, DriverError>;
-    /// Makes sure the image is present, pulling it when a registry answers.
-    async fn ensure_image(&self, image: &str) -> Result<(), DriverError>;
+    /// Makes sure the image is present, pulling it when a registry answers; pull progress is
+    /// reported through `progress` (a few messages per pull, not one per chunk).
+    async fn ensure_image(&self, image: &str, progress: &(dyn Fn(String) + Send + Sync)) -> Result<(), DriverError>;
     /// Makes sure exactly one bridge network of this name exists; returns its id (attach
     /// containers by id: Docker does not keep network names unique).
     async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<String, DriverError>;
@@ -329,7 +330,7 @@ impl ContainerDriver for DockerDriver {
         }
     }
 
-    async fn ensure_image(&self, image: &str) -> Result<(), DriverError> {
+    async fn ensure_image(&self, image: &str, progress: &(dyn Fn(String) + Send + Sync)) -> Result<(), DriverError> {
         match self.client().await?.inspect_image(image).await {
             Ok(_) => return Ok(()),
             Err(error) if is_not_found(&error) => {}
@@ -341,13 +342,29 @@ impl ContainerDriver for DockerDriver {
         };
         let options = CreateImageOptionsBuilder::default().from_image(name).tag(tag).build();
         let docker = self.client().await?;
-        let mut progress = docker.create_image(Some(options), None, None);
-        while let Some(step) = progress.next().await {
-            if let Err(error) = step {
-                return Err(match DriverError::from_bollard(error) {
-                    DriverError::Unreachable(reason) => DriverError::Unreachable(reason),
-                    other => DriverError::ImageUnavailable { image: image.to_owned(), reason: other.to_string() },
-                });
+        progress(format!("pulling image {image}"));
+        let mut steps = docker.create_image(Some(options), None, None);
+        let (mut layers, mut done) = (0usize, 0usize);
+        while let Some(step) = steps.next().await {
+            let info = match step {
+                Ok(info) => info,
+                Err(error) => {
+                    return Err(match DriverError::from_bollard(error) {
+                        DriverError::Unreachable(reason) => DriverError::Unreachable(reason),
+                        other => DriverError::ImageUnavailable { image: image.to_owned(), reason: other.to_string() },
+                    })
+                }
+            };
+            match info.status.as_deref() {
+                Some("Pulling fs layer") => layers += 1,
+                Some("Pull complete") | Some("Already exists") => {
+                    done += 1;
+                    progress(format!("pulled layer {done} of {layers} of {image}"));
+                }
+                Some(status) if status.starts_with("Status:") || status.starts_with("Digest:") => {
+                    progress(status.to_owned())
+                }
+                _ => {}
             }
         }
         match self.client().await?.inspect_image(image).await {
