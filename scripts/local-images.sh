@@ -5,7 +5,9 @@
 #   minicloud/web:local       busybox httpd on port 8080 serving /www (about 2 MB);
 #                             /cgi-bin/whoami answers with the container's hostname
 #   minicloud/haproxy:local   HAProxy 2.6 from Debian, run as `haproxy -W -db -f CONFIG`
-#   minicloud/postgres:local  PostgreSQL 15 from Debian (built with mmdebstrap; slowest)
+#   minicloud/postgres:local  PostgreSQL 15 from Debian (built with mmdebstrap; slowest); it
+#                             initialises its data directory on first start: set
+#                             POSTGRES_PASSWORD (optionally POSTGRES_USER, POSTGRES_DB)
 #
 # Usage: scripts/local-images.sh [--rebuild] [web] [haproxy] [postgres]   (default: all three)
 # An image that exists already is kept unless --rebuild is given. Missing Debian packages
@@ -143,8 +145,11 @@ build_postgres() {
     elif [ -f /etc/apt/sources.list ]; then
         sources=("/etc/apt/sources.list")
     fi
+    local entrypoint
+    entrypoint="$(cd "$(dirname "$0")" && pwd)/images/postgres-entrypoint.sh"
     mmdebstrap --quiet --variant=apt --include=postgresql-15,locales-all \
-        --customize-hook='chroot "$1" sh -c "rm -rf /var/lib/postgresql/15/main /etc/postgresql"' \
+        --customize-hook='chroot "$1" sh -c "rm -rf /var/lib/postgresql/15/main /etc/postgresql; mkdir -p /var/lib/postgresql/data /var/run/postgresql; chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql"' \
+        --customize-hook="copy-in $entrypoint /usr/local/bin" \
         bookworm "$work/rootfs.tar" "${sources[@]}"
     docker import \
         --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -153,7 +158,7 @@ build_postgres() {
         --change 'USER postgres' \
         --change 'EXPOSE 5432' \
         --change 'LABEL minicloud.dev/image=local' \
-        --change 'CMD ["postgres", "-D", "/var/lib/postgresql/data", "-c", "listen_addresses=*"]' \
+        --change 'ENTRYPOINT ["/usr/local/bin/postgres-entrypoint.sh"]' \
         "$work/rootfs.tar" "$image" >/dev/null
     rm -rf "$work"
     echo "local-images: built $image"
