@@ -27,6 +27,7 @@ use minicloud_crds::{Kind, Object, ObjectKey};
 use serde_json::json;
 
 use super::conditions::set_condition;
+use super::helpers::{ensure_finalizer, remove_finalizer, FinalizerUpdate};
 use super::runtime::{ReconcileError, Reconciler};
 use crate::docker::labels::{self, spec_hash, Labels};
 use crate::docker::{ContainerDriver, ContainerInfo, ContainerSpec, DriverError, HealthSpec, PublishSpec, VolumeSpec};
@@ -206,16 +207,10 @@ impl InstanceController {
             self.driver.remove_volume(&volume_name(&namespace, &name, &volume.name)).await?;
         }
         self.driver.remove_network_if_unused(&network_name(&namespace, instance.spec.network.as_deref())).await?;
-        if object.metadata.finalizers.iter().any(|f| f == FINALIZER) {
-            let mut released = object.clone();
-            released.metadata.finalizers.retain(|f| f != FINALIZER);
-            match self.store.update(released).await {
-                Ok(_) | Err(StoreError::NotFound(_)) => {}
-                Err(StoreError::Conflict { .. }) => return Ok(Some(Duration::ZERO)),
-                Err(error) => return Err(error.into()),
-            }
+        match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
+            FinalizerUpdate::Done(_) => Ok(None),
+            FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
         }
-        Ok(None)
     }
 
     async fn converge(&self, mut object: Object, instance: Instance) -> Result<Option<Duration>, ReconcileError> {
@@ -580,16 +575,9 @@ impl Reconciler for InstanceController {
         if object.metadata.deletion_timestamp.is_some() {
             return self.finalize(object, &instance).await;
         }
-        let object = if object.metadata.finalizers.iter().any(|f| f == FINALIZER) {
-            object
-        } else {
-            let mut guarded = object.clone();
-            guarded.metadata.finalizers.push(FINALIZER.to_owned());
-            match self.store.update(guarded).await {
-                Ok(updated) => updated,
-                Err(StoreError::Conflict { .. }) => return Ok(Some(Duration::ZERO)),
-                Err(error) => return Err(error.into()),
-            }
+        let object = match ensure_finalizer(self.store.as_ref(), object, FINALIZER).await? {
+            FinalizerUpdate::Done(object) => *object,
+            FinalizerUpdate::Conflict => return Ok(Some(Duration::ZERO)),
         };
         self.converge(object, instance).await
     }

@@ -4,6 +4,7 @@
 //! SQL, no HTTP.
 
 pub mod conditions;
+pub mod helpers;
 pub mod instance;
 pub mod queue;
 pub mod runtime;
