@@ -294,8 +294,17 @@ async fn health_openapi_and_request_ids(server: &TestServer) {
         http.get(format!("{}/readyz", server.url)).header("x-request-id", "trace-me-42").send().await.expect("readyz");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-request-id"], "trace-me-42", "a client's request id is kept");
-    let logged = server.log.lock().map(|lines| lines.iter().any(|line| line.contains("trace-me-42"))).unwrap_or(false);
-    assert!(logged, "the request id appears in the server log");
+    // The log line is written as the response completes and read by another thread: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let logged =
+            server.log.lock().map(|lines| lines.iter().any(|line| line.contains("trace-me-42"))).unwrap_or(false);
+        if logged {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the request id appears in the server log");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (status, document) = send(http.get(format!("{}/openapi.json", server.url))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(document, minicloud::api::openapi::document());
