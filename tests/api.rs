@@ -347,7 +347,15 @@ async fn graceful_shutdown_closes_watches() {
     assert!(ended.is_ok(), "the watch stream ended when the server shut down");
     let (server, status) = status.await.expect("join");
     assert!(status.is_some_and(|status| status.success()), "exit status {status:?}");
-    let lines = server.log.lock().map(|lines| lines.clone()).unwrap_or_default();
+    // The log reader thread may still be draining the pipe: wait (bounded) for the last lines.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = server.log.lock().map(|lines| lines.clone()).unwrap_or_default();
+        if lines.iter().any(|line| line.contains("stopped")) || std::time::Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(lines.iter().any(|line| line.contains("shutting down")), "{lines:?}");
     for line in &lines {
         serde_json::from_str::<Value>(line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
