@@ -143,9 +143,16 @@ async fn wait_for_conditions_and_deletion(server: &TestServer) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("delete");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut object: Value = http.get(&url).send().await.expect("get").json().await.expect("json");
-    assert!(object["metadata"]["deletionTimestamp"].is_string(), "terminating: {object}");
+    // Wait (bounded) until the delete has landed and the finalizer holds the object.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut object: Value = loop {
+        let object: Value = http.get(&url).send().await.expect("get").json().await.expect("json");
+        if object["metadata"]["deletionTimestamp"].is_string() {
+            break object;
+        }
+        assert!(std::time::Instant::now() < deadline, "never terminating: {object}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     object["metadata"]["finalizers"] = json!([]);
     assert!(http.put(&url).json(&object).send().await.expect("put").status().is_success());
     let output = tokio::task::spawn_blocking(move || deleter.wait_with_output()).await.expect("join").expect("output");
