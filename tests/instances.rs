@@ -9,38 +9,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::docker::{docker, remove_marked};
 use common::server::TestServer;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
 const V1: &str = "/apis/minicloud.dev/v1";
-
-fn docker(args: &[&str]) -> String {
-    std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-/// Removes the containers and networks whose `minicloud.dev/test` label satisfies `matches`.
-fn remove_marked(matches: impl Fn(&str) -> bool) {
-    let format = "{{.ID}} {{.Label \"minicloud.dev/test\"}}";
-    for line in docker(&["ps", "-a", "--filter", "label=minicloud.dev/test", "--format", format]).lines() {
-        if let Some((id, run)) = line.split_once(' ') {
-            if matches(run) {
-                docker(&["rm", "-f", id]);
-            }
-        }
-    }
-    for line in docker(&["network", "ls", "--filter", "label=minicloud.dev/test", "--format", format]).lines() {
-        if let Some((id, run)) = line.split_once(' ') {
-            if matches(run) {
-                docker(&["network", "rm", id]);
-            }
-        }
-    }
-}
 
 /// Removes what earlier (crashed) runs of this file left, once per process, before any test of
 /// this run has created anything (tests of one file run in parallel).

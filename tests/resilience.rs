@@ -7,32 +7,17 @@ mod common;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use common::docker::{docker, remove_marked};
 use common::server::TestServer;
 use serde_json::{json, Value};
-
-fn docker(args: &[&str]) -> String {
-    std::process::Command::new("docker")
-        .args(args)
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn remove_marked(run: &str) {
-    for id in docker(&["ps", "-aq", "--filter", &format!("label=minicloud.dev/test={run}")]).lines() {
-        docker(&["rm", "-f", id]);
-    }
-    for id in docker(&["network", "ls", "-q", "--filter", &format!("label=minicloud.dev/test={run}")]).lines() {
-        docker(&["network", "rm", id]);
-    }
-}
 
 /// Removes the containers a run marked, also when the test fails.
 struct Cleanup(String);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        remove_marked(&self.0);
+        let run = self.0.clone();
+        remove_marked(|label| label == run);
     }
 }
 

@@ -137,11 +137,6 @@ impl Store for MemoryStore {
         &self.cluster_id
     }
 
-    async fn create(&self, object: Object) -> StoreResult<Object> {
-        let mut created = self.create_all(vec![object]).await?;
-        created.pop().ok_or_else(|| StoreError::Invalid("nothing was created".into()))
-    }
-
     async fn create_all(&self, objects: Vec<Object>) -> StoreResult<Vec<Object>> {
         let keys = objects.iter().map(rules::key_of).collect::<StoreResult<Vec<_>>>()?;
         let revision = {

@@ -201,7 +201,10 @@ pub trait Store: Send + Sync {
 
     /// Creates an object; the store assigns uid, generation 1, resourceVersion and
     /// creationTimestamp, and ignores any status. `AlreadyExists` when the name is taken.
-    async fn create(&self, object: Object) -> StoreResult<Object>;
+    async fn create(&self, object: Object) -> StoreResult<Object> {
+        let mut created = self.create_all(vec![object]).await?;
+        created.pop().ok_or_else(|| StoreError::Invalid("nothing was created".into()))
+    }
 
     /// Creates several objects atomically: all or none.
     async fn create_all(&self, objects: Vec<Object>) -> StoreResult<Vec<Object>>;

@@ -386,11 +386,6 @@ impl Store for SqlStore {
         &self.cluster_id
     }
 
-    async fn create(&self, object: Object) -> StoreResult<Object> {
-        let mut created = self.create_all(vec![object]).await?;
-        created.pop().ok_or_else(|| StoreError::Invalid("nothing was created".into()))
-    }
-
     async fn create_all(&self, objects: Vec<Object>) -> StoreResult<Vec<Object>> {
         if objects.is_empty() {
             return Ok(Vec::new());
