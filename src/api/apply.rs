@@ -106,13 +106,7 @@ pub fn validate_batch(items: Vec<Value>) -> Result<Vec<Object>, ApiError> {
     if causes.is_empty() {
         Ok(objects)
     } else {
-        let mut error = ApiError::invalid("the batch", Vec::new());
-        error.message = format!(
-            "the batch is invalid; nothing was applied: {}",
-            causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect::<Vec<_>>().join("; ")
-        );
-        error.causes = causes;
-        Err(error)
+        Err(ApiError::invalid_causes("the batch is invalid; nothing was applied", causes))
     }
 }
 

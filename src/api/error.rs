@@ -43,11 +43,16 @@ impl ApiError {
 
     /// 400 with every field problem of an object.
     pub fn invalid(what: &str, errors: Vec<FieldError>) -> ApiError {
-        let causes: Vec<Cause> =
+        let causes =
             errors.into_iter().map(|error| Cause { field: error.path.to_string(), message: error.message }).collect();
+        ApiError::invalid_causes(&format!("{what} is invalid"), causes)
+    }
+
+    /// 400 with field problems: the message is `headline: field: problem; ...`.
+    pub fn invalid_causes(headline: &str, causes: Vec<Cause>) -> ApiError {
         let summary = causes.iter().map(|cause| format!("{}: {}", cause.field, cause.message)).collect::<Vec<_>>();
         let mut error =
-            ApiError::new(StatusCode::BAD_REQUEST, "Invalid", format!("{what} is invalid: {}", summary.join("; ")));
+            ApiError::new(StatusCode::BAD_REQUEST, "Invalid", format!("{headline}: {}", summary.join("; ")));
         error.causes = causes;
         error
     }

@@ -26,8 +26,7 @@ pub async fn list_namespaced(
     Path(namespace): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    minicloud_crds::validation::check_dns_label(&namespace)
-        .map_err(|reason| ApiError::bad_request(format!("namespace: {reason}")))?;
+    super::objects::check_name("namespace", &namespace)?;
     let object = match (params.get("kind"), params.get("name")) {
         (Some(kind), Some(name)) => {
             let kind = Kind::from_cli_name(kind)

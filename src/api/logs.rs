@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::Response;
 use futures::StreamExt;
-use minicloud_crds::{Kind, ObjectKey};
+use minicloud_crds::Kind;
 
 use super::error::ApiError;
 use super::AppState;
@@ -20,12 +20,8 @@ pub async fn instance_log(
     Path((namespace, name)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    for (what, value) in [("namespace", &namespace), ("name", &name)] {
-        minicloud_crds::validation::check_dns_label(value)
-            .map_err(|reason| ApiError::bad_request(format!("{what}: {reason}")))?;
-    }
     // The object must exist: a 404 names it, rather than a container.
-    state.store.get(&ObjectKey::new(Kind::Instance, namespace.clone(), name.clone())).await?;
+    state.store.get(&super::objects::key(Kind::Instance, &namespace, &name)?).await?;
     let follow = matches!(params.get("follow").map(String::as_str), Some("true") | Some("1"));
     let tail = match params.get("tailLines") {
         None => None,

@@ -66,30 +66,48 @@ pub struct ControllerSettings {
     pub runtime: crate::controllers::runtime::RuntimeConfig,
 }
 
-/// Starts the controllers; returns the tasks to wait for at shutdown.
+/// The tasks of the running controllers.
+struct Controllers {
+    /// The reconcile loop: it finishes its running reconciles when shutdown begins.
+    runtime: tokio::task::JoinHandle<()>,
+    /// Docker event fan-out and orphan collection: stopped at shutdown.
+    helpers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Controllers {
+    /// Stops the helpers and lets the reconcile loop finish (bounded).
+    async fn stop(self) {
+        for helper in self.helpers {
+            helper.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.runtime).await;
+    }
+}
+
+/// Starts the controllers.
 fn start_controllers(
     store: Arc<dyn Store>,
     settings: ControllerSettings,
     shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<Controllers> {
     use crate::controllers::{instance, runtime};
     use crate::docker::{ContainerDriver, DockerDriver};
     let driver: Arc<dyn ContainerDriver> = Arc::new(DockerDriver::lazy()?);
     let (events, _) = tokio::sync::broadcast::channel(1024);
-    let mut tasks = vec![runtime::spawn_docker_events(driver.clone(), events.clone())];
+    let mut helpers = vec![runtime::spawn_docker_events(driver.clone(), events.clone())];
     let reconciler = Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels));
     let metrics = Arc::new(runtime::Metrics::default());
-    tasks.push(tokio::spawn(runtime::run(
+    let runtime = tokio::spawn(runtime::run(
         reconciler,
         store.clone(),
         events.subscribe(),
         settings.runtime.clone(),
         metrics,
         shutdown.clone(),
-    )));
+    ));
     // Orphaned containers: at start and every resync period.
     let resync = settings.runtime.resync;
-    tasks.push(tokio::spawn(async move {
+    helpers.push(tokio::spawn(async move {
         let mut ticker = tokio::time::interval(resync);
         loop {
             ticker.tick().await;
@@ -100,7 +118,7 @@ fn start_controllers(
             }
         }
     }));
-    Ok(tasks)
+    Ok(Controllers { runtime, helpers })
 }
 
 /// The routes, without the listener.
@@ -186,8 +204,8 @@ pub async fn serve(
     let compactor = store::spawn_compactor(store.clone(), RETAINED_REVISIONS, COMPACTION_INTERVAL);
     let (stopping, shutdown) = watch::channel(false);
     let controllers = match config.controllers.clone() {
-        Some(settings) => start_controllers(store.clone(), settings, shutdown.clone())?,
-        None => Vec::new(),
+        Some(settings) => Some(start_controllers(store.clone(), settings, shutdown.clone())?),
+        None => None,
     };
     let driver = crate::docker::DockerDriver::lazy()
         .map(|driver| Arc::new(driver) as Arc<dyn crate::docker::ContainerDriver>)
@@ -208,16 +226,8 @@ pub async fn serve(
         })
         .await?;
     compactor.abort();
-    // The controller loop finishes its running reconciles; helper tasks are stopped.
-    let mut controllers = controllers.into_iter();
-    if let Some(events) = controllers.next() {
-        events.abort();
-    }
-    if let Some(runtime) = controllers.next() {
-        let _ = tokio::time::timeout(Duration::from_secs(10), runtime).await;
-    }
-    for task in controllers {
-        task.abort();
+    if let Some(controllers) = controllers {
+        controllers.stop().await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -35,12 +35,14 @@ pub fn kind_for_plural(plural: &str) -> Result<Kind, ApiError> {
     })
 }
 
-fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
+/// Refuses a namespace or name that is not a DNS-1123 label.
+pub(crate) fn check_name(what: &str, value: &str) -> Result<(), ApiError> {
     minicloud_crds::validation::check_dns_label(value)
         .map_err(|reason| ApiError::bad_request(format!("{what}: {reason}")))
 }
 
-fn key(kind: Kind, namespace: &str, name: &str) -> Result<ObjectKey, ApiError> {
+/// The key of an object named in a URL, with both names checked.
+pub(crate) fn key(kind: Kind, namespace: &str, name: &str) -> Result<ObjectKey, ApiError> {
     check_name("namespace", namespace)?;
     check_name("name", name)?;
     Ok(ObjectKey::new(kind, namespace, name))

@@ -13,7 +13,9 @@ use clap::Args;
 use minicloud_crds::{Kind, Object};
 use serde_json::Value;
 
+use super::get::condition;
 use super::server::{init_logging, LogFormat, ServerArgs};
+use super::wait::{satisfied, Goal};
 use crate::api::{self, ControllerSettings, ServerConfig};
 use crate::client::Client;
 use crate::store::sql;
@@ -127,22 +129,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Ready, reason and message of an object's Ready condition, if it is current.
+/// Whether the object is Ready (by `cloud wait`'s rule: the condition must be current), and
+/// the Ready condition's reason and message.
 fn readiness(object: &Object) -> (bool, String) {
-    let generation = object.metadata.generation.unwrap_or(0);
-    let condition = object
-        .status
-        .get("conditions")
-        .and_then(Value::as_array)
-        .and_then(|conditions| conditions.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")));
-    match condition {
-        Some(condition) => {
-            let text = |key: &str| condition.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
-            let current = condition.get("observedGeneration").and_then(Value::as_i64).unwrap_or(0) >= generation;
-            (current && text("status") == "True", format!("{}: {}", text("reason"), text("message")))
+    let ready = Goal::Condition { type_: "Ready".into(), status: "True".into() };
+    let why = match condition(object, "Ready") {
+        Some(found) => {
+            let text = |key: &str| found.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+            format!("{}: {}", text("reason"), text("message"))
         }
-        None => (false, "waiting for the controller".into()),
-    }
+        None => "waiting for the controller".into(),
+    };
+    (satisfied(object, &ready), why)
 }
 
 fn endpoints(object: &Object) -> Vec<String> {

@@ -352,27 +352,28 @@ fn known_kinds() -> String {
     Kind::ALL.map(Kind::as_str).join(", ")
 }
 
-/// The compiled schema of each kind, built once.
-fn validator(kind: Kind) -> &'static Validator {
-    static VALIDATORS: OnceLock<HashMap<Kind, Validator>> = OnceLock::new();
-    let validators = VALIDATORS.get_or_init(|| {
+/// Each kind's schema and its compiled validator, built once per process.
+fn schema(kind: Kind) -> &'static (Value, Validator) {
+    static SCHEMAS: OnceLock<HashMap<Kind, (Value, Validator)>> = OnceLock::new();
+    let schemas = SCHEMAS.get_or_init(|| {
         Kind::ALL
             .into_iter()
             .map(|kind| {
+                let schema = kind.schema();
                 // The schemas are generated from our own types; failing to compile one is a bug.
-                let validator = jsonschema::draft7::new(&kind.schema()).expect("generated schema compiles");
-                (kind, validator)
+                let validator = jsonschema::draft7::new(&schema).expect("generated schema compiles");
+                (kind, (schema, validator))
             })
             .collect()
     });
-    &validators[&kind]
+    &schemas[&kind]
 }
 
 fn schema_problems(kind: Kind, value: &Value, locator: &Locator<'_>) -> Vec<Located> {
-    let schema = kind.schema();
+    let (schema, validator) = schema(kind);
     let mut problems = Vec::new();
-    for error in validator(kind).iter_errors(value) {
-        describe_schema_error(&error, &schema, locator, &mut problems);
+    for error in validator.iter_errors(value) {
+        describe_schema_error(&error, schema, locator, &mut problems);
     }
     problems.sort_by_key(|problem| problem.position);
     problems.dedup_by(|a, b| a.path == b.path && a.message == b.message);

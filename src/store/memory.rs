@@ -63,11 +63,7 @@ impl MemoryStore {
     }
 
     fn publish(&self, revision: i64) {
-        self.head.send_if_modified(|head| {
-            let newer = revision > *head;
-            *head = (*head).max(revision);
-            newer
-        });
+        super::advance_head(&self.head, revision);
     }
 }
 

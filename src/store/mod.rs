@@ -55,6 +55,15 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
 }
 
+/// Moves a watch head forward to `revision` (never back), waking watchers when it moved.
+pub(crate) fn advance_head(head: &tokio::sync::watch::Sender<i64>, revision: i64) {
+    head.send_if_modified(|current| {
+        let newer = revision > *current;
+        *current = (*current).max(revision);
+        newer
+    });
+}
+
 /// Result alias for store operations.
 pub type StoreResult<T> = Result<T, StoreError>;
 

@@ -173,11 +173,7 @@ impl SqlStore {
         }
         transaction.commit().await?;
         if let Some(revision) = last_revision {
-            self.head.send_if_modified(|head| {
-                let newer = revision > *head;
-                *head = (*head).max(revision);
-                newer
-            });
+            super::advance_head(&self.head, revision);
         }
         Ok(())
     }
@@ -711,11 +707,7 @@ async fn listen_for_changes(url: String, head: Arc<watch::Sender<i64>>) {
                 if listener.listen(CHANNEL).await.is_ok() {
                     while let Ok(notification) = listener.recv().await {
                         if let Ok(revision) = notification.payload().parse::<i64>() {
-                            head.send_if_modified(|current| {
-                                let newer = revision > *current;
-                                *current = (*current).max(revision);
-                                newer
-                            });
+                            super::advance_head(&head, revision);
                         }
                     }
                 }
