@@ -1,13 +1,14 @@
 //! minicloud, the application: manifests (reading and validating YAML with precise errors),
-//! the store (SQLite embedded by default, PostgreSQL in production) and the `cloud` command
-//! line. The resource kinds themselves live in the `minicloud-crds` crate.
+//! the SQL store, the API server, the HTTP client, the `cloud` command line, and the
+//! composition root ([`server`]) that wires store, API and controllers together. The resource
+//! kinds live in `minicloud-crds`, the store contract in `minicloud-store`, the reconcile loops
+//! and drivers in `minicloud-controllers`.
 //!
 //! See ARCHITECTURE.md for the bird's-eye view.
 
 pub mod api;
 pub mod cli;
 pub mod client;
-pub mod controllers;
-pub mod docker;
 pub mod manifest;
+pub mod server;
 pub mod store;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use minicloud::docker::{ContainerDriver, ContainerSpec, DockerDriver, DriverError, PublishSpec};
+use minicloud_controllers::docker::{ContainerDriver, ContainerSpec, DockerDriver, DriverError, PublishSpec};
 
 const WEB_IMAGE: &str = "minicloud/web:local";
 

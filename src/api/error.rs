@@ -105,7 +105,7 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid", None),
             StoreError::Expired { .. } => (StatusCode::GONE, "Expired", None),
             StoreError::UnsupportedUrl(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None),
-            StoreError::Database(_) | StoreError::Migration(_) => {
+            StoreError::Database(_) => {
                 tracing::error!(%error, "store failure");
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", None)
             }

@@ -12,7 +12,7 @@ use minicloud_crds::Kind;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::controllers::instance::container_name;
+use minicloud_controllers::instance::container_name;
 
 /// Streams the logs of an Instance's container.
 pub async fn instance_log(

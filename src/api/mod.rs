@@ -12,9 +12,7 @@ pub mod objects;
 pub mod openapi;
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -26,99 +24,24 @@ use tokio::sync::watch;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-use crate::store::{self, SqlStore, Store};
+use minicloud_controllers::docker::ContainerDriver;
+
+use crate::store::Store;
 use error::ApiError;
 
 /// Largest request body accepted.
 pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
-/// Revisions the change log keeps for watchers that fall behind.
-const RETAINED_REVISIONS: i64 = 100_000;
-/// How often the change log is compacted.
-const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub store: Arc<dyn Store>,
     /// The container engine, for logs (connected lazily; absent when Docker cannot be set up).
-    pub driver: Option<Arc<dyn crate::docker::ContainerDriver>>,
+    pub driver: Option<Arc<dyn ContainerDriver>>,
     /// Flips to true when the server begins to shut down; watch streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub body_limit: usize,
     pub backend: &'static str,
-}
-
-/// The server's settings.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    pub listen: SocketAddr,
-    pub database_url: String,
-    pub body_limit: usize,
-    /// Run the controllers in this process (`None`: API only).
-    pub controllers: Option<ControllerSettings>,
-}
-
-/// How the controllers run.
-#[derive(Clone, Debug, Default)]
-pub struct ControllerSettings {
-    /// Labels added to every container (e.g. to mark a test run's containers).
-    pub extra_labels: std::collections::HashMap<String, String>,
-    pub runtime: crate::controllers::runtime::RuntimeConfig,
-}
-
-/// The tasks of the running controllers.
-struct Controllers {
-    /// The reconcile loop: it finishes its running reconciles when shutdown begins.
-    runtime: tokio::task::JoinHandle<()>,
-    /// Docker event fan-out and orphan collection: stopped at shutdown.
-    helpers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Controllers {
-    /// Stops the helpers and lets the reconcile loop finish (bounded).
-    async fn stop(self) {
-        for helper in self.helpers {
-            helper.abort();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.runtime).await;
-    }
-}
-
-/// Starts the controllers.
-fn start_controllers(
-    store: Arc<dyn Store>,
-    settings: ControllerSettings,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<Controllers> {
-    use crate::controllers::{instance, runtime};
-    use crate::docker::{ContainerDriver, DockerDriver};
-    let driver: Arc<dyn ContainerDriver> = Arc::new(DockerDriver::lazy()?);
-    let (events, _) = tokio::sync::broadcast::channel(1024);
-    let mut helpers = vec![runtime::spawn_docker_events(driver.clone(), events.clone())];
-    let reconciler = Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels));
-    let metrics = Arc::new(runtime::Metrics::default());
-    let runtime = tokio::spawn(runtime::run(
-        reconciler,
-        store.clone(),
-        events.subscribe(),
-        settings.runtime.clone(),
-        metrics,
-        shutdown.clone(),
-    ));
-    // Orphaned containers: at start and every resync period.
-    let resync = settings.runtime.resync;
-    helpers.push(tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(resync);
-        loop {
-            ticker.tick().await;
-            match instance::collect_orphans(store.as_ref(), driver.as_ref()).await {
-                Ok(0) => {}
-                Ok(removed) => tracing::info!(removed, "orphaned containers removed"),
-                Err(error) => tracing::warn!(%error, "orphan collection failed; retrying later"),
-            }
-        }
-    }));
-    Ok(Controllers { runtime, helpers })
 }
 
 /// The routes, without the listener.
@@ -189,35 +112,14 @@ async fn openapi_document() -> Json<Value> {
     Json(openapi::document())
 }
 
-/// Opens the store, serves until `stop` completes, then shuts down gracefully. `bound` is
-/// told the address actually bound (useful with port 0).
+/// Serves the API on `listener` until `stop` completes, then shuts down gracefully: stops
+/// accepting, flips `stopping` (watch streams end) and lets in-flight requests finish.
 pub async fn serve(
-    config: ServerConfig,
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    stopping: watch::Sender<bool>,
     stop: impl Future<Output = ()> + Send + 'static,
-    bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let sql = SqlStore::open(&config.database_url)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot open the store at {}: {error}", redact(&config.database_url)))?;
-    let backend = sql.backend_name();
-    let store: Arc<dyn Store> = Arc::new(sql);
-    let compactor = store::spawn_compactor(store.clone(), RETAINED_REVISIONS, COMPACTION_INTERVAL);
-    let (stopping, shutdown) = watch::channel(false);
-    let controllers = match config.controllers.clone() {
-        Some(settings) => Some(start_controllers(store.clone(), settings, shutdown.clone())?),
-        None => None,
-    };
-    let driver = crate::docker::DockerDriver::lazy()
-        .map(|driver| Arc::new(driver) as Arc<dyn crate::docker::ContainerDriver>)
-        .map_err(|error| tracing::warn!(%error, "no Docker engine: logs are unavailable"))
-        .ok();
-    let state = AppState { store, driver, shutdown, body_limit: config.body_limit, backend };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
-    let address = listener.local_addr()?;
-    tracing::info!(%address, store = backend, "minicloud API server listening");
-    bound(address);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             stop.await;
@@ -225,46 +127,5 @@ pub async fn serve(
             let _ = stopping.send(true);
         })
         .await?;
-    compactor.abort();
-    if let Some(controllers) = controllers {
-        controllers.stop().await;
-    }
-    tracing::info!("stopped");
     Ok(())
-}
-
-/// A database URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let credentials = &url[scheme + 3..at];
-            match credentials.split_once(':') {
-                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
-    }
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 
-use crate::api::{self, ServerConfig};
+use crate::api;
+use crate::server::{self as composition, ControllerSettings, ServerConfig};
 use crate::store::sql;
 
 /// Log line format.
@@ -74,14 +75,14 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         Some(url) => url,
         None => sql::sqlite_url(&args.data_dir.unwrap_or_else(sql::default_data_dir)),
     };
-    let controllers = (!args.no_controllers).then(|| api::ControllerSettings {
+    let controllers = (!args.no_controllers).then(|| ControllerSettings {
         extra_labels: args.container_labels.into_iter().collect(),
-        runtime: crate::controllers::runtime::RuntimeConfig {
+        runtime: minicloud_controllers::runtime::RuntimeConfig {
             workers: args.workers,
             resync: args.resync,
             ..Default::default()
         },
     });
     let config = ServerConfig { listen: args.listen, database_url, body_limit: api::DEFAULT_BODY_LIMIT, controllers };
-    api::serve(config, api::shutdown_signal(), |_| {}).await
+    composition::run(config, composition::shutdown_signal(), |_| {}).await
 }

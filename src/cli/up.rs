@@ -16,8 +16,9 @@ use serde_json::Value;
 use super::get::condition;
 use super::server::{init_logging, LogFormat, ServerArgs};
 use super::wait::{satisfied, Goal};
-use crate::api::{self, ControllerSettings, ServerConfig};
+use crate::api;
 use crate::client::Client;
+use crate::server::{self as composition, ControllerSettings, ServerConfig};
 use crate::store::sql;
 
 /// Options of `cloud up`.
@@ -56,7 +57,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         body_limit: api::DEFAULT_BODY_LIMIT,
         controllers: Some(ControllerSettings {
             extra_labels: args.server.container_labels.iter().cloned().collect(),
-            runtime: crate::controllers::runtime::RuntimeConfig {
+            runtime: minicloud_controllers::runtime::RuntimeConfig {
                 workers: args.server.workers,
                 resync: args.server.resync,
                 ..Default::default()
@@ -65,7 +66,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-    let server = tokio::spawn(api::serve(
+    let server = tokio::spawn(composition::run(
         config,
         async move {
             let _ = stopped.await;
@@ -107,7 +108,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     wait_until_ready(&client, &instances, args.timeout).await?;
 
     println!("running; press Ctrl-C to stop{}", if args.down { " and remove everything" } else { "" });
-    api::shutdown_signal().await;
+    composition::shutdown_signal().await;
     if args.down {
         println!("removing what was applied…");
         for (kind, namespace, name) in watched.iter().rev() {

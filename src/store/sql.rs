@@ -31,6 +31,17 @@ use super::{
     WatchEvent, WatchStream,
 };
 
+/// Turns the database driver's errors into the store contract's.
+trait OrStoreError<T> {
+    fn db(self) -> StoreResult<T>;
+}
+
+impl<T, E: std::error::Error + Send + Sync + 'static> OrStoreError<T> for Result<T, E> {
+    fn db(self) -> StoreResult<T> {
+        self.map_err(|error| StoreError::Database(Box::new(error)))
+    }
+}
+
 /// How often a watcher polls when no wake-up arrives.
 const FALLBACK_POLL: Duration = Duration::from_secs(1);
 /// Changes read per watch poll.
@@ -101,7 +112,7 @@ impl SqlStore {
             if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
                 let file = path.split('?').next().unwrap_or(path);
                 if let Some(parent) = Path::new(file).parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).map_err(|error| StoreError::Database(sqlx::Error::Io(error)))?;
+                    std::fs::create_dir_all(parent).db()?;
                 }
                 let query = if path.contains('?') { "" } else { "?mode=rwc" };
                 (Backend::Sqlite, format!("sqlite://{path}{query}"))
@@ -121,17 +132,19 @@ impl SqlStore {
             }),
             Backend::Postgres => AnyPoolOptions::new().max_connections(10),
         };
-        let pool = options.connect(&connect_url).await?;
+        let pool = options.connect(&connect_url).await.db()?;
         match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await.db()?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await.db()?,
         }
         sqlx::query("INSERT INTO cluster (singleton, id) VALUES (1, $1) ON CONFLICT DO NOTHING")
             .bind(uuid::Uuid::new_v4().simple().to_string())
             .execute(&pool)
-            .await?;
-        let cluster_id: String = sqlx::query("SELECT id FROM cluster").fetch_one(&pool).await?.try_get(0)?;
-        let revision: i64 = sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&pool).await?.try_get(0)?;
+            .await
+            .db()?;
+        let cluster_id: String = sqlx::query("SELECT id FROM cluster").fetch_one(&pool).await.db()?.try_get(0).db()?;
+        let revision: i64 =
+            sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&pool).await.db()?.try_get(0).db()?;
         let head = Arc::new(watch::Sender::new(revision));
         let listener = match backend {
             Backend::Postgres => Some(tokio::spawn(listen_for_changes(url.to_owned(), head.clone()))),
@@ -157,8 +170,8 @@ impl SqlStore {
     /// row, which serialises writers across processes too.
     async fn begin_write(&self) -> StoreResult<(MutexGuard<'_, ()>, Transaction<'static, Any>)> {
         let guard = self.write_lock.lock().await;
-        let mut transaction = self.pool.begin().await?;
-        sqlx::query("UPDATE meta SET revision = revision WHERE id = 1").execute(&mut *transaction).await?;
+        let mut transaction = self.pool.begin().await.db()?;
+        sqlx::query("UPDATE meta SET revision = revision WHERE id = 1").execute(&mut *transaction).await.db()?;
         Ok((guard, transaction))
     }
 
@@ -169,9 +182,10 @@ impl SqlStore {
                 .bind(CHANNEL)
                 .bind(revision.to_string())
                 .execute(&mut *transaction)
-                .await?;
+                .await
+                .db()?;
         }
-        transaction.commit().await?;
+        transaction.commit().await.db()?;
         if let Some(revision) = last_revision {
             super::advance_head(&self.head, revision);
         }
@@ -213,8 +227,9 @@ async fn take_revisions(transaction: &mut Transaction<'static, Any>, count: i64)
     let row = sqlx::query("UPDATE meta SET revision = revision + $1 WHERE id = 1 RETURNING revision")
         .bind(count)
         .fetch_one(&mut **transaction)
-        .await?;
-    Ok(row.try_get(0)?)
+        .await
+        .db()?;
+    row.try_get(0).db()
 }
 
 async fn read_object(transaction: &mut Transaction<'static, Any>, key: &ObjectKey) -> StoreResult<Option<Object>> {
@@ -223,9 +238,10 @@ async fn read_object(transaction: &mut Transaction<'static, Any>, key: &ObjectKe
         .bind(&key.namespace)
         .bind(&key.name)
         .fetch_optional(&mut **transaction)
-        .await?;
+        .await
+        .db()?;
     match row {
-        Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0)?)?)),
+        Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0).db()?)?)),
         None => Ok(None),
     }
 }
@@ -252,7 +268,7 @@ async fn write_change(
             .bind(rules::owner_column(object))
             .bind(&body)
             .execute(&mut **transaction)
-            .await?;
+            .await.db()?;
             if result.rows_affected() == 0 {
                 return Err(StoreError::AlreadyExists(key.clone()));
             }
@@ -266,7 +282,7 @@ async fn write_change(
                 .bind(&key.namespace)
                 .bind(&key.name)
                 .execute(&mut **transaction)
-                .await?;
+                .await.db()?;
         }
         ChangeType::Deleted => {
             sqlx::query("DELETE FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
@@ -274,7 +290,8 @@ async fn write_change(
                 .bind(&key.namespace)
                 .bind(&key.name)
                 .execute(&mut **transaction)
-                .await?;
+                .await
+                .db()?;
         }
     }
     sqlx::query(
@@ -287,7 +304,8 @@ async fn write_change(
     .bind(change.as_str())
     .bind(&body)
     .execute(&mut **transaction)
-    .await?;
+    .await
+    .db()?;
     Ok(())
 }
 
@@ -321,9 +339,10 @@ async fn cascade(transaction: &mut Transaction<'static, Any>, removed: &Object) 
             .bind(&namespace)
             .bind(format!("% {uid} %"))
             .fetch_all(&mut **transaction)
-            .await?;
+            .await
+            .db()?;
         for row in rows {
-            let dependent: Object = serde_json::from_str(&row.try_get::<String, _>(0)?)?;
+            let dependent: Object = serde_json::from_str(&row.try_get::<String, _>(0).db()?)?;
             let key = rules::key_of(&dependent)?;
             let plan = rules::prepare_delete(&dependent, &key, None, now())?;
             let removed_now = matches!(plan, Plan::Remove(_));
@@ -355,22 +374,22 @@ async fn write_plan(
 }
 
 fn event_from_row(row: &AnyRow) -> StoreResult<Event> {
-    let event_type = match row.try_get::<String, _>("event_type")?.as_str() {
+    let event_type = match row.try_get::<String, _>("event_type").db()?.as_str() {
         "Warning" => EventType::Warning,
         _ => EventType::Normal,
     };
     Ok(Event {
-        id: row.try_get("id")?,
-        kind: row.try_get("kind")?,
-        namespace: row.try_get("namespace")?,
-        name: row.try_get("name")?,
-        uid: row.try_get("uid")?,
+        id: row.try_get("id").db()?,
+        kind: row.try_get("kind").db()?,
+        namespace: row.try_get("namespace").db()?,
+        name: row.try_get("name").db()?,
+        uid: row.try_get("uid").db()?,
         event_type,
-        reason: row.try_get("reason")?,
-        message: row.try_get("message")?,
-        count: row.try_get("count")?,
-        first_timestamp: parse_time(&row.try_get::<String, _>("first_time")?),
-        last_timestamp: parse_time(&row.try_get::<String, _>("last_time")?),
+        reason: row.try_get("reason").db()?,
+        message: row.try_get("message").db()?,
+        count: row.try_get("count").db()?,
+        first_timestamp: parse_time(&row.try_get::<String, _>("first_time").db()?),
+        last_timestamp: parse_time(&row.try_get::<String, _>("last_time").db()?),
     })
 }
 
@@ -409,9 +428,10 @@ impl Store for SqlStore {
             .bind(&key.namespace)
             .bind(&key.name)
             .fetch_optional(&self.pool)
-            .await?
+            .await
+            .db()?
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        Ok(serde_json::from_str(&row.try_get::<String, _>(0)?)?)
+        Ok(serde_json::from_str(&row.try_get::<String, _>(0).db()?)?)
     }
 
     async fn list(&self, query: &Query) -> StoreResult<ObjectList> {
@@ -424,9 +444,9 @@ impl Store for SqlStore {
         let mut rows = statement.fetch(&self.pool);
         let mut revision = 0;
         let mut items = Vec::new();
-        while let Some(row) = rows.try_next().await? {
-            revision = row.try_get(0)?;
-            if let Some(body) = row.try_get::<Option<String>, _>(1)? {
+        while let Some(row) = rows.try_next().await.db()? {
+            revision = row.try_get(0).db()?;
+            if let Some(body) = row.try_get::<Option<String>, _>(1).db()? {
                 let object: Object = serde_json::from_str(&body)?;
                 if query.selector.matches(&object.metadata.labels) {
                     items.push(object);
@@ -445,14 +465,14 @@ impl Store for SqlStore {
         }
         let mut rows = statement.fetch(&self.pool);
         let mut first = true;
-        while let Some(row) = rows.try_next().await? {
+        while let Some(row) = rows.try_next().await.db()? {
             if first {
                 first = false;
-                if sink.send(RawItem::Revision(row.try_get(0)?)).await.is_err() {
+                if sink.send(RawItem::Revision(row.try_get(0).db()?)).await.is_err() {
                     return Ok(());
                 }
             }
-            let Some(body) = row.try_get::<Option<String>, _>(1)? else { continue };
+            let Some(body) = row.try_get::<Option<String>, _>(1).db()? else { continue };
             if !query.selector.is_empty() {
                 let labels: LabelsOnly = serde_json::from_str(&body)?;
                 if !query.selector.matches(&labels.metadata.labels) {
@@ -497,8 +517,12 @@ impl Store for SqlStore {
     }
 
     async fn watch(&self, query: Query, revision: i64) -> StoreResult<WatchStream> {
-        let compacted: i64 =
-            sqlx::query("SELECT compacted_revision FROM meta WHERE id = 1").fetch_one(&self.pool).await?.try_get(0)?;
+        let compacted: i64 = sqlx::query("SELECT compacted_revision FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .db()?
+            .try_get(0)
+            .db()?;
         if revision < compacted {
             return Err(StoreError::Expired { requested: revision, compacted });
         }
@@ -517,24 +541,26 @@ impl Store for SqlStore {
     }
 
     async fn revision(&self) -> StoreResult<i64> {
-        Ok(sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&self.pool).await?.try_get(0)?)
+        Ok(sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&self.pool).await.db()?.try_get(0).db()?)
     }
 
     async fn compact(&self, revision: i64) -> StoreResult<i64> {
         let (_guard, mut transaction) = self.begin_write().await?;
         let row = sqlx::query("SELECT revision, compacted_revision FROM meta WHERE id = 1")
             .fetch_one(&mut *transaction)
-            .await?;
-        let (head, compacted): (i64, i64) = (row.try_get(0)?, row.try_get(1)?);
+            .await
+            .db()?;
+        let (head, compacted): (i64, i64) = (row.try_get(0).db()?, row.try_get(1).db()?);
         let target = revision.min(head);
         if target <= compacted {
             return Ok(compacted);
         }
-        sqlx::query("DELETE FROM changes WHERE revision <= $1").bind(target).execute(&mut *transaction).await?;
+        sqlx::query("DELETE FROM changes WHERE revision <= $1").bind(target).execute(&mut *transaction).await.db()?;
         sqlx::query("UPDATE meta SET compacted_revision = $1 WHERE id = 1")
             .bind(target)
             .execute(&mut *transaction)
-            .await?;
+            .await
+            .db()?;
         self.commit(transaction, None).await?;
         Ok(target)
     }
@@ -550,15 +576,15 @@ impl Store for SqlStore {
         .bind(&event.reason)
         .bind(&event.message)
         .fetch_optional(&mut *transaction)
-        .await?;
+        .await.db()?;
         let id: i64 = match existing {
             Some(row) => {
-                let id: i64 = row.try_get(0)?;
+                let id: i64 = row.try_get(0).db()?;
                 sqlx::query("UPDATE events SET count = count + 1, last_time = $1 WHERE id = $2")
                     .bind(&time)
                     .bind(id)
                     .execute(&mut *transaction)
-                    .await?;
+                    .await.db()?;
                 id
             }
             None => sqlx::query(
@@ -574,13 +600,14 @@ impl Store for SqlStore {
             .bind(&event.message)
             .bind(&time)
             .fetch_one(&mut *transaction)
-            .await?
-            .try_get(0)?,
+            .await.db()?
+            .try_get(0).db()?,
         };
         let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"))
             .bind(id)
             .fetch_one(&mut *transaction)
-            .await?;
+            .await
+            .db()?;
         let recorded = event_from_row(&row)?;
         self.commit(transaction, None).await?;
         Ok(recorded)
@@ -588,25 +615,26 @@ impl Store for SqlStore {
 
     async fn events(&self, namespace: Option<&str>, object: Option<&ObjectKey>) -> StoreResult<Vec<Event>> {
         let rows = match (object, namespace) {
-            (Some(key), _) => {
-                sqlx::query(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM events WHERE kind = $1 AND namespace = $2 AND name = $3 ORDER BY id"
-                ))
-                .bind(key.kind.as_str())
-                .bind(&key.namespace)
-                .bind(&key.name)
-                .fetch_all(&self.pool)
-                .await?
-            }
+            (Some(key), _) => sqlx::query(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE kind = $1 AND namespace = $2 AND name = $3 ORDER BY id"
+            ))
+            .bind(key.kind.as_str())
+            .bind(&key.namespace)
+            .bind(&key.name)
+            .fetch_all(&self.pool)
+            .await
+            .db()?,
             (None, Some(namespace)) => {
                 sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE namespace = $1 ORDER BY id"))
                     .bind(namespace)
                     .fetch_all(&self.pool)
-                    .await?
+                    .await
+                    .db()?
             }
-            (None, None) => {
-                sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id")).fetch_all(&self.pool).await?
-            }
+            (None, None) => sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))
+                .fetch_all(&self.pool)
+                .await
+                .db()?,
         };
         rows.iter().map(event_from_row).collect()
     }
@@ -670,21 +698,21 @@ impl Watcher {
         for bind in binds {
             statement = statement.bind(bind);
         }
-        let rows = statement.fetch_all(&self.pool).await?;
+        let rows = statement.fetch_all(&self.pool).await.db()?;
         let start = self.last;
         let mut head = self.last;
         let mut read = 0;
         for row in &rows {
-            head = row.try_get(0)?;
-            let compacted: i64 = row.try_get(1)?;
+            head = row.try_get(0).db()?;
+            let compacted: i64 = row.try_get(1).db()?;
             if self.last < compacted {
                 return Err(StoreError::Expired { requested: self.last, compacted });
             }
-            let Some(revision) = row.try_get::<Option<i64>, _>(2)? else { continue };
+            let Some(revision) = row.try_get::<Option<i64>, _>(2).db()? else { continue };
             read += 1;
-            let change = ChangeType::parse(&row.try_get::<String, _>(3)?)
+            let change = ChangeType::parse(&row.try_get::<String, _>(3).db()?)
                 .ok_or_else(|| StoreError::Invalid("unknown change type in the change log".into()))?;
-            let object: Object = serde_json::from_str(&row.try_get::<String, _>(4)?)?;
+            let object: Object = serde_json::from_str(&row.try_get::<String, _>(4).db()?)?;
             self.last = revision;
             if self.query.selector.matches(&object.metadata.labels) {
                 self.buffer.push_back(WatchEvent { change, revision, object });

@@ -31,7 +31,7 @@ use super::helpers::{ensure_finalizer, remove_finalizer, FinalizerUpdate};
 use super::runtime::{ReconcileError, Reconciler};
 use crate::docker::labels::{self, spec_hash, Labels};
 use crate::docker::{ContainerDriver, ContainerInfo, ContainerSpec, DriverError, HealthSpec, PublishSpec, VolumeSpec};
-use crate::store::{EventType, NewEvent, Store, StoreError};
+use minicloud_store::{EventType, NewEvent, Store, StoreError};
 
 /// The finalizer that guards an Instance's container.
 pub const FINALIZER: &str = "minicloud.dev/container";
@@ -620,7 +620,7 @@ mod tests {
 
     use super::*;
     use crate::docker::{EventStream, LogStream};
-    use crate::store::MemoryStore;
+    use minicloud_store::MemoryStore;
 
     /// A container engine in memory: containers run as soon as they are created.
     #[derive(Default)]
@@ -862,7 +862,7 @@ mod tests {
         let fixture = fixture(FakeDriver::default());
         create(&fixture, "web", web()).await;
         fixture.controller.reconcile(&key("web")).await.expect("reconcile");
-        assert!(matches!(fixture.store.delete(&key("web"), None).await, Ok(crate::store::Deleted::Terminating(_))));
+        assert!(matches!(fixture.store.delete(&key("web"), None).await, Ok(minicloud_store::Deleted::Terminating(_))));
         fixture.controller.reconcile(&key("web")).await.expect("reconcile");
         assert!(fixture.driver.get("mc-default-web").is_none());
         assert!(matches!(fixture.store.get(&key("web")).await, Err(StoreError::NotFound(_))));

@@ -5,7 +5,7 @@
 use minicloud_crds::meta::OwnerReference;
 use minicloud_crds::{Object, API_VERSION};
 
-use crate::store::{Store, StoreError};
+use minicloud_store::{Store, StoreError};
 
 /// What adding or removing a finalizer did.
 #[derive(Debug)]
@@ -69,7 +69,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::{Deleted, MemoryStore};
+    use minicloud_store::{Deleted, MemoryStore};
 
     #[tokio::test]
     async fn finalizers_hold_and_release_and_owners_cascade() {

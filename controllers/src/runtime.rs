@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::queue::{Backoff, Queue};
 use crate::docker::{labels::Labels, ContainerEvent};
-use crate::store::{ChangeType, Query, Store, StoreError};
+use minicloud_store::{ChangeType, Query, Store, StoreError};
 
 /// How a controller runs.
 #[derive(Clone, Debug)]
@@ -320,7 +320,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::MemoryStore;
+    use minicloud_store::MemoryStore;
 
     /// A reconciler that only records which objects it was asked about.
     struct Recorder {

@@ -1,0 +1,169 @@
+//! The composition root of `cloud server` (and `cloud up`): opens the store, starts the
+//! change-log compactor, starts the controllers with a real Docker engine, and serves the API.
+//! This is the only place that knows every part; the API does not start controllers and the
+//! controllers know neither SQL nor HTTP.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use minicloud_controllers::docker::{ContainerDriver, DockerDriver};
+use minicloud_controllers::{instance, runtime};
+use tokio::sync::watch;
+
+use crate::api::{self, AppState};
+use crate::store::{self, SqlStore, Store};
+
+/// Revisions the change log keeps for watchers that fall behind.
+const RETAINED_REVISIONS: i64 = 100_000;
+/// How often the change log is compacted.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The server's settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub database_url: String,
+    pub body_limit: usize,
+    /// Run the controllers in this process (`None`: API only).
+    pub controllers: Option<ControllerSettings>,
+}
+
+/// How the controllers run.
+#[derive(Clone, Debug, Default)]
+pub struct ControllerSettings {
+    /// Labels added to every container (e.g. to mark a test run's containers).
+    pub extra_labels: HashMap<String, String>,
+    pub runtime: runtime::RuntimeConfig,
+}
+
+/// The tasks of the running controllers.
+struct Controllers {
+    /// The reconcile loop: it finishes its running reconciles when shutdown begins.
+    runtime: tokio::task::JoinHandle<()>,
+    /// Docker event fan-out and orphan collection: stopped at shutdown.
+    helpers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Controllers {
+    /// Starts the controllers on `store` with the Docker engine.
+    fn start(
+        store: Arc<dyn Store>,
+        settings: ControllerSettings,
+        shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Controllers> {
+        let driver: Arc<dyn ContainerDriver> = Arc::new(DockerDriver::lazy()?);
+        let (events, _) = tokio::sync::broadcast::channel(1024);
+        let mut helpers = vec![runtime::spawn_docker_events(driver.clone(), events.clone())];
+        let reconciler =
+            Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels));
+        let metrics = Arc::new(runtime::Metrics::default());
+        let runtime = tokio::spawn(runtime::run(
+            reconciler,
+            store.clone(),
+            events.subscribe(),
+            settings.runtime.clone(),
+            metrics,
+            shutdown,
+        ));
+        // Orphaned containers: at start and every resync period.
+        let resync = settings.runtime.resync;
+        helpers.push(tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(resync);
+            loop {
+                ticker.tick().await;
+                match instance::collect_orphans(store.as_ref(), driver.as_ref()).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "orphaned containers removed"),
+                    Err(error) => tracing::warn!(%error, "orphan collection failed; retrying later"),
+                }
+            }
+        }));
+        Ok(Controllers { runtime, helpers })
+    }
+
+    /// Stops the helpers and lets the reconcile loop finish (bounded).
+    async fn stop(self) {
+        for helper in self.helpers {
+            helper.abort();
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.runtime).await;
+    }
+}
+
+/// Opens the store, starts the controllers (when configured) and serves the API until `stop`
+/// completes; then shuts down gracefully. `bound` is told the address actually bound (useful
+/// with port 0).
+pub async fn run(
+    config: ServerConfig,
+    stop: impl Future<Output = ()> + Send + 'static,
+    bound: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let sql = SqlStore::open(&config.database_url)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot open the store at {}: {error}", redact(&config.database_url)))?;
+    let backend = sql.backend_name();
+    let store: Arc<dyn Store> = Arc::new(sql);
+    let compactor = store::spawn_compactor(store.clone(), RETAINED_REVISIONS, COMPACTION_INTERVAL);
+    let (stopping, shutdown) = watch::channel(false);
+    let controllers = match config.controllers.clone() {
+        Some(settings) => Some(Controllers::start(store.clone(), settings, shutdown.clone())?),
+        None => None,
+    };
+    let driver = DockerDriver::lazy()
+        .map(|driver| Arc::new(driver) as Arc<dyn ContainerDriver>)
+        .map_err(|error| tracing::warn!(%error, "no Docker engine: logs are unavailable"))
+        .ok();
+    let state = AppState { store, driver, shutdown, body_limit: config.body_limit, backend };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(%address, store = backend, "minicloud API server listening");
+    bound(address);
+    let served = api::serve(listener, state, stopping, stop).await;
+    compactor.abort();
+    if let Some(controllers) = controllers {
+        controllers.stop().await;
+    }
+    tracing::info!("stopped");
+    served
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{}:***{}", &url[..scheme + 3], user, &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}
