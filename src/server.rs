@@ -26,7 +26,7 @@ const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub database_url: String,
-    pub body_limit: usize,
+    pub limits: api::Limits,
     /// Run the controllers in this process (`None`: API only).
     pub controllers: Option<ControllerSettings>,
 }
@@ -116,7 +116,7 @@ pub async fn run(
         .map(|driver| Arc::new(driver) as Arc<dyn ContainerDriver>)
         .map_err(|error| tracing::warn!(%error, "no Docker engine: logs are unavailable"))
         .ok();
-    let state = AppState { store, driver, shutdown, body_limit: config.body_limit, backend };
+    let state = AppState::new(store, driver, shutdown, config.limits, backend);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;

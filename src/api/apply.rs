@@ -6,6 +6,10 @@
 //! apply is removed from the object, fields set in the manifest win, and fields the manifest
 //! never set (added by another client) stay. Lists are replaced whole. With `dryRun` nothing is
 //! written and the answer says what would change.
+//!
+//! A batch commits in one store transaction or not at all. Applies in one server are
+//! serialised (so that two applies of one object never conflict with each other); a race with
+//! any other writer (a controller, another replica, a delete) is retried by apply itself.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -19,13 +23,10 @@ use super::error::{ApiError, Cause};
 use super::objects::parse_body;
 use super::AppState;
 use crate::manifest;
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, Write};
 
 /// The annotation that records the last applied labels, annotations and spec.
 pub const LAST_APPLIED: &str = "minicloud.dev/last-applied";
-
-/// How often an update is retried when a controller wrote the object in between.
-const CONFLICT_RETRIES: usize = 5;
 
 /// What apply did (or, in a dry run, would do) to one object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,11 +67,12 @@ pub async fn apply(
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let dry_run = matches!(params.get("dryRun").map(String::as_str), Some("true") | Some("1") | Some("All"));
-    let body = parse_body(body, state.body_limit).await?;
+    let body = parse_body(body, state.limits.body_bytes).await?;
     let Some(items) = body.get("items").and_then(Value::as_array) else {
         return Err(ApiError::bad_request("send {\"items\": [objects...]}"));
     };
     let objects = validate_batch(items.clone())?;
+    let _serialised = state.apply_lock.lock().await;
     let results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
     Ok(Json(json!({"dryRun": dry_run, "items": results})))
 }
@@ -110,52 +112,94 @@ pub fn validate_batch(items: Vec<Value>) -> Result<Vec<Object>, ApiError> {
     }
 }
 
-/// Applies validated objects: creates the new ones in one transaction, then updates the
-/// existing ones that differ.
+/// Applies validated objects in one store transaction: the new ones are created, the existing
+/// ones that differ are updated, and if any write fails nothing is written. Apply is
+/// create-or-update, so losing a race is not the user's problem: when another writer changed,
+/// created or deleted one of the objects between our read and our write, the batch is read
+/// and merged again and retried (jittered backoff), up to [`APPLY_ATTEMPTS`] times.
 pub async fn apply_objects(store: &dyn Store, objects: Vec<Object>, dry_run: bool) -> Result<Vec<Applied>, ApiError> {
+    let keys = objects.iter().map(key_of).collect::<Result<Vec<_>, _>>()?;
+    let mut attempt = 0;
+    loop {
+        let (results, writes) = plan_batch(store, &objects, &keys).await?;
+        if dry_run || writes.is_empty() {
+            return Ok(results);
+        }
+        match store.write_all(writes).await {
+            Ok(_) => return Ok(results),
+            Err(error) if lost_race(&error) && attempt + 1 < APPLY_ATTEMPTS => {
+                attempt += 1;
+                tracing::debug!(%error, attempt, "apply lost a race; reading the objects again");
+                tokio::time::sleep(retry_delay(attempt)).await;
+            }
+            Err(error) => return Err(batch_error(&keys, error)),
+        }
+    }
+}
+
+/// How many times apply reads, merges and writes a batch before it gives up.
+pub const APPLY_ATTEMPTS: u32 = 12;
+
+/// Errors that mean another writer got in between: read again and retry.
+fn lost_race(error: &StoreError) -> bool {
+    matches!(error, StoreError::Conflict { .. } | StoreError::NotFound(_) | StoreError::AlreadyExists(_))
+}
+
+/// Exponential backoff from 5 ms, capped at 320 ms, with full jitter.
+fn retry_delay(attempt: u32) -> std::time::Duration {
+    let ceiling = 5u64 << attempt.min(6);
+    std::time::Duration::from_millis(rand::random_range(1..=ceiling))
+}
+
+/// Reads every object of the batch and decides what to write: the outcome per object and the
+/// writes (creates for the missing ones, merged updates for those that change).
+async fn plan_batch(
+    store: &dyn Store,
+    objects: &[Object],
+    keys: &[ObjectKey],
+) -> Result<(Vec<Applied>, Vec<Write>), ApiError> {
     let mut results = Vec::with_capacity(objects.len());
-    let mut to_create = Vec::new();
-    let mut to_update = Vec::new();
-    for object in objects {
-        let key = key_of(&object)?;
-        match store.get(&key).await {
+    let mut writes = Vec::new();
+    for (object, key) in objects.iter().zip(keys) {
+        match store.get(key).await {
             Err(StoreError::NotFound(_)) => {
-                results.push(outcome(&key, Action::Created, Vec::new()));
-                to_create.push(with_last_applied(object));
+                results.push(outcome(key, Action::Created, Vec::new()));
+                writes.push(Write::Create(with_last_applied(object.clone())));
             }
             Err(error) => return Err(error.into()),
             Ok(live) => {
-                let next = merge(&live, &object);
+                let next = merge(&live, object);
                 let changes = changed_fields(&live, &next);
                 if changes.is_empty() {
-                    results.push(outcome(&key, Action::Unchanged, changes));
+                    results.push(outcome(key, Action::Unchanged, changes));
                 } else {
-                    results.push(outcome(&key, Action::Configured, changes));
-                    to_update.push((key, object));
+                    results.push(outcome(key, Action::Configured, changes));
+                    // `next` carries the live resourceVersion: a write in between is a Conflict.
+                    writes.push(Write::Update(next));
                 }
             }
         }
     }
-    if dry_run {
-        return Ok(results);
-    }
-    store.create_all(to_create).await?;
-    for (key, manifest) in to_update {
-        update_with_retries(store, &key, &manifest).await?;
-    }
-    Ok(results)
+    Ok((results, writes))
 }
 
-async fn update_with_retries(store: &dyn Store, key: &ObjectKey, manifest: &Object) -> Result<(), ApiError> {
-    let mut attempt = 0;
-    loop {
-        let live = store.get(key).await?;
-        match store.update(merge(&live, manifest)).await {
-            Err(StoreError::Conflict { .. }) if attempt < CONFLICT_RETRIES => attempt += 1,
-            Err(error) => return Err(error.into()),
-            Ok(_) => return Ok(()),
-        }
+/// The error of a batch that was not applied, naming the object that failed (`items[i]`).
+fn batch_error(keys: &[ObjectKey], error: StoreError) -> ApiError {
+    let failed = match &error {
+        StoreError::NotFound(key)
+        | StoreError::AlreadyExists(key)
+        | StoreError::Conflict { key, .. }
+        | StoreError::TooLarge { key, .. } => keys.iter().position(|candidate| candidate == key),
+        _ => None,
+    };
+    let mut api = ApiError::from(error);
+    if let Some(index) = failed {
+        api.message = format!("nothing was applied: items[{index}] ({}): {}", keys[index], api.message);
+        api.causes.push(Cause { field: format!("items[{index}]"), message: api.message.clone() });
+    } else {
+        api.message = format!("nothing was applied: {}", api.message);
     }
+    api
 }
 
 fn key_of(object: &Object) -> Result<ObjectKey, ApiError> {

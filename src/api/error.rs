@@ -103,6 +103,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists(key) => (StatusCode::CONFLICT, "AlreadyExists", Some(key)),
             StoreError::Conflict { key, .. } => (StatusCode::CONFLICT, "Conflict", Some(key)),
             StoreError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "Invalid", None),
+            StoreError::TooLarge { key, .. } => (StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", Some(key)),
             StoreError::Expired { .. } => (StatusCode::GONE, "Expired", None),
             StoreError::UnsupportedUrl(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None),
             StoreError::Database(_) => {

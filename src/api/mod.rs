@@ -29,8 +29,19 @@ use minicloud_controllers::docker::ContainerDriver;
 use crate::store::Store;
 use error::ApiError;
 
-/// Largest request body accepted.
-pub const DEFAULT_BODY_LIMIT: usize = 8 * 1024 * 1024;
+/// What the server accepts from clients, and for how long it waits on them (documented in
+/// docs/api.md, "Limits").
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request body.
+    pub body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { body_bytes: 8 * 1024 * 1024 }
+    }
+}
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -40,8 +51,23 @@ pub struct AppState {
     pub driver: Option<Arc<dyn ContainerDriver>>,
     /// Flips to true when the server begins to shut down; watch streams end then.
     pub shutdown: watch::Receiver<bool>,
-    pub body_limit: usize,
+    pub limits: Arc<Limits>,
     pub backend: &'static str,
+    /// Serialises applies within this server (see [`apply`]).
+    pub apply_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl AppState {
+    /// The state of a server on `store`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        driver: Option<Arc<dyn ContainerDriver>>,
+        shutdown: watch::Receiver<bool>,
+        limits: Limits,
+        backend: &'static str,
+    ) -> AppState {
+        AppState { store, driver, shutdown, limits: Arc::new(limits), backend, apply_lock: Arc::default() }
+    }
 }
 
 /// The routes, without the listener.

@@ -263,7 +263,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let kind = kind_for_plural(&plural)?;
     check_name("namespace", &namespace)?;
-    let object = accept_object(parse_body(body, state.body_limit).await?, kind, &namespace, None)?;
+    let object = accept_object(parse_body(body, state.limits.body_bytes).await?, kind, &namespace, None)?;
     let created = state.store.create(object).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -285,7 +285,7 @@ pub async fn replace(
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_for_plural(&plural)?;
     key(kind, &namespace, &name)?;
-    let object = accept_object(parse_body(body, state.body_limit).await?, kind, &namespace, Some(&name))?;
+    let object = accept_object(parse_body(body, state.limits.body_bytes).await?, kind, &namespace, Some(&name))?;
     Ok(Json(state.store.update(object).await?))
 }
 
@@ -297,7 +297,7 @@ pub async fn replace_status(
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_for_plural(&plural)?;
     let key = key(kind, &namespace, &name)?;
-    let value = parse_body(body, state.body_limit).await?;
+    let value = parse_body(body, state.limits.body_bytes).await?;
     let status = value.get("status").cloned().unwrap_or(Value::Null);
     let resource_version = value.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
     let mut object = state.store.get(&key).await?;

@@ -83,6 +83,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     });
-    let config = ServerConfig { listen: args.listen, database_url, body_limit: api::DEFAULT_BODY_LIMIT, controllers };
+    let config = ServerConfig { listen: args.listen, database_url, limits: api::Limits::default(), controllers };
     composition::run(config, composition::shutdown_signal(), |_| {}).await
 }

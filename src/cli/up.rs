@@ -54,7 +54,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         listen: args.server.listen,
         database_url,
-        body_limit: api::DEFAULT_BODY_LIMIT,
+        limits: api::Limits::default(),
         controllers: Some(ControllerSettings {
             extra_labels: args.server.container_labels.iter().cloned().collect(),
             runtime: minicloud_controllers::runtime::RuntimeConfig {

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use super::rules::{self, Plan};
 use super::{
     ChangeType, Deleted, Event, EventType, NewEvent, ObjectList, Query, RawItem, Store, StoreError, StoreResult,
-    WatchEvent, WatchStream,
+    WatchEvent, WatchStream, Write,
 };
 
 /// Turns the database driver's errors into the store contract's.
@@ -401,25 +401,42 @@ impl Store for SqlStore {
         &self.cluster_id
     }
 
-    async fn create_all(&self, objects: Vec<Object>) -> StoreResult<Vec<Object>> {
-        if objects.is_empty() {
+    async fn write_all(&self, writes: Vec<Write>) -> StoreResult<Vec<Object>> {
+        if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let keys = objects.iter().map(rules::key_of).collect::<StoreResult<Vec<_>>>()?;
+        let keys = rules::batch_keys(&writes)?;
+        // Any error below drops the transaction unfinished, which rolls it back: all or none.
         let (_guard, mut transaction) = self.begin_write().await?;
-        let count = i64::try_from(objects.len()).map_err(|_| StoreError::Invalid("too many objects".into()))?;
-        let last = take_revisions(&mut transaction, count).await?;
-        let mut created = Vec::with_capacity(objects.len());
+        // The creates take their revisions in one step (the common batch is all creates).
+        let creates = writes.iter().filter(|write| matches!(write, Write::Create(_))).count();
+        let count = i64::try_from(creates).map_err(|_| StoreError::Invalid("too many objects".into()))?;
+        let mut next_create = if count > 0 { take_revisions(&mut transaction, count).await? - count + 1 } else { 0 };
+        let mut last = None;
+        let mut written = Vec::with_capacity(writes.len());
         let time = now();
-        for ((index, object), key) in objects.into_iter().enumerate().zip(&keys) {
-            let revision = last - count + 1 + index as i64;
-            let mut object = rules::prepare_create(object, time);
-            rules::stamp(&mut object, revision);
-            write_change(&mut transaction, key, &object, revision, ChangeType::Added).await?;
-            created.push(object);
+        for (write, key) in writes.into_iter().zip(&keys) {
+            match write {
+                Write::Create(object) => {
+                    let mut object = rules::prepare_create(object, key, time)?;
+                    rules::stamp(&mut object, next_create);
+                    write_change(&mut transaction, key, &object, next_create, ChangeType::Added).await?;
+                    last = last.max(Some(next_create));
+                    next_create += 1;
+                    written.push(object);
+                }
+                Write::Update(object) => {
+                    let stored =
+                        read_object(&mut transaction, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                    let plan = rules::prepare_update(&stored, key, object)?;
+                    let (object, revision) = apply_plan(&mut transaction, key, plan).await?;
+                    last = last.max(revision);
+                    written.push(object);
+                }
+            }
         }
-        self.commit(transaction, Some(last)).await?;
-        Ok(created)
+        self.commit(transaction, last).await?;
+        Ok(written)
     }
 
     async fn get(&self, key: &ObjectKey) -> StoreResult<Object> {

@@ -43,6 +43,8 @@ pub enum StoreError {
     Conflict { key: ObjectKey, sent: String, current: String },
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("{key} would take {size} bytes encoded, more than the limit of {limit} bytes per object; keep large data out of annotations and specs (mount it from a volume or a Secret)")]
+    TooLarge { key: ObjectKey, size: usize, limit: usize },
     #[error("revision {requested} has been compacted (oldest retained change is after {compacted}); list again and watch from the list's revision")]
     Expired { requested: i64, compacted: i64 },
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://USER@HOST/DB")]
@@ -144,6 +146,16 @@ pub struct WatchEvent {
     pub object: Object,
 }
 
+/// One write of a batch (see [`Store::write_all`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    /// Create this object (`AlreadyExists` when its name is taken).
+    Create(Object),
+    /// Update spec and user metadata, as [`Store::update`] does (a set resourceVersion must
+    /// match).
+    Update(Object),
+}
+
 /// A never-ending stream of changes; it ends only with an error (e.g. `Expired`).
 pub type WatchStream = Pin<Box<dyn Stream<Item = StoreResult<WatchEvent>> + Send>>;
 
@@ -215,7 +227,14 @@ pub trait Store: Send + Sync {
     }
 
     /// Creates several objects atomically: all or none.
-    async fn create_all(&self, objects: Vec<Object>) -> StoreResult<Vec<Object>>;
+    async fn create_all(&self, objects: Vec<Object>) -> StoreResult<Vec<Object>> {
+        self.write_all(objects.into_iter().map(Write::Create).collect()).await
+    }
+
+    /// Carries out creates and updates in one transaction: all of them or none. The error is
+    /// the first failing write's, which names its object; then nothing was written. A batch
+    /// naming one object twice is `Invalid`. Returns the objects as stored, in order.
+    async fn write_all(&self, writes: Vec<Write>) -> StoreResult<Vec<Object>>;
 
     /// Reads one object.
     async fn get(&self, key: &ObjectKey) -> StoreResult<Object>;

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::rules::{self, Plan};
 use super::{
     ChangeType, Deleted, Event, NewEvent, ObjectList, Query, RawItem, Store, StoreError, StoreResult, WatchEvent,
-    WatchStream,
+    WatchStream, Write,
 };
 
 #[derive(Default)]
@@ -133,26 +133,39 @@ impl Store for MemoryStore {
         &self.cluster_id
     }
 
-    async fn create_all(&self, objects: Vec<Object>) -> StoreResult<Vec<Object>> {
-        let keys = objects.iter().map(rules::key_of).collect::<StoreResult<Vec<_>>>()?;
-        let revision = {
+    async fn write_all(&self, writes: Vec<Write>) -> StoreResult<Vec<Object>> {
+        let keys = rules::batch_keys(&writes)?;
+        let (written, revision) = {
             let mut state = self.lock();
-            let mut seen = std::collections::HashSet::new();
-            for key in &keys {
-                if state.objects.contains_key(&slot(key)) || !seen.insert(slot(key)) {
-                    return Err(StoreError::AlreadyExists(key.clone()));
-                }
-            }
+            // First decide every write against the state before the batch (the objects are
+            // distinct), so that a failure leaves the state untouched; then carry them out.
             let now = Utc::now();
-            let created: Vec<Object> = objects
-                .into_iter()
-                .zip(&keys)
-                .map(|(object, key)| state.record(key, rules::prepare_create(object, now), ChangeType::Added))
-                .collect();
-            (state.revision, created)
+            let mut plans = Vec::with_capacity(writes.len());
+            for (write, key) in writes.into_iter().zip(&keys) {
+                plans.push(match write {
+                    Write::Create(object) => {
+                        if state.objects.contains_key(&slot(key)) {
+                            return Err(StoreError::AlreadyExists(key.clone()));
+                        }
+                        (ChangeType::Added, Plan::Write(rules::prepare_create(object, key, now)?))
+                    }
+                    Write::Update(object) => {
+                        let stored = state.stored(key)?;
+                        (ChangeType::Modified, rules::prepare_update(&stored, key, object)?)
+                    }
+                });
+            }
+            let mut written = Vec::with_capacity(plans.len());
+            for ((change, plan), key) in plans.into_iter().zip(&keys) {
+                written.push(match (change, plan) {
+                    (ChangeType::Added, Plan::Write(object)) => state.record(key, object, ChangeType::Added),
+                    (_, plan) => state.apply(key, plan)?,
+                });
+            }
+            (written, state.revision)
         };
-        self.publish(revision.0);
-        Ok(revision.1)
+        self.publish(revision);
+        Ok(written)
     }
 
     async fn get(&self, key: &ObjectKey) -> StoreResult<Object> {

@@ -7,6 +7,34 @@ use minicloud_crds::{Kind, Object, ObjectKey};
 
 use super::{StoreError, StoreResult};
 
+/// Largest encoded size (JSON bytes) of one object, as Kubernetes' 1.5 MiB: the change log
+/// keeps a copy of every version, so one huge object would multiply.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
+/// Refuses an object whose encoded size exceeds [`MAX_OBJECT_BYTES`].
+pub fn check_size(object: &Object, key: &ObjectKey) -> StoreResult<()> {
+    let size = serde_json::to_vec(object)?.len();
+    if size > MAX_OBJECT_BYTES {
+        return Err(StoreError::TooLarge { key: key.clone(), size, limit: MAX_OBJECT_BYTES });
+    }
+    Ok(())
+}
+
+/// The keys of a batch, refusing one object named twice.
+pub fn batch_keys(writes: &[super::Write]) -> StoreResult<Vec<ObjectKey>> {
+    let mut seen = std::collections::HashSet::new();
+    let mut keys = Vec::with_capacity(writes.len());
+    for write in writes {
+        let (super::Write::Create(object) | super::Write::Update(object)) = write;
+        let key = key_of(object)?;
+        if !seen.insert(key.clone()) {
+            return Err(StoreError::Invalid(format!("{key} appears twice in one batch")));
+        }
+        keys.push(key);
+    }
+    Ok(keys)
+}
+
 /// What a write will do.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Plan {
@@ -31,8 +59,14 @@ pub fn key_of(object: &Object) -> StoreResult<ObjectKey> {
     Ok(ObjectKey::new(kind, object.namespace(), object.metadata.name.clone()))
 }
 
-/// Sets the fields the store owns on a new object.
-pub fn prepare_create(mut object: Object, now: DateTime<Utc>) -> Object {
+/// Sets the fields the store owns on a new object, refusing one that is too large.
+pub fn prepare_create(object: Object, key: &ObjectKey, now: DateTime<Utc>) -> StoreResult<Object> {
+    let object = fill_create(object, now);
+    check_size(&object, key)?;
+    Ok(object)
+}
+
+fn fill_create(mut object: Object, now: DateTime<Utc>) -> Object {
     let meta = &mut object.metadata;
     meta.namespace = Some(meta.namespace_or_default().to_owned());
     meta.uid = Some(uuid::Uuid::new_v4().to_string());
@@ -88,7 +122,7 @@ pub fn prepare_update(stored: &Object, key: &ObjectKey, incoming: Object) -> Sto
         next.spec = incoming.spec;
         next.metadata.generation = Some(stored.metadata.generation.unwrap_or(0) + 1);
     }
-    Ok(finish(stored, next))
+    finish(stored, key, next)
 }
 
 /// An update of the status only.
@@ -96,7 +130,7 @@ pub fn prepare_status(stored: &Object, key: &ObjectKey, incoming: Object) -> Sto
     check_version(stored, key, incoming.metadata.resource_version.as_deref())?;
     let mut next = stored.clone();
     next.status = incoming.status;
-    Ok(finish(stored, next))
+    finish(stored, key, next)
 }
 
 /// A delete request: remove now, or mark for deletion while finalizers remain.
@@ -113,14 +147,16 @@ pub fn prepare_delete(stored: &Object, key: &ObjectKey, sent: Option<&str>, now:
     Ok(Plan::Write(next))
 }
 
-/// Unchanged when nothing differs; removal when a terminating object lost its last finalizer.
-fn finish(stored: &Object, next: Object) -> Plan {
+/// Unchanged when nothing differs; removal when a terminating object lost its last finalizer;
+/// otherwise a write, if the result is not too large.
+fn finish(stored: &Object, key: &ObjectKey, next: Object) -> StoreResult<Plan> {
     if next.metadata.deletion_timestamp.is_some() && next.metadata.finalizers.is_empty() {
-        Plan::Remove(next)
+        Ok(Plan::Remove(next))
     } else if &next == stored {
-        Plan::Unchanged(next)
+        Ok(Plan::Unchanged(next))
     } else {
-        Plan::Write(next)
+        check_size(&next, key)?;
+        Ok(Plan::Write(next))
     }
 }
 
@@ -149,7 +185,7 @@ mod tests {
     }
 
     fn stored() -> Object {
-        let mut object = prepare_create(object(json!({"image": "a"})), Utc::now());
+        let mut object = prepare_create(object(json!({"image": "a"})), &key(), Utc::now()).expect("small object");
         stamp(&mut object, 7);
         object
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use minicloud::store::{ChangeType, Deleted, EventType, NewEvent, Query, Selector, Store, StoreError};
+use minicloud::store::{ChangeType, Deleted, EventType, NewEvent, Query, Selector, Store, StoreError, Write};
 use minicloud_crds::meta::OwnerReference;
 use minicloud_crds::{Kind, ObjectKey};
 use serde_json::json;
@@ -31,6 +31,8 @@ macro_rules! store_suite {
             concurrent_writers_watch_sees_everything_in_order,
             compactor_trims_the_change_log,
             cluster_id_is_stable_and_shared,
+            batch_writes_commit_all_or_nothing,
+            objects_larger_than_the_limit_are_refused,
         );
     };
     (@tests $make:path; $($test:ident),* $(,)?) => {
@@ -425,4 +427,89 @@ pub async fn cluster_id_is_stable_and_shared(database: &TestDb) {
     drop(first);
     let reopened = database.open().await;
     assert_eq!(reopened.cluster_id(), second.cluster_id());
+}
+
+/// A batch of creates and updates commits in one transaction: a failing update (stale
+/// resourceVersion, missing object, a finalizer added to a terminating object) leaves every
+/// other write of the batch unwritten, and the revision where it was.
+pub async fn batch_writes_commit_all_or_nothing(database: &TestDb) {
+    let store = database.open().await;
+    let existing = store.create(instance("default", "existing", &[])).await.expect("create");
+    let mut stale = existing.clone();
+    stale.spec["image"] = json!("minicloud/web:v2");
+    let fresh = store.update(stale.clone()).await.expect("update");
+    let revision = store.revision().await.expect("revision");
+    let mut gone = instance("default", "gone", &[]);
+    gone.metadata.resource_version = Some("1".into());
+    let failing: [(&str, Write); 3] = [
+        ("stale resourceVersion", Write::Update(stale)),
+        ("missing object", Write::Update(gone)),
+        ("duplicate in batch", Write::Create(instance("default", "new-a", &[]))),
+    ];
+    for (what, failure) in failing {
+        let batch = vec![Write::Create(instance("default", "new-a", &[])), failure];
+        let error = store.write_all(batch).await.expect_err(what);
+        assert!(
+            matches!(error, StoreError::Conflict { .. } | StoreError::NotFound(_) | StoreError::Invalid(_)),
+            "{what}: {error:?}"
+        );
+        assert!(matches!(store.get(&key("new-a")).await, Err(StoreError::NotFound(_))), "{what}: nothing created");
+        assert_eq!(store.revision().await.expect("revision"), revision, "{what}: no revision taken");
+    }
+    // A terminating object refuses a new finalizer: the batch's create goes with it.
+    let mut held = instance("default", "held", &[]);
+    held.metadata.finalizers = vec!["minicloud.dev/test".into()];
+    store.create(held).await.expect("create held");
+    let Deleted::Terminating(terminating) = store.delete(&key("held"), None).await.expect("delete") else {
+        panic!("finalizer holds the object")
+    };
+    let mut more = terminating.clone();
+    more.metadata.finalizers.push("minicloud.dev/another".into());
+    let error = store
+        .write_all(vec![Write::Create(instance("default", "new-b", &[])), Write::Update(more)])
+        .await
+        .expect_err("finalizer on a terminating object");
+    assert!(matches!(error, StoreError::Invalid(_)), "{error:?}");
+    assert!(matches!(store.get(&key("new-b")).await, Err(StoreError::NotFound(_))));
+    // A good batch writes everything and reports each object as stored, in order.
+    let mut update = fresh.clone();
+    update.metadata.labels.insert("tier".into(), "front".into());
+    let written = store
+        .write_all(vec![Write::Update(update), Write::Create(instance("default", "new-a", &[]))])
+        .await
+        .expect("good batch");
+    assert_eq!(written[0].metadata.labels.get("tier").map(String::as_str), Some("front"));
+    assert_eq!(written[1].metadata.name, "new-a");
+    assert_eq!(store.get(&key("new-a")).await.expect("created"), written[1]);
+    assert_eq!(store.get(&key("existing")).await.expect("updated"), written[0]);
+}
+
+/// One object's encoded size is limited on every write path (create, update, status), so the
+/// change log cannot be filled by a few huge objects.
+pub async fn objects_larger_than_the_limit_are_refused(database: &TestDb) {
+    let store = database.open().await;
+    let limit = minicloud::store::rules::MAX_OBJECT_BYTES;
+    let mut huge = instance("default", "huge", &[]);
+    huge.metadata.annotations.insert("blob".into(), "x".repeat(limit));
+    assert!(matches!(store.create(huge.clone()).await, Err(StoreError::TooLarge { .. })));
+    assert!(matches!(store.get(&key("huge")).await, Err(StoreError::NotFound(_))));
+    let revision = store.revision().await.expect("revision");
+    let small = store.create(instance("default", "small", &[])).await.expect("create small");
+    let mut grown = small.clone();
+    grown.metadata.annotations.insert("blob".into(), "x".repeat(limit));
+    assert!(matches!(store.update(grown).await, Err(StoreError::TooLarge { .. })));
+    let mut status = small.clone();
+    status.status = json!({"message": "x".repeat(limit)});
+    assert!(matches!(store.update_status(status).await, Err(StoreError::TooLarge { .. })));
+    assert_eq!(store.get(&key("small")).await.expect("unchanged"), small);
+    assert_eq!(store.revision().await.expect("revision"), revision + 1, "only the small create took a revision");
+    // Just under the limit is fine.
+    let mut fits = instance("default", "fits", &[]);
+    let base = serde_json::to_vec(
+        &minicloud::store::rules::prepare_create(fits.clone(), &key("fits"), chrono::Utc::now()).expect("small"),
+    )
+    .expect("encode")
+    .len();
+    fits.metadata.annotations.insert("blob".into(), "x".repeat(limit - base - 64));
+    store.create(fits).await.expect("an object just under the limit is stored");
 }
