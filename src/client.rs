@@ -22,6 +22,10 @@ pub enum ClientError {
     Api { status: u16, reason: String, message: String, causes: Vec<Cause> },
     #[error("unexpected answer from {server}: {detail}")]
     Protocol { server: String, detail: String },
+    #[error("{what} {value:?} is not valid: {reason}")]
+    InvalidName { what: &'static str, value: String, reason: String },
+    #[error("the server address {server:?} is not a usable http:// or https:// URL: {reason}")]
+    BadServer { server: String, reason: String },
 }
 
 impl ClientError {
@@ -109,15 +113,29 @@ impl Client {
         &self.server
     }
 
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.server)
+    /// The URL of an API path given as segments. Each segment is percent-encoded as one path
+    /// segment, so no value can add segments, a query or a fragment.
+    fn url(&self, segments: &[&str]) -> Result<reqwest::Url, ClientError> {
+        let bad = |reason: String| ClientError::BadServer { server: self.server.clone(), reason };
+        let mut url = reqwest::Url::parse(&self.server).map_err(|error| bad(error.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(bad(format!("unsupported scheme {:?}", url.scheme())));
+        }
+        url.path_segments_mut().map_err(|_| bad("it cannot have a path".into()))?.pop_if_empty().extend(segments);
+        Ok(url)
     }
 
-    fn collection(kind: Kind, namespace: Option<&str>) -> String {
-        match namespace {
-            Some(namespace) => format!("/apis/minicloud.dev/v1/namespaces/{namespace}/{}", kind.plural()),
-            None => format!("/apis/minicloud.dev/v1/{}", kind.plural()),
+    /// `/apis/minicloud.dev/v1/[namespaces/NS/]PLURAL[/NAME]`, with namespace and name checked.
+    fn object_url(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<reqwest::Url, ClientError> {
+        let mut segments = vec!["apis", "minicloud.dev", "v1"];
+        if let Some(namespace) = namespace {
+            segments.extend(["namespaces", label("namespace", namespace)?]);
         }
+        segments.push(kind.plural());
+        if let Some(name) = name {
+            segments.push(label("name", name)?);
+        }
+        self.url(&segments)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
@@ -156,7 +174,7 @@ impl Client {
         namespace: Option<&str>,
         selector: Option<&str>,
     ) -> Result<ObjectListBody, ClientError> {
-        let mut request = self.http.get(self.url(&Self::collection(kind, namespace)));
+        let mut request = self.http.get(self.object_url(kind, namespace, None)?);
         if let Some(selector) = selector {
             request = request.query(&[("labelSelector", selector)]);
         }
@@ -165,15 +183,14 @@ impl Client {
 
     /// Reads one object.
     pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object, ClientError> {
-        let path = format!("{}/{name}", Self::collection(kind, Some(namespace)));
-        self.json(self.http.get(self.url(&path))).await
+        self.json(self.http.get(self.object_url(kind, Some(namespace), Some(name))?)).await
     }
 
     /// Applies a batch.
     pub async fn apply(&self, items: Vec<Value>, dry_run: bool) -> Result<ApplyAnswer, ClientError> {
         let request = self
             .http
-            .post(self.url("/apis/minicloud.dev/v1/apply"))
+            .post(self.url(&["apis", "minicloud.dev", "v1", "apply"])?)
             .query(&[("dryRun", dry_run.to_string())])
             .json(&json!({"items": items}));
         self.json(request).await
@@ -181,8 +198,7 @@ impl Client {
 
     /// Deletes one object.
     pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<DeleteAnswer, ClientError> {
-        let path = format!("{}/{name}", Self::collection(kind, Some(namespace)));
-        self.json(self.http.delete(self.url(&path))).await
+        self.json(self.http.delete(self.object_url(kind, Some(namespace), Some(name))?)).await
     }
 
     /// Events of a namespace (all when `None`) or of one object.
@@ -192,11 +208,12 @@ impl Client {
         object: Option<(Kind, &str)>,
     ) -> Result<Vec<Event>, ClientError> {
         let request = match namespace {
-            None => self.http.get(self.url("/apis/minicloud.dev/v1/events")),
+            None => self.http.get(self.url(&["apis", "minicloud.dev", "v1", "events"])?),
             Some(namespace) => {
-                let request = self.http.get(self.url(&format!("/apis/minicloud.dev/v1/namespaces/{namespace}/events")));
+                let segments = ["apis", "minicloud.dev", "v1", "namespaces", label("namespace", namespace)?, "events"];
+                let request = self.http.get(self.url(&segments)?);
                 match object {
-                    Some((kind, name)) => request.query(&[("kind", kind.as_str()), ("name", name)]),
+                    Some((kind, name)) => request.query(&[("kind", kind.as_str()), ("name", label("name", name)?)]),
                     None => request,
                 }
             }
@@ -216,8 +233,14 @@ impl Client {
         if let Some(tail) = tail {
             query.push(("tailLines", tail.to_string()));
         }
-        let path = format!("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log");
-        let response = self.send(self.http.get(self.url(&path)).query(&query)).await?;
+        let mut url = self.object_url(Kind::Instance, Some(namespace), Some(name))?;
+        url.path_segments_mut()
+            .map_err(|_| ClientError::BadServer {
+                server: self.server.clone(),
+                reason: "it cannot have a path".into(),
+            })?
+            .push("log");
+        let response = self.send(self.http.get(url).query(&query)).await?;
         let server = self.server.clone();
         Ok(Box::pin(response.bytes_stream().map(move |chunk| {
             chunk.map_err(|error| ClientError::Unreachable { server: server.clone(), reason: root_cause(&error) })
@@ -226,7 +249,7 @@ impl Client {
 
     /// The server's version document.
     pub async fn version(&self) -> Result<Value, ClientError> {
-        self.json(self.http.get(self.url("/version"))).await
+        self.json(self.http.get(self.url(&["version"])?)).await
     }
 
     /// Watches objects; without `resource_version` the current objects come first as ADDED.
@@ -244,7 +267,7 @@ impl Client {
         if let Some(version) = resource_version {
             query.push(("resourceVersion", version.to_owned()));
         }
-        let response = self.send(self.http.get(self.url(&Self::collection(kind, namespace))).query(&query)).await?;
+        let response = self.send(self.http.get(self.object_url(kind, namespace, None)?).query(&query)).await?;
         let server = self.server.clone();
         let bytes = response.bytes_stream();
         let state = (bytes, BytesMut::new(), server);
@@ -268,6 +291,16 @@ impl Client {
             }
         })))
     }
+}
+
+/// A namespace or name as it may appear in a URL: a DNS-1123 label, or an error that says why not.
+fn label<'v>(what: &'static str, value: &'v str) -> Result<&'v str, ClientError> {
+    minicloud_crds::validation::check_dns_label(value).map_err(|reason| ClientError::InvalidName {
+        what,
+        value: value.to_owned(),
+        reason,
+    })?;
+    Ok(value)
 }
 
 /// The innermost error message (reqwest wraps the interesting part).

@@ -233,7 +233,38 @@ async fn events_are_listed(server: &TestServer) {
     assert!(ok(server, &["events", "-A"]).starts_with("NAMESPACE"));
 }
 
+/// Namespaces and names typed on the command line never change which URL is requested: a
+/// hostile `-n` or name is refused with a clear error before anything is sent, and the Secret
+/// it aimed at is still there.
+async fn hostile_namespaces_and_names_are_refused(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let secret = json!({"apiVersion": "minicloud.dev/v1", "kind": "Secret", "metadata": {"name": "name"}, "spec": {"stringData": {"k": "v"}}});
+    let secrets = format!("{}/apis/minicloud.dev/v1/namespaces/default/secrets", server.url);
+    let response = http.post(&secrets).json(&secret).send().await.expect("create secret");
+    assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    let attacks: [&[&str]; 8] = [
+        &["delete", "instance", "x", "-n", "default/secrets/name?"],
+        &["delete", "instance", "x", "-n", "default/secrets/name#"],
+        &["delete", "instance", "../secrets/name"],
+        &["delete", "instance/..%2Fsecrets%2Fname"],
+        &["delete", "instance", "name?x=1", "-n", "default"],
+        &["get", "instance", "x", "-n", "../default/secrets/name?"],
+        &["describe", "instance", "x", "-n", "default/secrets/name?"],
+        &["logs", "x", "-n", "default/secrets/name?"],
+    ];
+    for args in attacks {
+        let output = cloud(server, args);
+        assert_eq!(output.status.code(), Some(1), "cloud {args:?} must fail");
+        let error = stderr(&output);
+        let explained = (error.contains("is not valid") && error.contains("DNS-1123")) || error.contains("KIND/NAME");
+        assert!(explained, "cloud {args:?}: {error}");
+    }
+    let response = http.get(format!("{secrets}/name")).send().await.expect("get secret");
+    assert_eq!(response.status(), reqwest::StatusCode::OK, "the secret survived every attempt");
+}
+
 on_both_backends!(
+    hostile_namespaces_and_names_are_refused,
     apply_get_describe_delete,
     invalid_manifests_never_reach_the_server,
     wait_for_conditions_and_deletion,

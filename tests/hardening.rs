@@ -92,7 +92,83 @@ async fn apply_racing_delete_never_fails(server: &TestServer) {
     }
 }
 
+/// A status update must carry a status object valid for the kind; anything else is a 400 and
+/// the stored status stays as it was.
+async fn status_bodies_that_are_not_objects_are_refused(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let item = format!("{}{V1}/namespaces/default/instances/web", server.url);
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    let (status, created) = send(http.post(collection).json(&instance("web"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, stored) =
+        send(http.put(format!("{item}/status")).json(&json!({"status": {"phase": "Running"}}))).await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    let bodies = [
+        json!("x"),
+        json!([1, 2]),
+        json!(null),
+        json!(7),
+        json!({}),
+        json!({"status": "x"}),
+        json!({"status": [1, 2]}),
+        json!({"status": null}),
+        json!({"status": {"phase": "Dancing"}}),
+        json!({"status": {"phase": "Running"}, "metadata": {"resourceVersion": 5}}),
+        json!({"kind": "Secret", "status": {}}),
+    ];
+    for body in bodies {
+        let (status, answer) = send(http.put(format!("{item}/status")).json(&body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert!(answer["message"].as_str().is_some_and(|m| m.len() > 10), "{body}: {answer}");
+    }
+    let (_, after) = send(http.get(&item)).await;
+    assert_eq!(after, stored, "the status survived every bad body");
+}
+
+/// A watch from a revision the server has not reached is refused at once, not a silent stream.
+async fn watch_from_the_future_is_refused(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    send(http.post(&collection).json(&instance("web"))).await;
+    for version in ["999999", "-5", "9223372036854775807", "1e3", "abc"] {
+        let request = http.get(&collection).query(&[("watch", "true"), ("resourceVersion", version)]);
+        let response = tokio::time::timeout(std::time::Duration::from_secs(5), request.send())
+            .await
+            .expect("answered at once")
+            .expect("request");
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, StatusCode::BAD_REQUEST, "resourceVersion={version}: {body}");
+    }
+    let (_, object) = send(http.get(format!("{collection}/web"))).await;
+    let current = object["metadata"]["resourceVersion"].as_str().expect("version").to_owned();
+    let request = http.get(&collection).query(&[("watch", "true"), ("resourceVersion", current.as_str())]);
+    let response = request.send().await.expect("watch");
+    assert_eq!(response.status(), StatusCode::OK, "the current revision is a fine place to start");
+}
+
+/// The logs of an Instance whose container does not exist (no controller runs here) are a 409
+/// that says why, not a 503; event filters check their name too.
+async fn logs_without_a_container_say_not_started(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    send(http.post(&collection).json(&instance("idle"))).await;
+    let (status, body) = send(http.get(format!("{collection}/idle/log"))).await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::CONFLICT, Some("NotStarted")), "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("no container yet")), "{body}");
+    let (status, body) = send(http.get(format!("{collection}/missing/log"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let events = format!("{}{V1}/namespaces/default/events", server.url);
+    let (status, body) = send(http.get(&events).query(&[("kind", "Instance"), ("name", "../x")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = send(http.get(&events).query(&[("name", "idle")])).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+}
+
 on_both_backends!(
+    status_bodies_that_are_not_objects_are_refused,
+    watch_from_the_future_is_refused,
+    logs_without_a_container_say_not_started,
     apply_is_all_or_nothing,
     concurrent_applies_of_one_object_all_succeed,
     apply_racing_delete_never_fails,

@@ -62,6 +62,12 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "NotFound", message)
     }
 
+    /// 409: the object exists but what was asked of it is not there yet (e.g. logs before the
+    /// container was created).
+    pub fn not_started(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "NotStarted", message)
+    }
+
     /// 413: the body exceeds the limit.
     pub fn too_large(limit: usize) -> ApiError {
         ApiError::new(

@@ -29,6 +29,7 @@ pub async fn list_namespaced(
     super::objects::check_name("namespace", &namespace)?;
     let object = match (params.get("kind"), params.get("name")) {
         (Some(kind), Some(name)) => {
+            super::objects::check_name("name", name)?;
             let kind = Kind::from_cli_name(kind)
                 .ok_or_else(|| ApiError::bad_request(format!("unknown kind {kind:?} in the event filter")))?;
             Some(ObjectKey::new(kind, namespace.clone(), name.clone()))

@@ -12,6 +12,7 @@ use minicloud_crds::Kind;
 
 use super::error::ApiError;
 use super::AppState;
+use minicloud_controllers::docker::DriverError;
 use minicloud_controllers::instance::container_name;
 
 /// Streams the logs of an Instance's container.
@@ -21,17 +22,23 @@ pub async fn instance_log(
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
     // The object must exist: a 404 names it, rather than a container.
-    state.store.get(&super::objects::key(Kind::Instance, &namespace, &name)?).await?;
+    let instance = state.store.get(&super::objects::key(Kind::Instance, &namespace, &name)?).await?;
     let follow = matches!(params.get("follow").map(String::as_str), Some("true") | Some("1"));
     let tail = match params.get("tailLines") {
         None => None,
         Some(text) => Some(text.parse::<u32>().map_err(|_| ApiError::bad_request("tailLines must be a whole number"))?),
     };
     let driver = state.driver.clone().ok_or_else(|| ApiError::unavailable("this server has no Docker engine"))?;
-    let stream = driver
-        .logs(&container_name(&namespace, &name), follow, tail)
-        .await
-        .map_err(|error| ApiError::unavailable(format!("instance/{name} has no logs to show: {error}")))?;
+    let stream = match driver.logs(&container_name(&namespace, &name), follow, tail).await {
+        Ok(stream) => stream,
+        Err(DriverError::NoSuchContainer(_)) => {
+            let phase = instance.status.get("phase").and_then(|phase| phase.as_str()).unwrap_or("Pending");
+            return Err(ApiError::not_started(format!(
+                "instance/{name} has no container yet (phase {phase}); `cloud describe instance {name}` says why, retry when it runs"
+            )));
+        }
+        Err(error) => return Err(ApiError::unavailable(format!("cannot read the logs of instance/{name}: {error}"))),
+    };
     let mut shutdown = state.shutdown.clone();
     let stream =
         stream.map(|chunk| chunk.map_err(|error| std::io::Error::other(error.to_string()))).take_until(async move {

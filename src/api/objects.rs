@@ -298,20 +298,46 @@ pub async fn replace_status(
     let kind = kind_for_plural(&plural)?;
     let key = key(kind, &namespace, &name)?;
     let value = parse_body(body, state.limits.body_bytes).await?;
-    let status = value.get("status").cloned().unwrap_or(Value::Null);
-    let resource_version = value.pointer("/metadata/resourceVersion").and_then(Value::as_str).map(str::to_owned);
+    let (status, resource_version) = status_body(kind, value)?;
     let mut object = state.store.get(&key).await?;
-    check_status(kind, &status)?;
     object.status = status;
     object.metadata.resource_version = resource_version;
     Ok(Json(state.store.update_status(object).await?))
 }
 
+/// The status and resourceVersion of a status update's body: an object with `status` (an
+/// object valid for the kind's status schema) and optionally `metadata.resourceVersion`.
+fn status_body(kind: Kind, body: Value) -> Result<(Value, Option<String>), ApiError> {
+    let Value::Object(mut body) = body else {
+        return Err(ApiError::bad_request(format!(
+            "send the {kind} as a JSON object with its status: {{\"status\": {{...}}, \"metadata\": {{\"resourceVersion\": \"N\"}}}}"
+        )));
+    };
+    if let Some(sent) = body.get("kind").filter(|sent| sent.as_str() != Some(kind.as_str())) {
+        return Err(ApiError::bad_request(format!("kind {sent} sent to the {} status endpoint", kind.plural())));
+    }
+    let resource_version = match body.get("metadata").map(|metadata| metadata.get("resourceVersion")) {
+        None | Some(None) | Some(Some(Value::Null)) => None,
+        Some(Some(Value::String(version))) => Some(version.clone()),
+        Some(Some(other)) => {
+            return Err(ApiError::bad_request(format!("metadata.resourceVersion must be a string, got {other}")))
+        }
+    };
+    let status = match body.remove("status") {
+        Some(status @ Value::Object(_)) => status,
+        Some(other) => return Err(ApiError::bad_request(format!("status must be a JSON object, got {other}"))),
+        None => {
+            return Err(ApiError::bad_request(
+                "the body has no status; send {\"status\": {...}} (an empty object clears it)",
+            ))
+        }
+    };
+    check_status(kind, &status)?;
+    Ok((status, resource_version))
+}
+
 /// Checks that a status has the shape of the kind's status type.
 fn check_status(kind: Kind, status: &Value) -> Result<(), ApiError> {
-    if status.is_null() {
-        return Ok(());
-    }
     let probe = json!({"apiVersion": API_VERSION, "kind": kind.as_str(), "metadata": {"name": "status-check"}, "status": status});
     let schema_errors = manifest::validate_value(probe).err().unwrap_or_default();
     let status_errors: Vec<_> = schema_errors
@@ -360,13 +386,22 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
             _ => return Err(ApiError::bad_request("heartbeatSeconds must be a whole number from 1 to 300")),
         },
     };
-    let requested =
-        match params.get("resourceVersion").map(String::as_str) {
-            None | Some("") | Some("0") => None,
-            Some(text) => Some(text.parse::<i64>().map_err(|_| {
-                ApiError::bad_request(format!("resourceVersion {text:?} is not one this server issued"))
-            })?),
-        };
+    let requested = match params.get("resourceVersion").map(String::as_str) {
+        None | Some("") | Some("0") => None,
+        Some(text) => match text.parse::<i64>() {
+            Ok(revision) if revision > 0 => Some(revision),
+            _ => return Err(ApiError::bad_request(format!("resourceVersion {text:?} is not one this server issued"))),
+        },
+    };
+    // A revision from the future would never be delivered: say so instead of a silent stream.
+    if let Some(revision) = requested {
+        let head = state.store.revision().await?;
+        if revision > head {
+            return Err(ApiError::bad_request(format!(
+                "resourceVersion {revision} is newer than this server's newest revision ({head}); watch from a resourceVersion a list or an object returned"
+            )));
+        }
+    }
     // Without a resourceVersion, start with the current objects as ADDED (like kubectl).
     let (initial, from) = match requested {
         Some(revision) => (Vec::new(), revision),

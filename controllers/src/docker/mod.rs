@@ -41,6 +41,8 @@ pub enum DriverError {
     PortTaken { port: u16 },
     #[error("Docker refused: {0}")]
     Refused(String),
+    #[error("container {0} does not exist")]
+    NoSuchContainer(String),
 }
 
 impl DriverError {
@@ -502,8 +504,10 @@ impl ContainerDriver for DockerDriver {
 
     async fn logs(&self, id_or_name: &str, follow: bool, tail: Option<u32>) -> Result<LogStream, DriverError> {
         let docker = self.client().await?.clone();
-        if docker.inspect_container(id_or_name, None).await.map_err(DriverError::from_bollard).is_err() {
-            return Err(DriverError::Refused(format!("container {id_or_name} does not exist (yet)")));
+        match docker.inspect_container(id_or_name, None).await {
+            Ok(_) => {}
+            Err(error) if is_not_found(&error) => return Err(DriverError::NoSuchContainer(id_or_name.to_owned())),
+            Err(error) => return Err(DriverError::from_bollard(error)),
         }
         let tail = tail.map_or_else(|| "all".to_owned(), |lines| lines.to_string());
         let options = bollard::query_parameters::LogsOptionsBuilder::default()
