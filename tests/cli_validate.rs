@@ -158,3 +158,58 @@ fn stack_resources_are_validated_after_rendering() {
         "{errors}"
     );
 }
+
+/// A Stack whose 1 MiB parameter is substituted 1.5 million times (a 7 MB file).
+fn stack_expansion_bomb() -> String {
+    format!(
+        "apiVersion: minicloud.dev/v1\nkind: Stack\nmetadata: {{name: bomb}}\nspec:\n  parameters:\n    - name: p\n      default: \"{}\"\n  resources:\n    - apiVersion: minicloud.dev/v1\n      kind: Instance\n      metadata: {{name: web}}\n      spec: {{image: \"{}\"}}\n",
+        "x".repeat(1 << 20),
+        "${p}".repeat(1_500_000)
+    )
+}
+
+/// Files that never end, directories that contain themselves, and bombs built on one large
+/// value: each is refused with a clear message, quickly and in bounded memory.
+#[test]
+fn hostile_files_are_bounded() {
+    let within = |name: &str, args: &[&str], stdin: Option<&[u8]>, expected: &str| {
+        let started = Instant::now();
+        let output = cloud(args, stdin);
+        assert_eq!(output.status.code(), Some(1), "{name}: {}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{name}: expected {expected:?} in {}", stderr(&output));
+        assert!(started.elapsed() < Duration::from_secs(10), "{name} took {:?}", started.elapsed());
+    };
+    within("/dev/zero", &["validate", "-f", "/dev/zero"], None, "/dev/zero: file is larger than 16 MiB");
+    within("apply /dev/zero", &["apply", "-f", "/dev/zero"], None, "/dev/zero: file is larger than 16 MiB");
+
+    // Two links back to the directory make a naive walk exponential; each is reported once.
+    let directory = tempfile::tempdir().expect("tempdir");
+    let root = directory.path();
+    std::fs::write(
+        root.join("web.yaml"),
+        "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata: {name: web}\nspec: {image: minicloud/web:local}\n",
+    )
+    .expect("write manifest");
+    std::fs::create_dir(root.join("sub")).expect("subdirectory");
+    for (link, target) in [("a", "."), ("b", "."), ("sub/up", "..")] {
+        std::os::unix::fs::symlink(target, root.join(link)).expect("symlink");
+    }
+    let path = root.display().to_string();
+    within("symlink loops", &["validate", "-R", "-f", &path], None, "symbolic link loop");
+    let output = cloud(&["validate", "-R", "-f", &path], None);
+    assert_eq!(stderr(&output).matches("symbolic link loop").count(), 3, "{}", stderr(&output));
+
+    let mut string_bomb = format!(
+        "apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata: {{name: s}}\nbig: &big \"{}\"\ncopies: [",
+        "x".repeat(1 << 20)
+    );
+    string_bomb.push_str(&vec!["*big"; 5000].join(", "));
+    string_bomb.push_str("]\n");
+    within("alias bomb of one string", &["validate", "-f", "-"], Some(string_bomb.as_bytes()), "MiB of text");
+    within(
+        "stack expansion bomb",
+        &["validate", "-f", "-"],
+        Some(stack_expansion_bomb().as_bytes()),
+        "spec.resources[0]: substituting the parameters would make this resource larger than 1536 KiB",
+    );
+}

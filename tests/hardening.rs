@@ -165,7 +165,40 @@ async fn logs_without_a_container_say_not_started(server: &TestServer) {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
+/// The peak resident memory of a process, in MiB.
+fn peak_memory_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).expect("VmHWM");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse::<u64>().ok()).expect("a number") / 1024
+}
+
+/// A 7 MB apply whose Stack substitutes a 1 MiB parameter 1.5 million times is refused with
+/// a 400 before the server allocates the expansion; the server stays small and answers.
+async fn stack_parameter_expansion_is_bounded(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let placeholders = "${p}".repeat(1_500_000);
+    let stack = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Stack", "metadata": {"name": "bomb"},
+        "spec": {
+            "parameters": [{"name": "p", "default": "x".repeat(1 << 20)}],
+            "resources": [{"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "web"}, "spec": {"image": placeholders}}]
+        }
+    });
+    let started = std::time::Instant::now();
+    let (status, body) = send(http.post(format!("{}{V1}/apply", server.url)).json(&json!({"items": [stack]}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", body.to_string().chars().take(400).collect::<String>());
+    let cause = &body["details"]["causes"][0];
+    assert_eq!(cause["field"], "items[0].spec.resources[0]", "{cause}");
+    assert!(cause["message"].as_str().is_some_and(|m| m.contains("larger than 1536 KiB")), "{cause}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "took {:?}", started.elapsed());
+    let (status, _) = send(http.get(format!("{}/readyz", server.url))).await;
+    assert_eq!(status, StatusCode::OK);
+    let peak = peak_memory_mib(server.pid());
+    assert!(peak < 512, "the server peaked at {peak} MiB");
+}
+
 on_both_backends!(
+    stack_parameter_expansion_is_bounded,
     status_bodies_that_are_not_objects_are_refused,
     watch_from_the_future_is_refused,
     logs_without_a_container_say_not_started,

@@ -159,67 +159,153 @@ impl StackSpec {
     }
 }
 
+/// Largest rendered resource: the store's limit for one object (1.5 MiB encoded). Rendering
+/// stops as soon as it would exceed it, before allocating more.
+pub const MAX_RENDERED_BYTES: usize = 1536 * 1024;
+/// Most `${parameter}` substitutions rendering one resource may make.
+pub const MAX_SUBSTITUTIONS: usize = 10_000;
+
+/// Why a resource cannot be rendered.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("substituting the parameters would make this resource larger than {} KiB; use shorter values or fewer placeholders", MAX_RENDERED_BYTES / 1024)]
+    TooLarge,
+    #[error("this resource has more than {MAX_SUBSTITUTIONS} parameter placeholders; use fewer")]
+    TooManySubstitutions,
+}
+
+/// What rendering one resource may still produce.
+struct Budget {
+    bytes: usize,
+    substitutions: usize,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget { bytes: MAX_RENDERED_BYTES, substitutions: MAX_SUBSTITUTIONS }
+    }
+
+    /// Takes `bytes` from the budget, or fails without taking anything.
+    fn spend(&mut self, bytes: usize) -> Result<(), RenderError> {
+        self.bytes = self.bytes.checked_sub(bytes).ok_or(RenderError::TooLarge)?;
+        Ok(())
+    }
+
+    /// Appends `piece` to `text` if the budget allows it.
+    fn append(&mut self, text: &mut String, piece: &str) -> Result<(), RenderError> {
+        self.spend(piece.len())?;
+        text.push_str(piece);
+        Ok(())
+    }
+
+    fn substitute(&mut self) -> Result<(), RenderError> {
+        self.substitutions = self.substitutions.checked_sub(1).ok_or(RenderError::TooManySubstitutions)?;
+        Ok(())
+    }
+}
+
 impl StackResource {
-    /// The resource as a complete manifest in `namespace`, with parameters substituted.
-    pub fn render(&self, parameters: &BTreeMap<String, Value>, namespace: &str) -> Value {
+    /// The resource as a complete manifest in `namespace`, with parameters substituted; bounded
+    /// by [`MAX_RENDERED_BYTES`] and [`MAX_SUBSTITUTIONS`].
+    pub fn render(&self, parameters: &BTreeMap<String, Value>, namespace: &str) -> Result<Value, RenderError> {
+        let mut budget = Budget::new();
+        let name = render_within(&Value::String(self.metadata.name.clone()), parameters, &mut budget)?;
+        let labels = serde_json::to_value(&self.metadata.labels).unwrap_or_default();
         let metadata = serde_json::json!({
-            "name": render_value(&Value::String(self.metadata.name.clone()), parameters),
+            "name": name,
             "namespace": namespace,
-            "labels": render_value(&serde_json::to_value(&self.metadata.labels).unwrap_or_default(), parameters),
+            "labels": render_within(&labels, parameters, &mut budget)?,
         });
-        serde_json::json!({
+        Ok(serde_json::json!({
             "apiVersion": self.api_version,
             "kind": self.kind,
             "metadata": metadata,
-            "spec": render_value(&self.spec, parameters),
-        })
+            "spec": render_within(&self.spec, parameters, &mut budget)?,
+        }))
     }
 }
 
 /// Substitutes `${name}` placeholders. A string that is exactly one placeholder takes the
 /// parameter's value with its type (`"${replicas}"` → `3`); inside longer strings the value's
-/// text is inserted. Placeholders naming no parameter are left as written.
-pub fn render_value(value: &Value, parameters: &BTreeMap<String, Value>) -> Value {
+/// text is inserted. Placeholders naming no parameter are left as written. Bounded like
+/// [`StackResource::render`].
+pub fn render_value(value: &Value, parameters: &BTreeMap<String, Value>) -> Result<Value, RenderError> {
+    render_within(value, parameters, &mut Budget::new())
+}
+
+fn render_within(
+    value: &Value,
+    parameters: &BTreeMap<String, Value>,
+    budget: &mut Budget,
+) -> Result<Value, RenderError> {
     match value {
         Value::String(text) => {
             if let Some(name) = text.strip_prefix("${").and_then(|rest| rest.strip_suffix('}')) {
                 if let Some(parameter) = parameters.get(name).filter(|_| !name.contains('}')) {
-                    return parameter.clone();
+                    budget.substitute()?;
+                    budget.spend(encoded_size(parameter))?;
+                    return Ok(parameter.clone());
                 }
             }
-            Value::String(render_text(text, parameters))
+            Ok(Value::String(render_text(text, parameters, budget)?))
         }
-        Value::Array(items) => Value::Array(items.iter().map(|item| render_value(item, parameters)).collect()),
+        Value::Array(items) => {
+            budget.spend(2)?;
+            items.iter().map(|item| render_within(item, parameters, budget)).collect::<Result<_, _>>().map(Value::Array)
+        }
         Value::Object(map) => {
-            Value::Object(map.iter().map(|(key, item)| (key.clone(), render_value(item, parameters))).collect())
+            budget.spend(2)?;
+            let mut rendered = serde_json::Map::new();
+            for (key, item) in map {
+                budget.spend(key.len() + 4)?;
+                rendered.insert(key.clone(), render_within(item, parameters, budget)?);
+            }
+            Ok(Value::Object(rendered))
         }
-        other => other.clone(),
+        other => {
+            budget.spend(encoded_size(other))?;
+            Ok(other.clone())
+        }
     }
 }
 
-fn render_text(text: &str, parameters: &BTreeMap<String, Value>) -> String {
-    let mut rendered = String::with_capacity(text.len());
+/// The size of a value as JSON text, computed without producing the text for strings.
+fn encoded_size(value: &Value) -> usize {
+    match value {
+        Value::String(text) => text.len() + 2,
+        other => other.to_string().len(),
+    }
+}
+
+fn render_text(text: &str, parameters: &BTreeMap<String, Value>, budget: &mut Budget) -> Result<String, RenderError> {
+    let mut rendered = String::new();
+    budget.spend(2)?;
     let mut rest = text;
     while let Some(start) = rest.find("${") {
-        rendered.push_str(&rest[..start]);
+        budget.append(&mut rendered, &rest[..start])?;
         let after = &rest[start + 2..];
         match after.find('}') {
             Some(end) => {
                 match parameters.get(&after[..end]) {
-                    Some(Value::String(value)) => rendered.push_str(value),
-                    Some(value) => rendered.push_str(&value.to_string()),
-                    None => rendered.push_str(&rest[start..start + 2 + end + 1]),
+                    Some(value) => {
+                        budget.substitute()?;
+                        match value {
+                            Value::String(value) => budget.append(&mut rendered, value)?,
+                            value => budget.append(&mut rendered, &value.to_string())?,
+                        }
+                    }
+                    None => budget.append(&mut rendered, &rest[start..start + 2 + end + 1])?,
                 }
                 rest = &after[end + 1..];
             }
             None => {
-                rendered.push_str(&rest[start..]);
+                budget.append(&mut rendered, &rest[start..])?;
                 rest = "";
             }
         }
     }
-    rendered.push_str(rest);
-    rendered
+    budget.append(&mut rendered, rest)?;
+    Ok(rendered)
 }
 
 #[cfg(test)]
@@ -235,6 +321,21 @@ mod tests {
             &json!({"n": "${replicas}", "s": "${name}-web", "x": "${unknown}", "list": ["${name}"]}),
             &parameters,
         );
-        assert_eq!(rendered, json!({"n": 3, "s": "blog-web", "x": "${unknown}", "list": ["blog"]}));
+        assert_eq!(rendered, Ok(json!({"n": 3, "s": "blog-web", "x": "${unknown}", "list": ["blog"]})));
+    }
+
+    #[test]
+    fn expansion_is_bounded_before_it_allocates() {
+        // A 1 MiB value substituted again and again: refused at the second copy.
+        let big: BTreeMap<String, Value> = [("p".to_string(), json!("x".repeat(1 << 20)))].into_iter().collect();
+        let placeholders = "${p}".repeat(1_500_000);
+        assert_eq!(render_value(&json!(placeholders), &big), Err(RenderError::TooLarge));
+        let typed: Vec<Value> = (0..3).map(|_| json!("${p}")).collect();
+        assert_eq!(render_value(&json!(typed), &big), Err(RenderError::TooLarge));
+        // Many tiny substitutions: refused by count.
+        let tiny: BTreeMap<String, Value> = [("p".to_string(), json!(""))].into_iter().collect();
+        assert_eq!(render_value(&json!("${p}".repeat(20_000)), &tiny), Err(RenderError::TooManySubstitutions));
+        // Within bounds, the same machinery renders normally.
+        assert_eq!(render_value(&json!("${p}".repeat(3)), &tiny), Ok(json!("")));
     }
 }

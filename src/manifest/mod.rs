@@ -108,7 +108,7 @@ pub fn read_sources(paths: &[PathBuf], recursive: bool) -> Result<Vec<Source>, M
             }
         } else if path.is_dir() {
             let before = sources.len();
-            read_directory(path, recursive, &mut sources, &mut problems);
+            read_directory(path, recursive, &mut Visited::default(), &mut sources, &mut problems);
             if sources.len() == before && problems.is_empty() {
                 let hint = if recursive { "" } else { " (add -R to include subdirectories)" };
                 problems.push(file_problem(
@@ -135,11 +135,56 @@ fn too_large(file: &str) -> Diagnostic {
     file_problem(file, format!("file is larger than {} MiB; split it into smaller files", MAX_FILE_BYTES >> 20))
 }
 
-fn read_directory(directory: &Path, recursive: bool, sources: &mut Vec<Source>, problems: &mut Vec<Diagnostic>) {
+/// The directories read so far, by device and inode, so that a symbolic link back to a
+/// directory already read (a loop, or a second path to the same files) is reported instead of
+/// read again: reading stays linear in the number of directories.
+#[derive(Default)]
+struct Visited(std::collections::HashMap<(u64, u64), PathBuf>);
+
+impl Visited {
+    /// Records `directory`; the path it was first read under when it was read already.
+    fn first_visit(&mut self, directory: &Path) -> std::io::Result<Result<(), PathBuf>> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(directory)?;
+        match self.0.entry((metadata.dev(), metadata.ino())) {
+            std::collections::hash_map::Entry::Occupied(first) => Ok(Err(first.get().clone())),
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(directory.to_owned());
+                Ok(Ok(()))
+            }
+        }
+    }
+}
+
+fn read_directory(
+    directory: &Path,
+    recursive: bool,
+    visited: &mut Visited,
+    sources: &mut Vec<Source>,
+    problems: &mut Vec<Diagnostic>,
+) {
+    let name = directory.display().to_string();
+    match visited.first_visit(directory) {
+        Ok(Ok(())) => {}
+        Ok(Err(first)) => {
+            problems.push(file_problem(
+                &name,
+                format!(
+                    "is the directory {} again (a symbolic link loop or a second link to it); remove the link",
+                    first.display()
+                ),
+            ));
+            return;
+        }
+        Err(error) => {
+            problems.push(file_problem(&name, format!("cannot read directory: {error}")));
+            return;
+        }
+    }
     let entries = match std::fs::read_dir(directory) {
         Ok(entries) => entries,
         Err(error) => {
-            problems.push(file_problem(&directory.display().to_string(), format!("cannot read directory: {error}")));
+            problems.push(file_problem(&name, format!("cannot read directory: {error}")));
             return;
         }
     };
@@ -148,7 +193,7 @@ fn read_directory(directory: &Path, recursive: bool, sources: &mut Vec<Source>, 
     for path in paths {
         if path.is_dir() {
             if recursive {
-                read_directory(&path, recursive, sources, problems);
+                read_directory(&path, recursive, visited, sources, problems);
             }
         } else if path
             .extension()
@@ -160,18 +205,19 @@ fn read_directory(directory: &Path, recursive: bool, sources: &mut Vec<Source>, 
     }
 }
 
+/// Reads one file, never more than [`MAX_FILE_BYTES`] + 1 bytes whatever size the file
+/// reports (`/dev/zero`, a growing file or a pipe report none or a wrong one).
 fn read_file(path: &Path, sources: &mut Vec<Source>, problems: &mut Vec<Diagnostic>) {
     let name = path.display().to_string();
-    match std::fs::metadata(path) {
-        Ok(metadata) if metadata.len() > MAX_FILE_BYTES => problems.push(too_large(&name)),
-        Ok(_) => match std::fs::read(path) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => sources.push(Source { name, text }),
-                Err(_) => problems.push(file_problem(&name, "file is not UTF-8 text".into())),
-            },
-            Err(error) => problems.push(file_problem(&name, format!("cannot read: {error}"))),
-        },
+    let mut bytes = Vec::new();
+    let read = std::fs::File::open(path).and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
+    match read {
         Err(error) => problems.push(file_problem(&name, format!("cannot read: {error}"))),
+        Ok(_) if bytes.len() as u64 > MAX_FILE_BYTES => problems.push(too_large(&name)),
+        Ok(_) => match String::from_utf8(bytes) {
+            Ok(text) => sources.push(Source { name, text }),
+            Err(_) => problems.push(file_problem(&name, "file is not UTF-8 text".into())),
+        },
     }
 }
 
@@ -339,8 +385,19 @@ fn check_stack_resources(object: &TypedObject, locator: &Locator<'_>) -> Vec<Loc
         if Kind::from_kind_name(&resource.kind).is_none_or(|kind| kind == Kind::Stack) {
             continue; // already reported by the Stack's own rules
         }
-        let rendered = resource.render(&parameters, stack.metadata.namespace_or_default());
-        let prefix = locator.full(&FieldPath::root().key("spec").key("resources").index(index));
+        let path = FieldPath::root().key("spec").key("resources").index(index);
+        let rendered = match resource.render(&parameters, stack.metadata.namespace_or_default()) {
+            Ok(rendered) => rendered,
+            Err(error) => {
+                problems.push(Located {
+                    position: locator.value_position(&path),
+                    path: locator.full(&path),
+                    message: error.to_string(),
+                });
+                continue;
+            }
+        };
+        let prefix = locator.full(&path);
         if let Err(found) = check_document(rendered, &Locator { spans: locator.spans, prefix }) {
             problems.extend(found);
         }

@@ -3,8 +3,9 @@
 //! (by the schema, by serde, by a semantic rule) can point at the exact spot in the file.
 //!
 //! It is built on saphyr-parser's event stream rather than on a serde deserializer so that it
-//! can enforce limits while it reads: nesting depth, and the number of values a document
-//! expands to (counting every alias expansion, which defuses "billion laughs" bombs). Scalars
+//! can enforce limits while it reads: nesting depth, and the number of values and of bytes a
+//! document expands to (counting every alias expansion, which defuses "billion laughs" bombs,
+//! including those built on one large string). An alias is checked before it is copied. Scalars
 //! are resolved with the YAML 1.2 core schema; quoted scalars are always strings.
 
 use std::collections::HashMap;
@@ -17,6 +18,9 @@ use serde_json::{Map, Number, Value};
 pub const MAX_DEPTH: usize = 64;
 /// Most values one document may expand to, aliases included.
 pub const MAX_VALUES_PER_DOCUMENT: usize = 250_000;
+/// Most bytes of keys and scalars one document may expand to, aliases included (a few aliases
+/// of one huge string are as dangerous as many aliases of small ones).
+pub const MAX_BYTES_PER_DOCUMENT: usize = 16 * 1024 * 1024;
 
 /// A 1-based line and column in a source text.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -92,18 +96,25 @@ impl YamlError {
     }
 }
 
+/// How much of a document's budget a value used: values and bytes (keys and scalars).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Size {
+    values: usize,
+    bytes: usize,
+}
+
 enum Frame {
     Sequence {
         items: Vec<Value>,
         path: FieldPath,
         anchor: usize,
-        values_at_start: usize,
+        size_at_start: Size,
     },
     Mapping {
         map: Map<String, Value>,
         path: FieldPath,
         anchor: usize,
-        values_at_start: usize,
+        size_at_start: Size,
         pending_key: Option<(String, Position)>,
         /// Keys written explicitly (merge keys `<<` must not override them).
         explicit_keys: Vec<String>,
@@ -132,8 +143,8 @@ struct Loader {
     documents: Vec<Document>,
     stack: Vec<Frame>,
     spans: SpanIndex,
-    anchors: HashMap<usize, (Value, usize)>,
-    values: usize,
+    anchors: HashMap<usize, (Value, Size)>,
+    size: Size,
     root: Option<Value>,
     document_position: Position,
 }
@@ -145,7 +156,7 @@ impl Loader {
             Event::DocumentStart(_) => {
                 self.spans = SpanIndex::default();
                 self.anchors.clear();
-                self.values = 0;
+                self.size = Size::default();
                 self.root = None;
                 self.document_position = position;
             }
@@ -159,32 +170,35 @@ impl Loader {
                 }
             }
             Event::Alias(anchor) => {
-                let (value, count) = self
+                let size = self
                     .anchors
                     .get(&anchor)
-                    .cloned()
+                    .map(|(_, size)| *size)
                     .ok_or_else(|| YamlError::at(position, "alias refers to an unknown anchor"))?;
+                // Counted before the copy is made: a bomb stops here, not in the allocator.
+                self.count(size, position)?;
+                let value = self.anchors.get(&anchor).map(|(value, _)| value.clone()).unwrap_or_default();
                 if self.expects_key() {
                     let Value::String(key) = value else {
                         return Err(YamlError::at(position, "only string aliases can be used as mapping keys"));
                     };
                     self.set_key(key, position)?;
                 } else {
-                    self.count_values(count, position)?;
                     self.add_value(value, position)?;
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
+                let size = Size { values: 1, bytes: text.len() };
+                self.count(size, position)?;
                 if self.expects_key() {
                     if anchor != 0 {
-                        self.anchors.insert(anchor, (Value::String(text.to_string()), 1));
+                        self.anchors.insert(anchor, (Value::String(text.to_string()), size));
                     }
                     self.set_key(text.into_owned(), position)?;
                 } else {
-                    self.count_values(1, position)?;
                     let value = resolve_scalar(&text, style, tag.as_deref(), position)?;
                     if anchor != 0 {
-                        self.anchors.insert(anchor, (value.clone(), 1));
+                        self.anchors.insert(anchor, (value.clone(), size));
                     }
                     self.add_value(value, position)?;
                 }
@@ -193,7 +207,7 @@ impl Loader {
                 check_collection_tag(tag.as_deref(), "!!seq", position)?;
                 let path = self.child_path(position)?;
                 self.spans.values.insert(path.clone(), position);
-                self.push(Frame::Sequence { items: Vec::new(), path, anchor, values_at_start: self.values }, position)?;
+                self.push(Frame::Sequence { items: Vec::new(), path, anchor, size_at_start: self.size }, position)?;
             }
             Event::MappingStart(anchor, tag) => {
                 check_collection_tag(tag.as_deref(), "!!map", position)?;
@@ -204,7 +218,7 @@ impl Loader {
                         map: Map::new(),
                         path,
                         anchor,
-                        values_at_start: self.values,
+                        size_at_start: self.size,
                         pending_key: None,
                         explicit_keys: Vec::new(),
                     },
@@ -213,18 +227,20 @@ impl Loader {
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let frame = self.stack.pop().ok_or_else(|| YamlError::at(position, "unbalanced YAML structure"))?;
-                let (value, anchor, values_at_start) = match frame {
-                    Frame::Sequence { items, anchor, values_at_start, .. } => {
-                        (Value::Array(items), anchor, values_at_start)
+                let (value, anchor, size_at_start) = match frame {
+                    Frame::Sequence { items, anchor, size_at_start, .. } => {
+                        (Value::Array(items), anchor, size_at_start)
                     }
-                    Frame::Mapping { map, anchor, values_at_start, .. } => {
-                        (Value::Object(map), anchor, values_at_start)
-                    }
+                    Frame::Mapping { map, anchor, size_at_start, .. } => (Value::Object(map), anchor, size_at_start),
                 };
+                self.count(Size { values: 1, bytes: 0 }, position)?;
                 if anchor != 0 {
-                    self.anchors.insert(anchor, (value.clone(), self.values - values_at_start + 1));
+                    let size = Size {
+                        values: self.size.values - size_at_start.values,
+                        bytes: self.size.bytes - size_at_start.bytes,
+                    };
+                    self.anchors.insert(anchor, (value.clone(), size));
                 }
-                self.count_values(1, position)?;
                 self.attach(value, position)?;
             }
             Event::StreamStart | Event::StreamEnd | Event::Nothing => {}
@@ -236,13 +252,24 @@ impl Loader {
         matches!(self.stack.last(), Some(Frame::Mapping { pending_key: None, .. }))
     }
 
-    fn count_values(&mut self, count: usize, position: Position) -> Result<(), YamlError> {
-        self.values = self.values.saturating_add(count);
-        if self.values > MAX_VALUES_PER_DOCUMENT {
+    /// Adds what a value (or an alias's copy of one) costs to the document's total.
+    fn count(&mut self, size: Size, position: Position) -> Result<(), YamlError> {
+        self.size.values = self.size.values.saturating_add(size.values);
+        self.size.bytes = self.size.bytes.saturating_add(size.bytes);
+        if self.size.values > MAX_VALUES_PER_DOCUMENT {
             return Err(YamlError::at(
                 position,
                 format!(
                     "document expands to more than {MAX_VALUES_PER_DOCUMENT} values (are aliases nested too deeply?); split it into smaller documents"
+                ),
+            ));
+        }
+        if self.size.bytes > MAX_BYTES_PER_DOCUMENT {
+            return Err(YamlError::at(
+                position,
+                format!(
+                    "document expands to more than {} MiB of text (are large values repeated through aliases?); split it into smaller documents",
+                    MAX_BYTES_PER_DOCUMENT >> 20
                 ),
             ));
         }
@@ -484,6 +511,24 @@ mod tests {
         }
         let error = parse_documents(&text).expect_err("bomb");
         assert!(error.message.contains("expands to more than"), "{}", error.message);
+    }
+
+    #[test]
+    fn alias_bombs_of_one_large_string_are_bounded_in_bytes() {
+        // 17 aliases of a 1 MiB string stay far below the value limit but above the byte limit.
+        let mut text = format!("big: &big \"{}\"\ncopies: [", "x".repeat(1 << 20));
+        text.push_str(&vec!["*big"; 100_000].join(", "));
+        text.push_str("]\n");
+        let error = parse_documents(&text).expect_err("bomb");
+        assert!(error.message.contains("MiB of text"), "{}", error.message);
+        // Aliases as keys are counted too.
+        let keys = "  - ? *big\n    : 1\n".repeat(40);
+        let text = format!("big: &big \"{}\"\nm:\n{keys}", "y".repeat(1 << 20));
+        let error = parse_documents(&text).expect_err("key bomb");
+        assert!(error.message.contains("MiB of text"), "{}", error.message);
+        // A few copies of a modest string are fine.
+        let text = format!("s: &s \"{}\"\nc: [*s, *s, *s]\n", "z".repeat(1000));
+        assert_eq!(one(&text).value["c"][2].as_str().map(str::len), Some(1000));
     }
 
     #[test]
