@@ -253,15 +253,16 @@ async fn malformed_input_is_refused_and_changes_nothing(server: &TestServer) {
     let before = revision(&http, server).await;
     let huge = vec![b' '; 10 * 1024 * 1024];
     let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
-        ("truncated JSON", http.post(&collection).body("{\"apiVersion\": \"minicloud.dev/v1\", \"kind\""), StatusCode::BAD_REQUEST),
-        ("YAML body", http.post(&collection).body("kind: Instance\n"), StatusCode::BAD_REQUEST),
+        ("truncated JSON", http.post(&collection).header("content-type", "application/json").body("{\"apiVersion\": \"minicloud.dev/v1\", \"kind\""), StatusCode::BAD_REQUEST),
+        ("YAML body", http.post(&collection).header("content-type", "application/json").body("kind: Instance\n"), StatusCode::BAD_REQUEST),
+        ("YAML body without a JSON type", http.post(&collection).body("kind: Instance\n"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
         ("empty body", http.post(&collection), StatusCode::BAD_REQUEST),
-        ("array body", http.post(&collection).body("[1,2]"), StatusCode::BAD_REQUEST),
+        ("array body", http.post(&collection).header("content-type", "application/json").body("[1,2]"), StatusCode::BAD_REQUEST),
         ("wrong types", http.post(&collection).json(&json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "x"}, "spec": {"image": 5, "ports": "many"}})), StatusCode::BAD_REQUEST),
         ("kind mismatch", http.post(&collection).json(&json!({"apiVersion": "minicloud.dev/v1", "kind": "Secret", "metadata": {"name": "x"}, "spec": {}})), StatusCode::BAD_REQUEST),
         ("namespace mismatch", http.post(&collection).json(&json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "x", "namespace": "other"}, "spec": {"image": "i"}})), StatusCode::BAD_REQUEST),
-        ("10 MB body", http.post(&collection).body(huge.clone()), StatusCode::PAYLOAD_TOO_LARGE),
-        ("10 MB apply", http.post(format!("{}{V1}/apply", server.url)).body(huge), StatusCode::PAYLOAD_TOO_LARGE),
+        ("10 MB body", http.post(&collection).header("content-type", "application/json").body(huge.clone()), StatusCode::PAYLOAD_TOO_LARGE),
+        ("10 MB apply", http.post(format!("{}{V1}/apply", server.url)).header("content-type", "application/json").body(huge), StatusCode::PAYLOAD_TOO_LARGE),
         ("unknown kind", http.get(format!("{}{V1}/namespaces/default/databases", server.url)), StatusCode::NOT_FOUND),
         ("unknown path", http.get(format!("{}/api/v1/pods", server.url)), StatusCode::NOT_FOUND),
         ("invalid name", http.get(format!("{collection}/Web_1")), StatusCode::BAD_REQUEST),

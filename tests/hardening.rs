@@ -197,7 +197,105 @@ async fn stack_parameter_expansion_is_bounded(server: &TestServer) {
     assert!(peak < 512, "the server peaked at {peak} MiB");
 }
 
+/// A web page the user visits cannot drive the control plane: browser-style cross-origin
+/// writes and bodies not declared as JSON are refused before anything is read or written.
+async fn cross_site_writes_are_refused(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let apply = format!("{}{V1}/apply", server.url);
+    let item = format!("{}{V1}/namespaces/default/instances/victim", server.url);
+    let (status, body) = send(http.post(&apply).json(&json!({"items": [instance("victim")]}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let batch = json!({"items": [instance("planted")]}).to_string();
+    let own_origin = server.url.clone();
+    let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
+        (
+            "text/plain from a foreign page",
+            http.post(&apply)
+                .header("content-type", "text/plain")
+                .header("origin", "http://evil.example")
+                .body(batch.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "text/plain without an origin",
+            http.post(&apply).header("content-type", "text/plain").body(batch.clone()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "form post",
+            http.post(&apply).header("content-type", "application/x-www-form-urlencoded").body(batch.clone()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "multipart post",
+            http.post(&apply).header("content-type", "multipart/form-data; boundary=x").body(batch.clone()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        ("no content type", http.post(&apply).body(batch.clone()), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            "JSON from a foreign origin",
+            http.post(&apply)
+                .header("content-type", "application/json")
+                .header("origin", "http://evil.example")
+                .body(batch.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "JSON from an opaque origin",
+            http.post(&apply).header("content-type", "application/json").header("origin", "null").body(batch.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "lookalike origin",
+            http.post(&apply)
+                .header("content-type", "application/json")
+                .header("origin", format!("{own_origin}.evil.example"))
+                .body(batch.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "cross-site fetch",
+            http.post(&apply)
+                .header("content-type", "application/json")
+                .header("sec-fetch-site", "cross-site")
+                .body(batch.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            "same-site fetch",
+            http.post(&apply)
+                .header("content-type", "application/json")
+                .header("sec-fetch-site", "same-site")
+                .body(batch.clone()),
+            StatusCode::FORBIDDEN,
+        ),
+        ("cross-site delete", http.delete(&item).header("origin", "http://evil.example"), StatusCode::FORBIDDEN),
+        (
+            "cross-site status",
+            http.put(format!("{item}/status")).header("sec-fetch-site", "cross-site").json(&json!({"status": {}})),
+            StatusCode::FORBIDDEN,
+        ),
+    ];
+    for (name, request, expected) in cases {
+        let (status, body) = send(request).await;
+        assert_eq!(status, expected, "{name}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.len() > 20), "{name}: {body}");
+    }
+    let (status, _) = send(http.get(format!("{}{V1}/namespaces/default/instances/planted", server.url))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was planted");
+    let (status, _) = send(http.get(&item)).await;
+    assert_eq!(status, StatusCode::OK, "nothing was deleted");
+    // The server's own origin (a future console page) and reads from anywhere still work.
+    let (status, body) =
+        send(http.post(&apply).header("origin", &own_origin).json(&json!({"items": [instance("mine")]}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) =
+        send(http.get(&item).header("origin", "http://evil.example").header("sec-fetch-site", "cross-site")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 on_both_backends!(
+    cross_site_writes_are_refused,
     stack_parameter_expansion_is_bounded,
     status_bodies_that_are_not_objects_are_refused,
     watch_from_the_future_is_refused,

@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod error;
 pub mod events;
+pub mod guard;
 pub mod logs;
 pub mod objects;
 pub mod openapi;
@@ -97,6 +98,7 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log", get(logs::instance_log))
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn(guard::guard_writes))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
             TraceLayer::new_for_http()
