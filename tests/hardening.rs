@@ -304,3 +304,102 @@ on_both_backends!(
     concurrent_applies_of_one_object_all_succeed,
     apply_racing_delete_never_fails,
 );
+
+/// Reads from a raw connection until the server closes it or `within` passes; returns what
+/// was read and whether the server closed the connection.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&received).into_owned(), true),
+            Ok(Ok(read)) => received.extend_from_slice(&buffer[..read]),
+            Err(_) => return (String::from_utf8_lossy(&received).into_owned(), false),
+        }
+    }
+}
+
+/// Slowloris and friends: half-sent headers, a body sent a byte at a time and idle keep-alive
+/// connections are closed after their timeouts; beyond the connection limit a connection gets
+/// a 503 at once; the server keeps answering others throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_connections_are_closed_and_counted() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let limits = ["--header-read-timeout", "2s", "--body-read-timeout", "3s", "--max-connections", "340"];
+    let server =
+        TestServer::start(common::TestDb::sqlite().await, &[&["--no-controllers"][..], &limits].concat()).await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let http = reqwest::Client::new();
+
+    // 300 connections that never finish their request head.
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut stream = TcpStream::connect(&address).await.expect("connect");
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("partial head");
+        slow.push(stream);
+    }
+    let (status, _) = send(http.get(format!("{}/readyz", server.url))).await;
+    assert_eq!(status, StatusCode::OK, "the server answers while they hang");
+    // One connection sending its body a byte every half second.
+    let mut trickle = TcpStream::connect(&address).await.expect("connect");
+    trickle
+        .write_all(b"POST /apis/minicloud.dev/v1/apply HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .expect("head");
+    let started = std::time::Instant::now();
+    let trickling = tokio::spawn(async move {
+        let mut answer = String::new();
+        for _ in 0..20 {
+            if trickle.write_all(b" ").await.is_err() {
+                break;
+            }
+            let (read, closed) = read_until_closed(&mut trickle, std::time::Duration::from_millis(500)).await;
+            answer.push_str(&read);
+            if closed {
+                break;
+            }
+        }
+        answer
+    });
+    // An idle keep-alive connection after one complete request.
+    let mut idle = TcpStream::connect(&address).await.expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("request");
+
+    for (index, stream) in slow.iter_mut().enumerate() {
+        let (_, closed) = read_until_closed(stream, std::time::Duration::from_secs(8)).await;
+        assert!(closed, "half-sent head {index} still open after {:?}", started.elapsed());
+    }
+    let (answer, closed) = read_until_closed(&mut idle, std::time::Duration::from_secs(8)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "an idle keep-alive connection is closed");
+    let answer = trickling.await.expect("trickle task");
+    assert!(answer.starts_with("HTTP/1.1 408"), "a body sent a byte at a time times out: {answer:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(9), "took {:?}", started.elapsed());
+
+    // At the connection limit, one more connection gets a 503 at once, not a hang.
+    let mut held = Vec::new();
+    for _ in 0..340 {
+        held.push(TcpStream::connect(&address).await.expect("connect"));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(&address).await.expect("connect");
+    extra.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await.ok();
+    let (answer, closed) = read_until_closed(&mut extra, std::time::Duration::from_secs(3)).await;
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("open connections"), "{answer:?}");
+    assert!(closed);
+    drop(held);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match http.get(format!("{}/readyz", server.url)).send().await {
+            Ok(response) if response.status() == StatusCode::OK => break,
+            _ if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await
+            }
+            other => panic!("the server did not recover from its connection limit: {other:?}"),
+        }
+    }
+    server.stop().await;
+}

@@ -67,7 +67,7 @@ pub async fn apply(
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     let dry_run = matches!(params.get("dryRun").map(String::as_str), Some("true") | Some("1") | Some("All"));
-    let body = parse_body(body, state.limits.body_bytes).await?;
+    let body = parse_body(body, &state.limits).await?;
     let Some(items) = body.get("items").and_then(Value::as_array) else {
         return Err(ApiError::bad_request("send {\"items\": [objects...]}"));
     };

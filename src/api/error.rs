@@ -78,6 +78,11 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "NotStarted", message)
     }
 
+    /// 408: the client did not send its request in time.
+    pub fn request_timeout(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, "Timeout", message)
+    }
+
     /// 413: the body exceeds the limit.
     pub fn too_large(limit: usize) -> ApiError {
         ApiError::new(

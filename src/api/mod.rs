@@ -14,6 +14,7 @@ pub mod openapi;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -36,11 +37,26 @@ use error::ApiError;
 pub struct Limits {
     /// Largest request body.
     pub body_bytes: usize,
+    /// Time a connection has to send a complete request head, from its opening or from the end
+    /// of its previous response: slow headers and idle keep-alive connections are closed.
+    pub header_read_timeout: Duration,
+    /// Time a request has to send its whole body (408 afterwards).
+    pub body_read_timeout: Duration,
+    /// Connections open at once; beyond, a connection is answered 503 and closed.
+    pub connections: usize,
+    /// Watches open at once; beyond, a watch is answered 429.
+    pub watches: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { body_bytes: 8 * 1024 * 1024 }
+        Limits {
+            body_bytes: 8 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(20),
+            body_read_timeout: Duration::from_secs(30),
+            connections: 2048,
+            watches: 1024,
+        }
     }
 }
 
@@ -141,19 +157,102 @@ async fn openapi_document() -> Json<Value> {
 }
 
 /// Serves the API on `listener` until `stop` completes, then shuts down gracefully: stops
-/// accepting, flips `stopping` (watch streams end) and lets in-flight requests finish.
+/// accepting, flips `stopping` (watch streams end), lets in-flight requests finish (at most
+/// [`SHUTDOWN_GRACE`]) and closes idle connections.
+///
+/// Connections are served by hyper directly (HTTP/1.1) so that the [`Limits`] apply: the
+/// header-read timeout (which also closes idle keep-alive connections) and the connection cap.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     stopping: watch::Sender<bool>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            stop.await;
-            tracing::info!("shutting down: finishing in-flight requests and closing watches");
-            let _ = stopping.send(true);
-        })
-        .await?;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+
+    let limits = state.limits.clone();
+    let connections = Arc::new(tokio::sync::Semaphore::new(connection_capacity(limits.connections)));
+    let app = router(state);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause instead of spinning.
+                    tracing::warn!(%error, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_connection(stream, limits.connections));
+            continue;
+        };
+        let connection = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: finishing in-flight requests and closing watches");
+    let _ = stopping.send(true);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("some requests were still running after {SHUTDOWN_GRACE:?}; stopping anyway");
+    }
     Ok(())
+}
+
+/// How long a graceful shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+/// The connection cap, kept below the process's file descriptor limit (raised to its hard
+/// limit first) so that accepting never fails for lack of descriptors.
+fn connection_capacity(configured: usize) -> usize {
+    /// Descriptors kept for the store, Docker, files and the listener.
+    const RESERVED: u64 = 256;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by reference.
+    let available = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return configured;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        limit.rlim_cur
+    };
+    let usable = usize::try_from(available.saturating_sub(RESERVED)).unwrap_or(usize::MAX).max(16);
+    if usable < configured {
+        tracing::warn!(configured, usable, "the file descriptor limit lowers the connection limit");
+    }
+    configured.min(usable)
+}
+
+/// Answers a connection beyond the limit with a 503 and closes it (bounded in time).
+async fn refuse_connection(mut stream: tokio::net::TcpStream, limit: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = ApiError::unavailable(format!(
+        "this server already has {limit} open connections; retry shortly, and close idle connections"
+    ))
+    .body()
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(response.as_bytes())).await;
+    let _ = stream.shutdown().await;
 }

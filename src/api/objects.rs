@@ -18,7 +18,7 @@ use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::AppState;
+use super::{AppState, Limits};
 use crate::manifest;
 use crate::store::{self, Deleted, Selector};
 
@@ -65,8 +65,18 @@ fn selector(params: &HashMap<String, String>) -> Result<Selector, ApiError> {
 /// sending, receives the 413 answer instead of a reset connection.
 const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
 
-/// Reads a request body of at most `limit` bytes.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads a request body of at most `limits.body_bytes` bytes, within
+/// `limits.body_read_timeout` (408 when the client sends too slowly).
+pub async fn read_body(body: Body, limits: &Limits) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(limits.body_read_timeout, read_body_bounded(body, limits.body_bytes)).await.map_err(|_| {
+        ApiError::request_timeout(format!(
+            "the request body did not arrive within {} s; send it at once",
+            limits.body_read_timeout.as_secs()
+        ))
+    })?
+}
+
+async fn read_body_bounded(body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let mut data = body.into_data_stream();
     let mut collected = bytes::BytesMut::new();
     let mut seen = 0usize;
@@ -87,8 +97,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 }
 
 /// Reads and parses a request body as JSON, with a precise message when it is not.
-pub async fn parse_body(body: Body, limit: usize) -> Result<Value, ApiError> {
-    let bytes = read_body(body, limit).await?;
+pub async fn parse_body(body: Body, limits: &Limits) -> Result<Value, ApiError> {
+    let bytes = read_body(body, limits).await?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request("the request body is empty; send the object as JSON"));
     }
@@ -263,7 +273,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let kind = kind_for_plural(&plural)?;
     check_name("namespace", &namespace)?;
-    let object = accept_object(parse_body(body, state.limits.body_bytes).await?, kind, &namespace, None)?;
+    let object = accept_object(parse_body(body, &state.limits).await?, kind, &namespace, None)?;
     let created = state.store.create(object).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
@@ -285,7 +295,7 @@ pub async fn replace(
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_for_plural(&plural)?;
     key(kind, &namespace, &name)?;
-    let object = accept_object(parse_body(body, state.limits.body_bytes).await?, kind, &namespace, Some(&name))?;
+    let object = accept_object(parse_body(body, &state.limits).await?, kind, &namespace, Some(&name))?;
     Ok(Json(state.store.update(object).await?))
 }
 
@@ -297,7 +307,7 @@ pub async fn replace_status(
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_for_plural(&plural)?;
     let key = key(kind, &namespace, &name)?;
-    let value = parse_body(body, state.limits.body_bytes).await?;
+    let value = parse_body(body, &state.limits).await?;
     let (status, resource_version) = status_body(kind, value)?;
     let mut object = state.store.get(&key).await?;
     object.status = status;

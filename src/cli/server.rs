@@ -44,6 +44,32 @@ pub struct ServerArgs {
     /// Reconciles running at once, per controller.
     #[arg(long, default_value_t = 8)]
     pub workers: usize,
+    /// Connections open at once; more are answered 503 and closed.
+    #[arg(long, default_value_t = api::Limits::default().connections)]
+    pub max_connections: usize,
+    /// Watches open at once; more are answered 429.
+    #[arg(long, default_value_t = api::Limits::default().watches)]
+    pub max_watches: usize,
+    /// Time a connection has to send a request head (also how long an idle connection stays
+    /// open), e.g. 20s.
+    #[arg(long, default_value = "20s", value_parser = super::parse_duration)]
+    pub header_read_timeout: std::time::Duration,
+    /// Time a request has to send its body, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
+    pub body_read_timeout: std::time::Duration,
+}
+
+impl ServerArgs {
+    /// The API limits these options set.
+    pub fn limits(&self) -> api::Limits {
+        api::Limits {
+            connections: self.max_connections.max(1),
+            watches: self.max_watches,
+            header_read_timeout: self.header_read_timeout,
+            body_read_timeout: self.body_read_timeout,
+            ..api::Limits::default()
+        }
+    }
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -71,6 +97,7 @@ pub fn init_logging(format: LogFormat) {
 /// Runs the server until a shutdown signal.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
+    let limits = args.limits();
     let database_url = match args.database_url {
         Some(url) => url,
         None => sql::sqlite_url(&args.data_dir.unwrap_or_else(sql::default_data_dir)),
@@ -83,6 +110,6 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     });
-    let config = ServerConfig { listen: args.listen, database_url, limits: api::Limits::default(), controllers };
+    let config = ServerConfig { listen: args.listen, database_url, limits, controllers };
     composition::run(config, composition::shutdown_signal(), |_| {}).await
 }

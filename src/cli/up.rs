@@ -16,7 +16,6 @@ use serde_json::Value;
 use super::get::condition;
 use super::server::{init_logging, LogFormat, ServerArgs};
 use super::wait::{satisfied, Goal};
-use crate::api;
 use crate::client::Client;
 use crate::server::{self as composition, ControllerSettings, ServerConfig};
 use crate::store::sql;
@@ -54,7 +53,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         listen: args.server.listen,
         database_url,
-        limits: api::Limits::default(),
+        limits: args.server.limits(),
         controllers: Some(ControllerSettings {
             extra_labels: args.server.container_labels.iter().cloned().collect(),
             runtime: minicloud_controllers::runtime::RuntimeConfig {
