@@ -295,6 +295,8 @@ async fn cross_site_writes_are_refused(server: &TestServer) {
 }
 
 on_both_backends!(
+    stalled_list_readers_do_not_starve_the_store,
+    many_watches_share_their_work,
     cross_site_writes_are_refused,
     stack_parameter_expansion_is_bounded,
     status_bodies_that_are_not_objects_are_refused,
@@ -401,5 +403,167 @@ async fn slow_connections_are_closed_and_counted() {
             other => panic!("the server did not recover from its connection limit: {other:?}"),
         }
     }
+    server.stop().await;
+}
+
+/// Fills the store with `count` Instances carrying a 4 KiB annotation each (in batches).
+async fn fill(http: &reqwest::Client, server: &TestServer, prefix: &str, count: usize) {
+    let apply = format!("{}{V1}/apply", server.url);
+    for batch in 0..count.div_ceil(500) {
+        let items: Vec<Value> = (batch * 500..count.min((batch + 1) * 500))
+            .map(|index| {
+                let mut object = instance(&format!("{prefix}-{index}"));
+                object["metadata"]["annotations"] = json!({"padding": "p".repeat(4096)});
+                object
+            })
+            .collect();
+        let (status, body) = send(http.post(&apply).json(&json!({"items": items}))).await;
+        assert_eq!(status, StatusCode::OK, "{}", body.to_string().chars().take(300).collect::<String>());
+    }
+}
+
+/// Sends a request on a raw connection and never reads the answer.
+async fn request_and_never_read(address: &str, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("request");
+    stream
+}
+
+/// The time `request` takes, failing beyond `limit`.
+async fn within(limit: std::time::Duration, what: &str, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(limit, send(request))
+        .await
+        .unwrap_or_else(|_| panic!("{what} took longer than {limit:?}"));
+    eprintln!("{what}: {:?}", started.elapsed());
+    answer
+}
+
+/// Clients that ask for a large list and never read it hold no store connection: the server
+/// stays ready, and gets and creates answer at once; memory stays bounded.
+async fn stalled_list_readers_do_not_starve_the_store(server: &TestServer) {
+    let http = reqwest::Client::new();
+    fill(&http, server, "big", 3000).await;
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let list = format!("{V1}/namespaces/default/instances");
+    let mut stalled = Vec::new();
+    for _ in 0..12 {
+        stalled.push(request_and_never_read(&address, &list).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let second = std::time::Duration::from_secs(1);
+    let (status, body) = within(second, "readyz", http.get(format!("{}/readyz", server.url))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = within(second, "get", http.get(format!("{}{list}/big-7", server.url))).await;
+    assert_eq!(status, StatusCode::OK);
+    let create = http.post(format!("{}{list}", server.url)).json(&instance("during"));
+    let (status, body) = within(second, "create", create).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) =
+        within(std::time::Duration::from_secs(5), "a full list", http.get(format!("{}{list}", server.url))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(3001));
+    let peak = peak_memory_mib(server.pid());
+    assert!(peak < 400, "the server peaked at {peak} MiB with 12 stalled 12 MB lists");
+    drop(stalled);
+}
+
+/// 250 watches starting with a list and 250 replaying history, all at once: every one gets
+/// its answer and its events promptly, and writes are not delayed meanwhile.
+async fn many_watches_share_their_work(server: &TestServer) {
+    const WATCHES: usize = 500;
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("client");
+    fill(&http, server, "obj", 600).await;
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    let started = std::time::Instant::now();
+    let mut watches = Vec::new();
+    for index in 0..WATCHES {
+        let mut request = http.get(&collection).query(&[("watch", "true")]);
+        if index % 2 == 1 {
+            request = request.query(&[("resourceVersion", "1")]);
+        }
+        // A list brings the 600 objects (and maybe the late one), a replay from revision 1 the
+        // 599 later creations; both then see the late one.
+        let expected = if index % 2 == 1 { 600 } else { 601 };
+        watches.push(tokio::spawn(async move {
+            use futures::StreamExt;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+            let response = request.send().await.expect("watch");
+            let status = response.status();
+            assert_eq!(status, StatusCode::OK, "{}", response.text().await.unwrap_or_default());
+            let answered = std::time::Instant::now();
+            let mut stream = response.bytes_stream();
+            let (mut buffer, mut seen) = (Vec::new(), 0usize);
+            while seen < expected {
+                let chunk = tokio::time::timeout_at(deadline, stream.next())
+                    .await
+                    .unwrap_or_else(|_| panic!("only {seen} of {expected} events within a minute"))
+                    .expect("stream open")
+                    .expect("chunk");
+                // Counting lines (not parsing them) keeps this client from competing with the
+                // server for the machine's two cores.
+                buffer.extend_from_slice(&chunk);
+                let mut start = 0;
+                while let Some(end) = buffer[start..].iter().position(|byte| *byte == b'\n') {
+                    if !buffer[start..start + end].starts_with(br#"{"type":"BOOKMARK""#) {
+                        seen += 1;
+                    }
+                    start += end + 1;
+                }
+                buffer.drain(..start);
+            }
+            answered
+        }));
+    }
+    // A write while 500 watches start.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, body) = within(
+        std::time::Duration::from_secs(2),
+        "create among 500 watches",
+        http.post(&collection).json(&instance("late")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut slowest = std::time::Duration::ZERO;
+    for watch in watches {
+        let answered = watch.await.expect("every watch got its answer and its events");
+        slowest = slowest.max(answered - started);
+    }
+    eprintln!("slowest watch answered after {slowest:?}");
+    assert!(slowest < std::time::Duration::from_secs(10), "a watch waited {slowest:?} for its answer");
+}
+
+/// Beyond the watch limit a watch is a 429; a watch whose client reads nothing is ended after
+/// the send timeout, which frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watches_are_limited_and_stalled_watches_end() {
+    let flags = ["--no-controllers", "--max-watches", "3", "--watch-send-timeout", "2s"];
+    let server = TestServer::start(common::TestDb::sqlite().await, &flags).await;
+    let http = reqwest::Client::new();
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let path = format!("{V1}/namespaces/default/instances?watch=true");
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(request_and_never_read(&address, &path).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    let (status, body) = send(http.get(&collection).query(&[("watch", "true")])).await;
+    assert_eq!((status, body["reason"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("TooManyRequests")), "{body}");
+    // Enough changes to fill the stalled clients' socket buffers and queues.
+    fill(&http, &server, "flood", 3000).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let response =
+            http.get(&collection).query(&[("watch", "true"), ("resourceVersion", "1")]).send().await.expect("watch");
+        if response.status() == StatusCode::OK {
+            break;
+        }
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(std::time::Instant::now() < deadline, "stalled watches still hold their slots");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    drop(open);
     server.stop().await;
 }

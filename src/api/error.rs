@@ -18,7 +18,7 @@ pub struct Cause {
 }
 
 /// An error as the API reports it.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 #[error("{reason}: {message}")]
 pub struct ApiError {
     pub status: StatusCode,
@@ -90,6 +90,11 @@ impl ApiError {
             "RequestEntityTooLarge",
             format!("request body is larger than {} MiB; split the batch", limit >> 20),
         )
+    }
+
+    /// 429: a per-server limit is reached; retry later.
+    pub fn too_many_requests(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)
     }
 
     /// 503: the server is shutting down or the store is unreachable.

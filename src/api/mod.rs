@@ -11,6 +11,7 @@ pub mod guard;
 pub mod logs;
 pub mod objects;
 pub mod openapi;
+pub mod spool;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,6 +47,11 @@ pub struct Limits {
     pub connections: usize,
     /// Watches open at once; beyond, a watch is answered 429.
     pub watches: usize,
+    /// Disk space all list responses waiting for slow clients may use together (503 beyond).
+    pub spool_bytes: usize,
+    /// How long a watch waits for its client to take the next line before it ends the watch
+    /// (the client then resumes from its last resourceVersion).
+    pub watch_send_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -56,9 +62,14 @@ impl Default for Limits {
             body_read_timeout: Duration::from_secs(30),
             connections: 2048,
             watches: 1024,
+            spool_bytes: 1024 * 1024 * 1024,
+            watch_send_timeout: Duration::from_secs(60),
         }
     }
 }
+
+/// How long `/readyz` waits for the store: a server whose store cannot answer is not ready.
+const READINESS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -72,6 +83,12 @@ pub struct AppState {
     pub backend: &'static str,
     /// Serialises applies within this server (see [`apply`]).
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Disk space for list responses waiting for slow clients.
+    pub spool_budget: spool::SpoolBudget,
+    /// One permit per open watch ([`Limits::watches`]).
+    pub watches: Arc<tokio::sync::Semaphore>,
+    /// Initial lists of watches that start together, read once (see [`objects`]).
+    pub shared_lists: objects::SharedLists,
 }
 
 impl AppState {
@@ -83,7 +100,17 @@ impl AppState {
         limits: Limits,
         backend: &'static str,
     ) -> AppState {
-        AppState { store, driver, shutdown, limits: Arc::new(limits), backend, apply_lock: Arc::default() }
+        AppState {
+            store,
+            driver,
+            shutdown,
+            watches: Arc::new(tokio::sync::Semaphore::new(limits.watches)),
+            spool_budget: spool::SpoolBudget::new(limits.spool_bytes),
+            limits: Arc::new(limits),
+            backend,
+            apply_lock: Arc::default(),
+            shared_lists: objects::SharedLists::default(),
+        }
     }
 }
 
@@ -139,7 +166,12 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     if *state.shutdown.borrow() {
         return Err(ApiError::unavailable("shutting down"));
     }
-    let revision = state.store.revision().await.map_err(|error| ApiError::unavailable(error.to_string()))?;
+    let revision = tokio::time::timeout(READINESS_TIMEOUT, state.store.revision())
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!("the store did not answer within {} s", READINESS_TIMEOUT.as_secs()))
+        })?
+        .map_err(|error| ApiError::unavailable(error.to_string()))?;
     Ok(Json(json!({"status": "ready", "revision": revision})))
 }
 

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -13,14 +14,15 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::spool::Spool;
 use super::{AppState, Limits};
 use crate::manifest;
-use crate::store::{self, Deleted, Selector};
+use crate::store::{self, Deleted, Selector, Store};
 
 /// Heartbeat interval of watches unless `heartbeatSeconds` says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -156,76 +158,46 @@ pub fn accept_object(mut value: Value, kind: Kind, namespace: &str, name: Option
     Ok(object)
 }
 
-/// Size of the chunks a streamed list is sent in.
-const LIST_CHUNK: usize = 64 * 1024;
-
-/// A list response streamed from the store's documents as they are read: memory stays at a
-/// chunk, however long the list. A store failure after the first byte aborts the body (the
-/// client sees a broken response, never a shorter list that looks complete).
+/// A list response: the store's documents are read into a spool as fast as the store yields
+/// them (so the store connection is released at once, whatever the client does), then sent
+/// from the spool. Memory stays bounded however long the list (see [`super::spool`]).
 async fn list_response(state: &AppState, kind: Kind, query: store::Query) -> Result<Response, ApiError> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<store::RawItem>(512);
     let store = state.store.clone();
     let scan = tokio::spawn(async move { store.list_raw(&query, sender).await });
-    let revision = match receiver.recv().await {
-        Some(store::RawItem::Revision(revision)) => revision,
-        _ => {
-            return Err(match scan.await {
-                Ok(Err(error)) => error.into(),
-                _ => ApiError::unavailable("the store ended the list before it began"),
-            })
-        }
-    };
-    let header = format!(
-        r#"{{"apiVersion":"{API_VERSION}","kind":"{}List","metadata":{{"resourceVersion":"{revision}"}},"items":["#,
-        kind.as_str()
-    );
-    struct Progress {
-        receiver: tokio::sync::mpsc::Receiver<store::RawItem>,
-        scan: Option<tokio::task::JoinHandle<store::StoreResult<()>>>,
-        pending: Option<String>,
-        first: bool,
-    }
-    let progress = Progress { receiver, scan: Some(scan), pending: Some(header), first: true };
-    let stream = futures::stream::unfold(progress, |mut progress| async move {
-        let mut chunk = progress.pending.take()?;
-        loop {
-            match progress.receiver.recv().await {
-                Some(store::RawItem::Document(document)) => {
-                    if !progress.first {
-                        chunk.push(',');
-                    }
-                    progress.first = false;
-                    chunk.push_str(&document);
-                    if chunk.len() >= LIST_CHUNK {
-                        progress.pending = Some(String::new());
-                        return Some((Ok(Bytes::from(chunk)), progress));
-                    }
+    let mut spool = Spool::new(state.spool_budget.clone());
+    let mut first = true;
+    let mut started = false;
+    while let Some(item) = receiver.recv().await {
+        match item {
+            store::RawItem::Revision(revision) if !started => {
+                started = true;
+                let header = format!(
+                    r#"{{"apiVersion":"{API_VERSION}","kind":"{}List","metadata":{{"resourceVersion":"{revision}"}},"items":["#,
+                    kind.as_str()
+                );
+                spool.write(header.as_bytes()).await?;
+            }
+            store::RawItem::Revision(_) => {}
+            store::RawItem::Document(document) => {
+                if !first {
+                    spool.write(b",").await?;
                 }
-                Some(store::RawItem::Revision(_)) => {}
-                None => {
-                    let outcome = match progress.scan.take() {
-                        Some(scan) => {
-                            scan.await.map_err(|error| error.to_string()).and_then(|r| r.map_err(|e| e.to_string()))
-                        }
-                        None => Ok(()),
-                    };
-                    return match outcome {
-                        Ok(()) => {
-                            chunk.push_str("]}");
-                            Some((Ok(Bytes::from(chunk)), progress))
-                        }
-                        Err(error) => {
-                            tracing::error!(%error, "list failed while streaming; aborting the response");
-                            Some((Err(std::io::Error::other(error)), progress))
-                        }
-                    };
-                }
+                first = false;
+                spool.write(document.as_bytes()).await?;
             }
         }
-    });
+    }
+    match scan.await {
+        Ok(Ok(())) if started => {}
+        Ok(Ok(())) => return Err(ApiError::unavailable("the store ended the list before it began")),
+        Ok(Err(error)) => return Err(error.into()),
+        Err(error) => return Err(ApiError::unavailable(format!("the list failed: {error}"))),
+    }
+    spool.write(b"]}").await?;
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(stream))
+        .body(Body::from_stream(spool.into_stream().await?))
         .map_err(|error| ApiError::bad_request(error.to_string()))
 }
 
@@ -383,8 +355,94 @@ fn line(value: &Value) -> Bytes {
     Bytes::from(text)
 }
 
+/// One watch line, serialised straight from the object (no intermediate copy).
+#[derive(serde::Serialize)]
+struct WatchLine<'o> {
+    #[serde(rename = "type")]
+    change: store::ChangeType,
+    object: &'o Object,
+}
+
+fn change_line(change: store::ChangeType, object: &Object) -> Bytes {
+    let mut text = serde_json::to_vec(&WatchLine { change, object }).unwrap_or_default();
+    text.push(b'\n');
+    Bytes::from(text)
+}
+
+/// A watch line around a stored document, without decoding it.
+fn document_line(change: store::ChangeType, document: &str) -> Bytes {
+    let head = format!(r#"{{"type":"{}","object":"#, change.as_str());
+    let mut text = Vec::with_capacity(head.len() + document.len() + 2);
+    text.extend_from_slice(head.as_bytes());
+    text.extend_from_slice(document.as_bytes());
+    text.extend_from_slice(b"}\n");
+    Bytes::from(text)
+}
+
 fn bookmark(revision: i64) -> Bytes {
     line(&json!({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": revision.to_string()}}}))
+}
+
+/// The start of a watch without a resourceVersion: the current objects as `ADDED` lines,
+/// rendered once, and the revision they were read at.
+pub struct InitialLines {
+    revision: i64,
+    lines: Vec<Bytes>,
+}
+
+type SharedList = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<InitialLines>, ApiError>>>;
+
+/// Initial lists of watches, shared: a watch whose query is already being listed for another
+/// watch waits for that list instead of reading its own. (A list at revision R followed by the
+/// changes after R is complete, whichever R.) So 500 watches starting together cost one read.
+#[derive(Clone, Default)]
+pub struct SharedLists {
+    in_flight: Arc<std::sync::Mutex<HashMap<String, (u64, SharedList)>>>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Removes a shared list once the request that started it is done (or cancelled).
+struct InFlight {
+    lists: SharedLists,
+    key: String,
+    id: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut in_flight = self.lists.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if in_flight.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            in_flight.remove(&self.key);
+        }
+    }
+}
+
+impl SharedLists {
+    /// The initial lines for `query`: those being read for another watch, or a new read.
+    async fn list(&self, store: Arc<dyn Store>, query: &store::Query) -> Result<Arc<InitialLines>, ApiError> {
+        let key = format!("{:?}\n{:?}\n{}", query.kind, query.namespace, query.selector);
+        let (future, _started) = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            match in_flight.get(&key) {
+                Some((_, future)) => (future.clone(), None),
+                None => {
+                    let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let query = query.clone();
+                    let future = async move {
+                        let list = store.list(&query).await?;
+                        let lines =
+                            list.items.iter().map(|object| change_line(store::ChangeType::Added, object)).collect();
+                        Ok(Arc::new(InitialLines { revision: list.revision, lines }))
+                    }
+                    .boxed()
+                    .shared();
+                    in_flight.insert(key.clone(), (id, future.clone()));
+                    (future, Some(InFlight { lists: self.clone(), key, id }))
+                }
+            }
+        };
+        future.await
+    }
 }
 
 /// Streams changes as JSON lines until the client goes away or the server shuts down.
@@ -412,20 +470,34 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
             )));
         }
     }
+    let permit = state.watches.clone().try_acquire_owned().map_err(|_| {
+        ApiError::too_many_requests(format!(
+            "this server already serves {} watches; close some, or retry shortly",
+            state.limits.watches
+        ))
+    })?;
     // Without a resourceVersion, start with the current objects as ADDED (like kubectl).
     let (initial, from) = match requested {
-        Some(revision) => (Vec::new(), revision),
+        Some(revision) => (None, revision),
         None => {
-            let list = state.store.list(&query).await?;
-            (list.items, list.revision)
+            let list = state.shared_lists.list(state.store.clone(), &query).await?;
+            let revision = list.revision;
+            (Some(list), revision)
         }
     };
-    let mut changes = state.store.watch(query, from).await?;
+    let mut changes = state.store.watch_raw(query, from).await?;
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
     let mut shutdown = state.shutdown.clone();
+    let send_timeout = state.limits.watch_send_timeout;
     tokio::spawn(async move {
-        for object in initial {
-            if sender.send(Ok(line(&json!({"type": "ADDED", "object": object})))).await.is_err() {
+        let _permit = permit;
+        // A client that takes nothing for `send_timeout` is not reading: end its watch.
+        let deliver = |message: Bytes| {
+            let sender = sender.clone();
+            async move { sender.send_timeout(Ok(message), send_timeout).await.is_ok() }
+        };
+        for line in initial.iter().flat_map(|initial| initial.lines.iter()) {
+            if !deliver(line.clone()).await {
                 return;
             }
         }
@@ -437,11 +509,11 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
                 change = changes.next() => match change {
                     Some(Ok(event)) => {
                         last = event.revision;
-                        line(&json!({"type": event.change, "object": event.object}))
+                        document_line(event.change, &event.document)
                     }
                     Some(Err(error)) => {
                         let api: ApiError = error.into();
-                        let _ = sender.send(Ok(line(&json!({"type": "ERROR", "object": api.body()})))).await;
+                        deliver(line(&json!({"type": "ERROR", "object": api.body()}))).await;
                         return;
                     }
                     None => return,
@@ -450,7 +522,7 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => return,
                 _ = sender.closed() => return,
             };
-            if sender.send(Ok(message)).await.is_err() {
+            if !deliver(message).await {
                 return;
             }
         }

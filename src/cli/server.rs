@@ -57,6 +57,9 @@ pub struct ServerArgs {
     /// Time a request has to send its body, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     pub body_read_timeout: std::time::Duration,
+    /// How long a watch waits for a client that reads nothing before it ends the watch, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
+    pub watch_send_timeout: std::time::Duration,
 }
 
 impl ServerArgs {
@@ -67,6 +70,7 @@ impl ServerArgs {
             watches: self.max_watches,
             header_read_timeout: self.header_read_timeout,
             body_read_timeout: self.body_read_timeout,
+            watch_send_timeout: self.watch_send_timeout,
             ..api::Limits::default()
         }
     }

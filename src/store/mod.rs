@@ -2,6 +2,7 @@
 //! `minicloud-store` crate (re-exported here), and [`SqlStore`], its implementation on SQLite
 //! and PostgreSQL — the only code in minicloud that speaks SQL.
 
+mod feed;
 pub mod sql;
 
 pub use minicloud_store::*;

@@ -8,9 +8,13 @@
 //! flight — the gap PostgreSQL sequences would allow. Lists and watch polls read the head
 //! revision and the rows in one statement, so they see one consistent snapshot.
 //!
-//! Wake-ups: writers in this process wake watchers directly; on PostgreSQL, `pg_notify` at
-//! commit wakes watchers in other replicas (LISTEN), and every watcher also polls once a
-//! second in case a notification was lost.
+//! Two pools: writers use their own connection, so that no number of readers (lists, watch
+//! replays, slow clients) can make a write wait for a connection; readers share the other.
+//!
+//! Watches are served by one shared [`Feed`] per store (see `feed.rs`). Wake-ups: writers in
+//! this process wake the feed directly; on PostgreSQL, `pg_notify` at commit wakes the feeds of
+//! other replicas (LISTEN), and the feed also polls once a second in case a notification was
+//! lost.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -25,14 +29,15 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use tokio::sync::{watch, Mutex, MutexGuard};
 use tokio::task::JoinHandle;
 
+use super::feed::Feed;
 use super::rules::{self, Plan};
 use super::{
-    ChangeType, Deleted, Event, EventType, NewEvent, ObjectList, Query, RawItem, Store, StoreError, StoreResult,
-    WatchEvent, WatchStream, Write,
+    ChangeType, Deleted, Event, EventType, NewEvent, ObjectList, Query, RawItem, RawWatchStream, Store, StoreError,
+    StoreResult, WatchStream, Write,
 };
 
 /// Turns the database driver's errors into the store contract's.
-trait OrStoreError<T> {
+pub(crate) trait OrStoreError<T> {
     fn db(self) -> StoreResult<T>;
 }
 
@@ -42,10 +47,8 @@ impl<T, E: std::error::Error + Send + Sync + 'static> OrStoreError<T> for Result
     }
 }
 
-/// How often a watcher polls when no wake-up arrives.
-const FALLBACK_POLL: Duration = Duration::from_secs(1);
-/// Changes read per watch poll.
-const WATCH_PAGE: i64 = 1000;
+/// How long a request waits for a database connection before it fails (503).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The PostgreSQL notification channel.
 const CHANNEL: &str = "minicloud_changes";
 
@@ -57,7 +60,11 @@ enum Backend {
 
 /// A store on SQLite or PostgreSQL.
 pub struct SqlStore {
+    /// Reads: gets, lists, the change feed and watch replays.
     pool: AnyPool,
+    /// Writes only (one writer at a time in this process anyway).
+    write_pool: AnyPool,
+    feed: Arc<Feed>,
     backend: Backend,
     head: Arc<watch::Sender<i64>>,
     /// Serialises writers in this process (SQLite allows one writer at a time anyway; the lock
@@ -121,18 +128,24 @@ impl SqlStore {
             } else {
                 return Err(StoreError::UnsupportedUrl(url.to_owned()));
             };
-        let options = match backend {
-            Backend::Sqlite => AnyPoolOptions::new().max_connections(4).after_connect(|connection, _| {
-                Box::pin(async move {
-                    connection
-                        .execute("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;")
-                        .await?;
-                    Ok(())
-                })
-            }),
-            Backend::Postgres => AnyPoolOptions::new().max_connections(10),
+        let options = |connections: u32| {
+            let options = AnyPoolOptions::new().max_connections(connections).acquire_timeout(ACQUIRE_TIMEOUT);
+            match backend {
+                Backend::Sqlite => options.after_connect(|connection, _| {
+                    Box::pin(async move {
+                        connection
+                            .execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;",
+                            )
+                            .await?;
+                        Ok(())
+                    })
+                }),
+                Backend::Postgres => options,
+            }
         };
-        let pool = options.connect(&connect_url).await.db()?;
+        let write_pool = options(2).connect(&connect_url).await.db()?;
+        let pool = options(8).connect(&connect_url).await.db()?;
         match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await.db()?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await.db()?,
@@ -150,7 +163,8 @@ impl SqlStore {
             Backend::Postgres => Some(tokio::spawn(listen_for_changes(url.to_owned(), head.clone()))),
             Backend::Sqlite => None,
         };
-        Ok(SqlStore { pool, backend, head, write_lock: Mutex::new(()), listener, cluster_id })
+        let feed = Feed::start(pool.clone(), revision, head.subscribe());
+        Ok(SqlStore { pool, write_pool, feed, backend, head, write_lock: Mutex::new(()), listener, cluster_id })
     }
 
     /// Which backend this is, for messages: `sqlite` or `postgres`.
@@ -164,15 +178,30 @@ impl SqlStore {
     /// Closes the connections.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.write_pool.close().await;
     }
 
     /// Starts a write: takes the in-process lock, opens a transaction and locks the revision
     /// row, which serialises writers across processes too.
     async fn begin_write(&self) -> StoreResult<(MutexGuard<'_, ()>, Transaction<'static, Any>)> {
         let guard = self.write_lock.lock().await;
-        let mut transaction = self.pool.begin().await.db()?;
+        let mut transaction = self.write_pool.begin().await.db()?;
         sqlx::query("UPDATE meta SET revision = revision WHERE id = 1").execute(&mut *transaction).await.db()?;
         Ok((guard, transaction))
+    }
+
+    /// Refuses a watch from a revision the change log no longer holds (`Expired`).
+    async fn check_retained(&self, revision: i64) -> StoreResult<()> {
+        let compacted: i64 = sqlx::query("SELECT compacted_revision FROM meta WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await
+            .db()?
+            .try_get(0)
+            .db()?;
+        if revision < compacted {
+            return Err(StoreError::Expired { requested: revision, compacted });
+        }
+        Ok(())
     }
 
     /// Commits and wakes watchers.
@@ -534,27 +563,13 @@ impl Store for SqlStore {
     }
 
     async fn watch(&self, query: Query, revision: i64) -> StoreResult<WatchStream> {
-        let compacted: i64 = sqlx::query("SELECT compacted_revision FROM meta WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await
-            .db()?
-            .try_get(0)
-            .db()?;
-        if revision < compacted {
-            return Err(StoreError::Expired { requested: revision, compacted });
-        }
-        let watcher = Watcher {
-            pool: self.pool.clone(),
-            query,
-            last: revision,
-            buffer: VecDeque::new(),
-            head: self.head.subscribe(),
-            finished: false,
-        };
-        Ok(Box::pin(futures::stream::unfold(watcher, |mut watcher| async move {
-            let item = watcher.next().await?;
-            Some((item, watcher))
-        })))
+        self.check_retained(revision).await?;
+        Ok(self.feed.watch(query, revision))
+    }
+
+    async fn watch_raw(&self, query: Query, revision: i64) -> StoreResult<RawWatchStream> {
+        self.check_retained(revision).await?;
+        Ok(self.feed.watch_raw(query, revision))
     }
 
     async fn revision(&self) -> StoreResult<i64> {
@@ -657,92 +672,6 @@ impl Store for SqlStore {
     }
 }
 
-/// The state of one watch: where it is, and what it has read but not yet delivered.
-struct Watcher {
-    pool: AnyPool,
-    query: Query,
-    last: i64,
-    buffer: VecDeque<WatchEvent>,
-    head: watch::Receiver<i64>,
-    finished: bool,
-}
-
-impl Watcher {
-    /// The next change, waiting for one as long as it takes. `None` after an error was
-    /// delivered: the stream ends there.
-    async fn next(&mut self) -> Option<StoreResult<WatchEvent>> {
-        loop {
-            if self.finished {
-                return None;
-            }
-            if let Some(event) = self.buffer.pop_front() {
-                return Some(Ok(event));
-            }
-            self.head.borrow_and_update();
-            match self.poll().await {
-                Ok(true) => continue,
-                Ok(false) => {
-                    // Nothing new: wait for a wake-up from a writer, or poll again later.
-                    if tokio::time::timeout(FALLBACK_POLL, self.head.changed()).await.is_ok_and(|r| r.is_err()) {
-                        tokio::time::sleep(FALLBACK_POLL).await;
-                    }
-                }
-                Err(error) => {
-                    self.finished = true;
-                    return Some(Err(error));
-                }
-            }
-        }
-    }
-
-    /// Reads the next page of changes; true when it advanced.
-    async fn poll(&mut self) -> StoreResult<bool> {
-        let mut sql = String::from(
-            "SELECT m.revision, m.compacted_revision, c.revision, c.change_type, c.body FROM meta m \
-             LEFT JOIN changes c ON c.revision > $1",
-        );
-        let mut binds = Vec::new();
-        if let Some(kind) = self.query.kind {
-            binds.push(kind.as_str().to_owned());
-            sql.push_str(&format!(" AND c.kind = ${}", binds.len() + 1));
-        }
-        if let Some(namespace) = &self.query.namespace {
-            binds.push(namespace.clone());
-            sql.push_str(&format!(" AND c.namespace = ${}", binds.len() + 1));
-        }
-        sql.push_str(&format!(" WHERE m.id = 1 ORDER BY c.revision LIMIT {WATCH_PAGE}"));
-        let mut statement = sqlx::query(&sql).bind(self.last);
-        for bind in binds {
-            statement = statement.bind(bind);
-        }
-        let rows = statement.fetch_all(&self.pool).await.db()?;
-        let start = self.last;
-        let mut head = self.last;
-        let mut read = 0;
-        for row in &rows {
-            head = row.try_get(0).db()?;
-            let compacted: i64 = row.try_get(1).db()?;
-            if self.last < compacted {
-                return Err(StoreError::Expired { requested: self.last, compacted });
-            }
-            let Some(revision) = row.try_get::<Option<i64>, _>(2).db()? else { continue };
-            read += 1;
-            let change = ChangeType::parse(&row.try_get::<String, _>(3).db()?)
-                .ok_or_else(|| StoreError::Invalid("unknown change type in the change log".into()))?;
-            let object: Object = serde_json::from_str(&row.try_get::<String, _>(4).db()?)?;
-            self.last = revision;
-            if self.query.selector.matches(&object.metadata.labels) {
-                self.buffer.push_back(WatchEvent { change, revision, object });
-            }
-        }
-        if read < WATCH_PAGE {
-            // Everything up to the head of this snapshot has been read.
-            self.last = self.last.max(head);
-        }
-        Ok(self.last > start)
-    }
-}
-
 /// Wakes local watchers when another replica writes (PostgreSQL LISTEN). Reconnects after
 /// failures; watchers' fallback poll covers the gaps.
 async fn listen_for_changes(url: String, head: Arc<watch::Sender<i64>>) {
@@ -759,6 +688,6 @@ async fn listen_for_changes(url: String, head: Arc<watch::Sender<i64>>) {
             }
             Err(error) => tracing::warn!(%error, "cannot listen for store changes; watchers fall back to polling"),
         }
-        tokio::time::sleep(FALLBACK_POLL).await;
+        tokio::time::sleep(super::feed::FALLBACK_POLL).await;
     }
 }

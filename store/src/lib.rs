@@ -159,6 +159,19 @@ pub enum Write {
 /// A never-ending stream of changes; it ends only with an error (e.g. `Expired`).
 pub type WatchStream = Pin<Box<dyn Stream<Item = StoreResult<WatchEvent>> + Send>>;
 
+/// One change with the object as its stored JSON document (see [`Store::watch_raw`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RawChange {
+    pub change: ChangeType,
+    pub revision: i64,
+    /// The object right after the change, as JSON; shared between watchers where the backend
+    /// can.
+    pub document: std::sync::Arc<str>,
+}
+
+/// [`WatchStream`] with documents.
+pub type RawWatchStream = Pin<Box<dyn Stream<Item = StoreResult<RawChange>> + Send>>;
+
 /// What a delete did.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Deleted {
@@ -260,6 +273,19 @@ pub trait Store: Send + Sync {
 
     /// Watches changes after `revision` (exclusive).
     async fn watch(&self, query: Query, revision: i64) -> StoreResult<WatchStream>;
+
+    /// Like [`Store::watch`], each change with the object as its JSON document instead of
+    /// decoded, for relaying to clients. A backend serving many watchers encodes each change
+    /// once and shares it; by default every change is encoded for this watcher.
+    async fn watch_raw(&self, query: Query, revision: i64) -> StoreResult<RawWatchStream> {
+        use futures::StreamExt;
+        let events = self.watch(query, revision).await?;
+        Ok(Box::pin(events.map(|event| {
+            let event = event?;
+            let document = serde_json::to_string(&event.object)?;
+            Ok(RawChange { change: event.change, revision: event.revision, document: document.into() })
+        })))
+    }
 
     /// The newest revision.
     async fn revision(&self) -> StoreResult<i64>;

@@ -33,6 +33,7 @@ macro_rules! store_suite {
             cluster_id_is_stable_and_shared,
             batch_writes_commit_all_or_nothing,
             objects_larger_than_the_limit_are_refused,
+            watchers_that_fall_behind_replay_without_gaps,
         );
     };
     (@tests $make:path; $($test:ident),* $(,)?) => {
@@ -512,4 +513,35 @@ pub async fn objects_larger_than_the_limit_are_refused(database: &TestDb) {
     .len();
     fits.metadata.annotations.insert("blob".into(), "x".repeat(limit - base - 64));
     store.create(fits).await.expect("an object just under the limit is stored");
+}
+
+/// A watcher that stops reading while more changes happen than a backend keeps in memory
+/// catches up later with every change, in order, once; `watch_raw` delivers the same changes
+/// as documents.
+pub async fn watchers_that_fall_behind_replay_without_gaps(database: &TestDb) {
+    let store = database.open().await;
+    let start = store.revision().await.expect("revision");
+    let mut stalled = store.watch(Query::default(), start).await.expect("watch");
+    let mut raw = store.watch_raw(Query::namespaced(Kind::Instance, "default"), start).await.expect("watch raw");
+    const CHANGES: usize = 12_000;
+    for batch in 0..CHANGES / 1000 {
+        let objects = (0..1000).map(|index| instance("default", &format!("n-{batch}-{index}"), &[])).collect();
+        store.create_all(objects).await.expect("create batch");
+    }
+    let mut expected = start;
+    for _ in 0..CHANGES {
+        let event = tokio::time::timeout(Duration::from_secs(30), stalled.next())
+            .await
+            .expect("the watcher catches up")
+            .expect("open")
+            .expect("event");
+        expected += 1;
+        assert_eq!(event.revision, expected, "no gap, no duplicate");
+        assert_eq!(event.change, ChangeType::Added);
+    }
+    let first = raw.next().await.expect("open").expect("raw change");
+    assert_eq!(first.revision, start + 1);
+    let decoded: minicloud_crds::Object = serde_json::from_str(&first.document).expect("a JSON document");
+    assert_eq!(decoded.metadata.name, "n-0-0");
+    assert_eq!(decoded.metadata.resource_version, Some((start + 1).to_string()));
 }
