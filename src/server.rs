@@ -16,8 +16,6 @@ use tokio::sync::watch;
 use crate::api::{self, AppState};
 use crate::store::{self, SqlStore, Store};
 
-/// Revisions the change log keeps for watchers that fall behind.
-const RETAINED_REVISIONS: i64 = 100_000;
 /// How often the change log is compacted.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -106,7 +104,7 @@ pub async fn run(
         .map_err(|error| anyhow::anyhow!("cannot open the store at {}: {error}", redact(&config.database_url)))?;
     let backend = sql.backend_name();
     let store: Arc<dyn Store> = Arc::new(sql);
-    let compactor = store::spawn_compactor(store.clone(), RETAINED_REVISIONS, COMPACTION_INTERVAL);
+    let compactor = store::spawn_compactor(store.clone(), store::Retention::default(), COMPACTION_INTERVAL);
     let (stopping, shutdown) = watch::channel(false);
     let controllers = match config.controllers.clone() {
         Some(settings) => Some(Controllers::start(store.clone(), settings, shutdown.clone())?),

@@ -294,7 +294,44 @@ async fn cross_site_writes_are_refused(server: &TestServer) {
     assert_eq!(status, StatusCode::OK);
 }
 
+/// One object may not exceed 1.5 MiB encoded: ten PUTs of a 7 MB annotation add nothing to
+/// the change log, each refused with a 413 that says what to do.
+async fn huge_objects_are_refused(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    let (_, created) = send(http.post(&collection).json(&instance("web"))).await;
+    let (_, list) = send(http.get(&collection)).await;
+    let before = list["metadata"]["resourceVersion"].clone();
+    let mut huge = created.clone();
+    huge["metadata"]["annotations"] = json!({"blob": "x".repeat(7 * 1000 * 1000)});
+    for _ in 0..10 {
+        let (status, body) = send(http.put(format!("{collection}/web")).json(&huge)).await;
+        assert_eq!(
+            (status, body["reason"].as_str()),
+            (StatusCode::PAYLOAD_TOO_LARGE, Some("RequestEntityTooLarge")),
+            "{body}"
+        );
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("limit of 1572864 bytes per object")), "{body}");
+    }
+    let (status, body) = send(http.post(&collection).json(&{
+        let mut object = instance("other");
+        object["metadata"]["annotations"] = json!({"blob": "x".repeat(2 * 1000 * 1000)});
+        object
+    }))
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (status, body) = send(
+        http.put(format!("{collection}/web/status"))
+            .json(&json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False", "reason": "Huge", "lastTransitionTime": "2026-01-01T00:00:00Z", "message": "m".repeat(2_000_000)}]}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let (_, list) = send(http.get(&collection)).await;
+    assert_eq!(list["metadata"]["resourceVersion"], before, "the change log did not grow");
+}
+
 on_both_backends!(
+    huge_objects_are_refused,
     stalled_list_readers_do_not_starve_the_store,
     many_watches_share_their_work,
     cross_site_writes_are_refused,

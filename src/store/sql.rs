@@ -324,7 +324,7 @@ async fn write_change(
         }
     }
     sqlx::query(
-        "INSERT INTO changes (revision, kind, namespace, name, change_type, body) VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO changes (revision, kind, namespace, name, change_type, body, size) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(revision)
     .bind(key.kind.as_str())
@@ -332,6 +332,7 @@ async fn write_change(
     .bind(&key.name)
     .bind(change.as_str())
     .bind(&body)
+    .bind(i64::try_from(body.len()).unwrap_or(i64::MAX))
     .execute(&mut **transaction)
     .await
     .db()?;
@@ -595,6 +596,20 @@ impl Store for SqlStore {
             .db()?;
         self.commit(transaction, None).await?;
         Ok(target)
+    }
+
+    async fn compaction_point_for_bytes(&self, bytes: u64) -> StoreResult<i64> {
+        // The newest revision whose change, with every newer one, exceeds the budget.
+        let row = sqlx::query(
+            "SELECT COALESCE(MAX(revision), 0) FROM \
+             (SELECT revision, SUM(size) OVER (ORDER BY revision DESC) AS newer FROM changes) sized \
+             WHERE newer > $1",
+        )
+        .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .db()?;
+        row.try_get(0).db()
     }
 
     async fn record_event(&self, event: NewEvent) -> StoreResult<Event> {

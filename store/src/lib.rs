@@ -293,6 +293,10 @@ pub trait Store: Send + Sync {
     /// Drops change-log entries up to and including `revision`; returns the compacted revision.
     async fn compact(&self, revision: i64) -> StoreResult<i64>;
 
+    /// The revision up to which the change log must be compacted so that the changes after it
+    /// take at most `bytes` bytes (encoded); 0 when they fit already.
+    async fn compaction_point_for_bytes(&self, bytes: u64) -> StoreResult<i64>;
+
     /// Records an event, folding a repeat into the previous one's count.
     async fn record_event(&self, event: NewEvent) -> StoreResult<Event>;
 
@@ -300,25 +304,43 @@ pub trait Store: Send + Sync {
     async fn events(&self, namespace: Option<&str>, object: Option<&ObjectKey>) -> StoreResult<Vec<Event>>;
 }
 
-/// Keeps the change log short: every `every`, compacts everything older than the newest
-/// `retain` revisions. Watchers further behind get `Expired` and re-list. Runs until aborted.
+/// How much of the change log the compactor keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    /// The newest this many revisions.
+    pub revisions: i64,
+    /// At most this many bytes of changes (one huge object changed often fills bytes long
+    /// before it fills revisions).
+    pub bytes: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention { revisions: 100_000, bytes: 256 * 1024 * 1024 }
+    }
+}
+
+/// Compacts the change log once to what `retention` keeps; returns the compacted revision.
+pub async fn compact_to(store: &dyn Store, retention: Retention) -> StoreResult<i64> {
+    let head = store.revision().await?;
+    let by_count = head - retention.revisions;
+    let by_bytes = store.compaction_point_for_bytes(retention.bytes).await?;
+    store.compact(by_count.max(by_bytes).max(0)).await
+}
+
+/// Keeps the change log short: every `every`, compacts what `retention` does not keep.
+/// Watchers further behind get `Expired` and re-list. Runs until aborted.
 pub fn spawn_compactor(
     store: std::sync::Arc<dyn Store>,
-    retain: i64,
+    retention: Retention,
     every: std::time::Duration,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         loop {
             ticker.tick().await;
-            match store.revision().await {
-                Ok(head) if head > retain => {
-                    if let Err(error) = store.compact(head - retain).await {
-                        tracing::warn!(%error, "change-log compaction failed; retrying later");
-                    }
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "cannot read the store revision for compaction"),
+            if let Err(error) = compact_to(store.as_ref(), retention).await {
+                tracing::warn!(%error, "change-log compaction failed; retrying later");
             }
         }
     })

@@ -290,6 +290,18 @@ impl Store for MemoryStore {
         Ok(state.compacted)
     }
 
+    async fn compaction_point_for_bytes(&self, bytes: u64) -> StoreResult<i64> {
+        let state = self.lock();
+        let mut newer = 0u64;
+        for (revision, _, object) in state.changes.iter().rev() {
+            newer += serde_json::to_vec(object)?.len() as u64;
+            if newer > bytes {
+                return Ok(*revision);
+            }
+        }
+        Ok(0)
+    }
+
     async fn record_event(&self, event: NewEvent) -> StoreResult<Event> {
         let mut state = self.lock();
         let now = Utc::now();

@@ -34,6 +34,7 @@ macro_rules! store_suite {
             batch_writes_commit_all_or_nothing,
             objects_larger_than_the_limit_are_refused,
             watchers_that_fall_behind_replay_without_gaps,
+            compaction_keeps_the_change_log_within_its_byte_budget,
         );
     };
     (@tests $make:path; $($test:ident),* $(,)?) => {
@@ -401,7 +402,8 @@ pub async fn concurrent_writers_watch_sees_everything_in_order(database: &TestDb
 /// The compactor trims the change log to the newest revisions on its own.
 pub async fn compactor_trims_the_change_log(database: &TestDb) {
     let store: Arc<dyn Store> = database.open().await;
-    let compactor = minicloud::store::spawn_compactor(store.clone(), 3, Duration::from_millis(20));
+    let retention = minicloud::store::Retention { revisions: 3, bytes: u64::MAX };
+    let compactor = minicloud::store::spawn_compactor(store.clone(), retention, Duration::from_millis(20));
     for index in 0..10 {
         store.create(instance("default", &format!("web-{index}"), &[])).await.expect("create");
     }
@@ -417,6 +419,27 @@ pub async fn compactor_trims_the_change_log(database: &TestDb) {
     compactor.abort();
     let mut stream = store.watch(Query::default(), head - 3).await.expect("recent revisions stay watchable");
     assert_eq!(stream.next().await.expect("open").expect("event").revision, head - 2);
+}
+
+/// Big changes are compacted by bytes long before they reach the revision count: ten 700 KiB
+/// updates of one object leave at most the byte budget in the change log.
+pub async fn compaction_keeps_the_change_log_within_its_byte_budget(database: &TestDb) {
+    let store: Arc<dyn Store> = database.open().await;
+    let mut object = store.create(instance("default", "big", &[])).await.expect("create");
+    for round in 0..10 {
+        object.metadata.annotations.insert("blob".into(), format!("{round}{}", "x".repeat(700 * 1024)));
+        object = store.update(object).await.expect("update");
+    }
+    let head = store.revision().await.expect("revision");
+    let retention = minicloud::store::Retention { revisions: 100_000, bytes: 2 * 1024 * 1024 };
+    let compacted = minicloud::store::compact_to(store.as_ref(), retention).await.expect("compact");
+    // Each change is a little over 700 KiB: two fit in 2 MiB, three do not.
+    assert_eq!(compacted, head - 2, "kept the newest changes that fit the budget");
+    let mut stream = store.watch(Query::default(), compacted).await.expect("retained revisions stay watchable");
+    assert_eq!(stream.next().await.expect("open").expect("event").revision, head - 1);
+    assert!(matches!(store.watch(Query::default(), compacted - 1).await, Err(StoreError::Expired { .. })));
+    let nothing_to_do = minicloud::store::compact_to(store.as_ref(), retention).await.expect("compact again");
+    assert_eq!(nothing_to_do, compacted);
 }
 
 /// The cluster id is made once and is the same for every store opened on the database.
