@@ -78,6 +78,11 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "NotStarted", message)
     }
 
+    /// 405: the path exists, the method does not.
+    pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
+    }
+
     /// 408: the client did not send its request in time.
     pub fn request_timeout(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::REQUEST_TIMEOUT, "Timeout", message)

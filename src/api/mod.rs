@@ -140,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log", get(logs::instance_log))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(axum::middleware::from_fn(guard::guard_writes))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
@@ -156,6 +157,14 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found(request: Request<Body>) -> ApiError {
     ApiError::not_found(format!("no endpoint {} {}; see /openapi.json", request.method(), request.uri().path()))
+}
+
+async fn method_not_allowed(request: Request<Body>) -> ApiError {
+    ApiError::method_not_allowed(format!(
+        "{} is not supported on {}; see /openapi.json for what is",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 async fn healthz() -> Json<Value> {

@@ -2,7 +2,8 @@
 //! `/apis/minicloud.dev/v1/namespaces/{ns}/{plural}[/{name}[/status]]` and cluster-wide
 //! `/apis/minicloud.dev/v1/{plural}` lists. Lists accept `labelSelector`; with `watch=true` they
 //! stream changes as JSON lines (`{"type": "ADDED", "object": {...}}`) from `resourceVersion`
-//! (or from a fresh list when none is given), with `BOOKMARK` lines as heartbeats.
+//! (or from a fresh list when none is given), with `BOOKMARK` lines as heartbeats, until the
+//! client goes, the server stops or `timeoutSeconds` pass.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -454,6 +455,14 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
             _ => return Err(ApiError::bad_request("heartbeatSeconds must be a whole number from 1 to 300")),
         },
     };
+    // Like Kubernetes' timeoutSeconds: the watch ends (cleanly) after this long.
+    let lifetime = match params.get("timeoutSeconds") {
+        None => None,
+        Some(text) => match text.parse::<u64>() {
+            Ok(seconds @ 1..=86_400) => Some(Duration::from_secs(seconds)),
+            _ => return Err(ApiError::bad_request("timeoutSeconds must be a whole number from 1 to 86400")),
+        },
+    };
     let requested = match params.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => None,
         Some(text) => match text.parse::<i64>() {
@@ -504,6 +513,13 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
         let mut last = from;
         let mut ticker = tokio::time::interval(heartbeat);
         ticker.tick().await;
+        let ends = async {
+            match lifetime {
+                Some(lifetime) => tokio::time::sleep(lifetime).await,
+                None => std::future::pending().await,
+            }
+        };
+        let mut ends = std::pin::pin!(ends);
         loop {
             let message = tokio::select! {
                 change = changes.next() => match change {
@@ -521,6 +537,7 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
                 _ = ticker.tick() => bookmark(last),
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => return,
                 _ = sender.closed() => return,
+                () = &mut ends => return,
             };
             if !deliver(message).await {
                 return;

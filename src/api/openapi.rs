@@ -40,6 +40,30 @@ fn error_responses(codes: &[(&str, &str)]) -> Map<String, Value> {
         .collect()
 }
 
+/// What any route that reads or writes the store may answer besides its own codes.
+const STORE_UNAVAILABLE: (&str, &str) =
+    ("503", "ServiceUnavailable: the store did not answer in time, or the server is shutting down; retry");
+/// Invalid path segments or query parameters.
+const BAD_REQUEST: (&str, &str) =
+    ("400", "BadRequest: a namespace or name that is not a DNS-1123 label, or a bad query parameter");
+/// What every request with a body may answer (see docs/api.md, \"Limits\").
+const WRITE_REFUSALS: [(&str, &str); 4] = [
+    ("403", "Forbidden: a cross-site browser request (Origin or Sec-Fetch-Site)"),
+    ("408", "Timeout: the body did not arrive within the body-read timeout"),
+    ("413", "RequestEntityTooLarge: the body exceeds 8 MiB or an object would exceed 1.5 MiB encoded"),
+    ("415", "UnsupportedMediaType: the body was not sent as application/json"),
+];
+
+/// Error responses: `codes`, then the write refusals when `writes`, then 503.
+fn errors(codes: &[(&str, &str)], writes: bool) -> Map<String, Value> {
+    let mut all: Vec<(&str, &str)> = codes.to_vec();
+    if writes {
+        all.extend(WRITE_REFUSALS);
+    }
+    all.push(STORE_UNAVAILABLE);
+    error_responses(&all)
+}
+
 fn parameter(name: &str, location: &str, description: &str, schema: Value) -> Value {
     json!({"name": name, "in": location, "required": location == "path", "description": description, "schema": schema})
 }
@@ -69,10 +93,22 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
             "With watch: seconds between BOOKMARK heartbeats (1-300, default 10).",
             json!({"type": "integer"})
         ),
+        parameter(
+            "timeoutSeconds",
+            "query",
+            "With watch: end the stream after this many seconds (1-86400; default: never).",
+            json!({"type": "integer"})
+        ),
     ]);
     let list_response = {
-        let mut responses =
-            error_responses(&[("400", "Bad selector or parameter"), ("410", "resourceVersion compacted: list again")]);
+        let mut responses = errors(
+            &[
+                ("400", "BadRequest: a bad selector, parameter or namespace, or a resourceVersion this server has not reached"),
+                ("410", "Expired: the resourceVersion has been compacted; list again"),
+                ("429", "TooManyRequests: the server's watch limit is reached; retry later"),
+            ],
+            false,
+        );
         responses.insert(
             "200".into(),
             json!({
@@ -94,11 +130,14 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
             "responses": list_response.clone(),
         }}),
     );
-    let mut create_responses = error_responses(&[
-        ("400", "Malformed or invalid object (every field problem in details.causes)"),
-        ("409", "AlreadyExists"),
-        ("413", "Body too large"),
-    ]);
+    let mut create_responses = errors(
+        &[
+            ("400", "BadRequest or Invalid: malformed or invalid object (every field problem in details.causes), or a bad namespace"),
+            ("409", "AlreadyExists"),
+            ("422", "Invalid: not allowed by the object lifecycle"),
+        ],
+        true,
+    );
     create_responses.insert("201".into(), json_response("Created", schema_ref(name)));
     let mut list_all = list_parameters.as_array().cloned().unwrap_or_default();
     list_all.insert(0, namespace.clone());
@@ -120,16 +159,27 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
             }
         }),
     );
-    let mut get_responses = error_responses(&[("404", "NotFound")]);
+    let mut get_responses = errors(&[BAD_REQUEST, ("404", "NotFound")], false);
     get_responses.insert("200".into(), json_response("The object", schema_ref(name)));
-    let mut put_responses = error_responses(&[
-        ("400", "Malformed or invalid"),
-        ("404", "NotFound"),
-        ("409", "Conflict: stale resourceVersion"),
-        ("422", "Not allowed now"),
-    ]);
+    let mut put_responses = errors(
+        &[
+            ("400", "BadRequest or Invalid: malformed or invalid body, or a bad namespace or name"),
+            ("404", "NotFound"),
+            ("409", "Conflict: stale resourceVersion"),
+            ("422", "Invalid: not allowed now (e.g. a finalizer added to an object being deleted)"),
+        ],
+        true,
+    );
     put_responses.insert("200".into(), json_response("The object as stored", schema_ref(name)));
-    let mut delete_responses = error_responses(&[("404", "NotFound"), ("409", "Conflict: stale resourceVersion")]);
+    let mut delete_responses = errors(
+        &[
+            BAD_REQUEST,
+            ("403", "Forbidden: a cross-site browser request"),
+            ("404", "NotFound"),
+            ("409", "Conflict: stale resourceVersion"),
+        ],
+        false,
+    );
     delete_responses.insert("200".into(), json_response("Deleted", schema_ref("DeleteResult")));
     delete_responses
         .insert("202".into(), json_response("Terminating: finalizers still hold it", schema_ref("DeleteResult")));
@@ -198,8 +248,14 @@ pub fn document() -> Value {
         kind_paths(kind, &mut paths);
         kind_schemas(kind, &mut schemas);
     }
-    let mut apply_responses =
-        error_responses(&[("400", "Malformed or invalid batch; nothing was applied"), ("413", "Body too large")]);
+    let mut apply_responses = errors(
+        &[
+            ("400", "BadRequest or Invalid: malformed or invalid batch (every problem in details.causes); nothing was applied"),
+            ("409", "Conflict: other writers kept changing an object for every retry; nothing was applied"),
+            ("422", "Invalid: a write the object lifecycle refuses; nothing was applied"),
+        ],
+        true,
+    );
     apply_responses.insert(
         "200".into(),
         json_response("What happened (or would happen) to each object", schema_ref("ApplyResult")),
@@ -227,14 +283,19 @@ pub fn document() -> Value {
             ],
             "responses": {
                 "200": {"description": "The output", "content": {"text/plain": {"schema": {"type": "string"}}}},
-                "404": json_response("No such Instance", schema_ref("Error")),
-                "503": json_response("No container (yet) or no Docker engine", schema_ref("Error"))
+                "400": json_response("BadRequest: a bad namespace, name or tailLines", schema_ref("Error")),
+                "404": json_response("NotFound: no such Instance", schema_ref("Error")),
+                "409": json_response("NotStarted: the Instance has no container yet", schema_ref("Error")),
+                "503": json_response("ServiceUnavailable: no Docker engine, or the store did not answer", schema_ref("Error"))
             }
         }}),
     );
     paths.insert(
         format!("{PREFIX}/events"),
-        json!({"get": {"summary": "Events in every namespace", "operationId": "listEventsAllNamespaces", "responses": {"200": json_response("Events, oldest first", schema_ref("EventList"))}}}),
+        json!({"get": {"summary": "Events in every namespace", "operationId": "listEventsAllNamespaces", "responses": {
+            "200": json_response("Events, oldest first", schema_ref("EventList")),
+            "503": json_response(STORE_UNAVAILABLE.1, schema_ref("Error"))
+        }}}),
     );
     paths.insert(
         format!("{PREFIX}/namespaces/{{namespace}}/events"),
@@ -246,16 +307,26 @@ pub fn document() -> Value {
                 parameter("kind", "query", "With name: only this object's events.", json!({"type": "string"})),
                 parameter("name", "query", "With kind: only this object's events.", json!({"type": "string"}))
             ],
-            "responses": {"200": json_response("Events, oldest first", schema_ref("EventList"))}
+            "responses": {
+                "200": json_response("Events, oldest first", schema_ref("EventList")),
+                "400": json_response("BadRequest: a bad namespace, an unknown kind, a bad name, or kind without name (or name without kind)", schema_ref("Error")),
+                "503": json_response(STORE_UNAVAILABLE.1, schema_ref("Error"))
+            }
         }}),
     );
-    for (path, summary) in [
-        ("/healthz", "Liveness"),
-        ("/readyz", "Readiness: the store answers"),
-        ("/version", "Server version and store backend"),
-    ] {
-        paths.insert(path.into(), json!({"get": {"summary": summary, "responses": {"200": {"description": "OK"}, "503": json_response("Not ready", schema_ref("Error"))}}}));
+    for (path, summary) in [("/healthz", "Liveness"), ("/version", "Server version and store backend")] {
+        paths.insert(
+            path.into(),
+            json!({"get": {"summary": summary, "responses": {"200": json_response("OK", json!({"type": "object"}))}}}),
+        );
     }
+    paths.insert(
+        "/readyz".into(),
+        json!({"get": {"summary": "Readiness: the store answers within 2 s", "responses": {
+            "200": json_response("Ready", json!({"type": "object"})),
+            "503": json_response("Not ready: shutting down, or the store did not answer", schema_ref("Error"))
+        }}}),
+    );
     schemas.insert(
         "Error".into(),
         json!({
