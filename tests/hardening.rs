@@ -604,3 +604,37 @@ async fn watches_are_limited_and_stalled_watches_end() {
     drop(open);
     server.stop().await;
 }
+
+/// When the store cannot answer (here: another session holds PostgreSQL's revision table
+/// locked), `/readyz` says so within its 2 s bound instead of hanging, and recovers with the
+/// store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_reflects_a_store_that_cannot_answer() {
+    use sqlx::Connection;
+    let database = common::TestDb::postgres().await;
+    let url = database.url.clone();
+    let server = TestServer::start(database, &["--no-controllers"]).await;
+    let http = reqwest::Client::new();
+    let (status, _) = send(http.get(format!("{}/readyz", server.url))).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut holder = sqlx::PgConnection::connect(&url).await.expect("connect");
+    sqlx::query("BEGIN").execute(&mut holder).await.expect("begin");
+    sqlx::query("LOCK TABLE meta IN ACCESS EXCLUSIVE MODE").execute(&mut holder).await.expect("lock");
+    let started = std::time::Instant::now();
+    let (status, body) = send(http.get(format!("{}/readyz", server.url))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("did not answer")), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4), "took {:?}", started.elapsed());
+    sqlx::query("ROLLBACK").execute(&mut holder).await.expect("unlock");
+    holder.close().await.expect("close");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, _) = send(http.get(format!("{}/readyz", server.url))).await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "readiness did not come back");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    server.stop().await;
+}
