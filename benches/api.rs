@@ -35,7 +35,7 @@ impl Drop for Server {
 fn start_server(database_url: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(["server", "--listen", "127.0.0.1:0", "--database-url", database_url, "--no-controllers"])
-        .env("RUST_LOG", "warn,minicloud::api=info")
+        .env("RUST_LOG", "warn,minicloud::server=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

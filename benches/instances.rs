@@ -43,7 +43,7 @@ fn start_server(data: &std::path::Path, label: &str) -> Server {
         .args(["server", "--listen", "127.0.0.1:0", "--container-label", label, "--resync", "5m"])
         .arg("--data-dir")
         .arg(data)
-        .env("RUST_LOG", "warn,minicloud::api=info")
+        .env("RUST_LOG", "warn,minicloud::server=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

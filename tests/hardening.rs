@@ -367,7 +367,7 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: std::time
 async fn slow_connections_are_closed_and_counted() {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpStream;
-    let limits = ["--header-read-timeout", "2s", "--body-read-timeout", "3s", "--max-connections", "340"];
+    let limits = ["--header-read-timeout", "2s", "--body-read-timeout", "3s"];
     let server =
         TestServer::start(common::TestDb::sqlite().await, &[&["--no-controllers"][..], &limits].concat()).await;
     let address = server.url.trim_start_matches("http://").to_owned();
@@ -418,12 +418,22 @@ async fn slow_connections_are_closed_and_counted() {
     assert!(answer.starts_with("HTTP/1.1 408"), "a body sent a byte at a time times out: {answer:?}");
     assert!(started.elapsed() < std::time::Duration::from_secs(9), "took {:?}", started.elapsed());
 
-    // At the connection limit, one more connection gets a 503 at once, not a hang.
+    server.stop().await;
+
+    // At the connection limit, one more connection gets a 503 at once, not a hang. Each held
+    // connection first completes a request, so it has certainly been accepted.
+    let flags = ["--no-controllers", "--max-connections", "40", "--header-read-timeout", "30s"];
+    let server = TestServer::start(common::TestDb::sqlite().await, &flags).await;
+    let address = server.url.trim_start_matches("http://").to_owned();
     let mut held = Vec::new();
-    for _ in 0..340 {
-        held.push(TcpStream::connect(&address).await.expect("connect"));
+    for _ in 0..40 {
+        let mut stream = TcpStream::connect(&address).await.expect("connect");
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("request");
+        let mut answer = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut answer).await.expect("answer");
+        assert_eq!(&answer, b"HTTP/1.1 200");
+        held.push(stream);
     }
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let mut extra = TcpStream::connect(&address).await.expect("connect");
     extra.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await.ok();
     let (answer, closed) = read_until_closed(&mut extra, std::time::Duration::from_secs(3)).await;

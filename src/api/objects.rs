@@ -20,7 +20,7 @@ use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::spool::Spool;
+use super::spool;
 use super::{AppState, Limits};
 use crate::manifest;
 use crate::store::{self, Deleted, Selector, Store};
@@ -159,46 +159,67 @@ pub fn accept_object(mut value: Value, kind: Kind, namespace: &str, name: Option
     Ok(object)
 }
 
-/// A list response: the store's documents are read into a spool as fast as the store yields
-/// them (so the store connection is released at once, whatever the client does), then sent
-/// from the spool. Memory stays bounded however long the list (see [`super::spool`]).
+/// Pieces a list response is written to its spool in.
+const LIST_CHUNK: usize = 64 * 1024;
+
+/// A list response: the store's documents go into a spool as fast as the store yields them,
+/// and to the client as fast as it takes them (see [`super::spool`]): the store connection is
+/// released at database speed whatever the client does, and memory stays bounded however long
+/// the list. A store failure after the first byte breaks the response (the client never sees
+/// a shorter list that looks complete).
 async fn list_response(state: &AppState, kind: Kind, query: store::Query) -> Result<Response, ApiError> {
     let (sender, mut receiver) = tokio::sync::mpsc::channel::<store::RawItem>(512);
     let store = state.store.clone();
     let scan = tokio::spawn(async move { store.list_raw(&query, sender).await });
-    let mut spool = Spool::new(state.spool_budget.clone());
-    let mut first = true;
-    let mut started = false;
-    while let Some(item) = receiver.recv().await {
-        match item {
-            store::RawItem::Revision(revision) if !started => {
-                started = true;
-                let header = format!(
-                    r#"{{"apiVersion":"{API_VERSION}","kind":"{}List","metadata":{{"resourceVersion":"{revision}"}},"items":["#,
-                    kind.as_str()
-                );
-                spool.write(header.as_bytes()).await?;
-            }
-            store::RawItem::Revision(_) => {}
-            store::RawItem::Document(document) => {
+    let revision = match receiver.recv().await {
+        Some(store::RawItem::Revision(revision)) => revision,
+        _ => {
+            return Err(match scan.await {
+                Ok(Err(error)) => error.into(),
+                _ => ApiError::unavailable("the store ended the list before it began"),
+            })
+        }
+    };
+    let (mut writer, reader) = spool::spool(state.spool_budget.clone());
+    let mut chunk = format!(
+        r#"{{"apiVersion":"{API_VERSION}","kind":"{}List","metadata":{{"resourceVersion":"{revision}"}},"items":["#,
+        kind.as_str()
+    );
+    tokio::spawn(async move {
+        let copied: Result<(), ApiError> = async {
+            let mut first = true;
+            while let Some(item) = receiver.recv().await {
+                let store::RawItem::Document(document) = item else { continue };
                 if !first {
-                    spool.write(b",").await?;
+                    chunk.push(',');
                 }
                 first = false;
-                spool.write(document.as_bytes()).await?;
+                chunk.push_str(&document);
+                if chunk.len() >= LIST_CHUNK {
+                    writer.write(Bytes::from(std::mem::take(&mut chunk))).await?;
+                }
             }
+            match scan.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "the store failed during a list; breaking the response");
+                    return Err(error.into());
+                }
+                Err(error) => return Err(ApiError::unavailable(format!("the list failed: {error}"))),
+            }
+            chunk.push_str("]}");
+            writer.write(Bytes::from(chunk)).await
         }
-    }
-    match scan.await {
-        Ok(Ok(())) if started => {}
-        Ok(Ok(())) => return Err(ApiError::unavailable("the store ended the list before it began")),
-        Ok(Err(error)) => return Err(error.into()),
-        Err(error) => return Err(ApiError::unavailable(format!("the list failed: {error}"))),
-    }
-    spool.write(b"]}").await?;
+        .await;
+        match copied {
+            Ok(()) => writer.finish(),
+            // Dropping the unfinished writer breaks the response.
+            Err(error) => tracing::debug!(%error, "list response not completed"),
+        }
+    });
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from_stream(spool.into_stream().await?))
+        .body(Body::from_stream(reader.into_stream()))
         .map_err(|error| ApiError::bad_request(error.to_string()))
 }
 

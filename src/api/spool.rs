@@ -1,26 +1,29 @@
-//! Spooling list responses: a list is read from the store as fast as the store produces it
-//! into a [`Spool`] (memory up to [`MEMORY_BYTES`], then an unnamed temporary file), and only
-//! then sent to the client at whatever pace the client reads. So a client that reads slowly, or
-//! not at all, holds a file and a connection slot, never a store connection; and memory stays
-//! at [`MEMORY_BYTES`] per list however long the list is.
+//! Spooling list responses: a pipe between the store and a client that never makes the store
+//! wait. The store side writes as fast as the store yields documents; the client side reads at
+//! whatever pace the client takes them. Bytes pass through memory (at most [`MEMORY_BYTES`]
+//! waiting); when the client falls that far behind, later bytes overflow into an unnamed
+//! temporary file and are read back from it in order. So a fast client never touches the disk,
+//! and a client that reads slowly, or not at all, holds a file and a connection slot, never a
+//! store connection.
 //!
-//! Files are bounded too: all spools of a server together may hold at most
-//! [`SpoolBudget::new`]'s bytes on disk; a list that would exceed it is refused with a 503
-//! (retry later) rather than filling the disk.
+//! Files are bounded too: all spools of a server together may hold at most the
+//! [`SpoolBudget`]'s bytes on disk; a list that would exceed it fails (503 before the answer
+//! began, a broken response after) rather than filling the disk.
 
-use std::io::SeekFrom;
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::body::Bytes;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::sync::Notify;
 
 use super::error::ApiError;
 
-/// What a spool keeps in memory before it moves to a file.
+/// Bytes a spool keeps in memory for its client before it overflows into a file.
 pub const MEMORY_BYTES: usize = 1024 * 1024;
-/// Size of the chunks a spool is sent in.
-const CHUNK: usize = 64 * 1024;
+/// Size of the pieces read back from the file.
+const FILE_CHUNK: usize = 256 * 1024;
 
 /// The disk space all spools of a server may use together.
 #[derive(Clone, Debug)]
@@ -48,89 +51,228 @@ impl SpoolBudget {
     }
 }
 
-/// Bytes written once, then read back once.
-pub struct Spool {
-    memory: Vec<u8>,
-    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
-    on_disk: usize,
+/// What both ends share.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the reader (one reader, so a stored permit is never lost).
+    readable: Notify,
     budget: SpoolBudget,
 }
 
-impl Drop for Spool {
-    fn drop(&mut self) {
-        self.budget.give_back(self.on_disk);
+#[derive(Default)]
+struct State {
+    memory: VecDeque<Bytes>,
+    memory_bytes: usize,
+    /// Once the spool overflowed, everything after goes through the file, in order.
+    file: Option<Arc<std::fs::File>>,
+    written: u64,
+    read: u64,
+    /// Bytes of the file counted against the budget.
+    on_disk: usize,
+    finished: bool,
+    failed: Option<String>,
+    reader_gone: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation completes before the lock is released: a poisoned lock holds
+        // consistent data.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn spool_failed(error: std::io::Error) -> ApiError {
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let on_disk = self.lock().on_disk;
+        self.budget.give_back(on_disk);
+    }
+}
+
+/// The store's end of a spool.
+pub struct SpoolWriter {
+    shared: Arc<Shared>,
+}
+
+/// The client's end of a spool.
+pub struct SpoolReader {
+    shared: Arc<Shared>,
+}
+
+impl Drop for SpoolReader {
+    fn drop(&mut self) {
+        self.shared.lock().reader_gone = true;
+    }
+}
+
+impl Drop for SpoolWriter {
+    fn drop(&mut self) {
+        // A writer dropped without `finish` (its task failed or was cancelled) breaks the
+        // response rather than ending it as if it were complete.
+        let mut state = self.shared.lock();
+        if !state.finished {
+            state.finished = true;
+            state.failed.get_or_insert_with(|| "the list ended early".into());
+        }
+        drop(state);
+        self.shared.readable.notify_one();
+    }
+}
+
+fn spool_failed(error: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable(format!("cannot buffer the response in a temporary file: {error}"))
 }
 
-impl Spool {
-    /// An empty spool drawing on `budget` once it moves to disk.
-    pub fn new(budget: SpoolBudget) -> Spool {
-        Spool { memory: Vec::new(), file: None, on_disk: 0, budget }
-    }
+/// A new spool drawing on `budget` when it overflows to disk.
+pub fn spool(budget: SpoolBudget) -> (SpoolWriter, SpoolReader) {
+    let shared = Arc::new(Shared { state: Mutex::new(State::default()), readable: Notify::new(), budget });
+    (SpoolWriter { shared: shared.clone() }, SpoolReader { shared })
+}
 
-    /// Appends bytes.
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), ApiError> {
-        if self.file.is_none() && self.memory.len() + bytes.len() <= MEMORY_BYTES {
-            self.memory.extend_from_slice(bytes);
-            return Ok(());
-        }
-        if !self.budget.take(bytes.len()) {
-            return Err(ApiError::unavailable(
-                "too many large lists are being sent at once; retry shortly (or list with a label selector)",
-            ));
-        }
-        self.on_disk += bytes.len();
-        let file = match &mut self.file {
+impl SpoolWriter {
+    /// Appends bytes; never waits for the reader. Fails when the reader is gone (stop
+    /// producing) or the disk budget is spent.
+    pub async fn write(&mut self, bytes: Bytes) -> Result<(), ApiError> {
+        let file = {
+            let mut state = self.shared.lock();
+            if state.reader_gone {
+                return Err(ApiError::unavailable("the client went away"));
+            }
+            if state.file.is_none() && state.memory_bytes + bytes.len() <= MEMORY_BYTES {
+                state.memory_bytes += bytes.len();
+                state.memory.push_back(bytes);
+                drop(state);
+                self.shared.readable.notify_one();
+                return Ok(());
+            }
+            if !self.shared.budget.take(bytes.len()) {
+                return Err(ApiError::unavailable(
+                    "too many large lists are waiting for their clients; retry shortly (or list with a label selector)",
+                ));
+            }
+            state.on_disk += bytes.len();
+            state.file.clone()
+        };
+        let file = match file {
             Some(file) => file,
             None => {
-                let file = tokio::task::spawn_blocking(tempfile::tempfile)
-                    .await
-                    .map_err(|error| spool_failed(std::io::Error::other(error)))?
-                    .map_err(spool_failed)?;
-                self.file.insert(tokio::io::BufWriter::with_capacity(CHUNK, tokio::fs::File::from_std(file)))
+                let file = Arc::new(
+                    tokio::task::spawn_blocking(tempfile::tempfile)
+                        .await
+                        .map_err(spool_failed)?
+                        .map_err(spool_failed)?,
+                );
+                self.shared.lock().file = Some(file.clone());
+                file
             }
         };
-        file.write_all(bytes).await.map_err(spool_failed)
+        let offset = self.shared.lock().written;
+        let length = bytes.len() as u64;
+        tokio::task::spawn_blocking(move || file.write_all_at(&bytes, offset))
+            .await
+            .map_err(spool_failed)?
+            .map_err(spool_failed)?;
+        self.shared.lock().written += length;
+        self.shared.readable.notify_one();
+        Ok(())
     }
 
-    /// The spooled bytes as a stream of chunks: memory first, then the file.
-    pub async fn into_stream(
-        mut self,
-    ) -> Result<impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static, ApiError> {
-        let mut file = match self.file.take() {
-            Some(mut writer) => {
-                writer.flush().await.map_err(spool_failed)?;
-                let mut file = writer.into_inner();
-                file.seek(SeekFrom::Start(0)).await.map_err(spool_failed)?;
-                Some(file)
-            }
-            None => None,
-        };
-        let memory = Bytes::from(std::mem::take(&mut self.memory));
-        let mut pieces: Vec<Bytes> = (0..memory.len())
-            .step_by(CHUNK)
-            .map(|start| memory.slice(start..memory.len().min(start + CHUNK)))
-            .collect();
-        pieces.reverse();
-        // The spool stays alive (and its budget taken) until the file has been sent.
-        Ok(futures::stream::unfold((pieces, file.take(), self), |(mut pieces, mut file, spool)| async move {
-            if let Some(piece) = pieces.pop() {
-                return Some((Ok(piece), (pieces, file, spool)));
-            }
-            let reader = file.as_mut()?;
-            let mut buffer = vec![0u8; CHUNK];
-            match reader.read(&mut buffer).await {
-                Ok(0) => None,
-                Ok(read) => {
-                    buffer.truncate(read);
-                    Some((Ok(Bytes::from(buffer)), (pieces, file, spool)))
+    /// Marks the end of the data: the reader ends once it has read everything.
+    pub fn finish(self) {
+        self.shared.lock().finished = true;
+        // Drop sees `finished` and leaves the outcome alone.
+    }
+}
+
+impl SpoolReader {
+    /// The spooled bytes as a stream of chunks, in the order they were written; it ends after
+    /// the writer finished, or with an error when the writer failed.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        futures::stream::unfold(self, |reader| async move {
+            let next = reader.next().await;
+            next.map(|item| (item, reader))
+        })
+    }
+
+    async fn next(&self) -> Option<Result<Bytes, std::io::Error>> {
+        loop {
+            let pending_file_read = {
+                let mut state = self.shared.lock();
+                if let Some(bytes) = state.memory.pop_front() {
+                    state.memory_bytes -= bytes.len();
+                    return Some(Ok(bytes));
                 }
-                Err(error) => Some((Err(error), (pieces, None, spool))),
+                match &state.file {
+                    Some(file) if state.read < state.written => {
+                        let length = (state.written - state.read).min(FILE_CHUNK as u64) as usize;
+                        Some((file.clone(), state.read, length))
+                    }
+                    _ if state.finished => {
+                        return state.failed.take().map(|error| Err(std::io::Error::other(error)));
+                    }
+                    _ => None,
+                }
+            };
+            match pending_file_read {
+                Some((file, offset, length)) => {
+                    let read = tokio::task::spawn_blocking(move || {
+                        let mut buffer = vec![0u8; length];
+                        file.read_exact_at(&mut buffer, offset).map(|()| buffer)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|result| result);
+                    return Some(match read {
+                        Ok(buffer) => {
+                            self.shared.lock().read += buffer.len() as u64;
+                            Ok(Bytes::from(buffer))
+                        }
+                        Err(error) => Err(error),
+                    });
+                }
+                None => self.shared.readable.notified().await,
             }
-        }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    async fn collect(reader: SpoolReader) -> Result<Vec<u8>, std::io::Error> {
+        let mut stream = std::pin::pin!(reader.into_stream());
+        let mut all = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            all.extend_from_slice(&chunk?);
+        }
+        Ok(all)
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_overflows_into_the_file_in_order() {
+        let budget = SpoolBudget::new(64 * 1024 * 1024);
+        let (mut writer, reader) = spool(budget.clone());
+        let mut expected = Vec::new();
+        for index in 0..600u32 {
+            let piece = Bytes::from(vec![(index % 251) as u8; 10_000]);
+            expected.extend_from_slice(&piece);
+            writer.write(piece).await.expect("never waits for the reader");
+        }
+        assert!(budget.used.load(Ordering::Acquire) > 0, "the overflow went to disk");
+        writer.finish();
+        assert_eq!(collect(reader).await.expect("complete"), expected);
+        assert_eq!(budget.used.load(Ordering::Acquire), 0, "the budget is given back");
+    }
+
+    #[tokio::test]
+    async fn the_budget_and_a_failed_writer_are_reported() {
+        let (mut writer, reader) = spool(SpoolBudget::new(10));
+        writer.write(Bytes::from(vec![1u8; MEMORY_BYTES])).await.expect("fits in memory");
+        assert!(writer.write(Bytes::from(vec![2u8; 100])).await.is_err(), "over the disk budget");
+        drop(writer);
+        assert!(collect(reader).await.is_err(), "an unfinished spool breaks the response");
     }
 }

@@ -10,13 +10,15 @@
 //! [`REPLAYS_AT_ONCE`] replays query at once, so that replays can never starve the pool; then
 //! it joins the window.
 //!
-//! Each change is decoded once and kept with its stored JSON document, so that every watcher
-//! shares both: relaying a change to a thousand clients encodes nothing.
+//! Each change is kept as its stored JSON document plus what filtering needs (kind, namespace,
+//! labels), shared by every watcher: relaying a change to a thousand clients encodes nothing,
+//! and memory holds documents, not decoded objects. Typed watchers (the controllers) decode
+//! what they receive.
 //!
 //! The ordering argument is the store's: the feed reads "changes after N" together with the
 //! head revision in one statement, and revisions commit in order, so nothing is skipped.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -40,21 +42,41 @@ pub const REPLAYS_AT_ONCE: usize = 2;
 /// Events one watcher takes from memory per step (keeps its buffer small).
 const EVENTS_PER_STEP: usize = 256;
 
-/// One change, decoded once and shared.
+/// One change, read once and shared.
 struct Change {
     revision: i64,
     change: ChangeType,
-    object: Object,
+    kind: String,
+    namespace: String,
+    labels: BTreeMap<String, String>,
     document: Arc<str>,
 }
 
+/// Just the labels of a document, read without decoding the rest.
+#[derive(serde::Deserialize)]
+struct LabelsOnly {
+    #[serde(default)]
+    metadata: LabelsMeta,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct LabelsMeta {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
 impl Change {
-    fn event(&self) -> WatchEvent {
-        WatchEvent { change: self.change, revision: self.revision, object: self.object.clone() }
+    fn event(&self) -> StoreResult<WatchEvent> {
+        let object: Object = serde_json::from_str(&self.document)?;
+        Ok(WatchEvent { change: self.change, revision: self.revision, object })
     }
 
-    fn raw(&self) -> RawChange {
-        RawChange { change: self.change, revision: self.revision, document: self.document.clone() }
+    fn raw(&self) -> StoreResult<RawChange> {
+        Ok(RawChange { change: self.change, revision: self.revision, document: self.document.clone() })
+    }
+
+    fn matches(&self, query: &Query) -> bool {
+        query.covers(&self.kind, &self.namespace, &self.labels)
     }
 }
 
@@ -85,7 +107,7 @@ impl Recent {
             if matching.len() == limit {
                 return (matching, change.revision - 1);
             }
-            if query.matches(&change.object) {
+            if change.matches(query) {
                 matching.push(change.clone());
             }
         }
@@ -173,7 +195,7 @@ impl Feed {
         self: &Arc<Feed>,
         query: Query,
         revision: i64,
-        deliver: fn(&Change) -> T,
+        deliver: fn(&Change) -> StoreResult<T>,
     ) -> impl futures::Stream<Item = StoreResult<T>> + Send + 'static
     where
         T: Send + 'static,
@@ -188,7 +210,10 @@ impl Feed {
         };
         futures::stream::unfold(watcher, move |mut watcher| async move {
             let item = watcher.next().await?;
-            Some((item.map(|change| deliver(&change)), watcher))
+            let delivered = item.and_then(|change| deliver(&change));
+            // The stream ends with its first error.
+            watcher.finished |= delivered.is_err();
+            Some((delivered, watcher))
         })
     }
 }
@@ -226,7 +251,7 @@ struct Page {
 /// caller's business) together with the head and compacted revisions, in one snapshot.
 async fn read_page(pool: &AnyPool, query: &Query, after: i64) -> StoreResult<Page> {
     let mut sql = String::from(
-        "SELECT m.revision, m.compacted_revision, c.revision, c.change_type, c.body FROM meta m \
+        "SELECT m.revision, m.compacted_revision, c.revision, c.change_type, c.body, c.kind, c.namespace FROM meta m \
          LEFT JOIN changes c ON c.revision > $1",
     );
     let mut binds = Vec::new();
@@ -254,9 +279,16 @@ async fn read_page(pool: &AnyPool, query: &Query, after: i64) -> StoreResult<Pag
         let change = ChangeType::parse(&row.try_get::<String, _>(3).db()?)
             .ok_or_else(|| StoreError::Invalid("unknown change type in the change log".into()))?;
         let document = row.try_get::<String, _>(4).db()?;
-        let object: Object = serde_json::from_str(&document)?;
+        let labels = serde_json::from_str::<LabelsOnly>(&document)?.metadata.labels;
         page.reached = revision;
-        page.changes.push(Arc::new(Change { revision, change, object, document: document.into() }));
+        page.changes.push(Arc::new(Change {
+            revision,
+            change,
+            kind: row.try_get(5).db()?,
+            namespace: row.try_get(6).db()?,
+            labels,
+            document: document.into(),
+        }));
     }
     page.complete = read < PAGE;
     if page.complete {
@@ -320,8 +352,8 @@ impl Watcher {
         if self.last < page.compacted {
             return Err(StoreError::Expired { requested: self.last, compacted: page.compacted });
         }
-        let selector = &self.query.selector;
-        self.buffer.extend(page.changes.into_iter().filter(|change| selector.matches(&change.object.metadata.labels)));
+        let query = &self.query;
+        self.buffer.extend(page.changes.into_iter().filter(|change| change.matches(query)));
         self.last = self.last.max(page.reached);
         Ok(self.last > start)
     }

@@ -87,9 +87,15 @@ impl Query {
 
     /// Whether an object falls under the query.
     pub fn matches(&self, object: &Object) -> bool {
-        self.kind.is_none_or(|kind| kind.as_str() == object.kind)
-            && self.namespace.as_deref().is_none_or(|namespace| namespace == object.namespace())
-            && self.selector.matches(&object.metadata.labels)
+        self.covers(&object.kind, object.namespace(), &object.metadata.labels)
+    }
+
+    /// Whether an object of `kind` in `namespace` with `labels` falls under the query (for
+    /// callers that have not decoded the whole object).
+    pub fn covers(&self, kind: &str, namespace: &str, labels: &std::collections::BTreeMap<String, String>) -> bool {
+        self.kind.is_none_or(|wanted| wanted.as_str() == kind)
+            && self.namespace.as_deref().is_none_or(|wanted| wanted == namespace)
+            && self.selector.matches(labels)
     }
 }
 
