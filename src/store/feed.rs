@@ -34,9 +34,9 @@ pub const FALLBACK_POLL: Duration = Duration::from_secs(1);
 /// Changes read per query.
 const PAGE: i64 = 1000;
 /// Changes kept in memory at most.
-const RECENT_CHANGES: usize = 10_000;
+const RECENT_CHANGES: usize = 4096;
 /// Bytes of changes kept in memory at most.
-const RECENT_BYTES: usize = 64 * 1024 * 1024;
+const RECENT_BYTES: usize = 16 * 1024 * 1024;
 /// Database replays running at once (the rest wait their turn).
 pub const REPLAYS_AT_ONCE: usize = 2;
 /// Events one watcher takes from memory per step (keeps its buffer small).
