@@ -17,7 +17,18 @@ fn no_sql_or_http_stack_among_the_dependencies() {
     }
     // Transitively either: the resolved graph of this crate's normal dependencies.
     let output = Command::new(env!("CARGO"))
-        .args(["tree", "--offline", "-p", "minicloud-controllers", "-e", "normal", "--prefix", "none", "--format", "{p}"])
+        .args([
+            "tree",
+            "--offline",
+            "-p",
+            "minicloud-controllers",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo tree");
