@@ -125,8 +125,15 @@ impl Client {
         Ok(url)
     }
 
-    /// `/apis/minicloud.dev/v1/[namespaces/NS/]PLURAL[/NAME]`, with namespace and name checked.
-    fn object_url(&self, kind: Kind, namespace: Option<&str>, name: Option<&str>) -> Result<reqwest::Url, ClientError> {
+    /// `/apis/minicloud.dev/v1/[namespaces/NS/]PLURAL[/NAME][/SUBRESOURCE]`, with namespace and
+    /// name checked.
+    fn object_url(
+        &self,
+        kind: Kind,
+        namespace: Option<&str>,
+        name: Option<&str>,
+        subresource: Option<&str>,
+    ) -> Result<reqwest::Url, ClientError> {
         let mut segments = vec!["apis", "minicloud.dev", "v1"];
         if let Some(namespace) = namespace {
             segments.extend(["namespaces", label("namespace", namespace)?]);
@@ -135,6 +142,7 @@ impl Client {
         if let Some(name) = name {
             segments.push(label("name", name)?);
         }
+        segments.extend(subresource);
         self.url(&segments)
     }
 
@@ -174,7 +182,7 @@ impl Client {
         namespace: Option<&str>,
         selector: Option<&str>,
     ) -> Result<ObjectListBody, ClientError> {
-        let mut request = self.http.get(self.object_url(kind, namespace, None)?);
+        let mut request = self.http.get(self.object_url(kind, namespace, None, None)?);
         if let Some(selector) = selector {
             request = request.query(&[("labelSelector", selector)]);
         }
@@ -183,7 +191,7 @@ impl Client {
 
     /// Reads one object.
     pub async fn get(&self, kind: Kind, namespace: &str, name: &str) -> Result<Object, ClientError> {
-        self.json(self.http.get(self.object_url(kind, Some(namespace), Some(name))?)).await
+        self.json(self.http.get(self.object_url(kind, Some(namespace), Some(name), None)?)).await
     }
 
     /// Applies a batch.
@@ -198,7 +206,7 @@ impl Client {
 
     /// Deletes one object.
     pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<DeleteAnswer, ClientError> {
-        self.json(self.http.delete(self.object_url(kind, Some(namespace), Some(name))?)).await
+        self.json(self.http.delete(self.object_url(kind, Some(namespace), Some(name), None)?)).await
     }
 
     /// Events of a namespace (all when `None`) or of one object.
@@ -233,13 +241,7 @@ impl Client {
         if let Some(tail) = tail {
             query.push(("tailLines", tail.to_string()));
         }
-        let mut url = self.object_url(Kind::Instance, Some(namespace), Some(name))?;
-        url.path_segments_mut()
-            .map_err(|_| ClientError::BadServer {
-                server: self.server.clone(),
-                reason: "it cannot have a path".into(),
-            })?
-            .push("log");
+        let url = self.object_url(Kind::Instance, Some(namespace), Some(name), Some("log"))?;
         let response = self.send(self.http.get(url).query(&query)).await?;
         let server = self.server.clone();
         Ok(Box::pin(response.bytes_stream().map(move |chunk| {
@@ -267,7 +269,7 @@ impl Client {
         if let Some(version) = resource_version {
             query.push(("resourceVersion", version.to_owned()));
         }
-        let response = self.send(self.http.get(self.object_url(kind, namespace, None)?).query(&query)).await?;
+        let response = self.send(self.http.get(self.object_url(kind, namespace, None, None)?).query(&query)).await?;
         let server = self.server.clone();
         let bytes = response.bytes_stream();
         let state = (bytes, BytesMut::new(), server);

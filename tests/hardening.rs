@@ -344,6 +344,19 @@ on_both_backends!(
     apply_racing_delete_never_fails,
 );
 
+/// Polls `/readyz` until it answers 200, failing with `failure` after `seconds`.
+async fn wait_until_ready(http: &reqwest::Client, server: &TestServer, seconds: u64, failure: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let ready = http.get(format!("{}/readyz", server.url)).send().await;
+        if ready.as_ref().is_ok_and(|response| response.status() == StatusCode::OK) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{failure}: {ready:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Reads from a raw connection until the server closes it or `within` passes; returns what
 /// was read and whether the server closed the connection.
 async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> (String, bool) {
@@ -440,16 +453,7 @@ async fn slow_connections_are_closed_and_counted() {
     assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("open connections"), "{answer:?}");
     assert!(closed);
     drop(held);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        match http.get(format!("{}/readyz", server.url)).send().await {
-            Ok(response) if response.status() == StatusCode::OK => break,
-            _ if std::time::Instant::now() < deadline => {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await
-            }
-            other => panic!("the server did not recover from its connection limit: {other:?}"),
-        }
-    }
+    wait_until_ready(&http, &server, 5, "the server did not recover from its connection limit").await;
     server.stop().await;
 }
 
@@ -637,14 +641,6 @@ async fn readiness_reflects_a_store_that_cannot_answer() {
     assert!(started.elapsed() < std::time::Duration::from_secs(4), "took {:?}", started.elapsed());
     sqlx::query("ROLLBACK").execute(&mut holder).await.expect("unlock");
     holder.close().await.expect("close");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let (status, _) = send(http.get(format!("{}/readyz", server.url))).await;
-        if status == StatusCode::OK {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "readiness did not come back");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+    wait_until_ready(&http, &server, 20, "readiness did not come back").await;
     server.stop().await;
 }

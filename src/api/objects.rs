@@ -159,6 +159,31 @@ pub fn accept_object(mut value: Value, kind: Kind, namespace: &str, name: Option
     Ok(object)
 }
 
+/// A list of stored documents being read: the revision it is read at, the documents as they
+/// come, and the task reading them (its result says whether the list was complete).
+type RawList = (i64, tokio::sync::mpsc::Receiver<store::RawItem>, tokio::task::JoinHandle<store::StoreResult<()>>);
+
+/// Starts reading a list of stored documents and waits for the revision it is read at.
+async fn start_raw_list(store: Arc<dyn Store>, query: store::Query) -> Result<RawList, ApiError> {
+    let (sender, mut receiver) = tokio::sync::mpsc::channel::<store::RawItem>(512);
+    let scan = tokio::spawn(async move { store.list_raw(&query, sender).await });
+    match receiver.recv().await {
+        Some(store::RawItem::Revision(revision)) => Ok((revision, receiver, scan)),
+        _ => Err(match scan.await {
+            Ok(Err(error)) => error.into(),
+            _ => ApiError::unavailable("the store ended the list before it began"),
+        }),
+    }
+}
+
+/// Whether the task reading a raw list read all of it.
+async fn completed(scan: tokio::task::JoinHandle<store::StoreResult<()>>) -> Result<(), ApiError> {
+    match scan.await {
+        Ok(outcome) => outcome.map_err(ApiError::from),
+        Err(error) => Err(ApiError::unavailable(format!("the list failed: {error}"))),
+    }
+}
+
 /// Pieces a list response is written to its spool in.
 const LIST_CHUNK: usize = 64 * 1024;
 
@@ -168,18 +193,7 @@ const LIST_CHUNK: usize = 64 * 1024;
 /// the list. A store failure after the first byte breaks the response (the client never sees
 /// a shorter list that looks complete).
 async fn list_response(state: &AppState, kind: Kind, query: store::Query) -> Result<Response, ApiError> {
-    let (sender, mut receiver) = tokio::sync::mpsc::channel::<store::RawItem>(512);
-    let store = state.store.clone();
-    let scan = tokio::spawn(async move { store.list_raw(&query, sender).await });
-    let revision = match receiver.recv().await {
-        Some(store::RawItem::Revision(revision)) => revision,
-        _ => {
-            return Err(match scan.await {
-                Ok(Err(error)) => error.into(),
-                _ => ApiError::unavailable("the store ended the list before it began"),
-            })
-        }
-    };
+    let (revision, mut receiver, scan) = start_raw_list(state.store.clone(), query).await?;
     let (mut writer, reader) = spool::spool(state.spool_budget.clone());
     let mut chunk = format!(
         r#"{{"apiVersion":"{API_VERSION}","kind":"{}List","metadata":{{"resourceVersion":"{revision}"}},"items":["#,
@@ -199,13 +213,9 @@ async fn list_response(state: &AppState, kind: Kind, query: store::Query) -> Res
                     writer.write(Bytes::from(std::mem::take(&mut chunk))).await?;
                 }
             }
-            match scan.await {
-                Ok(Ok(())) => {}
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "the store failed during a list; breaking the response");
-                    return Err(error.into());
-                }
-                Err(error) => return Err(ApiError::unavailable(format!("the list failed: {error}"))),
+            if let Err(error) = completed(scan).await {
+                tracing::warn!(%error, "the store failed during a list; breaking the response");
+                return Err(error);
             }
             chunk.push_str("]}");
             writer.write(Bytes::from(chunk)).await
@@ -377,20 +387,6 @@ fn line(value: &Value) -> Bytes {
     Bytes::from(text)
 }
 
-/// One watch line, serialised straight from the object (no intermediate copy).
-#[derive(serde::Serialize)]
-struct WatchLine<'o> {
-    #[serde(rename = "type")]
-    change: store::ChangeType,
-    object: &'o Object,
-}
-
-fn change_line(change: store::ChangeType, object: &Object) -> Bytes {
-    let mut text = serde_json::to_vec(&WatchLine { change, object }).unwrap_or_default();
-    text.push(b'\n');
-    Bytes::from(text)
-}
-
 /// A watch line around a stored document, without decoding it.
 fn document_line(change: store::ChangeType, document: &str) -> Bytes {
     let head = format!(r#"{{"type":"{}","object":"#, change.as_str());
@@ -451,10 +447,15 @@ impl SharedLists {
                     let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let query = query.clone();
                     let future = async move {
-                        let list = store.list(&query).await?;
-                        let lines =
-                            list.items.iter().map(|object| change_line(store::ChangeType::Added, object)).collect();
-                        Ok(Arc::new(InitialLines { revision: list.revision, lines }))
+                        let (revision, mut documents, scan) = start_raw_list(store, query).await?;
+                        let mut lines = Vec::new();
+                        while let Some(item) = documents.recv().await {
+                            if let store::RawItem::Document(document) = item {
+                                lines.push(document_line(store::ChangeType::Added, &document));
+                            }
+                        }
+                        completed(scan).await?;
+                        Ok(Arc::new(InitialLines { revision, lines }))
                     }
                     .boxed()
                     .shared();

@@ -26,7 +26,7 @@ use minicloud_crds::Object;
 use sqlx::{AnyPool, Row};
 use tokio::sync::{watch, Semaphore};
 
-use super::sql::OrStoreError;
+use super::sql::{labels_of, OrStoreError};
 use super::{ChangeType, Query, RawChange, RawWatchStream, StoreError, StoreResult, WatchEvent, WatchStream};
 
 /// How often the feed reads the change log when no wake-up arrives.
@@ -50,19 +50,6 @@ struct Change {
     namespace: String,
     labels: BTreeMap<String, String>,
     document: Arc<str>,
-}
-
-/// Just the labels of a document, read without decoding the rest.
-#[derive(serde::Deserialize)]
-struct LabelsOnly {
-    #[serde(default)]
-    metadata: LabelsMeta,
-}
-
-#[derive(Default, serde::Deserialize)]
-struct LabelsMeta {
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
 }
 
 impl Change {
@@ -279,7 +266,7 @@ async fn read_page(pool: &AnyPool, query: &Query, after: i64) -> StoreResult<Pag
         let change = ChangeType::parse(&row.try_get::<String, _>(3).db()?)
             .ok_or_else(|| StoreError::Invalid("unknown change type in the change log".into()))?;
         let document = row.try_get::<String, _>(4).db()?;
-        let labels = serde_json::from_str::<LabelsOnly>(&document)?.metadata.labels;
+        let labels = labels_of(&document)?;
         page.reached = revision;
         page.changes.push(Arc::new(Change {
             revision,

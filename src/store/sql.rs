@@ -225,13 +225,19 @@ impl SqlStore {
 /// Just the labels of a stored object, for selector checks without decoding the rest.
 #[derive(serde::Deserialize)]
 struct LabelsOnly {
+    #[serde(default)]
     metadata: LabelsMeta,
 }
 
-#[derive(serde::Deserialize)]
+#[derive(Default, serde::Deserialize)]
 struct LabelsMeta {
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+}
+
+/// The labels of a stored JSON document, read without decoding the rest of it.
+pub(crate) fn labels_of(document: &str) -> StoreResult<std::collections::BTreeMap<String, String>> {
+    Ok(serde_json::from_str::<LabelsOnly>(document)?.metadata.labels)
 }
 
 /// The statement listing what a query covers (kind and namespace; the caller applies the label
@@ -520,11 +526,8 @@ impl Store for SqlStore {
                 }
             }
             let Some(body) = row.try_get::<Option<String>, _>(1).db()? else { continue };
-            if !query.selector.is_empty() {
-                let labels: LabelsOnly = serde_json::from_str(&body)?;
-                if !query.selector.matches(&labels.metadata.labels) {
-                    continue;
-                }
+            if !query.selector.is_empty() && !query.selector.matches(&labels_of(&body)?) {
+                continue;
             }
             if sink.send(RawItem::Document(body)).await.is_err() {
                 return Ok(());
