@@ -267,6 +267,7 @@ async fn malformed_input_is_refused_and_changes_nothing(server: &TestServer) {
         ("unknown path", http.get(format!("{}/api/v1/pods", server.url)), StatusCode::NOT_FOUND),
         ("invalid name", http.get(format!("{collection}/Web_1")), StatusCode::BAD_REQUEST),
         ("path traversal", http.get(format!("{collection}/..%2F..%2Fetc%2Fpasswd")), StatusCode::BAD_REQUEST),
+        ("newline in a name", http.get(format!("{collection}/web%0Ax")), StatusCode::BAD_REQUEST),
         ("invalid namespace", http.get(format!("{}{V1}/namespaces/..%2F/instances", server.url)), StatusCode::BAD_REQUEST),
         ("invalid name in body", http.post(&collection).json(&instance("../x", json!({}))), StatusCode::BAD_REQUEST),
         ("name mismatch", http.put(format!("{collection}/existing")).json(&instance("other", json!({}))), StatusCode::BAD_REQUEST),

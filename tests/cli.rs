@@ -242,7 +242,9 @@ async fn hostile_namespaces_and_names_are_refused(server: &TestServer) {
     let secrets = format!("{}/apis/minicloud.dev/v1/namespaces/default/secrets", server.url);
     let response = http.post(&secrets).json(&secret).send().await.expect("create secret");
     assert_eq!(response.status(), reqwest::StatusCode::CREATED);
-    let attacks: [&[&str]; 8] = [
+    let attacks: [&[&str]; 10] = [
+        &["delete", "instance", "web\nx"],
+        &["get", "instance", "x", "-n", "default\r\nX-Evil: 1"],
         &["delete", "instance", "x", "-n", "default/secrets/name?"],
         &["delete", "instance", "x", "-n", "default/secrets/name#"],
         &["delete", "instance", "../secrets/name"],
