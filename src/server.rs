@@ -6,11 +6,13 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use minicloud_controllers::docker::{ContainerDriver, DockerDriver};
-use minicloud_controllers::{instance, runtime};
+use minicloud_controllers::metrics::Metrics;
+use minicloud_controllers::{instance, loadbalancer, runtime};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -35,12 +37,14 @@ pub struct ControllerSettings {
     /// Labels added to every container (e.g. to mark a test run's containers).
     pub extra_labels: HashMap<String, String>,
     pub runtime: runtime::RuntimeConfig,
+    /// Where controllers keep files (load balancers' configurations and admin sockets).
+    pub state_dir: PathBuf,
 }
 
 /// The tasks of the running controllers.
 struct Controllers {
-    /// The reconcile loop: it finishes its running reconciles when shutdown begins.
-    runtime: tokio::task::JoinHandle<()>,
+    /// The reconcile loops: they finish their running reconciles when shutdown begins.
+    runtimes: Vec<tokio::task::JoinHandle<()>>,
     /// Docker event fan-out and orphan collection: stopped at shutdown.
     helpers: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -50,24 +54,38 @@ impl Controllers {
     fn start(
         store: Arc<dyn Store>,
         settings: ControllerSettings,
+        metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Controllers> {
         let driver: Arc<dyn ContainerDriver> = Arc::new(DockerDriver::lazy()?);
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let mut helpers = vec![runtime::spawn_docker_events(driver.clone(), events.clone())];
-        let reconciler =
-            Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels));
-        let metrics = Arc::new(runtime::Metrics::default());
-        let runtime = tokio::spawn(runtime::run(
-            reconciler,
-            store.clone(),
-            events.subscribe(),
-            settings.runtime.clone(),
-            metrics,
-            shutdown,
-        ));
-        // Orphaned containers: at start and every resync period.
+        let reconcilers: Vec<Arc<dyn runtime::Reconciler>> = vec![
+            Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels.clone())),
+            Arc::new(loadbalancer::LoadBalancerController::new(
+                store.clone(),
+                driver.clone(),
+                settings.extra_labels.clone(),
+                settings.state_dir.clone(),
+                metrics.clone(),
+            )),
+        ];
+        let runtimes = reconcilers
+            .into_iter()
+            .map(|reconciler| {
+                tokio::spawn(runtime::run(
+                    reconciler,
+                    store.clone(),
+                    events.subscribe(),
+                    settings.runtime.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        // Orphaned containers and directories: at start and every resync period.
         let resync = settings.runtime.resync;
+        let state_dir = settings.state_dir.clone();
         helpers.push(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(resync);
             loop {
@@ -77,9 +95,14 @@ impl Controllers {
                     Ok(removed) => tracing::info!(removed, "orphaned containers removed"),
                     Err(error) => tracing::warn!(%error, "orphan collection failed; retrying later"),
                 }
+                match loadbalancer::collect_orphan_directories(store.as_ref(), &state_dir).await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::info!(removed, "directories of deleted load balancers removed"),
+                    Err(error) => tracing::warn!(%error, "directory collection failed; retrying later"),
+                }
             }
         }));
-        Ok(Controllers { runtime, helpers })
+        Ok(Controllers { runtimes, helpers })
     }
 
     /// Stops the helpers and lets the reconcile loop finish (bounded).
@@ -87,7 +110,7 @@ impl Controllers {
         for helper in self.helpers {
             helper.abort();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.runtime).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(self.runtimes)).await;
     }
 }
 
@@ -106,15 +129,17 @@ pub async fn run(
     let store: Arc<dyn Store> = Arc::new(sql);
     let compactor = store::spawn_compactor(store.clone(), store::Retention::default(), COMPACTION_INTERVAL);
     let (stopping, shutdown) = watch::channel(false);
+    let metrics = Arc::new(Metrics::default());
     let controllers = match config.controllers.clone() {
-        Some(settings) => Some(Controllers::start(store.clone(), settings, shutdown.clone())?),
+        Some(settings) => Some(Controllers::start(store.clone(), settings, metrics.clone(), shutdown.clone())?),
         None => None,
     };
     let driver = DockerDriver::lazy()
         .map(|driver| Arc::new(driver) as Arc<dyn ContainerDriver>)
         .map_err(|error| tracing::warn!(%error, "no Docker engine: logs are unavailable"))
         .ok();
-    let state = AppState::new(store, driver, shutdown, config.limits, backend);
+    let mut state = AppState::new(store, driver, shutdown, config.limits, backend);
+    state.metrics = metrics;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;

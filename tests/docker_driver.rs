@@ -37,6 +37,7 @@ fn web_spec(name: &str, run: &str, network: &str) -> ContainerSpec {
         nano_cpus: Some(500_000_000),
         health: None,
         volumes: Vec::new(),
+        user: None,
     }
 }
 
@@ -111,6 +112,37 @@ async fn containers_serve_on_loopback_and_are_labelled() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(page.unwrap_or_default().contains("Hello from minicloud"), "the container serves on 127.0.0.1:{host_port}");
+
+    assert!(info.addresses.get(&network).is_some_and(|ip| ip.parse::<std::net::IpAddr>().is_ok()), "{info:?}");
+
+    // Commands run inside; their output and exit code come back.
+    let hostname = vec!["hostname".to_owned()];
+    let output = driver.exec(&id, &hostname, Duration::from_secs(10)).await.expect("exec");
+    assert_eq!((output.exit_code, output.output.trim()), (0, &id[..12]));
+    let failing = vec!["sh".to_owned(), "-c".to_owned(), "echo nope >&2; exit 3".to_owned()];
+    let output = driver.exec(&id, &failing, Duration::from_secs(10)).await.expect("exec");
+    assert_eq!((output.exit_code, output.output.trim()), (3, "nope"));
+    // A one-off container runs to its end and is gone afterwards.
+    let mut once = web_spec(&format!("{name}-once"), &run, "none");
+    once.ports.clear();
+    once.entrypoint = Some(vec!["sh".into(), "-c".into(), "echo once; exit 2".into()]);
+    let output = driver.run_once(&once, Duration::from_secs(20)).await.expect("run once");
+    assert_eq!((output.exit_code, output.output.trim()), (2, "once"));
+    assert!(driver.inspect(&once.name).await.expect("inspect").is_none(), "removed after running");
+    // A signal reaches the main process: httpd ends on SIGTERM.
+    driver.signal(&id, "SIGTERM").await.expect("signal");
+    let mut stopped = false;
+    for _ in 0..100 {
+        if !driver.inspect(&id).await.expect("inspect").is_some_and(|info| info.running) {
+            stopped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stopped, "SIGTERM stopped the container");
+    assert!(matches!(driver.signal("mc-test-no-such", "SIGUSR2").await, Err(DriverError::NoSuchContainer(_))));
+    driver.remove(&id).await.expect("remove");
+    let id = driver.create_and_start(&web_spec(&name, &run, &network)).await.expect("create again");
 
     match driver.create_and_start(&web_spec(&name, &run, &network)).await {
         Err(DriverError::NameTaken(_)) => {}

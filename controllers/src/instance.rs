@@ -9,7 +9,7 @@
 //!
 //! Deletion goes through the finalizer `minicloud.dev/container`: the container, the volumes not
 //! marked `retain`, and the network when no longer used are removed before the object goes.
-//! Containers whose labels name no live Instance are removed by [`collect_orphans`].
+//! Containers whose labels name no live object are removed by [`collect_orphans`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -175,6 +175,7 @@ impl InstanceController {
                     read_only: volume.read_only,
                 })
                 .collect(),
+            user: None,
         }
     }
 
@@ -293,7 +294,7 @@ impl InstanceController {
                 None => return Ok(Some(Duration::from_secs(15))),
             },
         };
-        self.observe(&mut status, spec, &container, generation, now);
+        self.observe(&mut status, &namespace, spec, &container, generation, now);
         self.write_status(&mut object, &status).await?;
         let starting =
             container.running && spec.health_check.is_some() && container.health.as_deref() != Some("healthy");
@@ -443,12 +444,19 @@ impl InstanceController {
     fn observe(
         &self,
         status: &mut InstanceStatus,
+        namespace: &str,
         spec: &InstanceSpec,
         container: &ContainerInfo,
         generation: i64,
         now: DateTime<Utc>,
     ) {
         status.container_id = Some(container.id.clone());
+        // A stopped container has no address; keep the last one so that a LoadBalancer in
+        // front reports the target DOWN rather than forgetting it.
+        let network = network_name(namespace, spec.network.as_deref());
+        if let Some(address) = container.addresses.get(&network) {
+            status.address = Some(address.clone());
+        }
         status.started_at = container
             .started_at
             .as_deref()
@@ -583,17 +591,18 @@ impl Reconciler for InstanceController {
     }
 }
 
-/// Removes this control plane's Instance containers whose labels name no live Instance
-/// (deleted objects, objects recreated under the same name). Containers of other minicloud
-/// installations on the same engine are left alone. Returns how many were removed.
+/// Removes this control plane's containers (of Instances and LoadBalancers) whose labels name no
+/// live object (deleted objects, objects recreated under the same name, leftovers of a crash).
+/// Containers of other minicloud installations on the same engine are left alone. Returns how
+/// many were removed.
 pub async fn collect_orphans(store: &dyn Store, driver: &dyn ContainerDriver) -> Result<usize, ReconcileError> {
     let mut removed = 0;
     for container in driver.list_managed().await? {
         let Some(labels) = Labels::from_map(&container.labels) else { continue };
-        if labels.kind != Kind::Instance || labels.cluster != store.cluster_id() {
+        if !matches!(labels.kind, Kind::Instance | Kind::LoadBalancer) || labels.cluster != store.cluster_id() {
             continue;
         }
-        let key = ObjectKey::new(Kind::Instance, labels.namespace.clone(), labels.name.clone());
+        let key = ObjectKey::new(labels.kind, labels.namespace.clone(), labels.name.clone());
         let live = match store.get(&key).await {
             Ok(object) => object.metadata.uid.as_deref() == Some(labels.uid.as_str()),
             Err(StoreError::NotFound(_)) => false,
@@ -615,11 +624,13 @@ mod tests {
 
     use std::sync::Mutex;
 
+    use std::collections::BTreeMap;
+
     use futures::stream;
     use serde_json::Value;
 
     use super::*;
-    use crate::docker::{EventStream, LogStream};
+    use crate::docker::{CommandOutput, EventStream, LogStream};
     use minicloud_store::MemoryStore;
 
     /// A container engine in memory: containers run as soon as they are created.
@@ -706,6 +717,10 @@ mod tests {
                     exit_code: None,
                     started_at: Some("2026-01-01T00:00:00Z".into()),
                     ports,
+                    addresses: BTreeMap::from([(
+                        spec.network.trim_start_matches("id-").to_owned(),
+                        "172.30.0.2".into(),
+                    )]),
                 },
             );
             self.created.lock().expect("lock").push(spec.clone());
@@ -717,6 +732,15 @@ mod tests {
             Ok(())
         }
         async fn remove_volume(&self, _: &str) -> Result<(), DriverError> {
+            self.check()
+        }
+        async fn exec(&self, _: &str, _: &[String], _: Duration) -> Result<CommandOutput, DriverError> {
+            Err(DriverError::Refused("the fake engine runs no commands".into()))
+        }
+        async fn run_once(&self, _: &ContainerSpec, _: Duration) -> Result<CommandOutput, DriverError> {
+            Err(DriverError::Refused("the fake engine runs no commands".into()))
+        }
+        async fn signal(&self, _: &str, _: &str) -> Result<(), DriverError> {
             self.check()
         }
         async fn remove_network_if_unused(&self, _: &str) -> Result<(), DriverError> {
@@ -789,6 +813,7 @@ mod tests {
         assert_eq!(status.phase, InstancePhase::Running);
         assert_eq!(condition(&status, "Ready").0, ConditionStatus::True);
         assert_eq!(status.observed_generation, Some(1));
+        assert_eq!(status.address.as_deref(), Some("172.30.0.2"), "the address on its network");
         // A second reconcile changes nothing.
         fixture.controller.reconcile(&key("web")).await.expect("reconcile");
         assert_eq!(fixture.driver.created.lock().expect("lock").len(), 1);
@@ -914,6 +939,7 @@ mod tests {
             exit_code: None,
             started_at: None,
             ports: Vec::new(),
+            addresses: BTreeMap::new(),
         };
         let cluster = fixture.store.cluster_id().to_owned();
         fixture.driver.containers.lock().expect("lock").insert("ours".into(), orphan("ours", &cluster));

@@ -11,5 +11,7 @@ pub mod conditions;
 pub mod docker;
 pub mod helpers;
 pub mod instance;
+pub mod loadbalancer;
+pub mod metrics;
 pub mod queue;
 pub mod runtime;

@@ -5,13 +5,14 @@
 //!   change — a status-only write (typically the controller's own) does not re-trigger;
 //! - queues the owner of a container named in a Docker event (die, oom, destroy,
 //!   health_status), so a killed container is noticed at once, not at the next resync;
+//! - queues every object of its kind in a namespace when an object of a kind it watches
+//!   ([`Reconciler::watched_kinds`]) changes there (a LoadBalancer follows its Instances);
 //! - queues every object again each resync period, to catch drift;
 //! - runs a bounded number of workers over the [`Queue`], which guarantees one reconcile per
 //!   object at a time and per-object backoff.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -19,6 +20,7 @@ use futures::StreamExt;
 use minicloud_crds::{Kind, Object, ObjectKey};
 use tokio::sync::{broadcast, watch};
 
+use super::metrics::Metrics;
 use super::queue::{Backoff, Queue};
 use crate::docker::{labels::Labels, ContainerEvent};
 use minicloud_store::{ChangeType, Query, Store, StoreError};
@@ -70,18 +72,20 @@ pub trait Reconciler: Send + Sync + 'static {
     fn child_kinds(&self) -> Vec<Kind> {
         Vec::new()
     }
+    /// Kinds whose changes (status included) wake every object of this kind in the same
+    /// namespace: for relations found by selectors rather than owner references.
+    fn watched_kinds(&self) -> Vec<Kind> {
+        Vec::new()
+    }
     /// Drives one object toward its spec. `Ok(Some(d))` asks to be called again after `d`.
     async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError>;
 }
 
-/// Counters of one controller (exported as metrics later).
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub reconciles: AtomicU64,
-    pub errors: AtomicU64,
-    pub duration_micros: AtomicU64,
-    /// Objects waiting in the queue, as of the last reconcile.
-    pub queue_depth: AtomicU64,
+/// The objects a runtime knows, shared with the tasks that wake them.
+type Known = Arc<Mutex<BTreeSet<ObjectKey>>>;
+
+fn lock(known: &Known) -> std::sync::MutexGuard<'_, BTreeSet<ObjectKey>> {
+    known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What decides whether a change must trigger a reconcile: everything but status.
@@ -101,8 +105,7 @@ fn key_of(object: &Object) -> Option<ObjectKey> {
     object.key()
 }
 
-/// Runs one controller until `shutdown` turns true. Returns its metrics handle at once through
-/// `metrics`.
+/// Runs one controller until `shutdown` turns true, recording into `metrics`.
 pub async fn run(
     reconciler: Arc<dyn Reconciler>,
     store: Arc<dyn Store>,
@@ -139,6 +142,7 @@ pub async fn run(
         }
     };
     tracing::info!(%kind, objects = fingerprints.len(), "controller started");
+    let known: Known = Arc::new(Mutex::new(fingerprints.keys().cloned().collect()));
 
     let mut workers = Vec::new();
     for _ in 0..config.workers.max(1) {
@@ -149,19 +153,17 @@ pub async fn run(
             while let Some(key) = queue.next().await {
                 let started = Instant::now();
                 let outcome = reconciler.reconcile(&key).await;
-                metrics.reconciles.fetch_add(1, Ordering::Relaxed);
-                metrics.duration_micros.fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                metrics.record_reconcile(kind, started.elapsed().as_secs_f64(), outcome.is_err());
                 match outcome {
                     Ok(requeue) => {
                         queue.finish(key, true, requeue);
                     }
                     Err(error) => {
-                        metrics.errors.fetch_add(1, Ordering::Relaxed);
                         let retry = queue.finish(key.clone(), false, None);
                         tracing::warn!(object = %key, %error, retry_in = ?retry, "reconcile failed");
                     }
                 }
-                metrics.queue_depth.store(queue.depth() as u64, Ordering::Relaxed);
+                metrics.set_queue_depth(kind, queue.depth());
             }
         }));
     }
@@ -191,6 +193,9 @@ pub async fn run(
         .child_kinds()
         .into_iter()
         .map(|child| tokio::spawn(wake_owners(store.clone(), queue.clone(), kind, child, revision)))
+        .chain(reconciler.watched_kinds().into_iter().map(|watched| {
+            tokio::spawn(wake_namespace(store.clone(), queue.clone(), known.clone(), watched, revision))
+        }))
         .collect();
 
     let mut resync = tokio::time::interval(config.resync);
@@ -205,6 +210,7 @@ pub async fn run(
                     for object in &list.items {
                         if let Some(key) = key_of(object) {
                             fingerprints.insert(key.clone(), trigger_fingerprint(object));
+                            lock(&known).insert(key.clone());
                             queue.schedule_now(key);
                         }
                     }
@@ -224,6 +230,7 @@ pub async fn run(
                         match event.change {
                             ChangeType::Deleted => {
                                 fingerprints.remove(&key);
+                                lock(&known).remove(&key);
                                 queue.forget(&key);
                                 queue.schedule_now(key);
                             }
@@ -231,6 +238,7 @@ pub async fn run(
                                 let fingerprint = trigger_fingerprint(&event.object);
                                 if fingerprints.get(&key) != Some(&fingerprint) {
                                     fingerprints.insert(key.clone(), fingerprint);
+                                    lock(&known).insert(key.clone());
                                     queue.schedule_now(key);
                                 }
                             }
@@ -279,6 +287,39 @@ async fn wake_owners(store: Arc<dyn Store>, queue: Arc<Queue<ObjectKey>>, owner:
             }
             Err(_) => {
                 // Compacted past us: owners are resynced anyway; continue from now.
+                if let Ok(current) = store.revision().await {
+                    revision = current;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Queues every known object in the namespace of each changed object of kind `watched`.
+async fn wake_namespace(
+    store: Arc<dyn Store>,
+    queue: Arc<Queue<ObjectKey>>,
+    known: Known,
+    watched: Kind,
+    mut revision: i64,
+) {
+    let query = Query { kind: Some(watched), ..Query::default() };
+    loop {
+        match store.watch(query.clone(), revision).await {
+            Ok(mut changes) => {
+                while let Some(change) = changes.next().await {
+                    let Ok(event) = change else { break };
+                    revision = event.revision;
+                    let namespace = event.object.namespace();
+                    let woken: Vec<ObjectKey> =
+                        lock(&known).iter().filter(|key| key.namespace == namespace).cloned().collect();
+                    for key in woken {
+                        queue.schedule_now(key);
+                    }
+                }
+            }
+            Err(_) => {
                 if let Ok(current) = store.revision().await {
                     revision = current;
                 }

@@ -256,6 +256,10 @@ pub struct InstanceStatus {
     /// Ports as published on the host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PublishedPort>,
+    /// The container's IP address on its network (what a LoadBalancer sends traffic to). Kept
+    /// while a stopped container is replaced, so that its LoadBalancer reports it DOWN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// How often the container was replaced or restarted.
     #[serde(default)]
     pub restart_count: u32,

@@ -90,7 +90,8 @@ pub enum Algorithm {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LbHealthCheck {
-    /// HTTP path to GET; absent means a TCP connect check.
+    /// HTTP path to GET (starts with `/`; no spaces, `#`, quotes or control characters);
+    /// absent means a TCP connect check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Milliseconds between checks. Defaults to 2000.
@@ -113,10 +114,17 @@ pub struct LbHealthCheck {
 pub struct TargetStatus {
     /// Instance name.
     pub name: String,
-    /// Address on the shared network (`host:port`).
+    /// Address on the shared network (`ip:port` of the first listener's target port).
     pub address: String,
-    /// Whether the health check passes.
+    /// Whether the health check passes (state `UP`).
     pub healthy: bool,
+    /// As HAProxy reports it: `UP`, `DOWN`, `DRAIN` (leaving: no new requests), `MAINT`
+    /// (being removed), `NOLB` or `CHECKING` (added, first check pending).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub state: String,
+    /// The last health check's result as HAProxy words it (`L7OK/200`, `L4CON`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_check: Option<String>,
 }
 
 /// Observed state of a load balancer.
@@ -126,7 +134,7 @@ pub struct LoadBalancerStatus {
     /// The generation the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `ContainerRunning`, `TargetsHealthy` and `Ready`.
+    /// `ContainerRunning`, `ConfigApplied`, `TargetsHealthy`, `TargetsOnNetwork` and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Id of the HAProxy container.

@@ -48,6 +48,28 @@ pub fn check_dns_label(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Longest health-check path accepted.
+pub const MAX_HTTP_PATH_LEN: usize = 1024;
+
+/// Checks an HTTP path that ends up in generated configuration (a LoadBalancer's health-check
+/// path): it starts with `/` and holds only URL path characters (letters, digits and
+/// `-._~/?=&%+,;:@!`), so no space, `#`, quote, `$`, backslash or control character can end a
+/// configuration token early. Returns what is wrong.
+pub fn check_http_path(value: &str) -> Result<(), String> {
+    if !value.starts_with('/') {
+        return Err(format!("{value:?} must start with '/'"));
+    }
+    if value.len() > MAX_HTTP_PATH_LEN {
+        return Err(format!("the path is {} characters long; at most {MAX_HTTP_PATH_LEN} are allowed", value.len()));
+    }
+    if let Some(bad) = value.chars().find(|c| !(c.is_ascii_alphanumeric() || "-._~/?=&%+,;:@!".contains(*c))) {
+        return Err(format!(
+            "{value:?} contains {bad:?}; use only letters, digits and -._~/?=&%+,;:@! (percent-encode anything else)"
+        ));
+    }
+    Ok(())
+}
+
 fn is_label_name(text: &str) -> bool {
     !text.is_empty()
         && text.len() <= 63
@@ -358,8 +380,8 @@ fn check_load_balancer_spec(spec: &LoadBalancerSpec, path: &FieldPath, errors: &
         }
     }
     if let Some(check) = &spec.health_check {
-        if check.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
-            errors.add(path.key("healthCheck").key("path"), "the path must start with '/'");
+        if let Some(Err(message)) = check.path.as_deref().map(check_http_path) {
+            errors.add(path.key("healthCheck").key("path"), message);
         }
     }
     check_optional_network(spec.network.as_ref(), path, errors);

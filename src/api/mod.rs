@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderName, Request};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
@@ -89,6 +90,8 @@ pub struct AppState {
     pub watches: Arc<tokio::sync::Semaphore>,
     /// Initial lists of watches that start together, read once (see [`objects`]).
     pub shared_lists: objects::SharedLists,
+    /// What `/metrics` serves (the controllers record into it).
+    pub metrics: Arc<minicloud_controllers::metrics::Metrics>,
 }
 
 impl AppState {
@@ -110,6 +113,7 @@ impl AppState {
             backend,
             apply_lock: Arc::default(),
             shared_lists: objects::SharedLists::default(),
+            metrics: Arc::default(),
         }
     }
 }
@@ -122,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/version", get(version))
         .route("/openapi.json", get(openapi_document))
+        .route("/metrics", get(metrics))
         .route("/apis/minicloud.dev/v1/apply", post(apply::apply))
         .route("/apis/minicloud.dev/v1/events", get(events::list_all))
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/events", get(events::list_namespaced))
@@ -191,6 +196,11 @@ async fn version(State(state): State<AppState>) -> Json<Value> {
         "store": state.backend,
         "cluster": state.store.cluster_id(),
     }))
+}
+
+/// Prometheus' text format.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
 }
 
 async fn openapi_document() -> Json<Value> {

@@ -321,6 +321,12 @@ pub fn document() -> Value {
         );
     }
     paths.insert(
+        "/metrics".into(),
+        json!({"get": {"summary": "Prometheus metrics: reconciles, errors, durations and queue depth per kind; load balancer requests, responses and target health", "responses": {
+            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        }}}),
+    );
+    paths.insert(
         "/readyz".into(),
         json!({"get": {"summary": "Readiness: the store answers within 2 s", "responses": {
             "200": json_response("Ready", json!({"type": "object"})),

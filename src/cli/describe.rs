@@ -87,12 +87,31 @@ pub fn render(object: &Object, events: &[crate::store::Event]) -> String {
     out.push_str(&yaml(&object.spec, 2));
     let mut status = object.status.clone();
     let conditions = status.as_object_mut().and_then(|map| map.remove("conditions"));
+    // A load balancer's targets read best as a table.
+    let targets =
+        (object.kind == "LoadBalancer").then(|| status.as_object_mut().and_then(|map| map.remove("targets"))).flatten();
     if let Some(map) = status.as_object_mut() {
         map.remove("observedGeneration");
     }
     if status.as_object().is_some_and(|map| !map.is_empty()) {
         out.push_str("Status:\n");
         out.push_str(&yaml(&status, 2));
+    }
+    if object.kind == "LoadBalancer" {
+        out.push_str("Targets:\n");
+        let targets: Vec<Value> = targets.and_then(|t| t.as_array().cloned()).unwrap_or_default();
+        if targets.is_empty() {
+            out.push_str("  <none>\n");
+        } else {
+            let rows: Vec<Vec<String>> = targets
+                .iter()
+                .map(|target| {
+                    let text = |key: &str| target.get(key).and_then(Value::as_str).unwrap_or("-").to_owned();
+                    vec![text("name"), text("address"), text("state"), text("lastCheck")]
+                })
+                .collect();
+            out.push_str(&indent(&table(&["NAME", "ADDRESS", "STATE", "LAST CHECK"], &rows)));
+        }
     }
     out.push_str("Conditions:\n");
     let conditions: Vec<Value> = conditions.and_then(|c| c.as_array().cloned()).unwrap_or_default();

@@ -36,7 +36,7 @@ fn readiness(object: &Object) -> (String, String) {
 fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
     let mut headers: Vec<&str> = match kind {
         Kind::Instance => vec!["NAME", "READY", "STATUS", "RESTARTS", "PORTS", "AGE"],
-        Kind::LoadBalancer => vec!["NAME", "READY", "STATUS", "ENDPOINTS", "TARGETS", "AGE"],
+        Kind::LoadBalancer => vec!["NAME", "READY", "ENDPOINT", "TARGETS", "ALGORITHM", "AGE"],
         Kind::ScalingGroup => vec!["NAME", "READY", "DESIRED", "UP-TO-DATE", "MIN", "MAX", "AGE"],
         Kind::ManagedDatabase => vec!["NAME", "READY", "STATUS", "ENGINE", "ENDPOINT", "AGE"],
         Kind::Stack => vec!["NAME", "READY", "STATUS", "RESOURCES", "AGE"],
@@ -45,7 +45,7 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
     if wide {
         headers.extend(match kind {
             Kind::Instance => vec!["IMAGE", "CONTAINER"],
-            Kind::LoadBalancer => vec!["ALGORITHM"],
+            Kind::LoadBalancer => vec!["STATUS", "NETWORK"],
             Kind::ScalingGroup => vec!["CPU", "IMAGE"],
             Kind::ManagedDatabase => vec!["VERSION", "LAST BACKUP"],
             Kind::Stack => vec!["TEMPLATE"],
@@ -106,7 +106,8 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                     format!("{healthy}/{}", targets.len())
                 },
             );
-            vec![object.metadata.name.clone(), ready, status, endpoints, targets, created]
+            let algorithm = spec.get("algorithm").map_or_else(|| "RoundRobin".to_owned(), |a| text(Some(a)));
+            vec![object.metadata.name.clone(), ready, endpoints, targets, algorithm, created]
         }
         Kind::ScalingGroup => {
             let desired = state.get("desiredReplicas").or(spec.get("desiredReplicas")).or(spec.get("minReplicas"));
@@ -145,7 +146,10 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
     if wide {
         cells.extend(match kind {
             Kind::Instance => vec![text(spec.get("image")), text(state.get("containerId")).chars().take(12).collect()],
-            Kind::LoadBalancer => vec![text(spec.get("algorithm"))],
+            Kind::LoadBalancer => {
+                let network = spec.get("network").map_or_else(|| "default".to_owned(), |n| text(Some(n)));
+                vec![readiness(object).1, network]
+            }
             Kind::ScalingGroup => vec![
                 state.get("currentCpuUtilizationPercent").map_or("-".into(), |cpu| format!("{}%", text(Some(cpu)))),
                 text(spec.pointer("/template/spec/image")),

@@ -26,7 +26,8 @@ pub struct ServerArgs {
     /// data directory.
     #[arg(long, env = "MINICLOUD_DATABASE_URL")]
     pub database_url: Option<String>,
-    /// Directory of the embedded SQLite store (default: ~/.local/share/minicloud).
+    /// Directory of the embedded SQLite store and of the controllers' files (load balancer
+    /// configurations and admin sockets) (default: ~/.local/share/minicloud).
     #[arg(long, env = "MINICLOUD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Log format: human-readable text or one JSON object per line.
@@ -102,11 +103,13 @@ pub fn init_logging(format: LogFormat) {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let limits = args.limits();
+    let data_dir = args.data_dir.unwrap_or_else(sql::default_data_dir);
     let database_url = match args.database_url {
         Some(url) => url,
-        None => sql::sqlite_url(&args.data_dir.unwrap_or_else(sql::default_data_dir)),
+        None => sql::sqlite_url(&data_dir),
     };
     let controllers = (!args.no_controllers).then(|| ControllerSettings {
+        state_dir: data_dir,
         extra_labels: args.container_labels.into_iter().collect(),
         runtime: minicloud_controllers::runtime::RuntimeConfig {
             workers: args.workers,

@@ -1,6 +1,6 @@
 //! `cloud up -f PATH`: the whole thing in one command. Validates the manifests, starts an
 //! embedded control plane (SQLite in the data directory, controllers on), applies, shows
-//! progress until every Instance is Ready, prints the endpoints, and keeps serving until
+//! progress until every Instance and LoadBalancer is Ready, prints the endpoints, and keeps serving until
 //! Ctrl-C — with `--down`, Ctrl-C first removes everything it applied. While it runs, `cloud
 //! get` and `cloud describe` in another terminal talk to it.
 
@@ -55,6 +55,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         database_url,
         limits: args.server.limits(),
         controllers: Some(ControllerSettings {
+            state_dir: args.server.data_dir.clone().unwrap_or_else(sql::default_data_dir),
             extra_labels: args.server.container_labels.iter().cloned().collect(),
             runtime: minicloud_controllers::runtime::RuntimeConfig {
                 workers: args.server.workers,
@@ -93,18 +94,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .collect();
     let others: Vec<String> = watched
         .iter()
-        .filter(|(kind, _, _)| *kind != Kind::Instance)
+        .filter(|(kind, _, _)| !RUN.contains(kind))
         .map(|(kind, _, name)| format!("{}/{name}", kind.as_str().to_ascii_lowercase()))
         .collect();
     if !others.is_empty() {
         println!("stored without a controller yet (nothing runs them): {}", others.join(", "));
     }
-    let instances: Vec<(String, String)> = watched
-        .iter()
-        .filter(|(kind, _, _)| *kind == Kind::Instance)
-        .map(|(_, ns, name)| (ns.clone(), name.clone()))
-        .collect();
-    wait_until_ready(&client, &instances, args.timeout).await?;
+    let running: Vec<(Kind, String, String)> =
+        watched.iter().filter(|(kind, _, _)| RUN.contains(kind)).cloned().collect();
+    wait_until_ready(&client, &running, args.timeout).await?;
 
     println!("running; press Ctrl-C to stop{}", if args.down { " and remove everything" } else { "" });
     composition::shutdown_signal().await;
@@ -143,7 +141,13 @@ fn readiness(object: &Object) -> (bool, String) {
     (satisfied(object, &ready), why)
 }
 
+/// The kinds a controller runs (the others are only stored for now); `cloud up` waits for them.
+const RUN: [Kind; 2] = [Kind::Instance, Kind::LoadBalancer];
+
 fn endpoints(object: &Object) -> Vec<String> {
+    if let Some(endpoints) = object.status.get("endpoints").and_then(Value::as_object) {
+        return endpoints.values().filter_map(|url| url.as_str().map(str::to_owned)).collect();
+    }
     object
         .status
         .get("ports")
@@ -157,40 +161,45 @@ fn endpoints(object: &Object) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Shows progress until every Instance is Ready (or the timeout passes), then prints where each
-/// one is reachable.
-async fn wait_until_ready(client: &Client, instances: &[(String, String)], timeout: Duration) -> anyhow::Result<()> {
+/// Shows progress until every Instance and LoadBalancer is Ready (or the timeout passes), then
+/// prints where each one is reachable.
+async fn wait_until_ready(
+    client: &Client,
+    objects: &[(Kind, String, String)],
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     let live = std::io::stdout().is_terminal();
     let mut reported: BTreeMap<(String, String), bool> = BTreeMap::new();
     let mut last_line = String::new();
     loop {
         let mut waiting = Vec::new();
-        for (namespace, name) in instances {
-            let object = client.get(Kind::Instance, namespace, name).await?;
+        for (kind, namespace, name) in objects {
+            let object = client.get(*kind, namespace, name).await?;
             let (ready, why) = readiness(&object);
+            let label = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
             if ready {
-                if reported.insert((namespace.clone(), name.clone()), true) != Some(true) {
+                if reported.insert((label.clone(), namespace.clone()), true) != Some(true) {
                     if live {
                         print!("\r\x1b[2K");
                     }
                     let at = endpoints(&object);
                     let place = if at.is_empty() { String::new() } else { format!(" at {}", at.join(", ")) };
-                    println!("instance/{name} ready{place}");
+                    println!("{label} ready{place}");
                 }
             } else {
-                waiting.push(format!("instance/{name} ({why})"));
+                waiting.push(format!("{label} ({why})"));
             }
         }
         if waiting.is_empty() {
-            if instances.is_empty() {
-                println!("no Instances to wait for");
+            if objects.is_empty() {
+                println!("nothing to wait for");
             } else {
-                println!("all {} instance(s) ready after {:.1}s", instances.len(), started.elapsed().as_secs_f64());
+                println!("all {} object(s) ready after {:.1}s", objects.len(), started.elapsed().as_secs_f64());
             }
             return Ok(());
         }
-        let line = format!("waiting for {} of {}: {}", waiting.len(), instances.len(), waiting.join("; "));
+        let line = format!("waiting for {} of {}: {}", waiting.len(), objects.len(), waiting.join("; "));
         if live {
             let width = 160;
             let shown: String = line.chars().take(width).collect();

@@ -11,17 +11,19 @@
 
 pub mod labels;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
+use std::time::Duration;
 
 use async_trait::async_trait;
+use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig,
     PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, ListContainersOptionsBuilder,
-    ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::{Stream, StreamExt};
@@ -43,6 +45,8 @@ pub enum DriverError {
     Refused(String),
     #[error("container {0} does not exist")]
     NoSuchContainer(String),
+    #[error("{what} did not finish within {seconds} s")]
+    TimedOut { what: String, seconds: u64 },
 }
 
 impl DriverError {
@@ -95,9 +99,10 @@ pub struct PublishSpec {
     pub host_port: Option<u16>,
 }
 
-/// A named volume to mount.
+/// A named volume, or a host directory, to mount.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeSpec {
+    /// A volume name, or an absolute host path (a bind mount).
     pub volume: String,
     pub mount_path: String,
     pub read_only: bool,
@@ -132,6 +137,8 @@ pub struct ContainerSpec {
     pub nano_cpus: Option<i64>,
     pub health: Option<HealthSpec>,
     pub volumes: Vec<VolumeSpec>,
+    /// `UID:GID` to run as (default: the image's user).
+    pub user: Option<String>,
 }
 
 /// A managed container as the engine reports it.
@@ -147,6 +154,17 @@ pub struct ContainerInfo {
     pub started_at: Option<String>,
     /// Published ports: (container port, protocol, host ip, host port).
     pub ports: Vec<(u16, String, String, u16)>,
+    /// IP address on each network the container is attached to, by network name (empty while
+    /// the container is stopped).
+    pub addresses: BTreeMap<String, String>,
+}
+
+/// What a command run to completion printed, and how it exited.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub exit_code: i64,
+    /// Standard output and standard error, interleaved.
+    pub output: String,
 }
 
 /// An engine event about a managed container.
@@ -183,6 +201,14 @@ pub trait ContainerDriver: Send + Sync {
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError>;
     /// Removes a container (running or not) and its anonymous volumes; absent is fine.
     async fn remove(&self, id_or_name: &str) -> Result<(), DriverError>;
+    /// Runs a command inside a running container and waits (at most `timeout`) for it to end.
+    async fn exec(&self, id_or_name: &str, command: &[String], timeout: Duration)
+        -> Result<CommandOutput, DriverError>;
+    /// Runs a container to completion (at most `timeout`), then removes it. Its aliases are
+    /// ignored; `network` may be `none`.
+    async fn run_once(&self, spec: &ContainerSpec, timeout: Duration) -> Result<CommandOutput, DriverError>;
+    /// Sends a signal (`SIGUSR2`, ...) to a container's main process.
+    async fn signal(&self, id_or_name: &str, signal: &str) -> Result<(), DriverError>;
     /// Removes a named volume; absent is fine.
     async fn remove_volume(&self, name: &str) -> Result<(), DriverError>;
     /// Removes a managed network when no container uses it any more.
@@ -273,7 +299,14 @@ impl DockerDriver {
     fn info_from_inspect(response: bollard::models::ContainerInspectResponse) -> ContainerInfo {
         let state = response.state.unwrap_or_default();
         let mut ports = Vec::new();
-        if let Some(map) = response.network_settings.and_then(|settings| settings.ports) {
+        let settings = response.network_settings.unwrap_or_default();
+        let addresses = settings
+            .networks
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(network, endpoint)| Some((network, endpoint.ip_address.filter(|ip| !ip.is_empty())?)))
+            .collect();
+        if let Some(map) = settings.ports {
             for (key, bindings) in map {
                 let (port, protocol) = key.split_once('/').unwrap_or((key.as_str(), "tcp"));
                 let Ok(container_port) = port.parse::<u16>() else { continue };
@@ -296,6 +329,67 @@ impl DockerDriver {
             exit_code: state.exit_code,
             started_at: state.started_at,
             ports,
+            addresses,
+        }
+    }
+
+    /// The create request for a spec.
+    fn create_body(spec: &ContainerSpec) -> ContainerCreateBody {
+        let mut exposed = Vec::new();
+        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for port in &spec.ports {
+            let key = format!("{}/{}", port.container_port, port.protocol);
+            exposed.push(key.clone());
+            bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(PortBinding {
+                host_ip: Some(port.host_ip.clone()),
+                host_port: Some(port.host_port.map(|p| p.to_string()).unwrap_or_default()),
+            });
+        }
+        let healthcheck = spec.health.as_ref().map(|health| HealthConfig {
+            test: Some(health.test.clone()),
+            interval: Some(i64::from(health.interval_seconds) * 1_000_000_000),
+            timeout: Some(i64::from(health.timeout_seconds) * 1_000_000_000),
+            retries: Some(i64::from(health.retries)),
+            start_period: Some(i64::from(health.start_period_seconds) * 1_000_000_000),
+            ..Default::default()
+        });
+        let binds: Vec<String> = spec
+            .volumes
+            .iter()
+            .map(|volume| {
+                format!("{}:{}{}", volume.volume, volume.mount_path, if volume.read_only { ":ro" } else { "" })
+            })
+            .collect();
+        // Aliases exist only on user-defined networks (not on `none` or `bridge`).
+        let aliases = (!spec.aliases.is_empty()).then(|| spec.aliases.clone());
+        let endpoint = EndpointSettings { aliases, ..Default::default() };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            entrypoint: spec.entrypoint.clone(),
+            cmd: spec.command.clone(),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            exposed_ports: Some(exposed),
+            healthcheck,
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                memory: spec.memory_bytes,
+                nano_cpus: spec.nano_cpus,
+                binds: (!binds.is_empty()).then_some(binds),
+                network_mode: Some(spec.network.clone()),
+                // minicloud itself replaces containers that stop (see restartPolicy).
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::NO),
+                    maximum_retry_count: None,
+                }),
+                init: Some(true),
+                ..Default::default()
+            }),
+            user: spec.user.clone(),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(spec.network.clone(), endpoint)])),
+            }),
+            ..Default::default()
         }
     }
 }
@@ -401,59 +495,7 @@ impl ContainerDriver for DockerDriver {
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError> {
-        let mut exposed = Vec::new();
-        let mut bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-        for port in &spec.ports {
-            let key = format!("{}/{}", port.container_port, port.protocol);
-            exposed.push(key.clone());
-            bindings.entry(key).or_insert_with(|| Some(Vec::new())).get_or_insert_with(Vec::new).push(PortBinding {
-                host_ip: Some(port.host_ip.clone()),
-                host_port: Some(port.host_port.map(|p| p.to_string()).unwrap_or_default()),
-            });
-        }
-        let healthcheck = spec.health.as_ref().map(|health| HealthConfig {
-            test: Some(health.test.clone()),
-            interval: Some(i64::from(health.interval_seconds) * 1_000_000_000),
-            timeout: Some(i64::from(health.timeout_seconds) * 1_000_000_000),
-            retries: Some(i64::from(health.retries)),
-            start_period: Some(i64::from(health.start_period_seconds) * 1_000_000_000),
-            ..Default::default()
-        });
-        let binds: Vec<String> = spec
-            .volumes
-            .iter()
-            .map(|volume| {
-                format!("{}:{}{}", volume.volume, volume.mount_path, if volume.read_only { ":ro" } else { "" })
-            })
-            .collect();
-        let endpoint = EndpointSettings { aliases: Some(spec.aliases.clone()), ..Default::default() };
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            entrypoint: spec.entrypoint.clone(),
-            cmd: spec.command.clone(),
-            env: Some(spec.env.clone()),
-            labels: Some(spec.labels.clone()),
-            exposed_ports: Some(exposed),
-            healthcheck,
-            host_config: Some(HostConfig {
-                port_bindings: Some(bindings),
-                memory: spec.memory_bytes,
-                nano_cpus: spec.nano_cpus,
-                binds: (!binds.is_empty()).then_some(binds),
-                network_mode: Some(spec.network.clone()),
-                // minicloud itself replaces containers that stop (see restartPolicy).
-                restart_policy: Some(RestartPolicy {
-                    name: Some(RestartPolicyNameEnum::NO),
-                    maximum_retry_count: None,
-                }),
-                init: Some(true),
-                ..Default::default()
-            }),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(spec.network.clone(), endpoint)])),
-            }),
-            ..Default::default()
-        };
+        let body = DockerDriver::create_body(spec);
         let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
         let docker = self.client().await?;
         let created = docker.create_container(Some(options), body).await.map_err(DriverError::from_bollard)?;
@@ -472,6 +514,90 @@ impl ContainerDriver for DockerDriver {
             Err(error) if is_not_found(&error) => Ok(()),
             // Removal already in progress (e.g. two reconciles): the container is going.
             Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => Ok(()),
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
+    async fn exec(
+        &self,
+        id_or_name: &str,
+        command: &[String],
+        timeout: Duration,
+    ) -> Result<CommandOutput, DriverError> {
+        let docker = self.client().await?;
+        let options = CreateExecOptions {
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            cmd: Some(command.to_vec()),
+            ..Default::default()
+        };
+        let run = async {
+            let created = docker.create_exec(id_or_name, options).await.map_err(|error| {
+                if is_not_found(&error) {
+                    DriverError::NoSuchContainer(id_or_name.to_owned())
+                } else {
+                    DriverError::from_bollard(error)
+                }
+            })?;
+            let mut output = String::new();
+            if let StartExecResults::Attached { output: mut stream, .. } =
+                docker.start_exec(&created.id, None).await.map_err(DriverError::from_bollard)?
+            {
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(DriverError::from_bollard)?;
+                    output.push_str(&String::from_utf8_lossy(chunk.as_ref()));
+                }
+            }
+            let inspected = docker.inspect_exec(&created.id).await.map_err(DriverError::from_bollard)?;
+            Ok(CommandOutput { exit_code: inspected.exit_code.unwrap_or(-1), output })
+        };
+        tokio::time::timeout(timeout, run).await.map_err(|_| DriverError::TimedOut {
+            what: format!("`{}` in container {id_or_name}", command.join(" ")),
+            seconds: timeout.as_secs(),
+        })?
+    }
+
+    async fn run_once(&self, spec: &ContainerSpec, timeout: Duration) -> Result<CommandOutput, DriverError> {
+        let docker = self.client().await?;
+        // Nothing addresses a one-off container by name (and `none` takes no aliases).
+        let mut body = DockerDriver::create_body(&ContainerSpec { aliases: Vec::new(), ..spec.clone() });
+        if let Some(host) = body.host_config.as_mut() {
+            host.init = Some(false);
+        }
+        let options = CreateContainerOptionsBuilder::default().name(&spec.name).build();
+        let created = docker.create_container(Some(options), body).await.map_err(DriverError::from_bollard)?;
+        let run = async {
+            docker.start_container(&created.id, None).await.map_err(DriverError::from_bollard)?;
+            let mut waited = docker.wait_container(&created.id, None);
+            let mut exit_code = -1;
+            while let Some(outcome) = waited.next().await {
+                match outcome {
+                    Ok(response) => exit_code = response.status_code,
+                    // A non-zero exit arrives as this error.
+                    Err(bollard::errors::Error::DockerContainerWaitError { code, .. }) => exit_code = code,
+                    Err(error) => return Err(DriverError::from_bollard(error)),
+                }
+            }
+            let mut output = String::new();
+            let mut logs = self.logs(&created.id, false, None).await?;
+            while let Some(chunk) = logs.next().await {
+                output.push_str(&String::from_utf8_lossy(&chunk?));
+            }
+            Ok(CommandOutput { exit_code, output })
+        };
+        let outcome = tokio::time::timeout(timeout, run).await;
+        self.remove(&created.id).await?;
+        outcome.map_err(|_| DriverError::TimedOut {
+            what: format!("container {}", spec.name),
+            seconds: timeout.as_secs(),
+        })?
+    }
+
+    async fn signal(&self, id_or_name: &str, signal: &str) -> Result<(), DriverError> {
+        let options = KillContainerOptionsBuilder::default().signal(signal).build();
+        match self.client().await?.kill_container(id_or_name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(error) if is_not_found(&error) => Err(DriverError::NoSuchContainer(id_or_name.to_owned())),
             Err(error) => Err(DriverError::from_bollard(error)),
         }
     }

@@ -1,0 +1,1116 @@
+//! The LoadBalancer controller: one HAProxy container per LoadBalancer, fed with the Instances
+//! its spec picks, changed without dropping a request.
+//!
+//! - The container (`mclb-NAMESPACE-NAME`, image `minicloud/haproxy:local`) runs HAProxy in
+//!   master-worker mode on the load balancer's network, as the control plane's own user, with
+//!   the load balancer's directory (`DATA/lb/CLUSTER-UID`) mounted at [`config::MOUNT`]: the
+//!   configuration and the Runtime API socket live there. Listener `i` binds container port
+//!   8000 + i, published on 127.0.0.1 (the host port is kept across replacements). Only a change
+//!   of image, network or listener ports replaces the container.
+//! - Targets (Instances matching the selector, or owned by the ScalingGroup, in the same
+//!   namespace and on the same network, with an address) join and leave through the Runtime
+//!   API with no reload: `add server` + `enable health` + `enable server`; a leaving one is set
+//!   to DRAIN, deleted once it has no sessions left (or after [`DRAIN_TIMEOUT`]).
+//! - Structural changes (listeners, algorithm, health check) write a new configuration,
+//!   validated with `haproxy -c` first, then reload HAProxy with SIGUSR2; server states are
+//!   saved to the state file first so DOWN and DRAIN survive the reload. A configuration that
+//!   fails validation is never used: HAProxy keeps the last good one and `ConfigApplied` says why.
+//! - Each reconcile reads `show stat` back into `status.targets`, conditions, events (a target
+//!   going DOWN or UP) and metrics; the controller polls while the load balancer exists.
+//! - Deletion (finalizer `minicloud.dev/loadbalancer`): targets drained, container and
+//!   directory removed.
+
+pub mod admin;
+pub mod config;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::Utc;
+use minicloud_crds::kinds::{Instance, LoadBalancer};
+use minicloud_crds::loadbalancer::{ListenerProtocol, LoadBalancerSpec, LoadBalancerStatus, TargetStatus};
+use minicloud_crds::meta::ConditionStatus;
+use minicloud_crds::{Kind, Object, ObjectKey};
+use minicloud_store::{EventType, NewEvent, Query, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use self::admin::{AdminError, AdminSocket, ServerStat};
+use self::config::Target;
+use crate::conditions::set_condition;
+use crate::docker::labels::{self, spec_hash, Labels};
+use crate::docker::{ContainerDriver, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
+use crate::helpers::{ensure_finalizer, remove_finalizer, FinalizerUpdate};
+use crate::instance::network_name;
+use crate::metrics::{Metrics, TargetTraffic};
+use crate::runtime::{ReconcileError, Reconciler};
+
+/// The finalizer that guards a load balancer's container and directory.
+pub const FINALIZER: &str = "minicloud.dev/loadbalancer";
+/// The HAProxy image (built by `scripts/local-images.sh haproxy`).
+pub const DEFAULT_IMAGE: &str = "minicloud/haproxy:local";
+/// How long a leaving target may keep its sessions before it is removed anyway.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a load balancer's health is read back when nothing else brings it up.
+const HEALTH_POLL: Duration = Duration::from_secs(2);
+/// How soon to come back while something is in progress (a drain, a reload, a start).
+const SOON: Duration = Duration::from_millis(250);
+/// Time allowed for `haproxy -c`.
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Remembers which structure the running HAProxy was configured with.
+const APPLIED_FILE: &str = "applied.json";
+/// Part of HAProxy's rejection kept in conditions and events.
+const MAX_MESSAGE: usize = 1500;
+
+/// The HAProxy container of a load balancer.
+pub fn container_name(namespace: &str, name: &str) -> String {
+    format!("mclb-{namespace}-{name}")
+}
+
+/// The directory of a load balancer under the control plane's state directory:
+/// `lb/CLUSTER-UID`, the cluster part (8 characters of the store's id) keeping control planes
+/// that share a state directory apart, and the whole short enough for a socket path.
+pub fn directory(state_dir: &Path, cluster: &str, uid: &str) -> PathBuf {
+    state_dir.join("lb").join(format!("{}-{uid}", cluster_prefix(cluster)))
+}
+
+fn cluster_prefix(cluster: &str) -> String {
+    cluster.chars().filter(char::is_ascii_alphanumeric).take(8).collect()
+}
+
+/// What the running HAProxy was configured from (kept in [`APPLIED_FILE`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Applied {
+    /// Hash of the structural configuration.
+    structure: String,
+    /// The spec that configuration came from: membership changes follow its listeners until a
+    /// new structure is applied.
+    spec: LoadBalancerSpec,
+}
+
+/// The targets a spec picks right now.
+#[derive(Debug, Default)]
+struct Selection {
+    targets: Vec<Target>,
+    /// Matching Instances on another network.
+    other_network: Vec<String>,
+    /// Matching Instances without an address yet.
+    waiting: Vec<String>,
+}
+
+/// Reconciles LoadBalancers.
+pub struct LoadBalancerController {
+    store: Arc<dyn Store>,
+    driver: Arc<dyn ContainerDriver>,
+    extra_labels: HashMap<String, String>,
+    state_dir: PathBuf,
+    image: String,
+    metrics: Arc<Metrics>,
+    /// When each leaving server (load balancer, backend, server) started draining.
+    draining: Mutex<HashMap<(ObjectKey, String, String), Instant>>,
+    /// The last structure hash that failed validation, per load balancer (not validated again).
+    rejected: Mutex<HashMap<ObjectKey, (String, String)>>,
+}
+
+impl LoadBalancerController {
+    pub fn new(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn ContainerDriver>,
+        extra_labels: HashMap<String, String>,
+        state_dir: PathBuf,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        LoadBalancerController {
+            store,
+            driver,
+            extra_labels,
+            state_dir,
+            image: DEFAULT_IMAGE.to_owned(),
+            metrics,
+            draining: Mutex::default(),
+            rejected: Mutex::default(),
+        }
+    }
+
+    /// Uses another HAProxy image.
+    pub fn with_image(mut self, image: impl Into<String>) -> Self {
+        self.image = image.into();
+        self
+    }
+
+    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
+        let Some(key) = object.key() else { return };
+        let event = NewEvent {
+            object: key,
+            uid: object.metadata.uid.clone().unwrap_or_default(),
+            event_type,
+            reason: reason.to_owned(),
+            message,
+        };
+        if let Err(error) = self.store.record_event(event).await {
+            tracing::warn!(%error, "cannot record an event");
+        }
+    }
+
+    /// The Instances the spec picks, split into targets and those that cannot be.
+    async fn select(&self, namespace: &str, spec: &LoadBalancerSpec) -> Result<Selection, ReconcileError> {
+        let instances = self.store.list(&Query::namespaced(Kind::Instance, namespace)).await?;
+        let network = spec.network.as_deref().unwrap_or("default");
+        let mut selection = Selection::default();
+        for object in instances.items {
+            if object.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let picked = match (&spec.targets.selector, &spec.targets.scaling_group_ref) {
+                (Some(selector), _) => {
+                    selector.match_labels.iter().all(|(key, value)| object.metadata.labels.get(key) == Some(value))
+                }
+                (None, Some(group)) => object
+                    .metadata
+                    .owner_references
+                    .iter()
+                    .any(|owner| owner.kind == Kind::ScalingGroup.as_str() && owner.name == group.name),
+                (None, None) => false,
+            };
+            if !picked {
+                continue;
+            }
+            let name = object.metadata.name.clone();
+            let instance: Instance = match serde_json::to_value(&object).and_then(serde_json::from_value) {
+                Ok(instance) => instance,
+                Err(error) => {
+                    tracing::warn!(instance = %name, %error, "an Instance does not decode; not a target");
+                    continue;
+                }
+            };
+            if instance.spec.network.as_deref().unwrap_or("default") != network {
+                selection.other_network.push(name);
+                continue;
+            }
+            let address = instance.status.as_ref().and_then(|status| status.address.as_deref());
+            match address.and_then(|address| address.parse::<IpAddr>().ok()) {
+                Some(address) => selection.targets.push(Target { name, address }),
+                None => selection.waiting.push(name),
+            }
+        }
+        selection.targets.sort();
+        Ok(selection)
+    }
+
+    /// Writes the status when it changed, keeping `object` current.
+    async fn write_status(&self, object: &mut Object, status: &LoadBalancerStatus) -> Result<(), ReconcileError> {
+        let value = serde_json::to_value(status).map_err(|error| ReconcileError(error.to_string()))?;
+        if value == object.status {
+            return Ok(());
+        }
+        let mut next = object.clone();
+        next.status = value;
+        match self.store.update_status(next).await {
+            Ok(stored) => {
+                *object = stored;
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// The spec of the container (everything but the configuration, which is in the directory).
+    fn container_spec(
+        &self,
+        object: &Object,
+        spec: &LoadBalancerSpec,
+        status: &LoadBalancerStatus,
+        directory: &Path,
+        user: String,
+        labels: HashMap<String, String>,
+    ) -> ContainerSpec {
+        let namespace = object.namespace();
+        let ports = spec
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(index, listener)| {
+                let previous =
+                    status.endpoints.get(&listener.name).and_then(|url| url.rsplit(':').next()?.parse().ok());
+                PublishSpec {
+                    container_port: config::container_port(index),
+                    protocol: "tcp".into(),
+                    host_ip: "127.0.0.1".into(),
+                    host_port: listener.port.or(previous),
+                }
+            })
+            .collect();
+        ContainerSpec {
+            name: container_name(namespace, &object.metadata.name),
+            image: self.image.clone(),
+            entrypoint: Some(vec![
+                "/usr/sbin/haproxy".into(),
+                "-W".into(),
+                "-db".into(),
+                "-f".into(),
+                format!("{}/{}", config::MOUNT, config::CONFIG_FILE),
+            ]),
+            command: None,
+            env: Vec::new(),
+            labels,
+            ports,
+            network: network_name(namespace, spec.network.as_deref()),
+            aliases: Vec::new(),
+            memory_bytes: None,
+            nano_cpus: None,
+            health: None,
+            volumes: vec![VolumeSpec {
+                volume: directory.display().to_string(),
+                mount_path: config::MOUNT.into(),
+                read_only: false,
+            }],
+            user: Some(user),
+        }
+    }
+
+    /// Runs `haproxy -c` on the candidate file: inside the running container when there is
+    /// one, else in a one-off container of the same image. `Err` holds HAProxy's complaint.
+    async fn validate(
+        &self,
+        running: Option<&str>,
+        template: &ContainerSpec,
+    ) -> Result<Result<(), String>, DriverError> {
+        let candidate = format!("{}/{}", config::MOUNT, config::CANDIDATE_FILE);
+        let command = vec!["/usr/sbin/haproxy".to_owned(), "-c".into(), "-q".into(), "-f".into(), candidate];
+        let output = match running {
+            Some(container) => self.driver.exec(container, &command, VALIDATE_TIMEOUT).await?,
+            None => {
+                let mut check = template.clone();
+                check.name = format!("{}-check-{:08x}", template.name, rand::random::<u32>());
+                check.entrypoint = Some(command);
+                check.ports.clear();
+                check.network = "none".into();
+                // Labels of no live object: a leftover of a crash is collected as an orphan.
+                check.labels.insert(labels::UID.into(), "validation".into());
+                self.driver.run_once(&check, VALIDATE_TIMEOUT).await?
+            }
+        };
+        if output.exit_code == 0 {
+            Ok(Ok(()))
+        } else {
+            let mut message = output.output.trim().replace(&format!("{}/", config::MOUNT), "");
+            if message.is_empty() {
+                message = format!("haproxy -c exited with code {}", output.exit_code);
+            }
+            if message.len() > MAX_MESSAGE {
+                message = message.chars().take(MAX_MESSAGE).collect();
+            }
+            Ok(Err(message))
+        }
+    }
+
+    /// Deletion: drain every target, then remove the container and the directory.
+    async fn finalize(&self, object: Object) -> Result<Option<Duration>, ReconcileError> {
+        let Some(key) = object.key() else { return Ok(None) };
+        let namespace = object.namespace().to_owned();
+        let name = object.metadata.name.clone();
+        let uid = object.metadata.uid.clone().unwrap_or_default();
+        let directory = directory(&self.state_dir, self.store.cluster_id(), &uid);
+        let socket = AdminSocket::new(directory.join(config::SOCKET_FILE));
+        if let Ok(servers) = socket.servers().await {
+            let mut busy = false;
+            for server in &servers {
+                busy |= self.leave(&socket, &key, server).await;
+            }
+            if busy {
+                return Ok(Some(SOON));
+            }
+        }
+        self.driver.remove(&container_name(&namespace, &name)).await?;
+        match std::fs::remove_dir_all(&directory) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(ReconcileError(format!("cannot remove {}: {error}", directory.display()))),
+        }
+        self.metrics.forget_lb(&namespace, &name);
+        self.forget(&key);
+        match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
+            FinalizerUpdate::Done(_) => Ok(None),
+            FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
+        }
+    }
+
+    fn forget(&self, key: &ObjectKey) {
+        self.draining.lock().unwrap_or_else(|p| p.into_inner()).retain(|(lb, _, _), _| lb != key);
+        self.rejected.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+
+    /// Takes one step to remove `server`: DRAIN first; once it has no sessions (or drained for
+    /// [`DRAIN_TIMEOUT`]), MAINT and delete. True while it is still there.
+    async fn leave(&self, socket: &AdminSocket, lb: &ObjectKey, server: &ServerStat) -> bool {
+        let id = format!("{}/{}", server.backend, server.server);
+        let drain_key = (lb.clone(), server.backend.clone(), server.server.clone());
+        let started = *self
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(drain_key.clone())
+            .or_insert_with(Instant::now);
+        let outcome = async {
+            if server.state != "DRAIN" && server.state != "MAINT" {
+                socket.expect(&format!("set server {id} state drain"), &[]).await?;
+                if server.current_sessions > 0 {
+                    return Ok(false);
+                }
+            } else if server.state == "DRAIN" && server.current_sessions > 0 && started.elapsed() < DRAIN_TIMEOUT {
+                return Ok(false);
+            }
+            socket.expect(&format!("set server {id} state maint"), &[]).await?;
+            socket.expect(&format!("shutdown sessions server {id}"), &[]).await?;
+            socket.expect(&format!("del server {id}"), &["Server deleted"]).await?;
+            Ok::<bool, AdminError>(true)
+        }
+        .await;
+        match outcome {
+            Ok(true) => {
+                self.draining.lock().unwrap_or_else(|p| p.into_inner()).remove(&drain_key);
+                false
+            }
+            Ok(false) => true,
+            Err(error) => {
+                // Typically idle connections not purged yet: the next round deletes it.
+                tracing::debug!(%error, server = %id, "removal not finished");
+                true
+            }
+        }
+    }
+
+    /// Makes HAProxy's servers match the targets, listener by listener. True while something is
+    /// still in progress (a drain).
+    async fn sync_members(
+        &self,
+        socket: &AdminSocket,
+        lb: &ObjectKey,
+        applied: &LoadBalancerSpec,
+        targets: &[Target],
+        servers: &[ServerStat],
+    ) -> Result<(bool, Vec<String>), AdminError> {
+        let arguments = config::server_arguments(applied.health_check.as_ref());
+        let mut in_progress = false;
+        let mut joined = Vec::new();
+        for listener in &applied.listeners {
+            let backend = config::backend(&listener.name);
+            let present: HashMap<&str, &ServerStat> =
+                servers.iter().filter(|s| s.backend == backend).map(|s| (s.server.as_str(), s)).collect();
+            for target in targets {
+                let id = format!("{backend}/{}", target.name);
+                let address = config::socket_address(target, listener.target_port);
+                match present.get(target.name.as_str()) {
+                    None => {
+                        socket
+                            .expect(&format!("add server {id} {address} {arguments}"), &["New server registered"])
+                            .await?;
+                        socket.expect(&format!("enable health {id}"), &[]).await?;
+                        socket.expect(&format!("enable server {id}"), &[]).await?;
+                        if !joined.contains(&target.name) {
+                            joined.push(target.name.clone());
+                        }
+                    }
+                    Some(server) => {
+                        if server.address != address {
+                            let command =
+                                format!("set server {id} addr {} port {}", target.address, listener.target_port);
+                            socket.expect(&command, &["IP changed", "no need", "port changed", "IP and port"]).await?;
+                        }
+                        if server.state == "DRAIN" || server.state == "MAINT" {
+                            // It came back before it was removed.
+                            socket.expect(&format!("set server {id} state ready"), &[]).await?;
+                            self.draining.lock().unwrap_or_else(|p| p.into_inner()).remove(&(
+                                lb.clone(),
+                                backend.clone(),
+                                target.name.clone(),
+                            ));
+                        }
+                    }
+                }
+            }
+            for server in present.values().filter(|s| !targets.iter().any(|t| t.name == s.server)) {
+                in_progress |= self.leave(socket, lb, server).await;
+            }
+        }
+        Ok((in_progress, joined))
+    }
+
+    async fn converge(&self, mut object: Object, lb: LoadBalancer) -> Result<Option<Duration>, ReconcileError> {
+        let Some(key) = object.key() else { return Ok(None) };
+        let now = Utc::now();
+        let generation = object.metadata.generation.unwrap_or(1);
+        let namespace = object.namespace().to_owned();
+        let name = object.metadata.name.clone();
+        let owner = format!("{namespace}/{name}");
+        let uid = object.metadata.uid.clone().unwrap_or_default();
+        let spec = &lb.spec;
+        let previous = lb.status.clone().unwrap_or_default();
+        let mut status = previous.clone();
+        status.observed_generation = Some(generation);
+
+        let selection = self.select(&namespace, spec).await?;
+        let network = spec.network.as_deref().unwrap_or("default");
+        if selection.other_network.is_empty() {
+            set_condition(
+                &mut status.conditions,
+                "TargetsOnNetwork",
+                ConditionStatus::True,
+                "SameNetwork",
+                format!("every matching Instance is on network {network}"),
+                generation,
+                now,
+            );
+        } else {
+            let message = format!(
+                "not routing to {} (another network): a load balancer reaches only Instances on its own network ({network})",
+                selection.other_network.join(", ")
+            );
+            let flipped = set_condition(
+                &mut status.conditions,
+                "TargetsOnNetwork",
+                ConditionStatus::False,
+                "OtherNetwork",
+                message.clone(),
+                generation,
+                now,
+            );
+            if flipped {
+                self.event(&object, EventType::Warning, "OtherNetwork", message).await;
+            }
+        }
+
+        // The directory, owned by this process's user, which HAProxy runs as.
+        let directory = directory(&self.state_dir, self.store.cluster_id(), &uid);
+        let user = match prepare_directory(&directory) {
+            Ok(user) => user,
+            Err(message) => {
+                return self.fail(&mut object, &mut status, "StateDirectoryError", message, generation).await
+            }
+        };
+        let structure = match config::structure(&owner, spec) {
+            Ok(structure) => spec_hash(&json!(structure)),
+            Err(error) => {
+                let message = format!("the configuration cannot be rendered: {error}");
+                return self.fail(&mut object, &mut status, "InvalidSpec", message, generation).await;
+            }
+        };
+        let container_hash = spec_hash(&json!({
+            "image": self.image,
+            "network": spec.network,
+            "ports": spec.listeners.iter().map(|l| (l.name.clone(), l.port)).collect::<Vec<_>>(),
+            "user": user,
+        }));
+        let labels = Labels {
+            cluster: self.store.cluster_id().to_owned(),
+            namespace: namespace.clone(),
+            kind: Kind::LoadBalancer,
+            name: name.clone(),
+            uid: uid.clone(),
+            spec_hash: container_hash.clone(),
+        }
+        .to_map(&self.extra_labels);
+        let template = self.container_spec(&object, spec, &status, &directory, user, labels);
+
+        let mut current = match self.driver.inspect(&template.name).await {
+            Ok(current) => current,
+            Err(error) => {
+                return self.fail(&mut object, &mut status, "DockerError", error.to_string(), generation).await
+            }
+        };
+        if let Some(container) = &current {
+            let why = if container.labels.get(labels::UID) != Some(&uid) {
+                Some("a container of an earlier load balancer with this name was found")
+            } else if container.labels.get(labels::SPEC_HASH) != Some(&container_hash) {
+                Some("its listener ports, network or image changed")
+            } else if !container.running {
+                Some("HAProxy stopped")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.event(&object, EventType::Normal, "Replacing", format!("replacing the HAProxy container: {why}"))
+                    .await;
+                self.driver.remove(&container.id).await?;
+                current = None;
+            }
+        }
+
+        let Some(container) = current else {
+            return self.start(&mut object, &mut status, spec, &selection, &template, &directory, &structure).await;
+        };
+        status.container_id = Some(container.id.clone());
+        status.endpoints = endpoints(spec, &container.ports);
+        set_condition(
+            &mut status.conditions,
+            "ContainerRunning",
+            ConditionStatus::True,
+            "Running",
+            format!("HAProxy runs in container {}", short(&container.id)),
+            generation,
+            now,
+        );
+
+        // Structural change: validate, then reload.
+        let applied = read_applied(&directory);
+        let mut reloaded = false;
+        let mut applied_spec = applied.as_ref().map(|a| a.spec.clone()).unwrap_or_else(|| spec.clone());
+        if applied.as_ref().map(|a| a.structure.as_str()) != Some(structure.as_str()) {
+            let known_bad = self.rejected.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+            let verdict = match known_bad {
+                Some((hash, message)) if hash == structure => Err(message),
+                _ => {
+                    let rendered = config::render(&owner, spec, &selection.targets)
+                        .map_err(|error| ReconcileError(error.to_string()))?;
+                    write_atomically(&directory.join(config::CANDIDATE_FILE), &rendered)?;
+                    self.validate(Some(&container.id), &template).await?
+                }
+            };
+            match verdict {
+                Ok(()) => {
+                    let socket = AdminSocket::new(directory.join(config::SOCKET_FILE));
+                    // Keep DOWN, DRAIN and MAINT across the reload.
+                    if let Ok(state) = socket.command("show servers state").await {
+                        write_atomically(&directory.join(config::STATE_FILE), &state)?;
+                    }
+                    std::fs::rename(directory.join(config::CANDIDATE_FILE), directory.join(config::CONFIG_FILE))
+                        .map_err(|error| ReconcileError(format!("cannot install the configuration: {error}")))?;
+                    self.driver.signal(&container.id, "SIGUSR2").await?;
+                    write_applied(&directory, &Applied { structure: structure.clone(), spec: spec.clone() })?;
+                    self.rejected.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                    applied_spec = spec.clone();
+                    reloaded = true;
+                    self.event(
+                        &object,
+                        EventType::Normal,
+                        "Reloaded",
+                        "HAProxy reloaded with the new configuration".into(),
+                    )
+                    .await;
+                    set_condition(
+                        &mut status.conditions,
+                        "ConfigApplied",
+                        ConditionStatus::True,
+                        "Applied",
+                        "HAProxy runs the configuration of this generation",
+                        generation,
+                        now,
+                    );
+                }
+                Err(message) => {
+                    let first = self
+                        .rejected
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.clone(), (structure.clone(), message.clone()))
+                        .is_none_or(|(hash, _)| hash != structure);
+                    let text = format!(
+                        "the new configuration failed validation; HAProxy keeps serving the last good one: {message}"
+                    );
+                    if first {
+                        self.event(&object, EventType::Warning, "ConfigInvalid", text.clone()).await;
+                    }
+                    set_condition(
+                        &mut status.conditions,
+                        "ConfigApplied",
+                        ConditionStatus::False,
+                        "ConfigInvalid",
+                        text,
+                        generation,
+                        now,
+                    );
+                }
+            }
+        } else {
+            set_condition(
+                &mut status.conditions,
+                "ConfigApplied",
+                ConditionStatus::True,
+                "Applied",
+                "HAProxy runs the configuration of this generation",
+                generation,
+                now,
+            );
+        }
+        if reloaded {
+            // The new worker takes over the socket in a moment; membership follows next round.
+            self.write_status(&mut object, &status).await?;
+            return Ok(Some(SOON));
+        }
+
+        // Membership and health through the Runtime API.
+        let socket = AdminSocket::new(directory.join(config::SOCKET_FILE));
+        let servers = match socket.servers().await {
+            Ok(servers) => servers,
+            Err(error) => {
+                set_condition(
+                    &mut status.conditions,
+                    "Ready",
+                    ConditionStatus::False,
+                    "Starting",
+                    error.to_string(),
+                    generation,
+                    now,
+                );
+                self.write_status(&mut object, &status).await?;
+                return Ok(Some(SOON));
+            }
+        };
+        let (in_progress, joined) = self
+            .sync_members(&socket, &key, &applied_spec, &selection.targets, &servers)
+            .await
+            .map_err(|error| ReconcileError(error.to_string()))?;
+        for target in &joined {
+            self.event(&object, EventType::Normal, "TargetAdded", format!("target {target} added")).await;
+        }
+        let servers =
+            if joined.is_empty() && !in_progress { servers } else { socket.servers().await.unwrap_or(servers) };
+        status.targets = target_statuses(&applied_spec, &servers);
+        self.report_health(&object, &previous.targets, &status.targets).await;
+        self.metrics.record_lb_targets(&namespace, &name, &traffic(&servers));
+        self.summarise(&mut status, &selection, generation);
+        self.write_status(&mut object, &status).await?;
+        let poll = spec
+            .health_check
+            .as_ref()
+            .and_then(|check| check.interval_millis)
+            .map_or(HEALTH_POLL, |millis| HEALTH_POLL.min(Duration::from_millis(u64::from(millis).max(250))));
+        Ok(Some(if in_progress { SOON } else { poll }))
+    }
+
+    /// Creates the container with a validated configuration holding the current targets.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        &self,
+        object: &mut Object,
+        status: &mut LoadBalancerStatus,
+        spec: &LoadBalancerSpec,
+        selection: &Selection,
+        template: &ContainerSpec,
+        directory: &Path,
+        structure: &str,
+    ) -> Result<Option<Duration>, ReconcileError> {
+        let generation = object.metadata.generation.unwrap_or(1);
+        let owner = format!("{}/{}", object.namespace(), object.metadata.name);
+        if let Err(error) = self.driver.ensure_image(&self.image, &|_| {}).await {
+            return self.fail(object, status, "ImagePullFailed", error.to_string(), generation).await;
+        }
+        let rendered =
+            config::render(&owner, spec, &selection.targets).map_err(|error| ReconcileError(error.to_string()))?;
+        write_atomically(&directory.join(config::CANDIDATE_FILE), &rendered)?;
+        match self.validate(None, template).await? {
+            Ok(()) => {}
+            Err(message) => {
+                let text = format!("the configuration failed validation: {message}");
+                self.event(object, EventType::Warning, "ConfigInvalid", text.clone()).await;
+                set_condition(
+                    &mut status.conditions,
+                    "ConfigApplied",
+                    ConditionStatus::False,
+                    "ConfigInvalid",
+                    text.clone(),
+                    generation,
+                    Utc::now(),
+                );
+                return self
+                    .fail(object, status, "ConfigInvalid", text, generation)
+                    .await
+                    .map(|_| Some(Duration::from_secs(30)));
+            }
+        }
+        std::fs::rename(directory.join(config::CANDIDATE_FILE), directory.join(config::CONFIG_FILE))
+            .map_err(|error| ReconcileError(format!("cannot install the configuration: {error}")))?;
+        // Saved states belong to an earlier HAProxy.
+        let _ = std::fs::remove_file(directory.join(config::STATE_FILE));
+        write_applied(directory, &Applied { structure: structure.to_owned(), spec: spec.clone() })?;
+        let mut container = template.clone();
+        let network_labels: HashMap<String, String> = [
+            (labels::MANAGED_BY.to_owned(), "minicloud".to_owned()),
+            (labels::CLUSTER.to_owned(), self.store.cluster_id().to_owned()),
+            (labels::NAMESPACE.to_owned(), object.namespace().to_owned()),
+        ]
+        .into_iter()
+        .chain(self.extra_labels.clone())
+        .collect();
+        container.network = self.driver.ensure_network(&template.network, &network_labels).await?;
+        let id = match self.driver.create_and_start(&container).await {
+            Ok(id) => id,
+            Err(DriverError::NameTaken(_)) => return Ok(Some(SOON)),
+            Err(DriverError::PortTaken { port }) if spec.listeners.iter().all(|l| l.port != Some(port)) => {
+                self.event(
+                    object,
+                    EventType::Warning,
+                    "HostPortChanged",
+                    format!("host port {port} is taken; publishing on a new port"),
+                )
+                .await;
+                for publish in &mut container.ports {
+                    if publish.host_port == Some(port) {
+                        publish.host_port = None;
+                    }
+                }
+                match self.driver.create_and_start(&container).await {
+                    Ok(id) => id,
+                    Err(error) => return self.fail(object, status, "DockerError", error.to_string(), generation).await,
+                }
+            }
+            Err(error) => return self.fail(object, status, "DockerError", error.to_string(), generation).await,
+        };
+        let info = self.driver.inspect(&id).await?;
+        status.container_id = Some(id.clone());
+        status.endpoints = info.map(|info| endpoints(spec, &info.ports)).unwrap_or_default();
+        let at: Vec<String> = status.endpoints.values().cloned().collect();
+        self.event(
+            object,
+            EventType::Normal,
+            "Started",
+            format!("HAProxy started in container {} at {}", short(&id), at.join(", ")),
+        )
+        .await;
+        let now = Utc::now();
+        set_condition(
+            &mut status.conditions,
+            "ContainerRunning",
+            ConditionStatus::True,
+            "Running",
+            format!("HAProxy runs in container {}", short(&id)),
+            generation,
+            now,
+        );
+        set_condition(
+            &mut status.conditions,
+            "ConfigApplied",
+            ConditionStatus::True,
+            "Applied",
+            "HAProxy runs the configuration of this generation",
+            generation,
+            now,
+        );
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            ConditionStatus::False,
+            "Starting",
+            "HAProxy is starting",
+            generation,
+            now,
+        );
+        self.write_status(object, status).await?;
+        Ok(Some(SOON))
+    }
+
+    /// Events for targets that went DOWN or came back UP.
+    async fn report_health(&self, object: &Object, before: &[TargetStatus], after: &[TargetStatus]) {
+        for target in after {
+            let Some(old) = before.iter().find(|old| old.name == target.name) else { continue };
+            let check = target.last_check.as_deref().map(|c| format!(" (last check: {c})")).unwrap_or_default();
+            match (old.state.as_str(), target.state.as_str()) {
+                (old, "DOWN") if old != "DOWN" => {
+                    let message = format!("target {} ({}) is DOWN{check}", target.name, target.address);
+                    self.event(object, EventType::Warning, "TargetDown", message).await;
+                }
+                ("DOWN", "UP") => {
+                    let message = format!("target {} ({}) is UP again{check}", target.name, target.address);
+                    self.event(object, EventType::Normal, "TargetUp", message).await;
+                }
+                _ => {}
+            }
+        }
+        for gone in before.iter().filter(|old| !after.iter().any(|new| new.name == old.name)) {
+            self.event(object, EventType::Normal, "TargetRemoved", format!("target {} drained and removed", gone.name))
+                .await;
+        }
+    }
+
+    /// The `TargetsHealthy` and `Ready` conditions.
+    fn summarise(&self, status: &mut LoadBalancerStatus, selection: &Selection, generation: i64) {
+        let now = Utc::now();
+        let members: Vec<&TargetStatus> =
+            status.targets.iter().filter(|t| selection.targets.iter().any(|s| s.name == t.name)).collect();
+        let healthy = members.iter().filter(|t| t.healthy).count();
+        let total = members.len();
+        let endpoint = status.endpoints.values().next().cloned().unwrap_or_default();
+        let (targets_state, targets_reason, targets_message) = if total == 0 {
+            let message = if selection.waiting.is_empty() {
+                "no Instance matches the targets of this load balancer".to_owned()
+            } else {
+                format!("waiting for {} to get an address", selection.waiting.join(", "))
+            };
+            (ConditionStatus::False, "NoTargets", message)
+        } else if healthy == total {
+            (ConditionStatus::True, "AllHealthy", format!("{healthy}/{total} targets healthy"))
+        } else {
+            let down: Vec<&str> = members.iter().filter(|t| !t.healthy).map(|t| t.name.as_str()).collect();
+            (
+                ConditionStatus::False,
+                "TargetsUnhealthy",
+                format!("{healthy}/{total} targets healthy; not healthy: {}", down.join(", ")),
+            )
+        };
+        set_condition(
+            &mut status.conditions,
+            "TargetsHealthy",
+            targets_state,
+            targets_reason,
+            targets_message.clone(),
+            generation,
+            now,
+        );
+        let (ready, reason, message) = if total == 0 {
+            (ConditionStatus::False, "NoTargets", targets_message)
+        } else if healthy == 0 {
+            (ConditionStatus::False, "NoHealthyTargets", targets_message)
+        } else {
+            (ConditionStatus::True, "Serving", format!("serving {endpoint} with {healthy}/{total} healthy targets"))
+        };
+        set_condition(&mut status.conditions, "Ready", ready, reason, message, generation, now);
+    }
+
+    /// Reports a failure in `Ready` and retries with backoff.
+    async fn fail(
+        &self,
+        object: &mut Object,
+        status: &mut LoadBalancerStatus,
+        reason: &str,
+        message: String,
+        generation: i64,
+    ) -> Result<Option<Duration>, ReconcileError> {
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            ConditionStatus::False,
+            reason,
+            message.clone(),
+            generation,
+            Utc::now(),
+        );
+        self.write_status(object, status).await?;
+        Err(ReconcileError(message))
+    }
+}
+
+/// Creates the directory (mode 0700) and returns `UID:GID` of its owner, HAProxy's user.
+fn prepare_directory(directory: &Path) -> Result<String, String> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(directory)
+        .map_err(|error| format!("cannot create {}: {error}", directory.display()))?;
+    let metadata = std::fs::metadata(directory).map_err(|error| format!("{}: {error}", directory.display()))?;
+    // The socket path must fit a Unix socket address (108 bytes).
+    let socket = directory.join(config::SOCKET_FILE);
+    if socket.as_os_str().len() >= 108 {
+        return Err(format!(
+            "{} is too long for a Unix socket; start the server with a shorter --data-dir",
+            socket.display()
+        ));
+    }
+    Ok(format!("{}:{}", metadata.uid(), metadata.gid()))
+}
+
+/// Writes a file through a temporary one and a rename, so readers see the old or the new whole.
+fn write_atomically(path: &Path, contents: &str) -> Result<(), ReconcileError> {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, contents)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|error| ReconcileError(format!("cannot write {}: {error}", path.display())))
+}
+
+fn read_applied(directory: &Path) -> Option<Applied> {
+    let text = std::fs::read_to_string(directory.join(APPLIED_FILE)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn write_applied(directory: &Path, applied: &Applied) -> Result<(), ReconcileError> {
+    let text = serde_json::to_string(applied).map_err(|error| ReconcileError(error.to_string()))?;
+    write_atomically(&directory.join(APPLIED_FILE), &text)
+}
+
+/// Listener name to URL, from the container's published ports.
+fn endpoints(spec: &LoadBalancerSpec, ports: &[(u16, String, String, u16)]) -> BTreeMap<String, String> {
+    spec.listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(index, listener)| {
+            let (_, _, ip, port) = ports.iter().find(|(container, ..)| *container == config::container_port(index))?;
+            let scheme = match listener.protocol {
+                ListenerProtocol::Http => "http",
+                ListenerProtocol::Tcp => "tcp",
+            };
+            Some((listener.name.clone(), format!("{scheme}://{ip}:{port}")))
+        })
+        .collect()
+}
+
+/// Per target: the worst state over the listeners' backends (a target is UP only when it is UP
+/// everywhere), with the address and last check of the first listener.
+fn target_statuses(applied: &LoadBalancerSpec, servers: &[ServerStat]) -> Vec<TargetStatus> {
+    let rank = |state: &str| match state {
+        "UP" => 0,
+        "NOLB" => 1,
+        "DRAIN" => 2,
+        "DOWN" => 3,
+        _ => 4,
+    };
+    let backends: Vec<String> = applied.listeners.iter().map(|l| config::backend(&l.name)).collect();
+    let mut targets: BTreeMap<&str, TargetStatus> = BTreeMap::new();
+    for backend in &backends {
+        for server in servers.iter().filter(|s| &s.backend == backend) {
+            let entry = targets.entry(server.server.as_str()).or_insert_with(|| TargetStatus {
+                name: server.server.clone(),
+                address: server.address.clone(),
+                healthy: true,
+                state: server.state.clone(),
+                last_check: (!server.last_check.is_empty()).then(|| server.last_check.clone()),
+            });
+            if rank(&server.state) > rank(&entry.state) {
+                entry.state = server.state.clone();
+            }
+        }
+    }
+    targets
+        .into_values()
+        .map(|mut target| {
+            target.healthy = target.state == "UP";
+            target
+        })
+        .collect()
+}
+
+/// Per target traffic summed over the backends, for the metrics.
+fn traffic(servers: &[ServerStat]) -> Vec<TargetTraffic> {
+    let mut by_target: BTreeMap<&str, TargetTraffic> = BTreeMap::new();
+    for server in servers {
+        let entry = by_target.entry(server.server.as_str()).or_insert_with(|| TargetTraffic {
+            target: server.server.clone(),
+            up: true,
+            ..TargetTraffic::default()
+        });
+        entry.requests += server.total_sessions;
+        for (sum, value) in entry.responses.iter_mut().zip(server.responses) {
+            *sum += value;
+        }
+        entry.up &= server.state == "UP";
+    }
+    by_target.into_values().collect()
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+#[async_trait]
+impl Reconciler for LoadBalancerController {
+    fn kind(&self) -> Kind {
+        Kind::LoadBalancer
+    }
+
+    fn watched_kinds(&self) -> Vec<Kind> {
+        vec![Kind::Instance]
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
+        let object = match self.store.get(key).await {
+            Ok(object) => object,
+            Err(StoreError::NotFound(_)) => {
+                self.driver.remove(&container_name(&key.namespace, &key.name)).await?;
+                self.metrics.forget_lb(&key.namespace, &key.name);
+                self.forget(key);
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let lb: LoadBalancer = serde_json::to_value(&object)
+            .and_then(serde_json::from_value)
+            .map_err(|error| ReconcileError(format!("{key} does not decode as a LoadBalancer: {error}")))?;
+        if object.metadata.deletion_timestamp.is_some() {
+            return self.finalize(object).await;
+        }
+        let object = match ensure_finalizer(self.store.as_ref(), object, FINALIZER).await? {
+            FinalizerUpdate::Done(object) => *object,
+            FinalizerUpdate::Conflict => return Ok(Some(Duration::ZERO)),
+        };
+        self.converge(object, lb).await
+    }
+}
+
+/// Removes directories of load balancers that no longer exist (their container goes with the
+/// orphan collection). Returns how many were removed.
+pub async fn collect_orphan_directories(store: &dyn Store, state_dir: &Path) -> Result<usize, ReconcileError> {
+    let root = state_dir.join("lb");
+    let Ok(entries) = std::fs::read_dir(&root) else { return Ok(0) };
+    let live: std::collections::HashSet<String> = store
+        .list(&Query { kind: Some(Kind::LoadBalancer), ..Query::default() })
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|object| object.metadata.uid)
+        .collect();
+    let ours = format!("{}-", cluster_prefix(store.cluster_id()));
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // Directories of other control planes sharing this state directory are theirs.
+        let Some(uid) = name.strip_prefix(&ours) else { continue };
+        if !live.contains(uid) && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_is_up_only_when_every_listener_says_so() {
+        let spec: LoadBalancerSpec = serde_json::from_value(json!({
+            "listeners": [{"name": "http", "targetPort": 8080}, {"name": "admin", "targetPort": 9090}],
+            "targets": {"selector": {"matchLabels": {"app": "web"}}}
+        }))
+        .expect("spec");
+        let server = |backend: &str, name: &str, state: &str| ServerStat {
+            backend: backend.into(),
+            server: name.into(),
+            state: state.into(),
+            address: "172.18.0.2:8080".into(),
+            last_check: "L7OK/200".into(),
+            total_sessions: 3,
+            ..ServerStat::default()
+        };
+        let servers = [
+            server("be-http", "a", "UP"),
+            server("be-admin", "a", "DOWN"),
+            server("be-http", "b", "UP"),
+            server("be-admin", "b", "UP"),
+            server("be-other", "c", "UP"),
+        ];
+        let targets = target_statuses(&spec, &servers);
+        let states: Vec<(&str, &str, bool)> =
+            targets.iter().map(|t| (t.name.as_str(), t.state.as_str(), t.healthy)).collect();
+        assert_eq!(states, [("a", "DOWN", false), ("b", "UP", true)]);
+        let summed = traffic(&servers[..4]);
+        assert_eq!((summed[0].requests, summed[0].up, summed[1].up), (6, false, true));
+    }
+
+    #[test]
+    fn endpoints_map_listeners_to_published_ports() {
+        let spec: LoadBalancerSpec = serde_json::from_value(json!({
+            "listeners": [{"name": "http", "targetPort": 8080}, {"name": "db", "protocol": "TCP", "targetPort": 5432}],
+            "targets": {"selector": {"matchLabels": {"app": "web"}}}
+        }))
+        .expect("spec");
+        let ports =
+            [(8000, "tcp".to_owned(), "127.0.0.1".to_owned(), 49200), (8001, "tcp".into(), "127.0.0.1".into(), 49201)];
+        let found = endpoints(&spec, &ports);
+        assert_eq!(found["http"], "http://127.0.0.1:49200");
+        assert_eq!(found["db"], "tcp://127.0.0.1:49201");
+    }
+}

@@ -1,0 +1,230 @@
+//! Prometheus metrics of the controllers: reconcile counters, errors, a duration histogram and
+//! queue depth per kind, and the load balancers' traffic and target health as read from
+//! HAProxy's statistics. The composition root serves [`Metrics::encode`] at `/metrics`.
+//!
+//! HAProxy's counters start again from zero when it reloads; [`Metrics::record_lb_targets`]
+//! turns its raw numbers into increments, so the exported counters never go down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use minicloud_crds::Kind;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TargetLabels {
+    namespace: String,
+    name: String,
+    target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    namespace: String,
+    name: String,
+    target: String,
+    code_class: String,
+}
+
+/// What HAProxy reports about one target, summed over the load balancer's listeners.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TargetTraffic {
+    pub target: String,
+    pub up: bool,
+    pub requests: u64,
+    /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx, other.
+    pub responses: [u64; 6],
+}
+
+/// Per target: requests, then responses by class, as HAProxy last reported them.
+type RawByTarget = HashMap<String, [u64; 7]>;
+
+const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
+
+/// Every metric the controllers export.
+pub struct Metrics {
+    registry: Registry,
+    reconciles: Family<KindLabel, Counter>,
+    errors: Family<KindLabel, Counter>,
+    duration: Family<KindLabel, Histogram>,
+    queue_depth: Family<KindLabel, Gauge>,
+    lb_requests: Family<TargetLabels, Counter>,
+    lb_responses: Family<ResponseLabels, Counter>,
+    lb_target_up: Family<TargetLabels, Gauge>,
+    /// Last raw HAProxy numbers per load balancer and target.
+    last_raw: Mutex<HashMap<(String, String), RawByTarget>>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        let mut registry = Registry::default();
+        let reconciles = Family::<KindLabel, Counter>::default();
+        let errors = Family::<KindLabel, Counter>::default();
+        let duration = Family::<KindLabel, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
+        let queue_depth = Family::<KindLabel, Gauge>::default();
+        let lb_requests = Family::<TargetLabels, Counter>::default();
+        let lb_responses = Family::<ResponseLabels, Counter>::default();
+        let lb_target_up = Family::<TargetLabels, Gauge>::default();
+        registry.register("minicloud_reconciles", "Reconciles run, per kind", reconciles.clone());
+        registry.register(
+            "minicloud_reconcile_errors",
+            "Reconciles that failed (retried with backoff)",
+            errors.clone(),
+        );
+        registry.register("minicloud_reconcile_duration_seconds", "How long reconciles took", duration.clone());
+        registry.register("minicloud_queue_depth", "Objects waiting to be reconciled", queue_depth.clone());
+        registry.register("minicloud_lb_requests", "Requests (TCP: connections) sent to a target", lb_requests.clone());
+        registry.register("minicloud_lb_responses", "HTTP responses from a target by class", lb_responses.clone());
+        registry.register("minicloud_lb_target_up", "1 when the target passes its health check", lb_target_up.clone());
+        Metrics {
+            registry,
+            reconciles,
+            errors,
+            duration,
+            queue_depth,
+            lb_requests,
+            lb_responses,
+            lb_target_up,
+            last_raw: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// One reconcile of `kind` that took `seconds`.
+    pub fn record_reconcile(&self, kind: Kind, seconds: f64, failed: bool) {
+        let label = KindLabel { kind: kind.as_str().to_owned() };
+        self.reconciles.get_or_create(&label).inc();
+        self.duration.get_or_create(&label).observe(seconds);
+        if failed {
+            self.errors.get_or_create(&label).inc();
+        }
+    }
+
+    /// Objects of `kind` waiting in the queue.
+    pub fn set_queue_depth(&self, kind: Kind, depth: usize) {
+        let label = KindLabel { kind: kind.as_str().to_owned() };
+        self.queue_depth.get_or_create(&label).set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// HAProxy's current numbers for the targets of one load balancer. Targets no longer listed
+    /// lose their series.
+    pub fn record_lb_targets(&self, namespace: &str, name: &str, targets: &[TargetTraffic]) {
+        let mut last_raw = self.last_raw.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let previous = last_raw.entry((namespace.to_owned(), name.to_owned())).or_default();
+        let labels = |target: &str| TargetLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            target: target.to_owned(),
+        };
+        for target in targets {
+            let mut raw = [0u64; 7];
+            raw[0] = target.requests;
+            raw[1..].copy_from_slice(&target.responses);
+            let before = previous.insert(target.target.clone(), raw).unwrap_or([0; 7]);
+            // A number smaller than before means HAProxy started counting again (a reload).
+            let increment =
+                |index: usize| if raw[index] >= before[index] { raw[index] - before[index] } else { raw[index] };
+            self.lb_requests.get_or_create(&labels(&target.target)).inc_by(increment(0));
+            for (class_index, class) in CODE_CLASSES.iter().enumerate() {
+                let delta = increment(class_index + 1);
+                let series = ResponseLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    target: target.target.clone(),
+                    code_class: (*class).to_owned(),
+                };
+                self.lb_responses.get_or_create(&series).inc_by(delta);
+            }
+            self.lb_target_up.get_or_create(&labels(&target.target)).set(i64::from(target.up));
+        }
+        let gone: Vec<String> =
+            previous.keys().filter(|known| !targets.iter().any(|t| &t.target == *known)).cloned().collect();
+        for target in gone {
+            previous.remove(&target);
+            self.forget_target(namespace, name, &target);
+        }
+    }
+
+    /// Drops every series of a deleted load balancer.
+    pub fn forget_lb(&self, namespace: &str, name: &str) {
+        let mut last_raw = self.last_raw.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(targets) = last_raw.remove(&(namespace.to_owned(), name.to_owned())) {
+            for target in targets.keys() {
+                self.forget_target(namespace, name, target);
+            }
+        }
+    }
+
+    fn forget_target(&self, namespace: &str, name: &str, target: &str) {
+        let labels = TargetLabels { namespace: namespace.to_owned(), name: name.to_owned(), target: target.to_owned() };
+        self.lb_requests.remove(&labels);
+        self.lb_target_up.remove(&labels);
+        for class in CODE_CLASSES {
+            self.lb_responses.remove(&ResponseLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                target: target.to_owned(),
+                code_class: class.to_owned(),
+            });
+        }
+    }
+
+    /// Everything in Prometheus' text exposition format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traffic(target: &str, requests: u64, ok: u64) -> TargetTraffic {
+        TargetTraffic { target: target.into(), up: true, requests, responses: [0, ok, 0, 0, 0, 0] }
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn counters_survive_haproxy_restarting_its_count_and_gone_targets_lose_their_series() {
+        let metrics = Metrics::default();
+        metrics.record_lb_targets("default", "web", &[traffic("a", 10, 9), traffic("b", 4, 4)]);
+        metrics.record_lb_targets("default", "web", &[traffic("a", 15, 14), traffic("b", 4, 4)]);
+        // A reload: HAProxy counts from zero again.
+        metrics.record_lb_targets("default", "web", &[traffic("a", 3, 3)]);
+        let text = metrics.encode();
+        let requests = r#"minicloud_lb_requests_total{namespace="default",name="web",target="a"}"#;
+        assert_eq!(sample(&text, requests), Some(18.0), "{text}");
+        let ok = r#"minicloud_lb_responses_total{namespace="default",name="web",target="a",code_class="2xx"}"#;
+        assert_eq!(sample(&text, ok), Some(17.0), "{text}");
+        assert!(!text.contains(r#"target="b""#), "b left: {text}");
+        metrics.record_reconcile(Kind::LoadBalancer, 0.01, true);
+        metrics.set_queue_depth(Kind::LoadBalancer, 2);
+        let text = metrics.encode();
+        assert_eq!(sample(&text, r#"minicloud_reconcile_errors_total{kind="LoadBalancer"}"#), Some(1.0), "{text}");
+        assert_eq!(sample(&text, r#"minicloud_queue_depth{kind="LoadBalancer"}"#), Some(2.0), "{text}");
+        metrics.forget_lb("default", "web");
+        assert!(!metrics.encode().contains("minicloud_lb_requests_total{"));
+    }
+}
