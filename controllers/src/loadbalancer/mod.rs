@@ -358,15 +358,20 @@ impl LoadBalancerController {
             .or_insert_with(Instant::now);
         let outcome = async {
             if server.state != "DRAIN" && server.state != "MAINT" {
+                // Sessions counted before this command may have grown since: look again next
+                // round, with fresh numbers.
                 socket.expect(&format!("set server {id} state drain"), &[]).await?;
-                if server.current_sessions > 0 {
-                    return Ok(false);
-                }
-            } else if server.state == "DRAIN" && server.current_sessions > 0 && started.elapsed() < DRAIN_TIMEOUT {
+                return Ok(false);
+            }
+            let timed_out = started.elapsed() >= DRAIN_TIMEOUT;
+            if server.current_sessions > 0 && !timed_out {
                 return Ok(false);
             }
             socket.expect(&format!("set server {id} state maint"), &[]).await?;
-            socket.expect(&format!("shutdown sessions server {id}"), &[]).await?;
+            if server.current_sessions > 0 {
+                // Drained for DRAIN_TIMEOUT and still busy: end what is left.
+                socket.expect(&format!("shutdown sessions server {id}"), &[]).await?;
+            }
             socket.expect(&format!("del server {id}"), &["Server deleted"]).await?;
             Ok::<bool, AdminError>(true)
         }
