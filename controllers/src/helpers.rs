@@ -1,11 +1,65 @@
 //! Object helpers every controller uses: finalizers (add before creating anything outside the
-//! store, remove once it is cleaned up) and owner references (so that children are deleted with
-//! their owner and wake it when they change).
+//! store, remove once it is cleaned up), owner references (so that children are deleted with
+//! their owner and wake it when they change), events, status writes, and the labels of the
+//! Docker networks controllers create.
+
+use std::collections::HashMap;
 
 use minicloud_crds::meta::OwnerReference;
 use minicloud_crds::{Object, API_VERSION};
+use serde::Serialize;
 
-use minicloud_store::{Store, StoreError};
+use crate::docker::labels;
+use crate::runtime::ReconcileError;
+use minicloud_store::{EventType, NewEvent, Store, StoreError};
+
+/// Records an event about `object`; a store that cannot take it is logged, not fatal.
+pub async fn record_event(store: &dyn Store, object: &Object, event_type: EventType, reason: &str, message: String) {
+    let Some(key) = object.key() else { return };
+    let event = NewEvent {
+        object: key,
+        uid: object.metadata.uid.clone().unwrap_or_default(),
+        event_type,
+        reason: reason.to_owned(),
+        message,
+    };
+    if let Err(error) = store.record_event(event).await {
+        tracing::warn!(%error, "cannot record an event");
+    }
+}
+
+/// Writes `status` when it differs from the stored one, and keeps `object` current (its new
+/// resourceVersion) so that a later write in the same reconcile does not conflict with this one.
+/// A conflict or a vanished object is not an error: its watch event brings the reconcile back.
+pub async fn write_status(
+    store: &dyn Store,
+    object: &mut Object,
+    status: &impl Serialize,
+) -> Result<(), ReconcileError> {
+    let value = serde_json::to_value(status).map_err(|error| ReconcileError(error.to_string()))?;
+    if value == object.status {
+        return Ok(());
+    }
+    let mut next = object.clone();
+    next.status = value;
+    match store.update_status(next).await {
+        Ok(stored) => {
+            *object = stored;
+            Ok(())
+        }
+        Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The labels of a Docker network a controller creates in `namespace`, plus `extra`.
+pub fn network_labels(cluster: &str, namespace: &str, extra: &HashMap<String, String>) -> HashMap<String, String> {
+    let mut map = extra.clone();
+    map.insert(labels::MANAGED_BY.to_owned(), "minicloud".to_owned());
+    map.insert(labels::CLUSTER.to_owned(), cluster.to_owned());
+    map.insert(labels::NAMESPACE.to_owned(), namespace.to_owned());
+    map
+}
 
 /// What adding or removing a finalizer did.
 #[derive(Debug)]

@@ -27,7 +27,7 @@ use minicloud_crds::{Kind, Object, ObjectKey};
 use serde_json::json;
 
 use super::conditions::set_condition;
-use super::helpers::{ensure_finalizer, remove_finalizer, FinalizerUpdate};
+use super::helpers::{ensure_finalizer, network_labels, record_event, remove_finalizer, write_status, FinalizerUpdate};
 use super::runtime::{ReconcileError, Reconciler};
 use crate::docker::labels::{self, spec_hash, Labels};
 use crate::docker::{ContainerDriver, ContainerInfo, ContainerSpec, DriverError, HealthSpec, PublishSpec, VolumeSpec};
@@ -68,17 +68,7 @@ impl InstanceController {
     }
 
     async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
-        let Some(key) = object.key() else { return };
-        let event = NewEvent {
-            object: key,
-            uid: object.metadata.uid.clone().unwrap_or_default(),
-            event_type,
-            reason: reason.to_owned(),
-            message,
-        };
-        if let Err(error) = self.store.record_event(event).await {
-            tracing::warn!(%error, "cannot record an event");
-        }
+        record_event(self.store.as_ref(), object, event_type, reason, message).await;
     }
 
     /// Environment as `KEY=value`, with Secret references resolved. Errors say which reference
@@ -179,24 +169,8 @@ impl InstanceController {
         }
     }
 
-    /// Writes the status when it changed, and keeps `object` current (its new resourceVersion)
-    /// so that a later write in the same reconcile does not conflict with this one.
     async fn write_status(&self, object: &mut Object, status: &InstanceStatus) -> Result<(), ReconcileError> {
-        let value = serde_json::to_value(status).map_err(|error| ReconcileError(error.to_string()))?;
-        if value == object.status {
-            return Ok(());
-        }
-        let mut next = object.clone();
-        next.status = value;
-        match self.store.update_status(next).await {
-            Ok(stored) => {
-                *object = stored;
-                Ok(())
-            }
-            // The object changed meanwhile; its watch event brings us back.
-            Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        write_status(self.store.as_ref(), object, status).await
     }
 
     /// Deletion: remove what the Instance owns, then release the finalizer.
@@ -349,14 +323,8 @@ impl InstanceController {
                 other => self.driver_failed(object, status, other, generation).await.map(|_| None),
             };
         }
-        let network_labels = HashMap::from([
-            (labels::MANAGED_BY.to_owned(), "minicloud".to_owned()),
-            (labels::CLUSTER.to_owned(), self.store.cluster_id().to_owned()),
-            (labels::NAMESPACE.to_owned(), object.namespace().to_owned()),
-        ]);
+        let network_labels = network_labels(self.store.cluster_id(), object.namespace(), &self.extra_labels);
         let mut container_spec = self.container_spec(object, spec, status, env, labels);
-        let network_labels: HashMap<String, String> =
-            network_labels.into_iter().chain(self.extra_labels.clone()).collect();
         match self.driver.ensure_network(&container_spec.network, &network_labels).await {
             // Attach by id: names are not unique in Docker.
             Ok(id) => container_spec.network = id,

@@ -270,23 +270,19 @@ pub async fn run(
     tracing::info!(%kind, "controller stopped");
 }
 
-/// Queues the owner (of kind `owner`) of every changed object of kind `child`.
-async fn wake_owners(store: Arc<dyn Store>, queue: Arc<Queue<ObjectKey>>, owner: Kind, child: Kind, mut revision: i64) {
-    let query = Query { kind: Some(child), ..Query::default() };
+/// Calls `on_change` with every changed object of `kind` from `revision` on, forever: a watch
+/// that ends is resumed; one compacted past resumes from now (resync covers the gap).
+async fn follow_changes(store: Arc<dyn Store>, kind: Kind, mut revision: i64, on_change: impl Fn(&Object)) {
+    let query = Query { kind: Some(kind), ..Query::default() };
     loop {
         match store.watch(query.clone(), revision).await {
             Ok(mut changes) => {
-                while let Some(change) = changes.next().await {
-                    let Ok(event) = change else { break };
+                while let Some(Ok(event)) = changes.next().await {
                     revision = event.revision;
-                    for reference in event.object.metadata.owner_references.iter().filter(|r| r.kind == owner.as_str())
-                    {
-                        queue.schedule_now(ObjectKey::new(owner, event.object.namespace(), reference.name.clone()));
-                    }
+                    on_change(&event.object);
                 }
             }
             Err(_) => {
-                // Compacted past us: owners are resynced anyway; continue from now.
                 if let Ok(current) = store.revision().await {
                     revision = current;
                 }
@@ -296,37 +292,32 @@ async fn wake_owners(store: Arc<dyn Store>, queue: Arc<Queue<ObjectKey>>, owner:
     }
 }
 
+/// Queues the owner (of kind `owner`) of every changed object of kind `child`.
+async fn wake_owners(store: Arc<dyn Store>, queue: Arc<Queue<ObjectKey>>, owner: Kind, child: Kind, revision: i64) {
+    follow_changes(store, child, revision, |object| {
+        for reference in object.metadata.owner_references.iter().filter(|r| r.kind == owner.as_str()) {
+            queue.schedule_now(ObjectKey::new(owner, object.namespace(), reference.name.clone()));
+        }
+    })
+    .await
+}
+
 /// Queues every known object in the namespace of each changed object of kind `watched`.
 async fn wake_namespace(
     store: Arc<dyn Store>,
     queue: Arc<Queue<ObjectKey>>,
     known: Known,
     watched: Kind,
-    mut revision: i64,
+    revision: i64,
 ) {
-    let query = Query { kind: Some(watched), ..Query::default() };
-    loop {
-        match store.watch(query.clone(), revision).await {
-            Ok(mut changes) => {
-                while let Some(change) = changes.next().await {
-                    let Ok(event) = change else { break };
-                    revision = event.revision;
-                    let namespace = event.object.namespace();
-                    let woken: Vec<ObjectKey> =
-                        lock(&known).iter().filter(|key| key.namespace == namespace).cloned().collect();
-                    for key in woken {
-                        queue.schedule_now(key);
-                    }
-                }
-            }
-            Err(_) => {
-                if let Ok(current) = store.revision().await {
-                    revision = current;
-                }
-            }
+    follow_changes(store, watched, revision, |object| {
+        let namespace = object.namespace();
+        let woken: Vec<ObjectKey> = lock(&known).iter().filter(|key| key.namespace == namespace).cloned().collect();
+        for key in woken {
+            queue.schedule_now(key);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    })
+    .await
 }
 
 /// Feeds Docker events of managed containers to every controller, reconnecting after the

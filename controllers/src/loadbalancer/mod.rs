@@ -26,7 +26,7 @@ pub mod config;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -35,7 +35,7 @@ use minicloud_crds::kinds::{Instance, LoadBalancer};
 use minicloud_crds::loadbalancer::{ListenerProtocol, LoadBalancerSpec, LoadBalancerStatus, TargetStatus};
 use minicloud_crds::meta::ConditionStatus;
 use minicloud_crds::{Kind, Object, ObjectKey};
-use minicloud_store::{EventType, NewEvent, Query, Store, StoreError};
+use minicloud_store::{EventType, Query, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -44,7 +44,7 @@ use self::config::Target;
 use crate::conditions::set_condition;
 use crate::docker::labels::{self, spec_hash, Labels};
 use crate::docker::{ContainerDriver, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
-use crate::helpers::{ensure_finalizer, remove_finalizer, FinalizerUpdate};
+use crate::helpers::{ensure_finalizer, network_labels, record_event, remove_finalizer, write_status, FinalizerUpdate};
 use crate::instance::network_name;
 use crate::metrics::{Metrics, TargetTraffic};
 use crate::runtime::{ReconcileError, Reconciler};
@@ -143,17 +143,7 @@ impl LoadBalancerController {
     }
 
     async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
-        let Some(key) = object.key() else { return };
-        let event = NewEvent {
-            object: key,
-            uid: object.metadata.uid.clone().unwrap_or_default(),
-            event_type,
-            reason: reason.to_owned(),
-            message,
-        };
-        if let Err(error) = self.store.record_event(event).await {
-            tracing::warn!(%error, "cannot record an event");
-        }
+        record_event(self.store.as_ref(), object, event_type, reason, message).await;
     }
 
     /// The Instances the spec picks, split into targets and those that cannot be.
@@ -201,22 +191,8 @@ impl LoadBalancerController {
         Ok(selection)
     }
 
-    /// Writes the status when it changed, keeping `object` current.
     async fn write_status(&self, object: &mut Object, status: &LoadBalancerStatus) -> Result<(), ReconcileError> {
-        let value = serde_json::to_value(status).map_err(|error| ReconcileError(error.to_string()))?;
-        if value == object.status {
-            return Ok(());
-        }
-        let mut next = object.clone();
-        next.status = value;
-        match self.store.update_status(next).await {
-            Ok(stored) => {
-                *object = stored;
-                Ok(())
-            }
-            Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
-            Err(error) => Err(error.into()),
-        }
+        write_status(self.store.as_ref(), object, status).await
     }
 
     /// The spec of the container (everything but the configuration, which is in the directory).
@@ -341,8 +317,8 @@ impl LoadBalancerController {
     }
 
     fn forget(&self, key: &ObjectKey) {
-        self.draining.lock().unwrap_or_else(|p| p.into_inner()).retain(|(lb, _, _), _| lb != key);
-        self.rejected.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.draining.lock().unwrap_or_else(PoisonError::into_inner).retain(|(lb, _, _), _| lb != key);
+        self.rejected.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
     }
 
     /// Takes one step to remove `server`: DRAIN first; once it has no sessions (or drained for
@@ -353,7 +329,7 @@ impl LoadBalancerController {
         let started = *self
             .draining
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(drain_key.clone())
             .or_insert_with(Instant::now);
         let outcome = async {
@@ -378,7 +354,7 @@ impl LoadBalancerController {
         .await;
         match outcome {
             Ok(true) => {
-                self.draining.lock().unwrap_or_else(|p| p.into_inner()).remove(&drain_key);
+                self.draining.lock().unwrap_or_else(PoisonError::into_inner).remove(&drain_key);
                 false
             }
             Ok(false) => true,
@@ -430,7 +406,7 @@ impl LoadBalancerController {
                         if server.state == "DRAIN" || server.state == "MAINT" {
                             // It came back before it was removed.
                             socket.expect(&format!("set server {id} state ready"), &[]).await?;
-                            self.draining.lock().unwrap_or_else(|p| p.into_inner()).remove(&(
+                            self.draining.lock().unwrap_or_else(PoisonError::into_inner).remove(&(
                                 lb.clone(),
                                 backend.clone(),
                                 target.name.clone(),
@@ -566,7 +542,7 @@ impl LoadBalancerController {
         let mut reloaded = false;
         let mut applied_spec = applied.as_ref().map(|a| a.spec.clone()).unwrap_or_else(|| spec.clone());
         if applied.as_ref().map(|a| a.structure.as_str()) != Some(structure.as_str()) {
-            let known_bad = self.rejected.lock().unwrap_or_else(|p| p.into_inner()).get(&key).cloned();
+            let known_bad = self.rejected.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
             let verdict = match known_bad {
                 Some((hash, message)) if hash == structure => Err(message),
                 _ => {
@@ -583,11 +559,10 @@ impl LoadBalancerController {
                     if let Ok(state) = socket.command("show servers state").await {
                         write_atomically(&directory.join(config::STATE_FILE), &state)?;
                     }
-                    std::fs::rename(directory.join(config::CANDIDATE_FILE), directory.join(config::CONFIG_FILE))
-                        .map_err(|error| ReconcileError(format!("cannot install the configuration: {error}")))?;
+                    install_candidate(&directory)?;
                     self.driver.signal(&container.id, "SIGUSR2").await?;
                     write_applied(&directory, &Applied { structure: structure.clone(), spec: spec.clone() })?;
-                    self.rejected.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+                    self.rejected.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
                     applied_spec = spec.clone();
                     reloaded = true;
                     self.event(
@@ -597,21 +572,13 @@ impl LoadBalancerController {
                         "HAProxy reloaded with the new configuration".into(),
                     )
                     .await;
-                    set_condition(
-                        &mut status.conditions,
-                        "ConfigApplied",
-                        ConditionStatus::True,
-                        "Applied",
-                        "HAProxy runs the configuration of this generation",
-                        generation,
-                        now,
-                    );
+                    config_applied(&mut status, generation, now);
                 }
                 Err(message) => {
                     let first = self
                         .rejected
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner())
+                        .unwrap_or_else(PoisonError::into_inner)
                         .insert(key.clone(), (structure.clone(), message.clone()))
                         .is_none_or(|(hash, _)| hash != structure);
                     let text = format!(
@@ -632,15 +599,7 @@ impl LoadBalancerController {
                 }
             }
         } else {
-            set_condition(
-                &mut status.conditions,
-                "ConfigApplied",
-                ConditionStatus::True,
-                "Applied",
-                "HAProxy runs the configuration of this generation",
-                generation,
-                now,
-            );
+            config_applied(&mut status, generation, now);
         }
         if reloaded {
             // The new worker takes over the socket in a moment; membership follows next round.
@@ -728,20 +687,12 @@ impl LoadBalancerController {
                     .map(|_| Some(Duration::from_secs(30)));
             }
         }
-        std::fs::rename(directory.join(config::CANDIDATE_FILE), directory.join(config::CONFIG_FILE))
-            .map_err(|error| ReconcileError(format!("cannot install the configuration: {error}")))?;
+        install_candidate(directory)?;
         // Saved states belong to an earlier HAProxy.
         let _ = std::fs::remove_file(directory.join(config::STATE_FILE));
         write_applied(directory, &Applied { structure: structure.to_owned(), spec: spec.clone() })?;
         let mut container = template.clone();
-        let network_labels: HashMap<String, String> = [
-            (labels::MANAGED_BY.to_owned(), "minicloud".to_owned()),
-            (labels::CLUSTER.to_owned(), self.store.cluster_id().to_owned()),
-            (labels::NAMESPACE.to_owned(), object.namespace().to_owned()),
-        ]
-        .into_iter()
-        .chain(self.extra_labels.clone())
-        .collect();
+        let network_labels = network_labels(self.store.cluster_id(), object.namespace(), &self.extra_labels);
         container.network = self.driver.ensure_network(&template.network, &network_labels).await?;
         let id = match self.driver.create_and_start(&container).await {
             Ok(id) => id,
@@ -787,15 +738,7 @@ impl LoadBalancerController {
             generation,
             now,
         );
-        set_condition(
-            &mut status.conditions,
-            "ConfigApplied",
-            ConditionStatus::True,
-            "Applied",
-            "HAProxy runs the configuration of this generation",
-            generation,
-            now,
-        );
+        config_applied(status, generation, now);
         set_condition(
             &mut status.conditions,
             "Ready",
@@ -925,6 +868,25 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), ReconcileError> {
     std::fs::write(&temporary, contents)
         .and_then(|()| std::fs::rename(&temporary, path))
         .map_err(|error| ReconcileError(format!("cannot write {}: {error}", path.display())))
+}
+
+/// The validated candidate becomes the configuration HAProxy loads (a rename: atomic).
+fn install_candidate(directory: &Path) -> Result<(), ReconcileError> {
+    std::fs::rename(directory.join(config::CANDIDATE_FILE), directory.join(config::CONFIG_FILE))
+        .map_err(|error| ReconcileError(format!("cannot install the configuration: {error}")))
+}
+
+/// `ConfigApplied=True`: HAProxy runs this generation's configuration.
+fn config_applied(status: &mut LoadBalancerStatus, generation: i64, now: chrono::DateTime<Utc>) {
+    set_condition(
+        &mut status.conditions,
+        "ConfigApplied",
+        ConditionStatus::True,
+        "Applied",
+        "HAProxy runs the configuration of this generation",
+        generation,
+        now,
+    );
 }
 
 fn read_applied(directory: &Path) -> Option<Applied> {
