@@ -12,81 +12,16 @@
 //! Run: `cargo bench --bench instances` (needs `scripts/local-images.sh web`). Everything it
 //! starts carries `minicloud.dev/test=bench-...` and is removed at the end.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{apply, docker, median, ms, published_port, start_server, wait_serving, RemoveLabelled, Server};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "minicloud/web:local";
 const RUNS: usize = 5;
-
-fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker").args(args).output().expect("docker");
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
-struct Server {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data: &std::path::Path, label: &str) -> Server {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
-        .args(["server", "--listen", "127.0.0.1:0", "--container-label", label, "--resync", "5m"])
-        .arg("--data-dir")
-        .arg(data)
-        .env("RUST_LOG", "warn,minicloud::server=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server");
-    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-    let address = loop {
-        let line = lines.next().expect("log").expect("line");
-        if let Some(rest) = line.split("address=").nth(1) {
-            break rest.split_whitespace().next().unwrap_or("").to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Server { child, url: format!("http://{address}") }
-}
-
-fn serves(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    text.contains("Hello from minicloud")
-}
-
-fn wait_serving(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !serves(port) {
-        assert!(Instant::now() < deadline, "port {port} never served");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn ms(duration: Duration) -> String {
-    format!("{:.0} ms", duration.as_secs_f64() * 1e3)
-}
 
 fn instance(namespace: &str, name: &str) -> Value {
     json!({
@@ -94,15 +29,6 @@ fn instance(namespace: &str, name: &str) -> Value {
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"image": IMAGE, "ports": [{"containerPort": 8080}]}
     })
-}
-
-fn apply(http: &reqwest::blocking::Client, server: &Server, items: Vec<Value>) {
-    let response = http
-        .post(format!("{}/apis/minicloud.dev/v1/apply", server.url))
-        .json(&json!({"items": items}))
-        .send()
-        .expect("apply");
-    assert!(response.status().is_success(), "{}", response.text().unwrap_or_default());
 }
 
 fn list(http: &reqwest::blocking::Client, server: &Server, namespace: &str) -> Vec<Value> {
@@ -151,6 +77,7 @@ fn main() {
     let run = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     let label = format!("minicloud.dev/test={run}");
     let data = tempfile::tempdir().expect("tempdir");
+    let _remove = RemoveLabelled(label.clone());
     let server = start_server(data.path(), &label);
     let http = reqwest::blocking::Client::new();
     println!("Instance benchmark (medians of {RUNS} runs where repeated); baselines from the same run");
@@ -187,10 +114,7 @@ fn main() {
 
         let started = Instant::now();
         let id = docker(&["run", "-d", "--label", &label, "-p", "127.0.0.1::8080", IMAGE]);
-        let published = docker(&["port", &id, "8080"]);
-        let port: u16 =
-            published.lines().next().and_then(|l| l.rsplit(':').next()).and_then(|p| p.parse().ok()).expect("port");
-        wait_serving(port);
+        wait_serving(published_port(&id, 8080));
         bare.push(started.elapsed());
     }
     let (ready, serving, bare) = (median(to_ready), median(to_serving), median(bare));
@@ -230,13 +154,7 @@ fn main() {
         .map(|child| String::from_utf8_lossy(&child.wait_with_output().expect("wait").stdout).trim().to_owned())
         .collect();
     for id in &ids {
-        let port: u16 = docker(&["port", id, "8080"])
-            .lines()
-            .next()
-            .and_then(|l| l.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        wait_serving(port);
+        wait_serving(published_port(id, 8080));
     }
     let parallel = started.elapsed();
     let compose_dir = data.path().join("compose");
@@ -303,13 +221,7 @@ fn main() {
 
         let started = Instant::now();
         docker(&["restart", "-t", "0", id]);
-        let port: u16 = docker(&["port", id, "8080"])
-            .lines()
-            .next()
-            .and_then(|l| l.rsplit(':').next())
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        wait_serving(port);
+        wait_serving(published_port(id, 8080));
         bare_restarts.push(started.elapsed());
     }
     println!(
@@ -337,12 +249,4 @@ fn main() {
         window.as_secs(),
         used / window.as_secs_f64() * 100.0
     );
-
-    drop(server);
-    for id in docker(&["ps", "-aq", "--filter", &format!("label={label}")]).lines() {
-        docker(&["rm", "-f", id]);
-    }
-    for id in docker(&["network", "ls", "-q", "--filter", &format!("label={label}")]).lines() {
-        docker(&["network", "rm", id]);
-    }
 }

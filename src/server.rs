@@ -39,6 +39,8 @@ pub struct ControllerSettings {
     pub runtime: runtime::RuntimeConfig,
     /// Where controllers keep files (load balancers' configurations and admin sockets).
     pub state_dir: PathBuf,
+    /// The HAProxy image load balancers run (`None`: `minicloud/haproxy:local`).
+    pub haproxy_image: Option<String>,
 }
 
 /// The tasks of the running controllers.
@@ -60,15 +62,19 @@ impl Controllers {
         let driver: Arc<dyn ContainerDriver> = Arc::new(DockerDriver::lazy()?);
         let (events, _) = tokio::sync::broadcast::channel(1024);
         let mut helpers = vec![runtime::spawn_docker_events(driver.clone(), events.clone())];
+        let mut load_balancers = loadbalancer::LoadBalancerController::new(
+            store.clone(),
+            driver.clone(),
+            settings.extra_labels.clone(),
+            settings.state_dir.clone(),
+            metrics.clone(),
+        );
+        if let Some(image) = &settings.haproxy_image {
+            load_balancers = load_balancers.with_image(image);
+        }
         let reconcilers: Vec<Arc<dyn runtime::Reconciler>> = vec![
             Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels.clone())),
-            Arc::new(loadbalancer::LoadBalancerController::new(
-                store.clone(),
-                driver.clone(),
-                settings.extra_labels.clone(),
-                settings.state_dir.clone(),
-                metrics.clone(),
-            )),
+            Arc::new(load_balancers),
         ];
         let runtimes = reconcilers
             .into_iter()

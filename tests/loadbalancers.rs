@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::docker::{docker, remove_marked};
 use common::server::TestServer;
+use common::TestDb;
 use serde_json::{json, Value};
 
 const V1: &str = "/apis/minicloud.dev/v1";
@@ -26,6 +27,8 @@ fn remove_leftovers_of_earlier_runs() {
 
 struct Harness {
     server: Option<TestServer>,
+    /// `cloud server` arguments beyond the harness's own.
+    extra_arguments: Vec<String>,
     run: String,
     namespace: String,
     data_dir: tempfile::TempDir,
@@ -43,21 +46,39 @@ impl Drop for Harness {
 }
 
 impl Harness {
+    /// A server with controllers on a fresh SQLite store.
     async fn start() -> Harness {
+        Harness::start_on(TestDb::sqlite().await, &[]).await
+    }
+
+    /// A server with controllers on `database`, with extra `cloud server` arguments.
+    async fn start_on(database: TestDb, extra_arguments: &[&str]) -> Harness {
         remove_leftovers_of_earlier_runs();
         let run = format!("lb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
         let namespace = format!("t{}", &run[3..11]);
         let data_dir = tempfile::tempdir().expect("data dir");
-        let mut harness = Harness { server: None, run, namespace, data_dir, http: reqwest::Client::new() };
-        harness.server = Some(harness.start_server(common::TestDb::sqlite().await).await);
+        let extra_arguments = extra_arguments.iter().map(|a| a.to_string()).collect();
+        let mut harness =
+            Harness { server: None, extra_arguments, run, namespace, data_dir, http: reqwest::Client::new() };
+        harness.server = Some(harness.start_server(database).await);
         harness
     }
 
-    async fn start_server(&self, database: common::TestDb) -> TestServer {
+    async fn start_server(&self, database: TestDb) -> TestServer {
         let label = format!("minicloud.dev/test={}", self.run);
         let data_dir = self.data_dir.path().display().to_string();
-        let arguments = ["--container-label", label.as_str(), "--data-dir", data_dir.as_str(), "--resync", "30s"];
+        let mut arguments =
+            vec!["--container-label", label.as_str(), "--data-dir", data_dir.as_str(), "--resync", "30s"];
+        arguments.extend(self.extra_arguments.iter().map(String::as_str));
         TestServer::start(database, &arguments).await
+    }
+
+    /// Stops the server and drops its database (a PostgreSQL one too); `Drop` removes the
+    /// containers.
+    async fn finish(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
     }
 
     fn server(&self) -> &TestServer {
@@ -203,8 +224,17 @@ async fn whoami(http: &reqwest::Client, endpoint: &str) -> Result<String, String
 }
 
 #[tokio::test]
-async fn round_robin_health_down_and_up_again() {
-    let harness = Harness::start().await;
+async fn round_robin_health_down_and_up_again_on_sqlite() {
+    round_robin_health_down_and_up_again(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn round_robin_health_down_and_up_again_on_postgres() {
+    round_robin_health_down_and_up_again(TestDb::postgres().await).await;
+}
+
+async fn round_robin_health_down_and_up_again(database: TestDb) {
+    let harness = Harness::start_on(database, &[]).await;
     let web = json!({"app": "web"});
     harness
         .apply(vec![
@@ -292,6 +322,7 @@ async fn round_robin_health_down_and_up_again() {
     assert!(harness.lb_containers().is_empty(), "{:?}", harness.lb_containers());
     let left = std::fs::read_dir(harness.data_dir.path().join("lb")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(left, 0, "the directory is removed");
+    harness.finish().await;
 }
 
 /// A bounded request loop through the load balancer (127.0.0.1 only) that counts failures.
@@ -460,8 +491,17 @@ async fn bad_input_is_refused_and_the_last_good_config_keeps_serving() {
 }
 
 #[tokio::test]
-async fn a_killed_control_plane_adopts_its_load_balancer_and_never_duplicates_it() {
-    let mut harness = Harness::start().await;
+async fn a_killed_control_plane_adopts_its_load_balancer_on_sqlite() {
+    a_killed_control_plane_adopts_its_load_balancer_and_never_duplicates_it(TestDb::sqlite().await).await;
+}
+
+#[tokio::test]
+async fn a_killed_control_plane_adopts_its_load_balancer_on_postgres() {
+    a_killed_control_plane_adopts_its_load_balancer_and_never_duplicates_it(TestDb::postgres().await).await;
+}
+
+async fn a_killed_control_plane_adopts_its_load_balancer_and_never_duplicates_it(database: TestDb) {
+    let mut harness = Harness::start_on(database, &[]).await;
     let web = json!({"app": "web"});
     harness
         .apply(vec![
@@ -490,4 +530,126 @@ async fn a_killed_control_plane_adopts_its_load_balancer_and_never_duplicates_it
         served.insert(whoami(&http, &url).await.expect("served"));
     }
     assert_eq!(served.len(), 2, "{served:?}");
+    harness.finish().await;
+}
+
+/// An HAProxy image whose `haproxy -c` refuses any configuration with `balance leastconn`,
+/// as an HAProxy version without a feature would: the real binary behind a wrapper. Built
+/// from the two local images, no registry needed.
+fn strict_haproxy_image() -> &'static str {
+    const IMAGE: &str = "minicloud/haproxy-strict:test";
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let context = tempfile::tempdir().expect("build context");
+        let wrapper = r#"#!/bin/busybox sh
+# A stricter HAProxy for tests: refuses `balance leastconn` when validating (-c).
+for argument in "$@"; do config="$argument"; done
+case " $* " in
+*" -c "*)
+    if /bin/busybox grep -q "balance leastconn" "$config"; then
+        echo "[ALERT] (test image) 'balance leastconn' is not supported by this HAProxy" >&2
+        exit 1
+    fi ;;
+esac
+exec /usr/sbin/haproxy.real "$@"
+"#;
+        let dockerfile = "FROM minicloud/haproxy:local\n\
+            COPY --from=minicloud/web:local /bin/busybox /bin/busybox\n\
+            COPY --from=minicloud/haproxy:local /usr/sbin/haproxy /usr/sbin/haproxy.real\n\
+            COPY haproxy /usr/sbin/haproxy\n";
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+        std::fs::write(context.path().join("haproxy"), wrapper).expect("wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(context.path().join("haproxy"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let output = std::process::Command::new("docker")
+            .args(["build", "-q", "--label", "minicloud.dev/image=test", "-t", IMAGE])
+            .arg(context.path())
+            .output()
+            .expect("docker build");
+        assert!(output.status.success(), "building {IMAGE}: {}", String::from_utf8_lossy(&output.stderr));
+    });
+    IMAGE
+}
+
+#[tokio::test]
+async fn a_config_haproxy_refuses_is_never_installed_and_the_last_good_one_keeps_serving() {
+    let harness = Harness::start_on(TestDb::sqlite().await, &["--haproxy-image", strict_haproxy_image()]).await;
+    let web = json!({"app": "web"});
+    harness
+        .apply(vec![
+            harness.instance("web-1", web.clone(), json!({})),
+            harness.instance("web-2", web.clone(), json!({})),
+            harness.instance("web-3", json!({"app": "spare"}), json!({})),
+            harness.load_balancer("web", web_lb_spec()),
+        ])
+        .await;
+    let lb = harness.wait_for("loadbalancers", "web", "2/2 healthy", |o| serving(o, 2, 2)).await;
+    let (endpoint, container) = (endpoint(&lb), lb["status"]["containerId"].clone());
+    let directory = std::fs::read_dir(harness.data_dir.path().join("lb"))
+        .expect("lb dir")
+        .flatten()
+        .next()
+        .expect("the load balancer's directory")
+        .path();
+    let good = std::fs::read_to_string(directory.join("haproxy.cfg")).expect("config");
+    assert!(good.contains("balance roundrobin"), "{good}");
+
+    // LeastConn passes minicloud's validation but this HAProxy's `-c` refuses it.
+    let mut spec = web_lb_spec();
+    spec["algorithm"] = json!("LeastConn");
+    harness.apply(vec![harness.load_balancer("web", spec)]).await;
+    let lb = harness
+        .wait_for("loadbalancers", "web", "ConfigInvalid", |o| {
+            o["status"]["observedGeneration"] == o["metadata"]["generation"]
+                && condition(o, "ConfigApplied") == Some(("False", "ConfigInvalid"))
+        })
+        .await;
+    let message = lb["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "ConfigApplied"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("'balance leastconn' is not supported"), "HAProxy's complaint is shown: {message}");
+    assert_eq!(std::fs::read_to_string(directory.join("haproxy.cfg")).expect("config"), good, "never installed");
+    assert_eq!(lb["status"]["containerId"], container, "the container is kept");
+
+    // The last good configuration keeps serving, round robin, and membership still works.
+    let http = reqwest::Client::new();
+    let mut served = Vec::new();
+    for _ in 0..6 {
+        served.push(whoami(&http, &endpoint).await.expect("served by the last good configuration"));
+    }
+    assert!(served.windows(2).all(|pair| pair[0] != pair[1]), "still round robin: {served:?}");
+    harness.apply(vec![harness.instance("web-3", web.clone(), json!({}))]).await;
+    harness.wait_for("loadbalancers", "web", "web-3 joins", |o| serving(o, 3, 3)).await;
+    assert_eq!(std::fs::read_to_string(directory.join("haproxy.cfg")).expect("config"), good, "still not installed");
+    let lb = harness.get("loadbalancers", "web").await.expect("lb");
+    assert_eq!(condition(&lb, "ConfigApplied"), Some(("False", "ConfigInvalid")), "the condition still says why");
+    let invalid = harness.events("LoadBalancer", "web").await.iter().filter(|e| e.starts_with("ConfigInvalid")).count();
+    assert_eq!(invalid, 1, "one event for one bad configuration, not one per round");
+
+    // A load balancer whose very first configuration is refused never starts.
+    let mut spec = web_lb_spec();
+    spec["algorithm"] = json!("LeastConn");
+    harness.apply(vec![harness.load_balancer("first", spec)]).await;
+    let first = harness
+        .wait_for("loadbalancers", "first", "ConfigInvalid", |o| {
+            condition(o, "Ready").map(|c| c.1) == Some("ConfigInvalid")
+        })
+        .await;
+    assert!(first["status"]["containerId"].is_null(), "{}", first["status"]);
+    assert_eq!(harness.lb_containers().len(), 1, "{:?}", harness.lb_containers());
+
+    // Back to what is installed: ConfigApplied again.
+    harness.apply(vec![harness.load_balancer("web", web_lb_spec())]).await;
+    harness
+        .wait_for("loadbalancers", "web", "ConfigApplied", |o| {
+            o["status"]["observedGeneration"] == o["metadata"]["generation"]
+                && condition(o, "ConfigApplied") == Some(("True", "Applied"))
+        })
+        .await;
+    assert!(whoami(&http, &endpoint).await.is_ok());
+    harness.finish().await;
 }

@@ -5,13 +5,14 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-#[test]
-fn up_serves_the_example_and_down_removes_it() {
+/// `cloud up -f EXAMPLE --down` until it prints `READY_PREFIX URL`; `check` gets the URL;
+/// then Ctrl-C, and nothing labelled for the run may be left.
+fn up_serves_and_down_removes(example: &str, ready_prefix: &str, check: impl Fn(&str)) {
     let run = format!("up-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let data = tempfile::tempdir().expect("tempdir");
     let label = format!("minicloud.dev/test={run}");
-    let mut up = Command::new(env!("CARGO_BIN_EXE_cloud"))
-        .args(["up", "-f", "examples/hello/", "--down", "--listen", "127.0.0.1:0", "--container-label", &label])
+    let up = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["up", "-f", example, "--down", "--listen", "127.0.0.1:0", "--container-label", &label])
         .arg("--data-dir")
         .arg(data.path())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -19,8 +20,9 @@ fn up_serves_the_example_and_down_removes_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("cloud up");
+    let mut up = Running { child: up, label: label.clone() };
     let (sender, receiver) = std::sync::mpsc::channel();
-    let stdout = up.stdout.take().expect("stdout");
+    let stdout = up.child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = sender.send(line);
@@ -31,33 +33,23 @@ fn up_serves_the_example_and_down_removes_it() {
     let mut lines = Vec::new();
     while endpoint.is_none() {
         let line = receiver.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
-            let _ = up.kill();
+            let _ = up.child.kill();
             panic!("cloud up printed no endpoint: {lines:?}")
         });
-        if let Some(address) = line.strip_prefix("instance/hello ready at ") {
+        if let Some(address) = line.strip_prefix(ready_prefix) {
             endpoint = Some(address.to_owned());
         }
         lines.push(line);
     }
     println!("cloud up → endpoint printed: {:?}", started.elapsed());
     let endpoint = endpoint.unwrap_or_default();
-    let address = endpoint.trim_start_matches("http://").to_owned();
-    let page = {
-        use std::io::{Read, Write};
-        let mut stream = std::net::TcpStream::connect(&address).expect("connect to the endpoint");
-        stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
-        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        text
-    };
-    assert!(page.contains("Hello from minicloud"), "{endpoint} serves the example: {page}");
+    check(&endpoint);
     assert!(lines[0].starts_with("control plane listening on http://127.0.0.1:"), "{lines:?}");
 
-    let _ = Command::new("kill").args(["-INT", &up.id().to_string()]).status();
+    let _ = Command::new("kill").args(["-INT", &up.child.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
-        if let Some(status) = up.try_wait().expect("wait") {
+        if let Some(status) = up.child.try_wait().expect("wait") {
             break status;
         }
         assert!(Instant::now() < deadline, "cloud up did not stop");
@@ -71,6 +63,64 @@ fn up_serves_the_example_and_down_removes_it() {
         let _ = Command::new("docker").args(["rm", "-f", id]).output();
     }
     assert!(left.is_empty(), "--down removes the containers");
+}
+
+/// `cloud up` while it runs: killed, and what it labelled removed, if the test fails first.
+struct Running {
+    child: std::process::Child,
+    label: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let left = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label={}", self.label)])
+                .output()
+                .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+                .unwrap_or_default();
+            for id in left.lines() {
+                let _ = Command::new("docker").args(["rm", "-f", id]).output();
+            }
+        }
+    }
+}
+
+/// `GET PATH` on an `http://HOST:PORT` endpoint with a new connection; the whole answer.
+fn fetch(endpoint: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let address = endpoint.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connect to the endpoint");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    stream.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).expect("request");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+#[test]
+fn up_serves_the_example_and_down_removes_it() {
+    up_serves_and_down_removes("examples/hello/", "instance/hello ready at ", |endpoint| {
+        let page = fetch(endpoint, "/");
+        assert!(page.contains("Hello from minicloud"), "{endpoint} serves the example: {page}");
+    });
+}
+
+#[test]
+fn up_waits_for_the_load_balancer_and_prints_its_endpoint() {
+    up_serves_and_down_removes("examples/web-lb/", "loadbalancer/web ready at ", |endpoint| {
+        assert!(endpoint.starts_with("http://127.0.0.1:"), "{endpoint}");
+        let served: std::collections::BTreeSet<String> = (0..4)
+            .map(|_| {
+                let answer = fetch(endpoint, "/cgi-bin/whoami");
+                assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+                answer.lines().last().unwrap_or_default().trim().to_owned()
+            })
+            .collect();
+        assert_eq!(served.len(), 2, "both Instances serve through the load balancer: {served:?}");
+    });
 }
 
 #[test]

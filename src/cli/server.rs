@@ -39,6 +39,10 @@ pub struct ServerArgs {
     /// A label (KEY=VALUE) added to every container minicloud creates; repeatable.
     #[arg(long = "container-label", value_parser = parse_label)]
     pub container_labels: Vec<(String, String)>,
+    /// The HAProxy image load balancers run (built by `scripts/local-images.sh haproxy`). The
+    /// image must have `/usr/sbin/haproxy`.
+    #[arg(long, env = "MINICLOUD_HAPROXY_IMAGE", default_value = minicloud_controllers::loadbalancer::DEFAULT_IMAGE)]
+    pub haproxy_image: String,
     /// How often every object is reconciled even when nothing changed, e.g. 5m, 30s.
     #[arg(long, default_value = "5m", value_parser = super::parse_duration)]
     pub resync: std::time::Duration,
@@ -110,6 +114,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let controllers = (!args.no_controllers).then(|| ControllerSettings {
         state_dir: data_dir,
+        haproxy_image: Some(args.haproxy_image),
         extra_labels: args.container_labels.into_iter().collect(),
         runtime: minicloud_controllers::runtime::RuntimeConfig {
             workers: args.workers,

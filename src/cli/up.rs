@@ -57,6 +57,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         controllers: Some(ControllerSettings {
             state_dir: args.server.data_dir.clone().unwrap_or_else(sql::default_data_dir),
             extra_labels: args.server.container_labels.iter().cloned().collect(),
+            haproxy_image: Some(args.server.haproxy_image.clone()),
             runtime: minicloud_controllers::runtime::RuntimeConfig {
                 workers: args.server.workers,
                 resync: args.server.resync,

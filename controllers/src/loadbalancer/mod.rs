@@ -102,6 +102,23 @@ struct Selection {
     waiting: Vec<String>,
 }
 
+/// A configuration about to be checked: what it is rendered from and where it is written.
+struct Candidate<'a> {
+    owner: &'a str,
+    spec: &'a LoadBalancerSpec,
+    targets: &'a [Target],
+    directory: &'a Path,
+    /// Hash of its structural part: a refusal is remembered by it.
+    structure: &'a str,
+}
+
+/// Why HAProxy refused a configuration.
+struct Refusal {
+    message: String,
+    /// Refused just now, not remembered from an earlier round.
+    first: bool,
+}
+
 /// Reconciles LoadBalancers.
 pub struct LoadBalancerController {
     store: Arc<dyn Store>,
@@ -247,6 +264,58 @@ impl LoadBalancerController {
             }],
             user: Some(user),
         }
+    }
+
+    /// Whether HAProxy accepts the candidate configuration: a structure it refused before is
+    /// refused again without asking; otherwise the candidate is rendered, written and checked
+    /// with `haproxy -c`.
+    async fn check(
+        &self,
+        key: &ObjectKey,
+        candidate: &Candidate<'_>,
+        running: Option<&str>,
+        template: &ContainerSpec,
+    ) -> Result<Result<(), Refusal>, ReconcileError> {
+        let known = self.rejected.lock().unwrap_or_else(PoisonError::into_inner).get(key).cloned();
+        if let Some((structure, message)) = known {
+            if structure == candidate.structure {
+                return Ok(Err(Refusal { message, first: false }));
+            }
+        }
+        let rendered = config::render(candidate.owner, candidate.spec, candidate.targets)
+            .map_err(|error| ReconcileError(error.to_string()))?;
+        write_atomically(&candidate.directory.join(config::CANDIDATE_FILE), &rendered)?;
+        match self.validate(running, template).await? {
+            Ok(()) => {
+                self.rejected.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+                Ok(Ok(()))
+            }
+            Err(message) => {
+                self.rejected
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(key.clone(), (candidate.structure.to_owned(), message.clone()));
+                Ok(Err(Refusal { message, first: true }))
+            }
+        }
+    }
+
+    /// Says why a configuration was refused: `ConfigApplied=False` and, the first time this
+    /// configuration is refused, a Warning event (not one per round).
+    async fn refused(&self, object: &Object, status: &mut LoadBalancerStatus, refusal: &Refusal, text: String) {
+        if refusal.first {
+            self.event(object, EventType::Warning, "ConfigInvalid", text.clone()).await;
+        }
+        let generation = object.metadata.generation.unwrap_or(1);
+        set_condition(
+            &mut status.conditions,
+            "ConfigApplied",
+            ConditionStatus::False,
+            "ConfigInvalid",
+            text,
+            generation,
+            Utc::now(),
+        );
     }
 
     /// Runs `haproxy -c` on the candidate file: inside the running container when there is
@@ -542,17 +611,14 @@ impl LoadBalancerController {
         let mut reloaded = false;
         let mut applied_spec = applied.as_ref().map(|a| a.spec.clone()).unwrap_or_else(|| spec.clone());
         if applied.as_ref().map(|a| a.structure.as_str()) != Some(structure.as_str()) {
-            let known_bad = self.rejected.lock().unwrap_or_else(PoisonError::into_inner).get(&key).cloned();
-            let verdict = match known_bad {
-                Some((hash, message)) if hash == structure => Err(message),
-                _ => {
-                    let rendered = config::render(&owner, spec, &selection.targets)
-                        .map_err(|error| ReconcileError(error.to_string()))?;
-                    write_atomically(&directory.join(config::CANDIDATE_FILE), &rendered)?;
-                    self.validate(Some(&container.id), &template).await?
-                }
+            let candidate = Candidate {
+                owner: &owner,
+                spec,
+                targets: &selection.targets,
+                directory: &directory,
+                structure: &structure,
             };
-            match verdict {
+            match self.check(&key, &candidate, Some(&container.id), &template).await? {
                 Ok(()) => {
                     let socket = AdminSocket::new(directory.join(config::SOCKET_FILE));
                     // Keep DOWN, DRAIN and MAINT across the reload.
@@ -562,7 +628,6 @@ impl LoadBalancerController {
                     install_candidate(&directory)?;
                     self.driver.signal(&container.id, "SIGUSR2").await?;
                     write_applied(&directory, &Applied { structure: structure.clone(), spec: spec.clone() })?;
-                    self.rejected.lock().unwrap_or_else(PoisonError::into_inner).remove(&key);
                     applied_spec = spec.clone();
                     reloaded = true;
                     self.event(
@@ -574,28 +639,12 @@ impl LoadBalancerController {
                     .await;
                     config_applied(&mut status, generation, now);
                 }
-                Err(message) => {
-                    let first = self
-                        .rejected
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key.clone(), (structure.clone(), message.clone()))
-                        .is_none_or(|(hash, _)| hash != structure);
+                Err(refusal) => {
                     let text = format!(
-                        "the new configuration failed validation; HAProxy keeps serving the last good one: {message}"
+                        "the new configuration failed validation; HAProxy keeps serving the last good one: {}",
+                        refusal.message
                     );
-                    if first {
-                        self.event(&object, EventType::Warning, "ConfigInvalid", text.clone()).await;
-                    }
-                    set_condition(
-                        &mut status.conditions,
-                        "ConfigApplied",
-                        ConditionStatus::False,
-                        "ConfigInvalid",
-                        text,
-                        generation,
-                        now,
-                    );
+                    self.refused(&object, &mut status, &refusal, text).await;
                 }
             }
         } else {
@@ -664,28 +713,24 @@ impl LoadBalancerController {
         if let Err(error) = self.driver.ensure_image(&self.image, &|_| {}).await {
             return self.fail(object, status, "ImagePullFailed", error.to_string(), generation).await;
         }
-        let rendered =
-            config::render(&owner, spec, &selection.targets).map_err(|error| ReconcileError(error.to_string()))?;
-        write_atomically(&directory.join(config::CANDIDATE_FILE), &rendered)?;
-        match self.validate(None, template).await? {
-            Ok(()) => {}
-            Err(message) => {
-                let text = format!("the configuration failed validation: {message}");
-                self.event(object, EventType::Warning, "ConfigInvalid", text.clone()).await;
-                set_condition(
-                    &mut status.conditions,
-                    "ConfigApplied",
-                    ConditionStatus::False,
-                    "ConfigInvalid",
-                    text.clone(),
-                    generation,
-                    Utc::now(),
-                );
-                return self
-                    .fail(object, status, "ConfigInvalid", text, generation)
-                    .await
-                    .map(|_| Some(Duration::from_secs(30)));
-            }
+        let candidate = Candidate { owner: &owner, spec, targets: &selection.targets, directory, structure };
+        let key = object.key().ok_or_else(|| ReconcileError("an object without a name".into()))?;
+        if let Err(refusal) = self.check(&key, &candidate, None, template).await? {
+            let text = format!("the configuration failed validation: {}", refusal.message);
+            self.refused(object, status, &refusal, text.clone()).await;
+            // Not retried: the same configuration would be refused again; a change of the
+            // spec (or a restart with another image) starts over.
+            set_condition(
+                &mut status.conditions,
+                "Ready",
+                ConditionStatus::False,
+                "ConfigInvalid",
+                text,
+                generation,
+                Utc::now(),
+            );
+            self.write_status(object, status).await?;
+            return Ok(None);
         }
         install_candidate(directory)?;
         // Saved states belong to an earlier HAProxy.

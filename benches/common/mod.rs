@@ -1,0 +1,122 @@
+//! What the Docker benchmarks share: the docker CLI, a real `cloud server` with controllers
+//! on a temporary data directory, applying objects, medians, and removing what a run labelled.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Runs `docker ARGS`; returns its trimmed standard output.
+pub fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().expect("docker");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+/// A running `cloud server`, killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `cloud server` with its controllers, SQLite in `data`, every container labelled
+/// `label` (`KEY=VALUE`).
+pub fn start_server(data: &std::path::Path, label: &str) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["server", "--listen", "127.0.0.1:0", "--container-label", label, "--resync", "5m"])
+        .arg("--data-dir")
+        .arg(data)
+        .env("RUST_LOG", "warn,minicloud::server=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let address = loop {
+        let line = lines.next().expect("log").expect("line");
+        if let Some(rest) = line.split("address=").nth(1) {
+            break rest.split_whitespace().next().unwrap_or("").to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    Server { child, url: format!("http://{address}") }
+}
+
+/// Applies objects through the API; panics on a refusal.
+pub fn apply(http: &reqwest::blocking::Client, server: &Server, items: Vec<Value>) {
+    let response = http
+        .post(format!("{}/apis/minicloud.dev/v1/apply", server.url))
+        .json(&json!({"items": items}))
+        .send()
+        .expect("apply");
+    assert!(response.status().is_success(), "{}", response.text().unwrap_or_default());
+}
+
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+pub fn ms(duration: Duration) -> String {
+    format!("{:.0} ms", duration.as_secs_f64() * 1e3)
+}
+
+/// The host port Docker published for `container_port` of a container.
+pub fn published_port(container: &str, container_port: u16) -> u16 {
+    docker(&["port", container, &container_port.to_string()])
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a published port")
+}
+
+/// Removes what a run labelled when dropped, also when the benchmark panics. Declare it before
+/// the [`Server`] so that the server stops first (its controllers would recreate containers).
+pub struct RemoveLabelled(pub String);
+
+impl Drop for RemoveLabelled {
+    fn drop(&mut self) {
+        remove_labelled(&self.0);
+    }
+}
+
+/// Removes the containers and networks labelled `label`.
+pub fn remove_labelled(label: &str) {
+    for id in docker(&["ps", "-aq", "--filter", &format!("label={label}")]).lines() {
+        docker(&["rm", "-f", id]);
+    }
+    for id in docker(&["network", "ls", "-q", "--filter", &format!("label={label}")]).lines() {
+        docker(&["network", "rm", id]);
+    }
+}
+
+/// Whether a GET of `/` on the 127.0.0.1 port returns the web image's page.
+pub fn serves(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.contains("Hello from minicloud")
+}
+
+/// Waits (at most 60 s) until the port serves the page.
+pub fn wait_serving(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !serves(port) {
+        assert!(Instant::now() < deadline, "port {port} never served");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
