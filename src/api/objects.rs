@@ -387,25 +387,31 @@ fn line(value: &Value) -> Bytes {
     Bytes::from(text)
 }
 
-/// A watch line around a stored document, without decoding it.
-fn document_line(change: store::ChangeType, document: &str) -> Bytes {
-    let head = format!(r#"{{"type":"{}","object":"#, change.as_str());
-    let mut text = Vec::with_capacity(head.len() + document.len() + 2);
-    text.extend_from_slice(head.as_bytes());
-    text.extend_from_slice(document.as_bytes());
-    text.extend_from_slice(b"}\n");
-    Bytes::from(text)
+/// Appends a watch line around a stored document to `out`, without decoding the document.
+fn push_document_line(out: &mut Vec<u8>, change: store::ChangeType, document: &str) {
+    out.extend_from_slice(br#"{"type":""#);
+    out.extend_from_slice(change.as_str().as_bytes());
+    out.extend_from_slice(br#"","object":"#);
+    out.extend_from_slice(document.as_bytes());
+    out.extend_from_slice(b"}\n");
 }
 
 fn bookmark(revision: i64) -> Bytes {
     line(&json!({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": revision.to_string()}}}))
 }
 
+/// Bytes a watch gathers into one write: lines are sent in chunks of about this size, not one
+/// write (and one chunked-encoding frame) per line, which with hundreds of watches is what
+/// costs the server and its clients most.
+const WATCH_CHUNK: usize = 64 * 1024;
+/// Writes a watch queues for a client that reads slowly (then it waits, up to the send timeout).
+const WATCH_CHUNK_QUEUE: usize = 16;
+
 /// The start of a watch without a resourceVersion: the current objects as `ADDED` lines,
-/// rendered once, and the revision they were read at.
+/// rendered once into chunks of whole lines, and the revision they were read at.
 pub struct InitialLines {
     revision: i64,
-    lines: Vec<Bytes>,
+    chunks: Vec<Bytes>,
 }
 
 type SharedList = futures::future::Shared<futures::future::BoxFuture<'static, Result<Arc<InitialLines>, ApiError>>>;
@@ -448,14 +454,23 @@ impl SharedLists {
                     let query = query.clone();
                     let future = async move {
                         let (revision, mut documents, scan) = start_raw_list(store, query).await?;
-                        let mut lines = Vec::new();
+                        let (mut chunks, mut chunk) = (Vec::new(), Vec::with_capacity(WATCH_CHUNK));
                         while let Some(item) = documents.recv().await {
                             if let store::RawItem::Document(document) = item {
-                                lines.push(document_line(store::ChangeType::Added, &document));
+                                push_document_line(&mut chunk, store::ChangeType::Added, &document);
+                                if chunk.len() >= WATCH_CHUNK {
+                                    chunks.push(Bytes::from(std::mem::replace(
+                                        &mut chunk,
+                                        Vec::with_capacity(WATCH_CHUNK),
+                                    )));
+                                }
                             }
                         }
+                        if !chunk.is_empty() {
+                            chunks.push(Bytes::from(chunk));
+                        }
                         completed(scan).await?;
-                        Ok(Arc::new(InitialLines { revision, lines }))
+                        Ok(Arc::new(InitialLines { revision, chunks }))
                     }
                     .boxed()
                     .shared();
@@ -466,6 +481,40 @@ impl SharedLists {
         };
         future.await
     }
+}
+
+/// How a watch's change stream ended.
+enum StreamEnd {
+    /// The store closed it (the server is stopping).
+    Closed,
+    /// The store failed: the ERROR line to send last.
+    Failed(Bytes),
+}
+
+/// Renders `first` and the changes already waiting behind it (up to about [`WATCH_CHUNK`]
+/// bytes) as one write, and says whether the stream ended; `last` becomes the newest revision.
+fn gather(
+    first: Option<store::StoreResult<store::RawChange>>,
+    changes: &mut store::RawWatchStream,
+    last: &mut i64,
+) -> (Vec<u8>, Option<StreamEnd>) {
+    let mut batch = Vec::new();
+    let mut next = Some(first);
+    while let Some(change) = next {
+        match change {
+            Some(Ok(event)) => {
+                *last = event.revision;
+                push_document_line(&mut batch, event.change, &event.document);
+            }
+            Some(Err(error)) => {
+                let api: ApiError = error.into();
+                return (batch, Some(StreamEnd::Failed(line(&json!({"type": "ERROR", "object": api.body()})))));
+            }
+            None => return (batch, Some(StreamEnd::Closed)),
+        }
+        next = if batch.len() < WATCH_CHUNK { changes.next().now_or_never() } else { None };
+    }
+    (batch, None)
 }
 
 /// Streams changes as JSON lines until the client goes away or the server shuts down.
@@ -517,7 +566,8 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
         }
     };
     let mut changes = state.store.watch_raw(query, from).await?;
-    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(256);
+    // Writes queued for the client: about WATCH_CHUNK_QUEUE × WATCH_CHUNK bytes at most.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(WATCH_CHUNK_QUEUE);
     let mut shutdown = state.shutdown.clone();
     let send_timeout = state.limits.watch_send_timeout;
     tokio::spawn(async move {
@@ -527,8 +577,8 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
             let sender = sender.clone();
             async move { sender.send_timeout(Ok(message), send_timeout).await.is_ok() }
         };
-        for line in initial.iter().flat_map(|initial| initial.lines.iter()) {
-            if !deliver(line.clone()).await {
+        for chunk in initial.iter().flat_map(|initial| initial.chunks.iter()) {
+            if !deliver(chunk.clone()).await {
                 return;
             }
         }
@@ -544,17 +594,18 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
         let mut ends = std::pin::pin!(ends);
         loop {
             let message = tokio::select! {
-                change = changes.next() => match change {
-                    Some(Ok(event)) => {
-                        last = event.revision;
-                        document_line(event.change, &event.document)
-                    }
-                    Some(Err(error)) => {
-                        let api: ApiError = error.into();
-                        deliver(line(&json!({"type": "ERROR", "object": api.body()}))).await;
+                change = changes.next() => {
+                    let (batch, end) = gather(change, &mut changes, &mut last);
+                    if let Some(end) = end {
+                        if !batch.is_empty() && !deliver(Bytes::from(batch)).await {
+                            return;
+                        }
+                        if let StreamEnd::Failed(error) = end {
+                            deliver(error).await;
+                        }
                         return;
                     }
-                    None => return,
+                    Bytes::from(batch)
                 },
                 _ = ticker.tick() => bookmark(last),
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => return,
