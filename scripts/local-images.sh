@@ -3,14 +3,16 @@
 # machine where no registry can be reached:
 #
 #   minicloud/web:local       busybox httpd on port 8080 serving /www (about 2 MB);
-#                             /cgi-bin/whoami answers with the container's hostname
+#                             /cgi-bin/whoami answers with the container's hostname,
+#                             /cgi-bin/burn?ms=N keeps a CPU busy for N ms (at most 2000)
 #   minicloud/haproxy:local   HAProxy 2.6 from Debian, run as `haproxy -W -db -f CONFIG`
 #   minicloud/postgres:local  PostgreSQL 15 from Debian (built with mmdebstrap; slowest); it
 #                             initialises its data directory on first start: set
 #                             POSTGRES_PASSWORD (optionally POSTGRES_USER, POSTGRES_DB)
 #
 # Usage: scripts/local-images.sh [--rebuild] [web] [haproxy] [postgres]   (default: all three)
-# An image that exists already is kept unless --rebuild is given. Missing Debian packages
+# An image that exists already is kept unless --rebuild is given or it is older than this
+# script's recipe (the image label minicloud.dev/image-version). Missing Debian packages
 # (busybox-static, haproxy, mmdebstrap) are installed when running as root.
 set -euo pipefail
 
@@ -45,11 +47,15 @@ ensure_packages() {
     }
 }
 
+# needed IMAGE VERSION: whether IMAGE must be built (missing, older recipe, or --rebuild).
 needed() {
-    local image="$1"
-    if ! $rebuild && docker image inspect "$image" >/dev/null 2>&1; then
-        echo "local-images: $image exists (use --rebuild to rebuild it)"
-        return 1
+    local image="$1" version="$2" found
+    if ! $rebuild && found="$(docker image inspect -f '{{index .Config.Labels "minicloud.dev/image-version"}}' "$image" 2>/dev/null)"; then
+        if [ "$found" = "$version" ]; then
+            echo "local-images: $image exists (use --rebuild to rebuild it)"
+            return 1
+        fi
+        echo "local-images: $image is from an older recipe; rebuilding"
     fi
     return 0
 }
@@ -57,8 +63,8 @@ needed() {
 label_args=(--label minicloud.dev/image=local)
 
 build_web() {
-    local image=minicloud/web:local
-    needed "$image" || return 0
+    local image=minicloud/web:local version=2
+    needed "$image" "$version" || return 0
     ensure_packages busybox-static
     local context
     context="$(mktemp -d)"
@@ -76,7 +82,27 @@ echo "Content-Type: text/plain"
 echo
 hostname
 EOF
-    chmod +x "$context/www/cgi-bin/whoami"
+    # Busy for ?ms=N milliseconds (default 200, at most 2000), measured on /proc/uptime
+    # (busybox's date has no sub-second format), then answers with the hostname.
+    cat > "$context/www/cgi-bin/burn" <<'EOF'
+#!/bin/sh
+ms=200
+case "$QUERY_STRING" in
+ms=[0-9]*) ms="${QUERY_STRING#ms=}"; ms="${ms%%[!0-9]*}" ;;
+esac
+[ "$ms" -gt 2000 ] && ms=2000
+# Uptime in hundredths: "298.06" -> 29806 (joined, as "06" is no valid octal number).
+read -r now _ < /proc/uptime
+end=$(( ${now%.*}${now#*.} + ms / 10 ))
+while :; do
+    read -r now _ < /proc/uptime
+    [ "${now%.*}${now#*.}" -ge "$end" ] && break
+done
+echo "Content-Type: text/plain"
+echo
+hostname
+EOF
+    chmod +x "$context/www/cgi-bin/whoami" "$context/www/cgi-bin/burn"
     cat > "$context/Dockerfile" <<'EOF'
 FROM scratch
 COPY busybox /bin/busybox
@@ -85,14 +111,14 @@ COPY www /www
 EXPOSE 8080
 CMD ["httpd", "-f", "-v", "-p", "8080", "-h", "/www"]
 EOF
-    docker build -q "${label_args[@]}" -t "$image" "$context" >/dev/null
+    docker build -q "${label_args[@]}" --label "minicloud.dev/image-version=$version" -t "$image" "$context" >/dev/null
     rm -rf "$context"
     echo "local-images: built $image"
 }
 
 build_haproxy() {
-    local image=minicloud/haproxy:local
-    needed "$image" || return 0
+    local image=minicloud/haproxy:local version=1
+    needed "$image" "$version" || return 0
     ensure_packages haproxy
     local context
     context="$(mktemp -d)"
@@ -126,14 +152,14 @@ COPY root /
 EXPOSE 8080
 ENTRYPOINT ["/usr/sbin/haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
 EOF
-    docker build -q "${label_args[@]}" -t "$image" "$context" >/dev/null
+    docker build -q "${label_args[@]}" --label "minicloud.dev/image-version=$version" -t "$image" "$context" >/dev/null
     rm -rf "$context"
     echo "local-images: built $image"
 }
 
 build_postgres() {
-    local image=minicloud/postgres:local
-    needed "$image" || return 0
+    local image=minicloud/postgres:local version=1
+    needed "$image" "$version" || return 0
     ensure_packages mmdebstrap
     local work
     work="$(mktemp -d)"
@@ -158,6 +184,7 @@ build_postgres() {
         --change 'USER postgres' \
         --change 'EXPOSE 5432' \
         --change 'LABEL minicloud.dev/image=local' \
+        --change "LABEL minicloud.dev/image-version=$version" \
         --change 'ENTRYPOINT ["/usr/local/bin/postgres-entrypoint.sh"]' \
         "$work/rootfs.tar" "$image" >/dev/null
     rm -rf "$work"

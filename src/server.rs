@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use minicloud_controllers::docker::{ContainerDriver, DockerDriver};
 use minicloud_controllers::metrics::Metrics;
-use minicloud_controllers::{instance, loadbalancer, runtime};
+use minicloud_controllers::{instance, loadbalancer, runtime, scalinggroup};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -75,6 +75,7 @@ impl Controllers {
         let reconcilers: Vec<Arc<dyn runtime::Reconciler>> = vec![
             Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels.clone())),
             Arc::new(load_balancers),
+            Arc::new(scalinggroup::ScalingGroupController::new(store.clone(), driver.clone(), metrics.clone())),
         ];
         let runtimes = reconcilers
             .into_iter()

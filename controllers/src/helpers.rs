@@ -13,6 +13,11 @@ use crate::docker::labels;
 use crate::runtime::ReconcileError;
 use minicloud_store::{EventType, NewEvent, Store, StoreError};
 
+/// The annotation a scaling group puts on a member it is about to delete (value: when, RFC
+/// 3339): load balancers take the member out of rotation, letting its requests finish, and the
+/// group deletes it once no load balancer lists it.
+pub const DRAINING_ANNOTATION: &str = "minicloud.dev/draining";
+
 /// Records an event about `object`; a store that cannot take it is logged, not fatal.
 pub async fn record_event(store: &dyn Store, object: &Object, event_type: EventType, reason: &str, message: String) {
     let Some(key) = object.key() else { return };

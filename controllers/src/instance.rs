@@ -244,9 +244,12 @@ impl InstanceController {
                 if let Err(error) = self.driver.remove(&container.id).await {
                     return self.driver_failed(&mut object, &mut status, error, generation).await;
                 }
-                if counts_as_restart {
+                // One restart per container that ended: its removal can take a moment, and a
+                // reconcile meanwhile sees it again (then status no longer names it).
+                if counts_as_restart && status.container_id.as_deref() == Some(container.id.as_str()) {
                     status.restart_count += 1;
                 }
+                status.container_id = None;
                 // Observers see the gap: not Ready while the replacement starts.
                 self.not_running(&mut status, reason, &message, generation, now);
                 self.write_status(&mut object, &status).await?;
@@ -598,7 +601,7 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::docker::{CommandOutput, EventStream, LogStream};
+    use crate::docker::{CommandOutput, CpuStream, EventStream, LogStream};
     use minicloud_store::MemoryStore;
 
     /// A container engine in memory: containers run as soon as they are created.
@@ -609,6 +612,8 @@ mod tests {
         unreachable: bool,
         next_port: Mutex<u16>,
         created: Mutex<Vec<ContainerSpec>>,
+        /// Removals that are still in progress when the next call comes (as Docker's can be).
+        slow_removals: Mutex<u32>,
     }
 
     impl FakeDriver {
@@ -696,6 +701,11 @@ mod tests {
         }
         async fn remove(&self, id_or_name: &str) -> Result<(), DriverError> {
             self.check()?;
+            let mut slow = self.slow_removals.lock().expect("lock");
+            if *slow > 0 {
+                *slow -= 1;
+                return Ok(());
+            }
             self.containers.lock().expect("lock").retain(|name, c| c.id != id_or_name && name != id_or_name);
             Ok(())
         }
@@ -718,6 +728,9 @@ mod tests {
             Box::pin(stream::empty())
         }
         async fn logs(&self, _: &str, _: bool, _: Option<u32>) -> Result<LogStream, DriverError> {
+            Ok(Box::pin(stream::empty()))
+        }
+        async fn cpu_usage(&self, _: &str) -> Result<CpuStream, DriverError> {
             Ok(Box::pin(stream::empty()))
         }
     }
@@ -832,6 +845,26 @@ mod tests {
                 assert_eq!(status.phase, phase, "{policy}");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_container_seen_again_while_its_removal_runs_counts_one_restart() {
+        let fixture = fixture(FakeDriver::default());
+        create(&fixture, "web", web()).await;
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        fixture.driver.set("mc-default-web", |c| {
+            c.running = false;
+            c.exit_code = Some(137);
+        });
+        *fixture.driver.slow_removals.lock().expect("lock") = 1;
+        // The removal is still running: the name is taken, the replacement cannot start yet.
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        assert_eq!(condition(&status(&fixture, "web").await, "Ready").0, ConditionStatus::False);
+        // The next reconcile sees the same stopped container again, and then replaces it.
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        let status = status(&fixture, "web").await;
+        assert_eq!(status.restart_count, 1, "one exit, one restart");
+        assert_eq!(condition(&status, "Ready").0, ConditionStatus::True);
     }
 
     #[tokio::test]

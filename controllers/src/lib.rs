@@ -15,3 +15,4 @@ pub mod loadbalancer;
 pub mod metrics;
 pub mod queue;
 pub mod runtime;
+pub mod scalinggroup;

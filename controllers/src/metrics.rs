@@ -1,6 +1,6 @@
 //! Prometheus metrics of the controllers: reconcile counters, errors, a duration histogram and
-//! queue depth per kind, and the load balancers' traffic and target health as read from
-//! HAProxy's statistics. The composition root serves [`Metrics::encode`] at `/metrics`.
+//! queue depth per kind, the load balancers' traffic and target health as read from HAProxy's
+//! statistics, and the scaling groups' decisions. The composition root serves [`Metrics::encode`] at `/metrics`.
 //!
 //! HAProxy's counters start again from zero when it reloads; [`Metrics::record_lb_targets`]
 //! turns its raw numbers into increments, so the exported counters never go down.
@@ -36,6 +36,14 @@ struct ResponseLabels {
     code_class: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScalingLabels {
+    namespace: String,
+    name: String,
+    /// `out`, `in`, `bounds` or `manual`.
+    direction: String,
+}
+
 /// What HAProxy reports about one target, summed over the load balancer's listeners.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetTraffic {
@@ -61,6 +69,7 @@ pub struct Metrics {
     lb_requests: Family<TargetLabels, Counter>,
     lb_responses: Family<ResponseLabels, Counter>,
     lb_target_up: Family<TargetLabels, Gauge>,
+    scaling_decisions: Family<ScalingLabels, Counter>,
     /// Last raw HAProxy numbers per load balancer and target.
     last_raw: Mutex<HashMap<(String, String), RawByTarget>>,
 }
@@ -79,6 +88,7 @@ impl Default for Metrics {
         let lb_requests = Family::<TargetLabels, Counter>::default();
         let lb_responses = Family::<ResponseLabels, Counter>::default();
         let lb_target_up = Family::<TargetLabels, Gauge>::default();
+        let scaling_decisions = Family::<ScalingLabels, Counter>::default();
         registry.register("minicloud_reconciles", "Reconciles run, per kind", reconciles.clone());
         registry.register(
             "minicloud_reconcile_errors",
@@ -90,6 +100,11 @@ impl Default for Metrics {
         registry.register("minicloud_lb_requests", "Requests (TCP: connections) sent to a target", lb_requests.clone());
         registry.register("minicloud_lb_responses", "HTTP responses from a target by class", lb_responses.clone());
         registry.register("minicloud_lb_target_up", "1 when the target passes its health check", lb_target_up.clone());
+        registry.register(
+            "minicloud_scaling_decisions",
+            "Changes of a scaling group's desired count, by direction (out, in, bounds, manual)",
+            scaling_decisions.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -99,6 +114,7 @@ impl Default for Metrics {
             lb_requests,
             lb_responses,
             lb_target_up,
+            scaling_decisions,
             last_raw: Mutex::default(),
         }
     }
@@ -119,6 +135,13 @@ impl Metrics {
     pub fn set_queue_depth(&self, kind: Kind, depth: usize) {
         let label = KindLabel { kind: kind.as_str().to_owned() };
         self.queue_depth.get_or_create(&label).set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// One change of a scaling group's desired count.
+    pub fn record_scaling(&self, namespace: &str, name: &str, direction: &str) {
+        let labels =
+            ScalingLabels { namespace: namespace.to_owned(), name: name.to_owned(), direction: direction.to_owned() };
+        self.scaling_decisions.get_or_create(&labels).inc();
     }
 
     /// HAProxy's current numbers for the targets of one load balancer. Targets no longer listed
@@ -226,5 +249,9 @@ mod tests {
         assert_eq!(sample(&text, r#"minicloud_queue_depth{kind="LoadBalancer"}"#), Some(2.0), "{text}");
         metrics.forget_lb("default", "web");
         assert!(!metrics.encode().contains("minicloud_lb_requests_total{"));
+        metrics.record_scaling("default", "web", "out");
+        metrics.record_scaling("default", "web", "out");
+        let series = r#"minicloud_scaling_decisions_total{namespace="default",name="web",direction="out"}"#;
+        assert_eq!(sample(&metrics.encode(), series), Some(2.0));
     }
 }

@@ -61,6 +61,35 @@ pub struct AutoscalingPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 86400))]
     pub scale_in_cooldown_seconds: Option<u32>,
+    /// Seconds of CPU figures each decision averages over (the evaluation window). Defaults
+    /// to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 3600))]
+    pub window_seconds: Option<u32>,
+    /// Scale in only to the highest count recommended over this many seconds, so that a load
+    /// hovering around the target does not flap. Defaults to 120.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 86400))]
+    pub scale_in_stabilization_seconds: Option<u32>,
+}
+
+impl AutoscalingPolicy {
+    /// Seconds between scale-outs.
+    pub fn scale_out_cooldown(&self) -> u32 {
+        self.scale_out_cooldown_seconds.unwrap_or(60)
+    }
+    /// Seconds after any scaling before a scale-in.
+    pub fn scale_in_cooldown(&self) -> u32 {
+        self.scale_in_cooldown_seconds.unwrap_or(300)
+    }
+    /// The evaluation window in seconds.
+    pub fn window(&self) -> u32 {
+        self.window_seconds.unwrap_or(10)
+    }
+    /// The scale-in stabilisation window in seconds.
+    pub fn scale_in_stabilization(&self) -> u32 {
+        self.scale_in_stabilization_seconds.unwrap_or(120)
+    }
 }
 
 /// Replacement strategy.
@@ -85,6 +114,21 @@ pub enum UpdateStrategyType {
     Recreate,
 }
 
+impl UpdateStrategy {
+    /// `maxSurge` and `maxUnavailable` of a rolling update, defaults applied; both zero would
+    /// never make progress, so a surge of 1 is allowed then.
+    pub fn limits(&self) -> (u32, u32) {
+        let rolling = self.rolling_update.clone().unwrap_or_default();
+        let surge = rolling.max_surge.unwrap_or(1);
+        let unavailable = rolling.max_unavailable.unwrap_or(0);
+        if surge == 0 && unavailable == 0 {
+            (1, 0)
+        } else {
+            (surge, unavailable)
+        }
+    }
+}
+
 /// Rolling update limits.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -106,7 +150,8 @@ pub struct ScalingGroupStatus {
     /// The generation the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Scaling`, `Progressing` and `Ready`.
+    /// `Ready` (enough members serve), `Progressing` (members being created, replaced or
+    /// removed) and, with autoscaling, `Autoscaling` (the last evaluation and its numbers).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Instances that exist.
@@ -130,4 +175,30 @@ pub struct ScalingGroupStatus {
     /// When the group last scaled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_in_time: Option<DateTime<Utc>>,
+    /// The last change of the desired count, with its numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scaling: Option<ScalingRecord>,
+    /// The `spec.desiredReplicas` the controller last took over; a different value in the spec
+    /// is a manual scaling (`cloud scale`), which resets the autoscaled count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_desired_replicas: Option<u32>,
+    /// The template hash of the current members (label `minicloud.dev/template-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_hash: Option<String>,
+}
+
+/// One change of a group's desired count.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ScalingRecord {
+    /// When it was decided.
+    pub time: DateTime<Utc>,
+    /// `ScaledOut`, `ScaledIn`, `Bounds` (min or max changed) or `Manual` (the spec changed).
+    pub reason: String,
+    /// The count before.
+    pub from_replicas: u32,
+    /// The count after.
+    pub to_replicas: u32,
+    /// The numbers behind it, e.g. `cpu 91% > target 60% over 10s: 2 → 4`.
+    pub message: String,
 }

@@ -405,6 +405,14 @@ fn check_scaling_group_spec(spec: &ScalingGroupSpec, path: &FieldPath, errors: &
             );
         }
     }
+    if let Some(rolling) = &spec.update_strategy.rolling_update {
+        if rolling.max_surge == Some(0) && rolling.max_unavailable.unwrap_or(0) == 0 {
+            errors.add(
+                path.key("updateStrategy").key("rollingUpdate").key("maxSurge"),
+                "maxSurge and maxUnavailable cannot both be 0: a rolling update could never replace a member",
+            );
+        }
+    }
     let template = path.key("template");
     check_labels(&spec.template.labels, &template.key("labels"), errors);
     check_instance_spec(&spec.template.spec, &template.key("spec"), errors);

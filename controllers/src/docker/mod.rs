@@ -10,6 +10,7 @@
 //! answers the error says how to build or load the image instead.
 
 pub mod labels;
+pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
@@ -179,6 +180,9 @@ pub struct ContainerEvent {
 /// A stream of log output (stdout and stderr interleaved as the engine delivers them).
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, DriverError>> + Send>>;
 
+/// A container's CPU use in cores, one figure per engine sample (about one a second).
+pub type CpuStream = Pin<Box<dyn Stream<Item = Result<f64, DriverError>> + Send>>;
+
 /// A stream of container events; it ends when the engine connection ends.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, DriverError>> + Send>>;
 
@@ -219,6 +223,9 @@ pub trait ContainerDriver: Send + Sync {
     /// A container's output: the last `tail` lines (all when `None`), then new output while
     /// `follow` is set.
     async fn logs(&self, id_or_name: &str, follow: bool, tail: Option<u32>) -> Result<LogStream, DriverError>;
+    /// A container's CPU use, computed as `docker stats` does, until it stops or the stream is
+    /// dropped.
+    async fn cpu_usage(&self, id_or_name: &str) -> Result<CpuStream, DriverError>;
 }
 
 /// The driver over a real Docker engine. The API version is negotiated on first use (Debian's
@@ -644,6 +651,18 @@ impl ContainerDriver for DockerDriver {
             .build();
         Ok(Box::pin(docker.logs(id_or_name, Some(options)).map(|chunk| {
             chunk.map(|output| bytes::Bytes::copy_from_slice(output.as_ref())).map_err(DriverError::from_bollard)
+        })))
+    }
+
+    async fn cpu_usage(&self, id_or_name: &str) -> Result<CpuStream, DriverError> {
+        let docker = self.client().await?.clone();
+        let options = bollard::query_parameters::StatsOptionsBuilder::default().stream(true).build();
+        Ok(Box::pin(docker.stats(id_or_name, Some(options)).filter_map(|sample| async move {
+            match sample {
+                Ok(sample) => stats::cores_used(&sample).map(Ok),
+                Err(error) if is_not_found(&error) => None,
+                Err(error) => Some(Err(DriverError::from_bollard(error))),
+            }
         })))
     }
 

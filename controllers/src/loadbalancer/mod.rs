@@ -8,8 +8,8 @@
 //!   8000 + i, published on 127.0.0.1 (the host port is kept across replacements). Only a change
 //!   of image, network or listener ports replaces the container.
 //! - Targets (Instances matching the selector, or owned by the ScalingGroup, in the same
-//!   namespace and on the same network, with an address) join and leave through the Runtime
-//!   API with no reload: `add server` + `enable health` + `enable server`; a leaving one is set
+//!   namespace and on the same network, with an address, neither deleted nor marked as
+//!   draining by their scaling group) join and leave through the Runtime API with no reload: `add server` + `enable health` + `enable server`; a leaving one is set
 //!   to DRAIN, deleted once it has no sessions left (or after [`DRAIN_TIMEOUT`]).
 //! - Structural changes (listeners, algorithm, health check) write a new configuration,
 //!   validated with `haproxy -c` first, then reload HAProxy with SIGUSR2; server states are
@@ -33,7 +33,7 @@ use async_trait::async_trait;
 use chrono::Utc;
 use minicloud_crds::kinds::{Instance, LoadBalancer};
 use minicloud_crds::loadbalancer::{ListenerProtocol, LoadBalancerSpec, LoadBalancerStatus, TargetStatus};
-use minicloud_crds::meta::ConditionStatus;
+use minicloud_crds::meta::{ConditionStatus, OwnerReference};
 use minicloud_crds::{Kind, Object, ObjectKey};
 use minicloud_store::{EventType, Query, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -44,7 +44,10 @@ use self::config::Target;
 use crate::conditions::set_condition;
 use crate::docker::labels::{self, spec_hash, Labels};
 use crate::docker::{ContainerDriver, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
-use crate::helpers::{ensure_finalizer, network_labels, record_event, remove_finalizer, write_status, FinalizerUpdate};
+use crate::helpers::{
+    ensure_finalizer, network_labels, record_event, remove_finalizer, write_status, FinalizerUpdate,
+    DRAINING_ANNOTATION,
+};
 use crate::instance::network_name;
 use crate::metrics::{Metrics, TargetTraffic};
 use crate::runtime::{ReconcileError, Reconciler};
@@ -80,6 +83,18 @@ pub fn directory(state_dir: &Path, cluster: &str, uid: &str) -> PathBuf {
 
 fn cluster_prefix(cluster: &str) -> String {
     cluster.chars().filter(char::is_ascii_alphanumeric).take(8).collect()
+}
+
+/// Whether a load balancer with `spec` picks an Instance with these labels and owners (the
+/// network is checked apart: a picked Instance on another network is reported, not routed to).
+pub fn picks(spec: &LoadBalancerSpec, labels: &BTreeMap<String, String>, owners: &[OwnerReference]) -> bool {
+    match (&spec.targets.selector, &spec.targets.scaling_group_ref) {
+        (Some(selector), _) => selector.match_labels.iter().all(|(key, value)| labels.get(key) == Some(value)),
+        (None, Some(group)) => {
+            owners.iter().any(|owner| owner.kind == Kind::ScalingGroup.as_str() && owner.name == group.name)
+        }
+        (None, None) => false,
+    }
 }
 
 /// What the running HAProxy was configured from (kept in [`APPLIED_FILE`]).
@@ -169,21 +184,10 @@ impl LoadBalancerController {
         let network = spec.network.as_deref().unwrap_or("default");
         let mut selection = Selection::default();
         for object in instances.items {
-            if object.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let picked = match (&spec.targets.selector, &spec.targets.scaling_group_ref) {
-                (Some(selector), _) => {
-                    selector.match_labels.iter().all(|(key, value)| object.metadata.labels.get(key) == Some(value))
-                }
-                (None, Some(group)) => object
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .any(|owner| owner.kind == Kind::ScalingGroup.as_str() && owner.name == group.name),
-                (None, None) => false,
-            };
-            if !picked {
+            // Leaving: deleted, or drained by its scaling group before it is deleted.
+            let leaving = object.metadata.deletion_timestamp.is_some()
+                || object.metadata.annotations.contains_key(DRAINING_ANNOTATION);
+            if leaving || !picks(spec, &object.metadata.labels, &object.metadata.owner_references) {
                 continue;
             }
             let name = object.metadata.name.clone();

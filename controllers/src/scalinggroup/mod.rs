@@ -1,0 +1,574 @@
+//! The ScalingGroup controller: keeps a group's Instances (its members) at the desired count,
+//! autoscales that count on CPU, and replaces members when the template changes without a
+//! load balancer in front ever losing a request.
+//!
+//! - Members are Instances owned by the group (`ownerReferences`), named `GROUP-xxxxx`, with
+//!   the template's labels plus [`GROUP_LABEL`] and [`TEMPLATE_HASH_LABEL`]; load balancers
+//!   pick them by selector or by `scalingGroupRef` with no extra step. They are found again
+//!   from the store on every reconcile, so a control plane killed at any point converges with
+//!   no member too many.
+//! - The desired count: `spec.desiredReplicas` (default `minReplicas`) without autoscaling; with
+//!   it, the autoscaler's count ([`autoscale`]) from the members' CPU use ([`cpu`]), persisted in
+//!   `status.desiredReplicas`, and reset by a change of `spec.desiredReplicas` (`cloud scale`).
+//! - Each reconcile plans the next steps ([`plan`]): create, mark as draining (load balancers
+//!   stop sending new requests; [`DRAINING_ANNOTATION`]), delete once drained. Status carries
+//!   the counts, the CPU figure, the last scaling decision and the conditions `Ready`,
+//!   `Progressing` and `Autoscaling`; every decision that changes the count is an event and is
+//!   counted in `/metrics`.
+//! - Deleting the group deletes its members (owner references cascade in the store).
+
+pub mod autoscale;
+pub mod cpu;
+pub mod plan;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use minicloud_crds::instance::InstancePhase;
+use minicloud_crds::kinds::{Instance, LoadBalancer, ScalingGroup};
+use minicloud_crds::meta::{ConditionStatus, ObjectMeta};
+use minicloud_crds::quantity::parse_cpu_millis;
+use minicloud_crds::scalinggroup::{ScalingGroupStatus, ScalingRecord, UpdateStrategyType};
+use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
+use minicloud_store::{EventType, Query, Store, StoreError};
+
+use self::autoscale::{Autoscaler, Change, Observation, Policy};
+use self::cpu::CpuMonitor;
+use self::plan::{Member, Plan, Strategy};
+use crate::conditions::set_condition;
+use crate::docker::labels::spec_hash;
+use crate::docker::ContainerDriver;
+use crate::helpers::{owner_reference, record_event, write_status, DRAINING_ANNOTATION};
+use crate::instance::container_name;
+use crate::loadbalancer;
+use crate::metrics::Metrics;
+use crate::runtime::{ReconcileError, Reconciler};
+
+/// The label naming a member's group.
+pub const GROUP_LABEL: &str = "minicloud.dev/scaling-group";
+/// The label carrying the hash of the template a member was made from.
+pub const TEMPLATE_HASH_LABEL: &str = "minicloud.dev/template-hash";
+/// How often an autoscaled group is evaluated.
+const EVALUATION_PERIOD: Duration = Duration::from_secs(1);
+/// How soon to come back while members are draining.
+const SOON: Duration = Duration::from_millis(500);
+/// Status writes that only move the CPU figure are made at most this often.
+const FIGURES_REFRESH: Duration = Duration::from_secs(5);
+/// Characters of a member's random suffix (no vowels: no words; as Kubernetes does).
+const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+/// Longest group-name prefix of a member name (a name is at most 63 characters).
+const MAX_PREFIX: usize = 57;
+
+/// A member as found in the store.
+struct Found {
+    object: Object,
+    instance: Instance,
+}
+
+/// The load balancers of the group's namespace, as far as the group is concerned.
+#[derive(Default)]
+struct Balancers {
+    /// Some running load balancer picks the members.
+    in_front: bool,
+    /// Per load balancer that picks the members: target name → state.
+    picking: Vec<HashMap<String, String>>,
+    /// Every target name any load balancer lists.
+    listed: std::collections::HashSet<String>,
+}
+
+/// Reconciles ScalingGroups.
+pub struct ScalingGroupController {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    cpu: CpuMonitor,
+    /// Per group: recent recommendations (the scale-in stabilisation window).
+    autoscalers: Mutex<HashMap<ObjectKey, Autoscaler>>,
+    /// Per group: when its status was last written.
+    written: Mutex<HashMap<ObjectKey, Instant>>,
+}
+
+impl ScalingGroupController {
+    pub fn new(store: Arc<dyn Store>, driver: Arc<dyn ContainerDriver>, metrics: Arc<Metrics>) -> Self {
+        ScalingGroupController {
+            store,
+            metrics,
+            cpu: CpuMonitor::new(driver),
+            autoscalers: Mutex::default(),
+            written: Mutex::default(),
+        }
+    }
+
+    /// The stats streams open now.
+    pub fn stats_streams(&self) -> usize {
+        self.cpu.streams()
+    }
+
+    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
+        record_event(self.store.as_ref(), object, event_type, reason, message).await;
+    }
+
+    fn forget(&self, key: &ObjectKey) {
+        self.cpu.forget(key);
+        self.autoscalers.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+        self.written.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
+    }
+
+    /// The group's members: Instances of its namespace it owns.
+    async fn members(&self, group: &Object) -> Result<Vec<Found>, ReconcileError> {
+        let uid = group.metadata.uid.as_deref().unwrap_or_default();
+        let instances = self.store.list(&Query::namespaced(Kind::Instance, group.namespace())).await?;
+        let mut members = Vec::new();
+        for object in instances.items {
+            let owned = object
+                .metadata
+                .owner_references
+                .iter()
+                .any(|owner| owner.kind == Kind::ScalingGroup.as_str() && owner.uid == uid);
+            if !owned || object.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            match serde_json::to_value(&object).and_then(serde_json::from_value::<Instance>) {
+                Ok(instance) => members.push(Found { object, instance }),
+                Err(error) => tracing::warn!(member = %object.metadata.name, %error, "a member does not decode"),
+            }
+        }
+        Ok(members)
+    }
+
+    /// The load balancers that pick members made from `labels` on `network`, and every target
+    /// any load balancer lists.
+    async fn balancers(
+        &self,
+        group: &Object,
+        labels: &BTreeMap<String, String>,
+        network: &str,
+    ) -> Result<Balancers, ReconcileError> {
+        let listed = self.store.list(&Query::namespaced(Kind::LoadBalancer, group.namespace())).await?;
+        let owners = [owner_reference(group)];
+        let mut balancers = Balancers::default();
+        for object in listed.items {
+            let Ok(lb) = serde_json::to_value(&object).and_then(serde_json::from_value::<LoadBalancer>) else {
+                continue;
+            };
+            let status = lb.status.unwrap_or_default();
+            let targets: HashMap<String, String> =
+                status.targets.into_iter().map(|target| (target.name, target.state)).collect();
+            balancers.listed.extend(targets.keys().cloned());
+            let running =
+                status.conditions.iter().any(|c| c.type_ == "ContainerRunning" && c.status == ConditionStatus::True);
+            let same_network = lb.spec.network.as_deref().unwrap_or("default") == network;
+            if running
+                && same_network
+                && object.metadata.deletion_timestamp.is_none()
+                && loadbalancer::picks(&lb.spec, labels, &owners)
+            {
+                balancers.in_front = true;
+                balancers.picking.push(targets);
+            }
+        }
+        Ok(balancers)
+    }
+
+    /// Creates `count` members of the current template in one store transaction.
+    async fn create_members(
+        &self,
+        group: &Object,
+        sg: &ScalingGroup,
+        labels: &BTreeMap<String, String>,
+        count: u32,
+    ) -> Result<Vec<String>, ReconcileError> {
+        let spec = serde_json::to_value(&sg.spec.template.spec).map_err(|e| ReconcileError(e.to_string()))?;
+        let objects: Vec<Object> = (0..count)
+            .map(|_| Object {
+                api_version: API_VERSION.to_owned(),
+                kind: Kind::Instance.as_str().to_owned(),
+                metadata: ObjectMeta {
+                    name: member_name(&group.metadata.name),
+                    namespace: Some(group.namespace().to_owned()),
+                    labels: labels.clone(),
+                    owner_references: vec![owner_reference(group)],
+                    ..ObjectMeta::default()
+                },
+                spec: spec.clone(),
+                status: serde_json::Value::Null,
+            })
+            .collect();
+        let names = objects.iter().map(|o| o.metadata.name.clone()).collect();
+        match self.store.create_all(objects).await {
+            Ok(_) => Ok(names),
+            // A random name taken: the next round draws new ones.
+            Err(StoreError::AlreadyExists(_)) => Ok(Vec::new()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Marks members as draining.
+    async fn mark_draining(&self, members: &[&Found], now: DateTime<Utc>) -> Result<(), ReconcileError> {
+        for member in members {
+            let mut object = member.object.clone();
+            object.metadata.annotations.insert(DRAINING_ANNOTATION.to_owned(), now.to_rfc3339());
+            match self.store.update(object).await {
+                Ok(_) | Err(StoreError::NotFound(_)) | Err(StoreError::Conflict { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_members(&self, members: &[&Found]) -> Result<(), ReconcileError> {
+        for member in members {
+            let Some(key) = member.object.key() else { continue };
+            match self.store.delete(&key, None).await {
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn converge(
+        &self,
+        key: &ObjectKey,
+        mut group: Object,
+        sg: ScalingGroup,
+    ) -> Result<Option<Duration>, ReconcileError> {
+        let now = Utc::now();
+        let generation = group.metadata.generation.unwrap_or(1);
+        let namespace = group.namespace().to_owned();
+        let name = group.metadata.name.clone();
+        let spec = &sg.spec;
+        let previous = sg.status.clone().unwrap_or_default();
+        let mut status = previous.clone();
+
+        let template_hash = spec_hash(&group.spec["template"]);
+        let mut labels = spec.template.labels.clone();
+        labels.insert(GROUP_LABEL.to_owned(), name.clone());
+        labels.insert(TEMPLATE_HASH_LABEL.to_owned(), template_hash.clone());
+        let network = spec.template.spec.network.clone().unwrap_or_else(|| "default".to_owned());
+
+        let found = self.members(&group).await?;
+        let balancers = self.balancers(&group, &labels, &network).await?;
+        let members: Vec<Member> = found.iter().map(|f| observe(f, &template_hash, &balancers)).collect();
+        let active: Vec<&Member> = members.iter().filter(|m| m.draining.is_none() && !m.failed).collect();
+        let containers: Vec<String> = active.iter().map(|m| container_name(&namespace, &m.name)).collect();
+        self.cpu.follow(key, &containers);
+
+        // The desired count.
+        let (min, max) = (spec.min_replicas, spec.max_replicas.max(spec.min_replicas));
+        let from_spec = spec.desired_replicas.unwrap_or(min).clamp(min, max);
+        let first = previous.observed_generation.is_none();
+        let manual = !first && previous.spec_desired_replicas != spec.desired_replicas;
+        let mut desired =
+            if spec.autoscaling.is_none() || first || manual { from_spec } else { previous.desired_replicas };
+        status.spec_desired_replicas = spec.desired_replicas;
+        if !first && desired != previous.desired_replicas {
+            let reason = if manual || spec.autoscaling.is_none() { "Manual" } else { "Bounds" };
+            let message = format!("desiredReplicas {} → {desired} (spec)", previous.desired_replicas);
+            self.scaled(&group, &mut status, reason, previous.desired_replicas, desired, message, now).await;
+        }
+        status.current_cpu_utilization_percent = None;
+        if let Some(policy) = &spec.autoscaling {
+            let policy = Policy {
+                target_percent: f64::from(policy.target_cpu_utilization_percent),
+                window: Duration::from_secs(u64::from(policy.window())),
+                scale_out_cooldown: Duration::from_secs(u64::from(policy.scale_out_cooldown())),
+                scale_in_cooldown: Duration::from_secs(u64::from(policy.scale_in_cooldown())),
+                scale_in_stabilization: Duration::from_secs(u64::from(policy.scale_in_stabilization())),
+                min,
+                max,
+            };
+            let limit = spec
+                .template
+                .spec
+                .resources
+                .as_ref()
+                .and_then(|r| r.cpu.as_deref())
+                .and_then(|cpu| parse_cpu_millis(cpu).ok())
+                .filter(|millis| *millis > 0)
+                .map_or(1.0, |millis| millis as f64 / 1000.0);
+            let usage = active
+                .iter()
+                .map(|member| {
+                    let cores = self.cpu.average(&container_name(&namespace, &member.name), policy.window)?;
+                    member.ready.then_some(cores / limit * 100.0)
+                })
+                .collect();
+            let observation = Observation {
+                now,
+                current: desired,
+                usage,
+                last_scale_out: status.last_scale_out_time,
+                last_scale_in: status.last_scale_in_time,
+            };
+            let decision = self
+                .autoscalers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key.clone())
+                .or_default()
+                .decide(&policy, &observation);
+            status.current_cpu_utilization_percent = decision.cpu_percent.map(|cpu| cpu.round().max(0.0) as u32);
+            let (state, reason) = match (decision.change, decision.cpu_percent) {
+                (_, None) => (ConditionStatus::False, "NoMetrics"),
+                (Change::Hold, _) => (ConditionStatus::True, "Holding"),
+                (Change::ScaleOut, _) => (ConditionStatus::True, "ScaledOut"),
+                (Change::ScaleIn, _) => (ConditionStatus::True, "ScaledIn"),
+                (Change::Bounds, _) => (ConditionStatus::True, "Bounds"),
+            };
+            set_condition(&mut status.conditions, "Autoscaling", state, reason, &decision.message, generation, now);
+            if decision.desired != desired {
+                let reason = match decision.change {
+                    Change::ScaleOut => "ScaledOut",
+                    Change::ScaleIn => "ScaledIn",
+                    _ => "Bounds",
+                };
+                self.scaled(&group, &mut status, reason, desired, decision.desired, decision.message, now).await;
+                desired = decision.desired;
+            }
+        } else {
+            status.conditions.retain(|condition| condition.type_ != "Autoscaling");
+        }
+        status.desired_replicas = desired;
+        status.template_hash = Some(template_hash.clone());
+        status.observed_generation = Some(generation);
+
+        // The next steps, and doing them.
+        let strategy = match spec.update_strategy.type_ {
+            UpdateStrategyType::Recreate => Strategy::Recreate,
+            UpdateStrategyType::RollingUpdate => {
+                let (max_surge, max_unavailable) = spec.update_strategy.limits();
+                Strategy::Rolling { max_surge, max_unavailable }
+            }
+        };
+        let plan = plan::plan(desired, &members, strategy, balancers.in_front, now);
+        let picked = |names: &[String]| -> Vec<&Found> {
+            found.iter().filter(|f| names.contains(&f.object.metadata.name)).collect()
+        };
+        self.delete_members(&picked(&plan.delete)).await?;
+        self.mark_draining(&picked(&plan.drain), now).await?;
+        let created = self.create_members(&group, &sg, &labels, plan.create).await?;
+        self.report_steps(&group, &plan, &created, &members).await;
+
+        // Status.
+        let draining = members.iter().filter(|m| m.draining.is_some()).count();
+        status.replicas = u32::try_from(members.len()).unwrap_or(u32::MAX);
+        status.ready_replicas = count(active.iter().filter(|m| m.ready));
+        status.updated_replicas = count(active.iter().filter(|m| m.current));
+        let serving = active.iter().filter(|m| m.serving).count();
+        let (ready, reason, message) = if desired == 0 {
+            (ConditionStatus::True, "ScaledToZero", "the group has no members".to_owned())
+        } else if status.ready_replicas >= desired {
+            (ConditionStatus::True, "MembersReady", format!("{} of {desired} members ready", status.ready_replicas))
+        } else {
+            (ConditionStatus::False, "MembersNotReady", format!("{} of {desired} members ready", status.ready_replicas))
+        };
+        set_condition(&mut status.conditions, "Ready", ready, reason, message, generation, now);
+        let old = active.iter().filter(|m| !m.current).count();
+        let settled = plan.is_empty() && draining == 0 && old == 0 && active.len() == desired as usize;
+        let (progressing, reason, message) = if settled {
+            (ConditionStatus::False, "Stable", format!("{desired} members of the current template"))
+        } else if old > 0 {
+            let message = format!(
+                "{:?}: {} of {desired} members updated, {old} of the old template left, {serving} serving",
+                spec.update_strategy.type_, status.updated_replicas
+            );
+            (ConditionStatus::True, "Updating", message)
+        } else if active.len() < desired as usize {
+            (ConditionStatus::True, "ScalingOut", format!("{} of {desired} members exist", active.len()))
+        } else {
+            let message =
+                format!("{draining} member(s) draining, {} to remove", active.len().saturating_sub(desired as usize));
+            (ConditionStatus::True, "ScalingIn", message)
+        };
+        set_condition(&mut status.conditions, "Progressing", progressing, reason, message, generation, now);
+        self.write(key, &mut group, &previous, &status).await?;
+
+        let busy = !plan.is_empty() || draining > 0;
+        Ok(match (busy, spec.autoscaling.is_some()) {
+            (true, _) => Some(SOON),
+            (false, true) => Some(EVALUATION_PERIOD),
+            (false, false) => None,
+        })
+    }
+
+    /// Records a change of the desired count: status, event, metric.
+    #[allow(clippy::too_many_arguments)]
+    async fn scaled(
+        &self,
+        group: &Object,
+        status: &mut ScalingGroupStatus,
+        reason: &str,
+        from: u32,
+        to: u32,
+        message: String,
+        now: DateTime<Utc>,
+    ) {
+        match reason {
+            "ScaledOut" => status.last_scale_out_time = Some(now),
+            "ScaledIn" => status.last_scale_in_time = Some(now),
+            _ => {}
+        }
+        let direction = match reason {
+            "ScaledOut" => "out",
+            "ScaledIn" => "in",
+            "Manual" => "manual",
+            _ => "bounds",
+        };
+        self.metrics.record_scaling(group.namespace(), &group.metadata.name, direction);
+        self.event(group, EventType::Normal, reason, message.clone()).await;
+        status.last_scaling =
+            Some(ScalingRecord { time: now, reason: reason.to_owned(), from_replicas: from, to_replicas: to, message });
+    }
+
+    /// Events for what a round did to the members.
+    async fn report_steps(&self, group: &Object, plan: &Plan, created: &[String], members: &[Member]) {
+        if !created.is_empty() {
+            self.event(group, EventType::Normal, "MembersCreated", format!("created {}", created.join(", "))).await;
+        }
+        let why = |name: &String| match members.iter().find(|m| &m.name == name) {
+            Some(member) if member.failed => "stopped for good",
+            Some(member) if !member.current => "old template",
+            _ => "scale-in",
+        };
+        for name in &plan.drain {
+            let message = format!("draining {name} ({}): load balancers finish its requests", why(name));
+            self.event(group, EventType::Normal, "MemberDraining", message).await;
+        }
+        for name in &plan.delete {
+            let message = match members.iter().find(|m| &m.name == name) {
+                Some(member) if member.failed => format!("deleted {name}: it stopped for good and is replaced"),
+                Some(member) if member.draining.is_some() => format!("deleted {name}: drained"),
+                _ => format!("deleted {name} ({})", why(name)),
+            };
+            self.event(group, EventType::Normal, "MemberDeleted", message).await;
+        }
+    }
+
+    /// Writes the status, except when only the CPU figure or the autoscaler's message moved and
+    /// the last write is recent (an autoscaled group is evaluated every second).
+    async fn write(
+        &self,
+        key: &ObjectKey,
+        group: &mut Object,
+        previous: &ScalingGroupStatus,
+        status: &ScalingGroupStatus,
+    ) -> Result<(), ReconcileError> {
+        let recent = self
+            .written
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .is_some_and(|at| at.elapsed() < FIGURES_REFRESH);
+        if recent && without_figures(previous) == without_figures(status) {
+            return Ok(());
+        }
+        if previous != status {
+            write_status(self.store.as_ref(), group, status).await?;
+            self.written.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// A status with the figures that move every second blanked (CPU, the autoscaler's message).
+fn without_figures(status: &ScalingGroupStatus) -> ScalingGroupStatus {
+    let mut status = status.clone();
+    status.current_cpu_utilization_percent = None;
+    for condition in &mut status.conditions {
+        if condition.type_ == "Autoscaling" {
+            condition.message.clear();
+        }
+    }
+    status
+}
+
+fn count<'a>(members: impl Iterator<Item = &'a &'a Member>) -> u32 {
+    u32::try_from(members.count()).unwrap_or(u32::MAX)
+}
+
+/// How the plan sees a member.
+fn observe(found: &Found, template_hash: &str, balancers: &Balancers) -> Member {
+    let meta = &found.object.metadata;
+    let status = found.instance.status.clone().unwrap_or_default();
+    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == ConditionStatus::True);
+    let serving =
+        ready && balancers.picking.iter().all(|targets| targets.get(&meta.name).is_some_and(|state| state == "UP"));
+    let failed = matches!(status.phase, InstancePhase::Failed | InstancePhase::Stopped);
+    Member {
+        name: meta.name.clone(),
+        created: meta.creation_timestamp.unwrap_or_default(),
+        current: meta.labels.get(TEMPLATE_HASH_LABEL).map(String::as_str) == Some(template_hash),
+        ready,
+        serving,
+        failed,
+        draining: meta.annotations.get(DRAINING_ANNOTATION).map(|since| {
+            DateTime::parse_from_rfc3339(since).map_or(DateTime::<Utc>::MIN_UTC, |t| t.with_timezone(&Utc))
+        }),
+        in_load_balancer: balancers.listed.contains(&meta.name),
+    }
+}
+
+/// `GROUP-xxxxx`: the group's name (shortened to fit) and five random characters.
+fn member_name(group: &str) -> String {
+    let prefix: String = group.chars().take(MAX_PREFIX).collect();
+    let prefix = prefix.trim_end_matches('-');
+    let suffix: String =
+        (0..5).map(|_| char::from(SUFFIX_ALPHABET[rand::random_range(0..SUFFIX_ALPHABET.len())])).collect();
+    format!("{prefix}-{suffix}")
+}
+
+#[async_trait]
+impl Reconciler for ScalingGroupController {
+    fn kind(&self) -> Kind {
+        Kind::ScalingGroup
+    }
+
+    fn child_kinds(&self) -> Vec<Kind> {
+        vec![Kind::Instance]
+    }
+
+    fn watched_kinds(&self) -> Vec<Kind> {
+        vec![Kind::LoadBalancer]
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
+        let group = match self.store.get(key).await {
+            Ok(group) => group,
+            Err(StoreError::NotFound(_)) => {
+                self.forget(key);
+                return Ok(None);
+            }
+            Err(error) => return Err(error.into()),
+        };
+        if group.metadata.deletion_timestamp.is_some() {
+            // The store deletes the members with the group.
+            self.forget(key);
+            return Ok(None);
+        }
+        let sg: ScalingGroup = serde_json::to_value(&group)
+            .and_then(serde_json::from_value)
+            .map_err(|error| ReconcileError(format!("{key} does not decode as a ScalingGroup: {error}")))?;
+        self.converge(key, group, sg).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_names_fit_a_dns_label() {
+        let name = member_name("web");
+        assert!(name.starts_with("web-") && name.len() == 9, "{name}");
+        let long = "a".repeat(62) + "b";
+        let name = member_name(&long);
+        assert!(name.len() <= 63, "{name}");
+        assert!(minicloud_crds::validation::check_dns_label(&name).is_ok(), "{name}");
+        let dashed = format!("{}-{}", "a".repeat(56), "b".repeat(6));
+        let name = member_name(&dashed);
+        assert!(!name.contains("--") && name.len() <= 63, "{name}");
+    }
+}
