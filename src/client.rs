@@ -204,6 +204,17 @@ impl Client {
         self.json(request).await
     }
 
+    /// Replaces one object (spec, labels, annotations); its `metadata.resourceVersion` must be
+    /// current, or the answer is a 409 Conflict.
+    pub async fn replace(&self, object: &Object) -> Result<Object, ClientError> {
+        let kind = Kind::from_kind_name(&object.kind).ok_or_else(|| ClientError::Protocol {
+            server: self.server.clone(),
+            detail: format!("unknown kind {:?}", object.kind),
+        })?;
+        let url = self.object_url(kind, Some(object.namespace()), Some(&object.metadata.name), None)?;
+        self.json(self.http.put(url).json(object)).await
+    }
+
     /// Deletes one object.
     pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<DeleteAnswer, ClientError> {
         self.json(self.http.delete(self.object_url(kind, Some(namespace), Some(name), None)?)).await

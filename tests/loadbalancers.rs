@@ -9,176 +9,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::docker::{docker, remove_marked};
-use common::server::TestServer;
+use common::cluster::{condition, endpoint, serving, whoami, Harness, Load};
+use common::docker::docker;
 use common::TestDb;
 use serde_json::{json, Value};
 
-const V1: &str = "/apis/minicloud.dev/v1";
-
-fn remove_leftovers_of_earlier_runs() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| remove_marked(|run| run.starts_with("lb-")));
-}
-
-struct Harness {
-    server: Option<TestServer>,
-    /// `cloud server` arguments beyond the harness's own.
-    extra_arguments: Vec<String>,
-    run: String,
-    namespace: String,
-    data_dir: tempfile::TempDir,
-    http: reqwest::Client,
-}
-
-impl Drop for Harness {
-    /// Stops the server first (its controllers would recreate what is removed), then removes
-    /// every container and network of this run, passing or failing.
-    fn drop(&mut self) {
-        drop(self.server.take());
-        let run = self.run.clone();
-        remove_marked(|label| label == run);
-    }
-}
-
-impl Harness {
-    /// A server with controllers on a fresh SQLite store.
-    async fn start() -> Harness {
-        Harness::start_on(TestDb::sqlite().await, &[]).await
-    }
-
-    /// A server with controllers on `database`, with extra `cloud server` arguments.
-    async fn start_on(database: TestDb, extra_arguments: &[&str]) -> Harness {
-        remove_leftovers_of_earlier_runs();
-        let run = format!("lb-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-        let namespace = format!("t{}", &run[3..11]);
-        let data_dir = tempfile::tempdir().expect("data dir");
-        let extra_arguments = extra_arguments.iter().map(|a| a.to_string()).collect();
-        let mut harness =
-            Harness { server: None, extra_arguments, run, namespace, data_dir, http: reqwest::Client::new() };
-        harness.server = Some(harness.start_server(database).await);
-        harness
-    }
-
-    async fn start_server(&self, database: TestDb) -> TestServer {
-        let label = format!("minicloud.dev/test={}", self.run);
-        let data_dir = self.data_dir.path().display().to_string();
-        let mut arguments =
-            vec!["--container-label", label.as_str(), "--data-dir", data_dir.as_str(), "--resync", "30s"];
-        arguments.extend(self.extra_arguments.iter().map(String::as_str));
-        TestServer::start(database, &arguments).await
-    }
-
-    /// Stops the server and drops its database (a PostgreSQL one too); `Drop` removes the
-    /// containers.
-    async fn finish(mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop().await;
-        }
-    }
-
-    fn server(&self) -> &TestServer {
-        self.server.as_ref().expect("a running server")
-    }
-
-    fn url(&self, plural: &str, name: &str) -> String {
-        format!("{}{V1}/namespaces/{}/{plural}/{name}", self.server().url, self.namespace)
-    }
-
-    /// Applies objects; returns the status code and body.
-    async fn try_apply(&self, objects: Vec<Value>) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{V1}/apply", self.server().url))
-            .json(&json!({"items": objects}))
-            .send()
-            .await
-            .expect("apply");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn apply(&self, objects: Vec<Value>) {
-        let (status, body) = self.try_apply(objects).await;
-        assert!((200..300).contains(&status), "apply failed: {body}");
-    }
-
-    async fn get(&self, plural: &str, name: &str) -> Option<Value> {
-        let response = self.http.get(self.url(plural, name)).send().await.expect("get");
-        response.status().is_success().then_some(response.json().await.expect("json"))
-    }
-
-    async fn wait_for(&self, plural: &str, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let object = self.get(plural, name).await;
-            if let Some(object) = &object {
-                if check(object) {
-                    return object.clone();
-                }
-            }
-            if Instant::now() > deadline {
-                let status = object.map(|o| o["status"].clone()).unwrap_or(Value::Null);
-                panic!("timed out waiting for {what}: {}", serde_json::to_string_pretty(&status).unwrap_or_default());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn instance(&self, name: &str, labels: Value, extra: Value) -> Value {
-        let mut spec = json!({"image": "minicloud/web:local", "resources": {"memory": "32Mi"}});
-        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
-            spec.extend(extra.clone());
-        }
-        json!({
-            "apiVersion": "minicloud.dev/v1", "kind": "Instance",
-            "metadata": {"name": name, "namespace": self.namespace, "labels": labels},
-            "spec": spec
-        })
-    }
-
-    fn load_balancer(&self, name: &str, spec: Value) -> Value {
-        json!({
-            "apiVersion": "minicloud.dev/v1", "kind": "LoadBalancer",
-            "metadata": {"name": name, "namespace": self.namespace},
-            "spec": spec
-        })
-    }
-
-    /// The events of one object, as `REASON: message` lines.
-    async fn events(&self, kind: &str, name: &str) -> Vec<String> {
-        let url = format!("{}{V1}/namespaces/{}/events", self.server().url, self.namespace);
-        let response = self.http.get(url).send().await.expect("events");
-        let body: Value = response.json().await.expect("json");
-        body["items"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|event| event["kind"] == kind && event["name"] == name)
-            .map(|event| {
-                format!("{}: {}", event["reason"].as_str().unwrap_or(""), event["message"].as_str().unwrap_or(""))
-            })
-            .collect()
-    }
-
-    fn lb_containers(&self) -> Vec<String> {
-        let listed = docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=minicloud.dev/test={}", self.run),
-            "--filter",
-            "label=minicloud.dev/kind=LoadBalancer",
-            "--format",
-            "{{.Names}}",
-        ]);
-        listed.lines().map(str::to_owned).filter(|name| !name.is_empty()).collect()
-    }
-}
+/// Runs of this file are marked `minicloud.dev/test=lb-...`.
+const PREFIX: &str = "lb";
 
 fn web_lb_spec() -> Value {
     json!({
@@ -186,41 +25,6 @@ fn web_lb_spec() -> Value {
         "targets": {"selector": {"matchLabels": {"app": "web"}}},
         "healthCheck": {"path": "/", "intervalMillis": 300, "healthyThreshold": 1, "unhealthyThreshold": 2}
     })
-}
-
-fn condition<'v>(object: &'v Value, type_: &str) -> Option<(&'v str, &'v str)> {
-    let found = object["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?;
-    Some((found["status"].as_str()?, found["reason"].as_str()?))
-}
-
-/// Current (observedGeneration) and Ready with `healthy` of `total` targets UP.
-fn serving(object: &Value, healthy: usize, total: usize) -> bool {
-    let targets = object["status"]["targets"].as_array().cloned().unwrap_or_default();
-    let up = targets.iter().filter(|t| t["state"] == "UP").count();
-    object["status"]["observedGeneration"] == object["metadata"]["generation"]
-        && condition(object, "Ready").map(|c| c.0) == Some("True")
-        && up == healthy
-        && targets.len() == total
-}
-
-fn endpoint(object: &Value) -> String {
-    object["status"]["endpoints"]["http"].as_str().expect("an endpoint").to_owned()
-}
-
-async fn whoami(http: &reqwest::Client, endpoint: &str) -> Result<String, String> {
-    let response = http
-        .get(format!("{endpoint}/cgi-bin/whoami"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .map_err(|error| error.to_string())?;
-    let status = response.status();
-    let body = response.text().await.map_err(|error| error.to_string())?;
-    if status.is_success() {
-        Ok(body.trim().to_owned())
-    } else {
-        Err(format!("{status}: {body}"))
-    }
 }
 
 #[tokio::test]
@@ -234,7 +38,7 @@ async fn round_robin_health_down_and_up_again_on_postgres() {
 }
 
 async fn round_robin_health_down_and_up_again(database: TestDb) {
-    let harness = Harness::start_on(database, &[]).await;
+    let harness = Harness::start_on(PREFIX, database, &[]).await;
     let web = json!({"app": "web"});
     harness
         .apply(vec![
@@ -325,53 +129,9 @@ async fn round_robin_health_down_and_up_again(database: TestDb) {
     harness.finish().await;
 }
 
-/// A bounded request loop through the load balancer (127.0.0.1 only) that counts failures.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<std::sync::Mutex<Vec<String>>>,
-    workers: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(endpoint: &str, workers: usize) -> Load {
-        let (stop, ok, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::default());
-        let workers = (0..workers)
-            .map(|_| {
-                let (stop, ok, failed): (_, _, Arc<std::sync::Mutex<Vec<String>>>) =
-                    (stop.clone(), ok.clone(), Arc::clone(&failed));
-                let endpoint = endpoint.to_owned();
-                tokio::spawn(async move {
-                    let http = reqwest::Client::new();
-                    // Bounded: ends by itself after 10 minutes even if never told to stop.
-                    let deadline = Instant::now() + Duration::from_secs(600);
-                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        match whoami(&http, &endpoint).await {
-                            Ok(_) => {
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(error) => failed.lock().expect("lock").push(error),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, failed, workers }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for worker in self.workers {
-            let _ = worker.await;
-        }
-        let failed = self.failed.lock().expect("lock").clone();
-        (self.ok.load(Ordering::Relaxed), failed)
-    }
-}
-
 #[tokio::test]
 async fn membership_changes_and_reloads_under_load_fail_no_request() {
-    let harness = Harness::start().await;
+    let harness = Harness::start(PREFIX).await;
     let web = json!({"app": "web"});
     let spare = json!({"app": "spare"});
     let mut objects: Vec<Value> =
@@ -429,7 +189,7 @@ async fn membership_changes_and_reloads_under_load_fail_no_request() {
 
 #[tokio::test]
 async fn bad_input_is_refused_and_the_last_good_config_keeps_serving() {
-    let harness = Harness::start().await;
+    let harness = Harness::start(PREFIX).await;
     let web = json!({"app": "web"});
     harness
         .apply(vec![harness.instance("web-1", web.clone(), json!({})), harness.load_balancer("web", web_lb_spec())])
@@ -501,7 +261,7 @@ async fn a_killed_control_plane_adopts_its_load_balancer_on_postgres() {
 }
 
 async fn a_killed_control_plane_adopts_its_load_balancer_and_never_duplicates_it(database: TestDb) {
-    let mut harness = Harness::start_on(database, &[]).await;
+    let mut harness = Harness::start_on(PREFIX, database, &[]).await;
     let web = json!({"app": "web"});
     harness
         .apply(vec![
@@ -574,7 +334,7 @@ exec /usr/sbin/haproxy.real "$@"
 
 #[tokio::test]
 async fn a_config_haproxy_refuses_is_never_installed_and_the_last_good_one_keeps_serving() {
-    let harness = Harness::start_on(TestDb::sqlite().await, &["--haproxy-image", strict_haproxy_image()]).await;
+    let harness = Harness::start_on(PREFIX, TestDb::sqlite().await, &["--haproxy-image", strict_haproxy_image()]).await;
     let web = json!({"app": "web"});
     harness
         .apply(vec![

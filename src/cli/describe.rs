@@ -1,14 +1,20 @@
 //! `cloud describe KIND NAME`: everything about one object — metadata, spec, status, a
 //! conditions table and its recent events. The first place to look when something is not Ready.
+//! A load balancer's targets and a scaling group's members and scaling history are tables.
 
 use chrono::{DateTime, Utc};
-use minicloud_crds::Object;
+use minicloud_crds::{Kind, Object};
 use serde_json::Value;
 
 use super::output::{age, table, yaml};
 use super::parse_targets;
 use crate::api::apply::LAST_APPLIED;
 use crate::client::Client;
+
+/// The label naming a scaling group's members (as the controller sets it).
+const GROUP_LABEL: &str = "minicloud.dev/scaling-group";
+/// Event reasons of a scaling group's changes of its desired count.
+const SCALING_REASONS: [&str; 4] = ["ScaledOut", "ScaledIn", "Manual", "Bounds"];
 
 /// Describes every named object.
 pub async fn run(client: &Client, targets: &[String], namespace: &str) -> anyhow::Result<()> {
@@ -26,7 +32,13 @@ pub async fn run(client: &Client, targets: &[String], namespace: &str) -> anyhow
         }
         let object = client.get(*kind, namespace, name).await?;
         let events = client.events(Some(namespace), Some((*kind, name))).await?;
-        print!("{}", render(&object, &events));
+        let members = if *kind == Kind::ScalingGroup {
+            let selector = format!("{GROUP_LABEL}={name}");
+            Some(client.list(Kind::Instance, Some(namespace), Some(&selector)).await?.items)
+        } else {
+            None
+        };
+        print!("{}", render(&object, &events, members.as_deref()));
     }
     Ok(())
 }
@@ -50,8 +62,8 @@ fn time_text(time: Option<DateTime<Utc>>) -> String {
     })
 }
 
-/// The whole description as text.
-pub fn render(object: &Object, events: &[crate::store::Event]) -> String {
+/// The whole description as text; `members` are a scaling group's Instances.
+pub fn render(object: &Object, events: &[crate::store::Event], members: Option<&[Object]>) -> String {
     let meta = &object.metadata;
     let mut out = String::new();
     let mut field = |label: &str, value: String| out.push_str(&format!("{:<14}{value}\n", format!("{label}:")));
@@ -113,6 +125,21 @@ pub fn render(object: &Object, events: &[crate::store::Event]) -> String {
             out.push_str(&indent(&table(&["NAME", "ADDRESS", "STATE", "LAST CHECK"], &rows)));
         }
     }
+    if let Some(members) = members {
+        out.push_str(&members_table(object, members));
+        out.push_str("Scaling history:\n");
+        let history: Vec<&crate::store::Event> =
+            events.iter().filter(|event| SCALING_REASONS.contains(&event.reason.as_str())).collect();
+        if history.is_empty() {
+            out.push_str("  <none>\n");
+        } else {
+            let rows: Vec<Vec<String>> = history[history.len().saturating_sub(20)..]
+                .iter()
+                .map(|event| vec![age(Some(event.last_timestamp)), event.reason.clone(), event.message.clone()])
+                .collect();
+            out.push_str(&indent(&table(&["AGE", "REASON", "DECISION"], &rows)));
+        }
+    }
     out.push_str("Conditions:\n");
     let conditions: Vec<Value> = conditions.and_then(|c| c.as_array().cloned()).unwrap_or_default();
     if conditions.is_empty() {
@@ -151,6 +178,49 @@ pub fn render(object: &Object, events: &[crate::store::Event]) -> String {
             .collect();
         out.push_str(&indent(&table(&["TYPE", "REASON", "AGE", "MESSAGE"], &rows)));
     }
+    out
+}
+
+/// A scaling group's members: readiness, phase, template (current or old) and draining.
+fn members_table(group: &Object, members: &[Object]) -> String {
+    let mut out = String::from("Members:\n");
+    if members.is_empty() {
+        out.push_str("  <none>\n");
+        return out;
+    }
+    let current = group.status.get("templateHash").and_then(Value::as_str);
+    let rows: Vec<Vec<String>> = members
+        .iter()
+        .map(|member| {
+            let ready = member
+                .status
+                .get("conditions")
+                .and_then(Value::as_array)
+                .and_then(|c| c.iter().find(|c| c.get("type").and_then(Value::as_str) == Some("Ready")))
+                .and_then(|c| c.get("status").and_then(Value::as_str))
+                .unwrap_or("Unknown")
+                .to_owned();
+            let phase = member.status.get("phase").and_then(Value::as_str).unwrap_or("Pending").to_owned();
+            let template = member.metadata.labels.get("minicloud.dev/template-hash").map(String::as_str);
+            let template = if template.is_some() && template == current { "current" } else { "old" };
+            let leaving = if member.metadata.annotations.contains_key("minicloud.dev/draining") {
+                "draining"
+            } else if member.metadata.deletion_timestamp.is_some() {
+                "deleting"
+            } else {
+                "-"
+            };
+            vec![
+                member.metadata.name.clone(),
+                ready,
+                phase,
+                template.to_owned(),
+                leaving.to_owned(),
+                age(member.metadata.creation_timestamp),
+            ]
+        })
+        .collect();
+    out.push_str(&indent(&table(&["NAME", "READY", "PHASE", "TEMPLATE", "LEAVING", "AGE"], &rows)));
     out
 }
 

@@ -37,7 +37,7 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
     let mut headers: Vec<&str> = match kind {
         Kind::Instance => vec!["NAME", "READY", "STATUS", "RESTARTS", "PORTS", "AGE"],
         Kind::LoadBalancer => vec!["NAME", "READY", "ENDPOINT", "TARGETS", "ALGORITHM", "AGE"],
-        Kind::ScalingGroup => vec!["NAME", "READY", "DESIRED", "UP-TO-DATE", "MIN", "MAX", "AGE"],
+        Kind::ScalingGroup => vec!["NAME", "READY", "MIN", "MAX", "CPU", "AGE"],
         Kind::ManagedDatabase => vec!["NAME", "READY", "STATUS", "ENGINE", "ENDPOINT", "AGE"],
         Kind::Stack => vec!["NAME", "READY", "STATUS", "RESOURCES", "AGE"],
         Kind::Secret => vec!["NAME", "TYPE", "KEYS", "AGE"],
@@ -46,7 +46,7 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         headers.extend(match kind {
             Kind::Instance => vec!["IMAGE", "CONTAINER"],
             Kind::LoadBalancer => vec!["STATUS", "NETWORK"],
-            Kind::ScalingGroup => vec!["CPU", "IMAGE"],
+            Kind::ScalingGroup => vec!["UP-TO-DATE", "STATUS", "IMAGE"],
             Kind::ManagedDatabase => vec!["VERSION", "LAST BACKUP"],
             Kind::Stack => vec!["TEMPLATE"],
             Kind::Secret => vec![],
@@ -111,13 +111,20 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
         }
         Kind::ScalingGroup => {
             let desired = state.get("desiredReplicas").or(spec.get("desiredReplicas")).or(spec.get("minReplicas"));
+            let cpu = match (
+                state.get("currentCpuUtilizationPercent"),
+                spec.pointer("/autoscaling/targetCpuUtilizationPercent"),
+            ) {
+                (Some(cpu), Some(target)) => format!("{}%/{}%", text(Some(cpu)), text(Some(target))),
+                (None, Some(target)) => format!("-/{}%", text(Some(target))),
+                _ => "-".into(),
+            };
             vec![
                 object.metadata.name.clone(),
                 format!("{}/{}", text(state.get("readyReplicas")).replace('-', "0"), text(desired)),
-                text(desired),
-                text(state.get("updatedReplicas")).replace('-', "0"),
                 text(spec.get("minReplicas")),
                 text(spec.get("maxReplicas")),
+                cpu,
                 created,
             ]
         }
@@ -150,10 +157,14 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                 let network = spec.get("network").map_or_else(|| "default".to_owned(), |n| text(Some(n)));
                 vec![readiness(object).1, network]
             }
-            Kind::ScalingGroup => vec![
-                state.get("currentCpuUtilizationPercent").map_or("-".into(), |cpu| format!("{}%", text(Some(cpu)))),
-                text(spec.pointer("/template/spec/image")),
-            ],
+            Kind::ScalingGroup => {
+                let progressing = condition(object, "Progressing").map_or("-".into(), |c| text(c.get("reason")));
+                vec![
+                    text(state.get("updatedReplicas")).replace('-', "0"),
+                    progressing,
+                    text(spec.pointer("/template/spec/image")),
+                ]
+            }
             Kind::ManagedDatabase => vec![text(spec.get("version")), text(state.get("lastBackupTime"))],
             Kind::Stack => vec![text(spec.pointer("/templateRef/name"))],
             Kind::Secret => vec![],

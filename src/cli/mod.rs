@@ -9,6 +9,7 @@ mod events;
 mod explain;
 mod get;
 mod output;
+mod scale;
 mod server;
 mod up;
 mod validate;
@@ -110,6 +111,18 @@ enum Command {
         /// How long --wait waits, e.g. 30s, 2m.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
+    },
+    /// Set a scaling group's desired count: `cloud scale sg web --replicas 5` (within its
+    /// minReplicas..maxReplicas).
+    Scale {
+        /// KIND/NAME items (or KIND NAME...).
+        #[arg(required = true, num_args = 1..)]
+        targets: Vec<String>,
+        /// The desired count.
+        #[arg(long)]
+        replicas: u32,
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
     },
     /// Wait for a condition (`--for condition=Ready`, `--for condition=Ready=false`) or deletion
     /// (`--for delete`).
@@ -252,6 +265,7 @@ pub async fn run() -> ExitCode {
         Command::Delete { targets, files, recursive, namespace, wait, timeout } => {
             delete::run(&client, &targets, &files, recursive, &namespace, wait.then_some(timeout)).await
         }
+        Command::Scale { targets, replicas, namespace } => scale::run(&client, &targets, &namespace, replicas).await,
         Command::Wait { targets, condition, namespace, timeout } => {
             wait::run(&client, &targets, &condition, &namespace, timeout).await
         }

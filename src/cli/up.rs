@@ -1,8 +1,8 @@
 //! `cloud up -f PATH`: the whole thing in one command. Validates the manifests, starts an
 //! embedded control plane (SQLite in the data directory, controllers on), applies, shows
-//! progress until every Instance and LoadBalancer is Ready, prints the endpoints, and keeps serving until
-//! Ctrl-C — with `--down`, Ctrl-C first removes everything it applied. While it runs, `cloud
-//! get` and `cloud describe` in another terminal talk to it.
+//! progress until every Instance, LoadBalancer and ScalingGroup is Ready, prints the
+//! endpoints, and keeps serving until Ctrl-C — with `--down`, Ctrl-C first removes everything
+//! it applied. While it runs, `cloud get` and `cloud describe` in another terminal talk to it.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -143,7 +143,7 @@ fn readiness(object: &Object) -> (bool, String) {
 }
 
 /// The kinds a controller runs (the others are only stored for now); `cloud up` waits for them.
-const RUN: [Kind; 2] = [Kind::Instance, Kind::LoadBalancer];
+const RUN: [Kind; 3] = [Kind::Instance, Kind::LoadBalancer, Kind::ScalingGroup];
 
 fn endpoints(object: &Object) -> Vec<String> {
     if let Some(endpoints) = object.status.get("endpoints").and_then(Value::as_object) {
@@ -162,7 +162,7 @@ fn endpoints(object: &Object) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Shows progress until every Instance and LoadBalancer is Ready (or the timeout passes), then
+/// Shows progress until every Instance, LoadBalancer and ScalingGroup is Ready (or the timeout passes), then
 /// prints where each one is reachable.
 async fn wait_until_ready(
     client: &Client,

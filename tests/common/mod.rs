@@ -2,6 +2,7 @@
 //! temporary SQLite file, or a fresh database on a real PostgreSQL server) and object builders.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod docker;
 pub mod server;
 pub mod store_suite;

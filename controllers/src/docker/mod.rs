@@ -9,6 +9,8 @@
 //! 127.0.0.1 unless a manifest says otherwise. A missing image is pulled; when no registry
 //! answers the error says how to build or load the image instead.
 
+#[cfg(test)]
+pub mod fake;
 pub mod labels;
 pub mod stats;
 

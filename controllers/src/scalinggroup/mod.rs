@@ -440,6 +440,10 @@ impl ScalingGroupController {
         for name in &plan.delete {
             let message = match members.iter().find(|m| &m.name == name) {
                 Some(member) if member.failed => format!("deleted {name}: it stopped for good and is replaced"),
+                Some(member) if member.draining.is_some() && member.in_load_balancer => format!(
+                    "deleted {name}: a load balancer still lists it after {}s of draining",
+                    plan::DRAIN_TIMEOUT.as_secs()
+                ),
                 Some(member) if member.draining.is_some() => format!("deleted {name}: drained"),
                 _ => format!("deleted {name} ({})", why(name)),
             };
@@ -557,7 +561,218 @@ impl Reconciler for ScalingGroupController {
 
 #[cfg(test)]
 mod tests {
+    //! Reconcile decisions against the in-memory store (Instances and load balancers are
+    //! written by the tests as their controllers would). `tests/scalinggroups.rs` proves the
+    //! same with real Docker and HAProxy.
+
+    use serde_json::{json, Value};
+
     use super::*;
+    use crate::docker::fake::FakeDriver;
+    use minicloud_store::MemoryStore;
+
+    struct Fixture {
+        store: Arc<MemoryStore>,
+        controller: ScalingGroupController,
+    }
+
+    fn fixture() -> Fixture {
+        let store = Arc::new(MemoryStore::new());
+        let controller =
+            ScalingGroupController::new(store.clone(), Arc::new(FakeDriver::default()), Arc::new(Metrics::default()));
+        Fixture { store, controller }
+    }
+
+    fn key() -> ObjectKey {
+        ObjectKey::new(Kind::ScalingGroup, "default", "web")
+    }
+
+    fn spec(desired: u32, extra: Value) -> Value {
+        let mut spec = json!({
+            "minReplicas": 1, "maxReplicas": 5, "desiredReplicas": desired,
+            "template": {"labels": {"app": "web"}, "spec": {"image": "web:1"}}
+        });
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        spec
+    }
+
+    fn object(kind: &str, name: &str, spec: Value) -> Object {
+        serde_json::from_value(json!({
+            "apiVersion": "minicloud.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec
+        }))
+        .expect("object")
+    }
+
+    async fn reconcile(fixture: &Fixture) {
+        fixture.controller.reconcile(&key()).await.expect("reconcile");
+    }
+
+    async fn group(fixture: &Fixture) -> (Object, ScalingGroupStatus) {
+        let group = fixture.store.get(&key()).await.expect("group");
+        let status = serde_json::from_value(group.status.clone()).expect("status");
+        (group, status)
+    }
+
+    /// The group's members, oldest first.
+    async fn members(fixture: &Fixture) -> Vec<Object> {
+        let mut members: Vec<Object> = fixture
+            .store
+            .list(&Query::namespaced(Kind::Instance, "default"))
+            .await
+            .expect("list")
+            .items
+            .into_iter()
+            .filter(|o| o.metadata.deletion_timestamp.is_none())
+            .collect();
+        members.sort_by_key(|m| m.metadata.creation_timestamp);
+        members
+    }
+
+    /// Writes Instance status as the Instance controller would: Ready, or stopped for good.
+    async fn report(fixture: &Fixture, member: &Object, ready: bool) {
+        let mut object = fixture.store.get(&member.key().expect("key")).await.expect("member");
+        let (phase, state) = if ready { ("Running", "True") } else { ("Failed", "False") };
+        object.status = json!({
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": state, "reason": "Test", "message": "",
+                            "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]
+        });
+        fixture.store.update_status(object).await.expect("status");
+    }
+
+    fn condition(status: &ScalingGroupStatus, type_: &str) -> (ConditionStatus, String) {
+        let found = status.conditions.iter().find(|c| c.type_ == type_).expect("condition");
+        (found.status, found.reason.clone())
+    }
+
+    #[tokio::test]
+    async fn creates_the_desired_members_owned_and_labelled() {
+        let fixture = fixture();
+        let created = fixture.store.create(object("ScalingGroup", "web", spec(3, json!({})))).await.expect("group");
+        reconcile(&fixture).await;
+        // The members' creation wakes the group, which then observes them.
+        reconcile(&fixture).await;
+        let found = members(&fixture).await;
+        let (_, status) = group(&fixture).await;
+        assert_eq!(found.len(), 3);
+        let hash = status.template_hash.clone().expect("template hash");
+        for member in &found {
+            assert!(member.metadata.name.starts_with("web-") && member.metadata.name.len() == 9);
+            assert_eq!(member.metadata.owner_references[0].uid, created.metadata.uid.clone().unwrap_or_default());
+            assert_eq!(member.metadata.labels.get("app").map(String::as_str), Some("web"));
+            assert_eq!(member.metadata.labels.get(GROUP_LABEL).map(String::as_str), Some("web"));
+            assert_eq!(member.metadata.labels.get(TEMPLATE_HASH_LABEL), Some(&hash));
+            assert_eq!(member.spec["image"], "web:1");
+        }
+        assert_eq!((status.replicas, status.ready_replicas, status.desired_replicas), (3, 0, 3));
+        assert_eq!(condition(&status, "Ready"), (ConditionStatus::False, "MembersNotReady".into()));
+        for member in &found {
+            report(&fixture, member, true).await;
+        }
+        reconcile(&fixture).await;
+        let (_, status) = group(&fixture).await;
+        assert_eq!(condition(&status, "Ready"), (ConditionStatus::True, "MembersReady".into()));
+        assert_eq!(condition(&status, "Progressing"), (ConditionStatus::False, "Stable".into()));
+        assert_eq!(members(&fixture).await.len(), 3, "nothing more is created");
+    }
+
+    #[tokio::test]
+    async fn a_changed_desired_count_in_the_spec_overrides_the_autoscaled_one() {
+        let fixture = fixture();
+        let autoscaling = json!({"autoscaling": {"targetCpuUtilizationPercent": 60}});
+        fixture.store.create(object("ScalingGroup", "web", spec(2, autoscaling.clone()))).await.expect("group");
+        reconcile(&fixture).await;
+        // The autoscaler had taken the group to 4 (as persisted in status).
+        let (mut stored, mut status) = group(&fixture).await;
+        status.desired_replicas = 4;
+        stored.status = serde_json::to_value(&status).expect("status");
+        fixture.store.update_status(stored).await.expect("status");
+        reconcile(&fixture).await;
+        assert_eq!(group(&fixture).await.1.desired_replicas, 4, "no figures: the autoscaled count holds");
+        assert_eq!(members(&fixture).await.len(), 4);
+        // `cloud scale` writes spec.desiredReplicas: it wins.
+        let mut stored = fixture.store.get(&key()).await.expect("group");
+        stored.spec = spec(3, autoscaling);
+        fixture.store.update(stored).await.expect("update");
+        reconcile(&fixture).await;
+        let (stored, status) = group(&fixture).await;
+        assert_eq!((status.desired_replicas, status.spec_desired_replicas), (3, Some(3)));
+        let last = status.last_scaling.expect("last scaling");
+        assert_eq!((last.reason.as_str(), last.from_replicas, last.to_replicas), ("Manual", 4, 3));
+        let events = fixture.store.events(Some("default"), stored.key().as_ref()).await.expect("events");
+        assert!(events.iter().any(|e| e.reason == "Manual" && e.message == "desiredReplicas 4 → 3 (spec)"));
+    }
+
+    #[tokio::test]
+    async fn behind_a_load_balancer_a_member_drains_before_it_is_deleted() {
+        let fixture = fixture();
+        fixture.store.create(object("ScalingGroup", "web", spec(2, json!({})))).await.expect("group");
+        reconcile(&fixture).await;
+        let found = members(&fixture).await;
+        for member in &found {
+            report(&fixture, member, true).await;
+        }
+        // A running load balancer lists both members as UP.
+        let lb_spec = json!({"listeners": [{"name": "http", "targetPort": 8080}], "targets": {"scalingGroupRef": {"name": "web"}}});
+        let lb = fixture.store.create(object("LoadBalancer", "web", lb_spec)).await.expect("lb");
+        let listing = |names: &[&Object]| {
+            let targets: Vec<Value> = names
+                .iter()
+                .map(|m| json!({"name": m.metadata.name, "address": "172.30.0.2:8080", "healthy": true, "state": "UP"}))
+                .collect();
+            json!({"targets": targets, "conditions": [{"type": "ContainerRunning", "status": "True", "reason": "Running",
+                "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]})
+        };
+        let mut with_status = lb.clone();
+        with_status.status = listing(&found.iter().collect::<Vec<_>>());
+        let lb = fixture.store.update_status(with_status).await.expect("lb status");
+        reconcile(&fixture).await;
+        assert_eq!(condition(&group(&fixture).await.1, "Ready").0, ConditionStatus::True);
+
+        // Scale in: the newest member is marked, not deleted, while the load balancer lists it.
+        let mut stored = fixture.store.get(&key()).await.expect("group");
+        stored.spec = spec(1, json!({}));
+        fixture.store.update(stored).await.expect("update");
+        reconcile(&fixture).await;
+        reconcile(&fixture).await;
+        let now = members(&fixture).await;
+        assert_eq!(now.len(), 2, "still draining");
+        let (leaving, staying): (Vec<&Object>, Vec<&Object>) =
+            now.iter().partition(|m| m.metadata.annotations.contains_key(DRAINING_ANNOTATION));
+        assert_eq!((leaving.len(), staying.len()), (1, 1), "one member is marked");
+        let (leaving, staying) = (leaving[0], staying[0]);
+
+        // The load balancer drained it; once it is out (and the mark is a second old), it goes.
+        let mut drained = lb;
+        drained.status = listing(&[staying]);
+        fixture.store.update_status(drained).await.expect("lb status");
+        let mut marked = leaving.clone();
+        let earlier = (Utc::now() - chrono::Duration::seconds(2)).to_rfc3339();
+        marked.metadata.annotations.insert(DRAINING_ANNOTATION.to_owned(), earlier);
+        fixture.store.update(marked).await.expect("mark");
+        reconcile(&fixture).await;
+        let left: Vec<String> = members(&fixture).await.iter().map(|m| m.metadata.name.clone()).collect();
+        assert_eq!(left, std::slice::from_ref(&staying.metadata.name));
+        let events = fixture.store.events(Some("default"), Some(&key())).await.expect("events");
+        let deleted = format!("deleted {}: drained", leaving.metadata.name);
+        assert!(events.iter().any(|e| e.reason == "MemberDeleted" && e.message == deleted), "{events:?}");
+    }
+
+    #[tokio::test]
+    async fn a_member_stopped_for_good_is_replaced() {
+        let fixture = fixture();
+        fixture.store.create(object("ScalingGroup", "web", spec(2, json!({})))).await.expect("group");
+        reconcile(&fixture).await;
+        let found = members(&fixture).await;
+        report(&fixture, &found[0], false).await;
+        report(&fixture, &found[1], true).await;
+        reconcile(&fixture).await;
+        let now = members(&fixture).await;
+        assert_eq!(now.len(), 2);
+        assert!(!now.iter().any(|m| m.metadata.name == found[0].metadata.name), "the failed member is gone");
+    }
 
     #[test]
     fn member_names_fit_a_dns_label() {

@@ -1,0 +1,142 @@
+//! A container engine in memory, for unit tests of reconcile decisions: containers run as soon
+//! as they are created, nothing is pulled, nothing is executed. The integration tests prove the
+//! same decisions against the real engine.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::stream;
+
+use super::{
+    CommandOutput, ContainerDriver, ContainerInfo, ContainerSpec, CpuStream, DriverError, EventStream, LogStream,
+};
+
+/// A container engine in memory: containers run as soon as they are created.
+#[derive(Default)]
+pub struct FakeDriver {
+    pub containers: Mutex<HashMap<String, ContainerInfo>>,
+    pub missing_images: Vec<String>,
+    pub unreachable: bool,
+    pub next_port: Mutex<u16>,
+    pub created: Mutex<Vec<ContainerSpec>>,
+    /// Removals that are still in progress when the next call comes (as Docker's can be).
+    pub slow_removals: Mutex<u32>,
+}
+
+impl FakeDriver {
+    fn check(&self) -> Result<(), DriverError> {
+        if self.unreachable {
+            return Err(DriverError::Unreachable("connection refused".into()));
+        }
+        Ok(())
+    }
+
+    pub fn set(&self, name: &str, change: impl FnOnce(&mut ContainerInfo)) {
+        if let Some(container) = self.containers.lock().expect("lock").get_mut(name) {
+            change(container);
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<ContainerInfo> {
+        self.containers.lock().expect("lock").get(name).cloned()
+    }
+}
+
+#[async_trait]
+impl ContainerDriver for FakeDriver {
+    async fn ping(&self) -> Result<(), DriverError> {
+        self.check()
+    }
+    async fn list_managed(&self) -> Result<Vec<ContainerInfo>, DriverError> {
+        self.check()?;
+        Ok(self.containers.lock().expect("lock").values().cloned().collect())
+    }
+    async fn inspect(&self, id_or_name: &str) -> Result<Option<ContainerInfo>, DriverError> {
+        self.check()?;
+        let containers = self.containers.lock().expect("lock");
+        Ok(containers.values().find(|c| c.id == id_or_name || c.name == id_or_name).cloned())
+    }
+    async fn ensure_image(&self, image: &str, _: &(dyn Fn(String) + Send + Sync)) -> Result<(), DriverError> {
+        self.check()?;
+        if self.missing_images.iter().any(|missing| missing == image) {
+            return Err(DriverError::ImageUnavailable { image: image.into(), reason: "no registry".into() });
+        }
+        Ok(())
+    }
+    async fn ensure_network(&self, name: &str, _: &HashMap<String, String>) -> Result<String, DriverError> {
+        self.check()?;
+        Ok(format!("id-{name}"))
+    }
+    async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError> {
+        self.check()?;
+        let mut containers = self.containers.lock().expect("lock");
+        if containers.contains_key(&spec.name) {
+            return Err(DriverError::NameTaken(spec.name.clone()));
+        }
+        let ports = spec
+            .ports
+            .iter()
+            .map(|port| {
+                let host_port = port.host_port.unwrap_or_else(|| {
+                    let mut next = self.next_port.lock().expect("lock");
+                    *next += 1;
+                    40_000 + *next
+                });
+                (port.container_port, port.protocol.clone(), port.host_ip.clone(), host_port)
+            })
+            .collect();
+        let id = format!("{:0>12}", self.created.lock().expect("lock").len() + 1);
+        containers.insert(
+            spec.name.clone(),
+            ContainerInfo {
+                id: id.clone(),
+                name: spec.name.clone(),
+                labels: spec.labels.clone(),
+                running: true,
+                health: spec.health.as_ref().map(|_| "starting".to_owned()),
+                exit_code: None,
+                started_at: Some("2026-01-01T00:00:00Z".into()),
+                ports,
+                addresses: BTreeMap::from([(spec.network.trim_start_matches("id-").to_owned(), "172.30.0.2".into())]),
+            },
+        );
+        self.created.lock().expect("lock").push(spec.clone());
+        Ok(id)
+    }
+    async fn remove(&self, id_or_name: &str) -> Result<(), DriverError> {
+        self.check()?;
+        let mut slow = self.slow_removals.lock().expect("lock");
+        if *slow > 0 {
+            *slow -= 1;
+            return Ok(());
+        }
+        self.containers.lock().expect("lock").retain(|name, c| c.id != id_or_name && name != id_or_name);
+        Ok(())
+    }
+    async fn remove_volume(&self, _: &str) -> Result<(), DriverError> {
+        self.check()
+    }
+    async fn exec(&self, _: &str, _: &[String], _: Duration) -> Result<CommandOutput, DriverError> {
+        Err(DriverError::Refused("the fake engine runs no commands".into()))
+    }
+    async fn run_once(&self, _: &ContainerSpec, _: Duration) -> Result<CommandOutput, DriverError> {
+        Err(DriverError::Refused("the fake engine runs no commands".into()))
+    }
+    async fn signal(&self, _: &str, _: &str) -> Result<(), DriverError> {
+        self.check()
+    }
+    async fn remove_network_if_unused(&self, _: &str) -> Result<(), DriverError> {
+        self.check()
+    }
+    fn events(&self) -> EventStream {
+        Box::pin(stream::empty())
+    }
+    async fn logs(&self, _: &str, _: bool, _: Option<u32>) -> Result<LogStream, DriverError> {
+        Ok(Box::pin(stream::empty()))
+    }
+    async fn cpu_usage(&self, _: &str) -> Result<CpuStream, DriverError> {
+        Ok(Box::pin(stream::empty()))
+    }
+}

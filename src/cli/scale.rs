@@ -1,0 +1,58 @@
+//! `cloud scale KIND/NAME --replicas N` (or `cloud scale sg NAME --replicas N`): sets a scaling
+//! group's `spec.desiredReplicas`. A count outside `minReplicas..maxReplicas` is refused before
+//! anything is sent; a concurrent change of the group (409) is met by reading it again.
+
+use minicloud_crds::Kind;
+use serde_json::json;
+
+use super::parse_targets;
+use crate::client::{Client, ClientError};
+
+/// Attempts before giving up on a group that keeps changing underneath.
+const ATTEMPTS: usize = 5;
+
+/// Sets the desired count of each named scaling group.
+pub async fn run(client: &Client, targets: &[String], namespace: &str, replicas: u32) -> anyhow::Result<()> {
+    for (kind, name) in parse_targets(targets)? {
+        let Some(name) = name else {
+            anyhow::bail!("name the {} to scale, e.g. `cloud scale sg web --replicas 3`", kind.plural())
+        };
+        if kind != Kind::ScalingGroup {
+            anyhow::bail!(
+                "{}/{name} cannot be scaled: only scalinggroups have replicas",
+                kind.as_str().to_ascii_lowercase()
+            );
+        }
+        scale(client, namespace, &name, replicas).await?;
+    }
+    Ok(())
+}
+
+async fn scale(client: &Client, namespace: &str, name: &str, replicas: u32) -> anyhow::Result<()> {
+    for _ in 0..ATTEMPTS {
+        let mut group = client.get(Kind::ScalingGroup, namespace, name).await?;
+        let bound = |field: &str| group.spec.get(field).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let (min, max) = (bound("minReplicas"), bound("maxReplicas"));
+        if u64::from(replicas) < min || u64::from(replicas) > max {
+            anyhow::bail!(
+                "cannot scale scalinggroup/{name} to {replicas}: it must stay within minReplicas..maxReplicas ({min}..{max}); change the bounds in its manifest and apply it first"
+            );
+        }
+        if group.spec.get("desiredReplicas").and_then(serde_json::Value::as_u64) == Some(u64::from(replicas)) {
+            println!("scalinggroup/{name} unchanged ({replicas} desired)");
+            return Ok(());
+        }
+        if let Some(spec) = group.spec.as_object_mut() {
+            spec.insert("desiredReplicas".into(), json!(replicas));
+        }
+        match client.replace(&group).await {
+            Ok(_) => {
+                println!("scalinggroup/{name} scaled to {replicas}");
+                return Ok(());
+            }
+            Err(ClientError::Api { status: 409, .. }) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    anyhow::bail!("scalinggroup/{name} kept changing while it was being scaled; try again")
+}
