@@ -121,6 +121,19 @@ async fn metric(harness: &Harness, series: &str) -> f64 {
     text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
 }
 
+/// Waits until a metric has `value`.
+async fn wait_for_metric(harness: &Harness, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = metric(harness, series).await;
+        if found == value {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} is {found}, expected {value}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 async fn manual_scaling_with_cloud_scale_and_the_load_balancer_follows() {
     let harness = Harness::start(PREFIX).await;
@@ -183,6 +196,7 @@ async fn manual_scaling_with_cloud_scale_and_the_load_balancer_follows() {
         harness.namespace
     );
     assert_eq!(metric(&harness, &series).await, 2.0);
+    assert_eq!(metric(&harness, "minicloud_stats_streams").await, 0.0, "no autoscaling, no stats streams");
 
     // Deleting the group deletes its members and their containers.
     harness.http.delete(harness.url("scalinggroups", "web")).send().await.expect("delete");
@@ -262,6 +276,8 @@ async fn cpu_load_scales_out_within_window_and_cooldown_and_scales_in_only_after
         samples.push((Instant::now(), desired, object["status"]["currentCpuUtilizationPercent"].as_u64()));
         if desired > 1 && scaled_out_at.is_none() {
             scaled_out_at = Some(Instant::now());
+            // Each member gets its stats stream.
+            wait_for_metric(&harness, "minicloud_stats_streams", desired as f64).await;
         }
         if scaled_out_at.is_some() && desired == 1 {
             break;
@@ -269,6 +285,8 @@ async fn cpu_load_scales_out_within_window_and_cooldown_and_scales_in_only_after
         assert!(Instant::now() < deadline, "no scale-out and scale-in within 90 s: {samples:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    // One stats stream per member: the one of the member that left has stopped.
+    wait_for_metric(&harness, "minicloud_stats_streams", 1.0).await;
     let scaled_out_after = scaled_out_at.expect("scaled out") - loaded_at;
     eprintln!("scaled out {scaled_out_after:?} after the load started");
     // Window 4 s (figures must cover half of it) + an evaluation each second + cooldown 3 s.

@@ -70,6 +70,7 @@ pub struct Metrics {
     lb_responses: Family<ResponseLabels, Counter>,
     lb_target_up: Family<TargetLabels, Gauge>,
     scaling_decisions: Family<ScalingLabels, Counter>,
+    stats_streams: Gauge,
     /// Last raw HAProxy numbers per load balancer and target.
     last_raw: Mutex<HashMap<(String, String), RawByTarget>>,
 }
@@ -89,6 +90,7 @@ impl Default for Metrics {
         let lb_responses = Family::<ResponseLabels, Counter>::default();
         let lb_target_up = Family::<TargetLabels, Gauge>::default();
         let scaling_decisions = Family::<ScalingLabels, Counter>::default();
+        let stats_streams = Gauge::default();
         registry.register("minicloud_reconciles", "Reconciles run, per kind", reconciles.clone());
         registry.register(
             "minicloud_reconcile_errors",
@@ -105,6 +107,11 @@ impl Default for Metrics {
             "Changes of a scaling group's desired count, by direction (out, in, bounds, manual)",
             scaling_decisions.clone(),
         );
+        registry.register(
+            "minicloud_stats_streams",
+            "Docker stats streams open for the autoscaler (one per member of an autoscaled group)",
+            stats_streams.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -115,6 +122,7 @@ impl Default for Metrics {
             lb_responses,
             lb_target_up,
             scaling_decisions,
+            stats_streams,
             last_raw: Mutex::default(),
         }
     }
@@ -142,6 +150,11 @@ impl Metrics {
         let labels =
             ScalingLabels { namespace: namespace.to_owned(), name: name.to_owned(), direction: direction.to_owned() };
         self.scaling_decisions.get_or_create(&labels).inc();
+    }
+
+    /// Docker stats streams open now.
+    pub fn set_stats_streams(&self, streams: usize) {
+        self.stats_streams.set(i64::try_from(streams).unwrap_or(i64::MAX));
     }
 
     /// HAProxy's current numbers for the targets of one load balancer. Targets no longer listed

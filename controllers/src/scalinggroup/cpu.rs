@@ -70,7 +70,7 @@ impl CpuMonitor {
         self.follow(group, &[]);
     }
 
-    /// Streams open now (for tests and the overhead benchmark).
+    /// Streams open now (exported as `minicloud_stats_streams`).
     pub fn streams(&self) -> usize {
         self.streams.lock().unwrap_or_else(PoisonError::into_inner).len()
     }

@@ -101,17 +101,13 @@ impl ScalingGroupController {
         }
     }
 
-    /// The stats streams open now.
-    pub fn stats_streams(&self) -> usize {
-        self.cpu.streams()
-    }
-
     async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
         record_event(self.store.as_ref(), object, event_type, reason, message).await;
     }
 
     fn forget(&self, key: &ObjectKey) {
         self.cpu.forget(key);
+        self.metrics.set_stats_streams(self.cpu.streams());
         self.autoscalers.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
         self.written.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
     }
@@ -253,8 +249,13 @@ impl ScalingGroupController {
         let balancers = self.balancers(&group, &labels, &network).await?;
         let members: Vec<Member> = found.iter().map(|f| observe(f, &template_hash, &balancers)).collect();
         let active: Vec<&Member> = members.iter().filter(|m| m.draining.is_none() && !m.failed).collect();
-        let containers: Vec<String> = active.iter().map(|m| container_name(&namespace, &m.name)).collect();
+        // Stats streams only for the members of autoscaled groups.
+        let containers: Vec<String> = match spec.autoscaling {
+            Some(_) => active.iter().map(|m| container_name(&namespace, &m.name)).collect(),
+            None => Vec::new(),
+        };
         self.cpu.follow(key, &containers);
+        self.metrics.set_stats_streams(self.cpu.streams());
 
         // The desired count.
         let (min, max) = (spec.min_replicas, spec.max_replicas.max(spec.min_replicas));
