@@ -135,3 +135,11 @@ fn up_refuses_invalid_manifests_before_starting_anything() {
     assert!(errors.contains("tests/fixtures/broken.yaml:6:3: spec.imgae"), "{errors}");
     assert!(String::from_utf8_lossy(&output.stdout).is_empty(), "nothing started");
 }
+
+#[test]
+fn up_waits_for_the_scaling_group_behind_its_load_balancer() {
+    up_serves_and_down_removes("examples/autoscaling/", "loadbalancer/autoscaled ready at ", |endpoint| {
+        let answer = fetch(endpoint, "/cgi-bin/burn?ms=10");
+        assert!(answer.starts_with("HTTP/1.1 200"), "the member answers through the load balancer: {answer}");
+    });
+}
