@@ -405,14 +405,6 @@ fn check_scaling_group_spec(spec: &ScalingGroupSpec, path: &FieldPath, errors: &
             );
         }
     }
-    if let Some(rolling) = &spec.update_strategy.rolling_update {
-        if rolling.max_surge == Some(0) && rolling.max_unavailable.unwrap_or(0) == 0 {
-            errors.add(
-                path.key("updateStrategy").key("rollingUpdate").key("maxSurge"),
-                "maxSurge and maxUnavailable cannot both be 0: a rolling update could never replace a member",
-            );
-        }
-    }
     let template = path.key("template");
     check_labels(&spec.template.labels, &template.key("labels"), errors);
     check_instance_spec(&spec.template.spec, &template.key("spec"), errors);
@@ -725,6 +717,32 @@ mod tests {
         assert!(check_cron("0 3 * *").is_err());
         assert!(check_cron("61 3 * * *").is_err());
         assert!(check_cron("*/0 3 * * *").is_err());
+    }
+
+    #[test]
+    fn a_rolling_update_must_be_able_to_replace_a_member() {
+        let spec = |rolling: serde_json::Value| -> ScalingGroupSpec {
+            serde_json::from_value(serde_json::json!({
+                "minReplicas": 1, "maxReplicas": 3,
+                "template": {"spec": {"image": "web"}},
+                "updateStrategy": {"rollingUpdate": rolling}
+            }))
+            .expect("spec")
+        };
+        let problems = |rolling| {
+            let mut errors = Errors::default();
+            check_scaling_group_spec(&spec(rolling), &FieldPath::root().key("spec"), &mut errors);
+            errors.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()
+        };
+        let refused = problems(serde_json::json!({"maxSurge": 0, "maxUnavailable": 0}));
+        assert_eq!(refused, ["spec.updateStrategy.rollingUpdate: maxSurge and maxUnavailable cannot both be 0: the update could never progress"]);
+        let refused = problems(serde_json::json!({"maxSurge": 0}));
+        assert!(
+            refused.iter().any(|p| p.contains("maxSurge and maxUnavailable")),
+            "maxUnavailable defaults to 0: {refused:?}"
+        );
+        assert!(problems(serde_json::json!({"maxSurge": 0, "maxUnavailable": 1})).is_empty());
+        assert!(problems(serde_json::json!({})).is_empty());
     }
 
     #[test]

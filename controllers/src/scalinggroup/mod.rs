@@ -59,6 +59,8 @@ const SOON: Duration = Duration::from_millis(500);
 const FIGURES_REFRESH: Duration = Duration::from_secs(5);
 /// Characters of a member's random suffix (no vowels: no words; as Kubernetes does).
 const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+/// Most members created in one round (one store transaction); the next round follows at once.
+const MAX_CREATE_PER_ROUND: u32 = 50;
 /// Longest group-name prefix of a member name (a name is at most 63 characters).
 const MAX_PREFIX: usize = 57;
 
@@ -350,7 +352,7 @@ impl ScalingGroupController {
         };
         self.delete_members(&picked(&plan.delete)).await?;
         self.mark_draining(&picked(&plan.drain), now).await?;
-        let created = self.create_members(&group, &sg, &labels, plan.create).await?;
+        let created = self.create_members(&group, &sg, &labels, plan.create.min(MAX_CREATE_PER_ROUND)).await?;
         self.report_steps(&group, &plan, &created, &members).await;
 
         // Status.
