@@ -31,7 +31,7 @@ use minicloud_crds::instance::InstancePhase;
 use minicloud_crds::kinds::{Instance, LoadBalancer, ScalingGroup};
 use minicloud_crds::meta::{ConditionStatus, ObjectMeta};
 use minicloud_crds::quantity::parse_cpu_millis;
-use minicloud_crds::scalinggroup::{ScalingGroupStatus, ScalingRecord, UpdateStrategyType};
+use minicloud_crds::scalinggroup::{ScalingGroupSpec, ScalingGroupStatus, ScalingRecord, UpdateStrategyType};
 use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
 use minicloud_store::{EventType, Query, Store, StoreError};
 
@@ -233,17 +233,13 @@ impl ScalingGroupController {
         mut group: Object,
         sg: ScalingGroup,
     ) -> Result<Option<Duration>, ReconcileError> {
-        let now = Utc::now();
-        let generation = group.metadata.generation.unwrap_or(1);
         let namespace = group.namespace().to_owned();
-        let name = group.metadata.name.clone();
         let spec = &sg.spec;
         let previous = sg.status.clone().unwrap_or_default();
         let mut status = previous.clone();
-
         let template_hash = spec_hash(&group.spec["template"]);
         let mut labels = spec.template.labels.clone();
-        labels.insert(GROUP_LABEL.to_owned(), name.clone());
+        labels.insert(GROUP_LABEL.to_owned(), group.metadata.name.clone());
         labels.insert(TEMPLATE_HASH_LABEL.to_owned(), template_hash.clone());
         let network = spec.template.spec.network.clone().unwrap_or_else(|| "default".to_owned());
 
@@ -259,84 +255,18 @@ impl ScalingGroupController {
         self.cpu.follow(key, &containers);
         self.metrics.set_stats_streams(self.cpu.streams());
 
-        // The desired count.
-        let (min, max) = (spec.min_replicas, spec.max_replicas.max(spec.min_replicas));
-        let from_spec = spec.desired_replicas.unwrap_or(min).clamp(min, max);
-        let first = previous.observed_generation.is_none();
-        let manual = !first && previous.spec_desired_replicas != spec.desired_replicas;
-        let mut desired =
-            if spec.autoscaling.is_none() || first || manual { from_spec } else { previous.desired_replicas };
-        status.spec_desired_replicas = spec.desired_replicas;
-        if !first && desired != previous.desired_replicas {
-            let reason = if manual || spec.autoscaling.is_none() { "Manual" } else { "Bounds" };
-            let message = format!("desiredReplicas {} → {desired} (spec)", previous.desired_replicas);
-            self.scaled(&group, &mut status, reason, previous.desired_replicas, desired, message, now).await;
-        }
-        status.current_cpu_utilization_percent = None;
-        if let Some(policy) = &spec.autoscaling {
-            let policy = Policy {
-                target_percent: f64::from(policy.target_cpu_utilization_percent),
-                window: Duration::from_secs(u64::from(policy.window())),
-                scale_out_cooldown: Duration::from_secs(u64::from(policy.scale_out_cooldown())),
-                scale_in_cooldown: Duration::from_secs(u64::from(policy.scale_in_cooldown())),
-                scale_in_stabilization: Duration::from_secs(u64::from(policy.scale_in_stabilization())),
-                min,
-                max,
-            };
-            let limit = spec
-                .template
-                .spec
-                .resources
-                .as_ref()
-                .and_then(|r| r.cpu.as_deref())
-                .and_then(|cpu| parse_cpu_millis(cpu).ok())
-                .filter(|millis| *millis > 0)
-                .map_or(1.0, |millis| millis as f64 / 1000.0);
-            let usage = active
-                .iter()
-                .map(|member| {
-                    let cores = self.cpu.average(&container_name(&namespace, &member.name), policy.window)?;
-                    member.ready.then_some(cores / limit * 100.0)
-                })
-                .collect();
-            let observation = Observation {
-                now,
-                current: desired,
-                usage,
-                last_scale_out: status.last_scale_out_time,
-                last_scale_in: status.last_scale_in_time,
-            };
-            let decision = self
-                .autoscalers
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .entry(key.clone())
-                .or_default()
-                .decide(&policy, &observation);
-            status.current_cpu_utilization_percent = decision.cpu_percent.map(|cpu| cpu.round().max(0.0) as u32);
-            let (state, reason) = match (decision.change, decision.cpu_percent) {
-                (_, None) => (ConditionStatus::False, "NoMetrics"),
-                (Change::Hold, _) => (ConditionStatus::True, "Holding"),
-                (Change::ScaleOut, _) => (ConditionStatus::True, "ScaledOut"),
-                (Change::ScaleIn, _) => (ConditionStatus::True, "ScaledIn"),
-                (Change::Bounds, _) => (ConditionStatus::True, "Bounds"),
-            };
-            set_condition(&mut status.conditions, "Autoscaling", state, reason, &decision.message, generation, now);
-            if decision.desired != desired {
-                let reason = match decision.change {
-                    Change::ScaleOut => "ScaledOut",
-                    Change::ScaleIn => "ScaledIn",
-                    _ => "Bounds",
-                };
-                self.scaled(&group, &mut status, reason, desired, decision.desired, decision.message, now).await;
-                desired = decision.desired;
-            }
-        } else {
-            status.conditions.retain(|condition| condition.type_ != "Autoscaling");
-        }
+        let round = Round {
+            key,
+            group: &group,
+            spec,
+            namespace: &namespace,
+            generation: group.metadata.generation.unwrap_or(1),
+            now: Utc::now(),
+        };
+        let desired = self.desired_count(&round, &previous, &mut status, &active).await;
         status.desired_replicas = desired;
-        status.template_hash = Some(template_hash.clone());
-        status.observed_generation = Some(generation);
+        status.template_hash = Some(template_hash);
+        status.observed_generation = Some(round.generation);
 
         // The next steps, and doing them.
         let strategy = match spec.update_strategy.type_ {
@@ -346,50 +276,17 @@ impl ScalingGroupController {
                 Strategy::Rolling { max_surge, max_unavailable }
             }
         };
-        let plan = plan::plan(desired, &members, strategy, balancers.in_front, now);
+        let plan = plan::plan(desired, &members, strategy, balancers.in_front, round.now);
         let picked = |names: &[String]| -> Vec<&Found> {
             found.iter().filter(|f| names.contains(&f.object.metadata.name)).collect()
         };
         self.delete_members(&picked(&plan.delete)).await?;
-        self.mark_draining(&picked(&plan.drain), now).await?;
+        self.mark_draining(&picked(&plan.drain), round.now).await?;
         let created = self.create_members(&group, &sg, &labels, plan.create.min(MAX_CREATE_PER_ROUND)).await?;
         self.report_steps(&group, &plan, &created, &members).await;
 
-        // Status.
-        let draining = members.iter().filter(|m| m.draining.is_some()).count();
-        status.replicas = u32::try_from(members.len()).unwrap_or(u32::MAX);
-        status.ready_replicas = count(active.iter().filter(|m| m.ready));
-        status.updated_replicas = count(active.iter().filter(|m| m.current));
-        let serving = active.iter().filter(|m| m.serving).count();
-        let (ready, reason, message) = if desired == 0 {
-            (ConditionStatus::True, "ScaledToZero", "the group has no members".to_owned())
-        } else if status.ready_replicas >= desired {
-            (ConditionStatus::True, "MembersReady", format!("{} of {desired} members ready", status.ready_replicas))
-        } else {
-            (ConditionStatus::False, "MembersNotReady", format!("{} of {desired} members ready", status.ready_replicas))
-        };
-        set_condition(&mut status.conditions, "Ready", ready, reason, message, generation, now);
-        let old = active.iter().filter(|m| !m.current).count();
-        let settled = plan.is_empty() && draining == 0 && old == 0 && active.len() == desired as usize;
-        let (progressing, reason, message) = if settled {
-            (ConditionStatus::False, "Stable", format!("{desired} members of the current template"))
-        } else if old > 0 {
-            let message = format!(
-                "{:?}: {} of {desired} members updated, {old} of the old template left, {serving} serving",
-                spec.update_strategy.type_, status.updated_replicas
-            );
-            (ConditionStatus::True, "Updating", message)
-        } else if active.len() < desired as usize {
-            (ConditionStatus::True, "ScalingOut", format!("{} of {desired} members exist", active.len()))
-        } else {
-            let message =
-                format!("{draining} member(s) draining, {} to remove", active.len().saturating_sub(desired as usize));
-            (ConditionStatus::True, "ScalingIn", message)
-        };
-        set_condition(&mut status.conditions, "Progressing", progressing, reason, message, generation, now);
+        let busy = summarise(&mut status, &round, &members, &plan);
         self.write(key, &mut group, &previous, &status).await?;
-
-        let busy = !plan.is_empty() || draining > 0;
         Ok(match (busy, spec.autoscaling.is_some()) {
             (true, _) => Some(SOON),
             (false, true) => Some(EVALUATION_PERIOD),
@@ -397,33 +294,129 @@ impl ScalingGroupController {
         })
     }
 
+    /// The count to drive toward: the spec's (also when it just changed: a manual scaling), or
+    /// with autoscaling the autoscaler's decision from the last count. Changes are recorded.
+    async fn desired_count(
+        &self,
+        round: &Round<'_>,
+        previous: &ScalingGroupStatus,
+        status: &mut ScalingGroupStatus,
+        active: &[&Member],
+    ) -> u32 {
+        let spec = round.spec;
+        let (min, max) = (spec.min_replicas, spec.max_replicas.max(spec.min_replicas));
+        let from_spec = spec.desired_replicas.unwrap_or(min).clamp(min, max);
+        let first = previous.observed_generation.is_none();
+        let manual = !first && previous.spec_desired_replicas != spec.desired_replicas;
+        let desired = if spec.autoscaling.is_none() || first || manual { from_spec } else { previous.desired_replicas };
+        status.spec_desired_replicas = spec.desired_replicas;
+        if !first && desired != previous.desired_replicas {
+            let reason = if manual || spec.autoscaling.is_none() { "Manual" } else { "Bounds" };
+            let message = format!("desiredReplicas {} → {desired} (spec)", previous.desired_replicas);
+            self.scaled(round, status, reason, previous.desired_replicas, desired, message).await;
+        }
+        status.current_cpu_utilization_percent = None;
+        let Some(autoscaling) = &spec.autoscaling else {
+            status.conditions.retain(|condition| condition.type_ != "Autoscaling");
+            return desired;
+        };
+        let policy = Policy {
+            target_percent: f64::from(autoscaling.target_cpu_utilization_percent),
+            window: Duration::from_secs(u64::from(autoscaling.window())),
+            scale_out_cooldown: Duration::from_secs(u64::from(autoscaling.scale_out_cooldown())),
+            scale_in_cooldown: Duration::from_secs(u64::from(autoscaling.scale_in_cooldown())),
+            scale_in_stabilization: Duration::from_secs(u64::from(autoscaling.scale_in_stabilization())),
+            min,
+            max,
+        };
+        // Each member's use in percent of its CPU limit (of one core without a limit).
+        let limit = spec
+            .template
+            .spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.cpu.as_deref())
+            .and_then(|cpu| parse_cpu_millis(cpu).ok())
+            .filter(|millis| *millis > 0)
+            .map_or(1.0, |millis| millis as f64 / 1000.0);
+        let usage = active
+            .iter()
+            .map(|member| {
+                let cores = self.cpu.average(&container_name(round.namespace, &member.name), policy.window)?;
+                member.ready.then_some(cores / limit * 100.0)
+            })
+            .collect();
+        let observation = Observation {
+            now: round.now,
+            current: desired,
+            usage,
+            last_scale_out: status.last_scale_out_time,
+            last_scale_in: status.last_scale_in_time,
+        };
+        let decision = self
+            .autoscalers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(round.key.clone())
+            .or_default()
+            .decide(&policy, &observation);
+        status.current_cpu_utilization_percent = decision.cpu_percent.map(|cpu| cpu.round().max(0.0) as u32);
+        let reason = match decision.change {
+            Change::Hold => "Holding",
+            Change::ScaleOut => "ScaledOut",
+            Change::ScaleIn => "ScaledIn",
+            Change::Bounds => "Bounds",
+        };
+        let state = if decision.cpu_percent.is_some() { ConditionStatus::True } else { ConditionStatus::False };
+        let reason = if decision.cpu_percent.is_some() { reason } else { "NoMetrics" };
+        set_condition(
+            &mut status.conditions,
+            "Autoscaling",
+            state,
+            reason,
+            &decision.message,
+            round.generation,
+            round.now,
+        );
+        if decision.desired != desired {
+            let reason = if decision.change == Change::Hold { "Bounds" } else { reason };
+            self.scaled(round, status, reason, desired, decision.desired, decision.message).await;
+        }
+        decision.desired
+    }
+
     /// Records a change of the desired count: status, event, metric.
-    #[allow(clippy::too_many_arguments)]
     async fn scaled(
         &self,
-        group: &Object,
+        round: &Round<'_>,
         status: &mut ScalingGroupStatus,
         reason: &str,
         from: u32,
         to: u32,
         message: String,
-        now: DateTime<Utc>,
     ) {
-        match reason {
-            "ScaledOut" => status.last_scale_out_time = Some(now),
-            "ScaledIn" => status.last_scale_in_time = Some(now),
-            _ => {}
-        }
         let direction = match reason {
-            "ScaledOut" => "out",
-            "ScaledIn" => "in",
+            "ScaledOut" => {
+                status.last_scale_out_time = Some(round.now);
+                "out"
+            }
+            "ScaledIn" => {
+                status.last_scale_in_time = Some(round.now);
+                "in"
+            }
             "Manual" => "manual",
             _ => "bounds",
         };
+        let group = round.group;
         self.metrics.record_scaling(group.namespace(), &group.metadata.name, direction);
         self.event(group, EventType::Normal, reason, message.clone()).await;
-        status.last_scaling =
-            Some(ScalingRecord { time: now, reason: reason.to_owned(), from_replicas: from, to_replicas: to, message });
+        status.last_scaling = Some(ScalingRecord {
+            time: round.now,
+            reason: reason.to_owned(),
+            from_replicas: from,
+            to_replicas: to,
+            message,
+        });
     }
 
     /// Events for what a round did to the members.
@@ -480,6 +473,54 @@ impl ScalingGroupController {
     }
 }
 
+/// What one reconcile of a group works with.
+struct Round<'a> {
+    key: &'a ObjectKey,
+    group: &'a Object,
+    spec: &'a ScalingGroupSpec,
+    namespace: &'a str,
+    generation: i64,
+    now: DateTime<Utc>,
+}
+
+/// Fills the counts and the `Ready` and `Progressing` conditions from the members as observed
+/// at the start of the round and the plan made for it. True while work is in progress.
+fn summarise(status: &mut ScalingGroupStatus, round: &Round<'_>, members: &[Member], plan: &Plan) -> bool {
+    let desired = status.desired_replicas;
+    let active: Vec<&Member> = members.iter().filter(|m| m.draining.is_none() && !m.failed).collect();
+    let draining = members.iter().filter(|m| m.draining.is_some()).count();
+    status.replicas = count(members.iter());
+    status.ready_replicas = count(active.iter().filter(|m| m.ready).copied());
+    status.updated_replicas = count(active.iter().filter(|m| m.current).copied());
+    let (ready, reason, message) = if desired == 0 {
+        (ConditionStatus::True, "ScaledToZero", "the group has no members".to_owned())
+    } else if status.ready_replicas >= desired {
+        (ConditionStatus::True, "MembersReady", format!("{} of {desired} members ready", status.ready_replicas))
+    } else {
+        (ConditionStatus::False, "MembersNotReady", format!("{} of {desired} members ready", status.ready_replicas))
+    };
+    set_condition(&mut status.conditions, "Ready", ready, reason, message, round.generation, round.now);
+    let old = active.iter().filter(|m| !m.current).count();
+    let serving = active.iter().filter(|m| m.serving).count();
+    let settled = plan.is_empty() && draining == 0 && old == 0 && active.len() == desired as usize;
+    let (progressing, reason, message) = if settled {
+        (ConditionStatus::False, "Stable", format!("{desired} members of the current template"))
+    } else if old > 0 {
+        let message = format!(
+            "{:?}: {} of {desired} members updated, {old} of the old template left, {serving} serving",
+            round.spec.update_strategy.type_, status.updated_replicas
+        );
+        (ConditionStatus::True, "Updating", message)
+    } else if active.len() < desired as usize {
+        (ConditionStatus::True, "ScalingOut", format!("{} of {desired} members exist", active.len()))
+    } else {
+        let excess = active.len().saturating_sub(desired as usize);
+        (ConditionStatus::True, "ScalingIn", format!("{draining} member(s) draining, {excess} to remove"))
+    };
+    set_condition(&mut status.conditions, "Progressing", progressing, reason, message, round.generation, round.now);
+    !plan.is_empty() || draining > 0
+}
+
 /// A status with the figures that move every second blanked (CPU, the autoscaler's message).
 fn without_figures(status: &ScalingGroupStatus) -> ScalingGroupStatus {
     let mut status = status.clone();
@@ -492,7 +533,7 @@ fn without_figures(status: &ScalingGroupStatus) -> ScalingGroupStatus {
     status
 }
 
-fn count<'a>(members: impl Iterator<Item = &'a &'a Member>) -> u32 {
+fn count<'a>(members: impl Iterator<Item = &'a Member>) -> u32 {
     u32::try_from(members.count()).unwrap_or(u32::MAX)
 }
 
