@@ -38,7 +38,9 @@ struct Figures {
 }
 
 async fn measure_store(url: &str, count: usize) -> Figures {
-    let store = SqlStore::open(url).await.expect("open store");
+    let store = SqlStore::open(url, std::sync::Arc::new(minicloud::secrets::SecretKeys::from_bytes(&[[1; 32]])))
+        .await
+        .expect("open store");
     let objects: Vec<Object> = (0..count).map(object).collect();
     let started = Instant::now();
     for batch in objects.chunks(BATCH) {

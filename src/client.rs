@@ -215,6 +215,22 @@ impl Client {
         self.json(self.http.put(url).json(object)).await
     }
 
+    /// One value of a Secret (the API redacts them everywhere else).
+    pub async fn reveal(&self, namespace: &str, name: &str, key: &str) -> Result<String, ClientError> {
+        let url = self.object_url(Kind::Secret, Some(namespace), Some(name), Some("reveal"))?;
+        let answer: Value = self.json(self.http.post(url).json(&json!({"key": key}))).await?;
+        answer.get("value").and_then(Value::as_str).map(str::to_owned).ok_or_else(|| ClientError::Protocol {
+            server: self.server.clone(),
+            detail: "the reveal answer has no value".into(),
+        })
+    }
+
+    /// Rotates the key that seals Secrets; returns the server's answer (`key`, `rewritten`).
+    pub async fn rotate_secret_key(&self) -> Result<Value, ClientError> {
+        let url = self.url(&["apis", "minicloud.dev", "v1", "secretkeys", "rotate"])?;
+        self.json(self.http.post(url).json(&json!({}))).await
+    }
+
     /// Deletes one object.
     pub async fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Result<DeleteAnswer, ClientError> {
         self.json(self.http.delete(self.object_url(kind, Some(namespace), Some(name), None)?)).await

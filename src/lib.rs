@@ -10,5 +10,6 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod manifest;
+pub mod secrets;
 pub mod server;
 pub mod store;

@@ -16,6 +16,7 @@ use minicloud_controllers::{instance, loadbalancer, runtime, scalinggroup};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
+use crate::secrets::SecretKeys;
 use crate::store::{self, SqlStore, Store};
 
 /// How often the change log is compacted.
@@ -26,6 +27,11 @@ const COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub database_url: String,
+    /// The data directory (created with mode 0700): the embedded store, the secret key file,
+    /// the controllers' files.
+    pub data_dir: PathBuf,
+    /// The key file that seals Secret values (`None`: `secret.key` in the data directory).
+    pub secret_key_file: Option<PathBuf>,
     pub limits: api::Limits,
     /// Run the controllers in this process (`None`: API only).
     pub controllers: Option<ControllerSettings>,
@@ -129,11 +135,17 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
     bound: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
-    let sql = SqlStore::open(&config.database_url)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot open the store at {}: {error}", redact(&config.database_url)))?;
+    crate::secrets::create_private_dir(&config.data_dir)
+        .map_err(|error| anyhow::anyhow!("cannot create the data directory {}: {error}", config.data_dir.display()))?;
+    restrict(&config.data_dir, 0o700);
+    let keys = Arc::new(SecretKeys::load(config.secret_key_file.as_deref(), &config.data_dir)?);
+    let sql = Arc::new(
+        SqlStore::open(&config.database_url, keys)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot open the store at {}: {error}", redact(&config.database_url)))?,
+    );
     let backend = sql.backend_name();
-    let store: Arc<dyn Store> = Arc::new(sql);
+    let store: Arc<dyn Store> = sql.clone();
     let compactor = store::spawn_compactor(store.clone(), store::Retention::default(), COMPACTION_INTERVAL);
     let (stopping, shutdown) = watch::channel(false);
     let metrics = Arc::new(Metrics::default());
@@ -147,6 +159,7 @@ pub async fn run(
         .ok();
     let mut state = AppState::new(store, driver, shutdown, config.limits, backend);
     state.metrics = metrics;
+    state.key_rotation = Some(sql);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
@@ -160,6 +173,18 @@ pub async fn run(
     }
     tracing::info!("stopped");
     served
+}
+
+/// Sets a path's permission bits (Unix), e.g. a data directory made before it was created
+/// private; a failure is logged, not fatal.
+fn restrict(path: &std::path::Path, mode: u32) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), %error, "cannot restrict the permissions");
+        }
+    }
 }
 
 /// A database URL without its password, for messages.

@@ -209,7 +209,7 @@ async fn events_are_listed(server: &TestServer) {
     assert!(stderr(&output).contains("No events found."), "{}", stderr(&output));
     // Controllers record events through the store; do what one would.
     let url = server.database.as_ref().expect("database").url.clone();
-    let store = SqlStore::open(&url).await.expect("open store");
+    let store = SqlStore::open(&url, common::test_keys()).await.expect("open store");
     let key = ObjectKey::new(Kind::Instance, "default", "hello");
     let uid = store.get(&key).await.expect("object").metadata.uid.expect("uid");
     for _ in 0..3 {

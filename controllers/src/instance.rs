@@ -538,6 +538,12 @@ impl Reconciler for InstanceController {
         Kind::Instance
     }
 
+    /// A changed Secret wakes the Instances of its namespace: those that read it get a new
+    /// spec hash (it covers their resolved environment) and are replaced.
+    fn watched_kinds(&self) -> Vec<Kind> {
+        vec![Kind::Secret]
+    }
+
     async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
         let object = match self.store.get(key).await {
             Ok(object) => object,

@@ -1,6 +1,7 @@
 //! `Secret`: named sensitive values (passwords, keys) that Instances read as environment
-//! variables. (Encryption at rest, with a key the server creates, comes with the API server;
-//! until then the store holds them as it holds any object.)
+//! variables. The SQL store keeps each value encrypted (see the application's `secrets`
+//! module); the API never sends a value back except through the explicit `reveal` action:
+//! everywhere else a value reads [`REDACTED`].
 
 use std::collections::BTreeMap;
 
@@ -8,6 +9,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::meta::Condition;
+
+/// What the API shows instead of a Secret's value. Written back as a value, it is refused: it
+/// is the placeholder of `cloud get -o yaml`, not a password.
+pub const REDACTED: &str = "<redacted>";
 
 /// The sensitive values.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

@@ -499,7 +499,16 @@ fn check_database_spec(spec: &ManagedDatabaseSpec, path: &FieldPath, errors: &mu
 }
 
 fn check_secret_spec(spec: &SecretSpec, path: &FieldPath, errors: &mut Errors) {
-    for key in spec.string_data.keys() {
+    for (key, value) in &spec.string_data {
+        if value == crate::secret::REDACTED {
+            errors.add(
+                path.key("stringData").key(key),
+                format!(
+                    "{:?} is the placeholder `cloud get` shows instead of a value, not a value: write the value itself (`cloud secret reveal` prints the stored one)",
+                    crate::secret::REDACTED
+                ),
+            );
+        }
         let valid = !key.is_empty()
             && key.len() <= 253
             && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');

@@ -218,10 +218,14 @@ fn outcome(key: &ObjectKey, action: Action, changes: Vec<String>) -> Applied {
     }
 }
 
+/// What an apply records of a manifest. A Secret's values are not kept (the three-way merge
+/// needs only which keys the manifest had).
 fn last_applied_of(object: &Object) -> LastApplied {
     let mut annotations = object.metadata.annotations.clone();
     annotations.remove(LAST_APPLIED);
-    LastApplied { labels: object.metadata.labels.clone(), annotations, spec: object.spec.clone() }
+    let mut recorded = object.clone();
+    crate::secrets::redact_object(&mut recorded);
+    LastApplied { labels: object.metadata.labels.clone(), annotations, spec: recorded.spec }
 }
 
 fn with_last_applied(mut object: Object) -> Object {
@@ -241,7 +245,8 @@ pub fn merge(live: &Object, manifest: &Object) -> Object {
         .unwrap_or_default();
     let desired = last_applied_of(manifest);
     let mut next = live.clone();
-    next.spec = merge_value(Some(&previous.spec), &live.spec, &desired.spec);
+    // The manifest's own spec: the record keeps no Secret values.
+    next.spec = merge_value(Some(&previous.spec), &live.spec, &manifest.spec);
     next.metadata.labels = merge_map(&previous.labels, &live.metadata.labels, &desired.labels);
     next.metadata.annotations = merge_map(&previous.annotations, &live.metadata.annotations, &desired.annotations);
     with_last_applied_record(next, &desired)

@@ -78,6 +78,11 @@ impl ApiError {
         ApiError::new(StatusCode::CONFLICT, "NotStarted", message)
     }
 
+    /// 409: the server is not set up to do this (e.g. rotate a key it did not read from a file).
+    pub fn not_possible(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::CONFLICT, "NotPossible", message)
+    }
+
     /// 405: the path exists, the method does not.
     pub fn method_not_allowed(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
@@ -142,6 +147,7 @@ impl From<StoreError> for ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", None)
             }
             StoreError::Corrupt(_) => (StatusCode::INTERNAL_SERVER_ERROR, "InternalError", None),
+            StoreError::Secret(_) => (StatusCode::INTERNAL_SERVER_ERROR, "SecretUnreadable", None),
         };
         let mut api = ApiError::new(status, reason, message);
         api.target = target.map(|key| (key.kind.as_str().to_owned(), key.name.clone()));

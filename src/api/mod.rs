@@ -11,6 +11,7 @@ pub mod guard;
 pub mod logs;
 pub mod objects;
 pub mod openapi;
+pub mod secrets;
 pub mod spool;
 
 use std::future::Future;
@@ -92,6 +93,8 @@ pub struct AppState {
     pub shared_lists: objects::SharedLists,
     /// What `/metrics` serves (the controllers record into it).
     pub metrics: Arc<minicloud_controllers::metrics::Metrics>,
+    /// Re-encrypts Secrets under a new key (absent for a store that seals nothing).
+    pub key_rotation: Option<Arc<dyn secrets::KeyRotation>>,
 }
 
 impl AppState {
@@ -114,6 +117,7 @@ impl AppState {
             apply_lock: Arc::default(),
             shared_lists: objects::SharedLists::default(),
             metrics: Arc::default(),
+            key_rotation: None,
         }
     }
 }
@@ -144,6 +148,8 @@ pub fn router(state: AppState) -> Router {
             axum::routing::put(objects::replace_status),
         )
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log", get(logs::instance_log))
+        .route("/apis/minicloud.dev/v1/namespaces/{namespace}/secrets/{name}/reveal", post(secrets::reveal))
+        .route("/apis/minicloud.dev/v1/secretkeys/rotate", post(secrets::rotate_key))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

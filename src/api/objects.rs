@@ -208,7 +208,7 @@ async fn list_response(state: &AppState, kind: Kind, query: store::Query) -> Res
                     chunk.push(',');
                 }
                 first = false;
-                chunk.push_str(&document);
+                chunk.push_str(&shown_document(Some(kind), &document));
                 if chunk.len() >= LIST_CHUNK {
                     writer.write(Bytes::from(std::mem::take(&mut chunk))).await?;
                 }
@@ -279,7 +279,7 @@ pub async fn create(
     check_name("namespace", &namespace)?;
     let object = accept_object(parse_body(body, &state.limits).await?, kind, &namespace, None)?;
     let created = state.store.create(object).await?;
-    Ok((StatusCode::CREATED, Json(created)).into_response())
+    Ok((StatusCode::CREATED, Json(shown(created))).into_response())
 }
 
 /// `GET .../{plural}/{name}`
@@ -288,7 +288,7 @@ pub async fn get_one(
     Path((namespace, plural, name)): Path<(String, String, String)>,
 ) -> Result<Json<Object>, ApiError> {
     let key = key(kind_for_plural(&plural)?, &namespace, &name)?;
-    Ok(Json(state.store.get(&key).await?))
+    Ok(Json(shown(state.store.get(&key).await?)))
 }
 
 /// `PUT .../{plural}/{name}`: replaces spec and user metadata (resourceVersion checked when sent).
@@ -300,7 +300,7 @@ pub async fn replace(
     let kind = kind_for_plural(&plural)?;
     key(kind, &namespace, &name)?;
     let object = accept_object(parse_body(body, &state.limits).await?, kind, &namespace, Some(&name))?;
-    Ok(Json(state.store.update(object).await?))
+    Ok(Json(shown(state.store.update(object).await?)))
 }
 
 /// `PUT .../{plural}/{name}/status`: replaces the status only (controllers).
@@ -316,7 +316,7 @@ pub async fn replace_status(
     let mut object = state.store.get(&key).await?;
     object.status = status;
     object.metadata.resource_version = resource_version;
-    Ok(Json(state.store.update_status(object).await?))
+    Ok(Json(shown(state.store.update_status(object).await?)))
 }
 
 /// The status and resourceVersion of a status update's body: an object with `status` (an
@@ -374,11 +374,28 @@ pub async fn delete_one(
     let key = key(kind_for_plural(&plural)?, &namespace, &name)?;
     let deleted = state.store.delete(&key, params.get("resourceVersion").map(String::as_str)).await?;
     Ok(match deleted {
-        Deleted::Gone(object) => (StatusCode::OK, Json(json!({"status": "Deleted", "object": object}))).into_response(),
+        Deleted::Gone(object) => {
+            (StatusCode::OK, Json(json!({"status": "Deleted", "object": shown(object)}))).into_response()
+        }
         Deleted::Terminating(object) => {
-            (StatusCode::ACCEPTED, Json(json!({"status": "Terminating", "object": object}))).into_response()
+            (StatusCode::ACCEPTED, Json(json!({"status": "Terminating", "object": shown(object)}))).into_response()
         }
     })
+}
+
+/// An object as the API shows it: a Secret's values redacted.
+fn shown(mut object: Object) -> Object {
+    crate::secrets::redact_object(&mut object);
+    object
+}
+
+/// A stored document as the API shows it: a Secret's values redacted (whatever they are
+/// stored as), other kinds passed through untouched.
+fn shown_document(kind: Option<Kind>, document: &str) -> std::borrow::Cow<'_, str> {
+    match kind {
+        Some(Kind::Secret) | None => std::borrow::Cow::Owned(crate::secrets::redact_document(document)),
+        Some(_) => std::borrow::Cow::Borrowed(document),
+    }
 }
 
 fn line(value: &Value) -> Bytes {
@@ -452,11 +469,13 @@ impl SharedLists {
                 None => {
                     let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let query = query.clone();
+                    let kind = query.kind;
                     let future = async move {
                         let (revision, mut documents, scan) = start_raw_list(store, query).await?;
                         let (mut chunks, mut chunk) = (Vec::new(), Vec::with_capacity(WATCH_CHUNK));
                         while let Some(item) = documents.recv().await {
                             if let store::RawItem::Document(document) = item {
+                                let document = shown_document(kind, &document);
                                 push_document_line(&mut chunk, store::ChangeType::Added, &document);
                                 if chunk.len() >= WATCH_CHUNK {
                                     chunks.push(Bytes::from(std::mem::replace(
@@ -496,6 +515,7 @@ enum StreamEnd {
 fn gather(
     first: Option<store::StoreResult<store::RawChange>>,
     changes: &mut store::RawWatchStream,
+    kind: Option<Kind>,
     last: &mut i64,
 ) -> (Vec<u8>, Option<StreamEnd>) {
     let mut batch = Vec::new();
@@ -504,7 +524,7 @@ fn gather(
         match change {
             Some(Ok(event)) => {
                 *last = event.revision;
-                push_document_line(&mut batch, event.change, &event.document);
+                push_document_line(&mut batch, event.change, &shown_document(kind, &event.document));
             }
             Some(Err(error)) => {
                 let api: ApiError = error.into();
@@ -565,6 +585,7 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
             (Some(list), revision)
         }
     };
+    let kind = query.kind;
     let mut changes = state.store.watch_raw(query, from).await?;
     // Writes queued for the client: about WATCH_CHUNK_QUEUE × WATCH_CHUNK bytes at most.
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(WATCH_CHUNK_QUEUE);
@@ -595,7 +616,7 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
         loop {
             let message = tokio::select! {
                 change = changes.next() => {
-                    let (batch, end) = gather(change, &mut changes, &mut last);
+                    let (batch, end) = gather(change, &mut changes, kind, &mut last);
                     if let Some(end) = end {
                         if !batch.is_empty() && !deliver(Bytes::from(batch)).await {
                             return;

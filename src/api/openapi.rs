@@ -290,6 +290,59 @@ pub fn document() -> Value {
             }
         }}),
     );
+    let mut reveal_responses = errors(
+        &[
+            ("400", "BadRequest: a bad namespace or name, or a body without a key"),
+            ("404", "NotFound: no such Secret, or no such key in it (the message lists its keys)"),
+            ("500", "SecretUnreadable: the value is sealed with a key this server does not have"),
+        ],
+        true,
+    );
+    reveal_responses.insert(
+        "200".into(),
+        json_response(
+            "The value",
+            json!({"type": "object", "required": ["key", "value"], "properties": {"key": {"type": "string"}, "value": {"type": "string"}}}),
+        ),
+    );
+    paths.insert(
+        format!("{PREFIX}/namespaces/{{namespace}}/secrets/{{name}}/reveal"),
+        json!({"post": {
+            "summary": "One value of a Secret (every other answer redacts them); each reveal is logged, never the value",
+            "operationId": "revealSecretValue",
+            "parameters": [
+                parameter("namespace", "path", "Namespace.", json!({"type": "string"})),
+                parameter("name", "path", "Secret name.", json!({"type": "string"}))
+            ],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}
+            }}}},
+            "responses": reveal_responses,
+        }}),
+    );
+    let mut rotate_responses = errors(
+        &[
+            ("400", "BadRequest: the body is not JSON"),
+            ("409", "NotPossible: the key comes from MINICLOUD_SECRET_KEY (rotate with a key file), or the store seals nothing"),
+            ("500", "SecretUnreadable: a stored value is sealed with a key this server does not have"),
+        ],
+        true,
+    );
+    rotate_responses.insert(
+        "200".into(),
+        json_response(
+            "The new key's id and the stored rows sealed again",
+            json!({"type": "object", "required": ["key", "rewritten"], "properties": {"key": {"type": "string"}, "rewritten": {"type": "integer"}}}),
+        ),
+    );
+    paths.insert(
+        format!("{PREFIX}/secretkeys/rotate"),
+        json!({"post": {
+            "summary": "Seal every Secret value again under a new key; the key file then holds only the new key",
+            "operationId": "rotateSecretKey",
+            "responses": rotate_responses,
+        }}),
+    );
     paths.insert(
         format!("{PREFIX}/events"),
         json!({"get": {"summary": "Events in every namespace", "operationId": "listEventsAllNamespaces", "responses": {
@@ -322,7 +375,7 @@ pub fn document() -> Value {
     }
     paths.insert(
         "/metrics".into(),
-        json!({"get": {"summary": "Prometheus metrics: reconciles, errors, durations and queue depth per kind; load balancer requests, responses and target health", "responses": {
+        json!({"get": {"summary": "Prometheus metrics: reconciles, errors, durations and queue depth per kind; load balancer requests, responses and target health; scaling decisions and stats streams", "responses": {
             "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
         }}}),
     );

@@ -10,6 +10,7 @@ mod explain;
 mod get;
 mod output;
 mod scale;
+mod secret;
 mod server;
 mod up;
 mod validate;
@@ -124,6 +125,10 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// Secrets: `cloud secret reveal NAME KEY` prints one value, `cloud secret rotate-key`
+    /// re-encrypts every Secret under a new key.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Wait for a condition (`--for condition=Ready`, `--for condition=Ready=false`) or deletion
     /// (`--for delete`).
     Wait {
@@ -266,6 +271,7 @@ pub async fn run() -> ExitCode {
             delete::run(&client, &targets, &files, recursive, &namespace, wait.then_some(timeout)).await
         }
         Command::Scale { targets, replicas, namespace } => scale::run(&client, &targets, &namespace, replicas).await,
+        Command::Secret(command) => secret::run(&client, command).await,
         Command::Wait { targets, condition, namespace, timeout } => {
             wait::run(&client, &targets, &condition, &namespace, timeout).await
         }

@@ -30,6 +30,12 @@ pub struct ServerArgs {
     /// configurations and admin sockets) (default: ~/.local/share/minicloud).
     #[arg(long, env = "MINICLOUD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The key file that seals Secret values (one base64 key per line; created with mode 0600
+    /// when missing). Default: `secret.key` in the data directory. Servers sharing a
+    /// PostgreSQL database must share the key. `MINICLOUD_SECRET_KEY` (base64), when set, is
+    /// used instead of any file.
+    #[arg(long, env = "MINICLOUD_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
     /// Log format: human-readable text or one JSON object per line.
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -113,7 +119,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         None => sql::sqlite_url(&data_dir),
     };
     let controllers = (!args.no_controllers).then(|| ControllerSettings {
-        state_dir: data_dir,
+        state_dir: data_dir.clone(),
         haproxy_image: Some(args.haproxy_image),
         extra_labels: args.container_labels.into_iter().collect(),
         runtime: minicloud_controllers::runtime::RuntimeConfig {
@@ -122,6 +128,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     });
-    let config = ServerConfig { listen: args.listen, database_url, limits, controllers };
+    let config = ServerConfig {
+        listen: args.listen,
+        database_url,
+        data_dir,
+        secret_key_file: args.secret_key_file,
+        limits,
+        controllers,
+    };
     composition::run(config, composition::shutdown_signal(), |_| {}).await
 }

@@ -53,6 +53,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         listen: args.server.listen,
         database_url,
+        data_dir: args.server.data_dir.clone().unwrap_or_else(sql::default_data_dir),
+        secret_key_file: args.server.secret_key_file.clone(),
         limits: args.server.limits(),
         controllers: Some(ControllerSettings {
             state_dir: args.server.data_dir.clone().unwrap_or_else(sql::default_data_dir),

@@ -13,7 +13,8 @@
 //! Each change is kept as its stored JSON document plus what filtering needs (kind, namespace,
 //! labels), shared by every watcher: relaying a change to a thousand clients encodes nothing,
 //! and memory holds documents, not decoded objects. Typed watchers (the controllers) decode
-//! what they receive.
+//! what they receive; a Secret's values reach them redacted (documents hold them sealed): a
+//! controller that needs a value reads the Secret (`get` opens it).
 //!
 //! The ordering argument is the store's: the feed reads "changes after N" together with the
 //! head revision in one statement, and revisions commit in order, so nothing is skipped.
@@ -54,7 +55,8 @@ struct Change {
 
 impl Change {
     fn event(&self) -> StoreResult<WatchEvent> {
-        let object: Object = serde_json::from_str(&self.document)?;
+        let mut object: Object = serde_json::from_str(&self.document)?;
+        crate::secrets::redact_object(&mut object);
         Ok(WatchEvent { change: self.change, revision: self.revision, object })
     }
 

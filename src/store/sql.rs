@@ -11,6 +11,12 @@
 //! Two pools: writers use their own connection, so that no number of readers (lists, watch
 //! replays, slow clients) can make a write wait for a connection; readers share the other.
 //!
+//! Secrets: every value is sealed ([`SecretKeys`]) before it is written to an object row or a
+//! change-log row, and opened when an object is read back (`get`, `list`, the reads inside a
+//! write). Stored documents relayed as they are (`list_raw`, `watch_raw`) hold envelopes only;
+//! the API redacts them. Opening the store seals what is still plain (a store from before
+//! encryption) or sealed by a key that is no longer the primary.
+//!
 //! Watches are served by one shared [`Feed`] per store (see `feed.rs`). Wake-ups: writers in
 //! this process wake the feed directly; on PostgreSQL, `pg_notify` at commit wakes the feeds of
 //! other replicas (LISTEN), and the feed also polls once a second in case a notification was
@@ -35,6 +41,7 @@ use super::{
     ChangeType, Deleted, Event, EventType, NewEvent, ObjectList, Query, RawItem, RawWatchStream, Store, StoreError,
     StoreResult, WatchStream, Write,
 };
+use crate::secrets::{SecretError, SecretKeys};
 
 /// Turns the database driver's errors into the store contract's.
 pub(crate) trait OrStoreError<T> {
@@ -72,6 +79,7 @@ pub struct SqlStore {
     write_lock: Mutex<()>,
     listener: Option<JoinHandle<()>>,
     cluster_id: String,
+    keys: Arc<SecretKeys>,
 }
 
 impl Drop for SqlStore {
@@ -111,15 +119,20 @@ fn parse_time(text: &str) -> DateTime<Utc> {
 }
 
 impl SqlStore {
-    /// Opens (creating if needed) the store at `url` — `sqlite://PATH` or `postgres://...` —
-    /// and applies pending migrations.
-    pub async fn open(url: &str) -> StoreResult<SqlStore> {
+    /// Opens (creating if needed) the store at `url` — `sqlite://PATH` or `postgres://...` —,
+    /// applies pending migrations, and seals Secret values with `keys` where they are not yet
+    /// sealed by its primary key. A SQLite file is created with mode 0600.
+    pub async fn open(url: &str, keys: Arc<SecretKeys>) -> StoreResult<SqlStore> {
         install_drivers();
         let (backend, connect_url) =
             if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
                 let file = path.split('?').next().unwrap_or(path);
-                if let Some(parent) = Path::new(file).parent().filter(|parent| !parent.as_os_str().is_empty()) {
-                    std::fs::create_dir_all(parent).db()?;
+                let in_memory = file.is_empty() || file == ":memory:" || path.contains("mode=memory");
+                if !in_memory {
+                    if let Some(parent) = Path::new(file).parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                        crate::secrets::create_private_dir(parent).db()?;
+                    }
+                    create_private_file(Path::new(file)).db()?;
                 }
                 let query = if path.contains('?') { "" } else { "?mode=rwc" };
                 (Backend::Sqlite, format!("sqlite://{path}{query}"))
@@ -164,7 +177,75 @@ impl SqlStore {
             Backend::Sqlite => None,
         };
         let feed = Feed::start(pool.clone(), revision, head.subscribe());
-        Ok(SqlStore { pool, write_pool, feed, backend, head, write_lock: Mutex::new(()), listener, cluster_id })
+        let store =
+            SqlStore { pool, write_pool, feed, backend, head, write_lock: Mutex::new(()), listener, cluster_id, keys };
+        let resealed = store.reseal().await?;
+        if resealed > 0 {
+            tracing::info!(rows = resealed, key = %store.keys.primary_id(), "sealed Secret values with the current key");
+        }
+        Ok(store)
+    }
+
+    /// Seals again every Secret value, in object rows and change-log rows, that is plain or
+    /// sealed by another key than the primary; in one transaction. Returns the rows rewritten.
+    /// Revisions do not move: the objects have not changed.
+    async fn reseal(&self) -> StoreResult<usize> {
+        let (_guard, mut transaction) = self.begin_write().await?;
+        let mut rewritten = 0;
+        let rows = sqlx::query("SELECT namespace, name, body FROM objects WHERE kind = 'Secret'")
+            .fetch_all(&mut *transaction)
+            .await
+            .db()?;
+        for row in rows {
+            let mut object: Object = serde_json::from_str(&row.try_get::<String, _>(2).db()?)?;
+            if self.keys.reseal_object(&mut object).map_err(sealing)? {
+                sqlx::query("UPDATE objects SET body = $1 WHERE kind = 'Secret' AND namespace = $2 AND name = $3")
+                    .bind(serde_json::to_string(&object)?)
+                    .bind(row.try_get::<String, _>(0).db()?)
+                    .bind(row.try_get::<String, _>(1).db()?)
+                    .execute(&mut *transaction)
+                    .await
+                    .db()?;
+                rewritten += 1;
+            }
+        }
+        let rows = sqlx::query("SELECT revision, body FROM changes WHERE kind = 'Secret'")
+            .fetch_all(&mut *transaction)
+            .await
+            .db()?;
+        for row in rows {
+            let mut object: Object = serde_json::from_str(&row.try_get::<String, _>(1).db()?)?;
+            if self.keys.reseal_object(&mut object).map_err(sealing)? {
+                let body = serde_json::to_string(&object)?;
+                sqlx::query("UPDATE changes SET body = $1, size = $2 WHERE revision = $3")
+                    .bind(&body)
+                    .bind(i64::try_from(body.len()).unwrap_or(i64::MAX))
+                    .bind(row.try_get::<i64, _>(0).db()?)
+                    .execute(&mut *transaction)
+                    .await
+                    .db()?;
+                rewritten += 1;
+            }
+        }
+        transaction.commit().await.db()?;
+        Ok(rewritten)
+    }
+
+    /// Rotates the Secret key: a new primary key (written to the key file next to the old
+    /// one), every value sealed again under it, then the old key dropped from the file. Returns
+    /// the new key's id and the rows rewritten.
+    pub async fn rotate_secret_key(&self) -> StoreResult<(String, usize)> {
+        let id = self.keys.begin_rotation().map_err(sealing)?;
+        let rewritten = self.reseal().await?;
+        self.keys.finish_rotation().map_err(sealing)?;
+        tracing::info!(key = %id, rows = rewritten, "secret key rotated");
+        Ok((id, rewritten))
+    }
+
+    /// The object as a read returns it: a Secret's values opened.
+    fn opened(&self, mut object: Object) -> StoreResult<Object> {
+        self.keys.open_object(&mut object).map_err(sealing)?;
+        Ok(object)
     }
 
     /// Which backend this is, for messages: `sqlite` or `postgres`.
@@ -222,6 +303,32 @@ impl SqlStore {
     }
 }
 
+fn sealing(error: SecretError) -> StoreError {
+    StoreError::Secret(error.to_string())
+}
+
+/// Creates the SQLite file with mode 0600 unless it exists, and takes group and other access
+/// away from an existing one and its journal files (SQLite gives new journal files the mode of
+/// the database file).
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            if file.exists() {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Just the labels of a stored object, for selector checks without decoding the rest.
 #[derive(serde::Deserialize)]
 struct LabelsOnly {
@@ -267,7 +374,12 @@ async fn take_revisions(transaction: &mut Transaction<'static, Any>, count: i64)
     row.try_get(0).db()
 }
 
-async fn read_object(transaction: &mut Transaction<'static, Any>, key: &ObjectKey) -> StoreResult<Option<Object>> {
+/// Reads an object inside a write, a Secret's values opened.
+async fn read_object(
+    transaction: &mut Transaction<'static, Any>,
+    keys: &SecretKeys,
+    key: &ObjectKey,
+) -> StoreResult<Option<Object>> {
     let row = sqlx::query("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
         .bind(key.kind.as_str())
         .bind(&key.namespace)
@@ -276,20 +388,32 @@ async fn read_object(transaction: &mut Transaction<'static, Any>, key: &ObjectKe
         .await
         .db()?;
     match row {
-        Some(row) => Ok(Some(serde_json::from_str(&row.try_get::<String, _>(0).db()?)?)),
+        Some(row) => {
+            let mut object: Object = serde_json::from_str(&row.try_get::<String, _>(0).db()?)?;
+            keys.open_object(&mut object).map_err(sealing)?;
+            Ok(Some(object))
+        }
         None => Ok(None),
     }
 }
 
-/// Writes one change of one object (already stamped with `revision`) and its change-log row.
+/// Writes one change of one object (already stamped with `revision`) and its change-log row,
+/// a Secret's values sealed in both.
 async fn write_change(
     transaction: &mut Transaction<'static, Any>,
+    keys: &SecretKeys,
     key: &ObjectKey,
     object: &Object,
     revision: i64,
     change: ChangeType,
 ) -> StoreResult<()> {
-    let body = serde_json::to_string(object)?;
+    let body = if object.kind == "Secret" {
+        let mut sealed = object.clone();
+        keys.seal_object(&mut sealed).map_err(sealing)?;
+        serde_json::to_string(&sealed)?
+    } else {
+        serde_json::to_string(object)?
+    };
     match change {
         ChangeType::Added => {
             let result = sqlx::query(
@@ -349,13 +473,14 @@ async fn write_change(
 /// revision taken, if any. A removal cascades to the object's dependents.
 async fn apply_plan(
     transaction: &mut Transaction<'static, Any>,
+    keys: &SecretKeys,
     key: &ObjectKey,
     plan: Plan,
 ) -> StoreResult<(Object, Option<i64>)> {
     let removing = matches!(plan, Plan::Remove(_));
-    let (object, revision) = write_plan(transaction, key, plan).await?;
+    let (object, revision) = write_plan(transaction, keys, key, plan).await?;
     if removing {
-        let last = cascade(transaction, &object).await?;
+        let last = cascade(transaction, keys, &object).await?;
         return Ok((object, last.or(revision)));
     }
     Ok((object, revision))
@@ -363,7 +488,11 @@ async fn apply_plan(
 
 /// Deletes the dependents of a removed object (background cascade: dependents with finalizers
 /// become terminating; the rest go at once, and their own dependents after them).
-async fn cascade(transaction: &mut Transaction<'static, Any>, removed: &Object) -> StoreResult<Option<i64>> {
+async fn cascade(
+    transaction: &mut Transaction<'static, Any>,
+    keys: &SecretKeys,
+    removed: &Object,
+) -> StoreResult<Option<i64>> {
     let mut last_revision = None;
     let mut owners =
         VecDeque::from([(removed.namespace().to_owned(), removed.metadata.uid.clone().unwrap_or_default())]);
@@ -382,7 +511,7 @@ async fn cascade(transaction: &mut Transaction<'static, Any>, removed: &Object) 
             let key = rules::key_of(&dependent)?;
             let plan = rules::prepare_delete(&dependent, &key, None, now())?;
             let removed_now = matches!(plan, Plan::Remove(_));
-            let (object, revision) = write_plan(transaction, &key, plan).await?;
+            let (object, revision) = write_plan(transaction, keys, &key, plan).await?;
             last_revision = revision.or(last_revision);
             if removed_now {
                 owners.push_back((namespace.clone(), object.metadata.uid.clone().unwrap_or_default()));
@@ -395,6 +524,7 @@ async fn cascade(transaction: &mut Transaction<'static, Any>, removed: &Object) 
 /// Writes what a plan says for one object, without cascading.
 async fn write_plan(
     transaction: &mut Transaction<'static, Any>,
+    keys: &SecretKeys,
     key: &ObjectKey,
     plan: Plan,
 ) -> StoreResult<(Object, Option<i64>)> {
@@ -405,7 +535,7 @@ async fn write_plan(
     };
     let revision = take_revisions(transaction, 1).await?;
     rules::stamp(&mut object, revision);
-    write_change(transaction, key, &object, revision, change).await?;
+    write_change(transaction, keys, key, &object, revision, change).await?;
     Ok((object, Some(revision)))
 }
 
@@ -456,16 +586,17 @@ impl Store for SqlStore {
                 Write::Create(object) => {
                     let mut object = rules::prepare_create(object, key, time)?;
                     rules::stamp(&mut object, next_create);
-                    write_change(&mut transaction, key, &object, next_create, ChangeType::Added).await?;
+                    write_change(&mut transaction, &self.keys, key, &object, next_create, ChangeType::Added).await?;
                     last = last.max(Some(next_create));
                     next_create += 1;
                     written.push(object);
                 }
                 Write::Update(object) => {
-                    let stored =
-                        read_object(&mut transaction, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                    let stored = read_object(&mut transaction, &self.keys, key)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(key.clone()))?;
                     let plan = rules::prepare_update(&stored, key, object)?;
-                    let (object, revision) = apply_plan(&mut transaction, key, plan).await?;
+                    let (object, revision) = apply_plan(&mut transaction, &self.keys, key, plan).await?;
                     last = last.max(revision);
                     written.push(object);
                 }
@@ -484,7 +615,7 @@ impl Store for SqlStore {
             .await
             .db()?
             .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        Ok(serde_json::from_str(&row.try_get::<String, _>(0).db()?)?)
+        self.opened(serde_json::from_str(&row.try_get::<String, _>(0).db()?)?)
     }
 
     async fn list(&self, query: &Query) -> StoreResult<ObjectList> {
@@ -502,7 +633,7 @@ impl Store for SqlStore {
             if let Some(body) = row.try_get::<Option<String>, _>(1).db()? {
                 let object: Object = serde_json::from_str(&body)?;
                 if query.selector.matches(&object.metadata.labels) {
-                    items.push(object);
+                    items.push(self.opened(object)?);
                 }
             }
         }
@@ -539,9 +670,10 @@ impl Store for SqlStore {
     async fn update(&self, object: Object) -> StoreResult<Object> {
         let key = rules::key_of(&object)?;
         let (_guard, mut transaction) = self.begin_write().await?;
-        let stored = read_object(&mut transaction, &key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let stored =
+            read_object(&mut transaction, &self.keys, &key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
         let plan = rules::prepare_update(&stored, &key, object)?;
-        let (object, revision) = apply_plan(&mut transaction, &key, plan).await?;
+        let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
         self.commit(transaction, revision).await?;
         Ok(object)
     }
@@ -549,19 +681,21 @@ impl Store for SqlStore {
     async fn update_status(&self, object: Object) -> StoreResult<Object> {
         let key = rules::key_of(&object)?;
         let (_guard, mut transaction) = self.begin_write().await?;
-        let stored = read_object(&mut transaction, &key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let stored =
+            read_object(&mut transaction, &self.keys, &key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
         let plan = rules::prepare_status(&stored, &key, object)?;
-        let (object, revision) = apply_plan(&mut transaction, &key, plan).await?;
+        let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
         self.commit(transaction, revision).await?;
         Ok(object)
     }
 
     async fn delete(&self, key: &ObjectKey, resource_version: Option<&str>) -> StoreResult<Deleted> {
         let (_guard, mut transaction) = self.begin_write().await?;
-        let stored = read_object(&mut transaction, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        let stored =
+            read_object(&mut transaction, &self.keys, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
         let plan = rules::prepare_delete(&stored, key, resource_version, now())?;
         let gone = matches!(plan, Plan::Remove(_));
-        let (object, revision) = apply_plan(&mut transaction, key, plan).await?;
+        let (object, revision) = apply_plan(&mut transaction, &self.keys, key, plan).await?;
         self.commit(transaction, revision).await?;
         Ok(if gone { Deleted::Gone(object) } else { Deleted::Terminating(object) })
     }

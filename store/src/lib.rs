@@ -54,6 +54,9 @@ pub enum StoreError {
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("stored object is not valid JSON ({0}); the database may have been edited by hand")]
     Corrupt(#[from] serde_json::Error),
+    /// A Secret's values cannot be sealed or opened (a missing key, an altered ciphertext).
+    #[error("{0}")]
+    Secret(String),
 }
 
 /// Moves a watch head forward to `revision` (never back), waking watchers when it moved.

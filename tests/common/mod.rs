@@ -9,10 +9,26 @@ pub mod store_suite;
 
 use std::sync::Arc;
 
+use minicloud::secrets::SecretKeys;
 use minicloud::store::{MemoryStore, SqlStore, Store};
 use minicloud_crds::Object;
 use serde_json::json;
 use sqlx::Connection;
+
+/// The key that test stores and test servers (`MINICLOUD_SECRET_KEY`) seal Secrets with, so
+/// that a test can open a server's store directly.
+pub const TEST_SECRET_KEY: [u8; 32] = [42; 32];
+
+/// [`TEST_SECRET_KEY`] as keys for [`SqlStore::open`].
+pub fn test_keys() -> Arc<SecretKeys> {
+    Arc::new(SecretKeys::from_bytes(&[TEST_SECRET_KEY]))
+}
+
+/// [`TEST_SECRET_KEY`] as `MINICLOUD_SECRET_KEY` holds it.
+pub fn test_key_base64() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(TEST_SECRET_KEY)
+}
 
 /// Where the PostgreSQL tests connect to create their databases. `scripts/test` and `.ci/run`
 /// set it; the default suits a local server with the role `scripts/test` creates.
@@ -63,7 +79,7 @@ impl TestDb {
     pub async fn open(&self) -> Arc<dyn Store> {
         match &self.memory {
             Some(memory) => Arc::new(memory.clone()),
-            None => Arc::new(SqlStore::open(&self.url).await.expect("open store")),
+            None => Arc::new(SqlStore::open(&self.url, test_keys()).await.expect("open store")),
         }
     }
 

@@ -25,7 +25,15 @@ impl TestServer {
     pub async fn start_with_env(database: TestDb, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cloud"));
         command.args(["server", "--listen", "127.0.0.1:0", "--database-url", &database.url]).args(extra);
-        command.envs(env.iter().copied());
+        // Test servers share the tests' key (an empty value in `env` removes it).
+        command.env(minicloud::secrets::KEY_ENV, super::test_key_base64());
+        for (name, value) in env {
+            if value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
+        }
         command.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start cloud server");
         let stderr = child.stderr.take().expect("stderr");
