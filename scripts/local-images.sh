@@ -9,8 +9,12 @@
 #   minicloud/postgres:local  PostgreSQL 15 from Debian (built with mmdebstrap; slowest); it
 #                             initialises its data directory on first start: set
 #                             POSTGRES_PASSWORD (optionally POSTGRES_USER, POSTGRES_DB)
+#   minicloud/redis:local     Redis 7 from Debian (mmdebstrap); set REDIS_PASSWORD; data in /data
+#   minicloud/mariadb:local   MariaDB 10.11 from Debian (mmdebstrap); on first start set
+#                             MARIADB_DATABASE, MARIADB_USER, MARIADB_PASSWORD
 #
-# Usage: scripts/local-images.sh [--rebuild] [web] [haproxy] [postgres]   (default: all three)
+# Usage: scripts/local-images.sh [--rebuild] [web] [haproxy] [postgres] [redis] [mariadb]
+#        (default: all of them)
 # An image that exists already is kept unless --rebuild is given or it is older than this
 # script's recipe (the image label minicloud.dev/image-version). Missing Debian packages
 # (busybox-static, haproxy, mmdebstrap) are installed when running as root.
@@ -21,11 +25,11 @@ wanted=()
 for argument in "$@"; do
     case "$argument" in
         --rebuild) rebuild=true ;;
-        web | haproxy | postgres) wanted+=("$argument") ;;
-        *) echo "usage: $0 [--rebuild] [web] [haproxy] [postgres]" >&2; exit 2 ;;
+        web | haproxy | postgres | redis | mariadb) wanted+=("$argument") ;;
+        *) echo "usage: $0 [--rebuild] [web] [haproxy] [postgres] [redis] [mariadb]" >&2; exit 2 ;;
     esac
 done
-[ ${#wanted[@]} -eq 0 ] && wanted=(web haproxy postgres)
+[ ${#wanted[@]} -eq 0 ] && wanted=(web haproxy postgres redis mariadb)
 
 command -v docker >/dev/null || { echo "local-images: docker is not installed" >&2; exit 1; }
 docker info >/dev/null 2>&1 || { echo "local-images: the Docker engine does not answer (is dockerd running?)" >&2; exit 1; }
@@ -157,6 +161,15 @@ EOF
     echo "local-images: built $image"
 }
 
+# The host's own apt sources, so that images are built from the same mirror (or proxy).
+apt_sources() {
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        echo /etc/apt/sources.list.d/debian.sources
+    elif [ -f /etc/apt/sources.list ]; then
+        echo /etc/apt/sources.list
+    fi
+}
+
 build_postgres() {
     local image=minicloud/postgres:local version=1
     needed "$image" "$version" || return 0
@@ -164,19 +177,13 @@ build_postgres() {
     local work
     work="$(mktemp -d)"
     echo "local-images: building $image with mmdebstrap (about a minute)"
-    # The host's own apt sources, so that the same mirror (or proxy) is used.
-    local sources=()
-    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
-        sources=("/etc/apt/sources.list.d/debian.sources")
-    elif [ -f /etc/apt/sources.list ]; then
-        sources=("/etc/apt/sources.list")
-    fi
     local entrypoint
     entrypoint="$(cd "$(dirname "$0")" && pwd)/images/postgres-entrypoint.sh"
+    # shellcheck disable=SC2046
     mmdebstrap --quiet --variant=apt --include=postgresql-15,locales-all \
         --customize-hook='chroot "$1" sh -c "rm -rf /var/lib/postgresql/15/main /etc/postgresql; mkdir -p /var/lib/postgresql/data /var/run/postgresql; chown -R postgres:postgres /var/lib/postgresql /var/run/postgresql"' \
         --customize-hook="copy-in $entrypoint /usr/local/bin" \
-        bookworm "$work/rootfs.tar" "${sources[@]}"
+        bookworm "$work/rootfs.tar" $(apt_sources)
     docker import \
         --change 'ENV PATH=/usr/lib/postgresql/15/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
         --change 'ENV PGDATA=/var/lib/postgresql/data' \
@@ -186,6 +193,57 @@ build_postgres() {
         --change 'LABEL minicloud.dev/image=local' \
         --change "LABEL minicloud.dev/image-version=$version" \
         --change 'ENTRYPOINT ["/usr/local/bin/postgres-entrypoint.sh"]' \
+        "$work/rootfs.tar" "$image" >/dev/null
+    rm -rf "$work"
+    echo "local-images: built $image"
+}
+
+build_redis() {
+    local image=minicloud/redis:local version=1
+    needed "$image" "$version" || return 0
+    ensure_packages mmdebstrap
+    local work
+    work="$(mktemp -d)"
+    echo "local-images: building $image with mmdebstrap (about a minute)"
+    local entrypoint
+    entrypoint="$(cd "$(dirname "$0")" && pwd)/images/redis-entrypoint.sh"
+    # shellcheck disable=SC2046
+    mmdebstrap --quiet --variant=essential --include=redis-server,redis-tools \
+        --customize-hook='chroot "$1" sh -c "mkdir -p /data && chown redis:redis /data"' \
+        --customize-hook="copy-in $entrypoint /usr/local/bin" \
+        bookworm "$work/rootfs.tar" $(apt_sources)
+    docker import \
+        --change 'USER redis' \
+        --change 'WORKDIR /data' \
+        --change 'EXPOSE 6379' \
+        --change 'LABEL minicloud.dev/image=local' \
+        --change "LABEL minicloud.dev/image-version=$version" \
+        --change 'ENTRYPOINT ["/usr/local/bin/redis-entrypoint.sh"]' \
+        "$work/rootfs.tar" "$image" >/dev/null
+    rm -rf "$work"
+    echo "local-images: built $image"
+}
+
+build_mariadb() {
+    local image=minicloud/mariadb:local version=1
+    needed "$image" "$version" || return 0
+    ensure_packages mmdebstrap
+    local work
+    work="$(mktemp -d)"
+    echo "local-images: building $image with mmdebstrap (about a minute)"
+    local entrypoint
+    entrypoint="$(cd "$(dirname "$0")" && pwd)/images/mariadb-entrypoint.sh"
+    # shellcheck disable=SC2046
+    mmdebstrap --quiet --variant=essential --include=mariadb-server,mariadb-client \
+        --customize-hook='chroot "$1" sh -c "rm -rf /var/lib/mysql; mkdir -p /var/lib/mysql /run/mysqld; chown mysql:mysql /var/lib/mysql /run/mysqld"' \
+        --customize-hook="copy-in $entrypoint /usr/local/bin" \
+        bookworm "$work/rootfs.tar" $(apt_sources)
+    docker import \
+        --change 'USER mysql' \
+        --change 'EXPOSE 3306' \
+        --change 'LABEL minicloud.dev/image=local' \
+        --change "LABEL minicloud.dev/image-version=$version" \
+        --change 'ENTRYPOINT ["/usr/local/bin/mariadb-entrypoint.sh"]' \
         "$work/rootfs.tar" "$image" >/dev/null
     rm -rf "$work"
     echo "local-images: built $image"

@@ -197,3 +197,41 @@ async fn an_unreachable_engine_is_reported_as_such() {
         Ok(_) => panic!("nothing listens on port 9"),
     }
 }
+
+/// A streamed command: a megabyte of input in and out again byte for byte, environment
+/// variables off the command line, standard error and the exit code kept, a missing container
+/// named.
+#[tokio::test]
+async fn streamed_commands_carry_binary_input_and_output() {
+    remove_leftovers();
+    let driver = DockerDriver::connect().await.expect("docker");
+    let run = format!("driver-{}", std::process::id());
+    let name = format!("mc-driver-stream-{}", std::process::id());
+    let mut spec = web_spec(&name, &run, "bridge");
+    spec.ports.clear();
+    spec.aliases.clear();
+    driver.create_and_start(&spec).await.expect("start");
+
+    let input: Vec<u8> = (0..1_048_576u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut source: &[u8] = &input;
+    let mut copied = Vec::new();
+    let command = ["cat".to_owned()];
+    let output = driver
+        .exec_streaming(&name, &command, &[], Some(&mut source), Some(&mut copied), Duration::from_secs(30))
+        .await
+        .expect("cat");
+    assert_eq!(output.exit_code, 0);
+    assert_eq!(copied.len(), input.len());
+    assert!(copied == input, "the bytes come back unchanged");
+
+    let command = ["sh".to_owned(), "-c".to_owned(), "echo \"$SECRET_VALUE\" >&2; exit 3".to_owned()];
+    let output = driver
+        .exec_streaming(&name, &command, &["SECRET_VALUE=from-env".into()], None, None, Duration::from_secs(30))
+        .await
+        .expect("sh");
+    assert_eq!((output.exit_code, output.output.trim()), (3, "from-env"));
+
+    let missing = driver.exec_streaming("mc-driver-no-such", &command, &[], None, None, Duration::from_secs(5)).await;
+    assert!(matches!(missing, Err(DriverError::NoSuchContainer(_))), "{missing:?}");
+    driver.remove(&name).await.expect("remove");
+}

@@ -39,11 +39,44 @@ pub struct ManagedDatabaseSpec {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
+    /// PostgreSQL (version `15`).
     #[default]
     Postgres,
+    /// MariaDB, MySQL-compatible (version `10.11`).
     Mysql,
+    /// Redis, the "CloudCache" (version `7`).
     Redis,
 }
+
+impl Engine {
+    /// The engine as manifests write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+            Engine::Redis => "redis",
+        }
+    }
+
+    /// The versions this installation has images for.
+    pub fn versions(self) -> &'static [&'static str] {
+        match self {
+            Engine::Postgres => &["15"],
+            Engine::Mysql => &["10.11"],
+            Engine::Redis => &["7"],
+        }
+    }
+}
+
+/// The smallest storage a database gets.
+pub const MIN_STORAGE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Annotation asking for a backup now (`cloud db backup`): a request id, answered in
+/// `status.lastBackupRequest` once the backup is taken (or failed).
+pub const BACKUP_REQUEST_ANNOTATION: &str = "minicloud.dev/backup-request";
+/// Annotation asking for a restore (`cloud db restore`): `REQUEST-ID BACKUP-NAME`, answered in
+/// `status.lastRestore`.
+pub const RESTORE_REQUEST_ANNOTATION: &str = "minicloud.dev/restore-request";
 
 /// Persistent storage of the database.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -90,12 +123,35 @@ pub enum DeletionPolicy {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackupRecord {
-    /// Backup name, usable in `restoreFrom.backup`.
+    /// Backup name, usable in `restoreFrom.backup` and `cloud db restore --backup`.
     pub name: String,
     /// When it was taken.
     pub time: DateTime<Utc>,
     /// Size in bytes.
     pub size_bytes: u64,
+    /// SHA-256 of the dump, checked before a restore.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256: String,
+    /// `Scheduled`, `Manual` or `Final` (taken before deletion).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// The last restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RestoreRecord {
+    /// The request id of `cloud db restore`, or absent for `spec.restoreFrom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
+    /// The backup restored.
+    pub backup: String,
+    /// When it finished.
+    pub time: DateTime<Utc>,
+    /// Whether it worked.
+    pub succeeded: bool,
+    /// What happened.
+    pub message: String,
 }
 
 /// Where clients connect.
@@ -115,7 +171,8 @@ pub struct ManagedDatabaseStatus {
     /// The generation the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `ContainerRunning`, `Accepting`, `BackedUp` and `Ready`.
+    /// `ContainerRunning`, `Accepting` (the engine answers its own readiness check),
+    /// `BackedUp` (the last backup worked) and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Where clients connect.
@@ -130,4 +187,16 @@ pub struct ManagedDatabaseStatus {
     /// When the last backup finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_backup_time: Option<DateTime<Utc>>,
+    /// When the next scheduled backup is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_backup_time: Option<DateTime<Utc>>,
+    /// The last on-demand backup request handled (see `minicloud.dev/backup-request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_request: Option<String>,
+    /// The last restore (`cloud db restore` or `spec.restoreFrom`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_restore: Option<RestoreRecord>,
+    /// The `spec.restoreFrom` backup already restored into this database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
 }

@@ -7,6 +7,7 @@
 //! Everything here is pure data and pure functions: no I/O, no async. The application parses
 //! manifests into these types, the store persists them as JSON, controllers read them.
 
+pub mod cron;
 pub mod database;
 pub mod instance;
 pub mod kinds;

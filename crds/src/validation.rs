@@ -430,50 +430,34 @@ fn check_scaling_group_spec(spec: &ScalingGroupSpec, path: &FieldPath, errors: &
 
 /// Checks a five-field cron schedule (minute hour day-of-month month day-of-week).
 pub fn check_cron(schedule: &str) -> Result<(), String> {
-    const BOUNDS: [(&str, u32, u32); 5] =
-        [("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7)];
-    let fields: Vec<&str> = schedule.split_whitespace().collect();
-    if fields.len() != 5 {
-        return Err(format!(
-            "schedule {schedule:?} has {} fields; write five: minute hour day-of-month month day-of-week (e.g. \"0 3 * * *\")",
-            fields.len()
-        ));
-    }
-    for (field, (what, low, high)) in fields.iter().zip(BOUNDS) {
-        for item in field.split(',') {
-            let (range, step) = match item.split_once('/') {
-                Some((range, step)) => (range, Some(step)),
-                None => (item, None),
-            };
-            if let Some(step) = step {
-                if step.parse::<u32>().map_or(true, |s| s == 0) {
-                    return Err(format!(
-                        "schedule {schedule:?}: step {step:?} of the {what} field must be a positive number"
-                    ));
-                }
-            }
-            if range == "*" {
-                continue;
-            }
-            let bounds: Vec<&str> = range.splitn(2, '-').collect();
-            for bound in &bounds {
-                match bound.parse::<u32>() {
-                    Ok(n) if (low..=high).contains(&n) => {}
-                    _ => return Err(format!("schedule {schedule:?}: {bound:?} is not a valid {what} ({low}-{high})")),
-                }
-            }
-        }
-    }
-    Ok(())
+    crate::cron::Schedule::parse(schedule).map(drop)
 }
 
 fn check_database_spec(spec: &ManagedDatabaseSpec, path: &FieldPath, errors: &mut Errors) {
+    let versions = spec.engine.versions();
     if spec.version.trim().is_empty() {
-        errors.add(path.key("version"), "give the engine version, e.g. \"15\"");
+        errors.add(path.key("version"), format!("give the engine version: {}", versions.join(", ")));
+    } else if !versions.contains(&spec.version.as_str()) {
+        errors.add(
+            path.key("version"),
+            format!(
+                "{} {:?} is not available: this installation runs {} {} (write version: {:?})",
+                spec.engine.as_str(),
+                spec.version,
+                spec.engine.as_str(),
+                versions.join(" or "),
+                versions[0]
+            ),
+        );
     }
     if let Some(size) = &spec.storage.size {
-        if let Err(message) = parse_bytes(size) {
-            errors.add(path.key("storage").key("size"), message);
+        match parse_bytes(size) {
+            Err(message) => errors.add(path.key("storage").key("size"), message),
+            Ok(bytes) if bytes < crate::database::MIN_STORAGE_BYTES => errors.add(
+                path.key("storage").key("size"),
+                format!("{size} is too small for a database: give at least 100Mi"),
+            ),
+            Ok(_) => {}
         }
     }
     if let Some(name) = &spec.database_name {

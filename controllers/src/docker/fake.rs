@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use futures::stream;
 
 use super::{
-    CommandOutput, ContainerDriver, ContainerInfo, ContainerSpec, CpuStream, DriverError, EventStream, LogStream,
+    CommandOutput, ContainerDriver, ContainerInfo, ContainerSpec, CpuStream, DriverError, EventStream, InputSource,
+    LogStream, OutputSink,
 };
 
 /// A container engine in memory: containers run as soon as they are created.
@@ -119,6 +120,17 @@ impl ContainerDriver for FakeDriver {
         self.check()
     }
     async fn exec(&self, _: &str, _: &[String], _: Duration) -> Result<CommandOutput, DriverError> {
+        Err(DriverError::Refused("the fake engine runs no commands".into()))
+    }
+    async fn exec_streaming(
+        &self,
+        _: &str,
+        _: &[String],
+        _: &[String],
+        _: Option<InputSource<'_>>,
+        _: Option<OutputSink<'_>>,
+        _: Duration,
+    ) -> Result<CommandOutput, DriverError> {
         Err(DriverError::Refused("the fake engine runs no commands".into()))
     }
     async fn run_once(&self, _: &ContainerSpec, _: Duration) -> Result<CommandOutput, DriverError> {

@@ -179,6 +179,15 @@ pub struct ContainerEvent {
     pub labels: HashMap<String, String>,
 }
 
+/// Where a streamed command's standard output goes.
+pub type OutputSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send);
+/// Where a streamed command's standard input comes from.
+pub type InputSource<'a> = &'a mut (dyn tokio::io::AsyncRead + Unpin + Send);
+
+/// Most bytes of standard error (and of standard output without a sink) a streamed command
+/// keeps for its [`CommandOutput`].
+pub const STREAMED_OUTPUT_KEPT: usize = 64 * 1024;
+
 /// A stream of log output (stdout and stderr interleaved as the engine delivers them).
 pub type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, DriverError>> + Send>>;
 
@@ -210,6 +219,20 @@ pub trait ContainerDriver: Send + Sync {
     /// Runs a command inside a running container and waits (at most `timeout`) for it to end.
     async fn exec(&self, id_or_name: &str, command: &[String], timeout: Duration)
         -> Result<CommandOutput, DriverError>;
+    /// Runs a command inside a running container with `env` added (e.g. a password the
+    /// command reads, kept off its command line): its standard input comes from `input` (then
+    /// closed), its standard output goes to `output`. The answer keeps the exit code and the
+    /// first [`STREAMED_OUTPUT_KEPT`] bytes of standard error (and of standard output when
+    /// there is no sink). At most `timeout`.
+    async fn exec_streaming(
+        &self,
+        id_or_name: &str,
+        command: &[String],
+        env: &[String],
+        input: Option<InputSource<'_>>,
+        output: Option<OutputSink<'_>>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, DriverError>;
     /// Runs a container to completion (at most `timeout`), then removes it. Its aliases are
     /// ignored; `network` may be `none`.
     async fn run_once(&self, spec: &ContainerSpec, timeout: Duration) -> Result<CommandOutput, DriverError>;
@@ -564,6 +587,82 @@ impl ContainerDriver for DockerDriver {
             what: format!("`{}` in container {id_or_name}", command.join(" ")),
             seconds: timeout.as_secs(),
         })?
+    }
+
+    async fn exec_streaming(
+        &self,
+        id_or_name: &str,
+        command: &[String],
+        env: &[String],
+        input: Option<InputSource<'_>>,
+        output: Option<OutputSink<'_>>,
+        timeout: Duration,
+    ) -> Result<CommandOutput, DriverError> {
+        use tokio::io::AsyncWriteExt;
+        let docker = self.client().await?;
+        let options = CreateExecOptions {
+            attach_stdin: Some(input.is_some()),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            env: Some(env.to_vec()),
+            cmd: Some(command.to_vec()),
+            ..Default::default()
+        };
+        let what = format!("`{}` in container {id_or_name}", command.join(" "));
+        let run = async {
+            let created = docker.create_exec(id_or_name, options).await.map_err(|error| {
+                if is_not_found(&error) {
+                    DriverError::NoSuchContainer(id_or_name.to_owned())
+                } else {
+                    DriverError::from_bollard(error)
+                }
+            })?;
+            let StartExecResults::Attached { output: mut stream, input: mut stdin } =
+                docker.start_exec(&created.id, None).await.map_err(DriverError::from_bollard)?
+            else {
+                return Err(DriverError::Refused(format!("{what} did not attach")));
+            };
+            let io = |error: std::io::Error| DriverError::Refused(format!("{what}: {error}"));
+            let feed = async {
+                if let Some(input) = input {
+                    tokio::io::copy(input, &mut stdin).await.map_err(io)?;
+                }
+                stdin.shutdown().await.map_err(io)
+            };
+            let drain = async {
+                let mut kept = Vec::new();
+                let mut sink = output;
+                while let Some(chunk) = stream.next().await {
+                    let chunk = chunk.map_err(DriverError::from_bollard)?;
+                    match (chunk, sink.as_mut()) {
+                        (bollard::container::LogOutput::StdOut { message }, Some(sink)) => {
+                            sink.write_all(&message).await.map_err(io)?;
+                        }
+                        (other, _) => {
+                            let bytes = other.into_bytes();
+                            let room = STREAMED_OUTPUT_KEPT.saturating_sub(kept.len());
+                            kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                        }
+                    }
+                }
+                if let Some(sink) = sink {
+                    sink.flush().await.map_err(io)?;
+                }
+                Ok::<Vec<u8>, DriverError>(kept)
+            };
+            let (fed, kept) = tokio::join!(feed, drain);
+            let kept = kept?;
+            let inspected = docker.inspect_exec(&created.id).await.map_err(DriverError::from_bollard)?;
+            let exit_code = inspected.exit_code.unwrap_or(-1);
+            // A command that ends without reading all of its input is not a driver failure.
+            if exit_code == 0 {
+                fed?;
+            }
+            Ok(CommandOutput { exit_code, output: String::from_utf8_lossy(&kept).into_owned() })
+        };
+        tokio::time::timeout(timeout, run)
+            .await
+            .map_err(|_| DriverError::TimedOut { what, seconds: timeout.as_secs() })?
     }
 
     async fn run_once(&self, spec: &ContainerSpec, timeout: Duration) -> Result<CommandOutput, DriverError> {
