@@ -225,7 +225,7 @@ build_redis() {
 }
 
 build_mariadb() {
-    local image=minicloud/mariadb:local version=1
+    local image=minicloud/mariadb:local version=3
     needed "$image" "$version" || return 0
     ensure_packages mmdebstrap
     local work

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use minicloud_controllers::docker::{ContainerDriver, DockerDriver};
 use minicloud_controllers::metrics::Metrics;
-use minicloud_controllers::{instance, loadbalancer, runtime, scalinggroup};
+use minicloud_controllers::{database, instance, loadbalancer, runtime, scalinggroup};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -82,6 +82,12 @@ impl Controllers {
             Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels.clone())),
             Arc::new(load_balancers),
             Arc::new(scalinggroup::ScalingGroupController::new(store.clone(), driver.clone(), metrics.clone())),
+            Arc::new(database::DatabaseController::new(
+                store.clone(),
+                driver.clone(),
+                settings.extra_labels.clone(),
+                settings.state_dir.clone(),
+            )),
         ];
         let runtimes = reconcilers
             .into_iter()

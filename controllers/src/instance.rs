@@ -568,7 +568,8 @@ impl Reconciler for InstanceController {
     }
 }
 
-/// Removes this control plane's containers (of Instances and LoadBalancers) whose labels name no
+/// Removes this control plane's containers (of Instances, LoadBalancers and ManagedDatabases)
+/// whose labels name no
 /// live object (deleted objects, objects recreated under the same name, leftovers of a crash).
 /// Containers of other minicloud installations on the same engine are left alone. Returns how
 /// many were removed.
@@ -576,7 +577,8 @@ pub async fn collect_orphans(store: &dyn Store, driver: &dyn ContainerDriver) ->
     let mut removed = 0;
     for container in driver.list_managed().await? {
         let Some(labels) = Labels::from_map(&container.labels) else { continue };
-        if !matches!(labels.kind, Kind::Instance | Kind::LoadBalancer) || labels.cluster != store.cluster_id() {
+        let collected = matches!(labels.kind, Kind::Instance | Kind::LoadBalancer | Kind::ManagedDatabase);
+        if !collected || labels.cluster != store.cluster_id() {
             continue;
         }
         let key = ObjectKey::new(labels.kind, labels.namespace.clone(), labels.name.clone());

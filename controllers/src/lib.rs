@@ -8,6 +8,7 @@
 //! unit tests hand them [`minicloud_store::MemoryStore`] and a fake driver.
 
 pub mod conditions;
+pub mod database;
 pub mod docker;
 pub mod helpers;
 pub mod instance;

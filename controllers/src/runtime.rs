@@ -1,8 +1,9 @@
 //! The reconcile runtime shared by every controller. For one kind it:
 //!
 //! - lists the objects first and only then starts its workers (readiness gate);
-//! - watches the store and queues an object when its spec, deletion state, finalizers or labels
-//!   change — a status-only write (typically the controller's own) does not re-trigger;
+//! - watches the store and queues an object when its spec, deletion state, finalizers, labels
+//!   or annotations change — a status-only write (typically the controller's own) does not
+//!   re-trigger;
 //! - queues the owner of a container named in a Docker event (die, oom, destroy,
 //!   health_status), so a killed container is noticed at once, not at the next resync;
 //! - queues every object of its kind in a namespace when an object of a kind it watches
@@ -88,15 +89,17 @@ fn lock(known: &Known) -> std::sync::MutexGuard<'_, BTreeSet<ObjectKey>> {
     known.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// What decides whether a change must trigger a reconcile: everything but status.
+/// What decides whether a change must trigger a reconcile: everything but status
+/// (annotations included: some ask for an action, e.g. a database backup).
 fn trigger_fingerprint(object: &Object) -> String {
     let meta = &object.metadata;
     format!(
-        "{:?}|{}|{:?}|{:?}|{:?}",
+        "{:?}|{}|{:?}|{:?}|{:?}|{:?}",
         meta.generation,
         meta.deletion_timestamp.is_some(),
         meta.finalizers,
         meta.labels,
+        meta.annotations,
         meta.owner_references
     )
 }

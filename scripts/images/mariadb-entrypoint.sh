@@ -8,7 +8,7 @@ datadir=/var/lib/mysql
 if [ ! -d "$datadir/mysql" ]; then
     : "${MARIADB_DATABASE:?set MARIADB_DATABASE}" "${MARIADB_USER:?set MARIADB_USER}" "${MARIADB_PASSWORD:?set MARIADB_PASSWORD}"
     mariadb-install-db --datadir="$datadir" --skip-test-db --auth-root-authentication-method=socket >/dev/null
-    mariadbd --bootstrap --datadir="$datadir" --skip-networking >/dev/null <<SQL
+    mariadbd --bootstrap --datadir="$datadir" --skip-networking --socket=/tmp/mysqld.sock >/dev/null <<SQL
 FLUSH PRIVILEGES;
 CREATE DATABASE IF NOT EXISTS \`$MARIADB_DATABASE\`;
 CREATE USER '$MARIADB_USER'@'%' IDENTIFIED BY '$MARIADB_PASSWORD';
@@ -18,4 +18,4 @@ GRANT ALL PRIVILEGES ON \`$MARIADB_DATABASE\`.* TO '$MARIADB_USER'@'localhost';
 FLUSH PRIVILEGES;
 SQL
 fi
-exec mariadbd --datadir="$datadir" --bind-address=0.0.0.0 --socket=/run/mysqld/mysqld.sock "$@"
+exec mariadbd --datadir="$datadir" --bind-address=0.0.0.0 --socket=/tmp/mysqld.sock --pid-file=/tmp/mysqld.pid "$@"

@@ -38,7 +38,7 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Instance => vec!["NAME", "READY", "STATUS", "RESTARTS", "PORTS", "AGE"],
         Kind::LoadBalancer => vec!["NAME", "READY", "ENDPOINT", "TARGETS", "ALGORITHM", "AGE"],
         Kind::ScalingGroup => vec!["NAME", "READY", "MIN", "MAX", "CPU", "AGE"],
-        Kind::ManagedDatabase => vec!["NAME", "READY", "STATUS", "ENGINE", "ENDPOINT", "AGE"],
+        Kind::ManagedDatabase => vec!["NAME", "ENGINE", "VERSION", "READY", "ENDPOINT", "LAST BACKUP", "AGE"],
         Kind::Stack => vec!["NAME", "READY", "STATUS", "RESOURCES", "AGE"],
         Kind::Secret => vec!["NAME", "TYPE", "KEYS", "AGE"],
     };
@@ -47,7 +47,7 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::Instance => vec!["IMAGE", "CONTAINER"],
             Kind::LoadBalancer => vec!["STATUS", "NETWORK"],
             Kind::ScalingGroup => vec!["UP-TO-DATE", "STATUS", "IMAGE"],
-            Kind::ManagedDatabase => vec!["VERSION", "LAST BACKUP"],
+            Kind::ManagedDatabase => vec!["STATUS", "CREDENTIALS", "BACKUPS"],
             Kind::Stack => vec!["TEMPLATE"],
             Kind::Secret => vec![],
         });
@@ -133,7 +133,20 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                 .get("endpoint")
                 .map(|e| format!("{}:{}", text(e.get("host")), text(e.get("port"))))
                 .unwrap_or_else(|| "-".into());
-            vec![object.metadata.name.clone(), ready, status, text(spec.get("engine")), endpoint, created]
+            let last_backup = state
+                .get("lastBackupTime")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or("-".into(), |t| format!("{} ago", age(Some(t.with_timezone(&chrono::Utc)))));
+            vec![
+                object.metadata.name.clone(),
+                text(spec.get("engine")),
+                text(spec.get("version")),
+                ready,
+                endpoint,
+                last_backup,
+                created,
+            ]
         }
         Kind::Stack => {
             let resources = state.get("resources").and_then(Value::as_array).map_or_else(
@@ -165,7 +178,11 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                     text(spec.pointer("/template/spec/image")),
                 ]
             }
-            Kind::ManagedDatabase => vec![text(spec.get("version")), text(state.get("lastBackupTime"))],
+            Kind::ManagedDatabase => vec![
+                readiness(object).1,
+                state.get("credentialsSecret").map_or("-".into(), |s| format!("secret/{}", text(Some(s)))),
+                state.get("backups").and_then(Value::as_array).map_or(0, Vec::len).to_string(),
+            ],
             Kind::Stack => vec![text(spec.pointer("/templateRef/name"))],
             Kind::Secret => vec![],
         });

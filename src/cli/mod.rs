@@ -3,6 +3,7 @@
 //! offline. Exit status: 0 on success, 1 on any error.
 
 mod apply;
+mod db;
 mod delete;
 mod describe;
 mod events;
@@ -21,7 +22,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use minicloud_crds::Kind;
+use minicloud_crds::{Kind, Object};
 
 use crate::client::{Client, ClientError};
 
@@ -125,6 +126,10 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// Managed databases: `cloud db backup NAME`, `cloud db backups NAME`, `cloud db restore
+    /// NAME --backup ID`.
+    #[command(subcommand)]
+    Db(db::DbCommand),
     /// Secrets: `cloud secret reveal NAME KEY` prints one value, `cloud secret rotate-key`
     /// re-encrypts every Secret under a new key.
     #[command(subcommand)]
@@ -252,6 +257,39 @@ pub fn parse_targets(targets: &[String]) -> anyhow::Result<Vec<(Kind, Option<Str
         .collect()
 }
 
+/// What a read-modify-write of one object did.
+pub enum Modified {
+    /// Nothing needed changing.
+    Unchanged(Object),
+    /// Written.
+    Written(Object),
+}
+
+/// Reads an object, lets `change` modify it (returning false when nothing needs to change,
+/// or an error that stops everything), and writes it back with its resourceVersion; a write
+/// that lost a race (409) starts over, a few times.
+pub async fn modify(
+    client: &Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    mut change: impl FnMut(&mut Object) -> anyhow::Result<bool>,
+) -> anyhow::Result<Modified> {
+    const ATTEMPTS: usize = 5;
+    for _ in 0..ATTEMPTS {
+        let mut object = client.get(kind, namespace, name).await?;
+        if !change(&mut object)? {
+            return Ok(Modified::Unchanged(object));
+        }
+        match client.replace(&object).await {
+            Ok(written) => return Ok(Modified::Written(written)),
+            Err(ClientError::Api { status: 409, .. }) => continue,
+            Err(error) => return Err(error.into()),
+        }
+    }
+    anyhow::bail!("{}/{name} kept changing while it was being written; try again", kind.as_str().to_ascii_lowercase())
+}
+
 /// Runs the command line and returns the process exit code (0 success, 1 error).
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -272,6 +310,7 @@ pub async fn run() -> ExitCode {
         }
         Command::Scale { targets, replicas, namespace } => scale::run(&client, &targets, &namespace, replicas).await,
         Command::Secret(command) => secret::run(&client, command).await,
+        Command::Db(command) => db::run(&client, command).await,
         Command::Wait { targets, condition, namespace, timeout } => {
             wait::run(&client, &targets, &condition, &namespace, timeout).await
         }

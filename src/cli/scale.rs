@@ -5,11 +5,8 @@
 use minicloud_crds::Kind;
 use serde_json::json;
 
-use super::parse_targets;
-use crate::client::{Client, ClientError};
-
-/// Attempts before giving up on a group that keeps changing underneath.
-const ATTEMPTS: usize = 5;
+use super::{modify, parse_targets, Modified};
+use crate::client::Client;
 
 /// Sets the desired count of each named scaling group.
 pub async fn run(client: &Client, targets: &[String], namespace: &str, replicas: u32) -> anyhow::Result<()> {
@@ -29,8 +26,7 @@ pub async fn run(client: &Client, targets: &[String], namespace: &str, replicas:
 }
 
 async fn scale(client: &Client, namespace: &str, name: &str, replicas: u32) -> anyhow::Result<()> {
-    for _ in 0..ATTEMPTS {
-        let mut group = client.get(Kind::ScalingGroup, namespace, name).await?;
+    let outcome = modify(client, Kind::ScalingGroup, namespace, name, |group| {
         let bound = |field: &str| group.spec.get(field).and_then(serde_json::Value::as_u64).unwrap_or(0);
         let (min, max) = (bound("minReplicas"), bound("maxReplicas"));
         if u64::from(replicas) < min || u64::from(replicas) > max {
@@ -39,20 +35,17 @@ async fn scale(client: &Client, namespace: &str, name: &str, replicas: u32) -> a
             );
         }
         if group.spec.get("desiredReplicas").and_then(serde_json::Value::as_u64) == Some(u64::from(replicas)) {
-            println!("scalinggroup/{name} unchanged ({replicas} desired)");
-            return Ok(());
+            return Ok(false);
         }
         if let Some(spec) = group.spec.as_object_mut() {
             spec.insert("desiredReplicas".into(), json!(replicas));
         }
-        match client.replace(&group).await {
-            Ok(_) => {
-                println!("scalinggroup/{name} scaled to {replicas}");
-                return Ok(());
-            }
-            Err(ClientError::Api { status: 409, .. }) => continue,
-            Err(error) => return Err(error.into()),
-        }
+        Ok(true)
+    })
+    .await?;
+    match outcome {
+        Modified::Unchanged(_) => println!("scalinggroup/{name} unchanged ({replicas} desired)"),
+        Modified::Written(_) => println!("scalinggroup/{name} scaled to {replicas}"),
     }
-    anyhow::bail!("scalinggroup/{name} kept changing while it was being scaled; try again")
+    Ok(())
 }

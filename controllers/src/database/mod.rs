@@ -1,0 +1,931 @@
+//! The ManagedDatabase controller: one database container per object (PostgreSQL, MariaDB for
+//! `mysql`, or Redis), its credentials generated once into a Secret, its data on a named
+//! volume, verified backups on a schedule and on demand, restores, and a deletion policy.
+//!
+//! - Credentials: the Secret `NAME-credentials` (type `DatabaseCredentials`; keys `username`,
+//!   `password`, `database`, `url`), owned by the database, created once with a 32-character
+//!   password from the OS random number generator and never regenerated: a re-applied database
+//!   finds and keeps it (and adopts one a `Retain` deletion left behind, with its volume).
+//! - Container `mcdb-NAMESPACE-NAME` on the database's network (alias NAME), its port published
+//!   on 127.0.0.1 (the host port is kept across replacements), data on the volume
+//!   `mcdb-NAMESPACE-NAME-data`. Readiness is the engine's own check, run inside the container
+//!   (`pg_isready`, `mariadb-admin ping`, `redis-cli ping`): condition `Accepting`.
+//! - Backups ([`backups`]): consistent dumps streamed out of the container (`pg_dump -Fc`,
+//!   `mariadb-dump --single-transaction`, Redis `BGSAVE` then its snapshot file), written to a
+//!   partial file, synced, renamed, then described (size, SHA-256); on the cron schedule of
+//!   `spec.backup` (retention: the newest N scheduled and manual ones of this database) and on
+//!   request (annotation `minicloud.dev/backup-request`, `cloud db backup`). A failed backup is
+//!   never listed: `BackedUp=False` and a Warning event say why.
+//! - Restores verify the dump's SHA-256 first, then stream it into the engine (`pg_restore
+//!   --clean`, `mariadb`, Redis: the snapshot put in place and Redis restarted on it): on
+//!   request (annotation `minicloud.dev/restore-request`, `cloud db restore`) and once for
+//!   `spec.restoreFrom`.
+//! - Deletion (finalizer `minicloud.dev/database`): `Snapshot` (default) takes a final backup
+//!   first — and keeps everything while it cannot —, `Retain` keeps the volume and the
+//!   credentials Secret, `Delete` removes everything but earlier backups.
+
+pub mod backups;
+pub mod engine;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use minicloud_crds::cron::Schedule;
+use minicloud_crds::database::{
+    BackupRecord, DatabaseEndpoint, DeletionPolicy, Engine, ManagedDatabaseSpec, ManagedDatabaseStatus, RestoreRecord,
+    BACKUP_REQUEST_ANNOTATION, RESTORE_REQUEST_ANNOTATION,
+};
+use minicloud_crds::kinds::ManagedDatabase;
+use minicloud_crds::meta::{ConditionStatus, ObjectMeta};
+use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
+use minicloud_store::{EventType, Store, StoreError};
+use serde_json::json;
+
+use self::backups::{BackupMeta, BackupStore};
+use self::engine::Credentials;
+use crate::conditions::set_condition;
+use crate::docker::labels::{self, spec_hash, Labels};
+use crate::docker::{ContainerDriver, ContainerInfo, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
+use crate::helpers::{
+    ensure_finalizer, network_labels, owner_reference, record_event, remove_finalizer, write_status, FinalizerUpdate,
+};
+use crate::instance::network_name;
+use crate::runtime::{ReconcileError, Reconciler};
+
+/// The finalizer that guards a database's container, volume and final snapshot.
+pub const FINALIZER: &str = "minicloud.dev/database";
+/// How soon a starting database is checked again.
+const STARTING_RECHECK: Duration = Duration::from_secs(1);
+/// How often a running database's readiness is checked when nothing else happens.
+const HEALTH_POLL: Duration = Duration::from_secs(30);
+/// Time allowed for a readiness check.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a dump or a restore.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Characters of generated passwords.
+const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+/// Length of generated passwords.
+const PASSWORD_LENGTH: usize = 32;
+/// Scheduled and manual backups kept per database unless the policy says otherwise.
+const DEFAULT_RETENTION: usize = 7;
+
+/// The container of a database.
+pub fn container_name(namespace: &str, name: &str) -> String {
+    format!("mcdb-{namespace}-{name}")
+}
+
+/// The data volume of a database.
+pub fn volume_name(namespace: &str, name: &str) -> String {
+    format!("mcdb-{namespace}-{name}-data")
+}
+
+/// The Secret holding a database's credentials (the name shortened to stay a DNS label).
+pub fn credentials_secret(name: &str) -> String {
+    let prefix: String = name.chars().take(51).collect();
+    format!("{}-credentials", prefix.trim_end_matches('-'))
+}
+
+/// Reconciles ManagedDatabases.
+pub struct DatabaseController {
+    store: Arc<dyn Store>,
+    driver: Arc<dyn ContainerDriver>,
+    extra_labels: HashMap<String, String>,
+    backups: BackupStore,
+}
+
+/// What a round works with.
+struct Round<'a> {
+    object: &'a Object,
+    spec: &'a ManagedDatabaseSpec,
+    namespace: String,
+    name: String,
+    uid: String,
+    generation: i64,
+}
+
+impl DatabaseController {
+    /// A controller keeping backups under `state_dir/backups`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn ContainerDriver>,
+        extra_labels: HashMap<String, String>,
+        state_dir: PathBuf,
+    ) -> DatabaseController {
+        DatabaseController { store, driver, extra_labels, backups: BackupStore::new(state_dir.join("backups")) }
+    }
+
+    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
+        record_event(self.store.as_ref(), object, event_type, reason, message).await;
+    }
+
+    /// The database's credentials: from its Secret, or generated into a new one. `Err` says
+    /// what is wrong with an existing Secret.
+    async fn credentials(&self, round: &Round<'_>) -> Result<Result<Credentials, String>, ReconcileError> {
+        let secret_name = credentials_secret(&round.name);
+        let key = ObjectKey::new(Kind::Secret, round.namespace.clone(), secret_name.clone());
+        match self.store.get(&key).await {
+            Ok(mut secret) => {
+                let data = |key: &str| secret.spec["stringData"][key].as_str().map(str::to_owned);
+                let (Some(username), Some(password), Some(database)) =
+                    (data("username"), data("password"), data("database"))
+                else {
+                    return Ok(Err(format!(
+                        "secret/{secret_name} exists without the keys username, password and database; delete it to have new credentials generated (the database must then be new too)"
+                    )));
+                };
+                // A Secret a `Retain` deletion left (or one made by hand) is adopted.
+                let owned = secret.metadata.owner_references.iter().any(|o| o.uid == round.uid);
+                if !owned {
+                    secret.metadata.owner_references = vec![owner_reference(round.object)];
+                    match self.store.update(secret).await {
+                        Ok(_) => {}
+                        Err(StoreError::Conflict { .. }) => {
+                            return Err(ReconcileError("the credentials changed; again".into()))
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                    self.event(
+                        round.object,
+                        EventType::Normal,
+                        "CredentialsAdopted",
+                        format!("using the existing secret/{secret_name}"),
+                    )
+                    .await;
+                }
+                Ok(Ok(Credentials { username, password, database }))
+            }
+            Err(StoreError::NotFound(_)) => {
+                let engine = round.spec.engine;
+                let credentials = Credentials {
+                    username: engine::default_username(engine).to_owned(),
+                    password: generate_password()?,
+                    database: match engine {
+                        Engine::Redis => "0".to_owned(),
+                        _ => round.spec.database_name.clone().unwrap_or_else(|| "app".to_owned()),
+                    },
+                };
+                let secret = Object {
+                    api_version: API_VERSION.to_owned(),
+                    kind: Kind::Secret.as_str().to_owned(),
+                    metadata: ObjectMeta {
+                        name: secret_name.clone(),
+                        namespace: Some(round.namespace.clone()),
+                        owner_references: vec![owner_reference(round.object)],
+                        ..ObjectMeta::default()
+                    },
+                    spec: json!({
+                        "type": "DatabaseCredentials",
+                        "stringData": {
+                            "username": credentials.username,
+                            "password": credentials.password,
+                            "database": credentials.database,
+                            "url": engine::url(engine, &credentials, &round.name),
+                        }
+                    }),
+                    status: serde_json::Value::Null,
+                };
+                match self.store.create(secret).await {
+                    Ok(_) => {
+                        self.event(
+                            round.object,
+                            EventType::Normal,
+                            "CredentialsCreated",
+                            format!("generated credentials in secret/{secret_name}"),
+                        )
+                        .await;
+                        Ok(Ok(credentials))
+                    }
+                    Err(StoreError::AlreadyExists(_)) => {
+                        Err(ReconcileError("the credentials Secret appeared meanwhile; again".into()))
+                    }
+                    Err(error) => Err(error.into()),
+                }
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn container_spec(
+        &self,
+        round: &Round<'_>,
+        credentials: &Credentials,
+        status: &ManagedDatabaseStatus,
+    ) -> ContainerSpec {
+        let engine = round.spec.engine;
+        let env = engine::container_env(engine, credentials);
+        let hash = spec_hash(&json!({
+            "engine": engine.as_str(),
+            "version": round.spec.version,
+            "network": round.spec.network,
+            "image": engine::image(engine),
+            "env": spec_hash(&json!(env)),
+        }));
+        let labels = Labels {
+            cluster: self.store.cluster_id().to_owned(),
+            namespace: round.namespace.clone(),
+            kind: Kind::ManagedDatabase,
+            name: round.name.clone(),
+            uid: round.uid.clone(),
+            spec_hash: hash,
+        }
+        .to_map(&self.extra_labels);
+        ContainerSpec {
+            name: container_name(&round.namespace, &round.name),
+            image: engine::image(engine).to_owned(),
+            entrypoint: None,
+            command: None,
+            env,
+            labels,
+            ports: vec![PublishSpec {
+                container_port: engine::port(engine),
+                protocol: "tcp".into(),
+                host_ip: "127.0.0.1".into(),
+                host_port: status.endpoint.as_ref().map(|endpoint| endpoint.port),
+            }],
+            network: network_name(&round.namespace, round.spec.network.as_deref()),
+            aliases: vec![round.name.clone()],
+            memory_bytes: None,
+            nano_cpus: None,
+            health: None,
+            volumes: vec![VolumeSpec {
+                volume: volume_name(&round.namespace, &round.name),
+                mount_path: engine::data_path(engine).into(),
+                read_only: false,
+            }],
+            user: None,
+        }
+    }
+
+    /// The running container, created (or replaced) when needed. `Ok(None)`: not yet (status
+    /// says why).
+    async fn ensure_container(
+        &self,
+        round: &Round<'_>,
+        template: &ContainerSpec,
+        status: &mut ManagedDatabaseStatus,
+    ) -> Result<Option<ContainerInfo>, ReconcileError> {
+        let now = Utc::now();
+        if let Some(current) = self.driver.inspect(&template.name).await? {
+            let why = if current.labels.get(labels::UID) != Some(&round.uid) {
+                Some("a container of an earlier database with this name was found")
+            } else if current.labels.get(labels::SPEC_HASH) != template.labels.get(labels::SPEC_HASH) {
+                Some("its engine, version, network or credentials changed")
+            } else if !current.running {
+                Some("the engine stopped")
+            } else {
+                None
+            };
+            match why {
+                None => return Ok(Some(current)),
+                Some(why) => {
+                    self.event(
+                        round.object,
+                        EventType::Normal,
+                        "Replacing",
+                        format!("replacing the database container: {why}"),
+                    )
+                    .await;
+                    self.driver.remove(&current.id).await?;
+                }
+            }
+        }
+        if let Err(error) = self.driver.ensure_image(&template.image, &|_| {}).await {
+            let message = match error {
+                DriverError::ImageUnavailable { .. } => format!(
+                    "{error}; build it with `scripts/local-images.sh {}`",
+                    match round.spec.engine {
+                        Engine::Postgres => "postgres",
+                        Engine::Mysql => "mariadb",
+                        Engine::Redis => "redis",
+                    }
+                ),
+                other => other.to_string(),
+            };
+            not_ready(status, "ImagePullFailed", &message, round.generation, now);
+            return Err(ReconcileError(message));
+        }
+        let mut container = template.clone();
+        let labels = network_labels(self.store.cluster_id(), &round.namespace, &self.extra_labels);
+        container.network = self.driver.ensure_network(&template.network, &labels).await?;
+        let id = match self.driver.create_and_start(&container).await {
+            Ok(id) => id,
+            Err(DriverError::NameTaken(_)) => return Ok(None),
+            Err(DriverError::PortTaken { port }) => {
+                self.event(
+                    round.object,
+                    EventType::Warning,
+                    "HostPortChanged",
+                    format!("host port {port} is taken; publishing on a new port"),
+                )
+                .await;
+                container.ports[0].host_port = None;
+                self.driver.create_and_start(&container).await?
+            }
+            Err(error) => return Err(error.into()),
+        };
+        self.event(
+            round.object,
+            EventType::Normal,
+            "Started",
+            format!("{} {} started in container {}", round.spec.engine.as_str(), round.spec.version, short(&id)),
+        )
+        .await;
+        Ok(self.driver.inspect(&id).await?)
+    }
+
+    /// Whether the engine accepts connections (its own check).
+    async fn accepting(&self, container: &str, engine: Engine, credentials: &Credentials) -> bool {
+        let check = engine::readiness(engine, credentials);
+        match self.driver.exec_streaming(container, &check.argv, &check.env, None, None, CHECK_TIMEOUT).await {
+            Ok(output) => {
+                output.exit_code == 0
+                    && engine::readiness_output(engine).is_none_or(|expected| output.output.trim() == expected)
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes a backup; `Err` says why it failed (nothing is listed then).
+    async fn backup(
+        &self,
+        round: &Round<'_>,
+        container: &str,
+        credentials: &Credentials,
+        reason: &str,
+    ) -> Result<BackupMeta, String> {
+        let engine = round.spec.engine;
+        if engine == Engine::Redis {
+            self.redis_snapshot(container, credentials).await?;
+        }
+        let time = Utc::now();
+        let mut pending = self
+            .backups
+            .begin(&round.namespace, &round.name, engine::dump_extension(engine), time)
+            .await
+            .map_err(|error| error.to_string())?;
+        let dump = engine::dump(engine, credentials);
+        let outcome = self
+            .driver
+            .exec_streaming(container, &dump.argv, &dump.env, None, Some(&mut pending.writer), TRANSFER_TIMEOUT)
+            .await;
+        let failure = match outcome {
+            Ok(output) if output.exit_code == 0 => None,
+            Ok(output) => {
+                Some(format!("`{}` exited with code {}: {}", dump.argv[0], output.exit_code, output.output.trim()))
+            }
+            Err(error) => Some(error.to_string()),
+        };
+        if let Some(failure) = failure {
+            self.backups.abandon(pending).await;
+            return Err(failure);
+        }
+        let meta = BackupMeta {
+            name: String::new(),
+            file: String::new(),
+            database: round.name.clone(),
+            database_uid: round.uid.clone(),
+            engine: engine.as_str().to_owned(),
+            version: round.spec.version.clone(),
+            time,
+            size_bytes: 0,
+            sha256: String::new(),
+            reason: reason.to_owned(),
+        };
+        self.backups.commit(pending, meta).await.map_err(|error| error.to_string())
+    }
+
+    /// Redis: a fresh snapshot (`BGSAVE`, then until it is done).
+    async fn redis_snapshot(&self, container: &str, credentials: &Credentials) -> Result<(), String> {
+        let info = engine::redis_persistence(credentials);
+        let read = || async {
+            let output = self
+                .driver
+                .exec_streaming(container, &info.argv, &info.env, None, None, CHECK_TIMEOUT)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok::<_, String>(engine::redis_snapshot_state(&output.output))
+        };
+        let (_, _, before) = read().await?;
+        let start = engine::redis_snapshot(credentials);
+        self.driver
+            .exec_streaming(container, &start.argv, &start.env, None, None, CHECK_TIMEOUT)
+            .await
+            .map_err(|error| error.to_string())?;
+        let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let (idle, ok, saved) = read().await?;
+            if idle && saved > before {
+                return if ok {
+                    Ok(())
+                } else {
+                    Err("Redis says its snapshot (BGSAVE) failed; see the database's logs".into())
+                };
+            }
+            if idle && !ok {
+                return Err("Redis says its snapshot (BGSAVE) failed; see the database's logs".into());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err("Redis's snapshot did not finish within an hour".into());
+            }
+        }
+    }
+
+    /// Restores `backup` (checked against its SHA-256 first). `Ok(true)` when the engine has to
+    /// start again to load it (Redis).
+    async fn restore(
+        &self,
+        round: &Round<'_>,
+        container: &str,
+        credentials: &Credentials,
+        backup: &str,
+    ) -> Result<bool, String> {
+        let engine = round.spec.engine;
+        let meta = self.backups.find(&round.namespace, backup).map_err(|error| error.to_string())?;
+        if meta.engine != engine.as_str() {
+            return Err(format!(
+                "backup {backup} is a {} dump; database {} runs {}",
+                meta.engine,
+                round.name,
+                engine.as_str()
+            ));
+        }
+        let mut file = self.backups.open_verified(&round.namespace, &meta).await.map_err(|error| error.to_string())?;
+        let restore = engine::restore(engine, credentials);
+        let output = self
+            .driver
+            .exec_streaming(container, &restore.argv, &restore.env, Some(&mut file), None, TRANSFER_TIMEOUT)
+            .await
+            .map_err(|error| error.to_string())?;
+        if output.exit_code != 0 {
+            return Err(format!(
+                "`{}` exited with code {}: {}",
+                restore.argv[0],
+                output.exit_code,
+                output.output.trim()
+            ));
+        }
+        if engine != Engine::Redis {
+            return Ok(false);
+        }
+        let install = engine::redis_install_snapshot(credentials);
+        self.driver
+            .exec_streaming(container, &install.argv, &install.env, None, None, CHECK_TIMEOUT)
+            .await
+            .map_err(|error| error.to_string())?;
+        Ok(true)
+    }
+
+    /// Records a restore's outcome: status, event.
+    async fn restored(
+        &self,
+        round: &Round<'_>,
+        status: &mut ManagedDatabaseStatus,
+        request: Option<String>,
+        backup: &str,
+        outcome: &Result<bool, String>,
+    ) {
+        let (succeeded, message) = match outcome {
+            Ok(_) => (true, format!("restored backup {backup}")),
+            Err(error) => (false, format!("restoring backup {backup} failed: {error}")),
+        };
+        let (event_type, reason) =
+            if succeeded { (EventType::Normal, "Restored") } else { (EventType::Warning, "RestoreFailed") };
+        self.event(round.object, event_type, reason, message.clone()).await;
+        status.last_restore =
+            Some(RestoreRecord { request, backup: backup.to_owned(), time: Utc::now(), succeeded, message });
+    }
+
+    /// Takes a backup and records it: status, conditions, event.
+    async fn back_up(
+        &self,
+        round: &Round<'_>,
+        status: &mut ManagedDatabaseStatus,
+        container: &str,
+        credentials: &Credentials,
+        reason: &str,
+    ) -> bool {
+        let now = Utc::now();
+        match self.backup(round, container, credentials, reason).await {
+            Ok(meta) => {
+                let message = format!(
+                    "backup {} taken ({reason}, {} bytes, sha256 {})",
+                    meta.name,
+                    meta.size_bytes,
+                    &meta.sha256[..12.min(meta.sha256.len())]
+                );
+                self.event(round.object, EventType::Normal, "BackedUp", message.clone()).await;
+                set_condition(
+                    &mut status.conditions,
+                    "BackedUp",
+                    ConditionStatus::True,
+                    "BackupTaken",
+                    message,
+                    round.generation,
+                    now,
+                );
+                true
+            }
+            Err(error) => {
+                let message = format!("the {} backup failed: {error}", reason.to_ascii_lowercase());
+                self.event(round.object, EventType::Warning, "BackupFailed", message.clone()).await;
+                set_condition(
+                    &mut status.conditions,
+                    "BackedUp",
+                    ConditionStatus::False,
+                    "BackupFailed",
+                    message,
+                    round.generation,
+                    now,
+                );
+                false
+            }
+        }
+    }
+
+    async fn converge(&self, mut object: Object, db: ManagedDatabase) -> Result<Option<Duration>, ReconcileError> {
+        let original = object.clone();
+        let round = Round {
+            object: &original,
+            spec: &db.spec,
+            namespace: object.namespace().to_owned(),
+            name: object.metadata.name.clone(),
+            uid: object.metadata.uid.clone().unwrap_or_default(),
+            generation: object.metadata.generation.unwrap_or(1),
+        };
+        let previous = db.status.clone().unwrap_or_default();
+        let mut status = previous.clone();
+        status.observed_generation = Some(round.generation);
+        status.credentials_secret = Some(credentials_secret(&round.name));
+        let now = Utc::now();
+
+        let credentials = match self.credentials(&round).await? {
+            Ok(credentials) => credentials,
+            Err(message) => {
+                not_ready(&mut status, "CredentialsInvalid", &message, round.generation, now);
+                write_status(self.store.as_ref(), &mut object, &status).await?;
+                return Ok(Some(HEALTH_POLL));
+            }
+        };
+        let template = self.container_spec(&round, &credentials, &status);
+        let container = match self.ensure_container(&round, &template, &mut status).await {
+            Ok(Some(container)) => container,
+            Ok(None) => return Ok(Some(STARTING_RECHECK)),
+            Err(error) => {
+                if !matches!(condition_reason(&status), Some("ImagePullFailed")) {
+                    not_ready(&mut status, "DockerError", &error.0, round.generation, now);
+                }
+                write_status(self.store.as_ref(), &mut object, &status).await?;
+                return Err(error);
+            }
+        };
+        if let Some((_, _, host, port)) = container.ports.first() {
+            status.endpoint = Some(DatabaseEndpoint { host: host.clone(), port: *port });
+        }
+        let at = status.endpoint.as_ref().map_or(String::new(), |e| format!(" on {}:{}", e.host, e.port));
+        set_condition(
+            &mut status.conditions,
+            "ContainerRunning",
+            ConditionStatus::True,
+            "Running",
+            format!("container {} is running{at}", short(&container.id)),
+            round.generation,
+            now,
+        );
+        if !self.accepting(&container.id, round.spec.engine, &credentials).await {
+            set_condition(
+                &mut status.conditions,
+                "Accepting",
+                ConditionStatus::False,
+                "Starting",
+                format!("{} does not accept connections yet", round.spec.engine.as_str()),
+                round.generation,
+                now,
+            );
+            set_condition(
+                &mut status.conditions,
+                "Ready",
+                ConditionStatus::False,
+                "Starting",
+                "the engine is starting",
+                round.generation,
+                now,
+            );
+            write_status(self.store.as_ref(), &mut object, &status).await?;
+            return Ok(Some(STARTING_RECHECK));
+        }
+        set_condition(
+            &mut status.conditions,
+            "Accepting",
+            ConditionStatus::True,
+            "Accepting",
+            format!("{} accepts connections", round.spec.engine.as_str()),
+            round.generation,
+            now,
+        );
+        // Nothing of this database is being backed up now: what is partial is a leftover.
+        let removed = self.backups.remove_partials(&round.namespace, &round.name);
+        if removed > 0 {
+            tracing::info!(database = %round.name, removed, "removed the partial files of interrupted backups");
+        }
+
+        // Restores: spec.restoreFrom once, then requests.
+        let mut restarting = false;
+        if let Some(source) = &round.spec.restore_from {
+            let tried = status.last_restore.as_ref().is_some_and(|r| r.request.is_none() && r.backup == source.backup);
+            if status.restored_from.as_deref() != Some(source.backup.as_str())
+                && !(tried && previous.observed_generation == Some(round.generation))
+            {
+                let outcome = self.restore(&round, &container.id, &credentials, &source.backup).await;
+                if outcome.is_ok() {
+                    status.restored_from = Some(source.backup.clone());
+                }
+                restarting |= matches!(outcome, Ok(true));
+                self.restored(&round, &mut status, None, &source.backup, &outcome).await;
+            }
+        }
+        if let Some((request, backup)) = restore_request(&object) {
+            if !restarting && status.last_restore.as_ref().and_then(|r| r.request.as_deref()) != Some(request.as_str())
+            {
+                let outcome = self.restore(&round, &container.id, &credentials, &backup).await;
+                restarting |= matches!(outcome, Ok(true));
+                self.restored(&round, &mut status, Some(request), &backup, &outcome).await;
+            }
+        }
+        if restarting {
+            // Redis stops to load the snapshot at its next start; the next round starts it.
+            set_condition(
+                &mut status.conditions,
+                "Ready",
+                ConditionStatus::False,
+                "Restoring",
+                "the engine restarts to load the restored data",
+                round.generation,
+                now,
+            );
+            write_status(self.store.as_ref(), &mut object, &status).await?;
+            return Ok(Some(STARTING_RECHECK));
+        }
+
+        // Backups: on request, then on schedule.
+        if let Some(request) = object.metadata.annotations.get(BACKUP_REQUEST_ANNOTATION).cloned() {
+            if status.last_backup_request.as_deref() != Some(request.as_str()) {
+                self.back_up(&round, &mut status, &container.id, &credentials, "Manual").await;
+                status.last_backup_request = Some(request);
+            }
+        }
+        match &round.spec.backup {
+            Some(policy) => {
+                let schedule = Schedule::parse(&policy.schedule).map_err(ReconcileError)?;
+                let due = status.next_backup_time.or_else(|| schedule.next_after(now));
+                if due.is_some_and(|due| due <= now) {
+                    self.back_up(&round, &mut status, &container.id, &credentials, "Scheduled").await;
+                    status.next_backup_time = schedule.next_after(Utc::now());
+                } else {
+                    status.next_backup_time = due;
+                }
+                self.enforce_retention(&round, policy.retention.map_or(DEFAULT_RETENTION, |n| n as usize));
+            }
+            None => status.next_backup_time = None,
+        }
+        self.list_backups(&round, &mut status);
+
+        let endpoint = status.endpoint.as_ref().map_or(String::new(), |e| format!(" at {}:{}", e.host, e.port));
+        set_condition(
+            &mut status.conditions,
+            "Ready",
+            ConditionStatus::True,
+            "Accepting",
+            format!(
+                "{} {} ready{endpoint} (credentials: secret/{})",
+                round.spec.engine.as_str(),
+                round.spec.version,
+                credentials_secret(&round.name)
+            ),
+            round.generation,
+            now,
+        );
+        write_status(self.store.as_ref(), &mut object, &status).await?;
+        let until_backup = status
+            .next_backup_time
+            .and_then(|due| (due - Utc::now()).to_std().ok())
+            .map_or(HEALTH_POLL, |left| left.min(HEALTH_POLL) + Duration::from_millis(50));
+        Ok(Some(until_backup))
+    }
+
+    /// Removes this database's oldest scheduled and manual backups beyond `keep`.
+    fn enforce_retention(&self, round: &Round<'_>, keep: usize) {
+        let mine: Vec<BackupMeta> = self
+            .backups
+            .list(&round.namespace)
+            .into_iter()
+            .filter(|meta| meta.database_uid == round.uid && meta.reason != "Final")
+            .collect();
+        for meta in mine.iter().take(mine.len().saturating_sub(keep)) {
+            match self.backups.remove(&round.namespace, meta) {
+                Ok(()) => tracing::info!(backup = %meta.name, "removed by retention"),
+                Err(error) => tracing::warn!(%error, "cannot remove an old backup"),
+            }
+        }
+    }
+
+    fn list_backups(&self, round: &Round<'_>, status: &mut ManagedDatabaseStatus) {
+        status.backups = self
+            .backups
+            .list(&round.namespace)
+            .into_iter()
+            .filter(|meta| meta.database_uid == round.uid)
+            .map(|meta| BackupRecord {
+                name: meta.name,
+                time: meta.time,
+                size_bytes: meta.size_bytes,
+                sha256: meta.sha256,
+                reason: meta.reason,
+            })
+            .collect();
+        status.last_backup_time = status.backups.iter().map(|backup| backup.time).max();
+    }
+
+    /// Deletion, as the policy says.
+    async fn finalize(&self, mut object: Object, db: ManagedDatabase) -> Result<Option<Duration>, ReconcileError> {
+        let original = object.clone();
+        let round = Round {
+            object: &original,
+            spec: &db.spec,
+            namespace: object.namespace().to_owned(),
+            name: object.metadata.name.clone(),
+            uid: object.metadata.uid.clone().unwrap_or_default(),
+            generation: object.metadata.generation.unwrap_or(1),
+        };
+        let mut status = db.status.clone().unwrap_or_default();
+        let name = container_name(&round.namespace, &round.name);
+        let now = Utc::now();
+        if round.spec.deletion_policy == DeletionPolicy::Snapshot {
+            // Something may hold data: it was started once.
+            let started = status.endpoint.is_some() || self.driver.inspect(&name).await?.is_some();
+            if started {
+                let credentials = match self.credentials(&round).await? {
+                    Ok(credentials) => credentials,
+                    Err(message) => {
+                        let message = format!("no final snapshot without credentials ({message}); the data is kept. Set deletionPolicy Delete or Retain to go on");
+                        not_ready(&mut status, "SnapshotFailed", &message, round.generation, now);
+                        write_status(self.store.as_ref(), &mut object, &status).await?;
+                        return Ok(Some(HEALTH_POLL));
+                    }
+                };
+                let template = self.container_spec(&round, &credentials, &status);
+                let Some(container) = self.ensure_container(&round, &template, &mut status).await? else {
+                    return Ok(Some(STARTING_RECHECK));
+                };
+                if !self.accepting(&container.id, round.spec.engine, &credentials).await {
+                    return Ok(Some(STARTING_RECHECK));
+                }
+                if !self.back_up(&round, &mut status, &container.id, &credentials, "Final").await {
+                    let message = "the final snapshot failed; nothing was deleted (see the BackedUp condition). Fix it, or set deletionPolicy Delete or Retain to go on";
+                    set_condition(
+                        &mut status.conditions,
+                        "Ready",
+                        ConditionStatus::False,
+                        "SnapshotFailed",
+                        message,
+                        round.generation,
+                        now,
+                    );
+                    write_status(self.store.as_ref(), &mut object, &status).await?;
+                    return Err(ReconcileError(message.into()));
+                }
+            }
+        }
+        self.driver.remove(&name).await?;
+        match round.spec.deletion_policy {
+            DeletionPolicy::Retain => {
+                // The credentials stay with the data: the Secret is no longer owned by the
+                // database, so the store does not delete it with it.
+                let key = ObjectKey::new(Kind::Secret, round.namespace.clone(), credentials_secret(&round.name));
+                if let Ok(mut secret) = self.store.get(&key).await {
+                    if secret.metadata.owner_references.iter().any(|o| o.uid == round.uid) {
+                        secret.metadata.owner_references.retain(|o| o.uid != round.uid);
+                        match self.store.update(secret).await {
+                            Ok(_) | Err(StoreError::NotFound(_)) => {}
+                            Err(StoreError::Conflict { .. }) => return Ok(Some(Duration::ZERO)),
+                            Err(error) => return Err(error.into()),
+                        }
+                    }
+                }
+                self.event(
+                    round.object,
+                    EventType::Normal,
+                    "Retained",
+                    format!(
+                        "volume {} and secret/{} kept",
+                        volume_name(&round.namespace, &round.name),
+                        credentials_secret(&round.name)
+                    ),
+                )
+                .await;
+            }
+            DeletionPolicy::Delete | DeletionPolicy::Snapshot => {
+                self.driver.remove_volume(&volume_name(&round.namespace, &round.name)).await?;
+            }
+        }
+        self.driver.remove_network_if_unused(&network_name(&round.namespace, round.spec.network.as_deref())).await?;
+        match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
+            FinalizerUpdate::Done(_) => Ok(None),
+            FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
+        }
+    }
+}
+
+/// `REQUEST-ID BACKUP` from the restore annotation.
+fn restore_request(object: &Object) -> Option<(String, String)> {
+    let value = object.metadata.annotations.get(RESTORE_REQUEST_ANNOTATION)?;
+    let (request, backup) = value.trim().split_once(' ')?;
+    Some((request.to_owned(), backup.trim().to_owned()))
+}
+
+fn condition_reason(status: &ManagedDatabaseStatus) -> Option<&str> {
+    status.conditions.iter().find(|c| c.type_ == "Ready").map(|c| c.reason.as_str())
+}
+
+fn not_ready(status: &mut ManagedDatabaseStatus, reason: &str, message: &str, generation: i64, now: DateTime<Utc>) {
+    set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, message, generation, now);
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// A password from the operating system's random number generator.
+fn generate_password() -> Result<String, ReconcileError> {
+    let mut bytes = [0u8; PASSWORD_LENGTH];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| ReconcileError(format!("the random number generator failed: {error}")))?;
+    // 256 is not a multiple of the alphabet's size: redraw the bytes that would skew it.
+    let limit = 256 - (256 % PASSWORD_ALPHABET.len());
+    let mut password = String::with_capacity(PASSWORD_LENGTH);
+    let mut pool = bytes.to_vec();
+    while password.len() < PASSWORD_LENGTH {
+        let Some(byte) = pool.pop() else {
+            getrandom::fill(&mut bytes)
+                .map_err(|error| ReconcileError(format!("the random number generator failed: {error}")))?;
+            pool = bytes.to_vec();
+            continue;
+        };
+        if (byte as usize) < limit {
+            password.push(char::from(PASSWORD_ALPHABET[byte as usize % PASSWORD_ALPHABET.len()]));
+        }
+    }
+    Ok(password)
+}
+
+#[async_trait]
+impl Reconciler for DatabaseController {
+    fn kind(&self) -> Kind {
+        Kind::ManagedDatabase
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
+        let object = match self.store.get(key).await {
+            Ok(object) => object,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(error) => return Err(error.into()),
+        };
+        let db: ManagedDatabase = serde_json::to_value(&object)
+            .and_then(serde_json::from_value)
+            .map_err(|error| ReconcileError(format!("{key} does not decode as a ManagedDatabase: {error}")))?;
+        if object.metadata.deletion_timestamp.is_some() {
+            return self.finalize(object, db).await;
+        }
+        let object = match ensure_finalizer(self.store.as_ref(), object, FINALIZER).await? {
+            FinalizerUpdate::Done(object) => *object,
+            FinalizerUpdate::Conflict => return Ok(Some(Duration::ZERO)),
+        };
+        self.converge(object, db).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_long_and_from_the_alphabet() {
+        let first = generate_password().expect("password");
+        let second = generate_password().expect("password");
+        assert_eq!(first.len(), PASSWORD_LENGTH);
+        assert!(first.bytes().all(|b| PASSWORD_ALPHABET.contains(&b)), "{first}");
+        assert_ne!(first, second);
+    }
+
+    #[test]
+    fn names_stay_dns_labels() {
+        assert_eq!(credentials_secret("pg"), "pg-credentials");
+        let long = "a".repeat(63);
+        let secret = credentials_secret(&long);
+        assert!(secret.len() <= 63 && minicloud_crds::validation::check_dns_label(&secret).is_ok(), "{secret}");
+    }
+}
