@@ -88,8 +88,12 @@ impl BackupStore {
         let stamp = time.format("%Y%m%d-%H%M%S").to_string();
         let mut name = format!("{database}-{stamp}");
         let mut counter = 1;
-        while directory.join(format!("{name}.json")).exists() || directory.join(format!("{name}.{extension}")).exists()
-        {
+        let taken = |name: &str| {
+            [format!("{name}.json"), format!("{name}.{extension}"), format!(".partial-{name}.{extension}")]
+                .iter()
+                .any(|file| directory.join(file).exists())
+        };
+        while taken(&name) {
             counter += 1;
             name = format!("{database}-{stamp}-{counter}");
         }
