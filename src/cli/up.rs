@@ -1,8 +1,9 @@
 //! `cloud up -f PATH`: the whole thing in one command. Validates the manifests, starts an
 //! embedded control plane (SQLite in the data directory, controllers on), applies, shows
-//! progress until every Instance, LoadBalancer and ScalingGroup is Ready, prints the
-//! endpoints, and keeps serving until Ctrl-C — with `--down`, Ctrl-C first removes everything
-//! it applied. While it runs, `cloud get` and `cloud describe` in another terminal talk to it.
+//! progress until every Instance, LoadBalancer, ScalingGroup and ManagedDatabase is Ready,
+//! prints the endpoints, and keeps serving until Ctrl-C — with `--down`, Ctrl-C first removes
+//! everything it applied. While it runs, `cloud get` and `cloud describe` in another terminal
+//! talk to it.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -145,9 +146,16 @@ fn readiness(object: &Object) -> (bool, String) {
 }
 
 /// The kinds a controller runs (the others are only stored for now); `cloud up` waits for them.
-const RUN: [Kind; 3] = [Kind::Instance, Kind::LoadBalancer, Kind::ScalingGroup];
+const RUN: [Kind; 4] = [Kind::Instance, Kind::LoadBalancer, Kind::ScalingGroup, Kind::ManagedDatabase];
 
 fn endpoints(object: &Object) -> Vec<String> {
+    // A database: where it listens, and where its credentials are.
+    if let Some(endpoint) = object.status.get("endpoint") {
+        let host = endpoint.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1");
+        let port = endpoint.get("port").map(Value::to_string).unwrap_or_default();
+        let secret = object.status.get("credentialsSecret").and_then(Value::as_str).unwrap_or("-");
+        return vec![format!("{host}:{port} (credentials: secret/{secret})")];
+    }
     if let Some(endpoints) = object.status.get("endpoints").and_then(Value::as_object) {
         return endpoints.values().filter_map(|url| url.as_str().map(str::to_owned)).collect();
     }
@@ -164,7 +172,7 @@ fn endpoints(object: &Object) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Shows progress until every Instance, LoadBalancer and ScalingGroup is Ready (or the timeout passes), then
+/// Shows progress until every Instance, LoadBalancer, ScalingGroup and ManagedDatabase is Ready (or the timeout passes), then
 /// prints where each one is reachable.
 async fn wait_until_ready(
     client: &Client,

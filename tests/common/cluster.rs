@@ -40,11 +40,19 @@ pub struct Harness {
 
 impl Drop for Harness {
     /// Stops the server first (its controllers would recreate what is removed), then removes
-    /// every container and network of this run, passing or failing.
+    /// every container, network and volume of this run, passing or failing.
     fn drop(&mut self) {
         drop(self.server.take());
         let run = self.run.clone();
         remove_marked(|label| label == run);
+        // Volumes carry the run's namespace in their names (`mc-NS-...`, `mcdb-NS-...`).
+        for prefix in [format!("mc-{}-", self.namespace), format!("mcdb-{}-", self.namespace)] {
+            for volume in docker(&["volume", "ls", "-q", "--filter", &format!("name={prefix}")]).lines() {
+                if volume.starts_with(&prefix) {
+                    docker(&["volume", "rm", "-f", volume]);
+                }
+            }
+        }
     }
 }
 
