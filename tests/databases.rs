@@ -388,3 +388,28 @@ async fn each_deletion_policy_keeps_what_it_says() {
     assert_eq!(psql(port(&reborn), &password, "app", "SELECT v FROM marker"), "snap", "the final snapshot restores");
     harness.finish().await;
 }
+
+#[tokio::test]
+async fn retention_keeps_the_newest_backups_of_the_policy() {
+    let harness = Harness::start(PREFIX).await;
+    // A schedule that does not fire during the test; retention 2.
+    let spec = json!({"engine": "redis", "version": "7", "backup": {"schedule": "0 3 1 1 *", "retention": 2}});
+    harness.apply(vec![database(&harness, "kv", spec)]).await;
+    let object = wait_ready(&harness, "kv").await;
+    assert!(
+        object["status"]["nextBackupTime"].as_str().is_some_and(|t| t.contains("-01-01T03:00:00")),
+        "{}",
+        object["status"]
+    );
+    let mut taken = Vec::new();
+    for _ in 0..4 {
+        cloud_ok(&harness, &["db", "backup", "kv"]);
+        taken.push(newest_backup(&harness, "kv"));
+    }
+    let listed: Vec<String> =
+        cloud_ok(&harness, &["db", "backups", "kv", "-o", "name"]).lines().map(str::to_owned).collect();
+    assert_eq!(listed, taken[2..], "the two newest are kept");
+    let dumps = backup_files(&harness).into_iter().filter(|f| f.ends_with(".rdb")).count();
+    assert_eq!(dumps, 2, "the older dumps are removed from disk: {:?}", backup_files(&harness));
+    harness.finish().await;
+}

@@ -143,3 +143,20 @@ fn up_waits_for_the_scaling_group_behind_its_load_balancer() {
         assert!(answer.starts_with("HTTP/1.1 200"), "the member answers through the load balancer: {answer}");
     });
 }
+
+#[test]
+fn up_waits_for_databases_and_names_their_credentials() {
+    up_serves_and_down_removes("examples/database/", "manageddatabase/orders ready at ", |endpoint| {
+        assert!(
+            endpoint.starts_with("127.0.0.1:") && endpoint.ends_with("(credentials: secret/orders-credentials)"),
+            "{endpoint}"
+        );
+        let port: u16 = endpoint
+            .trim_start_matches("127.0.0.1:")
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "PostgreSQL listens on {endpoint}");
+    });
+}

@@ -195,15 +195,16 @@ pub fn redis_persistence(credentials: &Credentials) -> Command {
     command(&["redis-cli", "--no-auth-warning", "INFO", "persistence"], redis_env(credentials))
 }
 
-/// Redis: whether `INFO persistence` says no snapshot runs and the last one worked, and when it
-/// finished (`rdb_last_save_time`).
+/// Redis: whether `INFO persistence` says no snapshot runs and the last one worked, and how
+/// many snapshots it made since it started (`rdb_saves`: a count, so two snapshots within one
+/// second still differ, unlike `rdb_last_save_time`).
 pub fn redis_snapshot_state(info: &str) -> (bool, bool, i64) {
     let field =
         |name: &str| info.lines().find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':').map(str::to_owned));
     let idle = field("rdb_bgsave_in_progress").as_deref() == Some("0");
     let ok = field("rdb_last_bgsave_status").as_deref() == Some("ok");
-    let saved = field("rdb_last_save_time").and_then(|t| t.parse().ok()).unwrap_or(0);
-    (idle, ok, saved)
+    let saves = field("rdb_saves").and_then(|t| t.parse().ok()).unwrap_or(0);
+    (idle, ok, saves)
 }
 
 /// Redis: puts the uploaded snapshot in place and stops Redis without saving over it.
@@ -242,9 +243,9 @@ mod tests {
 
     #[test]
     fn redis_snapshot_progress_is_read_from_info() {
-        let info = "# Persistence\r\nloading:0\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:1700000000\r\nrdb_last_bgsave_status:ok\r\n";
-        assert_eq!(redis_snapshot_state(info), (true, true, 1_700_000_000));
-        let running = "rdb_bgsave_in_progress:1\r\nrdb_last_bgsave_status:ok\r\nrdb_last_save_time:5\r\n";
+        let info = "# Persistence\r\nloading:0\r\nrdb_bgsave_in_progress:0\r\nrdb_last_save_time:1700000000\r\nrdb_last_bgsave_status:ok\r\nrdb_saves:3\r\n";
+        assert_eq!(redis_snapshot_state(info), (true, true, 3));
+        let running = "rdb_bgsave_in_progress:1\r\nrdb_last_bgsave_status:ok\r\nrdb_saves:5\r\n";
         assert_eq!(redis_snapshot_state(running), (false, true, 5));
         assert_eq!(redis_snapshot_state("rdb_last_bgsave_status:err\r\n"), (false, false, 0));
     }

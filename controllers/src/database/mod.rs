@@ -398,7 +398,7 @@ impl DatabaseController {
         self.backups.commit(pending, meta).await.map_err(|error| error.to_string())
     }
 
-    /// Redis: a fresh snapshot (`BGSAVE`, then until it is done).
+    /// Redis: a fresh snapshot (`BGSAVE`, then until Redis counts one more snapshot).
     async fn redis_snapshot(&self, container: &str, credentials: &Credentials) -> Result<(), String> {
         let info = engine::redis_persistence(credentials);
         let read = || async {
@@ -418,8 +418,8 @@ impl DatabaseController {
         let deadline = tokio::time::Instant::now() + TRANSFER_TIMEOUT;
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let (idle, ok, saved) = read().await?;
-            if idle && saved > before {
+            let (idle, ok, saves) = read().await?;
+            if idle && saves > before {
                 return if ok {
                     Ok(())
                 } else {
