@@ -113,6 +113,24 @@ async fn postgres_rows_come_back_identical_after_backup_drop_and_restore() {
     assert!(said.contains(&format!("restored backup {backup}")), "{said}");
     assert_eq!(psql(port, &password, "shop", CHECKSUM), before, "identical rows after the restore");
 
+    // A dump changed on disk is refused before anything is restored.
+    let dump = harness.data_dir.path().join("backups").join(&harness.namespace).join(format!("{backup}.pgdump"));
+    let mut bytes = std::fs::read(&dump).expect("dump");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&dump, &bytes).expect("tamper");
+    psql(port, &password, "shop", "DELETE FROM items WHERE id > 4000");
+    let (ok, _, stderr) = harness.cloud(&["db", "restore", "pg", "--backup", &backup, "-n", &harness.namespace]);
+    assert!(!ok && stderr.contains("does not match its checksum") && stderr.contains("nothing was restored"), "{stderr}");
+    assert!(psql(port, &password, "shop", CHECKSUM).starts_with("4000:"), "the database was not touched");
+    let events = harness.events("ManagedDatabase", "pg").await;
+    assert!(events.iter().any(|e| e.starts_with("RestoreFailed:")), "{events:?}");
+    psql(port, &password, "shop", "DROP TABLE items");
+    bytes[middle] ^= 0x55;
+    std::fs::write(&dump, &bytes).expect("repair");
+    cloud_ok(&harness, &["db", "restore", "pg", "--backup", &backup]);
+    assert_eq!(psql(port, &password, "shop", CHECKSUM), before);
+
     // A re-apply of the same manifest keeps the credentials (and the data).
     harness.apply(vec![manifest]).await;
     wait_ready(&harness, "pg").await;
