@@ -121,7 +121,10 @@ async fn postgres_rows_come_back_identical_after_backup_drop_and_restore() {
     std::fs::write(&dump, &bytes).expect("tamper");
     psql(port, &password, "shop", "DELETE FROM items WHERE id > 4000");
     let (ok, _, stderr) = harness.cloud(&["db", "restore", "pg", "--backup", &backup, "-n", &harness.namespace]);
-    assert!(!ok && stderr.contains("does not match its checksum") && stderr.contains("nothing was restored"), "{stderr}");
+    assert!(
+        !ok && stderr.contains("does not match its checksum") && stderr.contains("nothing was restored"),
+        "{stderr}"
+    );
     assert!(psql(port, &password, "shop", CHECKSUM).starts_with("4000:"), "the database was not touched");
     let events = harness.events("ManagedDatabase", "pg").await;
     assert!(events.iter().any(|e| e.starts_with("RestoreFailed:")), "{events:?}");
@@ -199,7 +202,30 @@ async fn redis_keeps_its_password_and_comes_back_from_a_backup() {
     assert!(redis(port, &[&["AUTH", "default", "wrong"]]).starts_with("-WRONGPASS"));
     assert_eq!(redis(port, &[auth, &["SET", "session:1", "alice"]]), "+OK");
 
-    cloud_ok(&harness, &["db", "backup", "cache"]);
+    // Two requests at once: both are answered by a backup taken after they asked.
+    let racing: Vec<std::process::Child> = (0..2)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
+                .args([
+                    "--server",
+                    &harness.server().url,
+                    "db",
+                    "backup",
+                    "cache",
+                    "-n",
+                    &harness.namespace,
+                    "--timeout",
+                    "60s",
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("cloud db backup")
+        })
+        .collect();
+    for mut child in racing {
+        assert!(child.wait().expect("wait").success(), "both racing backup requests are answered");
+    }
     let backup = newest_backup(&harness, "cache");
     assert_eq!(redis(port, &[auth, &["SET", "session:1", "mallory"]]), "+OK");
     assert_eq!(redis(port, &[auth, &["SET", "session:2", "bob"]]), "+OK");

@@ -109,8 +109,10 @@ async fn backup(client: &Client, namespace: &str, name: &str, timeout: Duration)
     let request = request_id();
     ask(client, namespace, name, BACKUP_REQUEST_ANNOTATION, &request).await?;
     eprintln!("backing up manageddatabase/{name}…");
+    // Request ids sort by time: a later request answered covers this one too (two `cloud db
+    // backup` at once both see a backup taken after they asked).
     let object = follow(client, namespace, name, timeout, "backup request", |object| {
-        object.status.get("lastBackupRequest").and_then(Value::as_str) == Some(request.as_str())
+        object.status.get("lastBackupRequest").and_then(Value::as_str).is_some_and(|last| last >= request.as_str())
     })
     .await?;
     let backed_up = super::get::condition(&object, "BackedUp");
@@ -128,9 +130,15 @@ async fn restore(client: &Client, namespace: &str, name: &str, backup: &str, tim
     ask(client, namespace, name, RESTORE_REQUEST_ANNOTATION, &format!("{request} {backup}")).await?;
     eprintln!("restoring {backup} into manageddatabase/{name}…");
     let object = follow(client, namespace, name, timeout, "restore request", |object| {
-        object.status.pointer("/lastRestore/request").and_then(Value::as_str) == Some(request.as_str())
+        let last = object.status.pointer("/lastRestore/request").and_then(Value::as_str);
+        last == Some(request.as_str())
+            || object.metadata.annotations.get(RESTORE_REQUEST_ANNOTATION).is_some_and(|v| !v.starts_with(&request))
     })
     .await?;
+    if object.status.pointer("/lastRestore/request").and_then(Value::as_str) != Some(request.as_str()) {
+        let other = object.metadata.annotations.get(RESTORE_REQUEST_ANNOTATION).cloned().unwrap_or_default();
+        anyhow::bail!("manageddatabase/{name}: another restore request ({other}) replaced this one before it ran; nothing was restored for it");
+    }
     let message = object.status.pointer("/lastRestore/message").and_then(Value::as_str).unwrap_or("");
     if object.status.pointer("/lastRestore/succeeded") != Some(&Value::Bool(true)) {
         anyhow::bail!("manageddatabase/{name}: {message}");
