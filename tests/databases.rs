@@ -457,3 +457,22 @@ async fn retention_keeps_the_newest_backups_of_the_policy() {
     assert_eq!(dumps, 2, "the older dumps are removed from disk: {:?}", backup_files(&harness));
     harness.finish().await;
 }
+
+#[tokio::test]
+async fn a_failed_backup_is_reported_and_never_listed() {
+    let harness = Harness::start(PREFIX).await;
+    harness.apply(vec![database(&harness, "fragile", json!({"engine": "postgres", "version": "15"}))]).await;
+    let object = wait_ready(&harness, "fragile").await;
+    let password = reveal(&harness, "fragile-credentials", "password");
+    // The database the dump reads is dropped (through the maintenance database): pg_dump fails.
+    psql(port(&object), &password, "postgres", "DROP DATABASE app WITH (FORCE)");
+    let (ok, _, stderr) = harness.cloud(&["db", "backup", "fragile", "-n", &harness.namespace]);
+    assert!(!ok && stderr.contains("the manual backup failed") && stderr.contains("pg_dump"), "{stderr}");
+    let object = harness.get("manageddatabases", "fragile").await.expect("db");
+    assert_eq!(condition(&object, "BackedUp"), Some(("False", "BackupFailed")));
+    assert!(object["status"]["backups"].as_array().is_none_or(Vec::is_empty), "{}", object["status"]);
+    assert!(backup_files(&harness).is_empty(), "no file is left: {:?}", backup_files(&harness));
+    let events = harness.events("ManagedDatabase", "fragile").await;
+    assert!(events.iter().any(|e| e.starts_with("BackupFailed:") && e.contains("does not exist")), "{events:?}");
+    harness.finish().await;
+}
