@@ -15,6 +15,8 @@
 //!   re-encrypted; then the old key leaves the file. At no point is a value unreadable, and a
 //!   crash in between leaves both keys in the file. Old keys stay in memory until the process
 //!   ends, for reads that raced the rotation.
+//! - **Stacks** hold the values of their `secret: true` parameters in `spec.values`: those are
+//!   sealed and redacted the same way (associated data `Stack:namespace/name/key`).
 //! - **Redaction.** Whatever the API sends (GET, lists, watches, write answers) carries
 //!   [`REDACTED`] instead of each value; `reveal` is the one way to read a value back.
 
@@ -39,6 +41,8 @@ pub const KEY_FILE: &str = "secret.key";
 /// Every sealed value starts with this.
 const ENVELOPE: &str = "mcenc:v1:";
 const KIND: &str = "Secret";
+/// Stacks hold the values of their `secret: true` parameters in `spec.values`.
+const STACK: &str = "Stack";
 
 /// What can go wrong with keys and envelopes.
 #[derive(Debug, thiserror::Error)]
@@ -221,15 +225,21 @@ impl SecretKeys {
         object: &mut Object,
         mut change: impl FnMut(&Keyring, &str, &str) -> Result<Option<String>, SecretError>,
     ) -> Result<(), SecretError> {
-        if object.kind != KIND {
-            return Ok(());
-        }
         let ring = self.ring();
-        let prefix = format!("{}/{}/", object.namespace(), object.metadata.name);
-        let Some(data) = object.spec.get_mut("stringData").and_then(Value::as_object_mut) else { return Ok(()) };
+        let aad = match object.kind.as_str() {
+            KIND => format!("{}/{}/", object.namespace(), object.metadata.name),
+            // Apart from Secrets' (a Secret and a Stack may share a name).
+            STACK => format!("Stack:{}/{}/", object.namespace(), object.metadata.name),
+            _ => return Ok(()),
+        };
+        let names = sensitive_names(&object.kind, &object.spec);
+        let Some(data) = sensitive_map(&object.kind, &mut object.spec) else { return Ok(()) };
         for (key, value) in data.iter_mut() {
+            if !names.as_ref().is_none_or(|names| names.contains(key)) {
+                continue;
+            }
             let Some(text) = value.as_str() else { continue };
-            if let Some(next) = change(&ring, text, &format!("{prefix}{key}"))? {
+            if let Some(next) = change(&ring, text, &format!("{aad}{key}"))? {
                 *value = Value::String(next);
             }
         }
@@ -333,30 +343,57 @@ pub fn create_private_dir(directory: &Path) -> std::io::Result<()> {
 
 /// Replaces every value of a Secret with [`REDACTED`] (other kinds are left alone).
 pub fn redact_object(object: &mut Object) {
-    if object.kind != KIND {
-        return;
-    }
-    redact_spec(&mut object.spec);
+    redact_spec(&object.kind, &mut object.spec);
 }
 
-fn redact_spec(spec: &mut Value) {
-    if let Some(data) = spec.get_mut("stringData").and_then(Value::as_object_mut) {
-        for value in data.values_mut() {
-            *value = Value::String(REDACTED.to_owned());
+/// The map holding a kind's sensitive values: a Secret's `stringData`, a Stack's `values`.
+fn sensitive_map<'v>(kind: &str, spec: &'v mut Value) -> Option<&'v mut serde_json::Map<String, Value>> {
+    match kind {
+        KIND => spec.get_mut("stringData")?.as_object_mut(),
+        STACK => spec.get_mut("values")?.as_object_mut(),
+        _ => None,
+    }
+}
+
+/// Which keys of that map are sensitive: all of a Secret's (`None`), a Stack's parameters
+/// declared `secret: true` (a value of another key is an ordinary one).
+fn sensitive_names(kind: &str, spec: &Value) -> Option<std::collections::BTreeSet<String>> {
+    (kind == STACK).then(|| {
+        spec.get("parameters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|p| p.get("secret").and_then(Value::as_bool) == Some(true))
+            .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect()
+    })
+}
+
+fn redact_spec(kind: &str, spec: &mut Value) {
+    let names = sensitive_names(kind, spec);
+    if let Some(data) = sensitive_map(kind, spec) {
+        for (key, value) in data.iter_mut() {
+            if names.as_ref().is_none_or(|names| names.contains(key)) {
+                *value = Value::String(REDACTED.to_owned());
+            }
         }
     }
 }
 
-/// A stored JSON document of a Secret with its values redacted (other documents as they are).
+/// A stored JSON document with its sensitive values redacted (documents of kinds without any
+/// pass unchanged).
 pub fn redact_document(document: &str) -> String {
     match serde_json::from_str::<Value>(document) {
-        Ok(mut value) if value.get("kind").and_then(Value::as_str) == Some(KIND) => {
+        Ok(mut value) => {
+            let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if kind != KIND && kind != STACK {
+                return document.to_owned();
+            }
             if let Some(spec) = value.get_mut("spec") {
-                redact_spec(spec);
+                redact_spec(&kind, spec);
             }
             value.to_string()
         }
-        Ok(_) => document.to_owned(),
         // Not JSON: nothing of it may leave.
         Err(_) => "{}".to_owned(),
     }

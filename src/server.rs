@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use minicloud_controllers::docker::{ContainerDriver, DockerDriver};
 use minicloud_controllers::metrics::Metrics;
-use minicloud_controllers::{database, instance, loadbalancer, runtime, scalinggroup};
+use minicloud_controllers::{database, instance, loadbalancer, runtime, scalinggroup, stack};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -88,6 +88,7 @@ impl Controllers {
                 settings.extra_labels.clone(),
                 settings.state_dir.clone(),
             )),
+            Arc::new(stack::StackController::new(store.clone())),
         ];
         let runtimes = reconcilers
             .into_iter()

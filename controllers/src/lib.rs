@@ -17,3 +17,4 @@ pub mod metrics;
 pub mod queue;
 pub mod runtime;
 pub mod scalinggroup;
+pub mod stack;

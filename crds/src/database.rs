@@ -68,6 +68,13 @@ impl Engine {
     }
 }
 
+/// The Secret holding a database's generated credentials: `NAME-credentials` (the name
+/// shortened so that it stays a DNS label).
+pub fn credentials_secret_name(database: &str) -> String {
+    let prefix: String = database.chars().take(51).collect();
+    format!("{}-credentials", prefix.trim_end_matches('-'))
+}
+
 /// The smallest storage a database gets.
 pub const MIN_STORAGE_BYTES: u64 = 100 * 1024 * 1024;
 

@@ -1,7 +1,13 @@
-//! `Stack`: a parameterised bundle of resources, like a small CloudFormation stack. Resources
-//! may use `${name}` to insert parameter values; outputs expose values to the user.
+//! `Stack`: a parameterised bundle of resources, like a small CloudFormation stack.
+//!
+//! Strings in resources and outputs may hold references: `${params.NAME}` (or the short
+//! `${NAME}`) inserts a parameter's value, `${resources.NAME.PATH}` a field of another resource
+//! of the stack as it is now (e.g. `${resources.db.status.endpoint.port}`). References to
+//! resources, `dependsOn`, and Secret key references to a database's generated credentials
+//! make the stack's dependency graph ([`dependency_order`]): a resource is written once what it
+//! depends on is Ready.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -75,6 +81,26 @@ pub struct ParameterSpec {
     /// Largest accepted value (Integer and Number).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maximum: Option<f64>,
+    /// A regular expression the whole value must match (String).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// The value is sensitive: it is sealed in the store, kept in the Secret `STACK-params`
+    /// owned by the stack, and shown as `<redacted>` in every output.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
+    /// Generate the value when none is given, once: later applies reuse it (a re-apply that
+    /// changed a password would lock an application out of its own database).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generate: Option<GenerateSpec>,
+}
+
+/// How a parameter's value is generated.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// A random password of this many letters and digits.
+    #[schemars(range(min = 16, max = 128))]
+    pub password: u32,
 }
 
 /// A resource of the stack: a manifest without namespace (the stack's is used).
@@ -89,6 +115,10 @@ pub struct StackResource {
     pub metadata: StackResourceMeta,
     /// The resource's spec; validated against its kind once parameters are substituted.
     pub spec: Value,
+    /// Names of resources of this stack that must be Ready before this one is written (on top
+    /// of those its references name).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
 }
 
 /// Metadata of a stack resource.
@@ -108,7 +138,8 @@ pub struct StackResourceMeta {
 pub struct OutputSpec {
     /// Output name.
     pub name: String,
-    /// Value; may contain `${parameter}` and `${Kind/name.status.field}`.
+    /// Value; may contain `${params.NAME}` and `${resources.NAME.status.FIELD}` (and the older
+    /// `${Kind/name.status.field}`).
     pub value: String,
     /// What the output is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -125,6 +156,24 @@ pub struct StackResourceStatus {
     pub name: String,
     /// Whether its `Ready` condition is True.
     pub ready: bool,
+    /// Its `Ready` condition's reason and message, or what it waits for.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Where a stack is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum StackPhase {
+    /// Resources are being created, updated or removed, or are not Ready yet.
+    #[default]
+    Progressing,
+    /// Every resource is Ready.
+    Ready,
+    /// A resource failed (its reason is in `resources[].message`); fix the manifest and apply
+    /// again.
+    Failed,
+    /// The stack is being deleted with its resources.
+    Deleting,
 }
 
 /// Observed state of a stack.
@@ -134,9 +183,12 @@ pub struct StackStatus {
     /// The generation the controller last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `ResourcesCreated` and `Ready`.
+    /// `Progressing` and `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Progressing, Ready, Failed or Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<StackPhase>,
     /// The resources and whether each is Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<StackResourceStatus>,
@@ -145,7 +197,42 @@ pub struct StackStatus {
     pub outputs: BTreeMap<String, String>,
 }
 
+/// The reference to the stack's own name, replaced as text before anything else (so that it
+/// may sit inside other references: `${resources.${stack.name}-db.status.endpoint}`).
+pub const STACK_NAME_REFERENCE: &str = "${stack.name}";
+
+/// The Secret holding a stack's `secret` and generated parameter values: `STACK-params`.
+pub fn parameters_secret_name(stack: &str) -> String {
+    let prefix: String = stack.chars().take(56).collect();
+    format!("{}-params", prefix.trim_end_matches('-'))
+}
+
+fn replace_in_strings(value: &mut Value, from: &str, to: &str) {
+    match value {
+        Value::String(text) if text.contains(from) => *text = text.replace(from, to),
+        Value::Array(items) => items.iter_mut().for_each(|item| replace_in_strings(item, from, to)),
+        Value::Object(map) => map.values_mut().for_each(|item| replace_in_strings(item, from, to)),
+        _ => {}
+    }
+}
+
 impl StackSpec {
+    /// The spec with `${stack.name}` replaced by `name` in its resources and outputs.
+    pub fn with_stack_name(&self, name: &str) -> StackSpec {
+        let mut spec = self.clone();
+        for resource in &mut spec.resources {
+            let mut value = serde_json::to_value(&*resource).unwrap_or_default();
+            replace_in_strings(&mut value, STACK_NAME_REFERENCE, name);
+            if let Ok(replaced) = serde_json::from_value(value) {
+                *resource = replaced;
+            }
+        }
+        for output in &mut spec.outputs {
+            output.value = output.value.replace(STACK_NAME_REFERENCE, name);
+        }
+        spec
+    }
+
     /// The value of every declared parameter: the given value, else the default. Parameters
     /// with neither are absent.
     pub fn parameter_values(&self) -> BTreeMap<String, Value> {
@@ -205,60 +292,270 @@ impl Budget {
 }
 
 impl StackResource {
-    /// The resource as a complete manifest in `namespace`, with parameters substituted; bounded
-    /// by [`MAX_RENDERED_BYTES`] and [`MAX_SUBSTITUTIONS`].
+    /// The resource as a complete manifest in `namespace`, with parameters substituted (other
+    /// references are left as written); bounded by [`MAX_RENDERED_BYTES`] and
+    /// [`MAX_SUBSTITUTIONS`].
     pub fn render(&self, parameters: &BTreeMap<String, Value>, namespace: &str) -> Result<Value, RenderError> {
+        self.render_with(&parameter_resolver(parameters), namespace)
+    }
+
+    /// Like [`StackResource::render`], with every reference resolved by `resolve` (`None`
+    /// leaves it as written).
+    pub fn render_with(&self, resolve: &Resolver<'_>, namespace: &str) -> Result<Value, RenderError> {
         let mut budget = Budget::new();
-        let name = render_within(&Value::String(self.metadata.name.clone()), parameters, &mut budget)?;
+        let name = render_within(&Value::String(self.metadata.name.clone()), resolve, &mut budget)?;
         let labels = serde_json::to_value(&self.metadata.labels).unwrap_or_default();
         let metadata = serde_json::json!({
             "name": name,
             "namespace": namespace,
-            "labels": render_within(&labels, parameters, &mut budget)?,
+            "labels": render_within(&labels, resolve, &mut budget)?,
         });
         Ok(serde_json::json!({
             "apiVersion": self.api_version,
             "kind": self.kind,
             "metadata": metadata,
-            "spec": render_within(&self.spec, parameters, &mut budget)?,
+            "spec": render_within(&self.spec, resolve, &mut budget)?,
         }))
+    }
+
+    /// The resource's name with parameters substituted.
+    pub fn rendered_name(&self, parameters: &BTreeMap<String, Value>) -> String {
+        match render_value(&Value::String(self.metadata.name.clone()), parameters) {
+            Ok(Value::String(name)) => name,
+            _ => self.metadata.name.clone(),
+        }
     }
 }
 
-/// Substitutes `${name}` placeholders. A string that is exactly one placeholder takes the
-/// parameter's value with its type (`"${replicas}"` → `3`); inside longer strings the value's
-/// text is inserted. Placeholders naming no parameter are left as written. Bounded like
-/// [`StackResource::render`].
-pub fn render_value(value: &Value, parameters: &BTreeMap<String, Value>) -> Result<Value, RenderError> {
-    render_within(value, parameters, &mut Budget::new())
+/// Resolves the text inside `${...}`; `None` leaves the reference as written.
+pub type Resolver<'a> = dyn Fn(&str) -> Option<Value> + 'a;
+
+/// A resolver of parameter references only.
+pub fn parameter_resolver(parameters: &BTreeMap<String, Value>) -> impl Fn(&str) -> Option<Value> + '_ {
+    move |text| match Reference::parse(text) {
+        Reference::Parameter(name) => parameters.get(name).cloned(),
+        _ => None,
+    }
 }
 
-fn render_within(
-    value: &Value,
-    parameters: &BTreeMap<String, Value>,
-    budget: &mut Budget,
-) -> Result<Value, RenderError> {
+/// What a `${...}` refers to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reference<'a> {
+    /// `${params.NAME}`, or the short `${NAME}`.
+    Parameter(&'a str),
+    /// `${resources.NAME.PATH}`: a field of another resource of the stack.
+    Resource { name: &'a str, path: &'a str },
+    /// `${Kind/name.PATH}` (the older form of outputs).
+    Legacy { kind: &'a str, name: &'a str, path: &'a str },
+}
+
+impl<'a> Reference<'a> {
+    /// Reads the text inside `${...}`.
+    pub fn parse(text: &'a str) -> Reference<'a> {
+        if let Some(name) = text.strip_prefix("params.") {
+            return Reference::Parameter(name);
+        }
+        if let Some(rest) = text.strip_prefix("resources.") {
+            let (name, path) = rest.split_once('.').unwrap_or((rest, ""));
+            return Reference::Resource { name, path };
+        }
+        if let Some((kind, rest)) = text.split_once('/') {
+            let (name, path) = rest.split_once('.').unwrap_or((rest, ""));
+            return Reference::Legacy { kind, name, path };
+        }
+        Reference::Parameter(text)
+    }
+}
+
+/// The field at a dotted `path` (`status.endpoint.port`, `status.ports.0.hostPort`) of `object`.
+pub fn lookup(object: &Value, path: &str) -> Option<Value> {
+    let mut current = object;
+    for part in path.split('.').filter(|part| !part.is_empty()) {
+        current = match current {
+            Value::Object(map) => map.get(part)?,
+            Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(current.clone())
+}
+
+/// The `${...}` references in a string.
+pub fn references(text: &str) -> Vec<&str> {
+    let mut found = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        match after.find('}') {
+            Some(end) => {
+                found.push(&after[..end]);
+                rest = &after[end + 1..];
+            }
+            None => break,
+        }
+    }
+    found
+}
+
+/// Every reference in a JSON value, with the dotted path of the string that holds it.
+pub fn references_in<'v>(value: &'v Value, path: String, out: &mut Vec<(String, &'v str)>) {
+    match value {
+        Value::String(text) => out.extend(references(text).into_iter().map(|r| (path.clone(), r))),
+        Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                references_in(item, format!("{path}[{index}]"), out);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                references_in(item, child, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Names of Secrets a spec reads through `secretKeyRef`.
+fn secret_references(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(map) => {
+            if let Some(name) = map.get("secretKeyRef").and_then(|r| r.get("name")).and_then(Value::as_str) {
+                out.insert(name.to_owned());
+            }
+            map.values().for_each(|item| secret_references(item, out));
+        }
+        Value::Array(items) => items.iter().for_each(|item| secret_references(item, out)),
+        _ => {}
+    }
+}
+
+/// Why a stack's resources cannot be put in order.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GraphError {
+    #[error("resources.{index} ({resource}) refers to {reference:?}, which names no resource of this stack; its resources are: {known}")]
+    Unknown { index: usize, resource: String, reference: String, known: String },
+    #[error("the resources depend on each other in a cycle: {}", .0.join(" → "))]
+    Cycle(Vec<String>),
+}
+
+/// What each resource (by index) depends on: the resources its references name
+/// (`${resources.NAME...}`), its `dependsOn`, and the database whose generated credentials
+/// Secret it reads. `names` are the resources' names with parameters substituted.
+pub fn dependencies(spec: &StackSpec, names: &[String]) -> Result<Vec<BTreeSet<usize>>, GraphError> {
+    let index_of = |name: &str| names.iter().position(|known| known == name);
+    let known = names.join(", ");
+    let mut all = Vec::with_capacity(spec.resources.len());
+    for (index, resource) in spec.resources.iter().enumerate() {
+        let mut depends = BTreeSet::new();
+        let mut found = Vec::new();
+        references_in(&resource.spec, String::new(), &mut found);
+        found.extend(references(&resource.metadata.name).into_iter().map(|r| (String::new(), r)));
+        let mut named: Vec<String> = found
+            .into_iter()
+            .filter_map(|(_, reference)| match Reference::parse(reference) {
+                Reference::Resource { name, .. } => Some(name.to_owned()),
+                _ => None,
+            })
+            .collect();
+        named.extend(resource.depends_on.iter().cloned());
+        for name in named {
+            let target = index_of(&name).ok_or_else(|| GraphError::Unknown {
+                index,
+                resource: names[index].clone(),
+                reference: name.clone(),
+                known: known.clone(),
+            })?;
+            depends.insert(target);
+        }
+        let mut secrets = BTreeSet::new();
+        secret_references(&resource.spec, &mut secrets);
+        for (other, candidate) in spec.resources.iter().enumerate() {
+            let credentials = crate::database::credentials_secret_name(&names[other]);
+            if candidate.kind == "ManagedDatabase" && secrets.contains(&credentials) {
+                depends.insert(other);
+            }
+        }
+        depends.remove(&index);
+        all.push(depends);
+    }
+    Ok(all)
+}
+
+/// The order in which to write the resources: each after everything it depends on. A cycle is
+/// an error naming it.
+pub fn dependency_order(dependencies: &[BTreeSet<usize>], names: &[String]) -> Result<Vec<usize>, GraphError> {
+    let count = dependencies.len();
+    let mut placed = vec![false; count];
+    let mut order = Vec::with_capacity(count);
+    while order.len() < count {
+        let ready: Vec<usize> =
+            (0..count).filter(|&i| !placed[i] && dependencies[i].iter().all(|&d| placed[d])).collect();
+        if ready.is_empty() {
+            return Err(GraphError::Cycle(find_cycle(dependencies, &placed, names)));
+        }
+        for i in ready {
+            placed[i] = true;
+            order.push(i);
+        }
+    }
+    Ok(order)
+}
+
+/// A cycle among the resources not placed yet, as names (`a → b → a`).
+fn find_cycle(dependencies: &[BTreeSet<usize>], placed: &[bool], names: &[String]) -> Vec<String> {
+    let Some(start) = (0..dependencies.len()).find(|&i| !placed[i]) else { return Vec::new() };
+    let mut path = vec![start];
+    let mut current = start;
+    while let Some(&next) = dependencies[current].iter().find(|&&d| !placed[d]) {
+        if let Some(position) = path.iter().position(|&seen| seen == next) {
+            let mut cycle: Vec<String> = path[position..].iter().map(|&i| names[i].clone()).collect();
+            cycle.push(names[next].clone());
+            return cycle;
+        }
+        path.push(next);
+        current = next;
+    }
+    path.iter().map(|&i| names[i].clone()).collect()
+}
+
+/// Substitutes parameter references (`${params.NAME}`, `${NAME}`). A string that is exactly
+/// one reference takes the value with its type (`"${replicas}"` → `3`); inside longer strings
+/// the value's text is inserted. References that resolve to nothing are left as written.
+/// Bounded like [`StackResource::render`].
+pub fn render_value(value: &Value, parameters: &BTreeMap<String, Value>) -> Result<Value, RenderError> {
+    render_within(value, &parameter_resolver(parameters), &mut Budget::new())
+}
+
+/// Like [`render_value`] with any resolver.
+pub fn render_value_with(value: &Value, resolve: &Resolver<'_>) -> Result<Value, RenderError> {
+    render_within(value, resolve, &mut Budget::new())
+}
+
+fn render_within(value: &Value, resolve: &Resolver<'_>, budget: &mut Budget) -> Result<Value, RenderError> {
     match value {
         Value::String(text) => {
-            if let Some(name) = text.strip_prefix("${").and_then(|rest| rest.strip_suffix('}')) {
-                if let Some(parameter) = parameters.get(name).filter(|_| !name.contains('}')) {
-                    budget.substitute()?;
-                    budget.spend(encoded_size(parameter))?;
-                    return Ok(parameter.clone());
+            if let Some(reference) = text.strip_prefix("${").and_then(|rest| rest.strip_suffix('}')) {
+                if !reference.contains('}') {
+                    if let Some(found) = resolve(reference) {
+                        budget.substitute()?;
+                        budget.spend(encoded_size(&found))?;
+                        return Ok(found);
+                    }
                 }
             }
-            Ok(Value::String(render_text(text, parameters, budget)?))
+            Ok(Value::String(render_text(text, resolve, budget)?))
         }
         Value::Array(items) => {
             budget.spend(2)?;
-            items.iter().map(|item| render_within(item, parameters, budget)).collect::<Result<_, _>>().map(Value::Array)
+            items.iter().map(|item| render_within(item, resolve, budget)).collect::<Result<_, _>>().map(Value::Array)
         }
         Value::Object(map) => {
             budget.spend(2)?;
             let mut rendered = serde_json::Map::new();
             for (key, item) in map {
                 budget.spend(key.len() + 4)?;
-                rendered.insert(key.clone(), render_within(item, parameters, budget)?);
+                rendered.insert(key.clone(), render_within(item, resolve, budget)?);
             }
             Ok(Value::Object(rendered))
         }
@@ -277,7 +574,7 @@ fn encoded_size(value: &Value) -> usize {
     }
 }
 
-fn render_text(text: &str, parameters: &BTreeMap<String, Value>, budget: &mut Budget) -> Result<String, RenderError> {
+fn render_text(text: &str, resolve: &Resolver<'_>, budget: &mut Budget) -> Result<String, RenderError> {
     let mut rendered = String::new();
     budget.spend(2)?;
     let mut rest = text;
@@ -286,11 +583,11 @@ fn render_text(text: &str, parameters: &BTreeMap<String, Value>, budget: &mut Bu
         let after = &rest[start + 2..];
         match after.find('}') {
             Some(end) => {
-                match parameters.get(&after[..end]) {
+                match resolve(&after[..end]) {
                     Some(value) => {
                         budget.substitute()?;
                         match value {
-                            Value::String(value) => budget.append(&mut rendered, value)?,
+                            Value::String(value) => budget.append(&mut rendered, &value)?,
                             value => budget.append(&mut rendered, &value.to_string())?,
                         }
                     }
@@ -322,6 +619,68 @@ mod tests {
             &parameters,
         );
         assert_eq!(rendered, Ok(json!({"n": 3, "s": "blog-web", "x": "${unknown}", "list": ["blog"]})));
+    }
+
+    #[test]
+    fn references_are_parsed() {
+        assert_eq!(Reference::parse("params.db"), Reference::Parameter("db"));
+        assert_eq!(Reference::parse("db"), Reference::Parameter("db"));
+        assert_eq!(
+            Reference::parse("resources.db.status.endpoint.port"),
+            Reference::Resource { name: "db", path: "status.endpoint.port" }
+        );
+        assert_eq!(
+            Reference::parse("LoadBalancer/web.status.endpoints.http"),
+            Reference::Legacy { kind: "LoadBalancer", name: "web", path: "status.endpoints.http" }
+        );
+        let object = json!({"status": {"ports": [{"hostPort": 8080}], "endpoint": {"port": 5432}}});
+        assert_eq!(lookup(&object, "status.endpoint.port"), Some(json!(5432)));
+        assert_eq!(lookup(&object, "status.ports.0.hostPort"), Some(json!(8080)));
+        assert_eq!(lookup(&object, "status.nothing"), None);
+    }
+
+    fn stack(resources: Value) -> StackSpec {
+        serde_json::from_value(json!({"resources": resources})).expect("stack")
+    }
+
+    fn resource(kind: &str, name: &str, spec: Value, depends_on: &[&str]) -> Value {
+        json!({"apiVersion": "minicloud.dev/v1", "kind": kind, "metadata": {"name": name}, "spec": spec, "dependsOn": depends_on})
+    }
+
+    #[test]
+    fn the_order_follows_references_depends_on_and_credentials() {
+        let spec = stack(json!([
+            resource("LoadBalancer", "lb", json!({"x": "${resources.app.status.address}"}), &[]),
+            resource(
+                "Instance",
+                "app",
+                json!({"env": [{"name": "URL", "valueFrom": {"secretKeyRef": {"name": "db-credentials", "key": "url"}}}]}),
+                &[]
+            ),
+            resource("ManagedDatabase", "db", json!({}), &[]),
+            resource("Instance", "worker", json!({}), &["app"]),
+        ]));
+        let names: Vec<String> = ["lb", "app", "db", "worker"].map(String::from).to_vec();
+        let dependencies = dependencies(&spec, &names).expect("dependencies");
+        assert_eq!(dependencies[0], BTreeSet::from([1]));
+        assert_eq!(dependencies[1], BTreeSet::from([2]), "the app reads the database's credentials");
+        assert_eq!(dependency_order(&dependencies, &names).expect("order"), vec![2, 1, 0, 3]);
+    }
+
+    #[test]
+    fn cycles_and_unknown_references_are_named() {
+        let spec = stack(json!([
+            resource("Instance", "a", json!({"x": "${resources.b.status.address}"}), &[]),
+            resource("Instance", "b", json!({}), &["c"]),
+            resource("Instance", "c", json!({}), &["a"]),
+        ]));
+        let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let dependencies = dependencies(&spec, &names).expect("dependencies");
+        let error = dependency_order(&dependencies, &names).expect_err("a cycle");
+        assert_eq!(error.to_string(), "the resources depend on each other in a cycle: a → b → c → a");
+        let spec = stack(json!([resource("Instance", "a", json!({"x": "${resources.nope.status.address}"}), &[])]));
+        let error = super::dependencies(&spec, &["a".to_owned()]).expect_err("unknown");
+        assert!(error.to_string().contains("refers to \"nope\", which names no resource"), "{error}");
     }
 
     #[test]

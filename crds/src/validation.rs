@@ -191,7 +191,7 @@ pub fn validate_object(object: &TypedObject) -> Vec<FieldError> {
         }
         TypedObject::Stack(o) => {
             check_api_version(&o.api_version, &mut errors);
-            check_stack_spec(&o.spec, &spec, &mut errors);
+            check_stack_spec(&o.spec.with_stack_name(&o.metadata.name), &spec, &mut errors);
         }
         TypedObject::Secret(o) => {
             check_api_version(&o.api_version, &mut errors);
@@ -524,6 +524,21 @@ pub fn check_parameter_value(parameter: &ParameterSpec, value: &Value) -> Result
             allowed.join(", ")
         ));
     }
+    if let (Some(pattern), Some(text)) = (&parameter.pattern, value.as_str()) {
+        let anchored = format!("^(?:{pattern})$");
+        match regex::Regex::new(&anchored) {
+            Ok(regex) if !regex.is_match(text) => {
+                return Err(format!("{value} does not match the pattern of parameter {:?} ({pattern})", parameter.name))
+            }
+            Ok(_) => {}
+            Err(error) => {
+                return Err(format!(
+                    "the pattern of parameter {:?} is not a regular expression: {error}",
+                    parameter.name
+                ))
+            }
+        }
+    }
     if let Some(number) = value.as_f64() {
         if parameter.minimum.is_some_and(|min| number < min) || parameter.maximum.is_some_and(|max| number > max) {
             return Err(format!(
@@ -595,9 +610,35 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
                 errors.add(parameter_path.key("minimum"), format!("minimum ({min}) is greater than maximum ({max})"));
             }
         }
+        if let Some(pattern) = &parameter.pattern {
+            if let Err(error) = regex::Regex::new(pattern) {
+                errors.add(parameter_path.key("pattern"), format!("not a regular expression: {error}"));
+            }
+        }
+        if parameter.secret && parameter.type_ != ParameterType::String {
+            errors.add(parameter_path.key("secret"), "only String parameters can be secret");
+        }
+        if parameter.generate.is_some() {
+            if parameter.type_ != ParameterType::String {
+                errors.add(parameter_path.key("generate"), "only String parameters can be generated");
+            }
+            if parameter.default.is_some() {
+                errors.add(
+                    parameter_path.key("default"),
+                    "a generated parameter has no default: leave it out, or drop generate",
+                );
+            }
+        }
     }
     let from_template = spec.template_ref.is_some();
     for (name, value) in &spec.values {
+        if value.as_str() == Some(crate::secret::REDACTED) {
+            errors.add(
+                path.key("values").key(name),
+                "\"<redacted>\" is the placeholder `cloud get` shows instead of a secret value, not a value: write the value itself",
+            );
+            continue;
+        }
         match declared.get(name.as_str()) {
             Some(parameter) => {
                 if let Err(message) = check_parameter_value(parameter, value) {
@@ -613,7 +654,8 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
     }
     if !from_template {
         for (index, parameter) in spec.parameters.iter().enumerate() {
-            if parameter.default.is_none() && !spec.values.contains_key(&parameter.name) {
+            let provided = parameter.default.is_some() || parameter.generate.is_some();
+            if !provided && !spec.values.contains_key(&parameter.name) {
                 errors.add(
                     path.key("parameters").index(index),
                     format!(
@@ -627,6 +669,8 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
             errors.add(path.key("resources"), "a stack without templateRef needs at least one resource");
         }
     }
+    let parameters = spec.parameter_values();
+    let names: Vec<String> = spec.resources.iter().map(|resource| resource.rendered_name(&parameters)).collect();
     let mut resource_names = BTreeSet::new();
     for (index, resource) in spec.resources.iter().enumerate() {
         let resource_path = path.key("resources").index(index);
@@ -639,11 +683,15 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
         match Kind::from_kind_name(&resource.kind) {
             None => errors.add(resource_path.key("kind"), format!("unknown kind {:?}", resource.kind)),
             Some(Kind::Stack) => errors.add(resource_path.key("kind"), "stacks cannot contain stacks"),
-            Some(kind) => {
-                if !resource_names.insert((kind, resource.metadata.name.clone())) {
+            Some(_) => {
+                // One name, one resource: `${resources.NAME...}` and `dependsOn` are unambiguous.
+                if !resource_names.insert(names[index].clone()) {
                     errors.add(
                         resource_path.key("metadata").key("name"),
-                        format!("{kind}/{} is listed twice", resource.metadata.name),
+                        format!(
+                            "another resource of this stack is named {:?}: give each resource its own name",
+                            names[index]
+                        ),
                     );
                 }
             }
@@ -661,18 +709,75 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
                 .map(|name| (resource_path.key("metadata").key("name"), name)),
         );
         if !from_template {
-            for (placeholder_path, name) in found {
-                if !declared.contains_key(name) {
-                    errors.add(placeholder_path, format!("${{{name}}} names no declared parameter"));
-                }
+            for (placeholder_path, reference) in found {
+                check_reference(reference, &declared, spec, &names, placeholder_path, errors);
             }
+        }
+        for (position, dependency) in resource.depends_on.iter().enumerate() {
+            if !names.contains(dependency) {
+                errors.add(
+                    resource_path.key("dependsOn").index(position),
+                    format!("{dependency:?} names no resource of this stack; its resources are: {}", names.join(", ")),
+                );
+            }
+        }
+    }
+    // The dependency graph: unknown names are reported above, a cycle here.
+    if let Ok(dependencies) = crate::stack::dependencies(spec, &names) {
+        if let Err(error) = crate::stack::dependency_order(&dependencies, &names) {
+            errors.add(path.key("resources"), error.to_string());
         }
     }
     let mut output_names = HashSet::new();
     for (index, output) in spec.outputs.iter().enumerate() {
+        let output_path = path.key("outputs").index(index);
         if !output_names.insert(output.name.as_str()) {
-            errors
-                .add(path.key("outputs").index(index).key("name"), format!("output {:?} is listed twice", output.name));
+            errors.add(output_path.key("name"), format!("output {:?} is listed twice", output.name));
+        }
+        if !from_template {
+            for reference in placeholders(&output.value) {
+                check_reference(reference, &declared, spec, &names, output_path.key("value"), errors);
+            }
+        }
+    }
+}
+
+/// Checks one `${...}` reference of a stack: a declared parameter, or a field of one of its
+/// resources.
+fn check_reference(
+    reference: &str,
+    declared: &BTreeMap<&str, &ParameterSpec>,
+    spec: &StackSpec,
+    names: &[String],
+    at: FieldPath,
+    errors: &mut Errors,
+) {
+    use crate::stack::Reference;
+    match Reference::parse(reference) {
+        Reference::Parameter(name) => {
+            if !declared.contains_key(name) {
+                errors.add(at, format!("${{{reference}}} names no declared parameter"));
+            }
+        }
+        Reference::Resource { name, path } => {
+            if !names.iter().any(|known| known == name) {
+                errors.add(
+                    at,
+                    format!(
+                        "${{{reference}}}: {name:?} names no resource of this stack; its resources are: {}",
+                        names.join(", ")
+                    ),
+                );
+            } else if path.is_empty() {
+                errors.add(at, format!("${{{reference}}} names a resource but no field of it, e.g. ${{resources.{name}.status.endpoint}}"));
+            }
+        }
+        Reference::Legacy { kind, name, .. } => {
+            let found =
+                spec.resources.iter().zip(names).any(|(resource, known)| resource.kind == kind && known == name);
+            if !found {
+                errors.add(at, format!("${{{reference}}}: {kind}/{name} is no resource of this stack"));
+            }
         }
     }
 }

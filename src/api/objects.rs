@@ -393,7 +393,7 @@ fn shown(mut object: Object) -> Object {
 /// stored as), other kinds passed through untouched.
 fn shown_document(kind: Option<Kind>, document: &str) -> std::borrow::Cow<'_, str> {
     match kind {
-        Some(Kind::Secret) | None => std::borrow::Cow::Owned(crate::secrets::redact_document(document)),
+        Some(Kind::Secret | Kind::Stack) | None => std::borrow::Cow::Owned(crate::secrets::redact_document(document)),
         Some(_) => std::borrow::Cow::Borrowed(document),
     }
 }

@@ -156,7 +156,8 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                     format!("{ready}/{}", resources.len())
                 },
             );
-            vec![object.metadata.name.clone(), ready, status, resources, created]
+            let phase = state.get("phase").and_then(Value::as_str).map_or(status, str::to_owned);
+            vec![object.metadata.name.clone(), ready, phase, resources, created]
         }
         Kind::Secret => {
             let keys = spec.get("stringData").and_then(Value::as_object).map_or(0, |data| data.len());

@@ -13,6 +13,7 @@ mod output;
 mod scale;
 mod secret;
 mod server;
+mod templates;
 mod up;
 mod validate;
 mod wait;
@@ -33,6 +34,10 @@ pub struct Cli {
     /// Address of the minicloud server.
     #[arg(long, global = true, env = "CLOUD_SERVER", default_value = "http://127.0.0.1:7080")]
     server: String,
+    /// A directory of template bundles to use besides the shipped ones (repeatable; also
+    /// CLOUD_TEMPLATES, colon-separated).
+    #[arg(long = "templates-dir", global = true)]
+    templates_dirs: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -126,6 +131,10 @@ enum Command {
         #[arg(short = 'n', long, default_value = "default")]
         namespace: String,
     },
+    /// The templates marketplace: `cloud templates list`, `show NAME`, `render NAME STACK`,
+    /// `install NAME STACK --set k=v`, `vet DIR`.
+    #[command(subcommand)]
+    Templates(templates::TemplatesCommand),
     /// Managed databases: `cloud db backup NAME`, `cloud db backups NAME`, `cloud db restore
     /// NAME --backup ID`.
     #[command(subcommand)]
@@ -293,6 +302,7 @@ pub async fn modify(
 /// Runs the command line and returns the process exit code (0 success, 1 error).
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
+    crate::templates::add_directories(&cli.templates_dirs);
     let client = Client::new(&cli.server);
     let outcome = match cli.command {
         Command::Server(args) => server::run(args).await,
@@ -311,6 +321,7 @@ pub async fn run() -> ExitCode {
         Command::Scale { targets, replicas, namespace } => scale::run(&client, &targets, &namespace, replicas).await,
         Command::Secret(command) => secret::run(&client, command).await,
         Command::Db(command) => db::run(&client, command).await,
+        Command::Templates(command) => templates::run(&client, command).await,
         Command::Wait { targets, condition, namespace, timeout } => {
             wait::run(&client, &targets, &condition, &namespace, timeout).await
         }

@@ -1,6 +1,6 @@
 //! `cloud up -f PATH`: the whole thing in one command. Validates the manifests, starts an
 //! embedded control plane (SQLite in the data directory, controllers on), applies, shows
-//! progress until every Instance, LoadBalancer, ScalingGroup and ManagedDatabase is Ready,
+//! progress until every object a controller runs is Ready,
 //! prints the endpoints, and keeps serving until Ctrl-C — with `--down`, Ctrl-C first removes
 //! everything it applied. While it runs, `cloud get` and `cloud describe` in another terminal
 //! talk to it.
@@ -146,9 +146,13 @@ fn readiness(object: &Object) -> (bool, String) {
 }
 
 /// The kinds a controller runs (the others are only stored for now); `cloud up` waits for them.
-const RUN: [Kind; 4] = [Kind::Instance, Kind::LoadBalancer, Kind::ScalingGroup, Kind::ManagedDatabase];
+const RUN: [Kind; 5] = [Kind::Instance, Kind::LoadBalancer, Kind::ScalingGroup, Kind::ManagedDatabase, Kind::Stack];
 
 fn endpoints(object: &Object) -> Vec<String> {
+    // A stack: its outputs.
+    if let Some(outputs) = object.status.get("outputs").and_then(Value::as_object) {
+        return outputs.iter().map(|(name, value)| format!("{name}={}", value.as_str().unwrap_or_default())).collect();
+    }
     // A database: where it listens, and where its credentials are.
     if let Some(endpoint) = object.status.get("endpoint") {
         let host = endpoint.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1");
@@ -172,7 +176,7 @@ fn endpoints(object: &Object) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Shows progress until every Instance, LoadBalancer, ScalingGroup and ManagedDatabase is Ready (or the timeout passes), then
+/// Shows progress until every object a controller runs is Ready (or the timeout passes), then
 /// prints where each one is reachable.
 async fn wait_until_ready(
     client: &Client,

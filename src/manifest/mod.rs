@@ -8,7 +8,7 @@
 
 pub mod yaml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -312,8 +312,13 @@ impl Locator<'_> {
 }
 
 /// Checks one document; problems carry full paths (prefix included).
-fn check_document(value: Value, locator: &Locator<'_>) -> Result<TypedObject, Vec<Located>> {
+fn check_document(mut value: Value, locator: &Locator<'_>) -> Result<TypedObject, Vec<Located>> {
     let root = FieldPath::root();
+    // A Stack made from a template gets the template's resources before anything is checked.
+    if let Err(message) = crate::templates::expand(&mut value) {
+        let path = root.key("spec").key("templateRef").key("name");
+        return Err(vec![Located { position: locator.value_position(&path), path: locator.full(&path), message }]);
+    }
     let at_value = |path: FieldPath, message: String| Located {
         position: locator.value_position(&path),
         path: locator.full(&path),
@@ -376,12 +381,10 @@ fn check_document(value: Value, locator: &Locator<'_>) -> Result<TypedObject, Ve
 /// as a document of its own kind.
 fn check_stack_resources(object: &TypedObject, locator: &Locator<'_>) -> Vec<Located> {
     let TypedObject::Stack(stack) = object else { return Vec::new() };
-    if stack.spec.template_ref.is_some() {
-        return Vec::new();
-    }
-    let parameters = stack.spec.parameter_values();
+    let spec = stack.spec.with_stack_name(&stack.metadata.name);
+    let parameters = spec.parameter_values();
     let mut problems = Vec::new();
-    for (index, resource) in stack.spec.resources.iter().enumerate() {
+    for (index, resource) in spec.resources.iter().enumerate() {
         if Kind::from_kind_name(&resource.kind).is_none_or(|kind| kind == Kind::Stack) {
             continue; // already reported by the Stack's own rules
         }
@@ -398,8 +401,23 @@ fn check_stack_resources(object: &TypedObject, locator: &Locator<'_>) -> Vec<Loc
             }
         };
         let prefix = locator.full(&path);
+        // Fields that still hold references (to other resources' status, or to a value that
+        // is generated later) are checked when the stack controller renders them.
+        let mut unresolved = Vec::new();
+        minicloud_crds::stack::references_in(&rendered, String::new(), &mut unresolved);
+        let unresolved: Vec<String> = unresolved
+            .into_iter()
+            .map(|(at, _)| format!("{prefix}.{at}"))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         if let Err(found) = check_document(rendered, &Locator { spans: locator.spans, prefix }) {
-            problems.extend(found);
+            problems.extend(found.into_iter().filter(|problem| {
+                let at = problem.path.to_string();
+                !unresolved.iter().any(|field| {
+                    at == *field || at.starts_with(&format!("{field}.")) || at.starts_with(&format!("{field}["))
+                })
+            }));
         }
     }
     problems

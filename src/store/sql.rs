@@ -192,24 +192,25 @@ impl SqlStore {
     async fn reseal(&self) -> StoreResult<usize> {
         let (_guard, mut transaction) = self.begin_write().await?;
         let mut rewritten = 0;
-        let rows = sqlx::query("SELECT namespace, name, body FROM objects WHERE kind = 'Secret'")
+        let rows = sqlx::query("SELECT namespace, name, body, kind FROM objects WHERE kind IN ('Secret', 'Stack')")
             .fetch_all(&mut *transaction)
             .await
             .db()?;
         for row in rows {
             let mut object: Object = serde_json::from_str(&row.try_get::<String, _>(2).db()?)?;
             if self.keys.reseal_object(&mut object).map_err(sealing)? {
-                sqlx::query("UPDATE objects SET body = $1 WHERE kind = 'Secret' AND namespace = $2 AND name = $3")
+                sqlx::query("UPDATE objects SET body = $1 WHERE kind = $4 AND namespace = $2 AND name = $3")
                     .bind(serde_json::to_string(&object)?)
                     .bind(row.try_get::<String, _>(0).db()?)
                     .bind(row.try_get::<String, _>(1).db()?)
+                    .bind(row.try_get::<String, _>(3).db()?)
                     .execute(&mut *transaction)
                     .await
                     .db()?;
                 rewritten += 1;
             }
         }
-        let rows = sqlx::query("SELECT revision, body FROM changes WHERE kind = 'Secret'")
+        let rows = sqlx::query("SELECT revision, body FROM changes WHERE kind IN ('Secret', 'Stack')")
             .fetch_all(&mut *transaction)
             .await
             .db()?;
@@ -407,7 +408,7 @@ async fn write_change(
     revision: i64,
     change: ChangeType,
 ) -> StoreResult<()> {
-    let body = if object.kind == "Secret" {
+    let body = if object.kind == "Secret" || object.kind == "Stack" {
         let mut sealed = object.clone();
         keys.seal_object(&mut sealed).map_err(sealing)?;
         serde_json::to_string(&sealed)?

@@ -83,10 +83,9 @@ pub fn volume_name(namespace: &str, name: &str) -> String {
     format!("mcdb-{namespace}-{name}-data")
 }
 
-/// The Secret holding a database's credentials (the name shortened to stay a DNS label).
+/// The Secret holding a database's credentials.
 pub fn credentials_secret(name: &str) -> String {
-    let prefix: String = name.chars().take(51).collect();
-    format!("{}-credentials", prefix.trim_end_matches('-'))
+    minicloud_crds::database::credentials_secret_name(name)
 }
 
 /// Reconciles ManagedDatabases.

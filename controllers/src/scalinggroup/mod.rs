@@ -285,7 +285,8 @@ impl ScalingGroupController {
         let created = self.create_members(&group, &sg, &labels, plan.create.min(MAX_CREATE_PER_ROUND)).await?;
         self.report_steps(&group, &plan, &created, &members).await;
 
-        let busy = summarise(&mut status, &round, &members, &plan);
+        let failure = member_failure(&found);
+        let busy = summarise(&mut status, &round, &members, &plan, failure);
         self.write(key, &mut group, &previous, &status).await?;
         Ok(match (busy, spec.autoscaling.is_some()) {
             (true, _) => Some(SOON),
@@ -485,7 +486,13 @@ struct Round<'a> {
 
 /// Fills the counts and the `Ready` and `Progressing` conditions from the members as observed
 /// at the start of the round and the plan made for it. True while work is in progress.
-fn summarise(status: &mut ScalingGroupStatus, round: &Round<'_>, members: &[Member], plan: &Plan) -> bool {
+fn summarise(
+    status: &mut ScalingGroupStatus,
+    round: &Round<'_>,
+    members: &[Member],
+    plan: &Plan,
+    failure: Option<(String, String)>,
+) -> bool {
     let desired = status.desired_replicas;
     let active: Vec<&Member> = members.iter().filter(|m| m.draining.is_none() && !m.failed).collect();
     let draining = members.iter().filter(|m| m.draining.is_some()).count();
@@ -498,6 +505,14 @@ fn summarise(status: &mut ScalingGroupStatus, round: &Round<'_>, members: &[Memb
         (ConditionStatus::True, "MembersReady", format!("{} of {desired} members ready", status.ready_replicas))
     } else {
         (ConditionStatus::False, "MembersNotReady", format!("{} of {desired} members ready", status.ready_replicas))
+    };
+    // A member that cannot start (its image is missing, a Secret it reads is not there) says
+    // why the group is not Ready.
+    let (reason, message) = match (&failure, ready) {
+        (Some((failed, why)), ConditionStatus::False) => {
+            (failed.as_str(), format!("{} of {desired} members ready; {why}", status.ready_replicas))
+        }
+        _ => (reason, message),
     };
     set_condition(&mut status.conditions, "Ready", ready, reason, message, round.generation, round.now);
     let old = active.iter().filter(|m| !m.current).count();
@@ -519,6 +534,18 @@ fn summarise(status: &mut ScalingGroupStatus, round: &Round<'_>, members: &[Memb
     };
     set_condition(&mut status.conditions, "Progressing", progressing, reason, message, round.generation, round.now);
     !plan.is_empty() || draining > 0
+}
+
+/// Reasons of a member's `Ready=False` that mean it cannot start until something is fixed.
+const MEMBER_FAILURES: [&str; 2] = ["ImagePullFailed", "SecretNotFound"];
+
+/// The first member that cannot start: its reason and `member NAME: message`.
+fn member_failure(found: &[Found]) -> Option<(String, String)> {
+    found.iter().find_map(|member| {
+        let ready = member.instance.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?;
+        (ready.status == ConditionStatus::False && MEMBER_FAILURES.contains(&ready.reason.as_str()))
+            .then(|| (ready.reason.clone(), format!("member {}: {}", member.object.metadata.name, ready.message)))
+    })
 }
 
 /// A status with the figures that move every second blanked (CPU, the autoscaler's message).
