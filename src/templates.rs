@@ -368,6 +368,22 @@ mod tests {
     }
 
     #[test]
+    fn the_guide_lists_every_shipped_bundle_and_its_parameters() {
+        let guide = include_str!("../docs/templates.md");
+        for bundle in Catalog::load(&[]).expect("catalog").bundles {
+            assert!(guide.contains(&format!("`{}`", bundle.name)), "docs/templates.md misses {}", bundle.name);
+            for parameter in &bundle.parameters {
+                assert!(
+                    guide.contains(&format!("`{}`", parameter.name)),
+                    "docs/templates.md misses {}.{}",
+                    bundle.name,
+                    parameter.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn settings_are_typed_and_checked() {
         let catalog = Catalog::load(&[]).expect("catalog");
         let bundle = catalog.get("static-site", None).expect("static-site");

@@ -1,0 +1,256 @@
+//! Stacks and the templates marketplace with the real `cloud` binary, real Docker, HAProxy and
+//! PostgreSQL: a template installed in dependency order that serves its URL output, a
+//! re-apply that updates in place and keeps generated values, bad stacks refused with their
+//! locations, a failing child that fails the stack until it is fixed, a secret parameter that is
+//! on no byte of the store, and deletion.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::cluster::{condition, fetch, Harness};
+use common::docker::docker;
+use serde_json::{json, Value};
+
+const PREFIX: &str = "stack";
+
+fn cloud_ok(harness: &Harness, arguments: &[&str]) -> String {
+    let mut all = arguments.to_vec();
+    all.extend(["-n", harness.namespace.as_str()]);
+    let (ok, stdout, stderr) = harness.cloud(&all);
+    assert!(ok, "cloud {all:?} failed: {stderr}");
+    stdout
+}
+
+fn phase(object: &Value) -> &str {
+    object["status"]["phase"].as_str().unwrap_or_default()
+}
+
+fn current(object: &Value) -> bool {
+    object["status"]["observedGeneration"] == object["metadata"]["generation"]
+}
+
+async fn wait_phase(harness: &Harness, name: &str, wanted: &str) -> Value {
+    harness.wait_for("stacks", name, wanted, |o| current(o) && phase(o) == wanted).await
+}
+
+fn time(value: &Value) -> DateTime<Utc> {
+    value.as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc)).expect("a time")
+}
+
+#[tokio::test]
+async fn web_app_postgres_installs_in_order_serves_updates_in_place_and_deletes() {
+    let harness = Harness::start(PREFIX).await;
+    let said = cloud_ok(&harness, &["templates", "install", "web-app-postgres", "shop", "--set", "replicas=2"]);
+    assert!(said.contains("stack/shop created from template web-app-postgres 1.0.0"), "{said}");
+    let stack = harness
+        .wait_for("stacks", "shop", "Ready", |o| {
+            current(o) && phase(o) == "Ready" && o["status"]["outputs"]["url"].is_string()
+        })
+        .await;
+
+    // The database came first: the application was created only once it was Ready.
+    let database = harness.get("manageddatabases", "shop-db").await.expect("database");
+    let group = harness.get("scalinggroups", "shop-app").await.expect("group");
+    let database_ready = database["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .map(|c| time(&c["lastTransitionTime"]))
+        .expect("Ready");
+    assert!(time(&group["metadata"]["creationTimestamp"]) >= database_ready, "the app waited for its database");
+    let events = harness.events("Stack", "shop").await;
+    let created =
+        |what: &str| events.iter().position(|e| e == &format!("ResourceCreated: created {what}")).unwrap_or(usize::MAX);
+    assert!(created("manageddatabase/shop-db") < created("scalinggroup/shop-app"), "{events:?}");
+
+    // The URL output answers through the load balancer; the members got the database's URL.
+    let url = stack["status"]["outputs"]["url"].as_str().expect("url").to_owned();
+    let http = reqwest::Client::new();
+    fetch(&http, &format!("{url}/cgi-bin/whoami")).await.expect("the url answers");
+    let database_url = cloud_ok(&harness, &["secret", "reveal", "shop-db-credentials", "url"]).trim().to_owned();
+    let member = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=minicloud.dev/namespace={}", harness.namespace),
+        "--filter",
+        "label=minicloud.dev/kind=Instance",
+    ]);
+    let member = member.lines().next().expect("a member").to_owned();
+    let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &member]);
+    assert!(env.contains(&format!("DATABASE_URL={database_url}")), "{env}");
+    assert_eq!(stack["status"]["outputs"]["session_secret"], "<redacted>");
+    let password = cloud_ok(&harness, &["secret", "reveal", "shop-db-credentials", "password"]);
+    let session = cloud_ok(&harness, &["secret", "reveal", "shop-params", "session_secret"]);
+    assert_eq!(session.trim().len(), 48);
+    let (ok, described, _) = harness.cloud(&["describe", "stack", "shop", "-n", &harness.namespace]);
+    assert!(ok && described.contains("outputs:") && described.contains(&url), "{described}");
+
+    // A changed parameter updates the children in place; generated values stay.
+    let group_uid = group["metadata"]["uid"].clone();
+    cloud_ok(&harness, &["templates", "install", "web-app-postgres", "shop", "--set", "replicas=3"]);
+    harness
+        .wait_for("scalinggroups", "shop-app", "3 members", |o| {
+            o["status"]["readyReplicas"] == 3 && o["spec"]["desiredReplicas"] == 3
+        })
+        .await;
+    wait_phase(&harness, "shop", "Ready").await;
+    assert_eq!(
+        harness.get("scalinggroups", "shop-app").await.expect("group")["metadata"]["uid"],
+        group_uid,
+        "updated, not replaced"
+    );
+    assert_eq!(cloud_ok(&harness, &["secret", "reveal", "shop-db-credentials", "password"]), password);
+    assert_eq!(cloud_ok(&harness, &["secret", "reveal", "shop-params", "session_secret"]), session);
+
+    // Deleting the stack deletes everything it made (the database after its final snapshot).
+    cloud_ok(&harness, &["delete", "stack", "shop", "--wait", "--timeout", "180s"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !harness.containers("Instance", false).is_empty()
+        || !harness.containers("ManagedDatabase", false).is_empty()
+        || !harness.containers("LoadBalancer", false).is_empty()
+    {
+        assert!(Instant::now() < deadline, "containers left after the stack was deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let backups: PathBuf = harness.data_dir.path().join("backups").join(&harness.namespace);
+    let finals = std::fs::read_dir(backups)
+        .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".json")).count())
+        .unwrap_or(0);
+    assert_eq!(finals, 1, "the database's Snapshot policy took a final backup");
+    harness.finish().await;
+}
+
+fn write(directory: &std::path::Path, name: &str, text: &str) -> String {
+    let path = directory.join(name);
+    std::fs::write(&path, text).expect("manifest");
+    path.display().to_string()
+}
+
+#[tokio::test]
+async fn bad_stacks_are_refused_where_they_are_wrong_and_nothing_is_created() {
+    let harness = Harness::start(PREFIX).await;
+    let directory = tempfile::tempdir().expect("dir");
+    let cycle = write(
+        directory.path(),
+        "cycle.yaml",
+        "apiVersion: minicloud.dev/v1\nkind: Stack\nmetadata:\n  name: loop\nspec:\n  resources:\n    - apiVersion: minicloud.dev/v1\n      kind: Instance\n      metadata:\n        name: a\n      spec:\n        image: \"minicloud/web:local\"\n        args: [\"${resources.b.status.address}\"]\n    - apiVersion: minicloud.dev/v1\n      kind: Instance\n      metadata:\n        name: b\n      spec:\n        image: \"minicloud/web:local\"\n      dependsOn: [a]\n",
+    );
+    let (ok, _, stderr) = harness.cloud(&["apply", "-f", &cycle, "-n", &harness.namespace]);
+    assert!(
+        !ok && stderr.contains(&format!(
+            "{cycle}:7:5: spec.resources: the resources depend on each other in a cycle: a → b → a"
+        )),
+        "{stderr}"
+    );
+
+    let unknown = write(
+        directory.path(),
+        "unknown.yaml",
+        "apiVersion: minicloud.dev/v1\nkind: Stack\nmetadata:\n  name: lost\nspec:\n  parameters:\n    - name: replicas\n      type: Integer\n      default: 1\n  values:\n    replicas: three\n  resources:\n    - apiVersion: minicloud.dev/v1\n      kind: Instance\n      metadata:\n        name: a\n      spec:\n        image: \"${resources.nope.status.image}\"\n  outputs:\n    - name: x\n      value: \"${params.missing}\"\n",
+    );
+    let (ok, _, stderr) = harness.cloud(&["apply", "-f", &unknown, "-n", &harness.namespace]);
+    assert!(!ok, "{stderr}");
+    for expected in [
+        format!("{unknown}:11:15: spec.values.replicas: parameter \"replicas\" expects a Integer"),
+        format!("{unknown}:18:16: spec.resources[0].spec.image: ${{resources.nope.status.image}}: \"nope\" names no resource of this stack"),
+        format!("{unknown}:21:14: spec.outputs[0].value: ${{params.missing}} names no declared parameter"),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+    }
+
+    let (ok, _, stderr) = harness.cloud(&[
+        "templates",
+        "install",
+        "static-site",
+        "site",
+        "--set",
+        "nope=1",
+        "--set",
+        "replicas=x",
+        "-n",
+        &harness.namespace,
+    ]);
+    assert!(
+        !ok && stderr.contains("has no parameter \"nope\"") && stderr.contains("\"replicas\" expects a Integer"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = harness.cloud(&["templates", "install", "no-such", "site", "-n", &harness.namespace]);
+    assert!(!ok && stderr.contains("no template \"no-such\""), "{stderr}");
+    assert!(
+        harness.list("stacks").await.is_empty() && harness.list("instances").await.is_empty(),
+        "nothing was created"
+    );
+    harness.finish().await;
+}
+
+fn stack_with_image(harness: &Harness, image: &str) -> Value {
+    json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Stack",
+        "metadata": {"name": "demo", "namespace": harness.namespace},
+        "spec": {
+            "parameters": [
+                {"name": "image", "type": "String", "default": image},
+                {"name": "token", "type": "String", "secret": true}
+            ],
+            "values": {"token": "Known-Token-Value-5e1f0c77"},
+            "resources": [{
+                "apiVersion": "minicloud.dev/v1", "kind": "Instance",
+                "metadata": {"name": "${stack.name}-web"},
+                "spec": {
+                    "image": "${params.image}",
+                    "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "${stack.name}-params", "key": "token"}}}]
+                }
+            }],
+            "outputs": [{"name": "token", "value": "${params.token}"}, {"name": "address", "value": "${resources.demo-web.status.address}"}]
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_failing_child_fails_the_stack_until_the_manifest_is_fixed_and_secret_values_stay_sealed() {
+    let harness = Harness::start(PREFIX).await;
+    harness.apply(vec![stack_with_image(&harness, "minicloud/missing:none")]).await;
+    let failed = wait_phase(&harness, "demo", "Failed").await;
+    assert_eq!(condition(&failed, "Ready"), Some(("False", "ResourceFailed")));
+    let message = failed["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("instance demo-web: ImagePullFailed"), "{message}");
+
+    // Fixed and applied again: it goes on from there.
+    harness.apply(vec![stack_with_image(&harness, "minicloud/web:local")]).await;
+    let ready = wait_phase(&harness, "demo", "Ready").await;
+    assert_eq!(ready["status"]["outputs"]["token"], "<redacted>");
+    assert!(ready["status"]["outputs"]["address"].as_str().is_some_and(|a| a.contains('.')), "{}", ready["status"]);
+    assert_eq!(ready["spec"]["values"]["token"], "<redacted>", "the stack's secret value is redacted in answers");
+    let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &format!("mc-{}-demo-web", harness.namespace)]);
+    assert!(env.contains("TOKEN=Known-Token-Value-5e1f0c77"), "{env}");
+
+    // The value is on no byte of the store (the stack's values and its Secret are sealed).
+    let database = harness.server().database.as_ref().expect("database").url.clone();
+    let directory = PathBuf::from(database.trim_start_matches("sqlite://")).parent().expect("dir").to_path_buf();
+    for entry in std::fs::read_dir(&directory).expect("store directory").flatten() {
+        let bytes = std::fs::read(entry.path()).unwrap_or_default();
+        let found = bytes.windows(26).any(|w| w == b"Known-Token-Value-5e1f0c77");
+        assert!(!found, "{} holds the secret value", entry.path().display());
+    }
+    harness.finish().await;
+}
+
+#[test]
+fn every_shipped_template_vets() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["templates", "vet", "templates/"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cloud templates vet");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(stdout.lines().filter(|l| l.ends_with(": ok")).count(), 6, "{stdout}");
+}
