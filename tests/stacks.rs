@@ -232,6 +232,26 @@ async fn a_failing_child_fails_the_stack_until_the_manifest_is_fixed_and_secret_
     let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &format!("mc-{}-demo-web", harness.namespace)]);
     assert!(env.contains("TOKEN=Known-Token-Value-5e1f0c77"), "{env}");
 
+    // A resource added to the stack is created; one dropped from it is deleted.
+    let mut with_extra = stack_with_image(&harness, "minicloud/web:local");
+    let extra = json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "${stack.name}-extra"}, "spec": {"image": "minicloud/web:local"}});
+    with_extra["spec"]["resources"].as_array_mut().expect("resources").push(extra);
+    harness.apply(vec![with_extra]).await;
+    harness
+        .wait_for("instances", "demo-extra", "the added resource", |o| {
+            condition(o, "Ready").map(|c| c.0) == Some("True")
+        })
+        .await;
+    wait_phase(&harness, "demo", "Ready").await;
+    harness.apply(vec![stack_with_image(&harness, "minicloud/web:local")]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness.get("instances", "demo-extra").await.is_some() {
+        assert!(Instant::now() < deadline, "the dropped resource was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let events = harness.events("Stack", "demo").await;
+    assert!(events.iter().any(|e| e.starts_with("ResourceRemoved: removed instance/demo-extra")), "{events:?}");
+
     // The value is on no byte of the store (the stack's values and its Secret are sealed).
     let database = harness.server().database.as_ref().expect("database").url.clone();
     let directory = PathBuf::from(database.trim_start_matches("sqlite://")).parent().expect("dir").to_path_buf();
@@ -253,4 +273,46 @@ fn every_shipped_template_vets() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(stdout.lines().filter(|l| l.ends_with(": ok")).count(), 6, "{stdout}");
+}
+
+#[test]
+fn extra_template_directories_add_and_replace_bundles() {
+    let directory = tempfile::tempdir().expect("dir");
+    let bundle = directory.path().join("hello-site");
+    std::fs::create_dir(&bundle).expect("bundle dir");
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("templates/static-site");
+    let template = std::fs::read_to_string(shipped.join("template.yaml")).expect("template");
+    std::fs::write(bundle.join("template.yaml"), template.replace("name: static-site", "name: hello-site"))
+        .expect("write");
+    std::fs::copy(shipped.join("resources.yaml"), bundle.join("resources.yaml")).expect("copy");
+    let cloud = |arguments: &[&str], env: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cloud"));
+        command.args(arguments);
+        if let Some(value) = env {
+            command.env("CLOUD_TEMPLATES", value);
+        }
+        let output = command.output().expect("cloud");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let dir = directory.path().display().to_string();
+    let (ok, listed, _) = cloud(&["--templates-dir", &dir, "templates", "list", "-o", "name"], None);
+    assert!(ok && listed.lines().any(|l| l == "hello-site") && listed.lines().any(|l| l == "static-site"), "{listed}");
+    let (ok, shown, _) = cloud(&["templates", "show", "hello-site"], Some(&dir));
+    assert!(ok && shown.contains(&format!("Source:       {}", bundle.display())), "{shown}");
+    let (ok, vetted, _) = cloud(&["templates", "vet", &dir], None);
+    assert!(ok && vetted.contains("hello-site: ok"), "{vetted}");
+    // A broken bundle there is reported with its position, by vet and by every command.
+    std::fs::write(
+        bundle.join("template.yaml"),
+        "name: hello-site\nversion: 1.0.0\ndescription: d\ncategory: c\nparameters:\n  - name: x\n    typ: String\n",
+    )
+    .expect("write");
+    let (ok, vetted, _) = cloud(&["templates", "vet", &dir], None);
+    assert!(!ok && vetted.contains("template.yaml:7:5") && vetted.contains("typ"), "{vetted}");
+    let (ok, _, stderr) = cloud(&["templates", "list"], Some(&dir));
+    assert!(!ok && stderr.contains("template.yaml:7:5"), "{stderr}");
 }
