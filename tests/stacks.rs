@@ -223,6 +223,17 @@ async fn a_failing_child_fails_the_stack_until_the_manifest_is_fixed_and_secret_
         .to_owned();
     assert!(message.contains("instance demo-web: ImagePullFailed"), "{message}");
 
+    // A resource whose name another object already has is a failure that says so.
+    harness.apply(vec![harness.instance("taken", json!({}), json!({}))]).await;
+    let mut clash = stack_with_image(&harness, "minicloud/missing:none");
+    clash["metadata"]["name"] = json!("clash");
+    clash["spec"]["resources"][0]["metadata"]["name"] = json!("taken");
+    clash["spec"]["outputs"] = json!([]);
+    harness.apply(vec![clash]).await;
+    let clashing = wait_phase(&harness, "clash", "Failed").await;
+    let resources = clashing["status"]["resources"].to_string();
+    assert!(resources.contains("instance/taken") && resources.contains("is not part of this stack"), "{resources}");
+
     // Fixed and applied again: it goes on from there.
     harness.apply(vec![stack_with_image(&harness, "minicloud/web:local")]).await;
     let ready = wait_phase(&harness, "demo", "Ready").await;

@@ -190,7 +190,11 @@ impl StackController {
         object.metadata.owner_references = vec![owner_reference(stack)];
         match existing {
             None => match self.store.create(object).await {
-                Ok(_) | Err(StoreError::AlreadyExists(_)) => Ok(Ok(())),
+                Ok(_) => Ok(Ok(())),
+                // Owned children were listed: this one is someone else's.
+                Err(StoreError::AlreadyExists(key)) => Ok(Err(format!(
+                    "{key} already exists and is not part of this stack: rename the resource in the stack, or delete the object"
+                ))),
                 Err(StoreError::TooLarge { .. }) => Ok(Err("the rendered resource is too large".into())),
                 Err(error) => Err(error.into()),
             },

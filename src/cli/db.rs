@@ -109,10 +109,13 @@ async fn backup(client: &Client, namespace: &str, name: &str, timeout: Duration)
     let request = request_id();
     ask(client, namespace, name, BACKUP_REQUEST_ANNOTATION, &request).await?;
     eprintln!("backing up manageddatabase/{name}…");
-    // Request ids sort by time: a later request answered covers this one too (two `cloud db
-    // backup` at once both see a backup taken after they asked).
+    // Answered when the controller answered this request, or the request that replaced it in
+    // the annotation (written after this one, so its backup is taken after this was asked):
+    // two `cloud db backup` at once both see a backup taken after they asked.
     let object = follow(client, namespace, name, timeout, "backup request", |object| {
-        object.status.get("lastBackupRequest").and_then(Value::as_str).is_some_and(|last| last >= request.as_str())
+        let last = object.status.get("lastBackupRequest").and_then(Value::as_str);
+        let asked = object.metadata.annotations.get(BACKUP_REQUEST_ANNOTATION).map(String::as_str);
+        last == Some(request.as_str()) || (asked.is_some() && asked != Some(request.as_str()) && last == asked)
     })
     .await?;
     let backed_up = super::get::condition(&object, "BackedUp");
