@@ -82,6 +82,19 @@ pub type WatchLines = Pin<Box<dyn Stream<Item = Result<WatchLine, ClientError>> 
 pub struct ApplyAnswer {
     pub dry_run: bool,
     pub items: Vec<Applied>,
+    /// With an applyset: what prune did (or would do) to members no longer applied.
+    #[serde(default)]
+    pub pruned: Vec<crate::api::applyset::Pruned>,
+}
+
+/// An applyset an apply keeps (and prunes with).
+#[derive(Clone, Debug, Default)]
+pub struct ApplySetOptions {
+    pub name: String,
+    /// Where the ApplySet object lives.
+    pub namespace: String,
+    pub prune: bool,
+    pub prune_stateful: bool,
 }
 
 /// What a delete did.
@@ -196,10 +209,31 @@ impl Client {
 
     /// Applies a batch.
     pub async fn apply(&self, items: Vec<Value>, dry_run: bool) -> Result<ApplyAnswer, ClientError> {
+        self.apply_with(items, dry_run, None).await
+    }
+
+    /// Applies a batch as (part of) an applyset, pruning what the set no longer holds when asked.
+    pub async fn apply_with(
+        &self,
+        items: Vec<Value>,
+        dry_run: bool,
+        set: Option<&ApplySetOptions>,
+    ) -> Result<ApplyAnswer, ClientError> {
+        let mut query = vec![("dryRun", dry_run.to_string())];
+        if let Some(set) = set {
+            label("applyset", &set.name)?;
+            label("namespace", &set.namespace)?;
+            query.extend([
+                ("applyset", set.name.clone()),
+                ("applysetNamespace", set.namespace.clone()),
+                ("prune", set.prune.to_string()),
+                ("pruneStateful", set.prune_stateful.to_string()),
+            ]);
+        }
         let request = self
             .http
             .post(self.url(&["apis", "minicloud.dev", "v1", "apply"])?)
-            .query(&[("dryRun", dry_run.to_string())])
+            .query(&query)
             .json(&json!({"items": items}));
         self.json(request).await
     }
@@ -213,6 +247,38 @@ impl Client {
         })?;
         let url = self.object_url(kind, Some(object.namespace()), Some(&object.metadata.name), None)?;
         self.json(self.http.put(url).json(object)).await
+    }
+
+    /// Replaces one object's status (the status subresource), whatever its resourceVersion.
+    pub async fn replace_status(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        status: Value,
+    ) -> Result<Object, ClientError> {
+        let url = self.object_url(kind, Some(namespace), Some(name), Some("status"))?;
+        self.json(self.http.put(url).json(&json!({"status": status}))).await
+    }
+
+    /// Records an event about an existing object (`event_type`: `Normal` or `Warning`).
+    pub async fn record_event(
+        &self,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        event_type: &str,
+        reason: &str,
+        message: &str,
+    ) -> Result<Event, ClientError> {
+        let segments = ["apis", "minicloud.dev", "v1", "namespaces", label("namespace", namespace)?, "events"];
+        let body = json!({
+            "involvedObject": {"kind": kind.as_str(), "name": label("name", name)?},
+            "type": event_type,
+            "reason": reason,
+            "message": message,
+        });
+        self.json(self.http.post(self.url(&segments)?).json(&body)).await
     }
 
     /// One value of a Secret (the API redacts them everywhere else).

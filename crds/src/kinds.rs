@@ -8,6 +8,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::applyset::{ApplySetSpec, ApplySetStatus};
 use crate::database::{ManagedDatabaseSpec, ManagedDatabaseStatus};
 use crate::instance::{InstanceSpec, InstanceStatus};
 use crate::loadbalancer::{LoadBalancerSpec, LoadBalancerStatus};
@@ -15,6 +16,7 @@ use crate::meta::{ObjectMeta, API_VERSION};
 use crate::scalinggroup::{ScalingGroupSpec, ScalingGroupStatus};
 use crate::secret::{SecretSpec, SecretStatus};
 use crate::stack::{StackSpec, StackStatus};
+use crate::sync::{SyncSpec, SyncStatus};
 
 macro_rules! typed_resource {
     ($(#[$doc:meta])* $name:ident, $spec:ty, $status:ty) => {
@@ -62,6 +64,15 @@ typed_resource!(
     Secret, SecretSpec, SecretStatus
 );
 
+typed_resource!(
+    /// The inventory of a set of applied manifests (prune scope).
+    ApplySet, ApplySetSpec, ApplySetStatus
+);
+typed_resource!(
+    /// A directory of manifests kept applied continuously.
+    Sync, SyncSpec, SyncStatus
+);
+
 /// Every kind minicloud knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Kind {
@@ -71,12 +82,22 @@ pub enum Kind {
     ManagedDatabase,
     Stack,
     Secret,
+    ApplySet,
+    Sync,
 }
 
 impl Kind {
     /// All kinds, in the order they are applied (dependencies first).
-    pub const ALL: [Kind; 6] =
-        [Kind::Secret, Kind::ManagedDatabase, Kind::Instance, Kind::ScalingGroup, Kind::LoadBalancer, Kind::Stack];
+    pub const ALL: [Kind; 8] = [
+        Kind::Secret,
+        Kind::ManagedDatabase,
+        Kind::Instance,
+        Kind::ScalingGroup,
+        Kind::LoadBalancer,
+        Kind::Stack,
+        Kind::ApplySet,
+        Kind::Sync,
+    ];
 
     /// The kind as written in `kind:`.
     pub fn as_str(self) -> &'static str {
@@ -87,6 +108,8 @@ impl Kind {
             Kind::ManagedDatabase => "ManagedDatabase",
             Kind::Stack => "Stack",
             Kind::Secret => "Secret",
+            Kind::ApplySet => "ApplySet",
+            Kind::Sync => "Sync",
         }
     }
 
@@ -99,6 +122,8 @@ impl Kind {
             Kind::ManagedDatabase => "manageddatabases",
             Kind::Stack => "stacks",
             Kind::Secret => "secrets",
+            Kind::ApplySet => "applysets",
+            Kind::Sync => "syncs",
         }
     }
 
@@ -111,6 +136,8 @@ impl Kind {
             Kind::ManagedDatabase => &["db"],
             Kind::Stack => &[],
             Kind::Secret => &[],
+            Kind::ApplySet => &[],
+            Kind::Sync => &[],
         }
     }
 
@@ -145,6 +172,8 @@ impl Kind {
             Kind::ManagedDatabase => generator.into_root_schema_for::<ManagedDatabase>(),
             Kind::Stack => generator.into_root_schema_for::<Stack>(),
             Kind::Secret => generator.into_root_schema_for::<Secret>(),
+            Kind::ApplySet => generator.into_root_schema_for::<ApplySet>(),
+            Kind::Sync => generator.into_root_schema_for::<Sync>(),
         };
         let mut schema = schema.to_value();
         if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
@@ -182,6 +211,8 @@ pub enum TypedObject {
     ManagedDatabase(ManagedDatabase),
     Stack(Stack),
     Secret(Secret),
+    ApplySet(ApplySet),
+    Sync(Sync),
 }
 
 impl TypedObject {
@@ -194,6 +225,8 @@ impl TypedObject {
             TypedObject::ManagedDatabase(_) => Kind::ManagedDatabase,
             TypedObject::Stack(_) => Kind::Stack,
             TypedObject::Secret(_) => Kind::Secret,
+            TypedObject::ApplySet(_) => Kind::ApplySet,
+            TypedObject::Sync(_) => Kind::Sync,
         }
     }
 
@@ -206,6 +239,8 @@ impl TypedObject {
             TypedObject::ManagedDatabase(o) => &o.metadata,
             TypedObject::Stack(o) => &o.metadata,
             TypedObject::Secret(o) => &o.metadata,
+            TypedObject::ApplySet(o) => &o.metadata,
+            TypedObject::Sync(o) => &o.metadata,
         }
     }
 
@@ -225,6 +260,8 @@ impl TypedObject {
             Kind::ManagedDatabase => TypedObject::ManagedDatabase(typed(value)?),
             Kind::Stack => TypedObject::Stack(typed(value)?),
             Kind::Secret => TypedObject::Secret(typed(value)?),
+            Kind::ApplySet => TypedObject::ApplySet(typed(value)?),
+            Kind::Sync => TypedObject::Sync(typed(value)?),
         })
     }
 }

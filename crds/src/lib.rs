@@ -7,6 +7,7 @@
 //! Everything here is pure data and pure functions: no I/O, no async. The application parses
 //! manifests into these types, the store persists them as JSON, controllers read them.
 
+pub mod applyset;
 pub mod cron;
 pub mod database;
 pub mod instance;
@@ -19,6 +20,7 @@ pub mod quantity;
 pub mod scalinggroup;
 pub mod secret;
 pub mod stack;
+pub mod sync;
 pub mod validation;
 
 pub use kinds::{Kind, TypedObject};

@@ -37,6 +37,8 @@ impl Object {
             TypedObject::ManagedDatabase(o) => serde_json::to_value(o)?,
             TypedObject::Stack(o) => serde_json::to_value(o)?,
             TypedObject::Secret(o) => serde_json::to_value(o)?,
+            TypedObject::ApplySet(o) => serde_json::to_value(o)?,
+            TypedObject::Sync(o) => serde_json::to_value(o)?,
         };
         Ok(serde_json::from_value(value)?)
     }

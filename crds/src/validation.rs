@@ -197,6 +197,31 @@ pub fn validate_object(object: &TypedObject) -> Vec<FieldError> {
             check_api_version(&o.api_version, &mut errors);
             check_secret_spec(&o.spec, &spec, &mut errors);
         }
+        TypedObject::ApplySet(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            for (index, member) in o.spec.members.iter().enumerate() {
+                let at = spec.key("members").index(index);
+                if Kind::from_kind_name(&member.kind).is_none() {
+                    errors.add(at.key("kind"), format!("unknown kind {:?}", member.kind));
+                }
+                for (field, value) in [("namespace", &member.namespace), ("name", &member.name)] {
+                    if let Err(message) = check_dns_label(value) {
+                        errors.add(at.key(field), message);
+                    }
+                }
+            }
+        }
+        TypedObject::Sync(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            if o.spec.directory.trim().is_empty() {
+                errors.add(spec.key("directory"), "name the directory to sync");
+            }
+            if let Some(set) = &o.spec.apply_set {
+                if let Err(message) = check_dns_label(set) {
+                    errors.add(spec.key("applySet"), message);
+                }
+            }
+        }
     }
     check_metadata(object.metadata(), &mut errors);
     errors.0

@@ -7,6 +7,9 @@
 //! never set (added by another client) stay. Lists are replaced whole. With `dryRun` nothing is
 //! written and the answer says what would change.
 //!
+//! With an applyset (`applyset=NAME[&prune=true]`), the server keeps the inventory of what
+//! the set applied and prunes what it no longer holds ([`applyset`]).
+//!
 //! A batch commits in one store transaction or not at all. Applies in one server are
 //! serialised (so that two applies of one object never conflict with each other); a race with
 //! any other writer (a controller, another replica, a delete) is retried by apply itself.
@@ -19,6 +22,7 @@ use minicloud_crds::{Kind, Object, ObjectKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::applyset;
 use super::error::{ApiError, Cause};
 use super::objects::parse_body;
 use super::AppState;
@@ -66,15 +70,58 @@ pub async fn apply(
     Query(params): Query<std::collections::HashMap<String, String>>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
-    let dry_run = matches!(params.get("dryRun").map(String::as_str), Some("true") | Some("1") | Some("All"));
+    let flag = |name: &str| matches!(params.get(name).map(String::as_str), Some("true") | Some("1") | Some("All"));
+    let dry_run = flag("dryRun");
+    let set = applyset_request(&params, flag("prune"), flag("pruneStateful"))?;
     let body = parse_body(body, &state.limits).await?;
     let Some(items) = body.get("items").and_then(Value::as_array) else {
         return Err(ApiError::bad_request("send {\"items\": [objects...]}"));
     };
-    let objects = validate_batch(items.clone())?;
+    let mut objects = validate_batch(items.clone())?;
     let _serialised = state.apply_lock.lock().await;
-    let results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
-    Ok(Json(json!({"dryRun": dry_run, "items": results})))
+    let Some(set) = set else {
+        let results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
+        return Ok(Json(json!({"dryRun": dry_run, "items": results})));
+    };
+    // The inventory is written with the batch, in one transaction; pruning follows.
+    let keys = objects.iter().map(key_of).collect::<Result<Vec<_>, _>>()?;
+    if keys.contains(&applyset::set_key(&set)) {
+        return Err(ApiError::bad_request(format!(
+            "the batch holds applyset/{} itself; it is written by apply",
+            set.name
+        )));
+    }
+    applyset::claim(&mut objects, &set);
+    applyset::check_owners(state.store.as_ref(), &set, &keys).await?;
+    let plan = applyset::plan(state.store.as_ref(), &set, &keys).await?;
+    objects.push(plan.inventory.clone());
+    let mut results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
+    results.retain(|item| item.kind != Kind::ApplySet.as_str() || item.name != set.name);
+    let pruned = if dry_run {
+        applyset::preview(state.store.as_ref(), &set, &plan).await?
+    } else {
+        applyset::prune(state.store.as_ref(), &set, &plan).await?
+    };
+    Ok(Json(json!({"dryRun": dry_run, "items": results, "applySet": set.name, "pruned": pruned})))
+}
+
+/// The applyset an apply names (`applyset`, `applysetNamespace`), if any; `prune` needs one.
+fn applyset_request(
+    params: &std::collections::HashMap<String, String>,
+    prune: bool,
+    prune_stateful: bool,
+) -> Result<Option<applyset::ApplySetRequest>, ApiError> {
+    let Some(name) = params.get("applyset").filter(|name| !name.is_empty()) else {
+        if prune {
+            return Err(ApiError::bad_request("prune needs an applyset: prune deletes only what that set applied"));
+        }
+        return Ok(None);
+    };
+    let namespace =
+        params.get("applysetNamespace").cloned().unwrap_or_else(|| minicloud_crds::DEFAULT_NAMESPACE.to_owned());
+    super::objects::check_name("applyset", name)?;
+    super::objects::check_name("applysetNamespace", &namespace)?;
+    Ok(Some(applyset::ApplySetRequest { name: name.clone(), namespace, prune, prune_stateful }))
 }
 
 /// Validates every object of a batch; all problems are reported together, prefixed with
@@ -299,6 +346,19 @@ fn merge_value(last: Option<&Value>, live: &Value, desired: &Value) -> Value {
 /// The leaf fields (`spec.image`, `metadata.labels.app`) that differ between two objects,
 /// ignoring the last-applied bookkeeping.
 pub fn changed_fields(before: &Object, after: &Object) -> Vec<String> {
+    field_changes(before, after).into_iter().map(|change| change.path).collect()
+}
+
+/// One leaf field that differs: its path and its values before and after (`null`: absent).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FieldChange {
+    pub path: String,
+    pub before: Value,
+    pub after: Value,
+}
+
+/// Every leaf field of spec, labels and annotations (but the last-applied record) that differs.
+pub fn field_changes(before: &Object, after: &Object) -> Vec<FieldChange> {
     let mut changes = Vec::new();
     diff(&json!(before.spec), &json!(after.spec), "spec", &mut changes);
     diff(&json!(before.metadata.labels), &json!(after.metadata.labels), "metadata.labels", &mut changes);
@@ -311,7 +371,39 @@ pub fn changed_fields(before: &Object, after: &Object) -> Vec<String> {
     changes
 }
 
-fn diff(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
+/// The fields of `live` that differ from what was last applied to it (`None`: it has no
+/// record): changes made outside the manifests, to fields the manifests set. Fields the
+/// manifests never set (a controller's, another client's) are not drift.
+pub fn drift(live: &Object) -> Option<Vec<FieldChange>> {
+    let record: LastApplied = serde_json::from_str(live.metadata.annotations.get(LAST_APPLIED)?).ok()?;
+    let mut found = Vec::new();
+    applied_fields(&record.spec, &json!(live.spec), "spec", &mut found);
+    applied_fields(&json!(record.labels), &json!(live.metadata.labels), "metadata.labels", &mut found);
+    applied_fields(&json!(record.annotations), &json!(live.metadata.annotations), "metadata.annotations", &mut found);
+    // A Secret's record keeps no values: nothing to compare them with.
+    found.retain(|change| change.before != json!(crate::secrets::REDACTED));
+    Some(found)
+}
+
+/// The leaves of `recorded` whose value in `live` is another.
+fn applied_fields(recorded: &Value, live: &Value, path: &str, out: &mut Vec<FieldChange>) {
+    match (recorded, live) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (key, value) in a {
+                applied_fields(value, b.get(key).unwrap_or(&Value::Null), &format!("{path}.{key}"), out);
+            }
+        }
+        (Value::Object(_), _) => {
+            out.push(FieldChange { path: path.to_owned(), before: recorded.clone(), after: live.clone() })
+        }
+        _ if recorded != live => {
+            out.push(FieldChange { path: path.to_owned(), before: recorded.clone(), after: live.clone() })
+        }
+        _ => {}
+    }
+}
+
+fn diff(before: &Value, after: &Value, path: &str, out: &mut Vec<FieldChange>) {
     match (before, after) {
         (Value::Object(a), Value::Object(b)) => {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
@@ -325,7 +417,9 @@ fn diff(before: &Value, after: &Value, path: &str, out: &mut Vec<String>) {
                 diff(x, y, &format!("{path}[{index}]"), out);
             }
         }
-        _ if before != after => out.push(path.to_owned()),
+        _ if before != after => {
+            out.push(FieldChange { path: path.to_owned(), before: before.clone(), after: after.clone() })
+        }
         _ => {}
     }
 }

@@ -1,15 +1,23 @@
-//! Event endpoints: `GET /apis/minicloud.dev/v1/events` (every namespace) and
-//! `GET /apis/minicloud.dev/v1/namespaces/{ns}/events[?kind=Instance&name=web]`.
+//! Event endpoints: `GET /apis/minicloud.dev/v1/events` (every namespace),
+//! `GET /apis/minicloud.dev/v1/namespaces/{ns}/events[?kind=Instance&name=web]`, and
+//! `POST /apis/minicloud.dev/v1/namespaces/{ns}/events`, by which a process outside the server
+//! (`cloud sync`) reports on an object it looks after.
 
 use std::collections::HashMap;
 
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
 use axum::Json;
 use minicloud_crds::{Kind, ObjectKey};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::store::{EventType, NewEvent, StoreError};
+
+/// The longest event message accepted, in bytes.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
 
 fn events_body(events: Vec<crate::store::Event>) -> Json<Value> {
     Json(json!({"apiVersion": minicloud_crds::API_VERSION, "kind": "EventList", "items": events}))
@@ -38,4 +46,85 @@ pub async fn list_namespaced(
         _ => return Err(ApiError::bad_request("filter events with both kind and name")),
     };
     Ok(events_body(state.store.events(Some(&namespace), object.as_ref()).await?))
+}
+
+/// An event as a client reports it.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ReportedEvent {
+    involved_object: InvolvedObject,
+    #[serde(rename = "type")]
+    event_type: String,
+    reason: String,
+    message: String,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InvolvedObject {
+    kind: String,
+    name: String,
+}
+
+/// Records an event about an existing object of the namespace:
+/// `{"involvedObject": {"kind": "Sync", "name": "site"}, "type": "Normal", "reason": "Synced",
+/// "message": "..."}`. A repeat of the last one raises its count.
+pub async fn create(
+    State(state): State<AppState>,
+    Path(namespace): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    super::objects::check_name("namespace", &namespace)?;
+    let body = super::objects::parse_body(body, &state.limits).await?;
+    let reported: ReportedEvent = serde_json::from_value(body).map_err(|error| {
+        ApiError::bad_request(format!(
+            "{error}; send {{\"involvedObject\": {{\"kind\": \"Sync\", \"name\": \"NAME\"}}, \"type\": \"Normal\", \"reason\": \"Reason\", \"message\": \"...\"}}"
+        ))
+    })?;
+    let kind = Kind::from_kind_name(&reported.involved_object.kind).ok_or_else(|| {
+        ApiError::bad_request(format!("involvedObject.kind: unknown kind {:?}", reported.involved_object.kind))
+    })?;
+    super::objects::check_name("involvedObject.name", &reported.involved_object.name)?;
+    let event_type = match reported.event_type.as_str() {
+        "Normal" => EventType::Normal,
+        "Warning" => EventType::Warning,
+        other => return Err(ApiError::bad_request(format!("type: {other:?} is neither Normal nor Warning"))),
+    };
+    check_reason(&reported.reason)?;
+    if reported.message.len() > MAX_MESSAGE_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "message: {} bytes; at most {MAX_MESSAGE_BYTES} are kept",
+            reported.message.len()
+        )));
+    }
+    let key = ObjectKey::new(kind, namespace, reported.involved_object.name);
+    let object = match state.store.get(&key).await {
+        Ok(object) => object,
+        Err(StoreError::NotFound(_)) => {
+            return Err(ApiError::not_found(format!("{key} does not exist; events are about existing objects")))
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let event = NewEvent {
+        object: key,
+        uid: object.metadata.uid.unwrap_or_default(),
+        event_type,
+        reason: reported.reason,
+        message: reported.message,
+    };
+    let recorded = state.store.record_event(event).await?;
+    Ok((StatusCode::CREATED, Json(json!(recorded))))
+}
+
+/// A reason is one CamelCase word, as the server's own are.
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    let mut characters = reason.chars();
+    let starts_upper = characters.next().is_some_and(|first| first.is_ascii_uppercase());
+    if starts_upper && reason.len() <= 64 && characters.all(|c| c.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "reason: {reason:?} is not one CamelCase word (letters and digits, at most 64, e.g. SyncFailed)"
+        )))
+    }
 }

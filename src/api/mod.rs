@@ -5,6 +5,7 @@
 //! streams cleanly and lets in-flight requests finish.
 
 pub mod apply;
+pub mod applyset;
 pub mod error;
 pub mod events;
 pub mod guard;
@@ -133,7 +134,10 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/apis/minicloud.dev/v1/apply", post(apply::apply))
         .route("/apis/minicloud.dev/v1/events", get(events::list_all))
-        .route("/apis/minicloud.dev/v1/namespaces/{namespace}/events", get(events::list_namespaced))
+        .route(
+            "/apis/minicloud.dev/v1/namespaces/{namespace}/events",
+            get(events::list_namespaced).post(events::create),
+        )
         .route("/apis/minicloud.dev/v1/{plural}", get(objects::list_all))
         .route(
             "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}",

@@ -250,8 +250,8 @@ pub fn document() -> Value {
     }
     let mut apply_responses = errors(
         &[
-            ("400", "BadRequest or Invalid: malformed or invalid batch (every problem in details.causes); nothing was applied"),
-            ("409", "Conflict: other writers kept changing an object for every retry; nothing was applied"),
+            ("400", "BadRequest or Invalid: malformed or invalid batch (every problem in details.causes), or prune without an applyset; nothing was applied"),
+            ("409", "Conflict or NotPossible: other writers kept changing an object (or the applyset) for every retry, or an object of the batch belongs to another applyset (details.causes names each); nothing was applied"),
             ("422", "Invalid: a write the object lifecycle refuses; nothing was applied"),
         ],
         true,
@@ -265,7 +265,13 @@ pub fn document() -> Value {
         json!({"post": {
             "summary": "Create or update a batch of objects; the batch is validated completely first",
             "operationId": "apply",
-            "parameters": [parameter("dryRun", "query", "Validate and report what would change without writing.", json!({"type": "boolean"}))],
+            "parameters": [
+                parameter("dryRun", "query", "Validate and report what would change without writing.", json!({"type": "boolean"})),
+                parameter("applyset", "query", "Keep the inventory of this set of manifests (an ApplySet object).", json!({"type": "string"})),
+                parameter("applysetNamespace", "query", "Namespace of the ApplySet object (default: default).", json!({"type": "string"})),
+                parameter("prune", "query", "Delete members of the applyset that the batch no longer holds (needs applyset).", json!({"type": "boolean"})),
+                parameter("pruneStateful", "query", "Prune databases too (they follow their deletion policy).", json!({"type": "boolean"}))
+            ],
             "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("ApplyRequest")}}},
             "responses": apply_responses,
         }}),
@@ -365,6 +371,18 @@ pub fn document() -> Value {
                 "400": json_response("BadRequest: a bad namespace, an unknown kind, a bad name, or kind without name (or name without kind)", schema_ref("Error")),
                 "503": json_response(STORE_UNAVAILABLE.1, schema_ref("Error"))
             }
+        },
+        "post": {
+            "summary": "Record an event about an existing object of the namespace (a repeat raises its count); used by `cloud sync`",
+            "operationId": "createEvent",
+            "parameters": [parameter("namespace", "path", "Namespace.", json!({"type": "string"}))],
+            "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("NewEvent")}}},
+            "responses": {
+                "201": json_response("The event as recorded", schema_ref("Event")),
+                "400": json_response("BadRequest: an unknown kind, a bad name, type, reason or a message over the limit", schema_ref("Error")),
+                "404": json_response("NotFound: the object does not exist", schema_ref("Error")),
+                "503": json_response(STORE_UNAVAILABLE.1, schema_ref("Error"))
+            }
         }}),
     );
     for (path, summary) in [("/healthz", "Liveness"), ("/version", "Server version and store backend")] {
@@ -425,16 +443,36 @@ pub fn document() -> Value {
                 "kind": {"type": "string"}, "namespace": {"type": "string"}, "name": {"type": "string"},
                 "action": {"type": "string", "enum": ["created", "configured", "unchanged"]},
                 "changes": {"type": "array", "items": {"type": "string"}, "description": "Fields that change, e.g. spec.image."}
+            }}},
+            "applySet": {"type": "string"},
+            "pruned": {"type": "array", "description": "With an applyset: members no longer applied.", "items": {"type": "object", "properties": {
+                "kind": {"type": "string"}, "namespace": {"type": "string"}, "name": {"type": "string"},
+                "action": {"type": "string", "enum": ["deleted", "kept", "gone", "released"], "description": "kept: a database without pruneStateful; gone: already absent; released: applied outside the set since, not deleted."}
             }}}
         }}),
     );
     schemas.insert(
-        "EventList".into(),
-        json!({"type": "object", "properties": {"items": {"type": "array", "items": {"type": "object", "properties": {
+        "Event".into(),
+        json!({"type": "object", "properties": {
             "kind": {"type": "string"}, "namespace": {"type": "string"}, "name": {"type": "string"}, "uid": {"type": "string"},
             "type": {"type": "string", "enum": ["Normal", "Warning"]}, "reason": {"type": "string"}, "message": {"type": "string"},
             "count": {"type": "integer"}, "firstTimestamp": {"type": "string", "format": "date-time"}, "lastTimestamp": {"type": "string", "format": "date-time"}
-        }}}}}),
+        }}),
+    );
+    schemas.insert(
+        "EventList".into(),
+        json!({"type": "object", "properties": {"items": {"type": "array", "items": schema_ref("Event")}}}),
+    );
+    schemas.insert(
+        "NewEvent".into(),
+        json!({"type": "object", "required": ["involvedObject", "type", "reason", "message"], "additionalProperties": false, "properties": {
+            "involvedObject": {"type": "object", "required": ["kind", "name"], "additionalProperties": false, "properties": {
+                "kind": {"type": "string", "description": "A kind, e.g. Sync."}, "name": {"type": "string"}
+            }},
+            "type": {"type": "string", "enum": ["Normal", "Warning"]},
+            "reason": {"type": "string", "pattern": "^[A-Z][A-Za-z0-9]{0,63}$"},
+            "message": {"type": "string", "maxLength": super::events::MAX_MESSAGE_BYTES}
+        }}),
     );
     json!({
         "openapi": "3.1.0",

@@ -22,6 +22,14 @@ fn text(value: Option<&Value>) -> String {
     }
 }
 
+/// `5m ago` for a timestamp, `-` without one.
+fn ago(value: Option<&Value>) -> String {
+    value
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or("-".into(), |t| format!("{} ago", age(Some(t.with_timezone(&chrono::Utc)))))
+}
+
 /// READY and STATUS cells: the Ready condition's status and reason.
 fn readiness(object: &Object) -> (String, String) {
     if object.metadata.deletion_timestamp.is_some() {
@@ -41,6 +49,8 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::ManagedDatabase => vec!["NAME", "ENGINE", "VERSION", "READY", "ENDPOINT", "LAST BACKUP", "AGE"],
         Kind::Stack => vec!["NAME", "READY", "STATUS", "RESOURCES", "AGE"],
         Kind::Secret => vec!["NAME", "TYPE", "KEYS", "AGE"],
+        Kind::ApplySet => vec!["NAME", "MEMBERS", "LAST APPLY", "AGE"],
+        Kind::Sync => vec!["NAME", "READY", "STATUS", "OBJECTS", "LAST SYNC", "REVISION", "AGE"],
     };
     if wide {
         headers.extend(match kind {
@@ -50,6 +60,8 @@ fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::ManagedDatabase => vec!["STATUS", "CREDENTIALS", "BACKUPS"],
             Kind::Stack => vec!["TEMPLATE"],
             Kind::Secret => vec![],
+            Kind::ApplySet => vec!["KEPT"],
+            Kind::Sync => vec!["DIRECTORY", "COMMIT"],
         });
     }
     headers
@@ -133,11 +145,7 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                 .get("endpoint")
                 .map(|e| format!("{}:{}", text(e.get("host")), text(e.get("port"))))
                 .unwrap_or_else(|| "-".into());
-            let last_backup = state
-                .get("lastBackupTime")
-                .and_then(Value::as_str)
-                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                .map_or("-".into(), |t| format!("{} ago", age(Some(t.with_timezone(&chrono::Utc)))));
+            let last_backup = ago(state.get("lastBackupTime"));
             vec![
                 object.metadata.name.clone(),
                 text(spec.get("engine")),
@@ -163,6 +171,22 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
             let keys = spec.get("stringData").and_then(Value::as_object).map_or(0, |data| data.len());
             vec![object.metadata.name.clone(), text(spec.get("type")), keys.to_string(), created]
         }
+        Kind::ApplySet => {
+            let members = spec.get("members").and_then(Value::as_array).map_or(0, Vec::len);
+            vec![object.metadata.name.clone(), members.to_string(), ago(state.get("lastApplyTime")), created]
+        }
+        Kind::Sync => {
+            let revision: String = text(state.get("revision")).chars().take(12).collect();
+            vec![
+                object.metadata.name.clone(),
+                ready,
+                status,
+                text(state.get("objects")).replace('-', "0"),
+                ago(state.get("lastSyncTime")),
+                revision,
+                created,
+            ]
+        }
     };
     if wide {
         cells.extend(match kind {
@@ -186,6 +210,8 @@ fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
             ],
             Kind::Stack => vec![text(spec.pointer("/templateRef/name"))],
             Kind::Secret => vec![],
+            Kind::ApplySet => vec![state.get("kept").and_then(Value::as_array).map_or(0, Vec::len).to_string()],
+            Kind::Sync => vec![text(spec.get("directory")), text(state.get("commit")).chars().take(12).collect()],
         });
     }
     cells

@@ -6,6 +6,7 @@ mod apply;
 mod db;
 mod delete;
 mod describe;
+mod diff;
 mod events;
 mod explain;
 mod get;
@@ -13,6 +14,7 @@ mod output;
 mod scale;
 mod secret;
 mod server;
+mod sync;
 mod templates;
 mod up;
 mod validate;
@@ -73,7 +75,41 @@ enum Command {
         /// Show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
+        /// Keep the inventory of what this directory applies under this name (an ApplySet on
+        /// the server; in -n's namespace, default `default`).
+        #[arg(long)]
+        applyset: Option<String>,
+        /// Delete the applyset's members that the manifests no longer hold (needs --applyset).
+        #[arg(long, requires = "applyset")]
+        prune: bool,
+        /// Prune databases too (they follow their deletionPolicy); otherwise they are kept and
+        /// reported.
+        #[arg(long, requires = "prune")]
+        prune_stateful: bool,
     },
+    /// Compare manifests with what the server has: create / update (field by field, and
+    /// whether containers are replaced) / unchanged, drift (changed outside the manifests),
+    /// and with --prune --applyset what would be deleted. Exit 0: no difference, 1: differences,
+    /// 2: error.
+    Diff {
+        /// Manifest files, directories, or `-` for standard input.
+        #[arg(short = 'f', long = "filename", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        #[arg(long)]
+        applyset: Option<String>,
+        #[arg(long, requires = "applyset")]
+        prune: bool,
+        #[arg(long, requires = "prune")]
+        prune_stateful: bool,
+    },
+    /// Keep a directory of manifests applied: on every file change and at an interval, apply
+    /// it as an applyset with prune (a broken file applies and prunes nothing). Its state:
+    /// `cloud get syncs`, `cloud describe sync NAME`.
+    Sync(sync::SyncArgs),
     /// List objects: `cloud get instances`, `cloud get lb web -o yaml`, `cloud get inst -w`.
     Get {
         /// A kind (`instance`, `instances`, `inst`, ...) and optional names, or KIND/NAME items.
@@ -299,6 +335,21 @@ pub async fn modify(
     anyhow::bail!("{}/{name} kept changing while it was being written; try again", kind.as_str().to_ascii_lowercase())
 }
 
+/// The applyset options of `apply` and `diff`.
+fn applyset_options(
+    name: Option<String>,
+    namespace: Option<&str>,
+    prune: bool,
+    prune_stateful: bool,
+) -> Option<crate::client::ApplySetOptions> {
+    Some(crate::client::ApplySetOptions {
+        name: name?,
+        namespace: namespace.unwrap_or(minicloud_crds::DEFAULT_NAMESPACE).to_owned(),
+        prune,
+        prune_stateful,
+    })
+}
+
 /// Runs the command line and returns the process exit code (0 success, 1 error).
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
@@ -307,8 +358,21 @@ pub async fn run() -> ExitCode {
     let outcome = match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Up(args) => up::run(args).await,
-        Command::Apply { files, recursive, namespace, dry_run } => {
-            apply::run(&client, &files, recursive, namespace.as_deref(), dry_run).await
+        Command::Apply { files, recursive, namespace, dry_run, applyset, prune, prune_stateful } => {
+            let set = applyset_options(applyset, namespace.as_deref(), prune, prune_stateful);
+            apply::run(&client, &files, recursive, namespace.as_deref(), dry_run, set.as_ref()).await
+        }
+        Command::Sync(args) => sync::command(&client, args).await,
+        Command::Diff { files, recursive, namespace, applyset, prune, prune_stateful } => {
+            let set = applyset_options(applyset, namespace.as_deref(), prune, prune_stateful);
+            match diff::run(&client, &files, recursive, namespace.as_deref(), set.as_ref()).await {
+                Ok(false) => return ExitCode::SUCCESS,
+                Ok(true) => return ExitCode::from(1),
+                Err(error) => {
+                    report(&error);
+                    return ExitCode::from(2);
+                }
+            }
         }
         Command::Get { targets, namespace, all_namespaces, selector, output, watch } => {
             let namespace = (!all_namespaces).then_some(namespace);
@@ -353,9 +417,12 @@ pub async fn run() -> ExitCode {
 
 /// Prints an error; API validation errors list every field problem.
 fn report(error: &anyhow::Error) {
-    if let Some(ClientError::Api { causes, reason, .. }) = error.downcast_ref::<ClientError>() {
+    if let Some(ClientError::Api { causes, message, .. }) = error.downcast_ref::<ClientError>() {
         if !causes.is_empty() {
-            eprintln!("error: {reason}:");
+            // The message ends with the causes joined; they follow one per line instead.
+            let joined = causes.iter().map(|cause| format!("{}: {}", cause.field, cause.message)).collect::<Vec<_>>();
+            let headline = message.strip_suffix(&joined.join("; ")).unwrap_or(message);
+            eprintln!("error: {}:", headline.trim_end_matches([' ', ':']));
             for cause in causes {
                 eprintln!("  {}: {}", cause.field, cause.message);
             }

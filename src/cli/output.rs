@@ -41,6 +41,15 @@ pub fn table_with_widths(headers: &[&str], rows: &[Vec<String>], widths: &mut Ve
     text
 }
 
+/// `kind/name` as the CLI names an object, with ` -n NAMESPACE` outside the default namespace.
+pub fn object_label(kind: &str, name: &str, namespace: &str) -> String {
+    if namespace == minicloud_crds::DEFAULT_NAMESPACE {
+        format!("{}/{name}", kind.to_ascii_lowercase())
+    } else {
+        format!("{}/{name} -n {namespace}", kind.to_ascii_lowercase())
+    }
+}
+
 /// A short age: `45s`, `12m`, `3h`, `9d`.
 pub fn age(since: Option<DateTime<Utc>>) -> String {
     let Some(since) = since else { return "<unknown>".into() };

@@ -68,6 +68,19 @@ pub struct ServerArgs {
     /// Time a request has to send its body, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = super::parse_duration)]
     pub body_read_timeout: std::time::Duration,
+    /// Keep this directory of manifests applied (as `cloud sync DIR` does): on every file change
+    /// and every --sync-interval, with prune.
+    #[arg(long, value_name = "DIR")]
+    pub sync: Option<PathBuf>,
+    /// Time between applies of --sync when no file changes, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = super::parse_duration, requires = "sync")]
+    pub sync_interval: std::time::Duration,
+    /// Name of the Sync object and applyset of --sync (default: the directory's name).
+    #[arg(long, requires = "sync")]
+    pub sync_name: Option<String>,
+    /// Let --sync prune databases too (they follow their deletionPolicy).
+    #[arg(long, requires = "sync")]
+    pub sync_prune_stateful: bool,
     /// How long a watch waits for a client that reads nothing before it ends the watch, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
     pub watch_send_timeout: std::time::Duration,
@@ -128,6 +141,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     });
+    let sync = match &args.sync {
+        Some(directory) => Some(super::sync::SyncSettings::new(
+            directory,
+            args.sync_name.as_deref(),
+            minicloud_crds::DEFAULT_NAMESPACE,
+            args.sync_interval,
+            args.sync_prune_stateful,
+        )?),
+        None => None,
+    };
     let config = ServerConfig {
         listen: args.listen,
         database_url,
@@ -136,5 +159,24 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         limits,
         controllers,
     };
-    composition::run(config, composition::shutdown_signal(), |_| {}).await
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let mut syncing = None;
+    let stop = async move {
+        composition::shutdown_signal().await;
+        let _ = stopping.send(true);
+    };
+    let served = composition::run(config, stop, |address| {
+        if let Some(settings) = sync {
+            let mut stopped = stopped.clone();
+            let stop = async move {
+                let _ = stopped.wait_for(|stopped| *stopped).await;
+            };
+            syncing = Some(super::sync::spawn_beside_server(address, settings, stop));
+        }
+    })
+    .await;
+    if let Some(syncing) = syncing {
+        syncing.abort();
+    }
+    served
 }

@@ -94,7 +94,8 @@ impl Manifest {
 }
 
 /// Reads manifests from paths: files, directories (their `.yaml`, `.yml` and `.json` files;
-/// subdirectories too when `recursive`) and `-` for standard input.
+/// subdirectories too when `recursive`; hidden files and directories skipped) and `-` for
+/// standard input.
 pub fn read_sources(paths: &[PathBuf], recursive: bool) -> Result<Vec<Source>, ManifestError> {
     let mut sources = Vec::new();
     let mut problems = Vec::new();
@@ -188,7 +189,13 @@ fn read_directory(
             return;
         }
     };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|entry| entry.ok().map(|entry| entry.path())).collect();
+    // Hidden entries (`.git`, `.github/workflows/*.yml`, an editor's `.x.yaml.swp`) are not
+    // manifests.
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| !entry.file_name().to_string_lossy().starts_with('.'))
+        .map(|entry| entry.path())
+        .collect();
     paths.sort();
     for path in paths {
         if path.is_dir() {
