@@ -199,6 +199,19 @@ fn hostile_files_are_bounded() {
     let output = cloud(&["validate", "-R", "-f", &path], None);
     assert_eq!(stderr(&output).matches("symbolic link loop").count(), 3, "{}", stderr(&output));
 
+    // A pipe without a writer in a directory would block the read forever (a sync loop too).
+    let piped = tempfile::tempdir().expect("tempdir");
+    let fifo = piped.path().join("never.yaml");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let piped_path = piped.path().display().to_string();
+    within(
+        "a pipe in a directory",
+        &["validate", "-f", &piped_path],
+        None,
+        &format!("{}: is not a regular file", fifo.display()),
+    );
+
     let mut string_bomb = format!(
         "apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata: {{name: s}}\nbig: &big \"{}\"\ncopies: [",
         "x".repeat(1 << 20)

@@ -307,6 +307,21 @@ async fn an_object_taken_over_by_a_plain_apply_is_released_not_pruned() {
     assert!(out.contains("secret/b released, not deleted"), "{out}");
     assert_eq!(names(&url, "secrets").await, ["a", "b"]);
     assert_eq!(members(&get(&url, "applysets", "site").await.expect("set")), ["Secret/a"]);
+
+    // Released, b can join another set; a third set is refused it and told how to move it ...
+    let loose_dir = loose.path().to_str().expect("path");
+    ok(&url, &["apply", "-f", loose_dir, "--applyset", "other"]);
+    let (code, _, err) = run(&url, &["apply", "-f", loose_dir, "--applyset", "third"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("secret/b belongs to applyset default/other; to move it, apply it once without --applyset"),
+        "{err}"
+    );
+    // ... until that set is deleted: its former members are free to take.
+    ok(&url, &["delete", "applyset", "other"]);
+    ok(&url, &["apply", "-f", loose_dir, "--applyset", "third"]);
+    let b = get(&url, "secrets", "b").await.expect("b");
+    assert_eq!(b["metadata"]["annotations"]["minicloud.dev/applyset"], "default/third");
     server.stop().await;
 }
 

@@ -141,6 +141,12 @@ impl Kind {
         }
     }
 
+    /// Whether something (a controller, a sync loop) reports conditions and an observed
+    /// generation on objects of this kind; Secrets and ApplySets are data only.
+    pub fn reports_conditions(self) -> bool {
+        !matches!(self, Kind::Secret | Kind::ApplySet)
+    }
+
     /// The kind named by its exact `kind:` spelling.
     pub fn from_kind_name(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.as_str() == name)

@@ -64,7 +64,8 @@ pub fn claim(objects: &mut [Object], request: &ApplySetRequest) {
 }
 
 /// Refuses a batch holding an object that another applyset manages: one object, one set, or
-/// the sets would fight over it and one's prune would delete the other's object.
+/// the sets would fight over it and one's prune would delete the other's object. An object
+/// whose set no longer exists is free to take.
 pub async fn check_owners(store: &dyn Store, request: &ApplySetRequest, keys: &[ObjectKey]) -> Result<(), ApiError> {
     let mine = owner(request);
     let mut causes = Vec::new();
@@ -74,14 +75,19 @@ pub async fn check_owners(store: &dyn Store, request: &ApplySetRequest, keys: &[
             Err(StoreError::NotFound(_)) => continue,
             Err(error) => return Err(error.into()),
         };
-        if let Some(other) = live.metadata.annotations.get(PART_OF_ANNOTATION).filter(|other| **other != mine) {
-            causes.push(super::error::Cause {
-                field: format!("items[{index}]"),
-                message: format!(
-                    "{key} belongs to applyset {other}; remove it from that set's manifests (and apply them with --prune) before this set takes it"
-                ),
-            });
+        let Some(other) = live.metadata.annotations.get(PART_OF_ANNOTATION).filter(|other| **other != mine) else {
+            continue;
+        };
+        if !set_exists(store, other).await? {
+            continue;
         }
+        causes.push(super::error::Cause {
+            field: format!("items[{index}]"),
+            message: format!(
+                "{key} belongs to applyset {other}; to move it, apply it once without --applyset (that releases it: \
+                 {other} will not prune it), remove it from {other}'s manifests, then apply it with this set"
+            ),
+        });
     }
     if causes.is_empty() {
         return Ok(());
@@ -94,6 +100,20 @@ pub async fn check_owners(store: &dyn Store, request: &ApplySetRequest, keys: &[
     ));
     error.causes = causes;
     Err(error)
+}
+
+/// Whether the applyset a member's mark (`NAMESPACE/NAME`) names still exists; a mark that
+/// names no valid set counts as none.
+async fn set_exists(store: &dyn Store, mark: &str) -> Result<bool, ApiError> {
+    let Some((namespace, name)) = mark.split_once('/') else { return Ok(false) };
+    if namespace.is_empty() || name.is_empty() || name.contains('/') {
+        return Ok(false);
+    }
+    match store.get(&ObjectKey::new(Kind::ApplySet, namespace, name)).await {
+        Ok(_) => Ok(true),
+        Err(StoreError::NotFound(_)) => Ok(false),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// The applyset's key.

@@ -74,14 +74,16 @@ pub fn render(object: &Object, events: &[crate::store::Event], members: Option<&
     field("Annotations", map_text(&meta.annotations));
     field("UID", meta.uid.clone().unwrap_or_default());
     field("Version", meta.resource_version.clone().unwrap_or_default());
+    let reported = minicloud_crds::Kind::from_kind_name(&object.kind).is_none_or(|kind| kind.reports_conditions());
     let observed = object.status.get("observedGeneration").and_then(Value::as_i64);
+    let generation = meta.generation.unwrap_or(0);
     field(
         "Generation",
-        format!(
-            "{} (observed: {})",
-            meta.generation.unwrap_or(0),
-            observed.map_or("not yet".into(), |generation| generation.to_string())
-        ),
+        match (reported, observed) {
+            (false, _) => generation.to_string(),
+            (true, None) => format!("{generation} (observed: not yet)"),
+            (true, Some(observed)) => format!("{generation} (observed: {observed})"),
+        },
     );
     field("Created", time_text(meta.creation_timestamp));
     if meta.deletion_timestamp.is_some() {
@@ -140,10 +142,15 @@ pub fn render(object: &Object, events: &[crate::store::Event], members: Option<&
             out.push_str(&indent(&table(&["AGE", "REASON", "DECISION"], &rows)));
         }
     }
-    out.push_str("Conditions:\n");
     let conditions: Vec<Value> = conditions.and_then(|c| c.as_array().cloned()).unwrap_or_default();
+    // A kind nothing reports on gets no empty section to wonder about.
+    if reported || !conditions.is_empty() {
+        out.push_str("Conditions:\n");
+    }
     if conditions.is_empty() {
-        out.push_str("  <none> (no controller has reported on this object yet)\n");
+        if reported {
+            out.push_str("  <none> (no controller has reported on this object yet)\n");
+        }
     } else {
         let rows: Vec<Vec<String>> = conditions
             .iter()
@@ -226,4 +233,32 @@ fn members_table(group: &Object, members: &[Object]) -> String {
 
 fn indent(text: &str) -> String {
     text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(kind: &str) -> Object {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "minicloud.dev/v1",
+            "kind": kind,
+            "metadata": {"name": "x", "namespace": "default", "generation": 1},
+            "spec": {},
+        }))
+        .expect("object")
+    }
+
+    #[test]
+    fn kinds_nothing_reports_on_have_no_empty_conditions() {
+        for kind in ["Secret", "ApplySet"] {
+            let text = render(&object(kind), &[], None);
+            assert!(!text.contains("Conditions:") && !text.contains("observed"), "{kind}: {text}");
+            assert!(text.contains("Generation:   1\n"), "{text}");
+        }
+        for kind in ["Instance", "Sync"] {
+            let text = render(&object(kind), &[], None);
+            assert!(text.contains("observed: not yet") && text.contains("no controller has reported"), "{text}");
+        }
+    }
 }

@@ -207,7 +207,16 @@ fn read_directory(
             .and_then(|extension| extension.to_str())
             .is_some_and(|extension| matches!(extension, "yaml" | "yml" | "json"))
         {
-            read_file(&path, sources, problems);
+            // A pipe or a device found in a directory would block the read (a pipe without a
+            // writer never opens); named on the command line (`-f <(...)`) they are read.
+            if path.metadata().is_ok_and(|metadata| !metadata.is_file()) {
+                problems.push(file_problem(
+                    &path.display().to_string(),
+                    "is not a regular file (a pipe, socket or device); remove it or name it with -f".into(),
+                ));
+            } else {
+                read_file(&path, sources, problems);
+            }
         }
     }
 }
