@@ -220,6 +220,26 @@ async fn prune_deletes_only_what_the_applyset_applied() {
     let events = ok(&url, &["events"]);
     assert!(events.contains("Pruned") && events.contains("deleted secret/default/b"), "{events}");
 
+    // An inventory edited by hand to list c and d (neither carries the set's mark) prunes
+    // neither: they are let go as released.
+    let mut set = get(&url, "applysets", "site").await.expect("set");
+    set["spec"]["members"] = json!([
+        {"kind": "Secret", "namespace": "default", "name": "a"},
+        {"kind": "Secret", "namespace": "default", "name": "c"},
+        {"kind": "Secret", "namespace": "default", "name": "d"},
+    ]);
+    let response = reqwest::Client::new()
+        .put(format!("{url}{V1}/namespaces/default/applysets/site"))
+        .json(&set)
+        .send()
+        .await
+        .expect("put");
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
+    let out = ok(&url, &["apply", "-R", "-f", dir, "--applyset", "site", "--prune"]);
+    assert!(out.contains("secret/c released, not deleted") && out.contains("secret/d released"), "{out}");
+    assert_eq!(names(&url, "secrets").await, ["a", "c", "d"]);
+    assert_eq!(members(&get(&url, "applysets", "site").await.expect("set")), ["Secret/a"]);
+
     // An empty directory is an error, not "prune everything".
     std::fs::remove_file(site.path().join("a.yaml")).expect("rm");
     let (code, _, err) = run(&url, &["apply", "-R", "-f", dir, "--applyset", "site", "--prune"]);

@@ -48,7 +48,8 @@ pub struct SyncStatus {
     /// Objects the directory holds.
     #[serde(default)]
     pub objects: u32,
-    /// What the last round created, changed and pruned (`kind/name`).
+    /// What the last round that changed anything created, updated, pruned or released
+    /// (`updated instance/web`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_changes: Vec<String>,
     /// Why the last round did not apply (validation problems, an unreachable store).

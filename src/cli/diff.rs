@@ -15,7 +15,7 @@ use super::output::object_label;
 use crate::api::apply::{drift, field_changes, merge, Action, FieldChange};
 use crate::client::{ApplySetOptions, Client};
 
-/// Terminal colours, or none when the output is not a terminal.
+/// Terminal colours, or none when the output is not a terminal or `NO_COLOR` is set.
 struct Paint {
     on: bool,
 }
@@ -53,7 +53,7 @@ pub async fn run(
     let manifests = super::apply::load(files, recursive)?;
     let items = super::apply::items(&manifests, namespace)?;
     let answer = client.apply_with(items.clone(), true, set).await?;
-    let paint = Paint { on: std::io::stdout().is_terminal() };
+    let paint = Paint { on: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() };
     let mut differences = false;
     for (item, manifest) in answer.items.iter().zip(&items) {
         let kind = Kind::from_kind_name(&item.kind);
