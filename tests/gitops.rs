@@ -308,6 +308,44 @@ async fn a_validation_error_anywhere_applies_and_prunes_nothing() {
 }
 
 #[tokio::test]
+async fn sets_racing_for_one_object_cannot_both_take_it() {
+    let server = TestServer::sqlite().await;
+    let url = server.url.clone();
+    let client = reqwest::Client::new();
+    let item = json!({"apiVersion": "minicloud.dev/v1", "kind": "Secret",
+        "metadata": {"name": "shared", "namespace": "default"}, "spec": {"stringData": {"k": "v"}}});
+    let requests = (0..8).map(|index| {
+        let client = client.clone();
+        let url = url.clone();
+        let item = item.clone();
+        tokio::spawn(async move {
+            let response = client
+                .post(format!("{url}{V1}/apply?applyset=set-{index}&prune=true"))
+                .json(&json!({"items": [item]}))
+                .send()
+                .await
+                .expect("apply");
+            (index, response.status().as_u16())
+        })
+    });
+    let mut taken = Vec::new();
+    for request in requests {
+        let (index, status) = request.await.expect("task");
+        match status {
+            200 => taken.push(index),
+            409 => {}
+            other => panic!("set-{index}: unexpected {other}"),
+        }
+    }
+    assert_eq!(taken.len(), 1, "exactly one set takes the object: {taken:?}");
+    let shared = get(&url, "secrets", "shared").await.expect("shared");
+    assert_eq!(shared["metadata"]["annotations"]["minicloud.dev/applyset"], format!("default/set-{}", taken[0]));
+    let sets = names(&url, "applysets").await;
+    assert_eq!(sets, [format!("set-{}", taken[0])], "the refused sets wrote no inventory");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn an_object_taken_over_by_a_plain_apply_is_released_not_pruned() {
     let server = TestServer::sqlite().await;
     let url = server.url.clone();
@@ -584,6 +622,16 @@ async fn the_interval_sets_drift_back_and_deleting_the_sync_stops_it() {
     })
     .await;
     assert!(synced["status"]["rounds"].as_u64().unwrap_or(0) >= 2, "{synced}");
+
+    // The directory removed under the loop (a careless `rm -rf`, a checkout moving it): the
+    // round fails and prunes nothing.
+    let moved = tempfile::tempdir().expect("dir");
+    let parked = moved.path().join("parked");
+    std::fs::rename(site.path(), &parked).expect("move the directory away");
+    wait_for_sync(&url, "default", "site", "failed", |s| condition(s, "Synced") == Some(("False", "InvalidManifests")))
+        .await;
+    assert!(get(&url, "instances", "web").await.is_some(), "a missing directory prunes nothing");
+    std::fs::rename(&parked, site.path()).expect("move it back");
 
     // Deleting the Sync object stops the loop (the process exits with an error).
     let response =
