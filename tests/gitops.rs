@@ -671,6 +671,13 @@ async fn cloud_sync_once_reports_and_exits() {
     let (code, _, err) = run(&url, &["sync", dir, "--once", "--name", "Not/A/Name"]);
     assert_eq!(code, 1);
     assert!(err.contains("--name"), "{err}");
+    // An interval of 0 would hammer the server; a huge one used to overflow.
+    let (code, _, err) = run(&url, &["sync", dir, "--once", "--interval", "0s"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("from 1s to 24h"), "{err}");
+    let (code, _, err) = run(&url, &["sync", dir, "--once", "--interval", "99999999999999999999h"]);
+    assert_eq!(code, 2, "a usage error, not a panic: {err}");
+    assert!(err.contains("longer than a year"), "{err}");
     server.stop().await;
 }
 

@@ -256,8 +256,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("invalid duration unit in {text:?}: use ms, s, m or h")),
     };
+    // Deadlines are computed as now + duration: keep them far from any overflow.
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!("duration {text:?} is longer than a year (8760h)"));
+    }
     Ok(Duration::from_secs_f64(seconds))
 }
+
+/// The longest duration an option accepts.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Parses a kind as typed on the command line.
 pub fn parse_kind(text: &str) -> anyhow::Result<Kind> {
@@ -458,5 +465,25 @@ async fn version(client: &Client) -> anyhow::Result<()> {
             Ok(())
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_huge_ones_are_refused() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        for bad in ["99999999999999999999h", "8761h", &"9".repeat(400)] {
+            let error = parse_duration(bad).expect_err(bad);
+            assert!(error.contains("longer than a year"), "{bad}: {error}");
+        }
+        assert!(parse_duration("1.2.3s").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
     }
 }

@@ -34,6 +34,9 @@ const DEBOUNCE: Duration = Duration::from_millis(500);
 const MAX_DEBOUNCE: Duration = Duration::from_secs(5);
 /// The longest one request to the server may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// The shortest and longest interval between rounds without file changes.
+const MIN_INTERVAL: Duration = Duration::from_secs(1);
+const MAX_INTERVAL: Duration = Duration::from_secs(86_400);
 /// Longest error text kept in the status and in an event.
 const MAX_MESSAGE_CHARS: usize = 2000;
 
@@ -44,6 +47,8 @@ pub enum SyncError {
     Directory { directory: String, reason: String },
     #[error("sync name {name:?}: {reason}; pass --name with a lowercase DNS label")]
     Name { name: String, reason: String },
+    #[error("interval {interval:?}: write one from 1s to 24h (file changes are applied at once anyway)")]
+    Interval { interval: Duration },
     #[error("sync/{name} was deleted; syncing stopped")]
     Deleted { name: String },
     #[error("the server did not answer within {} s", REQUEST_TIMEOUT.as_secs())]
@@ -89,6 +94,9 @@ impl SyncSettings {
             .map_err(|reason| SyncError::Name { name: name.clone(), reason })?;
         minicloud_crds::validation::check_dns_label(namespace)
             .map_err(|reason| SyncError::Name { name: namespace.to_owned(), reason })?;
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+            return Err(SyncError::Interval { interval });
+        }
         Ok(SyncSettings { directory, name, namespace: namespace.to_owned(), interval, prune_stateful })
     }
 
@@ -96,7 +104,7 @@ impl SyncSettings {
         SyncSpec {
             directory: self.directory.display().to_string(),
             apply_set: Some(self.name.clone()),
-            interval_seconds: Some(self.interval.as_secs().clamp(1, 86_400) as u32),
+            interval_seconds: Some(self.interval.as_secs() as u32),
             prune_stateful: self.prune_stateful,
         }
     }
