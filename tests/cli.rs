@@ -302,4 +302,23 @@ fn offline_commands_and_unreachable_server() {
     assert!(stdout(&output).contains("client: cloud"), "{}", stdout(&output));
     let output = run(&["get", "pods"]);
     assert!(stderr(&output).contains("unknown resource type \"pods\""), "{}", stderr(&output));
+
+    // Server options it cannot run with are refused before anything starts (a zero resync
+    // period used to panic the controller runtime).
+    let data = tempfile::tempdir().expect("data dir");
+    let data = data.path().to_str().expect("path");
+    for (option, value, expected) in [
+        ("--resync", "0s", "--resync 0ns is too short"),
+        ("--header-read-timeout", "10ms", "--header-read-timeout 10ms is too short"),
+        ("--workers", "0", "--workers 0: write a number from 1 to 1024"),
+        ("--timeout", "99999999999999999999h", "longer than a year"),
+    ] {
+        let output =
+            run(&["up", "-f", "examples/hello/", "--data-dir", data, "--listen", "127.0.0.1:0", option, value]);
+        assert!(matches!(output.status.code(), Some(1 | 2)), "{option} {value}: {}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{option} {value}: {}", stderr(&output));
+    }
+    let output = run(&["server", "--data-dir", data, "--listen", "127.0.0.1:0", "--resync", "0s"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("--resync 0ns is too short"), "{}", stderr(&output));
 }

@@ -87,6 +87,27 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Refuses option values the server cannot run with: a zero resync period would stop the
+    /// controller runtime, zero timeouts would refuse every request, zero workers reconcile
+    /// nothing.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let periods = [
+            ("--resync", self.resync),
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--body-read-timeout", self.body_read_timeout),
+            ("--watch-send-timeout", self.watch_send_timeout),
+        ];
+        for (option, value) in periods {
+            if value < std::time::Duration::from_secs(1) {
+                anyhow::bail!("{option} {value:?} is too short: write at least 1s");
+            }
+        }
+        if !(1..=1024).contains(&self.workers) {
+            anyhow::bail!("--workers {}: write a number from 1 to 1024", self.workers);
+        }
+        Ok(())
+    }
+
     /// The API limits these options set.
     pub fn limits(&self) -> api::Limits {
         api::Limits {
@@ -124,6 +145,7 @@ pub fn init_logging(format: LogFormat) {
 
 /// Runs the server until a shutdown signal.
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    args.check()?;
     init_logging(args.log_format);
     let limits = args.limits();
     let data_dir = args.data_dir.unwrap_or_else(sql::default_data_dir);

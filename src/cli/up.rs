@@ -42,7 +42,8 @@ pub struct UpArgs {
 
 /// Runs `cloud up`.
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    // Nothing starts unless every manifest is valid.
+    // Nothing starts unless the options and every manifest are valid.
+    args.server.check()?;
     let manifests = super::apply::load(&args.files, args.recursive)?;
     if args.server.log_format == LogFormat::Json || std::env::var_os("RUST_LOG").is_some() {
         init_logging(args.server.log_format);
