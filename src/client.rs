@@ -100,7 +100,15 @@ pub struct ApplySetOptions {
 /// What a delete did.
 #[derive(Debug, Deserialize)]
 pub struct DeleteAnswer {
-    pub status: String,
+    /// `Status` when the object is gone; the object's own kind while finalizers hold it.
+    pub kind: String,
+}
+
+impl DeleteAnswer {
+    /// Whether the object is still there, waiting for its finalizers.
+    pub fn terminating(&self) -> bool {
+        self.kind != "Status"
+    }
 }
 
 #[derive(Deserialize)]
@@ -355,7 +363,7 @@ impl Client {
         selector: Option<&str>,
         resource_version: Option<&str>,
     ) -> Result<WatchLines, ClientError> {
-        let mut query = vec![("watch", "true".to_owned())];
+        let mut query = vec![("watch", "true".to_owned()), ("allowWatchBookmarks", "true".to_owned())];
         if let Some(selector) = selector {
             query.push(("labelSelector", selector.to_owned()));
         }
@@ -370,6 +378,9 @@ impl Client {
             loop {
                 if let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {
                     let line = buffer.split_to(end + 1);
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
                     let parsed = serde_json::from_slice::<WatchLine>(line.chunk()).map_err(|error| {
                         ClientError::Protocol { server: server.clone(), detail: format!("bad watch line: {error}") }
                     });

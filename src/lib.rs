@@ -9,6 +9,7 @@
 pub mod api;
 pub mod cli;
 pub mod client;
+pub mod columns;
 pub mod manifest;
 pub mod secrets;
 pub mod server;

@@ -74,7 +74,8 @@ async fn crud_and_status_codes(server: &TestServer) {
     let (status, body) = send(http.delete(format!("{item}?resourceVersion=1"))).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let (status, body) = send(http.delete(&item)).await;
-    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("Deleted")));
+    assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("Success")), "{body}");
+    assert_eq!((body["kind"].as_str(), body["details"]["name"].as_str()), (Some("Status"), Some("web")));
     let (status, body) = send(http.get(&item)).await;
     assert_eq!((status, body["reason"].as_str()), (StatusCode::NOT_FOUND, Some("NotFound")));
     assert_eq!(body["details"]["name"], "web");
@@ -140,8 +141,13 @@ async fn watch_streams_changes_and_resumes(server: &TestServer) {
     let from = revision(&http, server).await;
 
     // Without resourceVersion: the current objects first, as ADDED.
-    let response =
-        http.get(&collection).query(&[("watch", "true"), ("heartbeatSeconds", "1")]).send().await.expect("watch");
+    let response = http
+        .get(&collection)
+        .query(&[("watch", "true"), ("heartbeatSeconds", "1")])
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .expect("watch");
     assert_eq!(response.headers()["content-type"], "application/x-ndjson");
     let mut stream = response.bytes_stream();
     let mut buffer = Vec::new();

@@ -24,6 +24,6 @@ pub mod sync;
 pub mod validation;
 
 pub use kinds::{Kind, TypedObject};
-pub use meta::{ObjectMeta, API_VERSION, DEFAULT_NAMESPACE};
+pub use meta::{ObjectMeta, API_GROUP, API_VERSION, DEFAULT_NAMESPACE};
 pub use object::{Object, ObjectKey};
 pub use path::{FieldError, FieldPath, PathSegment};

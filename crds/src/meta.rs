@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// The API group and version every minicloud resource carries in `apiVersion`.
 pub const API_VERSION: &str = "minicloud.dev/v1";
 
+/// The API group of every minicloud resource.
+pub const API_GROUP: &str = "minicloud.dev";
+
 /// The namespace an object lands in when its manifest names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
 

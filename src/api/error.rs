@@ -1,5 +1,7 @@
-//! API errors: one type that every handler returns, rendered as JSON
-//! `{code, reason, message, details}` with the matching HTTP status, as Kubernetes does.
+//! API errors: one type that every handler returns, rendered as a Kubernetes `Status` object
+//! (`{kind: Status, status: Failure, code, reason, message, details: {causes}}`) with the
+//! matching HTTP status, so that kubectl and client libraries read them as they read
+//! Kubernetes' own.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -120,9 +122,18 @@ impl ApiError {
             details.insert("name".into(), json!(name));
         }
         if !self.causes.is_empty() {
-            details.insert("causes".into(), json!(self.causes));
+            let causes: Vec<_> = self
+                .causes
+                .iter()
+                .map(|cause| json!({"reason": "FieldValueInvalid", "field": cause.field, "message": cause.message}))
+                .collect();
+            details.insert("causes".into(), json!(causes));
         }
         json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
             "code": self.status.as_u16(),
             "reason": self.reason,
             "message": self.message,

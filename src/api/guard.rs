@@ -19,8 +19,15 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 
-/// The media types the API accepts for request bodies.
-pub const ACCEPTED_BODY_TYPES: &[&str] = &["application/json"];
+/// The media types the API accepts for request bodies: JSON, and the patch types Kubernetes
+/// clients send (none of them a type a browser may send cross-origin without asking).
+pub const ACCEPTED_BODY_TYPES: &[&str] = &[
+    "application/json",
+    "application/merge-patch+json",
+    "application/json-patch+json",
+    "application/apply-patch+yaml",
+    "application/strategic-merge-patch+json",
+];
 
 /// Refuses cross-site writes and writes whose body is not declared as JSON.
 pub async fn guard_writes(request: Request<Body>, next: Next) -> Response {

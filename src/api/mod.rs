@@ -9,9 +9,11 @@ pub mod applyset;
 pub mod error;
 pub mod events;
 pub mod guard;
+pub mod kube;
 pub mod logs;
 pub mod objects;
 pub mod openapi;
+pub mod patch;
 pub mod secrets;
 pub mod spool;
 
@@ -132,6 +134,17 @@ pub fn router(state: AppState) -> Router {
         .route("/version", get(version))
         .route("/openapi.json", get(openapi_document))
         .route("/metrics", get(metrics))
+        .route("/api", get(kube::core_versions))
+        .route("/api/v1", get(kube::core_resources))
+        .route("/api/v1/namespaces", get(kube::list_namespaces))
+        .route("/api/v1/namespaces/{name}", get(kube::get_namespace))
+        .route("/api/v1/namespaces/{namespace}/events", get(kube::core_events))
+        .route("/api/v1/events", get(kube::core_events_all))
+        .route("/apis", get(kube::groups))
+        .route("/openapi/v3", get(kube::openapi_v3_root))
+        .route("/openapi/v3/apis/minicloud.dev/v1", get(kube::openapi_v3_group))
+        .route("/apis/minicloud.dev", get(kube::group))
+        .route("/apis/minicloud.dev/v1", get(kube::group_resources))
         .route("/apis/minicloud.dev/v1/apply", post(apply::apply))
         .route("/apis/minicloud.dev/v1/events", get(events::list_all))
         .route(
@@ -145,7 +158,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route(
             "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}/{name}",
-            get(objects::get_one).put(objects::replace).delete(objects::delete_one),
+            get(objects::get_one).put(objects::replace).patch(patch::patch).delete(objects::delete_one),
         )
         .route(
             "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}/{name}/status",
@@ -199,13 +212,34 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({"status": "ready", "revision": revision})))
 }
 
+/// minicloud's version, store and cluster, in Kubernetes' shape too (`major`, `minor`,
+/// `gitVersion`, ...) for kubectl and client libraries.
 async fn version(State(state): State<AppState>) -> Json<Value> {
+    let (major, minor) = (kube::KUBERNETES_MAJOR, kube::KUBERNETES_MINOR);
     Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "apiVersion": minicloud_crds::API_VERSION,
         "store": state.backend,
         "cluster": state.store.cluster_id(),
+        "major": major,
+        "minor": minor,
+        "gitVersion": format!("v{major}.{minor}.0+minicloud-{}", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, go_architecture()),
     }))
+}
+
+/// The machine architecture as Go (and so Kubernetes) names it.
+fn go_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
 }
 
 /// Prometheus' text format.

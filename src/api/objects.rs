@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::{FutureExt, StreamExt};
@@ -20,10 +20,10 @@ use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
 use serde_json::{json, Value};
 
 use super::error::ApiError;
-use super::spool;
+use super::{kube, spool};
 use super::{AppState, Limits};
 use crate::manifest;
-use crate::store::{self, Deleted, Selector, Store};
+use crate::store::{self, Deleted, Selector, Store, StoreError};
 
 /// Heartbeat interval of watches unless `heartbeatSeconds` says otherwise.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
@@ -238,15 +238,32 @@ async fn list_or_watch(
     kind: Kind,
     namespace: Option<String>,
     params: HashMap<String, String>,
+    headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     if let Some(namespace) = &namespace {
         check_name("namespace", namespace)?;
     }
     let query = store::Query { kind: Some(kind), namespace, selector: selector(&params)? };
+    let table = kube::wants_table(headers).then(|| kube::IncludeObject::from_params(&params)).transpose()?;
     if flag(&params, "watch")? {
-        return watch(state, query, &params).await;
+        // Kubernetes clients read a watch only as application/json; ask for
+        // application/x-ndjson to be told it is JSON lines.
+        let lines = headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .any(|accept| accept.to_str().is_ok_and(|accept| accept.contains("application/x-ndjson")));
+        let content_type = if lines { "application/x-ndjson" } else { "application/json" };
+        return watch(state, query, &params, table, content_type).await;
     }
-    list_response(&state, kind, query).await
+    match table {
+        // kubectl get: the cloud get columns (the list is decoded, not streamed).
+        Some(include) => {
+            let list = state.store.list(&query).await?;
+            let objects: Vec<Object> = list.items.into_iter().map(shown).collect();
+            Ok(Json(kube::table(kind, &objects, Some(list.revision.to_string()), include)).into_response())
+        }
+        None => list_response(&state, kind, query).await,
+    }
 }
 
 /// `GET /apis/minicloud.dev/v1/namespaces/{ns}/{plural}`
@@ -254,9 +271,10 @@ pub async fn list_namespaced(
     State(state): State<AppState>,
     Path((namespace, plural)): Path<(String, String)>,
     Query(params): Params,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = kind_for_plural(&plural)?;
-    list_or_watch(state, kind, Some(namespace), params).await
+    list_or_watch(state, kind, Some(namespace), params, &headers).await
 }
 
 /// `GET /apis/minicloud.dev/v1/{plural}`: every namespace.
@@ -264,20 +282,31 @@ pub async fn list_all(
     State(state): State<AppState>,
     Path(plural): Path<String>,
     Query(params): Params,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let kind = kind_for_plural(&plural)?;
-    list_or_watch(state, kind, None, params).await
+    list_or_watch(state, kind, None, params, &headers).await
 }
 
 /// `POST /apis/minicloud.dev/v1/namespaces/{ns}/{plural}`
 pub async fn create(
     State(state): State<AppState>,
     Path((namespace, plural)): Path<(String, String)>,
+    Query(params): Params,
     body: Body,
 ) -> Result<Response, ApiError> {
     let kind = kind_for_plural(&plural)?;
     check_name("namespace", &namespace)?;
+    let dry_run = super::patch::dry_run(&params)?;
     let object = accept_object(parse_body(body, &state.limits).await?, kind, &namespace, None)?;
+    if dry_run {
+        let key = object.key().ok_or_else(|| ApiError::bad_request("the object has no kind"))?;
+        return match state.store.get(&key).await {
+            Ok(_) => Err(StoreError::AlreadyExists(key).into()),
+            Err(StoreError::NotFound(_)) => Ok((StatusCode::CREATED, Json(shown(object))).into_response()),
+            Err(error) => Err(error.into()),
+        };
+    }
     let created = state.store.create(object).await?;
     Ok((StatusCode::CREATED, Json(shown(created))).into_response())
 }
@@ -286,20 +315,48 @@ pub async fn create(
 pub async fn get_one(
     State(state): State<AppState>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
-) -> Result<Json<Object>, ApiError> {
-    let key = key(kind_for_plural(&plural)?, &namespace, &name)?;
-    Ok(Json(shown(state.store.get(&key).await?)))
+    Query(params): Params,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let kind = kind_for_plural(&plural)?;
+    let object = shown(state.store.get(&key(kind, &namespace, &name)?).await?);
+    if kube::wants_table(&headers) {
+        let include = kube::IncludeObject::from_params(&params)?;
+        let version = object.metadata.resource_version.clone();
+        return Ok(Json(kube::table(kind, &[object], version, include)).into_response());
+    }
+    Ok(Json(object).into_response())
 }
 
 /// `PUT .../{plural}/{name}`: replaces spec and user metadata (resourceVersion checked when sent).
 pub async fn replace(
     State(state): State<AppState>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
+    Query(params): Params,
     body: Body,
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_for_plural(&plural)?;
-    key(kind, &namespace, &name)?;
+    let key = key(kind, &namespace, &name)?;
+    let dry_run = super::patch::dry_run(&params)?;
     let object = accept_object(parse_body(body, &state.limits).await?, kind, &namespace, Some(&name))?;
+    if dry_run {
+        let live = state.store.get(&key).await?;
+        if object
+            .metadata
+            .resource_version
+            .as_ref()
+            .is_some_and(|sent| Some(sent) != live.metadata.resource_version.as_ref())
+        {
+            let sent = object.metadata.resource_version.unwrap_or_default();
+            return Err(StoreError::Conflict {
+                key,
+                sent,
+                current: live.metadata.resource_version.unwrap_or_default(),
+            }
+            .into());
+        }
+        return Ok(Json(shown(object)));
+    }
     Ok(Json(shown(state.store.update(object).await?)))
 }
 
@@ -372,19 +429,39 @@ pub async fn delete_one(
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     let key = key(kind_for_plural(&plural)?, &namespace, &name)?;
+    if super::patch::dry_run(&params)? {
+        let live = state.store.get(&key).await?;
+        return Ok((StatusCode::OK, Json(deleted_status(shown(live)))).into_response());
+    }
     let deleted = state.store.delete(&key, params.get("resourceVersion").map(String::as_str)).await?;
     Ok(match deleted {
-        Deleted::Gone(object) => {
-            (StatusCode::OK, Json(json!({"status": "Deleted", "object": shown(object)}))).into_response()
-        }
-        Deleted::Terminating(object) => {
-            (StatusCode::ACCEPTED, Json(json!({"status": "Terminating", "object": shown(object)}))).into_response()
-        }
+        Deleted::Gone(object) => (StatusCode::OK, Json(deleted_status(shown(object)))).into_response(),
+        Deleted::Terminating(object) => (StatusCode::ACCEPTED, Json(shown(object))).into_response(),
+    })
+}
+
+/// The answer to a delete that removed the object: a Kubernetes `Status` of success naming it
+/// (as kubectl reads it), with the object as it was last.
+fn deleted_status(object: Object) -> Value {
+    let kind = Kind::from_kind_name(&object.kind).map_or("", Kind::plural);
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "reason": "Deleted",
+        "details": {
+            "name": object.metadata.name,
+            "group": minicloud_crds::API_GROUP,
+            "kind": kind,
+            "uid": object.metadata.uid,
+        },
+        "object": object,
     })
 }
 
 /// An object as the API shows it: a Secret's values redacted.
-fn shown(mut object: Object) -> Object {
+pub(crate) fn shown(mut object: Object) -> Object {
     crate::secrets::redact_object(&mut object);
     object
 }
@@ -413,8 +490,35 @@ fn push_document_line(out: &mut Vec<u8>, change: store::ChangeType, document: &s
     out.extend_from_slice(b"}\n");
 }
 
-fn bookmark(revision: i64) -> Bytes {
-    line(&json!({"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": revision.to_string()}}}))
+/// A heartbeat: a BOOKMARK line whose object carries only the kind and the revision (as
+/// Kubernetes clients decode it).
+fn bookmark(kind: Option<Kind>, revision: i64) -> Bytes {
+    let kind = kind.map_or("List", Kind::as_str);
+    line(&json!({"type": "BOOKMARK", "object": {
+        "apiVersion": API_VERSION,
+        "kind": kind,
+        "metadata": {"resourceVersion": revision.to_string()},
+    }}))
+}
+
+/// Watch lines (whole lines, as a watch writes them) with each object replaced by a one-row
+/// Table, for `kubectl get -w`; ERROR lines pass unchanged.
+fn table_lines(kind: Kind, include: kube::IncludeObject, lines: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(lines.len());
+    for text in lines.split(|byte| *byte == b'\n').filter(|text| !text.is_empty()) {
+        let converted = serde_json::from_slice::<Value>(text).ok().and_then(|mut event| {
+            if !matches!(event["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED")) {
+                return None;
+            }
+            let object: Object = serde_json::from_value(event["object"].take()).ok()?;
+            let version = object.metadata.resource_version.clone();
+            event["object"] = kube::table(kind, &[object], version, include);
+            Some(event.to_string().into_bytes())
+        });
+        out.extend_from_slice(converted.as_deref().unwrap_or(text));
+        out.push(b'\n');
+    }
+    Bytes::from(out)
 }
 
 /// Bytes a watch gathers into one write: lines are sent in chunks of about this size, not one
@@ -538,7 +642,13 @@ fn gather(
 }
 
 /// Streams changes as JSON lines until the client goes away or the server shuts down.
-async fn watch(state: AppState, query: store::Query, params: &HashMap<String, String>) -> Result<Response, ApiError> {
+async fn watch(
+    state: AppState,
+    query: store::Query,
+    params: &HashMap<String, String>,
+    table: Option<kube::IncludeObject>,
+    content_type: &'static str,
+) -> Result<Response, ApiError> {
     let heartbeat = match params.get("heartbeatSeconds") {
         None => DEFAULT_HEARTBEAT,
         Some(text) => match text.parse::<u64>() {
@@ -546,6 +656,11 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
             _ => return Err(ApiError::bad_request("heartbeatSeconds must be a whole number from 1 to 300")),
         },
     };
+    // Heartbeats are BOOKMARK lines for clients that ask for them (allowWatchBookmarks, as
+    // Kubernetes' informers and the cloud CLI do, or heartbeatSeconds); others (kubectl get
+    // -w, which would print a bookmark as an object) get a bare newline, which JSON stream
+    // readers skip. Either way a client that stops reading is found.
+    let bookmarks = flag(params, "allowWatchBookmarks")? || params.contains_key("heartbeatSeconds");
     // Like Kubernetes' timeoutSeconds: the watch ends (cleanly) after this long.
     let lifetime = match params.get("timeoutSeconds") {
         None => None,
@@ -596,6 +711,10 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
         // A client that takes nothing for `send_timeout` is not reading: end its watch.
         let deliver = |message: Bytes| {
             let sender = sender.clone();
+            let message = match (table, kind) {
+                (Some(include), Some(kind)) => table_lines(kind, include, &message),
+                _ => message,
+            };
             async move { sender.send_timeout(Ok(message), send_timeout).await.is_ok() }
         };
         for chunk in initial.iter().flat_map(|initial| initial.chunks.iter()) {
@@ -628,7 +747,7 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
                     }
                     Bytes::from(batch)
                 },
-                _ = ticker.tick() => bookmark(last),
+                _ = ticker.tick() => if bookmarks { bookmark(kind, last) } else { Bytes::from_static(b"\n") },
                 _ = async { shutdown.wait_for(|stopping| *stopping).await.map(|_| ()) } => return,
                 _ = sender.closed() => return,
                 () = &mut ends => return,
@@ -644,7 +763,7 @@ async fn watch(state: AppState, query: store::Query, params: &HashMap<String, St
             |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
         );
     Response::builder()
-        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .map_err(|error| ApiError::bad_request(error.to_string()))

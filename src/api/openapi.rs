@@ -51,7 +51,7 @@ const WRITE_REFUSALS: [(&str, &str); 4] = [
     ("403", "Forbidden: a cross-site browser request (Origin or Sec-Fetch-Site)"),
     ("408", "Timeout: the body did not arrive within the body-read timeout"),
     ("413", "RequestEntityTooLarge: the body exceeds 8 MiB or an object would exceed 1.5 MiB encoded"),
-    ("415", "UnsupportedMediaType: the body was not sent as application/json"),
+    ("415", "UnsupportedMediaType: the body was not sent in a type this operation reads (application/json; for PATCH a patch type)"),
 ];
 
 /// Error responses: `codes`, then the write refusals when `writes`, then 503.
@@ -153,7 +153,7 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
             "post": {
                 "summary": format!("Create a {name}"),
                 "operationId": format!("create{name}"),
-                "parameters": [namespace.clone()],
+                "parameters": [namespace.clone(), parameter("dryRun", "query", "All: validate and answer as if created, write nothing.", json!({"type": "string", "enum": ["All"]}))],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(name)}}},
                 "responses": create_responses,
             }
@@ -180,9 +180,25 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
         ],
         false,
     );
-    delete_responses.insert("200".into(), json_response("Deleted", schema_ref("DeleteResult")));
+    let mut patch_responses = errors(
+        &[
+            ("400", "BadRequest or Invalid: a malformed patch, an operation that cannot be done, or a patched object that is invalid"),
+            ("404", "NotFound"),
+            ("409", "Conflict: the patch named a stale resourceVersion, or other writers kept changing the object"),
+            ("422", "Invalid: not allowed now (e.g. a finalizer added to an object being deleted)"),
+        ],
+        true,
+    );
+    patch_responses.insert("200".into(), json_response("The object as stored", schema_ref(name)));
+    let dry_run = parameter(
+        "dryRun",
+        "query",
+        "All: validate and answer as if written, write nothing.",
+        json!({"type": "string", "enum": ["All"]}),
+    );
+    delete_responses.insert("200".into(), json_response("Deleted: a Status of success", schema_ref("DeleteResult")));
     delete_responses
-        .insert("202".into(), json_response("Terminating: finalizers still hold it", schema_ref("DeleteResult")));
+        .insert("202".into(), json_response("Terminating: finalizers still hold it; the object", schema_ref(name)));
     paths.insert(
         format!("{PREFIX}/namespaces/{{namespace}}/{plural}/{{name}}"),
         json!({
@@ -190,14 +206,31 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
             "put": {
                 "summary": format!("Replace a {name}'s spec and metadata (send metadata.resourceVersion for optimistic concurrency)"),
                 "operationId": format!("replace{name}"),
-                "parameters": [namespace.clone(), object_name.clone()],
+                "parameters": [namespace.clone(), object_name.clone(), dry_run.clone()],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(name)}}},
                 "responses": put_responses.clone(),
+            },
+            "patch": {
+                "summary": format!("Patch a {name}: a JSON merge patch (RFC 7386) or a JSON patch (RFC 6902); application/apply-patch+yaml applies a whole manifest"),
+                "operationId": format!("patch{name}"),
+                "x-kubernetes-group-version-kind": {"group": minicloud_crds::API_GROUP, "version": "v1", "kind": name},
+                "parameters": [
+                    namespace.clone(),
+                    object_name.clone(),
+                    dry_run.clone(),
+                    parameter("fieldManager", "query", "Who makes the change (recorded nowhere yet; accepted for Kubernetes clients).", json!({"type": "string"})),
+                    parameter("fieldValidation", "query", "Unknown or invalid fields are always refused (Strict), whatever is asked.", json!({"type": "string", "enum": ["Strict", "Warn", "Ignore"]})),
+                ],
+                "requestBody": {"required": true, "content": {
+                    "application/merge-patch+json": {"schema": {"type": "object"}},
+                    "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}}
+                }},
+                "responses": patch_responses,
             },
             "delete": {
                 "summary": format!("Delete a {name}"),
                 "operationId": format!("delete{name}"),
-                "parameters": [namespace.clone(), object_name.clone(), parameter("resourceVersion", "query", "Delete only if the object is still at this version.", json!({"type": "string"}))],
+                "parameters": [namespace.clone(), object_name.clone(), dry_run.clone(), parameter("resourceVersion", "query", "Delete only if the object is still at this version.", json!({"type": "string"}))],
                 "responses": delete_responses,
             }
         }),
@@ -224,6 +257,9 @@ fn kind_schemas(kind: Kind, schemas: &mut Map<String, Value>) {
             schemas.extend(definitions);
         }
     }
+    // How Kubernetes clients (kubectl explain) find a kind's schema.
+    schema["x-kubernetes-group-version-kind"] =
+        json!([{"group": minicloud_crds::API_GROUP, "version": "v1", "kind": kind.as_str()}]);
     schemas.insert(kind.as_str().to_owned(), schema);
     schemas.insert(
         format!("{}List", kind.as_str()),
@@ -408,14 +444,19 @@ pub fn document() -> Value {
         "Error".into(),
         json!({
             "type": "object",
+            "description": "A Kubernetes Status object (kind Status, status Failure).",
             "required": ["code", "reason", "message"],
             "properties": {
+                "kind": {"type": "string", "enum": ["Status"]},
+                "apiVersion": {"type": "string", "enum": ["v1"]},
+                "metadata": {"type": "object"},
+                "status": {"type": "string", "enum": ["Failure"]},
                 "code": {"type": "integer", "description": "HTTP status code."},
                 "reason": {"type": "string", "description": "CamelCase reason: BadRequest, Invalid, NotFound, AlreadyExists, Conflict, Expired, ..."},
                 "message": {"type": "string", "description": "What went wrong and what to do."},
                 "details": {"type": "object", "properties": {
                     "kind": {"type": "string"}, "name": {"type": "string"},
-                    "causes": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}}}
+                    "causes": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}, "reason": {"type": "string"}}}}
                 }}
             }
         }),
@@ -429,7 +470,14 @@ pub fn document() -> Value {
     );
     schemas.insert(
         "DeleteResult".into(),
-        json!({"type": "object", "properties": {"status": {"type": "string", "enum": ["Deleted", "Terminating"]}, "object": {"type": "object"}}}),
+        json!({"type": "object", "description": "A Kubernetes Status of success.", "properties": {
+            "kind": {"type": "string", "enum": ["Status"]},
+            "apiVersion": {"type": "string"},
+            "status": {"type": "string", "enum": ["Success"]},
+            "reason": {"type": "string", "enum": ["Deleted"]},
+            "details": {"type": "object"},
+            "object": {"type": "object", "description": "The object as it was last."}
+        }}),
     );
     schemas.insert(
         "ApplyRequest".into(),

@@ -48,7 +48,7 @@ pub async fn run(
     for (kind, namespace, name) in &objects {
         let label = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
         match client.delete(*kind, namespace, name).await {
-            Ok(answer) if answer.status == "Terminating" => println!("{label} deleting (waiting for finalizers)"),
+            Ok(answer) if answer.terminating() => println!("{label} deleting (waiting for finalizers)"),
             Ok(_) => println!("{label} deleted"),
             Err(error) => {
                 eprintln!("error: {error}");

@@ -10,6 +10,7 @@ mod diff;
 mod events;
 mod explain;
 mod get;
+mod kubeconfig;
 mod output;
 mod scale;
 mod secret;
@@ -234,6 +235,13 @@ enum Command {
         #[arg(short = 'R', long)]
         recursive: bool,
     },
+    /// Print a kubeconfig for this server, for kubectl and Kubernetes client libraries:
+    /// `cloud kubeconfig > ~/.kube/minicloud.yaml; export KUBECONFIG=~/.kube/minicloud.yaml`.
+    Kubeconfig {
+        /// The namespace kubectl uses when none is named.
+        #[arg(short = 'n', long, default_value = "default")]
+        namespace: String,
+    },
     /// Print a shell completion script: `source <(cloud completion bash)`.
     Completion { shell: clap_complete::Shell },
     /// Print the client's and the server's version.
@@ -408,6 +416,7 @@ pub async fn run() -> ExitCode {
             Ok(())
         }
         Command::Version => version(&client).await,
+        Command::Kubeconfig { namespace } => kubeconfig::run(&client, &namespace).await,
         Command::Openapi => {
             print!("{}", crate::api::openapi::render());
             Ok(())

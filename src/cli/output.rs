@@ -1,7 +1,7 @@
 //! Output helpers: kubectl-style aligned tables, ages (`5m`, `3h`), and YAML rendering of
 //! JSON values (quoted only where a plain scalar would read back differently).
 
-use chrono::{DateTime, Utc};
+pub use crate::columns::age;
 use serde_json::Value;
 
 /// Columns padded to their widest cell, separated by three spaces, like kubectl.
@@ -47,18 +47,6 @@ pub fn object_label(kind: &str, name: &str, namespace: &str) -> String {
         format!("{}/{name}", kind.to_ascii_lowercase())
     } else {
         format!("{}/{name} -n {namespace}", kind.to_ascii_lowercase())
-    }
-}
-
-/// A short age: `45s`, `12m`, `3h`, `9d`.
-pub fn age(since: Option<DateTime<Utc>>) -> String {
-    let Some(since) = since else { return "<unknown>".into() };
-    let seconds = (Utc::now() - since).num_seconds().max(0);
-    match seconds {
-        0..=119 => format!("{seconds}s"),
-        120..=7199 => format!("{}m", seconds / 60),
-        7200..=172_799 => format!("{}h", seconds / 3600),
-        _ => format!("{}d", seconds / 86_400),
     }
 }
 

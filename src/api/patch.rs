@@ -1,0 +1,357 @@
+//! `PATCH .../{plural}/{name}` as Kubernetes clients send it: a JSON merge patch
+//! (`application/merge-patch+json`, RFC 7386: what client-side `kubectl apply` and `kubectl
+//! patch --type merge` send), a JSON patch (`application/json-patch+json`, RFC 6902), or a
+//! server-side apply (`application/apply-patch+yaml`), which is minicloud's own apply of one
+//! object. Strategic merge patches need Go type information minicloud's kinds do not have:
+//! they are refused with what to use instead. The patched object is validated like any write
+//! and written only if the object did not change meanwhile (read, patch and write again
+//! otherwise); `dryRun=All` answers without writing.
+
+use std::collections::HashMap;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap};
+use axum::Json;
+use minicloud_crds::Object;
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::objects::{accept_object, key, kind_for_plural, read_body, shown};
+use super::AppState;
+use crate::store::StoreError;
+
+/// How many times a patch is read, applied and written when other writers get in between.
+const PATCH_ATTEMPTS: u32 = 8;
+
+/// The kinds of patch the API reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PatchType {
+    Merge,
+    Json,
+    Apply,
+}
+
+fn patch_type(headers: &HeaderMap) -> Result<PatchType, ApiError> {
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok()).unwrap_or("");
+    match content_type.split(';').next().unwrap_or("").trim() {
+        "application/merge-patch+json" => Ok(PatchType::Merge),
+        "application/json-patch+json" => Ok(PatchType::Json),
+        "application/apply-patch+yaml" => Ok(PatchType::Apply),
+        "application/strategic-merge-patch+json" => Err(ApiError::unsupported_media_type(
+            "strategic merge patches need Go type information minicloud's kinds do not have; send a merge patch (kubectl patch --type merge) or a JSON patch (--type json)",
+        )),
+        other => Err(ApiError::unsupported_media_type(format!(
+            "a patch is application/merge-patch+json, application/json-patch+json or application/apply-patch+yaml (got {other:?})"
+        ))),
+    }
+}
+
+/// Whether the request is a dry run (`dryRun=All`, or `true` as the rest of the API says it).
+pub fn dry_run(params: &HashMap<String, String>) -> Result<bool, ApiError> {
+    match params.get("dryRun").map(String::as_str) {
+        None | Some("") => Ok(false),
+        Some("All" | "true" | "1") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("dryRun {other:?}: the only dry run is All"))),
+    }
+}
+
+/// `PATCH .../namespaces/{ns}/{plural}/{name}`.
+pub async fn patch(
+    State(state): State<AppState>,
+    Path((namespace, plural, name)): Path<(String, String, String)>,
+    Query(params): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Object>, ApiError> {
+    let kind = kind_for_plural(&plural)?;
+    let key = key(kind, &namespace, &name)?;
+    let patch_type = patch_type(&headers)?;
+    let dry_run = dry_run(&params)?;
+    let bytes = read_body(body, &state.limits).await?;
+    if patch_type == PatchType::Apply {
+        return server_side_apply(&state, &bytes, &namespace, &name, dry_run).await;
+    }
+    let patch: Value = serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::bad_request(format!("the patch is not valid JSON: {error}")))?;
+    let mut attempt = 0;
+    loop {
+        let live = state.store.get(&key).await?;
+        let mut document = serde_json::to_value(&live).map_err(|error| ApiError::bad_request(error.to_string()))?;
+        if patch_type == PatchType::Merge {
+            merge_patch(&mut document, &patch);
+        } else {
+            json_patch(&mut document, &patch)?;
+        }
+        // A patch that sets no resourceVersion applies to what was read, not to anything newer.
+        if document.pointer("/metadata/resourceVersion").is_none_or(Value::is_null) {
+            document["metadata"]["resourceVersion"] = Value::from(live.metadata.resource_version.clone());
+        }
+        let status = live.status.clone();
+        let mut patched = accept_object(document, kind, &namespace, Some(&name))?;
+        patched.status = status;
+        if dry_run {
+            return Ok(Json(shown(patched)));
+        }
+        match state.store.update(patched).await {
+            Ok(updated) => return Ok(Json(shown(updated))),
+            // The object changed since it was read: patch the newer one, unless the patch
+            // itself named the version it applies to.
+            Err(StoreError::Conflict { .. })
+                if attempt + 1 < PATCH_ATTEMPTS && patch.pointer("/metadata/resourceVersion").is_none() =>
+            {
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// Server-side apply of one object: minicloud's apply (create or three-way merge with the
+/// last-applied record), answered with the object as it is afterwards.
+async fn server_side_apply(
+    state: &AppState,
+    bytes: &[u8],
+    namespace: &str,
+    name: &str,
+    dry_run: bool,
+) -> Result<Json<Object>, ApiError> {
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the apply patch is not UTF-8 YAML or JSON"))?;
+    let mut documents = crate::manifest::yaml::parse_documents(text)
+        .map_err(|error| ApiError::bad_request(format!("the apply patch is not valid YAML: {error}")))?;
+    if documents.len() != 1 {
+        return Err(ApiError::bad_request(format!(
+            "an apply patch holds one object; this one holds {}",
+            documents.len()
+        )));
+    }
+    let mut value = documents.remove(0).value;
+    let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return Err(ApiError::bad_request("the apply patch has no metadata"));
+    };
+    metadata.entry("namespace").or_insert_with(|| Value::from(namespace));
+    if metadata.get("namespace").and_then(Value::as_str) != Some(namespace)
+        || metadata.get("name").and_then(Value::as_str) != Some(name)
+    {
+        return Err(ApiError::bad_request(format!(
+            "the apply patch must be for {namespace}/{name}, the object in the URL"
+        )));
+    }
+    // An apply of metadata only (kubectl's step that takes over client-side apply's fields
+    // sends one) changes labels and annotations of the live object and nothing else.
+    if value.get("spec").is_none() {
+        let kind = value.get("kind").and_then(Value::as_str).and_then(minicloud_crds::Kind::from_kind_name);
+        let kind = kind.ok_or_else(|| ApiError::bad_request("the apply patch names no known kind"))?;
+        let live = state.store.get(&key(kind, namespace, name)?).await?;
+        let mut document = serde_json::to_value(&live).map_err(|error| ApiError::bad_request(error.to_string()))?;
+        for field in ["labels", "annotations"] {
+            if let Some(values) = value.pointer(&format!("/metadata/{field}")) {
+                merge_patch(&mut document["metadata"][field], values);
+            }
+        }
+        let mut updated = accept_object(document, kind, namespace, Some(name))?;
+        updated.status = live.status;
+        if dry_run {
+            return Ok(Json(shown(updated)));
+        }
+        return Ok(Json(shown(state.store.update(updated).await?)));
+    }
+    let objects = super::apply::validate_batch(vec![value])?;
+    let key = objects[0].key().ok_or_else(|| ApiError::bad_request("the object has no kind"))?;
+    let _serialised = state.apply_lock.lock().await;
+    super::apply::apply_objects(state.store.as_ref(), objects.clone(), dry_run).await?;
+    if dry_run {
+        let live = match state.store.get(&key).await {
+            Ok(live) => live,
+            Err(StoreError::NotFound(_)) => return Ok(Json(shown(objects[0].clone()))),
+            Err(error) => return Err(error.into()),
+        };
+        return Ok(Json(shown(super::apply::merge(&live, &objects[0]))));
+    }
+    Ok(Json(shown(state.store.get(&key).await?)))
+}
+
+/// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    let Value::Object(target) = target else { return };
+    for (key, value) in patch {
+        if value.is_null() {
+            target.remove(key);
+        } else {
+            merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
+}
+
+/// RFC 6902: `add`, `remove`, `replace`, `move`, `copy` and `test`, in order; the first that
+/// cannot be done fails the whole patch.
+fn json_patch(document: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    let Some(operations) = patch.as_array() else {
+        return Err(ApiError::bad_request("a JSON patch is an array of operations"));
+    };
+    for (index, operation) in operations.iter().enumerate() {
+        let fail = |message: String| ApiError::bad_request(format!("JSON patch operation {index}: {message}"));
+        let text = |field: &str| {
+            operation
+                .get(field)
+                .and_then(Value::as_str)
+                .ok_or_else(|| fail(format!("{field:?} is missing or not a string")))
+        };
+        let op = text("op")?;
+        let path = pointer(text("path")?).map_err(&fail)?;
+        let value = || operation.get("value").cloned().ok_or_else(|| fail("\"value\" is missing".into()));
+        match op {
+            "add" => add(document, &path, value()?).map_err(&fail)?,
+            "remove" => {
+                remove(document, &path).map_err(&fail)?;
+            }
+            "replace" => {
+                remove(document, &path).map_err(&fail)?;
+                add(document, &path, value()?).map_err(&fail)?;
+            }
+            "move" | "copy" => {
+                let from = pointer(text("from")?).map_err(&fail)?;
+                let moved = if op == "move" {
+                    if path.len() > from.len() && path[..from.len()] == from[..] {
+                        return Err(fail("cannot move a value into itself".into()));
+                    }
+                    remove(document, &from).map_err(&fail)?
+                } else {
+                    get(document, &from).cloned().ok_or_else(|| fail(format!("nothing at {:?}", text("from"))))?
+                };
+                add(document, &path, moved).map_err(&fail)?;
+            }
+            "test" => {
+                if get(document, &path) != Some(&value()?) {
+                    return Err(fail(format!("test failed at {:?}", text("path")?)));
+                }
+            }
+            other => return Err(fail(format!("unknown op {other:?}"))),
+        }
+    }
+    Ok(())
+}
+
+/// A JSON pointer's reference tokens (`/a~1b/0` → `["a/b", "0"]`).
+fn pointer(text: &str) -> Result<Vec<String>, String> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some(rest) = text.strip_prefix('/') else {
+        return Err(format!("path {text:?} does not start with '/'"));
+    };
+    Ok(rest.split('/').map(|token| token.replace("~1", "/").replace("~0", "~")).collect())
+}
+
+fn get<'v>(document: &'v Value, path: &[String]) -> Option<&'v Value> {
+    path.iter().try_fold(document, |value, token| match value {
+        Value::Object(map) => map.get(token),
+        Value::Array(items) => token.parse::<usize>().ok().and_then(|index| items.get(index)),
+        _ => None,
+    })
+}
+
+fn parent<'v>(document: &'v mut Value, path: &[String]) -> Result<(&'v mut Value, String), String> {
+    let Some((last, init)) = path.split_last() else {
+        return Err("the whole document cannot be added or removed".into());
+    };
+    let mut value = document;
+    for token in init {
+        value = match value {
+            Value::Object(map) => map.get_mut(token),
+            Value::Array(items) => token.parse::<usize>().ok().and_then(|index| items.get_mut(index)),
+            _ => None,
+        }
+        .ok_or_else(|| format!("nothing at /{}", init.join("/")))?;
+    }
+    Ok((value, last.clone()))
+}
+
+fn add(document: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let (parent, token) = parent(document, path)?;
+    match parent {
+        Value::Object(map) => {
+            map.insert(token, value);
+            Ok(())
+        }
+        Value::Array(items) if token == "-" => {
+            items.push(value);
+            Ok(())
+        }
+        Value::Array(items) => match token.parse::<usize>() {
+            Ok(index) if index <= items.len() => {
+                items.insert(index, value);
+                Ok(())
+            }
+            _ => Err(format!("index {token:?} is out of range")),
+        },
+        _ => Err(format!("cannot add {token:?} to a value that is neither an object nor an array")),
+    }
+}
+
+fn remove(document: &mut Value, path: &[String]) -> Result<Value, String> {
+    let (parent, token) = parent(document, path)?;
+    match parent {
+        Value::Object(map) => map.remove(&token).ok_or_else(|| format!("nothing at {token:?}")),
+        Value::Array(items) => match token.parse::<usize>() {
+            Ok(index) if index < items.len() => Ok(items.remove(index)),
+            _ => Err(format!("index {token:?} is out of range")),
+        },
+        _ => Err(format!("nothing at {token:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patches_follow_rfc_7386() {
+        let mut target = json!({"a": "b", "c": {"d": "e", "f": "g"}, "list": [1, 2]});
+        merge_patch(&mut target, &json!({"a": "z", "c": {"f": null}, "list": [3], "new": {"x": 1}}));
+        assert_eq!(target, json!({"a": "z", "c": {"d": "e"}, "list": [3], "new": {"x": 1}}));
+        let mut scalar = json!("x");
+        merge_patch(&mut scalar, &json!({"a": 1}));
+        assert_eq!(scalar, json!({"a": 1}));
+    }
+
+    #[test]
+    fn json_patches_follow_rfc_6902() {
+        let mut document = json!({"spec": {"ports": [{"p": 1}], "env": []}, "a/b": 1});
+        json_patch(
+            &mut document,
+            &json!([
+                {"op": "add", "path": "/spec/ports/-", "value": {"p": 2}},
+                {"op": "replace", "path": "/spec/ports/0/p", "value": 5},
+                {"op": "copy", "from": "/spec/ports/1", "path": "/spec/env/0"},
+                {"op": "move", "from": "/a~1b", "path": "/moved"},
+                {"op": "test", "path": "/moved", "value": 1},
+                {"op": "remove", "path": "/spec/ports/1"},
+            ]),
+        )
+        .unwrap();
+        assert_eq!(document, json!({"spec": {"ports": [{"p": 5}], "env": [{"p": 2}]}, "moved": 1}));
+        for bad in [
+            json!([{"op": "remove", "path": "/nope"}]),
+            json!([{"op": "test", "path": "/moved", "value": 2}]),
+            json!([{"op": "add", "path": "/spec/ports/9", "value": 1}]),
+            json!([{"op": "move", "from": "/spec", "path": "/spec/inner"}]),
+            json!([{"op": "frobnicate", "path": "/x"}]),
+            json!([{"op": "add", "path": "no-slash", "value": 1}]),
+            json!({"op": "add"}),
+        ] {
+            let before = document.clone();
+            assert!(json_patch(&mut document.clone(), &bad).is_err(), "{bad}");
+            assert_eq!(document, before);
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! `cloud kubeconfig`: a kubeconfig for the server the CLI talks to (cluster, user and context
+//! `minicloud`), so that kubectl and Kubernetes client libraries reach it:
+//! `cloud kubeconfig > ~/.kube/minicloud.yaml && export KUBECONFIG=~/.kube/minicloud.yaml`.
+
+use crate::client::Client;
+
+/// The kubeconfig text for `server`, with `namespace` as the context's namespace.
+pub fn render(server: &str, namespace: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n  - name: minicloud\n    cluster:\n      server: {server}\nusers:\n  - name: minicloud\n    user: {{}}\ncontexts:\n  - name: minicloud\n    context:\n      cluster: minicloud\n      user: minicloud\n      namespace: {namespace}\ncurrent-context: minicloud\npreferences: {{}}\n"
+    )
+}
+
+/// Prints the kubeconfig once the server has answered (a kubeconfig for a server that is not
+/// there would only fail later, less clearly).
+pub async fn run(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    minicloud_crds::validation::check_dns_label(namespace)
+        .map_err(|reason| anyhow::anyhow!("namespace {namespace:?} is not valid: {reason}"))?;
+    client.version().await?;
+    print!("{}", render(client.server(), namespace));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kubeconfig_is_valid_yaml_naming_the_server() {
+        let text = render("http://127.0.0.1:7080", "shop");
+        let documents = crate::manifest::yaml::parse_documents(&text).expect("YAML");
+        let config = &documents[0].value;
+        assert_eq!(config["clusters"][0]["cluster"]["server"], "http://127.0.0.1:7080");
+        assert_eq!(config["contexts"][0]["context"]["namespace"], "shop");
+        assert_eq!(config["current-context"], "minicloud");
+    }
+}
