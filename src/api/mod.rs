@@ -13,6 +13,7 @@ pub mod kube;
 pub mod logs;
 pub mod objects;
 pub mod openapi;
+pub mod openapi_v2;
 pub mod patch;
 pub mod secrets;
 pub mod spool;
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/namespaces/{namespace}/events", get(kube::core_events))
         .route("/api/v1/events", get(kube::core_events_all))
         .route("/apis", get(kube::groups))
+        .route("/openapi/v2", get(openapi_v2::serve))
         .route("/openapi/v3", get(kube::openapi_v3_root))
         .route("/openapi/v3/apis/minicloud.dev/v1", get(kube::openapi_v3_group))
         .route("/apis/minicloud.dev", get(kube::group))
