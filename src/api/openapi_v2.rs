@@ -3,7 +3,8 @@
 //! such as Debian's 1.20) reads for `kubectl explain` and for its client-side validation.
 //!
 //! Only what those readers use is there: `definitions`, each kind's carrying
-//! `x-kubernetes-group-version-kind`. Schemas are rewritten into the one-type-per-schema
+//! `x-kubernetes-group-version-kind`, and each kind's PATCH operation with the query
+//! parameters kubectl checks for (it sends `dryRun` only where the document lists it). Schemas are rewritten into the one-type-per-schema
 //! dialect Kubernetes' readers accept: `[T, "null"]` becomes `T`, `allOf`/`anyOf` around one
 //! reference become the reference, other unions become "any value".
 
@@ -34,7 +35,22 @@ pub async fn serve(headers: HeaderMap) -> Response {
 /// The Swagger 2.0 document (definitions only; the paths are in the OpenAPI v3 document).
 pub fn document() -> Value {
     let mut definitions = Map::new();
+    let mut paths = Map::new();
     for kind in Kind::ALL {
+        // The PATCH operation, with the parameters kubectl looks for before it sends them
+        // (`dryRun`, `fieldManager`).
+        paths.insert(
+            format!("/apis/{}/namespaces/{{namespace}}/{}/{{name}}", minicloud_crds::API_VERSION, kind.plural()),
+            json!({"patch": {
+                "operationId": format!("patch{}", kind.as_str()),
+                "x-kubernetes-group-version-kind": {"group": API_GROUP, "version": "v1", "kind": kind.as_str()},
+                "parameters": [
+                    {"name": "dryRun", "in": "query", "type": "string"},
+                    {"name": "fieldManager", "in": "query", "type": "string"},
+                ],
+                "responses": {"200": {"description": "OK"}},
+            }}),
+        );
         let mut schema = kind.schema();
         if let Some(object) = schema.as_object_mut() {
             object.remove("$schema");
@@ -53,7 +69,7 @@ pub fn document() -> Value {
     json!({
         "swagger": "2.0",
         "info": {"title": "minicloud", "version": env!("CARGO_PKG_VERSION")},
-        "paths": {},
+        "paths": paths,
         "definitions": definitions,
     })
 }
@@ -196,13 +212,61 @@ fn encode_document(document: &Value) -> Vec<u8> {
     info.string(1, document["info"]["title"].as_str().unwrap_or(""));
     info.string(2, document["info"]["version"].as_str().unwrap_or(""));
     out.message(2, info);
-    out.message(8, Message::default());
+    let mut paths = Message::default();
+    for (name, item) in document["paths"].as_object().into_iter().flatten() {
+        let mut named = Message::default();
+        named.string(1, name);
+        named.message(2, path_item(item));
+        paths.message(2, named);
+    }
+    out.message(8, paths);
     let mut definitions = Message::default();
     for (name, schema) in document["definitions"].as_object().into_iter().flatten() {
         definitions.message(1, named_schema(name, schema));
     }
     out.message(9, definitions);
     out.0
+}
+
+/// `openapi.v2.PathItem` with its `patch` (8) operation: operation id (5), query parameters
+/// (8, each a `ParametersItem` → `Parameter` → `NonBodyParameter` → `QueryParameterSubSchema`:
+/// in (2), name (4), type (6)), responses (9) and vendor extensions (13).
+fn path_item(item: &Value) -> Message {
+    let operation = &item["patch"];
+    let mut patch = Message::default();
+    patch.string(5, operation["operationId"].as_str().unwrap_or(""));
+    for parameter in operation["parameters"].as_array().into_iter().flatten() {
+        let mut query = Message::default();
+        query.string(2, "query");
+        query.string(4, parameter["name"].as_str().unwrap_or(""));
+        query.string(6, parameter["type"].as_str().unwrap_or("string"));
+        let mut non_body = Message::default();
+        non_body.message(3, query);
+        let mut parameter = Message::default();
+        parameter.message(2, non_body);
+        let mut item = Message::default();
+        item.message(1, parameter);
+        patch.message(8, item);
+    }
+    let mut response = Message::default();
+    response.string(1, "OK");
+    let mut value = Message::default();
+    value.message(1, response);
+    let mut ok = Message::default();
+    ok.string(1, "200");
+    ok.message(2, value);
+    let mut responses = Message::default();
+    responses.message(1, ok);
+    patch.message(9, responses);
+    for (name, value) in operation.as_object().into_iter().flatten().filter(|(name, _)| name.starts_with("x-")) {
+        let mut extension = Message::default();
+        extension.string(1, name);
+        extension.message(2, any(value));
+        patch.message(13, extension);
+    }
+    let mut out = Message::default();
+    out.message(8, patch);
+    out
 }
 
 /// `openapi.v2.NamedSchema`: name (1), value (2).

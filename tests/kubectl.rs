@@ -1,0 +1,186 @@
+//! The real `kubectl` against a real `cloud server` with controllers and the real Docker
+//! engine: discovery (`api-resources`), client-side and server-side apply of
+//! `examples/hello/` until the container serves, `get` with the cloud get columns, `get -w`
+//! seeing a change, `describe` with events, merge and JSON patches, `explain`, errors as
+//! kubectl prints them, dry runs, and `delete` removing the container.
+//!
+//! kubectl is the one on PATH (`MINICLOUD_KUBECTL` names another binary): Debian's
+//! `kubernetes-client` (1.20, OpenAPI v2) and a current one (OpenAPI v3) both pass.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::{condition, fetch, Harness};
+use serde_json::Value;
+
+fn kubectl_binary() -> String {
+    std::env::var("MINICLOUD_KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+/// Runs kubectl with the kubeconfig; returns (success, stdout, stderr).
+fn kubectl(config: &Path, arguments: &[&str]) -> (bool, String, String) {
+    let output = Command::new(kubectl_binary())
+        .args(arguments)
+        .env("KUBECONFIG", config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|error| {
+            panic!("run {} (install kubectl: apt-get install kubernetes-client): {error}", kubectl_binary())
+        });
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status.success(), text(&output.stdout), text(&output.stderr))
+}
+
+fn ok(config: &Path, arguments: &[&str]) -> String {
+    let (success, out, err) = kubectl(config, arguments);
+    assert!(success, "kubectl {arguments:?} failed:\n{out}{err}");
+    out
+}
+
+#[tokio::test]
+async fn kubectl_drives_minicloud_with_real_containers() {
+    let harness = Harness::start("kubectl").await;
+    let namespace = harness.namespace.clone();
+    let directory = tempfile::tempdir().expect("dir");
+    let config = directory.path().join("kubeconfig");
+    let (made, kubeconfig, err) = harness.cloud(&["kubeconfig", "-n", &namespace]);
+    assert!(made, "{err}");
+    std::fs::write(&config, kubeconfig).expect("write kubeconfig");
+    let (_, version, _) = kubectl(&config, &["version", "--client"]);
+    eprintln!("kubectl: {}", version.lines().next().unwrap_or(""));
+
+    // Discovery: the six kinds with their short names.
+    let resources = ok(&config, &["api-resources", "--api-group=minicloud.dev"]);
+    for (plural, short) in [
+        ("instances", "inst"),
+        ("loadbalancers", "lb"),
+        ("scalinggroups", "sg"),
+        ("manageddatabases", "db"),
+        ("stacks", ""),
+        ("secrets", ""),
+    ] {
+        let line = resources.lines().find(|line| line.starts_with(plural)).unwrap_or_else(|| panic!("{resources}"));
+        assert!(line.contains(short) && line.contains("minicloud.dev/v1"), "{line}");
+    }
+
+    // Client-side apply of the example: the Instance is created and its container serves.
+    let out = ok(&config, &["apply", "-f", "examples/hello/"]);
+    assert!(out.contains("instance.minicloud.dev/hello created"), "{out}");
+    let ready =
+        harness.wait_for("instances", "hello", "Ready", |o| condition(o, "Ready").map(|c| c.0) == Some("True")).await;
+    let port = ready["status"]["ports"][0]["hostPort"].as_u64().expect("a published port");
+    let page = fetch(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}/")).await;
+    assert!(page.is_ok(), "the container serves: {page:?}");
+    let annotations = &ready["metadata"]["annotations"];
+    assert!(annotations["kubectl.kubernetes.io/last-applied-configuration"].is_string(), "{annotations}");
+
+    // get: the cloud get columns.
+    let table = ok(&config, &["get", "instances"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    assert_eq!(header, ["NAME", "READY", "STATUS", "RESTARTS", "PORTS", "AGE"], "{table}");
+    let row = lines.next().unwrap_or("");
+    assert!(row.starts_with("hello") && row.contains("True") && row.contains(&port.to_string()), "{table}");
+    let wide = ok(&config, &["get", "inst", "hello", "-o", "wide"]);
+    assert!(wide.contains("IMAGE") && wide.contains("minicloud/web:local"), "{wide}");
+    let json: Value = serde_json::from_str(&ok(&config, &["get", "instance", "hello", "-o", "json"])).expect("json");
+    assert_eq!(json["spec"]["image"], "minicloud/web:local");
+
+    // describe: metadata, spec and the controller's events.
+    let described = ok(&config, &["describe", "instance", "hello"]);
+    assert!(described.contains("Name:") && described.contains("hello"), "{described}");
+    assert!(described.contains("Events:") && described.contains("minicloud"), "{described}");
+
+    // get -w sees a change made by a merge patch.
+    let mut watch = Command::new(kubectl_binary())
+        .args(["get", "instances", "-w"])
+        .env("KUBECONFIG", &config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kubectl get -w");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (lines_sender, lines_receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = lines_receiver.recv_timeout(Duration::from_secs(20)).expect("the watch prints the table");
+    assert!(first.starts_with("NAME"), "{first}");
+    lines_receiver.recv_timeout(Duration::from_secs(20)).expect("the watch prints hello");
+    let out = ok(
+        &config,
+        &["patch", "instance", "hello", "--type", "merge", "-p", r#"{"metadata":{"labels":{"tier":"edge"}}}"#],
+    );
+    assert!(out.contains("patched"), "{out}");
+    let changed = lines_receiver.recv_timeout(Duration::from_secs(20)).expect("the watch prints the change");
+    assert!(changed.starts_with("hello"), "{changed}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert_eq!(harness.get("instances", "hello").await.expect("hello")["metadata"]["labels"]["tier"], "edge");
+
+    // A JSON patch; a strategic merge patch is refused with what to use instead.
+    ok(
+        &config,
+        &[
+            "patch",
+            "instance",
+            "hello",
+            "--type",
+            "json",
+            "-p",
+            r#"[{"op":"add","path":"/metadata/labels/color","value":"blue"}]"#,
+        ],
+    );
+    assert_eq!(harness.get("instances", "hello").await.expect("hello")["metadata"]["labels"]["color"], "blue");
+    let (patched, _, err) =
+        kubectl(&config, &["patch", "instance", "hello", "-p", r#"{"metadata":{"labels":{"x":"y"}}}"#]);
+    assert!(!patched && err.contains("--type merge"), "{err}");
+
+    // explain, from the server's OpenAPI document.
+    let explained = ok(&config, &["explain", "instance.spec"]);
+    assert!(explained.contains("image") && explained.contains("Container image"), "{explained}");
+
+    // Errors as kubectl prints them: not found, and an invalid manifest refused with the field.
+    let (found, _, err) = kubectl(&config, &["get", "instance", "nope"]);
+    assert!(!found && err.contains("not found"), "{err}");
+    let bad = directory.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: bad\nspec:\n  imgae: x\n")
+        .expect("write");
+    let (applied, _, err) = kubectl(&config, &["apply", "-f", bad.to_str().expect("path")]);
+    assert!(!applied && err.contains("imgae"), "{err}");
+    assert!(harness.get("instances", "bad").await.is_none());
+
+    // Server-side dry run and server-side apply.
+    let other = directory.path().join("other.yaml");
+    std::fs::write(
+        &other,
+        "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: other\nspec:\n  image: minicloud/web:local\n",
+    )
+    .expect("write");
+    let other = other.to_str().expect("path");
+    let out = ok(&config, &["apply", "--dry-run=server", "-f", other]);
+    assert!(out.contains("created (server dry run)"), "{out}");
+    assert!(harness.get("instances", "other").await.is_none(), "a dry run creates nothing");
+    let out = ok(&config, &["apply", "--server-side", "-f", other]);
+    assert!(out.contains("serverside-applied"), "{out}");
+    assert!(harness.get("instances", "other").await.is_some());
+    ok(&config, &["delete", "-f", other]);
+
+    // delete: the Instance and its container go.
+    let out = ok(&config, &["delete", "instance", "hello"]);
+    assert!(out.contains("deleted"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness.get("instances", "hello").await.is_some() || !harness.containers("Instance", false).is_empty() {
+        assert!(Instant::now() < deadline, "the container was never removed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    harness.finish().await;
+}
