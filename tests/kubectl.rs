@@ -1,8 +1,10 @@
-//! The real `kubectl` against a real `cloud server` with controllers and the real Docker
-//! engine: discovery (`api-resources`), client-side and server-side apply of
-//! `examples/hello/` until the container serves, `get` with the cloud get columns, `get -w`
-//! seeing a change, `describe` with events, merge and JSON patches, `explain`, errors as
-//! kubectl prints them, dry runs, and `delete` removing the container.
+//! Kubernetes clients against minicloud. The real `kubectl` against a real `cloud server`
+//! with controllers and the real Docker engine: discovery (`api-resources`), client-side and
+//! server-side apply of `examples/hello/` until the container serves, `get` with the cloud get
+//! columns, `get -w` seeing a change, `describe` with events, merge and JSON patches,
+//! `explain`, errors as kubectl prints them, dry runs, and `delete` removing the container.
+//! And PATCH as client libraries send it: racing patches, stale versions, invalid results, dry
+//! runs, and Secrets whose values a patch can write but never read.
 //!
 //! kubectl is the one on PATH (`MINICLOUD_KUBECTL` names another binary): Debian's
 //! `kubernetes-client` (1.20, OpenAPI v2) and a current one (OpenAPI v3) both pass.
@@ -183,4 +185,97 @@ async fn kubectl_drives_minicloud_with_real_containers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     harness.finish().await;
+}
+
+/// PATCH with a raw HTTP client, as client libraries send it.
+async fn patch(url: &str, content_type: &str, body: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .patch(url)
+        .header("content-type", content_type)
+        .body(body.to_owned())
+        .send()
+        .await
+        .expect("patch");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn patches_race_validate_and_never_read_secret_values() {
+    let server = common::server::TestServer::sqlite().await;
+    let base = format!("{}/apis/minicloud.dev/v1/namespaces/default", server.url);
+    let http = reqwest::Client::new();
+    let instance = serde_json::json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance",
+        "metadata": {"name": "web"}, "spec": {"image": "minicloud/web:local"}});
+    assert!(http.post(format!("{base}/instances")).json(&instance).send().await.expect("create").status().is_success());
+    let web = format!("{base}/instances/web");
+
+    // Twenty merge patches racing, each adding its own label: every one lands.
+    let racers = (0..20).map(|index| {
+        let web = web.clone();
+        tokio::spawn(async move {
+            patch(&web, "application/merge-patch+json", &format!(r#"{{"metadata":{{"labels":{{"l{index}":"x"}}}}}}"#))
+                .await
+                .0
+        })
+    });
+    for racer in racers {
+        assert_eq!(racer.await.expect("task"), 200);
+    }
+    let live: Value = http.get(&web).send().await.expect("get").json().await.expect("json");
+    assert_eq!(live["metadata"]["labels"].as_object().map(|labels| labels.len()), Some(20), "{live}");
+
+    // A patch naming a stale resourceVersion is a conflict; an invalid result is refused and
+    // changes nothing; a dry run changes nothing.
+    let (status, body) =
+        patch(&web, "application/merge-patch+json", r#"{"metadata":{"resourceVersion":"1"},"spec":{"image":"x"}}"#)
+            .await;
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = patch(&web, "application/merge-patch+json", r#"{"spec":{"imgae":"x"}}"#).await;
+    assert_eq!(
+        (status, body["kind"].as_str(), body["status"].as_str()),
+        (400, Some("Status"), Some("Failure")),
+        "{body}"
+    );
+    assert!(body["details"]["causes"][0]["field"].as_str().is_some_and(|field| field.contains("imgae")), "{body}");
+    let (status, body) =
+        patch(&format!("{web}?dryRun=All"), "application/merge-patch+json", r#"{"spec":{"image":"dry"}}"#).await;
+    assert_eq!((status, body["spec"]["image"].as_str()), (200, Some("dry")), "{body}");
+    let after: Value = http.get(&web).send().await.expect("get").json().await.expect("json");
+    assert_eq!(after["spec"]["image"], "minicloud/web:local");
+    assert_eq!(after["metadata"]["resourceVersion"], live["metadata"]["resourceVersion"], "nothing was written");
+    let (status, body) = patch(&web, "application/strategic-merge-patch+json", "{}").await;
+    assert_eq!(status, 415, "{body}");
+    let (status, _) =
+        patch(&web, "application/json-patch+json", r#"[{"op":"copy","from":"","path":"/metadata/annotations/a"}]"#)
+            .await;
+    assert_eq!(status, 400, "a copy into a string-valued map is not a valid object");
+
+    // A Secret's value cannot be copied where it shows, nor guessed with test.
+    let secret = serde_json::json!({"apiVersion": "minicloud.dev/v1", "kind": "Secret",
+        "metadata": {"name": "db"}, "spec": {"stringData": {"password": "hunter2"}}});
+    assert!(http.post(format!("{base}/secrets")).json(&secret).send().await.expect("create").status().is_success());
+    let db = format!("{base}/secrets/db");
+    for operations in [
+        r#"[{"op":"copy","from":"/spec/stringData/password","path":"/metadata/labels/leak"}]"#,
+        r#"[{"op":"move","from":"/spec/stringData/password","path":"/metadata/annotations/leak"}]"#,
+        r#"[{"op":"test","path":"/spec/stringData/password","value":"hunter2"}]"#,
+    ] {
+        let (status, body) = patch(&db, "application/json-patch+json", operations).await;
+        assert_eq!(status, 400, "{operations}: {body}");
+        assert!(!body.to_string().contains("hunter2"), "{body}");
+    }
+    // Writing a value works, and the answer shows none.
+    let (status, body) = patch(
+        &db,
+        "application/json-patch+json",
+        r#"[{"op":"replace","path":"/spec/stringData/password","value":"s3cond"}]"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains("s3cond"), "{body}");
+    let (status, body) = patch(&db, "application/merge-patch+json", r#"{"metadata":{"labels":{"tier":"db"}}}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.to_string().contains("s3cond") && !body.to_string().contains("hunter2"), "{body}");
+    server.stop().await;
 }

@@ -104,6 +104,11 @@ impl ApiError {
         )
     }
 
+    /// 413: what the request would make is larger than an object may be.
+    pub fn too_large_object(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message)
+    }
+
     /// 429: a per-server limit is reached; retry later.
     pub fn too_many_requests(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, "TooManyRequests", message)

@@ -23,6 +23,9 @@ use crate::store::StoreError;
 
 /// How many times a patch is read, applied and written when other writers get in between.
 const PATCH_ATTEMPTS: u32 = 8;
+/// The largest a document may grow while a JSON patch is applied (a few `copy` operations of
+/// the whole document would otherwise double it each time).
+const MAX_PATCHED_BYTES: usize = 8 << 20;
 
 /// The kinds of patch the API reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +84,9 @@ pub async fn patch(
         if patch_type == PatchType::Merge {
             merge_patch(&mut document, &patch);
         } else {
+            if kind == minicloud_crds::Kind::Secret {
+                refuse_reading_ops(&patch)?;
+            }
             json_patch(&mut document, &patch)?;
         }
         // A patch that sets no resourceVersion applies to what was read, not to anything newer.
@@ -172,6 +178,23 @@ async fn server_side_apply(
     Ok(Json(shown(state.store.get(&key).await?)))
 }
 
+/// A JSON patch on a Secret may write values but not read them: `copy`, `move` and `test`
+/// would let a patch move a value where it is shown, or guess it, without the logged reveal.
+fn refuse_reading_ops(patch: &Value) -> Result<(), ApiError> {
+    let reads = patch
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|operation| operation.get("op").and_then(Value::as_str))
+        .find(|op| matches!(*op, "copy" | "move" | "test"));
+    match reads {
+        Some(op) => Err(ApiError::bad_request(format!(
+            "a JSON patch of a Secret cannot {op}: its values are written, never read, by a patch (read one with cloud secret reveal)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
 fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
@@ -228,6 +251,12 @@ fn json_patch(document: &mut Value, patch: &Value) -> Result<(), ApiError> {
                     get(document, &from).cloned().ok_or_else(|| fail(format!("nothing at {:?}", text("from"))))?
                 };
                 add(document, &path, moved).map_err(&fail)?;
+                let size = serde_json::to_vec(&*document).map_or(usize::MAX, |bytes| bytes.len());
+                if size > MAX_PATCHED_BYTES {
+                    return Err(ApiError::too_large_object(format!(
+                        "JSON patch operation {index}: the object would grow to {size} bytes (at most {MAX_PATCHED_BYTES})"
+                    )));
+                }
             }
             "test" => {
                 if get(document, &path) != Some(&value()?) {
@@ -340,6 +369,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(document, json!({"spec": {"ports": [{"p": 5}], "env": [{"p": 2}]}, "moved": 1}));
+        // Copies that double the document each time stop at the size limit.
+        let mut bomb = json!({"a": "x".repeat(1 << 20)});
+        let doubling: Vec<Value> =
+            (0..12).map(|i| json!({"op": "copy", "from": "", "path": format!("/c{i}")})).collect();
+        let error = json_patch(&mut bomb, &Value::Array(doubling)).expect_err("bounded");
+        assert_eq!(error.status, axum::http::StatusCode::PAYLOAD_TOO_LARGE, "{error}");
+        assert!(refuse_reading_ops(
+            &json!([{"op": "copy", "from": "/spec/stringData/k", "path": "/metadata/labels/x"}])
+        )
+        .is_err());
+        assert!(refuse_reading_ops(&json!([{"op": "test", "path": "/spec/stringData/k", "value": "guess"}])).is_err());
+        assert!(refuse_reading_ops(&json!([{"op": "replace", "path": "/spec/stringData/k", "value": "new"}])).is_ok());
         for bad in [
             json!([{"op": "remove", "path": "/nope"}]),
             json!([{"op": "test", "path": "/moved", "value": 2}]),
