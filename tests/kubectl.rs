@@ -279,3 +279,29 @@ async fn patches_race_validate_and_never_read_secret_values() {
     assert!(!body.to_string().contains("s3cond") && !body.to_string().contains("hunter2"), "{body}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_official_python_client_creates_lists_patches_watches_and_deletes() {
+    let server = common::server::TestServer::sqlite().await;
+    let directory = tempfile::tempdir().expect("dir");
+    let config = directory.path().join("kubeconfig");
+    let kubeconfig = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["kubeconfig", "--server", &server.url])
+        .output()
+        .expect("cloud kubeconfig");
+    assert!(kubeconfig.status.success());
+    std::fs::write(&config, &kubeconfig.stdout).expect("write kubeconfig");
+    let output = Command::new("python3")
+        .arg("tests/fixtures/kube_client.py")
+        .arg(&config)
+        .output()
+        .expect("python3 (the client: pip install kubernetes, as scripts/test does)");
+    let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{out}{err}");
+    for expected in
+        ["created py", "listed py", "patched b", "watched ADDED:py MODIFIED:py", "missing 404", "deleted Success"]
+    {
+        assert!(out.lines().any(|line| line == expected), "missing {expected:?} in:\n{out}{err}");
+    }
+    server.stop().await;
+}
