@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use minicloud_crds::{Kind, Object, API_GROUP, API_VERSION};
 use serde_json::{json, Value};
@@ -62,32 +63,102 @@ fn single_types(value: &mut Value) {
     }
 }
 
-/// `/api`: the core group's versions.
-pub async fn core_versions() -> Json<Value> {
-    Json(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}))
+/// The media type of aggregated discovery (one answer for every group, kubectl ≥ 1.26).
+const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether the client accepts aggregated discovery (`apidiscovery.k8s.io/v2`).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    accepted_types(headers).any(|parameters| {
+        parameters.contains(&"g=apidiscovery.k8s.io")
+            && parameters.contains(&"v=v2")
+            && parameters.contains(&"as=APIGroupDiscoveryList")
+    })
 }
 
-/// `/api/v1`: the core resources minicloud serves (Namespaces only).
+/// Each media type the request accepts, as its `;`-separated parts.
+fn accepted_types(headers: &HeaderMap) -> impl Iterator<Item = Vec<&str>> {
+    headers
+        .get_all(axum::http::header::ACCEPT)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(|accepted| accepted.split(';').map(str::trim).collect())
+}
+
+/// One group's resources (legacy discovery entries, `kinds/status` ones included) in the
+/// aggregated format.
+fn aggregated_group(group: &str, resources: &[Value]) -> Value {
+    let entries: Vec<Value> = resources
+        .iter()
+        .filter(|resource| !resource["name"].as_str().unwrap_or("").contains('/'))
+        .map(|resource| {
+            let name = resource["name"].as_str().unwrap_or("");
+            let kind = json!({"group": group, "version": "v1", "kind": resource["kind"]});
+            let subresources: Vec<Value> = resources
+                .iter()
+                .filter_map(|other| {
+                    let sub = other["name"].as_str()?.strip_prefix(name)?.strip_prefix('/')?;
+                    Some(json!({"subresource": sub, "responseKind": kind, "verbs": other["verbs"]}))
+                })
+                .collect();
+            let namespaced = resource["namespaced"].as_bool().unwrap_or(true);
+            json!({
+                "resource": name,
+                "responseKind": kind,
+                "scope": if namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": resource["singularName"],
+                "verbs": resource["verbs"],
+                "shortNames": resource.get("shortNames").cloned().unwrap_or(json!([])),
+                "categories": resource.get("categories").cloned().unwrap_or(json!([])),
+                "subresources": subresources,
+            })
+        })
+        .collect();
+    json!({"metadata": {"name": group}, "versions": [{"version": "v1", "resources": entries, "freshness": "Current"}]})
+}
+
+fn aggregated_answer(groups: Vec<Value>) -> Response {
+    let body = json!({
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": groups,
+    });
+    ([(axum::http::header::CONTENT_TYPE, AGGREGATED)], Json(body)).into_response()
+}
+
+/// `/api`: the core group's versions (or, aggregated, its resources).
+pub async fn core_versions(headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        return aggregated_answer(vec![aggregated_group("", &core_resource_entries())]);
+    }
+    Json(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})).into_response()
+}
+
+/// `/api/v1`: the core resources minicloud serves (Namespaces and Events).
 pub async fn core_resources() -> Json<Value> {
-    Json(json!({
-        "kind": "APIResourceList",
-        "groupVersion": "v1",
-        "resources": [{
+    Json(json!({"kind": "APIResourceList", "groupVersion": "v1", "resources": core_resource_entries()}))
+}
+
+fn core_resource_entries() -> Vec<Value> {
+    vec![
+        json!({
             "name": "namespaces",
             "singularName": "namespace",
             "namespaced": false,
             "kind": "Namespace",
             "verbs": ["get", "list"],
             "shortNames": ["ns"],
-        }, {
+        }),
+        json!({
             "name": "events",
             "singularName": "event",
             "namespaced": true,
             "kind": "Event",
             "verbs": ["list"],
             "shortNames": ["ev"],
-        }],
-    }))
+        }),
+    ]
 }
 
 /// `/api/v1/namespaces/{ns}/events`: minicloud's events as core `Event`s, filtered by a
@@ -234,14 +305,17 @@ fn group_document() -> Value {
     })
 }
 
-/// `/apis`: the API groups (minicloud.dev).
-pub async fn groups() -> Json<Value> {
+/// `/apis`: the API groups (minicloud.dev), or, aggregated, their resources too.
+pub async fn groups(headers: HeaderMap) -> Response {
+    if wants_aggregated(&headers) {
+        return aggregated_answer(vec![aggregated_group(API_GROUP, &group_resource_entries())]);
+    }
     let mut group = group_document();
     if let Some(map) = group.as_object_mut() {
         map.remove("kind");
         map.remove("apiVersion");
     }
-    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]}))
+    Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": [group]})).into_response()
 }
 
 /// `/apis/minicloud.dev`: the group.
@@ -252,6 +326,11 @@ pub async fn group() -> Json<Value> {
 /// `/apis/minicloud.dev/v1`: every kind with its plural, singular and short names, verbs and
 /// categories (`kubectl api-resources`, `kubectl get all`).
 pub async fn group_resources() -> Json<Value> {
+    let resources = group_resource_entries();
+    Json(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": resources}))
+}
+
+fn group_resource_entries() -> Vec<Value> {
     let mut resources = Vec::new();
     for kind in Kind::ALL {
         let categories: Vec<&str> =
@@ -273,7 +352,7 @@ pub async fn group_resources() -> Json<Value> {
             "verbs": ["update"],
         }));
     }
-    Json(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": API_VERSION, "resources": resources}))
+    resources
 }
 
 fn namespace_object(name: &str) -> Value {
@@ -337,15 +416,7 @@ pub async fn get_namespace(Path(name): Path<String>) -> Result<Json<Value>, ApiE
 
 /// Whether the client asks for a `Table` (as `kubectl get` does).
 pub fn wants_table(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(axum::http::header::ACCEPT)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|accepted| {
-            let parameters: Vec<&str> = accepted.split(';').map(str::trim).collect();
-            parameters.contains(&"as=Table") && parameters.contains(&"g=meta.k8s.io")
-        })
+    accepted_types(headers).any(|parameters| parameters.contains(&"as=Table") && parameters.contains(&"g=meta.k8s.io"))
 }
 
 fn column(name: &str, format: &str, priority: u8) -> Value {
@@ -451,6 +522,33 @@ mod tests {
         assert!(wants_table(&headers));
         headers.insert(axum::http::header::ACCEPT, "application/json".parse().unwrap());
         assert!(!wants_table(&headers));
+    }
+
+    #[test]
+    fn aggregated_discovery_is_recognised_and_shaped_as_kubectl_reads_it() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            axum::http::header::ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,application/json"
+                .parse()
+                .unwrap(),
+        );
+        assert!(!wants_aggregated(&headers), "v2beta1 only is not v2");
+        headers.insert(
+            axum::http::header::ACCEPT,
+            "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json".parse().unwrap(),
+        );
+        assert!(wants_aggregated(&headers));
+        let group = aggregated_group(API_GROUP, &group_resource_entries());
+        let resources = group["versions"][0]["resources"].as_array().unwrap();
+        assert_eq!(resources.len(), Kind::ALL.len(), "status entries become subresources");
+        let instances = resources.iter().find(|r| r["resource"] == "instances").unwrap();
+        assert_eq!(instances["responseKind"]["kind"], "Instance");
+        assert_eq!(instances["scope"], "Namespaced");
+        assert_eq!(instances["shortNames"], json!(["inst"]));
+        assert_eq!(instances["subresources"][0]["subresource"], "status");
+        let core = aggregated_group("", &core_resource_entries());
+        assert_eq!(core["versions"][0]["resources"][0]["scope"], "Cluster");
     }
 
     #[test]
