@@ -305,3 +305,76 @@ async fn the_official_python_client_creates_lists_patches_watches_and_deletes() 
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn field_selectors_pick_one_object_in_lists_and_watches() {
+    let server = common::server::TestServer::sqlite().await;
+    let base = format!("{}/apis/minicloud.dev/v1/namespaces/default/instances", server.url);
+    let http = reqwest::Client::new();
+    for name in ["a", "b"] {
+        let object = serde_json::json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance",
+            "metadata": {"name": name}, "spec": {"image": "minicloud/web:local"}});
+        assert!(http.post(&base).json(&object).send().await.expect("create").status().is_success());
+    }
+    let list: Value = http
+        .get(&base)
+        .query(&[("fieldSelector", "metadata.name=a")])
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(list["items"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(
+        (list["kind"].as_str(), list["items"][0]["metadata"]["name"].as_str()),
+        (Some("InstanceList"), Some("a"))
+    );
+    for bad in ["spec.image=x", "metadata.name", "metadata.namespace=other"] {
+        let response = http.get(&base).query(&[("fieldSelector", bad)]).send().await.expect("list");
+        assert_eq!(response.status(), 400, "{bad}");
+    }
+
+    // A watch of `a` (as `kubectl get instance a -w` sends it) sees a's changes, not b's.
+    let response = http
+        .get(&base)
+        .query(&[("watch", "1"), ("fieldSelector", "metadata.name=a")])
+        .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(response.headers()["content-type"], "application/json");
+    let mut stream = futures::StreamExt::boxed(response.bytes_stream());
+    for name in ["b", "a"] {
+        let patched = http
+            .patch(format!("{base}/{name}"))
+            .header("content-type", "application/merge-patch+json")
+            .body(r#"{"metadata":{"labels":{"changed":"yes"}}}"#)
+            .send()
+            .await
+            .expect("patch");
+        assert!(patched.status().is_success());
+    }
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while text.lines().filter(|line| !line.trim().is_empty()).count() < 2 {
+        let chunk = tokio::time::timeout_at(deadline.into(), futures::StreamExt::next(&mut stream))
+            .await
+            .expect("two events within 10 s")
+            .expect("stream open")
+            .expect("chunk");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<Value> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| serde_json::from_str(line).expect("line"))
+        .collect();
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[1]["type"], "MODIFIED");
+    for event in &events {
+        assert_eq!(event["object"]["kind"], "Table", "{event}");
+        assert_eq!(event["object"]["rows"][0]["cells"][0], "a", "only a's changes: {event}");
+    }
+    server.stop().await;
+}

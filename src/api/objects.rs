@@ -59,6 +59,44 @@ fn flag(params: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> 
     }
 }
 
+/// The object name a `fieldSelector` picks (`metadata.name=web`, as kubectl sends it to watch
+/// one object), after checking that `metadata.namespace`, when given, is the one listed.
+fn field_selector(params: &HashMap<String, String>, namespace: Option<&str>) -> Result<Option<String>, ApiError> {
+    let mut name = None;
+    for requirement in params.get("fieldSelector").map_or("", String::as_str).split(',').map(str::trim) {
+        if requirement.is_empty() {
+            continue;
+        }
+        let Some((field, value)) = requirement.split_once("==").or_else(|| requirement.split_once('=')) else {
+            return Err(ApiError::bad_request(format!(
+                "fieldSelector {requirement:?}: write metadata.name=NAME (only equality is supported)"
+            )));
+        };
+        match (field.trim(), value.trim()) {
+            ("metadata.name", value) => {
+                check_name("fieldSelector metadata.name", value)?;
+                name = Some(value.to_owned());
+            }
+            ("metadata.namespace", value) if namespace.is_none_or(|namespace| namespace == value) => {
+                if namespace.is_none() {
+                    return Err(ApiError::bad_request(
+                        "fieldSelector metadata.namespace: list the namespace's path instead (/namespaces/NS/...)",
+                    ));
+                }
+            }
+            ("metadata.namespace", _) => {
+                return Err(ApiError::bad_request("fieldSelector metadata.namespace differs from the namespace listed"))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(format!(
+                    "fieldSelector: {other:?} cannot be selected on; metadata.name can"
+                )))
+            }
+        }
+    }
+    Ok(name)
+}
+
 fn selector(params: &HashMap<String, String>) -> Result<Selector, ApiError> {
     Selector::parse(params.get("labelSelector").map_or("", String::as_str))
         .map_err(|error| ApiError::bad_request(error.to_string()))
@@ -243,6 +281,7 @@ async fn list_or_watch(
     if let Some(namespace) = &namespace {
         check_name("namespace", namespace)?;
     }
+    let only = field_selector(&params, namespace.as_deref())?;
     let query = store::Query { kind: Some(kind), namespace, selector: selector(&params)? };
     let table = kube::wants_table(headers).then(|| kube::IncludeObject::from_params(&params)).transpose()?;
     if flag(&params, "watch")? {
@@ -253,17 +292,32 @@ async fn list_or_watch(
             .iter()
             .any(|accept| accept.to_str().is_ok_and(|accept| accept.contains("application/x-ndjson")));
         let content_type = if lines { "application/x-ndjson" } else { "application/json" };
-        return watch(state, query, &params, table, content_type).await;
+        let shape = WatchShape { only, table, content_type };
+        return watch(state, query, &params, shape).await;
     }
-    match table {
-        // kubectl get: the cloud get columns (the list is decoded, not streamed).
-        Some(include) => {
-            let list = state.store.list(&query).await?;
-            let objects: Vec<Object> = list.items.into_iter().map(shown).collect();
-            Ok(Json(kube::table(kind, &objects, Some(list.revision.to_string()), include)).into_response())
-        }
-        None => list_response(&state, kind, query).await,
+    if table.is_none() && only.is_none() {
+        return list_response(&state, kind, query).await;
     }
+    // kubectl get (the cloud get columns) or one object by field selector: the list is
+    // decoded, not streamed.
+    let list = state.store.list(&query).await?;
+    let objects: Vec<Object> = list
+        .items
+        .into_iter()
+        .filter(|object| only.as_deref().is_none_or(|name| object.metadata.name == name))
+        .map(shown)
+        .collect();
+    let revision = list.revision.to_string();
+    Ok(match table {
+        Some(include) => Json(kube::table(kind, &objects, Some(revision), include)).into_response(),
+        None => Json(json!({
+            "apiVersion": API_VERSION,
+            "kind": format!("{}List", kind.as_str()),
+            "metadata": {"resourceVersion": revision},
+            "items": objects,
+        }))
+        .into_response(),
+    })
 }
 
 /// `GET /apis/minicloud.dev/v1/namespaces/{ns}/{plural}`
@@ -501,24 +555,49 @@ fn bookmark(kind: Option<Kind>, revision: i64) -> Bytes {
     }}))
 }
 
-/// Watch lines (whole lines, as a watch writes them) with each object replaced by a one-row
-/// Table, for `kubectl get -w`; ERROR lines pass unchanged.
-fn table_lines(kind: Kind, include: kube::IncludeObject, lines: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(lines.len());
-    for text in lines.split(|byte| *byte == b'\n').filter(|text| !text.is_empty()) {
-        let converted = serde_json::from_slice::<Value>(text).ok().and_then(|mut event| {
-            if !matches!(event["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED")) {
-                return None;
-            }
-            let object: Object = serde_json::from_value(event["object"].take()).ok()?;
-            let version = object.metadata.resource_version.clone();
-            event["object"] = kube::table(kind, &[object], version, include);
-            Some(event.to_string().into_bytes())
-        });
-        out.extend_from_slice(converted.as_deref().unwrap_or(text));
-        out.push(b'\n');
+/// What a watch sends besides the plain lines: only one object's changes (`fieldSelector`),
+/// objects as one-row Tables (`kubectl get -w`), and its content type.
+struct WatchShape {
+    only: Option<String>,
+    table: Option<kube::IncludeObject>,
+    content_type: &'static str,
+}
+
+impl WatchShape {
+    fn plain(&self) -> bool {
+        self.only.is_none() && self.table.is_none()
     }
-    Bytes::from(out)
+
+    /// Watch lines (whole lines, as a watch writes them) without the changes of other objects
+    /// and with each object as a Table when asked; BOOKMARK and ERROR lines pass unchanged.
+    fn reshape(&self, kind: Kind, lines: &[u8]) -> Bytes {
+        if lines.iter().all(u8::is_ascii_whitespace) {
+            // A heartbeat.
+            return Bytes::copy_from_slice(lines);
+        }
+        let mut out = Vec::with_capacity(lines.len());
+        for text in lines.split(|byte| *byte == b'\n').filter(|text| !text.is_empty()) {
+            let event = serde_json::from_slice::<Value>(text)
+                .ok()
+                .filter(|event| matches!(event["type"].as_str(), Some("ADDED" | "MODIFIED" | "DELETED")));
+            let Some(mut event) = event else {
+                out.extend_from_slice(text);
+                out.push(b'\n');
+                continue;
+            };
+            if self.only.as_deref().is_some_and(|name| event["object"]["metadata"]["name"] != name) {
+                continue;
+            }
+            if let Some(include) = self.table {
+                let Ok(object) = serde_json::from_value::<Object>(event["object"].take()) else { continue };
+                let version = object.metadata.resource_version.clone();
+                event["object"] = kube::table(kind, &[object], version, include);
+            }
+            out.extend_from_slice(event.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        Bytes::from(out)
+    }
 }
 
 /// Bytes a watch gathers into one write: lines are sent in chunks of about this size, not one
@@ -646,8 +725,7 @@ async fn watch(
     state: AppState,
     query: store::Query,
     params: &HashMap<String, String>,
-    table: Option<kube::IncludeObject>,
-    content_type: &'static str,
+    shape: WatchShape,
 ) -> Result<Response, ApiError> {
     let heartbeat = match params.get("heartbeatSeconds") {
         None => DEFAULT_HEARTBEAT,
@@ -701,6 +779,7 @@ async fn watch(
         }
     };
     let kind = query.kind;
+    let content_type = shape.content_type;
     let mut changes = state.store.watch_raw(query, from).await?;
     // Writes queued for the client: about WATCH_CHUNK_QUEUE × WATCH_CHUNK bytes at most.
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(WATCH_CHUNK_QUEUE);
@@ -711,8 +790,8 @@ async fn watch(
         // A client that takes nothing for `send_timeout` is not reading: end its watch.
         let deliver = |message: Bytes| {
             let sender = sender.clone();
-            let message = match (table, kind) {
-                (Some(include), Some(kind)) => table_lines(kind, include, &message),
+            let message = match kind {
+                Some(kind) if !shape.plain() => shape.reshape(kind, &message),
                 _ => message,
             };
             async move { sender.send_timeout(Ok(message), send_timeout).await.is_ok() }
