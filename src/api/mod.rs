@@ -1,5 +1,6 @@
 //! The API server (`cloud server`): Kubernetes-shaped REST over the store, with watches,
-//! apply, events, health endpoints and an OpenAPI document. Every request gets a request id
+//! apply, patches, events, health endpoints and OpenAPI documents, plus the discovery, Table
+//! and Status conventions kubectl and Kubernetes client libraries rely on ([`kube`]). Every request gets a request id
 //! (`x-request-id`, generated unless the client sent one) that appears in the response and in
 //! the structured logs. On SIGINT/SIGTERM the server stops accepting connections, ends watch
 //! streams cleanly and lets in-flight requests finish.
