@@ -170,6 +170,7 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log", get(logs::instance_log))
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/secrets/{name}/reveal", post(secrets::reveal))
         .route("/apis/minicloud.dev/v1/secretkeys/rotate", post(secrets::rotate_key))
+        .merge(crate::ui::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

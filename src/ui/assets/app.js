@@ -1,0 +1,90 @@
+// minicloud console: keeps the page's <main> current. It follows the watch of every object
+// from the revision the page was read at; when a change concerns what the page shows, it
+// fetches the page again as a fragment (?fragment=1) and swaps it in. A dropped watch is
+// resumed from the last revision seen, after a pause that grows to 5 s.
+
+const body = document.body;
+const main = document.getElementById("main");
+const live = document.getElementById("live");
+const scope = body.dataset.watch; // "*", "Kind" or "Kind/namespace/name"
+let revision = body.dataset.revision;
+let refreshTimer = null;
+
+function concerns(object) {
+  if (scope === "*") return true;
+  const [kind, namespace, name] = scope.split("/");
+  if (object.kind !== kind && kind !== undefined) return false;
+  if (name === undefined) return true;
+  const meta = object.metadata || {};
+  return meta.namespace === namespace && meta.name === name;
+}
+
+async function refresh() {
+  refreshTimer = null;
+  try {
+    const response = await fetch(location.pathname + "?fragment=1", { cache: "no-store" });
+    if (response.ok) {
+      main.innerHTML = await response.text();
+    } else if (response.status === 404) {
+      main.innerHTML = "<h1>Gone</h1><p>This object was deleted.</p>";
+    }
+    body.dataset.refreshed = String(Date.now());
+  } catch (error) {
+    // The watch loop reports connection trouble; the next change refreshes again.
+  }
+}
+
+function scheduleRefresh() {
+  if (refreshTimer === null) refreshTimer = setTimeout(refresh, 50);
+}
+
+function handle(line) {
+  if (!line.trim()) return;
+  const event = JSON.parse(line);
+  const object = event.object || {};
+  if (event.type === "ERROR") {
+    // Our revision was compacted away: read everything again.
+    if (object.code === 410) location.reload();
+    return;
+  }
+  const version = object.metadata && object.metadata.resourceVersion;
+  if (version) revision = version;
+  if (event.type !== "BOOKMARK" && concerns(object)) scheduleRefresh();
+}
+
+async function follow() {
+  let pause = 500;
+  for (;;) {
+    try {
+      const response = await fetch(`/ui/watch?resourceVersion=${encodeURIComponent(revision)}&heartbeatSeconds=5`, {
+        cache: "no-store",
+      });
+      if (!response.ok) throw new Error(`watch answered ${response.status}`);
+      live.textContent = "live";
+      live.className = "live on";
+      pause = 500;
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffered = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffered += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffered.indexOf("\n")) >= 0) {
+          handle(buffered.slice(0, end));
+          buffered = buffered.slice(end + 1);
+        }
+      }
+    } catch (error) {
+      // The server went away or restarts: try again below.
+    }
+    live.textContent = "reconnecting…";
+    live.className = "live off";
+    await new Promise((resolve) => setTimeout(resolve, pause));
+    pause = Math.min(pause * 2, 5000);
+    scheduleRefresh();
+  }
+}
+
+follow();

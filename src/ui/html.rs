@@ -1,0 +1,80 @@
+//! Small HTML helpers for the console: escaping (every value that comes from the store goes
+//! through [`escape`]), links, tables and the page frame.
+
+/// Text made safe for HTML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for character in text.chars() {
+        match character {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// `<a href="HREF">TEXT</a>`, both escaped.
+pub fn link(href: &str, text: &str) -> String {
+    format!("<a href=\"{}\">{}</a>", escape(href), escape(text))
+}
+
+/// A table; `cells` are HTML already (escape text before passing it).
+pub fn table(id: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut out = format!("<table id=\"{}\"><thead><tr>", escape(id));
+    for header in headers {
+        out.push_str(&format!("<th>{}</th>", escape(header)));
+    }
+    out.push_str("</tr></thead><tbody>");
+    for row in rows {
+        out.push_str("<tr>");
+        for cell in row {
+            out.push_str(&format!("<td>{cell}</td>"));
+        }
+        out.push_str("</tr>");
+    }
+    if rows.is_empty() {
+        out.push_str(&format!("<tr><td colspan=\"{}\" class=\"none\">none</td></tr>", headers.len().max(1)));
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// The whole page: navigation, `main` (what `?fragment=1` answers alone) and the live-update
+/// script, which watches from `revision` and reloads `main` when something changes.
+pub fn page(title: &str, watch: &str, revision: i64, main: &str) -> String {
+    let mut navigation = String::from("<a href=\"/ui\">Summary</a>");
+    for kind in minicloud_crds::Kind::ALL {
+        navigation.push_str(&format!(" <a href=\"/ui/{}\">{}</a>", kind.plural(), kind.as_str()));
+    }
+    navigation.push_str(" <a href=\"/ui/events\">Activity</a>");
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · minicloud</title>\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/ui/assets/style.css\"></head>\
+         <body data-watch=\"{watch}\" data-revision=\"{revision}\"><header><strong>minicloud</strong> {navigation}\
+         <span id=\"live\" class=\"live\">connecting…</span></header>\
+         <main id=\"main\">{main}</main><script type=\"module\" src=\"/ui/assets/app.js\"></script></body></html>\n",
+        title = escape(title),
+        watch = escape(watch),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_from_the_store_is_escaped() {
+        assert_eq!(
+            escape(r#"<script>alert("x&y")</script>'"#),
+            "&lt;script&gt;alert(&quot;x&amp;y&quot;)&lt;/script&gt;&#39;"
+        );
+        assert_eq!(link("/ui?a=\"b\"", "<b>"), "<a href=\"/ui?a=&quot;b&quot;\">&lt;b&gt;</a>");
+        let page = page("<x>", "all", 3, "<p>main</p>");
+        assert!(page.contains("<title>&lt;x&gt; · minicloud</title>") && page.contains("data-revision=\"3\""));
+    }
+}

@@ -1,0 +1,217 @@
+//! The console's pages, rendered on the server from the store: the summary (counts per kind,
+//! newest objects, recent warnings), a list per kind (the `cloud get -o wide` columns), an
+//! object's detail (metadata, conditions, spec, status, events, owner and children) and the
+//! activity feed. Each returns the HTML of `main` and the revision it was read at.
+
+use minicloud_crds::{Kind, Object};
+use serde_json::Value;
+
+use super::html::{escape, link, table};
+use crate::api::AppState;
+use crate::columns::{age, condition, headers, row};
+use crate::store::{self, StoreError};
+
+/// How many of the newest objects the summary shows.
+const NEWEST: usize = 20;
+/// How many events the summary and the activity feed show.
+const RECENT_EVENTS: usize = 200;
+
+fn detail_href(object: &Object) -> String {
+    let plural = Kind::from_kind_name(&object.kind).map_or("", Kind::plural);
+    format!("/ui/namespaces/{}/{plural}/{}", object.namespace(), object.metadata.name)
+}
+
+fn ready_cell(object: &Object) -> String {
+    match condition(object, "Ready").and_then(|ready| ready.get("status")).and_then(Value::as_str) {
+        Some("True") => "<span class=\"ok\">True</span>".into(),
+        Some(other) => format!("<span class=\"bad\">{}</span>", escape(other)),
+        None => "<span class=\"unknown\">-</span>".into(),
+    }
+}
+
+async fn everything(state: &AppState) -> Result<store::ObjectList, StoreError> {
+    let query = store::Query { kind: None, namespace: None, selector: Default::default() };
+    let mut list = state.store.list(&query).await?;
+    for object in &mut list.items {
+        crate::secrets::redact_object(object);
+    }
+    Ok(list)
+}
+
+/// `/ui`: counts per kind, the newest objects and the recent warnings.
+pub async fn summary(state: &AppState) -> Result<(String, i64), StoreError> {
+    let list = everything(state).await?;
+    let mut counts = Vec::new();
+    for kind in Kind::ALL {
+        let objects: Vec<&Object> = list.items.iter().filter(|object| object.kind == kind.as_str()).collect();
+        let ready = objects
+            .iter()
+            .filter(|object| {
+                condition(object, "Ready").and_then(|ready| ready.get("status")) == Some(&Value::from("True"))
+            })
+            .count();
+        let summary = if kind.reports_conditions() {
+            format!("{ready} ready, {} not", objects.len() - ready)
+        } else {
+            "-".into()
+        };
+        counts.push(vec![
+            link(&format!("/ui/{}", kind.plural()), kind.as_str()),
+            format!("<span class=\"count\" data-kind=\"{}\">{}</span>", kind.as_str(), objects.len()),
+            summary,
+        ]);
+    }
+    let mut newest: Vec<&Object> = list.items.iter().collect();
+    newest.sort_by_key(|object| std::cmp::Reverse(object.metadata.creation_timestamp));
+    let newest: Vec<Vec<String>> = newest
+        .iter()
+        .take(NEWEST)
+        .map(|object| {
+            vec![
+                escape(&object.kind),
+                link(&detail_href(object), &object.metadata.name),
+                escape(object.namespace()),
+                ready_cell(object),
+                escape(&age(object.metadata.creation_timestamp)),
+            ]
+        })
+        .collect();
+    let warnings = recent_events(state, true, 10).await?;
+    let main = format!(
+        "<h1>Summary</h1><section><h2>Objects</h2>{}</section><section><h2>Newest</h2>{}</section>\
+         <section><h2>Recent warnings</h2>{}</section>",
+        table("counts", &["KIND", "OBJECTS", "READY"], &counts),
+        table("newest", &["KIND", "NAME", "NAMESPACE", "READY", "AGE"], &newest),
+        warnings,
+    );
+    Ok((main, list.revision))
+}
+
+/// `/ui/{plural}`: every object of a kind, in every namespace.
+pub async fn list(state: &AppState, kind: Kind) -> Result<(String, i64), StoreError> {
+    let query = store::Query { kind: Some(kind), namespace: None, selector: Default::default() };
+    let list = state.store.list(&query).await?;
+    let mut columns = vec!["NAMESPACE"];
+    columns.extend(headers(kind, true));
+    let rows: Vec<Vec<String>> = list
+        .items
+        .into_iter()
+        .map(|mut object| {
+            crate::secrets::redact_object(&mut object);
+            let mut cells: Vec<String> = row(kind, &object, true).iter().map(|cell| escape(cell)).collect();
+            cells[0] = link(&detail_href(&object), &object.metadata.name);
+            cells.insert(0, escape(object.namespace()));
+            cells
+        })
+        .collect();
+    let main = format!("<h1>{}</h1>{}", escape(kind.plural()), table("objects", &columns, &rows));
+    Ok((main, list.revision))
+}
+
+/// `/ui/namespaces/{ns}/{plural}/{name}`: one object.
+pub async fn detail(state: &AppState, key: &minicloud_crds::ObjectKey) -> Result<(String, i64), StoreError> {
+    let revision = state.store.revision().await?;
+    let mut object = state.store.get(key).await?;
+    crate::secrets::redact_object(&mut object);
+    let meta = &object.metadata;
+    let mut facts = vec![
+        vec!["Kind".into(), escape(&object.kind)],
+        vec!["Namespace".into(), escape(object.namespace())],
+        vec!["Created".into(), escape(&format!("{} ago", age(meta.creation_timestamp)))],
+        vec!["Generation".into(), escape(&meta.generation.unwrap_or(0).to_string())],
+        vec!["Ready".into(), ready_cell(&object)],
+    ];
+    let labels: Vec<String> = meta.labels.iter().map(|(key, value)| escape(&format!("{key}={value}"))).collect();
+    facts.push(vec!["Labels".into(), labels.join("<br>")]);
+    for owner in &meta.owner_references {
+        let plural = Kind::from_kind_name(&owner.kind).map_or("", Kind::plural);
+        let href = format!("/ui/namespaces/{}/{plural}/{}", object.namespace(), owner.name);
+        facts
+            .push(vec!["Owned by".into(), link(&href, &format!("{}/{}", owner.kind.to_ascii_lowercase(), owner.name))]);
+    }
+    let uid = meta.uid.clone().unwrap_or_default();
+    let everything_here =
+        store::Query { kind: None, namespace: Some(object.namespace().to_owned()), selector: Default::default() };
+    let siblings = state.store.list(&everything_here).await?;
+    let children: Vec<Vec<String>> = siblings
+        .items
+        .iter()
+        .filter(|child| !uid.is_empty() && child.metadata.owner_references.iter().any(|owner| owner.uid == uid))
+        .map(|child| vec![escape(&child.kind), link(&detail_href(child), &child.metadata.name), ready_cell(child)])
+        .collect();
+    let conditions: Vec<Vec<String>> = object
+        .status
+        .get("conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|condition| {
+            let text = |key: &str| escape(condition.get(key).and_then(Value::as_str).unwrap_or(""));
+            vec![text("type"), text("status"), text("reason"), text("message")]
+        })
+        .collect();
+    let events: Vec<Vec<String>> = state
+        .store
+        .events(Some(object.namespace()), Some(key))
+        .await?
+        .iter()
+        .rev()
+        .take(50)
+        .map(|event| event_row(event, false))
+        .collect();
+    let pretty = |value: &Value| escape(&serde_json::to_string_pretty(value).unwrap_or_default());
+    let main = format!(
+        "<h1>{}/{}</h1>{}<h2>Conditions</h2>{}<h2>Events</h2>{}<h2>Children</h2>{}\
+         <h2>Spec</h2><pre id=\"spec\">{}</pre><h2>Status</h2><pre id=\"status\">{}</pre>",
+        escape(&object.kind.to_ascii_lowercase()),
+        escape(&meta.name),
+        table("facts", &["", ""], &facts),
+        table("conditions", &["TYPE", "STATUS", "REASON", "MESSAGE"], &conditions),
+        table("events", &["AGE", "TYPE", "REASON", "MESSAGE"], &events),
+        table("children", &["KIND", "NAME", "READY"], &children),
+        pretty(&object.spec),
+        pretty(&object.status),
+    );
+    Ok((main, revision))
+}
+
+fn event_row(event: &store::Event, with_object: bool) -> Vec<String> {
+    let event_type = serde_json::to_value(event.event_type).ok().and_then(|t| t.as_str().map(str::to_owned));
+    let event_type = event_type.unwrap_or_default();
+    let mut cells = vec![
+        escape(&age(Some(event.last_timestamp))),
+        format!(
+            "<span class=\"{}\">{}</span>",
+            if event_type == "Warning" { "bad" } else { "ok" },
+            escape(&event_type)
+        ),
+        escape(&event.reason),
+    ];
+    if with_object {
+        let plural = Kind::from_kind_name(&event.kind).map_or("", Kind::plural);
+        let href = format!("/ui/namespaces/{}/{plural}/{}", event.namespace, event.name);
+        cells.push(link(&href, &format!("{}/{}", event.kind.to_ascii_lowercase(), event.name)));
+    }
+    cells.push(escape(&event.message));
+    cells
+}
+
+/// The newest events (warnings only when asked), newest first, as a table.
+async fn recent_events(state: &AppState, warnings_only: bool, count: usize) -> Result<String, StoreError> {
+    let events = state.store.events(None, None).await?;
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .rev()
+        .filter(|event| !warnings_only || matches!(event.event_type, store::EventType::Warning))
+        .take(count)
+        .map(|event| event_row(event, true))
+        .collect();
+    Ok(table("activity", &["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows))
+}
+
+/// `/ui/events`: the activity feed across namespaces, newest first.
+pub async fn activity(state: &AppState) -> Result<(String, i64), StoreError> {
+    let revision = state.store.revision().await?;
+    let main = format!("<h1>Activity</h1>{}", recent_events(state, false, RECENT_EVENTS).await?);
+    Ok((main, revision))
+}

@@ -1,0 +1,177 @@
+//! The console in a real headless Chromium, driven through WebDriver (Debian's `chromium` and
+//! `chromium-driver`), against a real server with controllers and the real Docker engine: the
+//! summary loads and goes live; an Instance applied with the CLI appears on it without a
+//! reload; its detail page shows the controller's conditions and events; the browser logs no
+//! errors.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::cluster::Harness;
+use serde_json::{json, Value};
+
+/// A chromedriver process and one headless Chromium session.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (apt-get install chromium chromium-driver, as scripts/test does)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let capabilities = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"],
+            },
+            "goog:loggingPrefs": {"browser": "ALL"},
+        }}});
+        let created: Value = http
+            .post(format!("{base}/session"))
+            .json(&capabilities)
+            .send()
+            .await
+            .expect("session")
+            .json()
+            .await
+            .expect("json");
+        let session =
+            created["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {created}")).to_owned();
+        Browser { driver, base, session, http }
+    }
+
+    async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}/{path}", self.base, self.session);
+        let answer: Value =
+            self.http.request(method, url).json(&body).send().await.expect("webdriver").json().await.expect("json");
+        answer["value"].clone()
+    }
+
+    async fn open(&self, url: &str) {
+        self.command(reqwest::Method::POST, "url", json!({"url": url})).await;
+    }
+
+    async fn script(&self, source: &str) -> Value {
+        self.command(reqwest::Method::POST, "execute/sync", json!({"script": source, "args": []})).await
+    }
+
+    /// The text of the element with `id` (empty when there is none).
+    async fn text(&self, id: &str) -> String {
+        let source = format!("const e = document.getElementById('{id}'); return e ? e.innerText : '';");
+        self.script(&source).await.as_str().unwrap_or("").to_owned()
+    }
+
+    /// Waits until the element's text satisfies `check`; the time it took.
+    async fn wait_for_text(&self, id: &str, what: &str, limit: Duration, check: impl Fn(&str) -> bool) -> Duration {
+        let started = Instant::now();
+        loop {
+            let text = self.text(id).await;
+            if check(&text) {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < limit, "#{id} never showed {what} within {limit:?}; it shows:\n{text}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The browser's console messages at level SEVERE.
+    async fn errors(&self) -> Vec<String> {
+        let entries = self.command(reqwest::Method::POST, "se/log", json!({"type": "browser"})).await;
+        entries
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|entry| entry["level"] == "SEVERE")
+            .map(|entry| entry["message"].as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn the_console_follows_the_cluster_live_in_a_real_browser() {
+    let harness = Harness::start("console").await;
+    let url = harness.server().url.clone();
+    let namespace = harness.namespace.clone();
+    let browser = Browser::start().await;
+
+    browser.open(&format!("{url}/ui")).await;
+    browser.wait_for_text("live", "live", Duration::from_secs(20), |text| text == "live").await;
+    assert!(browser.text("counts").await.contains("Instance"), "the summary shows the kinds");
+    browser.script("window.notReloaded = true; return null;").await;
+
+    // An Instance applied with the CLI appears on the summary without a reload.
+    let directory = tempfile::tempdir().expect("dir");
+    let manifest = directory.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        format!("apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: console-web\n  namespace: {namespace}\nspec:\n  image: minicloud/web:local\n  ports:\n    - containerPort: 8080\n"),
+    )
+    .expect("write manifest");
+    let (applied, _, err) = harness.cloud(&["apply", "-f", manifest.to_str().expect("path")]);
+    assert!(applied, "{err}");
+    let appeared = browser
+        .wait_for_text("newest", "console-web", Duration::from_secs(10), |text| text.contains("console-web"))
+        .await;
+    assert_eq!(browser.script("return window.notReloaded === true;").await, json!(true), "the page was not reloaded");
+    eprintln!(
+        "an Instance applied with the CLI appeared on the summary {} ms after the apply returned",
+        appeared.as_millis()
+    );
+    assert!(appeared < Duration::from_secs(1), "appeared after {appeared:?}");
+
+    // Its detail page shows the controller's conditions and events as they come.
+    browser.open(&format!("{url}/ui/namespaces/{namespace}/instances/console-web")).await;
+    browser.wait_for_text("live", "live", Duration::from_secs(20), |text| text == "live").await;
+    browser
+        .wait_for_text("conditions", "Ready True", Duration::from_secs(60), |text| text.contains("Ready\tTrue"))
+        .await;
+    browser.wait_for_text("events", "an event", Duration::from_secs(20), |text| !text.contains("none")).await;
+    assert!(browser.text("spec").await.contains("minicloud/web:local"));
+
+    // Text from the store is shown as text: an event message carrying markup injects nothing.
+    let hostile = "<img src=x onerror=\"window.injected=1\"><b>bold</b>";
+    let response = reqwest::Client::new()
+        .post(format!("{url}/apis/minicloud.dev/v1/namespaces/{namespace}/events"))
+        .json(&json!({"involvedObject": {"kind": "Instance", "name": "console-web"}, "type": "Warning", "reason": "Hostile", "message": hostile}))
+        .send()
+        .await
+        .expect("event");
+    assert!(response.status().is_success());
+    browser.open(&format!("{url}/ui/namespaces/{namespace}/instances/console-web")).await;
+    browser
+        .wait_for_text("events", "the hostile message", Duration::from_secs(10), |text| text.contains("<img src=x"))
+        .await;
+    let injected = browser
+        .script("return [document.querySelectorAll('#events img, #events b').length, window.injected === 1];")
+        .await;
+    assert_eq!(injected, json!([0, false]), "markup from the store must not become elements");
+
+    let errors = browser.errors().await;
+    assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
+    harness.finish().await;
+}
