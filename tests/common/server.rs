@@ -24,7 +24,12 @@ impl TestServer {
     /// Like [`TestServer::start`], with environment variables for the server process.
     pub async fn start_with_env(database: TestDb, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cloud"));
-        command.args(["server", "--listen", "127.0.0.1:0", "--database-url", &database.url]).args(extra);
+        command.arg("server");
+        // Any free port, unless the caller names one (to restart a server where clients expect it).
+        if !extra.contains(&"--listen") {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        command.args(["--database-url", &database.url]).args(extra);
         // Test servers share the tests' key (an empty value in `env` removes it).
         command.env(minicloud::secrets::KEY_ENV, super::test_key_base64());
         for (name, value) in env {
