@@ -68,8 +68,9 @@ impl Browser {
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}/{path}", self.base, self.session);
-        let answer: Value =
-            self.http.request(method, url).json(&body).send().await.expect("webdriver").json().await.expect("json");
+        let request = self.http.request(method.clone(), url);
+        let request = if method == reqwest::Method::GET { request } else { request.json(&body) };
+        let answer: Value = request.send().await.expect("webdriver").json().await.expect("json");
         answer["value"].clone()
     }
 
@@ -98,6 +99,19 @@ impl Browser {
             assert!(started.elapsed() < limit, "#{id} never showed {what} within {limit:?}; it shows:\n{text}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Saves a PNG of the window as `name` in `MINICLOUD_SCREENSHOTS` when that names a
+    /// directory (`MINICLOUD_SCREENSHOTS=docs/images cargo test --test console` regenerates
+    /// the guide's pictures).
+    async fn screenshot(&self, name: &str) {
+        let Some(directory) = std::env::var_os("MINICLOUD_SCREENSHOTS") else { return };
+        use base64::Engine;
+        let encoded = self.command(reqwest::Method::GET, "screenshot", Value::Null).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(encoded.as_str().unwrap_or_else(|| panic!("no screenshot: {encoded}")))
+            .expect("base64 PNG");
+        std::fs::write(std::path::Path::new(&directory).join(name), png).expect("write screenshot");
     }
 
     /// The browser's console messages at level SEVERE.
@@ -144,6 +158,7 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
         appeared.as_millis()
     );
     assert!(appeared < Duration::from_secs(1), "appeared after {appeared:?}");
+    browser.screenshot("console-summary.png").await;
 
     // Its detail page shows the controller's conditions and events as they come.
     browser.open(&format!("{url}/ui/namespaces/{namespace}/instances/console-web")).await;
@@ -153,6 +168,7 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
         .await;
     browser.wait_for_text("events", "an event", Duration::from_secs(20), |text| !text.contains("none")).await;
     assert!(browser.text("spec").await.contains("minicloud/web:local"));
+    browser.screenshot("console-detail.png").await;
 
     // Text from the store is shown as text: an event message carrying markup injects nothing.
     let hostile = "<img src=x onerror=\"window.injected=1\"><b>bold</b>";
