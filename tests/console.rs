@@ -216,6 +216,19 @@ async fn the_console_renders_a_thousand_objects_and_survives_a_server_restart() 
     assert!(applied.expect("apply").status().is_success());
     let browser = Browser::start().await;
 
+    // `cloud dashboard` prints where the console is.
+    let dashboard = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["dashboard", "--server", &url])
+        .output()
+        .expect("cloud dashboard");
+    assert!(dashboard.status.success());
+    assert_eq!(String::from_utf8_lossy(&dashboard.stdout).trim(), format!("{url}/ui"));
+    let unreachable = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["dashboard", "--server", "http://127.0.0.1:9"])
+        .output()
+        .expect("cloud dashboard");
+    assert_eq!(unreachable.status.code(), Some(1), "no address for a server that is not there");
+
     // The list of 1,000 Instances: from navigation to a rendered table (the WebDriver `url`
     // command returns once the page has loaded), in a browser that has started already.
     browser.open(&format!("{url}/ui/events")).await;

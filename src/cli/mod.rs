@@ -3,6 +3,7 @@
 //! offline. Exit status: 0 on success, 1 on any error.
 
 mod apply;
+mod dashboard;
 mod db;
 mod delete;
 mod describe;
@@ -235,6 +236,12 @@ enum Command {
         #[arg(short = 'R', long)]
         recursive: bool,
     },
+    /// Print the address of the web console (`/ui`) of this server; `--open` starts a browser
+    /// on it when the machine has one.
+    Dashboard {
+        #[arg(long)]
+        open: bool,
+    },
     /// Print a kubeconfig for this server, for kubectl and Kubernetes client libraries:
     /// `cloud kubeconfig > ~/.kube/minicloud.yaml; export KUBECONFIG=~/.kube/minicloud.yaml`.
     Kubeconfig {
@@ -417,6 +424,7 @@ pub async fn run() -> ExitCode {
         }
         Command::Version => version(&client).await,
         Command::Kubeconfig { namespace } => kubeconfig::run(&client, &namespace).await,
+        Command::Dashboard { open } => dashboard::run(&client, open).await,
         Command::Openapi => {
             print!("{}", crate::api::openapi::render());
             Ok(())
