@@ -168,6 +168,15 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
         .await;
     browser.wait_for_text("events", "an event", Duration::from_secs(20), |text| !text.contains("none")).await;
     assert!(browser.text("spec").await.contains("minicloud/web:local"));
+
+    // The container's output is followed on the page: a request to it shows up in its log.
+    let live_object = harness.get("instances", "console-web").await.expect("console-web");
+    let port = live_object["status"]["ports"][0]["hostPort"].as_u64().expect("a published port");
+    let page = common::cluster::fetch(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}/")).await;
+    assert!(page.is_ok(), "{page:?}");
+    browser
+        .wait_for_text("logs", "the container's output", Duration::from_secs(20), |text| !text.trim().is_empty())
+        .await;
     browser.screenshot("console-detail.png").await;
 
     // Text from the store is shown as text: an event message carrying markup injects nothing.

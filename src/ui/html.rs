@@ -45,7 +45,8 @@ pub fn table(id: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// The whole page: navigation, `main` (what `?fragment=1` answers alone) and the live-update
 /// script, which watches from `revision` and reloads `main` when something changes.
-pub fn page(title: &str, watch: &str, revision: i64, main: &str) -> String {
+/// `after` follows `main` and is never swapped (an Instance's followed logs).
+pub fn page(title: &str, watch: &str, revision: i64, main: &str, after: &str) -> String {
     let mut navigation = String::from("<a href=\"/ui\">Summary</a>");
     for kind in minicloud_crds::Kind::ALL {
         navigation.push_str(&format!(" <a href=\"/ui/{}\">{}</a>", kind.plural(), kind.as_str()));
@@ -57,7 +58,7 @@ pub fn page(title: &str, watch: &str, revision: i64, main: &str) -> String {
          <link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/ui/assets/style.css\"></head>\
          <body data-watch=\"{watch}\" data-revision=\"{revision}\"><header><strong>minicloud</strong> {navigation}\
          <span id=\"live\" class=\"live\">connecting…</span></header>\
-         <main id=\"main\">{main}</main><script type=\"module\" src=\"/ui/assets/app.js\"></script></body></html>\n",
+         <main id=\"main\">{main}</main>{after}<script type=\"module\" src=\"/ui/assets/app.js\"></script></body></html>\n",
         title = escape(title),
         watch = escape(watch),
     )
@@ -74,7 +75,7 @@ mod tests {
             "&lt;script&gt;alert(&quot;x&amp;y&quot;)&lt;/script&gt;&#39;"
         );
         assert_eq!(link("/ui?a=\"b\"", "<b>"), "<a href=\"/ui?a=&quot;b&quot;\">&lt;b&gt;</a>");
-        let page = page("<x>", "all", 3, "<p>main</p>");
+        let page = page("<x>", "all", 3, "<p>main</p>", "");
         assert!(page.contains("<title>&lt;x&gt; · minicloud</title>") && page.contains("data-revision=\"3\""));
     }
 }

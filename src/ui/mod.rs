@@ -7,6 +7,7 @@
 
 mod html;
 mod pages;
+mod panels;
 
 use std::collections::HashMap;
 
@@ -42,10 +43,21 @@ type Params = Query<HashMap<String, String>>;
 
 /// The whole page, or only its `main` with `?fragment=1` (what the script swaps in).
 fn answer(title: &str, watch: &str, params: &HashMap<String, String>, (main, revision): (String, i64)) -> Response {
+    answer_with(title, watch, params, (main, revision), "")
+}
+
+/// Like [`answer`], with `after` following `main` on the whole page (never swapped).
+fn answer_with(
+    title: &str,
+    watch: &str,
+    params: &HashMap<String, String>,
+    (main, revision): (String, i64),
+    after: &str,
+) -> Response {
     if params.get("fragment").is_some_and(|fragment| fragment == "1") {
         return Html(main).into_response();
     }
-    Html(html::page(title, watch, revision, &main)).into_response()
+    Html(html::page(title, watch, revision, &main, after)).into_response()
 }
 
 async fn summary(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
@@ -73,12 +85,9 @@ async fn detail(
     let kind = crate::api::objects::kind_for_plural(&plural)?;
     let key = crate::api::objects::key(kind, &namespace, &name)?;
     let watch = format!("{}/{namespace}/{name}", kind.as_str());
-    Ok(answer(
-        &format!("{}/{name}", kind.as_str().to_ascii_lowercase()),
-        &watch,
-        &params,
-        pages::detail(&state, &key).await?,
-    ))
+    let title = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
+    let logs = panels::logs(kind, &namespace, &name);
+    Ok(answer_with(&title, &watch, &params, pages::detail(&state, &key).await?, &logs))
 }
 
 /// Every change of every object, from `resourceVersion`, with bookmarks.

@@ -150,18 +150,12 @@ pub async fn detail(state: &AppState, key: &minicloud_crds::ObjectKey) -> Result
             vec![text("type"), text("status"), text("reason"), text("message")]
         })
         .collect();
-    let events: Vec<Vec<String>> = state
-        .store
-        .events(Some(object.namespace()), Some(key))
-        .await?
-        .iter()
-        .rev()
-        .take(50)
-        .map(|event| event_row(event, false))
-        .collect();
+    let all_events = state.store.events(Some(object.namespace()), Some(key)).await?;
+    let events: Vec<Vec<String>> = all_events.iter().rev().take(50).map(|event| event_row(event, false)).collect();
+    let panels = super::panels::for_object(&object, &all_events);
     let pretty = |value: &Value| escape(&serde_json::to_string_pretty(value).unwrap_or_default());
     let main = format!(
-        "<h1>{}/{}</h1>{}<h2>Conditions</h2>{}<h2>Events</h2>{}<h2>Children</h2>{}\
+        "<h1>{}/{}</h1>{}<h2>Conditions</h2>{}{panels}<h2>Events</h2>{}<h2>Children</h2>{}\
          <h2>Spec</h2><pre id=\"spec\">{}</pre><h2>Status</h2><pre id=\"status\">{}</pre>",
         escape(&object.kind.to_ascii_lowercase()),
         escape(&meta.name),

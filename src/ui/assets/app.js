@@ -88,3 +88,33 @@ async function follow() {
 }
 
 follow();
+
+// An Instance's container output: the last lines, then followed; at most MAX_LOG_LINES kept.
+const MAX_LOG_LINES = 2000;
+const logs = document.getElementById("logs");
+
+async function followLogs() {
+  for (;;) {
+    try {
+      const response = await fetch(logs.dataset.source, { cache: "no-store" });
+      if (response.ok) {
+        logs.textContent = "";
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          logs.textContent += decoder.decode(value, { stream: true });
+          const lines = logs.textContent.split("\n");
+          if (lines.length > MAX_LOG_LINES) logs.textContent = lines.slice(-MAX_LOG_LINES).join("\n");
+          logs.scrollTop = logs.scrollHeight;
+        }
+      }
+    } catch (error) {
+      // The container is being replaced or the server restarts: read again below.
+    }
+    await new Promise((resolve) => setTimeout(resolve, 2000));
+  }
+}
+
+if (logs && logs.dataset.source) followLogs();
