@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub limits: api::Limits,
     /// Run the controllers in this process (`None`: API only).
     pub controllers: Option<ControllerSettings>,
+    /// How often the console's CPU and memory history is sampled (with controllers).
+    pub usage_interval: std::time::Duration,
 }
 
 /// How the controllers run.
@@ -164,9 +166,19 @@ pub async fn run(
         .map(|driver| Arc::new(driver) as Arc<dyn ContainerDriver>)
         .map_err(|error| tracing::warn!(%error, "no Docker engine: logs are unavailable"))
         .ok();
-    let mut state = AppState::new(store, driver, shutdown, config.limits, backend);
+    let mut state = AppState::new(store.clone(), driver.clone(), shutdown, config.limits, backend);
     state.metrics = metrics;
     state.key_rotation = Some(sql);
+    // The console's charts: sampled only where containers are run from here.
+    let sampler = match (&controllers, driver) {
+        (Some(_), Some(driver)) => {
+            let history = Arc::new(crate::ui::usage::UsageHistory::default());
+            state.usage = Some(history.clone());
+            state.usage_interval = config.usage_interval;
+            Some(crate::ui::usage::spawn_sampler(store, driver, history, config.usage_interval))
+        }
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
@@ -175,6 +187,9 @@ pub async fn run(
     bound(address);
     let served = api::serve(listener, state, stopping, stop).await;
     compactor.abort();
+    if let Some(sampler) = sampler {
+        sampler.abort();
+    }
     if let Some(controllers) = controllers {
         controllers.stop().await;
     }

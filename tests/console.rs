@@ -129,7 +129,8 @@ impl Browser {
 
 #[tokio::test]
 async fn the_console_follows_the_cluster_live_in_a_real_browser() {
-    let harness = Harness::start("console").await;
+    // Usage sampled every second, so that charts fill within the test.
+    let harness = Harness::start_on("console", common::TestDb::sqlite().await, &["--usage-interval", "1s"]).await;
     let url = harness.server().url.clone();
     let namespace = harness.namespace.clone();
     let browser = Browser::start().await;
@@ -177,6 +178,27 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
     browser
         .wait_for_text("logs", "the container's output", Duration::from_secs(20), |text| !text.trim().is_empty())
         .await;
+
+    // CPU and memory charts fill from the engine's stats while the page is open.
+    let started = Instant::now();
+    loop {
+        let points = browser
+            .script("const c = document.getElementById('memory-chart'); return c && c.dataset.points ? Number(c.dataset.points) : 0;")
+            .await;
+        if points.as_u64().unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the memory chart never had 3 points");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let lines =
+        browser.script("return document.querySelectorAll('#cpu-chart polyline, #memory-chart polyline').length;").await;
+    assert_eq!(lines, json!(2));
+    let summary: Value =
+        reqwest::get(format!("{url}/ui/api/summary")).await.expect("summary").json().await.expect("json");
+    assert_eq!(summary["objects"]["Instance"]["total"], 1, "{summary}");
+    assert_eq!(summary["usage"]["instances"], 1, "{summary}");
+    assert!(summary["usage"]["memoryBytes"].as_u64().unwrap_or(0) > 0, "a running container uses memory: {summary}");
     browser.screenshot("console-detail.png").await;
 
     // Text from the store is shown as text: an event message carrying markup injects nothing.

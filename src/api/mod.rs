@@ -100,6 +100,10 @@ pub struct AppState {
     pub metrics: Arc<minicloud_controllers::metrics::Metrics>,
     /// Re-encrypts Secrets under a new key (absent for a store that seals nothing).
     pub key_rotation: Option<Arc<dyn secrets::KeyRotation>>,
+    /// CPU and memory history of the Instances, for the console's charts (absent without
+    /// controllers), and how often it is sampled.
+    pub usage: Option<Arc<crate::ui::usage::UsageHistory>>,
+    pub usage_interval: Duration,
 }
 
 impl AppState {
@@ -123,6 +127,8 @@ impl AppState {
             shared_lists: objects::SharedLists::default(),
             metrics: Arc::default(),
             key_rotation: None,
+            usage: None,
+            usage_interval: crate::ui::usage::DEFAULT_INTERVAL,
         }
     }
 }

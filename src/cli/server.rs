@@ -81,6 +81,9 @@ pub struct ServerArgs {
     /// Let --sync prune databases too (they follow their deletionPolicy).
     #[arg(long, requires = "sync")]
     pub sync_prune_stateful: bool,
+    /// How often the console samples each Instance's CPU and memory, e.g. 5s.
+    #[arg(long, default_value = "5s", value_parser = super::parse_duration, hide = true)]
+    pub usage_interval: std::time::Duration,
     /// How long a watch waits for a client that reads nothing before it ends the watch, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
     pub watch_send_timeout: std::time::Duration,
@@ -96,6 +99,7 @@ impl ServerArgs {
             ("--header-read-timeout", self.header_read_timeout),
             ("--body-read-timeout", self.body_read_timeout),
             ("--watch-send-timeout", self.watch_send_timeout),
+            ("--usage-interval", self.usage_interval),
         ];
         for (option, value) in periods {
             if value < std::time::Duration::from_secs(1) {
@@ -180,6 +184,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         secret_key_file: args.secret_key_file,
         limits,
         controllers,
+        usage_interval: args.usage_interval,
     };
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let mut syncing = None;

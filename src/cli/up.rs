@@ -68,6 +68,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
         }),
+        usage_interval: args.server.usage_interval,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();

@@ -8,6 +8,7 @@
 mod html;
 mod pages;
 mod panels;
+pub mod usage;
 
 use std::collections::HashMap;
 
@@ -30,6 +31,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/", get(summary))
         .route("/ui/events", get(activity))
         .route("/ui/watch", get(watch))
+        .route("/ui/api/summary", get(summary_data))
         .route(
             "/ui/assets/app.js",
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }),
@@ -88,6 +90,12 @@ async fn detail(
     let title = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
     let logs = panels::logs(kind, &namespace, &name);
     Ok(answer_with(&title, &watch, &params, pages::detail(&state, &key).await?, &logs))
+}
+
+/// `/ui/api/summary`: objects per kind (total, Ready), the latest CPU and memory of the
+/// followed Instances summed, and how many warnings there are, as JSON.
+async fn summary_data(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(pages::summary_data(&state).await?))
 }
 
 /// Every change of every object, from `resourceVersion`, with bookmarks.

@@ -44,12 +44,7 @@ pub async fn summary(state: &AppState) -> Result<(String, i64), StoreError> {
     let mut counts = Vec::new();
     for kind in Kind::ALL {
         let objects: Vec<&Object> = list.items.iter().filter(|object| object.kind == kind.as_str()).collect();
-        let ready = objects
-            .iter()
-            .filter(|object| {
-                condition(object, "Ready").and_then(|ready| ready.get("status")) == Some(&Value::from("True"))
-            })
-            .count();
+        let ready = objects.iter().filter(|object| is_ready(object)).count();
         let summary = if kind.reports_conditions() {
             format!("{ready} ready, {} not", objects.len() - ready)
         } else {
@@ -77,14 +72,53 @@ pub async fn summary(state: &AppState) -> Result<(String, i64), StoreError> {
         })
         .collect();
     let warnings = recent_events(state, true, 10).await?;
+    let usage = match &state.usage {
+        Some(usage) => {
+            let (instances, cores, memory) = usage.totals();
+            format!(
+                "<p id=\"usage\">{instances} Instance(s) use {cores:.2} CPU core(s) and {:.1} MiB of memory now.</p>",
+                memory as f64 / (1024.0 * 1024.0)
+            )
+        }
+        None => String::new(),
+    };
     let main = format!(
-        "<h1>Summary</h1><section><h2>Objects</h2>{}</section><section><h2>Newest</h2>{}</section>\
+        "<h1>Summary</h1>{usage}<section><h2>Objects</h2>{}</section><section><h2>Newest</h2>{}</section>\
          <section><h2>Recent warnings</h2>{}</section>",
         table("counts", &["KIND", "OBJECTS", "READY"], &counts),
         table("newest", &["KIND", "NAME", "NAMESPACE", "READY", "AGE"], &newest),
         warnings,
     );
     Ok((main, list.revision))
+}
+
+/// The summary's figures as JSON (`/ui/api/summary`).
+pub async fn summary_data(state: &AppState) -> Result<Value, StoreError> {
+    let list = everything(state).await?;
+    let mut kinds = serde_json::Map::new();
+    for kind in Kind::ALL {
+        let objects: Vec<&Object> = list.items.iter().filter(|object| object.kind == kind.as_str()).collect();
+        let ready = objects.iter().filter(|object| is_ready(object)).count();
+        kinds.insert(kind.as_str().to_owned(), serde_json::json!({"total": objects.len(), "ready": ready}));
+    }
+    let (instances, cores, memory) = state.usage.as_ref().map_or((0, 0.0, 0), |usage| usage.totals());
+    let warnings = state
+        .store
+        .events(None, None)
+        .await?
+        .iter()
+        .filter(|event| matches!(event.event_type, store::EventType::Warning))
+        .count();
+    Ok(serde_json::json!({
+        "revision": list.revision,
+        "objects": kinds,
+        "usage": {"instances": instances, "cores": cores, "memoryBytes": memory},
+        "warnings": warnings,
+    }))
+}
+
+fn is_ready(object: &Object) -> bool {
+    condition(object, "Ready").and_then(|ready| ready.get("status")) == Some(&Value::from("True"))
 }
 
 /// `/ui/{plural}`: every object of a kind, in every namespace.
@@ -150,12 +184,33 @@ pub async fn detail(state: &AppState, key: &minicloud_crds::ObjectKey) -> Result
             vec![text("type"), text("status"), text("reason"), text("message")]
         })
         .collect();
+    let charts = match (&state.usage, Kind::from_kind_name(&object.kind)) {
+        (Some(usage), Some(Kind::Instance)) => {
+            super::panels::charts(&usage.points(&format!("{}/{}", object.namespace(), meta.name)), state.usage_interval)
+        }
+        (Some(usage), Some(Kind::ScalingGroup)) => {
+            let members: Vec<Vec<super::usage::Point>> = siblings
+                .items
+                .iter()
+                .filter(|child| child.metadata.owner_references.iter().any(|owner| owner.uid == uid))
+                .map(|child| usage.points(&format!("{}/{}", child.namespace(), child.metadata.name)))
+                .collect();
+            super::panels::charts(&super::usage::sum(&members, state.usage_interval), state.usage_interval)
+        }
+        _ => String::new(),
+    };
+    // Tells the script that the Instance's container exists, so its output can be read.
+    let container = if object.status.get("containerId").and_then(Value::as_str).is_some() {
+        "<span id=\"has-container\" hidden></span>"
+    } else {
+        ""
+    };
     let all_events = state.store.events(Some(object.namespace()), Some(key)).await?;
     let events: Vec<Vec<String>> = all_events.iter().rev().take(50).map(|event| event_row(event, false)).collect();
     let panels = super::panels::for_object(&object, &all_events);
     let pretty = |value: &Value| escape(&serde_json::to_string_pretty(value).unwrap_or_default());
     let main = format!(
-        "<h1>{}/{}</h1>{}<h2>Conditions</h2>{}{panels}<h2>Events</h2>{}<h2>Children</h2>{}\
+        "<h1>{}/{}</h1>{}{container}<h2>Conditions</h2>{}{charts}{panels}<h2>Events</h2>{}<h2>Children</h2>{}\
          <h2>Spec</h2><pre id=\"spec\">{}</pre><h2>Status</h2><pre id=\"status\">{}</pre>",
         escape(&object.kind.to_ascii_lowercase()),
         escape(&meta.name),

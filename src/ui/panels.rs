@@ -97,6 +97,54 @@ pub fn logs(kind: Kind, namespace: &str, name: &str) -> String {
     )
 }
 
+/// CPU and memory charts (SVG) of `points`; `interval` is how often the page asks for newer
+/// ones (the section's `data-chart`).
+pub fn charts(points: &[super::usage::Point], interval: std::time::Duration) -> String {
+    let cpu: Vec<(i64, f64)> = points.iter().map(|point| (point.time, f64::from(point.cores))).collect();
+    let memory: Vec<(i64, f64)> =
+        points.iter().map(|point| (point.time, point.memory_bytes as f64 / (1024.0 * 1024.0))).collect();
+    format!(
+        "<section class=\"charts\" data-chart=\"{}\"><h2>Usage</h2>{}{}</section>",
+        interval.as_secs().max(1),
+        chart("cpu-chart", "CPU (cores)", &cpu, 3),
+        chart("memory-chart", "Memory (MiB)", &memory, 1),
+    )
+}
+
+/// One line chart: `values` as (unix time, value), oldest first.
+fn chart(id: &str, title: &str, values: &[(i64, f64)], decimals: usize) -> String {
+    const WIDTH: f64 = 600.0;
+    const HEIGHT: f64 = 100.0;
+    let Some((&(first, _), &(last, latest))) = values.first().zip(values.last()) else {
+        return format!(
+            "<div class=\"chart\" id=\"{id}\"><h3>{}</h3><p class=\"none\">collecting…</p></div>",
+            escape(title)
+        );
+    };
+    let highest = values.iter().map(|(_, value)| *value).fold(0.0_f64, f64::max).max(1e-6);
+    let span = (last - first).max(1) as f64;
+    let coordinates: Vec<String> = values
+        .iter()
+        .map(|(time, value)| {
+            let x = (*time - first) as f64 / span * WIDTH;
+            let y = HEIGHT - value / highest * HEIGHT;
+            format!("{x:.1},{y:.1}")
+        })
+        .collect();
+    format!(
+        "<div class=\"chart\" id=\"{id}\" data-points=\"{count}\"><h3>{title}: {latest:.decimals$} now, {highest:.decimals$} at most over the last {window}</h3>\
+         <svg viewBox=\"0 0 {WIDTH} {HEIGHT}\" width=\"{WIDTH}\" height=\"{HEIGHT}\" role=\"img\" aria-label=\"{title}\">\
+         <polyline fill=\"none\" stroke=\"#2f5bd3\" stroke-width=\"1.5\" points=\"{}\"/></svg></div>",
+        coordinates.join(" "),
+        count = values.len(),
+        title = escape(title),
+        window = match last - first {
+            seconds @ 0..=119 => format!("{seconds} s"),
+            seconds => format!("{} min", seconds / 60),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +191,23 @@ mod tests {
         assert_eq!(for_object(&object("Secret", json!({})), &[]), "");
         assert!(logs(Kind::Instance, "default", "web").contains("/namespaces/default/instances/web/log?follow=true"));
         assert_eq!(logs(Kind::Stack, "default", "web"), "");
+    }
+
+    #[test]
+    fn charts_draw_what_was_sampled() {
+        let interval = std::time::Duration::from_secs(5);
+        assert!(charts(&[], interval).contains("collecting…"));
+        let points: Vec<super::super::usage::Point> = (0..4)
+            .map(|index| super::super::usage::Point {
+                time: 100 + index * 5,
+                cores: index as f32 / 4.0,
+                memory_bytes: 1 << 20,
+            })
+            .collect();
+        let drawn = charts(&points, interval);
+        assert!(drawn.contains("data-chart=\"5\"") && drawn.contains("data-points=\"4\""), "{drawn}");
+        assert!(drawn.contains("CPU (cores): 0.750 now, 0.750 at most over the last 15 s"), "{drawn}");
+        assert!(drawn.contains("points=\"0.0,100.0 200.0,66.7 400.0,33.3 600.0,0.0\""), "{drawn}");
+        assert!(drawn.contains("Memory (MiB): 1.0 now"), "{drawn}");
     }
 }

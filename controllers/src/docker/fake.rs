@@ -148,6 +148,10 @@ impl ContainerDriver for FakeDriver {
     async fn logs(&self, _: &str, _: bool, _: Option<u32>) -> Result<LogStream, DriverError> {
         Ok(Box::pin(stream::empty()))
     }
+    async fn usage(&self, _: &str) -> Result<Option<super::stats::Usage>, DriverError> {
+        Ok(None)
+    }
+
     async fn cpu_usage(&self, _: &str) -> Result<CpuStream, DriverError> {
         Ok(Box::pin(stream::empty()))
     }

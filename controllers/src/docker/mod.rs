@@ -251,6 +251,9 @@ pub trait ContainerDriver: Send + Sync {
     /// A container's CPU use, computed as `docker stats` does, until it stops or the stream is
     /// dropped.
     async fn cpu_usage(&self, id_or_name: &str) -> Result<CpuStream, DriverError>;
+    /// A container's CPU and memory use now (the engine takes two samples about a second
+    /// apart); `None` when it reports no figures (a stopped container).
+    async fn usage(&self, id_or_name: &str) -> Result<Option<stats::Usage>, DriverError>;
 }
 
 /// The driver over a real Docker engine. The API version is negotiated on first use (Debian's
@@ -765,6 +768,18 @@ impl ContainerDriver for DockerDriver {
                 Err(error) => Some(Err(DriverError::from_bollard(error))),
             }
         })))
+    }
+
+    async fn usage(&self, id_or_name: &str) -> Result<Option<stats::Usage>, DriverError> {
+        let docker = self.client().await?.clone();
+        let options = bollard::query_parameters::StatsOptionsBuilder::default().stream(false).build();
+        let mut samples = docker.stats(id_or_name, Some(options));
+        match samples.next().await {
+            Some(Ok(sample)) => Ok(stats::usage(&sample)),
+            Some(Err(error)) if is_not_found(&error) => Ok(None),
+            Some(Err(error)) => Err(DriverError::from_bollard(error)),
+            None => Ok(None),
+        }
     }
 
     fn events(&self) -> EventStream {

@@ -25,6 +25,26 @@ pub fn cores_used(sample: &ContainerStatsResponse) -> Option<f64> {
     Some(container / system * cpus)
 }
 
+/// A container's use at one moment: CPU in cores, memory in bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Usage {
+    pub cores: f64,
+    pub memory_bytes: u64,
+}
+
+/// CPU (see [`cores_used`]) and memory as `docker stats` shows it: the usage less the
+/// reclaimable page cache (`inactive_file` on cgroup v2, `total_inactive_file` on v1).
+pub fn usage(sample: &ContainerStatsResponse) -> Option<Usage> {
+    let memory = sample.memory_stats.as_ref()?;
+    let used = memory.usage?;
+    let cache = memory
+        .stats
+        .as_ref()
+        .and_then(|stats| stats.get("inactive_file").or_else(|| stats.get("total_inactive_file")).copied())
+        .unwrap_or(0);
+    Some(Usage { cores: cores_used(sample).unwrap_or(0.0), memory_bytes: used.saturating_sub(cache) })
+}
+
 fn counters(stats: &ContainerCpuStats) -> Option<(u64, u64)> {
     Some((stats.cpu_usage.as_ref()?.total_usage?, stats.system_cpu_usage?))
 }
@@ -58,6 +78,19 @@ mod tests {
         }));
         let cores = cores_used(&stats).expect("figures");
         assert!((cores - 2.0).abs() < 1e-9, "2 s over 4 s of host time on 4 CPUs: {cores}");
+    }
+
+    #[test]
+    fn memory_leaves_out_the_page_cache() {
+        let v2 = sample(json!({
+            "cpu_stats": {"cpu_usage": {"total_usage": 1_500_000_000u64}, "system_cpu_usage": 12_000_000_000u64, "online_cpus": 2},
+            "precpu_stats": {"cpu_usage": {"total_usage": 1_000_000_000u64}, "system_cpu_usage": 10_000_000_000u64},
+            "memory_stats": {"usage": 10_000u64, "stats": {"inactive_file": 4_000u64}}
+        }));
+        assert_eq!(usage(&v2), Some(Usage { cores: 0.5, memory_bytes: 6_000 }));
+        let v1 = sample(json!({"memory_stats": {"usage": 10_000u64, "stats": {"total_inactive_file": 1_000u64}}}));
+        assert_eq!(usage(&v1), Some(Usage { cores: 0.0, memory_bytes: 9_000 }));
+        assert_eq!(usage(&sample(json!({"memory_stats": {}}))), None, "a stopped container has no figures");
     }
 
     #[test]

@@ -95,6 +95,12 @@ const logs = document.getElementById("logs");
 
 async function followLogs() {
   for (;;) {
+    // Until the Instance reports a container there is no output to read (the page's main,
+    // kept current, says when there is).
+    if (!document.getElementById("has-container")) {
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      continue;
+    }
     try {
       const response = await fetch(logs.dataset.source, { cache: "no-store" });
       if (response.ok) {
@@ -118,3 +124,10 @@ async function followLogs() {
 }
 
 if (logs && logs.dataset.source) followLogs();
+
+// Charts: newer samples arrive without any object changing, so a page with charts asks for
+// itself again at the sampling interval.
+setInterval(() => {
+  const charts = document.querySelector("[data-chart]");
+  if (charts) scheduleRefresh();
+}, 1000 * Number((document.querySelector("[data-chart]") || { dataset: { chart: 5 } }).dataset.chart || 5));
