@@ -219,6 +219,14 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
         .await;
     assert_eq!(injected, json!([0, false]), "markup from the store must not become elements");
 
+    // The activity feed, filtered to warnings mentioning "hostile": that event only.
+    browser.open(&format!("{url}/ui/events?type=Warning&q=HOSTILE&namespace={namespace}")).await;
+    let feed = browser.text("activity").await;
+    assert!(feed.contains("Hostile") && !feed.contains("Started"), "{feed}");
+    browser.open(&format!("{url}/ui/events?kind=Instance&namespace={namespace}")).await;
+    let feed = browser.text("activity").await;
+    assert!(feed.contains("Hostile") && feed.contains("Started"), "{feed}");
+
     let errors = browser.errors().await;
     assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
     harness.finish().await;

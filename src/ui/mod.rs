@@ -67,7 +67,8 @@ async fn summary(State(state): State<AppState>, Query(params): Params) -> Result
 }
 
 async fn activity(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
-    Ok(answer("Activity", "*", &params, pages::activity(&state).await?))
+    let filter = pages::ActivityFilter::from_params(&params);
+    Ok(answer("Activity", "*", &params, pages::activity(&state, &filter).await?))
 }
 
 async fn list(

@@ -247,20 +247,109 @@ fn event_row(event: &store::Event, with_object: bool) -> Vec<String> {
 
 /// The newest events (warnings only when asked), newest first, as a table.
 async fn recent_events(state: &AppState, warnings_only: bool, count: usize) -> Result<String, StoreError> {
+    let filter = ActivityFilter { warnings_only, ..ActivityFilter::default() };
+    filtered_events(state, &filter, count).await
+}
+
+/// What the activity feed shows: `type=Warning`, `kind=Instance`, `namespace=shop` and `q=`
+/// (text in the reason, object name or message), all optional.
+#[derive(Debug, Default)]
+pub struct ActivityFilter {
+    pub warnings_only: bool,
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub text: Option<String>,
+}
+
+impl ActivityFilter {
+    /// From the page's query parameters (empty ones mean "any").
+    pub fn from_params(params: &std::collections::HashMap<String, String>) -> ActivityFilter {
+        let given =
+            |name: &str| params.get(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+        ActivityFilter {
+            warnings_only: given("type").is_some_and(|kind| kind == "Warning"),
+            kind: given("kind"),
+            namespace: given("namespace"),
+            text: given("q"),
+        }
+    }
+
+    fn admits(&self, event: &store::Event) -> bool {
+        (!self.warnings_only || matches!(event.event_type, store::EventType::Warning))
+            && self.kind.as_deref().is_none_or(|kind| event.kind == kind)
+            && self.namespace.as_deref().is_none_or(|namespace| event.namespace == namespace)
+            && self.text.as_deref().is_none_or(|text| {
+                let text = text.to_lowercase();
+                [&event.reason, &event.name, &event.message].iter().any(|field| field.to_lowercase().contains(&text))
+            })
+    }
+
+    /// The filter form, showing the current choices.
+    fn form(&self) -> String {
+        let mut kinds = String::from("<option value=\"\">any kind</option>");
+        for kind in Kind::ALL {
+            let selected = if self.kind.as_deref() == Some(kind.as_str()) { " selected" } else { "" };
+            kinds.push_str(&format!("<option{selected}>{}</option>", kind.as_str()));
+        }
+        let warnings = if self.warnings_only { " checked" } else { "" };
+        format!(
+            "<form id=\"filter\" method=\"get\" action=\"/ui/events\"><select name=\"kind\">{kinds}</select> \
+             <input name=\"namespace\" placeholder=\"namespace\" value=\"{}\"> \
+             <input name=\"q\" placeholder=\"text\" value=\"{}\"> \
+             <label><input type=\"checkbox\" name=\"type\" value=\"Warning\"{warnings}> warnings only</label> \
+             <button>Filter</button></form>",
+            escape(self.namespace.as_deref().unwrap_or("")),
+            escape(self.text.as_deref().unwrap_or("")),
+        )
+    }
+}
+
+async fn filtered_events(state: &AppState, filter: &ActivityFilter, count: usize) -> Result<String, StoreError> {
     let events = state.store.events(None, None).await?;
     let rows: Vec<Vec<String>> = events
         .iter()
         .rev()
-        .filter(|event| !warnings_only || matches!(event.event_type, store::EventType::Warning))
+        .filter(|event| filter.admits(event))
         .take(count)
         .map(|event| event_row(event, true))
         .collect();
     Ok(table("activity", &["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows))
 }
 
-/// `/ui/events`: the activity feed across namespaces, newest first.
-pub async fn activity(state: &AppState) -> Result<(String, i64), StoreError> {
+/// `/ui/events`: the activity feed across namespaces, newest first, filtered.
+pub async fn activity(state: &AppState, filter: &ActivityFilter) -> Result<(String, i64), StoreError> {
     let revision = state.store.revision().await?;
-    let main = format!("<h1>Activity</h1>{}", recent_events(state, false, RECENT_EVENTS).await?);
+    let main = format!("<h1>Activity</h1>{}{}", filter.form(), filtered_events(state, filter, RECENT_EVENTS).await?);
     Ok((main, revision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(kind: &str, namespace: &str, reason: &str, warning: bool) -> store::Event {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "kind": kind, "namespace": namespace, "name": "web", "uid": "u",
+            "type": if warning { "Warning" } else { "Normal" }, "reason": reason, "message": "container failed",
+            "count": 1, "firstTimestamp": "2026-01-01T00:00:00Z", "lastTimestamp": "2026-01-01T00:00:00Z",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn activity_filters_combine() {
+        let params = |pairs: &[(&str, &str)]| -> std::collections::HashMap<String, String> {
+            pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
+        };
+        let everything = ActivityFilter::from_params(&params(&[("kind", ""), ("q", " ")]));
+        assert!(everything.admits(&event("Instance", "a", "Started", false)));
+        let filter =
+            ActivityFilter::from_params(&params(&[("type", "Warning"), ("kind", "Instance"), ("q", "FAILED")]));
+        assert!(filter.admits(&event("Instance", "a", "Crashed", true)));
+        assert!(!filter.admits(&event("Instance", "a", "Crashed", false)), "not a warning");
+        assert!(!filter.admits(&event("LoadBalancer", "a", "Crashed", true)), "another kind");
+        let namespaced = ActivityFilter::from_params(&params(&[("namespace", "shop")]));
+        assert!(!namespaced.admits(&event("Instance", "a", "Started", false)));
+        assert!(namespaced.form().contains("value=\"shop\""));
+    }
 }

@@ -22,7 +22,9 @@ function concerns(object) {
 async function refresh() {
   refreshTimer = null;
   try {
-    const response = await fetch(location.pathname + "?fragment=1", { cache: "no-store" });
+    const url = new URL(location.href);
+    url.searchParams.set("fragment", "1");
+    const response = await fetch(url, { cache: "no-store" });
     if (response.ok) {
       main.innerHTML = await response.text();
     } else if (response.status === 404) {
