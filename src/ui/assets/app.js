@@ -32,7 +32,9 @@ async function refresh() {
     }
     body.dataset.refreshed = String(Date.now());
   } catch (error) {
-    // The watch loop reports connection trouble; the next change refreshes again.
+    // Aborted (the server restarting, the browser seeing the host's network change): try
+    // again shortly, so the page does not stay stale when no further change comes.
+    setTimeout(scheduleRefresh, 1000);
   }
 }
 
