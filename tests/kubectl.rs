@@ -244,6 +244,11 @@ async fn patches_race_validate_and_never_read_secret_values() {
     let after: Value = http.get(&web).send().await.expect("get").json().await.expect("json");
     assert_eq!(after["spec"]["image"], "minicloud/web:local");
     assert_eq!(after["metadata"]["resourceVersion"], live["metadata"]["resourceVersion"], "nothing was written");
+    // A merge patch that is not an object replaces the whole document: refused, no panic.
+    for body in ["true", "[1]", "null", "\"x\""] {
+        let (status, answer) = patch(&web, "application/merge-patch+json", body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+    }
     let (status, body) = patch(&web, "application/strategic-merge-patch+json", "{}").await;
     assert_eq!(status, 415, "{body}");
     let (status, _) =

@@ -89,6 +89,11 @@ pub async fn patch(
             }
             json_patch(&mut document, &patch)?;
         }
+        if !document.is_object() {
+            return Err(ApiError::bad_request(
+                "the patch would replace the object with something that is not an object",
+            ));
+        }
         // A patch that sets no resourceVersion applies to what was read, not to anything newer.
         if document.pointer("/metadata/resourceVersion").is_none_or(Value::is_null) {
             document["metadata"]["resourceVersion"] = Value::from(live.metadata.resource_version.clone());
