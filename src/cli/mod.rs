@@ -77,17 +77,8 @@ enum Command {
         /// Show what would change without changing anything.
         #[arg(long)]
         dry_run: bool,
-        /// Keep the inventory of what this directory applies under this name (an ApplySet on
-        /// the server; in -n's namespace, default `default`).
-        #[arg(long)]
-        applyset: Option<String>,
-        /// Delete the applyset's members that the manifests no longer hold (needs --applyset).
-        #[arg(long, requires = "applyset")]
-        prune: bool,
-        /// Prune databases too (they follow their deletionPolicy); otherwise they are kept and
-        /// reported.
-        #[arg(long, requires = "prune")]
-        prune_stateful: bool,
+        #[command(flatten)]
+        set: ApplySetArgs,
     },
     /// Compare manifests with what the server has: create / update (field by field, and
     /// whether containers are replaced) / unchanged, drift (changed outside the manifests),
@@ -101,12 +92,8 @@ enum Command {
         recursive: bool,
         #[arg(short = 'n', long)]
         namespace: Option<String>,
-        #[arg(long)]
-        applyset: Option<String>,
-        #[arg(long, requires = "applyset")]
-        prune: bool,
-        #[arg(long, requires = "prune")]
-        prune_stateful: bool,
+        #[command(flatten)]
+        set: ApplySetArgs,
     },
     /// Keep a directory of manifests applied: on every file change and at an interval, apply
     /// it as an applyset with prune (a broken file applies and prunes nothing). Its state:
@@ -357,19 +344,32 @@ pub async fn modify(
     anyhow::bail!("{}/{name} kept changing while it was being written; try again", kind.as_str().to_ascii_lowercase())
 }
 
-/// The applyset options of `apply` and `diff`.
-fn applyset_options(
-    name: Option<String>,
-    namespace: Option<&str>,
+/// The applyset options `apply` and `diff` share.
+#[derive(Debug, clap::Args)]
+pub struct ApplySetArgs {
+    /// Keep the inventory of what this directory applies under this name (an ApplySet on
+    /// the server; in -n's namespace, default `default`).
+    #[arg(long)]
+    applyset: Option<String>,
+    /// Delete the applyset's members that the manifests no longer hold (needs --applyset).
+    #[arg(long, requires = "applyset")]
     prune: bool,
+    /// Prune databases too (they follow their deletionPolicy); otherwise they are kept and
+    /// reported.
+    #[arg(long, requires = "prune")]
     prune_stateful: bool,
-) -> Option<crate::client::ApplySetOptions> {
-    Some(crate::client::ApplySetOptions {
-        name: name?,
-        namespace: namespace.unwrap_or(minicloud_crds::DEFAULT_NAMESPACE).to_owned(),
-        prune,
-        prune_stateful,
-    })
+}
+
+impl ApplySetArgs {
+    /// The options to send, when an applyset is named.
+    fn options(self, namespace: Option<&str>) -> Option<crate::client::ApplySetOptions> {
+        Some(crate::client::ApplySetOptions {
+            name: self.applyset?,
+            namespace: namespace.unwrap_or(minicloud_crds::DEFAULT_NAMESPACE).to_owned(),
+            prune: self.prune,
+            prune_stateful: self.prune_stateful,
+        })
+    }
 }
 
 /// Runs the command line and returns the process exit code (0 success, 1 error).
@@ -380,13 +380,13 @@ pub async fn run() -> ExitCode {
     let outcome = match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Up(args) => up::run(args).await,
-        Command::Apply { files, recursive, namespace, dry_run, applyset, prune, prune_stateful } => {
-            let set = applyset_options(applyset, namespace.as_deref(), prune, prune_stateful);
+        Command::Apply { files, recursive, namespace, dry_run, set } => {
+            let set = set.options(namespace.as_deref());
             apply::run(&client, &files, recursive, namespace.as_deref(), dry_run, set.as_ref()).await
         }
         Command::Sync(args) => sync::command(&client, args).await,
-        Command::Diff { files, recursive, namespace, applyset, prune, prune_stateful } => {
-            let set = applyset_options(applyset, namespace.as_deref(), prune, prune_stateful);
+        Command::Diff { files, recursive, namespace, set } => {
+            let set = set.options(namespace.as_deref());
             match diff::run(&client, &files, recursive, namespace.as_deref(), set.as_ref()).await {
                 Ok(false) => return ExitCode::SUCCESS,
                 Ok(true) => return ExitCode::from(1),
