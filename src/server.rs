@@ -89,6 +89,7 @@ impl Controllers {
                 driver.clone(),
                 settings.extra_labels.clone(),
                 settings.state_dir.clone(),
+                metrics.clone(),
             )),
             Arc::new(stack::StackController::new(store.clone())),
         ];
@@ -157,7 +158,15 @@ pub async fn run(
     let store: Arc<dyn Store> = sql.clone();
     let compactor = store::spawn_compactor(store.clone(), store::Retention::default(), COMPACTION_INTERVAL);
     let (stopping, shutdown) = watch::channel(false);
-    let metrics = Arc::new(Metrics::default());
+    let requests = api::request_metrics::RequestMetrics::default();
+    let mut metrics = Metrics::default();
+    metrics.register(
+        "minicloud_watch_lag_seconds",
+        "Time from the store reading a change to a watcher taking it, by watcher (controller, client) and kind",
+        sql.watch_lag(),
+    );
+    requests.register(&mut metrics);
+    let metrics = Arc::new(metrics);
     let controllers = match config.controllers.clone() {
         Some(settings) => Some(Controllers::start(store.clone(), settings, metrics.clone(), shutdown.clone())?),
         None => None,
@@ -168,6 +177,7 @@ pub async fn run(
         .ok();
     let mut state = AppState::new(store.clone(), driver.clone(), shutdown, config.limits, backend);
     state.metrics = metrics;
+    state.requests = requests;
     state.key_rotation = Some(sql);
     // The console's charts: sampled only where containers are run from here.
     let sampler = match (&controllers, driver) {

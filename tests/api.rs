@@ -1,6 +1,6 @@
 //! The API over real HTTP, against the real `cloud server` binary on SQLite and on PostgreSQL:
 //! status codes, optimistic concurrency, status, selectors, watch, apply, malformed input,
-//! request ids and graceful shutdown.
+//! request ids, request metrics and graceful shutdown.
 
 mod common;
 
@@ -320,7 +320,77 @@ async fn health_openapi_and_request_ids(server: &TestServer) {
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
 }
 
+/// `/metrics` as a map from series (`name{labels}`) to value.
+async fn metrics(http: &reqwest::Client, server: &TestServer) -> std::collections::HashMap<String, f64> {
+    let text = http.get(format!("{}/metrics", server.url)).send().await.expect("metrics").text().await.expect("text");
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+async fn metrics_count_requests_by_route_and_measure_watch_lag(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let collection = format!("{}{V1}/namespaces/default/instances", server.url);
+    let route = "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}";
+    let listed = format!(r#"minicloud_api_requests_total{{method="GET",route="{route}",code="200"}}"#);
+    let before = metrics(&http, server).await;
+    for _ in 0..3 {
+        send(http.get(&collection)).await;
+    }
+    // A write refused by the CSRF guard is counted under its route too.
+    let (status, _) =
+        send(http.post(&collection).header("sec-fetch-site", "cross-site").json(&instance("x", json!({})))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let after = metrics(&http, server).await;
+    let count = |series: &str, map: &std::collections::HashMap<String, f64>| map.get(series).copied().unwrap_or(0.0);
+    assert_eq!(count(&listed, &after) - count(&listed, &before), 3.0, "{after:?}");
+    let refused = format!(r#"minicloud_api_requests_total{{method="POST",route="{route}",code="403"}}"#);
+    assert_eq!(count(&refused, &after), 1.0, "{after:?}");
+    let timed = format!(r#"minicloud_api_request_duration_seconds_count{{method="GET",route="{route}"}}"#);
+    assert!(count(&timed, &after) >= 3.0, "{after:?}");
+
+    // Whatever paths and methods clients invent, the series stay few.
+    let series = |map: &std::collections::HashMap<String, f64>| {
+        map.keys().filter(|name| name.starts_with("minicloud_api_requests_total{")).count()
+    };
+    for attempt in 0..40 {
+        let method = reqwest::Method::from_bytes(format!("BREW{attempt}").as_bytes()).expect("method");
+        http.request(method, format!("{}/nothing/{attempt}/here", server.url)).send().await.expect("sent");
+        http.get(format!("{}/no/such/{attempt}", server.url)).send().await.expect("sent");
+    }
+    let invented = metrics(&http, server).await;
+    assert!(series(&invented) <= series(&after) + 2, "{} series after 80 odd requests", series(&invented));
+    assert_eq!(count(r#"minicloud_api_requests_total{method="GET",route="unmatched",code="404"}"#, &invented), 40.0);
+    assert_eq!(count(r#"minicloud_api_requests_total{method="other",route="unmatched",code="404"}"#, &invented), 40.0);
+
+    // A watch that takes a change shows in the lag histogram, and as open while it is.
+    let lag = r#"minicloud_watch_lag_seconds_count{watcher="client",kind="Instance"}"#;
+    let response = http.get(&collection).query(&[("watch", "true")]).send().await.expect("watch");
+    let mut stream = response.bytes_stream();
+    let mut buffer = Vec::new();
+    send(http.post(&collection).json(&instance("lagging", json!({})))).await;
+    let line = next_line(&mut stream, &mut buffer).await;
+    assert_eq!(line["object"]["metadata"]["name"], "lagging");
+    let watching = metrics(&http, server).await;
+    assert_eq!(count("minicloud_api_watches_open", &watching), 1.0, "{watching:?}");
+    assert!(count(lag, &watching) >= 1.0, "{watching:?}");
+    // Seconds, not another unit: a sane total for one change (the figure itself is benchmarked).
+    let total = count(r#"minicloud_watch_lag_seconds_sum{watcher="client",kind="Instance"}"#, &watching);
+    assert!((0.0..10.0).contains(&total), "{total}");
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while count("minicloud_api_watches_open", &metrics(&http, server).await) != 0.0 {
+        assert!(std::time::Instant::now() < deadline, "a closed watch is no longer counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 on_both_backends!(
+    metrics_count_requests_by_route_and_measure_watch_lag,
     crud_and_status_codes,
     lists_select_by_label_and_span_namespaces,
     watch_streams_changes_and_resumes,

@@ -2,7 +2,8 @@
 //! `chromium-driver`), against a real server with controllers and the real Docker engine: the
 //! summary loads and goes live; an Instance applied with the CLI appears on it without a
 //! reload; its detail page shows the controller's conditions and events; markup from the store
-//! stays text; the browser logs no errors. And with 1,000 objects: the list renders them all
+//! stays text; the browser logs no errors. Each kind's own sections (targets, scaling,
+//! backups, stack outputs) with real objects, and events reaching pages live. And with 1,000 objects: the list renders them all
 //! (time printed), and a server killed and restarted on its port is followed again.
 
 mod common;
@@ -85,7 +86,8 @@ impl Browser {
     /// The text of the element with `id` (empty when there is none).
     async fn text(&self, id: &str) -> String {
         let source = format!("const e = document.getElementById('{id}'); return e ? e.innerText : '';");
-        self.script(&source).await.as_str().unwrap_or("").to_owned()
+        let answer = self.script(&source).await;
+        answer.as_str().unwrap_or_else(|| panic!("WebDriver answered {answer}")).to_owned()
     }
 
     /// Waits until the element's text satisfies `check`; the time it took.
@@ -230,6 +232,96 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
     // Chromium aborts requests in flight when the host's interfaces change (Docker adds and
     // removes veth interfaces as other tests' containers come and go) and logs
     // ERR_NETWORK_CHANGED; the page retries those. Anything else is an error of the page.
+    let errors: Vec<String> =
+        browser.errors().await.into_iter().filter(|error| !error.contains("ERR_NETWORK_CHANGED")).collect();
+    assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn the_console_shows_targets_scaling_backups_and_stack_outputs_of_real_objects() {
+    let harness = Harness::start_on("console-kinds", common::TestDb::sqlite().await, &["--usage-interval", "1s"]).await;
+    let url = harness.server().url.clone();
+    let namespace = harness.namespace.clone();
+    // The example stack (a scaling group behind a load balancer, its address as an output)
+    // with two replicas, and a Redis database.
+    let example = std::fs::read_to_string("examples/stack.yaml").expect("examples/stack.yaml");
+    let stack = |replicas: u32| {
+        example
+            .replace("  name: blog\nspec:", &format!("  name: blog\n  namespace: {namespace}\nspec:"))
+            .replace("    replicas: 3", &format!("    replicas: {replicas}"))
+    };
+    let database = format!(
+        "apiVersion: minicloud.dev/v1\nkind: ManagedDatabase\nmetadata:\n  name: sessions\n  namespace: {namespace}\nspec:\n  engine: redis\n  version: \"7\"\n"
+    );
+    let directory = tempfile::tempdir().expect("dir");
+    std::fs::write(directory.path().join("stack.yaml"), stack(2)).expect("write");
+    std::fs::write(directory.path().join("database.yaml"), database).expect("write");
+    let (applied, _, err) = harness.cloud(&["apply", "-f", directory.path().to_str().expect("path")]);
+    assert!(applied, "{err}");
+    let ready = |object: &Value| common::cluster::condition(object, "Ready").map(|c| c.0) == Some("True");
+    harness.wait_for("stacks", "blog", "Ready", ready).await;
+    harness.wait_for("loadbalancers", "blog", "two targets UP", |o| common::cluster::serving(o, 2, 2)).await;
+    harness.wait_for("manageddatabases", "sessions", "Ready", ready).await;
+    let (backed_up, said, err) = harness.cloud(&["db", "backup", "sessions", "-n", &namespace]);
+    assert!(backed_up, "{err}");
+    let backup = said.split_whitespace().find(|word| word.starts_with("sessions-")).expect("a backup name").to_owned();
+    // The stack asks for a third replica: a decision of the scaling group.
+    std::fs::write(directory.path().join("stack.yaml"), stack(3)).expect("write");
+    let (applied, _, err) = harness.cloud(&["apply", "-f", directory.path().to_str().expect("path")]);
+    assert!(applied, "{err}");
+    let browser = Browser::start().await;
+    let page = |plural: &str, name: &str| format!("{url}/ui/namespaces/{namespace}/{plural}/{name}");
+
+    // The load balancer's targets and their health, kept current: the third member joins.
+    browser.open(&page("loadbalancers", "blog")).await;
+    browser
+        .wait_for_text("targets", "three targets UP", Duration::from_secs(60), |text| {
+            text.matches("blog-web-").count() == 3 && text.matches("UP").count() == 3
+        })
+        .await;
+
+    // The scaling group's decision, and its members' usage summed in charts.
+    browser.open(&page("scalinggroups", "blog-web")).await;
+    browser
+        .wait_for_text("scaling", "the manual decision", Duration::from_secs(10), |text| text.contains("Manual"))
+        .await;
+    browser.wait_for_text("memory-chart", "points", Duration::from_secs(30), |text| !text.contains("collecting")).await;
+
+    // The database's backups.
+    browser.open(&page("manageddatabases", "sessions")).await;
+    browser.wait_for_text("backups", "the backup", Duration::from_secs(10), |text| text.contains(&backup)).await;
+
+    // The stack's resources and its output, the load balancer's address.
+    browser.open(&page("stacks", "blog")).await;
+    let resources = browser.text("resources").await;
+    assert!(resources.contains("ScalingGroup") && resources.contains("LoadBalancer"), "{resources}");
+    let outputs = browser.text("outputs").await;
+    assert!(outputs.contains("url") && outputs.contains("127.0.0.1:"), "{outputs}");
+
+    // An event that changes no object still reaches the pages that show events, without a
+    // reload: the activity feed and the object's own page. By then six pages have been opened
+    // within seconds, and Chromium keeps at most six connections per server: pages that did
+    // not end their streams when left would leave none for this page's refresh.
+    for target in [format!("{url}/ui/events?namespace={namespace}"), page("stacks", "blog")] {
+        browser.open(&target).await;
+        browser.wait_for_text("live", "live", Duration::from_secs(20), |text| text == "live").await;
+        browser.script("window.notReloaded = true; return null;").await;
+        let reason = format!("Noted{}", target.len());
+        let recorded = reqwest::Client::new()
+            .post(format!("{url}/apis/minicloud.dev/v1/namespaces/{namespace}/events"))
+            .json(&json!({"involvedObject": {"kind": "Stack", "name": "blog"}, "type": "Normal", "reason": reason, "message": "a note"}))
+            .send()
+            .await
+            .expect("event");
+        assert!(recorded.status().is_success());
+        let id = if target.contains("/ui/events") { "activity" } else { "events" };
+        let shown =
+            browser.wait_for_text(id, "the new event", Duration::from_secs(10), |text| text.contains(&reason)).await;
+        assert_eq!(browser.script("return window.notReloaded === true;").await, json!(true));
+        eprintln!("an event reached {target} {} ms after it was recorded", shown.as_millis());
+    }
+
     let errors: Vec<String> =
         browser.errors().await.into_iter().filter(|error| !error.contains("ERR_NETWORK_CHANGED")).collect();
     assert!(errors.is_empty(), "the browser logged errors: {errors:?}");

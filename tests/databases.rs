@@ -134,6 +134,16 @@ async fn postgres_rows_come_back_identical_after_backup_drop_and_restore() {
     cloud_ok(&harness, &["db", "restore", "pg", "--backup", &backup]);
     assert_eq!(psql(port, &password, "shop", CHECKSUM), before);
 
+    // /metrics: the manual backup, its size, two restores that worked and the refused one.
+    let labels = format!(r#"namespace="{}",name="pg""#, harness.namespace);
+    let manual = format!(r#"minicloud_database_backups_total{{{labels},reason="Manual",result="succeeded"}}"#);
+    assert_eq!(harness.metric(&manual).await, Some(1.0));
+    let size = harness.metric(&format!("minicloud_database_last_backup_bytes{{{labels}}}")).await;
+    assert_eq!(size, Some(bytes.len() as f64));
+    let restores = |result: &str| format!(r#"minicloud_database_restores_total{{{labels},result="{result}"}}"#);
+    assert_eq!(harness.metric(&restores("succeeded")).await, Some(2.0));
+    assert_eq!(harness.metric(&restores("failed")).await, Some(1.0));
+
     // A re-apply of the same manifest keeps the credentials (and the data).
     harness.apply(vec![manifest]).await;
     wait_ready(&harness, "pg").await;
@@ -488,5 +498,10 @@ async fn a_failed_backup_is_reported_and_never_listed() {
     assert!(backup_files(&harness).is_empty(), "no file is left: {:?}", backup_files(&harness));
     let events = harness.events("ManagedDatabase", "fragile").await;
     assert!(events.iter().any(|e| e.starts_with("BackupFailed:") && e.contains("does not exist")), "{events:?}");
+    let labels = format!(r#"namespace="{}",name="fragile",reason="Manual""#, harness.namespace);
+    let failed = format!(r#"minicloud_database_backups_total{{{labels},result="failed"}}"#);
+    assert_eq!(harness.metric(&failed).await, Some(1.0));
+    let succeeded = format!(r#"minicloud_database_backups_total{{{labels},result="succeeded"}}"#);
+    assert_eq!(harness.metric(&succeeded).await, None);
     harness.finish().await;
 }

@@ -171,6 +171,13 @@ async fn instances_run_heal_update_and_go_away() {
         assert!(labels.get(format!("minicloud.dev/{key}")).is_some(), "label minicloud.dev/{key} missing: {labels}");
     }
     assert_eq!(docker(&["inspect", "-f", "{{.HostConfig.Memory}}", &container]), (64u64 << 20).to_string());
+    // The Instance controller's watch took the change: its lag is measured.
+    let metrics = harness.http.get(format!("{}/metrics", harness.server.url)).send().await.expect("metrics");
+    let metrics = metrics.text().await.expect("text");
+    let taken = metrics.lines().find_map(|line| {
+        line.strip_prefix(r#"minicloud_watch_lag_seconds_count{watcher="controller",kind="Instance"} "#)?.parse().ok()
+    });
+    assert!(taken.is_some_and(|count: f64| count >= 1.0), "{metrics}");
 
     // Logs through the API: busybox httpd logs each request it served.
     let logs = std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))

@@ -104,17 +104,12 @@ async fn round_robin_health_down_and_up_again(database: TestDb) {
     assert!(events.iter().any(|e| e.starts_with("TargetUp: target web-2")), "{events:?}");
 
     // /metrics counts the requests per target.
-    let metrics = http.get(format!("{}/metrics", harness.server().url)).send().await.expect("metrics");
-    let text = metrics.text().await.expect("text");
-    let series =
-        format!(r#"minicloud_lb_requests_total{{namespace="{}",name="web",target="web-1"}}"#, harness.namespace);
-    let counted: f64 = text
-        .lines()
-        .find_map(|line| line.strip_prefix(&series)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{series} missing:\n{text}"));
+    let labels = format!(r#"{{namespace="{}",name="web",target="web-1"}}"#, harness.namespace);
+    let series = format!("minicloud_lb_requests_total{labels}");
+    let counted = harness.metric(&series).await.unwrap_or_else(|| panic!("{series} missing"));
     assert!(counted >= 15.0, "web-1 served at least 15 requests, counted {counted}");
-    assert!(text.contains("minicloud_lb_target_up{"), "{text}");
-    assert!(text.contains(r#"minicloud_reconciles_total{kind="LoadBalancer"}"#), "{text}");
+    assert!(harness.metric(&format!("minicloud_lb_target_up{labels}")).await.is_some());
+    assert!(harness.metric(r#"minicloud_reconciles_total{kind="LoadBalancer"}"#).await.is_some_and(|n| n > 0.0));
 
     // Deletion removes the container and the directory.
     harness.http.delete(harness.url("loadbalancers", "web")).send().await.expect("delete");

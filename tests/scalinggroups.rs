@@ -109,16 +109,7 @@ async fn wait_for_containers(harness: &Harness, count: usize) {
 }
 
 async fn metric(harness: &Harness, series: &str) -> f64 {
-    let text = harness
-        .http
-        .get(format!("{}/metrics", harness.server().url))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
+    harness.metric(series).await.unwrap_or(0.0)
 }
 
 /// Waits until a metric has `value`.

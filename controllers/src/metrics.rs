@@ -1,6 +1,8 @@
 //! Prometheus metrics of the controllers: reconcile counters, errors, a duration histogram and
 //! queue depth per kind, the load balancers' traffic and target health as read from HAProxy's
-//! statistics, and the scaling groups' decisions. The composition root serves [`Metrics::encode`] at `/metrics`.
+//! statistics, the scaling groups' decisions, and the databases' backups and restores. The
+//! composition root adds what is recorded elsewhere ([`Metrics::register`]: the store's watch
+//! lag, the API's requests) and serves [`Metrics::encode`] at `/metrics`.
 //!
 //! HAProxy's counters start again from zero when it reloads; [`Metrics::record_lb_targets`]
 //! turns its raw numbers into increments, so the exported counters never go down.
@@ -44,6 +46,29 @@ struct ScalingLabels {
     direction: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ObjectLabels {
+    namespace: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabels {
+    namespace: String,
+    name: String,
+    /// `Scheduled`, `Manual` or `Final`.
+    reason: String,
+    /// `succeeded` or `failed`.
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RestoreLabels {
+    namespace: String,
+    name: String,
+    result: String,
+}
+
 /// What HAProxy reports about one target, summed over the load balancer's listeners.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TargetTraffic {
@@ -71,12 +96,26 @@ pub struct Metrics {
     lb_target_up: Family<TargetLabels, Gauge>,
     scaling_decisions: Family<ScalingLabels, Counter>,
     stats_streams: Gauge,
+    backups: Family<BackupLabels, Counter>,
+    backup_duration: Family<ObjectLabels, Histogram>,
+    last_backup_bytes: Family<ObjectLabels, Gauge>,
+    last_backup_time: Family<ObjectLabels, Gauge>,
+    restores: Family<RestoreLabels, Counter>,
     /// Last raw HAProxy numbers per load balancer and target.
     last_raw: Mutex<HashMap<(String, String), RawByTarget>>,
 }
 
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// Backups take from a fraction of a second to an hour (the transfer timeout).
+fn backup_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 2.0, 16))
+}
+
+fn result_label(succeeded: bool) -> String {
+    if succeeded { "succeeded" } else { "failed" }.to_owned()
 }
 
 impl Default for Metrics {
@@ -91,6 +130,12 @@ impl Default for Metrics {
         let lb_target_up = Family::<TargetLabels, Gauge>::default();
         let scaling_decisions = Family::<ScalingLabels, Counter>::default();
         let stats_streams = Gauge::default();
+        let backups = Family::<BackupLabels, Counter>::default();
+        let backup_duration =
+            Family::<ObjectLabels, Histogram>::new_with_constructor(backup_histogram as fn() -> Histogram);
+        let last_backup_bytes = Family::<ObjectLabels, Gauge>::default();
+        let last_backup_time = Family::<ObjectLabels, Gauge>::default();
+        let restores = Family::<RestoreLabels, Counter>::default();
         registry.register("minicloud_reconciles", "Reconciles run, per kind", reconciles.clone());
         registry.register(
             "minicloud_reconcile_errors",
@@ -112,6 +157,31 @@ impl Default for Metrics {
             "Docker stats streams open for the autoscaler (one per member of an autoscaled group)",
             stats_streams.clone(),
         );
+        registry.register(
+            "minicloud_database_backups",
+            "Backups of a managed database by reason (Scheduled, Manual, Final) and result (succeeded, failed)",
+            backups.clone(),
+        );
+        registry.register(
+            "minicloud_database_backup_duration_seconds",
+            "How long a database's backups took, failed ones included",
+            backup_duration.clone(),
+        );
+        registry.register(
+            "minicloud_database_last_backup_bytes",
+            "Size of a database's newest successful backup",
+            last_backup_bytes.clone(),
+        );
+        registry.register(
+            "minicloud_database_last_backup_timestamp_seconds",
+            "When a database's newest successful backup was taken (Unix time)",
+            last_backup_time.clone(),
+        );
+        registry.register(
+            "minicloud_database_restores",
+            "Restores of a managed database by result (succeeded, failed)",
+            restores.clone(),
+        );
         Metrics {
             registry,
             reconciles,
@@ -123,12 +193,23 @@ impl Default for Metrics {
             lb_target_up,
             scaling_decisions,
             stats_streams,
+            backups,
+            backup_duration,
+            last_backup_bytes,
+            last_backup_time,
+            restores,
             last_raw: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Adds a metric recorded elsewhere (the store's watch lag, the API's requests), before
+    /// the metrics are shared.
+    pub fn register(&mut self, name: &str, help: &str, metric: impl prometheus_client::registry::Metric) {
+        self.registry.register(name, help, metric);
+    }
+
     /// One reconcile of `kind` that took `seconds`.
     pub fn record_reconcile(&self, kind: Kind, seconds: f64, failed: bool) {
         let label = KindLabel { kind: kind.as_str().to_owned() };
@@ -155,6 +236,56 @@ impl Metrics {
     /// Docker stats streams open now.
     pub fn set_stats_streams(&self, streams: usize) {
         self.stats_streams.set(i64::try_from(streams).unwrap_or(i64::MAX));
+    }
+
+    /// One backup of a database: why it was taken, whether it succeeded, how long it took, and
+    /// for a successful one its size and time (Unix seconds).
+    pub fn record_backup(&self, namespace: &str, name: &str, reason: &str, seconds: f64, taken: Option<(u64, i64)>) {
+        let object = ObjectLabels { namespace: namespace.to_owned(), name: name.to_owned() };
+        let labels = BackupLabels {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            reason: reason.to_owned(),
+            result: result_label(taken.is_some()),
+        };
+        self.backups.get_or_create(&labels).inc();
+        self.backup_duration.get_or_create(&object).observe(seconds);
+        if let Some((bytes, time)) = taken {
+            self.last_backup_bytes.get_or_create(&object).set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            self.last_backup_time.get_or_create(&object).set(time);
+        }
+    }
+
+    /// One restore of a database.
+    pub fn record_restore(&self, namespace: &str, name: &str, succeeded: bool) {
+        let labels =
+            RestoreLabels { namespace: namespace.to_owned(), name: name.to_owned(), result: result_label(succeeded) };
+        self.restores.get_or_create(&labels).inc();
+    }
+
+    /// Drops every series of a deleted database.
+    pub fn forget_database(&self, namespace: &str, name: &str) {
+        let object = ObjectLabels { namespace: namespace.to_owned(), name: name.to_owned() };
+        for reason in ["Scheduled", "Manual", "Final"] {
+            for succeeded in [true, false] {
+                self.backups.remove(&BackupLabels {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                    reason: reason.to_owned(),
+                    result: result_label(succeeded),
+                });
+            }
+        }
+        for succeeded in [true, false] {
+            self.restores.remove(&RestoreLabels {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                result: result_label(succeeded),
+            });
+        }
+        self.backup_duration.remove(&object);
+        self.last_backup_bytes.remove(&object);
+        self.last_backup_time.remove(&object);
     }
 
     /// HAProxy's current numbers for the targets of one load balancer. Targets no longer listed
@@ -266,5 +397,32 @@ mod tests {
         metrics.record_scaling("default", "web", "out");
         let series = r#"minicloud_scaling_decisions_total{namespace="default",name="web",direction="out"}"#;
         assert_eq!(sample(&metrics.encode(), series), Some(2.0));
+    }
+
+    #[test]
+    fn backups_are_counted_by_reason_and_result_and_a_deleted_database_loses_its_series() {
+        let metrics = Metrics::default();
+        metrics.record_backup("default", "db", "Scheduled", 1.5, Some((2048, 1_700_000_000)));
+        metrics.record_backup("default", "db", "Manual", 1.0, Some((4096, 1_700_000_100)));
+        metrics.record_backup("default", "db", "Scheduled", 0.2, None);
+        metrics.record_restore("default", "db", false);
+        let text = metrics.encode();
+        let scheduled_ok =
+            r#"minicloud_database_backups_total{namespace="default",name="db",reason="Scheduled",result="succeeded"}"#;
+        let scheduled_failed =
+            r#"minicloud_database_backups_total{namespace="default",name="db",reason="Scheduled",result="failed"}"#;
+        assert_eq!(sample(&text, scheduled_ok), Some(1.0), "{text}");
+        assert_eq!(sample(&text, scheduled_failed), Some(1.0), "{text}");
+        // The newest successful backup, not the failed one after it.
+        assert_eq!(
+            sample(&text, r#"minicloud_database_last_backup_bytes{namespace="default",name="db"}"#),
+            Some(4096.0)
+        );
+        let count = r#"minicloud_database_backup_duration_seconds_count{namespace="default",name="db"}"#;
+        assert_eq!(sample(&text, count), Some(3.0), "{text}");
+        let restores = r#"minicloud_database_restores_total{namespace="default",name="db",result="failed"}"#;
+        assert_eq!(sample(&text, restores), Some(1.0), "{text}");
+        metrics.forget_database("default", "db");
+        assert!(!metrics.encode().contains(r#"name="db""#), "{}", metrics.encode());
     }
 }

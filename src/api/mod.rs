@@ -16,6 +16,7 @@ pub mod objects;
 pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
+pub mod request_metrics;
 pub mod secrets;
 pub mod spool;
 
@@ -98,6 +99,8 @@ pub struct AppState {
     pub shared_lists: objects::SharedLists,
     /// What `/metrics` serves (the controllers record into it).
     pub metrics: Arc<minicloud_controllers::metrics::Metrics>,
+    /// The API's own request metrics (registered in `metrics` by the server).
+    pub requests: request_metrics::RequestMetrics,
     /// Re-encrypts Secrets under a new key (absent for a store that seals nothing).
     pub key_rotation: Option<Arc<dyn secrets::KeyRotation>>,
     /// CPU and memory history of the Instances, for the console's charts (absent without
@@ -126,6 +129,7 @@ impl AppState {
             apply_lock: Arc::default(),
             shared_lists: objects::SharedLists::default(),
             metrics: Arc::default(),
+            requests: request_metrics::RequestMetrics::default(),
             key_rotation: None,
             usage: None,
             usage_interval: crate::ui::usage::DEFAULT_INTERVAL,
@@ -135,6 +139,7 @@ impl AppState {
 
 /// The routes, without the listener.
 pub fn router(state: AppState) -> Router {
+    let requests = state.requests.clone();
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/healthz", get(healthz))
@@ -177,10 +182,12 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/secrets/{name}/reveal", post(secrets::reveal))
         .route("/apis/minicloud.dev/v1/secretkeys/rotate", post(secrets::rotate_key))
         .merge(crate::ui::routes())
+        .route_layer(axum::middleware::from_fn(guard::guard_writes))
+        .route_layer(axum::middleware::from_fn(request_metrics::mark_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        .layer(axum::middleware::from_fn(guard::guard_writes))
+        .layer(axum::middleware::from_fn_with_state(requests, request_metrics::record))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(
             TraceLayer::new_for_http()
@@ -254,6 +261,7 @@ fn go_architecture() -> &'static str {
 
 /// Prometheus' text format.
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    state.requests.set_watches_open(state.limits.watches.saturating_sub(state.watches.available_permits()));
     ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
 }
 

@@ -429,7 +429,7 @@ pub fn document() -> Value {
     }
     paths.insert(
         "/metrics".into(),
-        json!({"get": {"summary": "Prometheus metrics: reconciles, errors, durations and queue depth per kind; load balancer requests, responses and target health; scaling decisions and stats streams", "responses": {
+        json!({"get": {"summary": "Prometheus metrics: reconciles, errors, durations and queue depth per kind; watch lag; API requests and latency by route and code; load balancer requests, responses and target health; scaling decisions; database backups and restores (docs/metrics.md)", "responses": {
             "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
         }}}),
     );

@@ -16,14 +16,24 @@
 //! what they receive; a Secret's values reach them redacted (documents hold them sealed): a
 //! controller that needs a value reads the Secret (`get` opens it).
 //!
+//! The feed measures watch lag: for each change it read while following the log, how long
+//! after that read each watcher took it, per kind watched and per watcher (`controller` for
+//! the typed watches of the reconcile loops, `client` for the API's watches). A watcher whose
+//! consumer is slow (a client that does not read, a busy controller) shows it there. Changes
+//! replayed from the database are not counted: a watcher replaying from an old revision asked
+//! for history, it is not lagging.
+//!
 //! The ordering argument is the store's: the feed reads "changes after N" together with the
 //! head revision in one statement, and revisions commit in order, so nothing is skipped.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use minicloud_crds::Object;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use sqlx::{AnyPool, Row};
 use tokio::sync::{watch, Semaphore};
 
@@ -51,6 +61,24 @@ struct Change {
     namespace: String,
     labels: BTreeMap<String, String>,
     document: Arc<str>,
+    /// When the feed read it while following the log (`None`: replayed for one watcher).
+    seen: Option<Instant>,
+}
+
+/// The labels of the watch lag histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    /// `controller` (typed watches) or `client` (the API's watches).
+    watcher: String,
+    /// The kind watched, or `all`.
+    kind: String,
+}
+
+/// Seconds from the feed reading a change to a watcher taking it, per [`LagLabels`].
+pub type WatchLag = Family<LagLabels, Histogram>;
+
+fn lag_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 impl Change {
@@ -111,6 +139,7 @@ pub struct Feed {
     read: watch::Sender<i64>,
     replays: Semaphore,
     pool: AnyPool,
+    lag: WatchLag,
 }
 
 impl Feed {
@@ -123,6 +152,7 @@ impl Feed {
             read: watch::Sender::new(revision),
             replays: Semaphore::new(REPLAYS_AT_ONCE),
             pool,
+            lag: WatchLag::new_with_constructor(lag_histogram as fn() -> Histogram),
         });
         tokio::spawn(follow(Arc::downgrade(&feed), head));
         feed
@@ -134,13 +164,18 @@ impl Feed {
         self.recent.read().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// The watch lag histograms (for `/metrics`).
+    pub fn lag(&self) -> WatchLag {
+        self.lag.clone()
+    }
+
     /// Reads the changes after the feed's position, appending them to the window. True when
     /// it moved.
     async fn catch_up(&self) -> StoreResult<bool> {
         let mut moved = false;
         loop {
             let from = self.read_lock().read;
-            let page = read_page(&self.pool, &Query::default(), from).await?;
+            let page = read_page(&self.pool, &Query::default(), from, Some(Instant::now())).await?;
             if page.compacted > from {
                 // The feed fell behind compaction (it could not read for a long time): start
                 // the window afresh; watchers behind it replay and learn they expired.
@@ -171,25 +206,31 @@ impl Feed {
 
     /// The changes after `revision` that `query` covers, as a stream that ends only with an
     /// error (`Expired`).
+    /// Its lag counts as a controller's.
     pub fn watch(self: &Arc<Feed>, query: Query, revision: i64) -> WatchStream {
-        Box::pin(self.changes(query, revision, Change::event))
+        Box::pin(self.changes(query, revision, "controller", Change::event))
     }
 
-    /// [`Feed::watch`] with each change's shared JSON document.
+    /// [`Feed::watch`] with each change's shared JSON document; its lag counts as a client's.
     pub fn watch_raw(self: &Arc<Feed>, query: Query, revision: i64) -> RawWatchStream {
-        Box::pin(self.changes(query, revision, Change::raw))
+        Box::pin(self.changes(query, revision, "client", Change::raw))
     }
 
     fn changes<T>(
         self: &Arc<Feed>,
         query: Query,
         revision: i64,
+        watcher: &str,
         deliver: fn(&Change) -> StoreResult<T>,
     ) -> impl futures::Stream<Item = StoreResult<T>> + Send + 'static
     where
         T: Send + 'static,
     {
+        let labels =
+            LagLabels { watcher: watcher.to_owned(), kind: query.kind.map_or("all", |kind| kind.as_str()).to_owned() };
+        let lag = self.lag.get_or_create(&labels).clone();
         let watcher = Watcher {
+            lag,
             feed: self.clone(),
             query,
             last: revision,
@@ -237,8 +278,9 @@ struct Page {
 }
 
 /// Reads the changes after `after` (of the query's kind and namespace; labels are the
-/// caller's business) together with the head and compacted revisions, in one snapshot.
-async fn read_page(pool: &AnyPool, query: &Query, after: i64) -> StoreResult<Page> {
+/// caller's business) together with the head and compacted revisions, in one snapshot. The
+/// changes are marked `seen` then (see [`Change::seen`]).
+async fn read_page(pool: &AnyPool, query: &Query, after: i64, seen: Option<Instant>) -> StoreResult<Page> {
     let mut sql = String::from(
         "SELECT m.revision, m.compacted_revision, c.revision, c.change_type, c.body, c.kind, c.namespace FROM meta m \
          LEFT JOIN changes c ON c.revision > $1",
@@ -277,6 +319,7 @@ async fn read_page(pool: &AnyPool, query: &Query, after: i64) -> StoreResult<Pag
             namespace: row.try_get(6).db()?,
             labels,
             document: document.into(),
+            seen,
         }));
     }
     page.complete = read < PAGE;
@@ -289,6 +332,8 @@ async fn read_page(pool: &AnyPool, query: &Query, after: i64) -> StoreResult<Pag
 /// The state of one watch.
 struct Watcher {
     feed: Arc<Feed>,
+    /// Where this watcher's lag is recorded.
+    lag: Histogram,
     query: Query,
     last: i64,
     buffer: VecDeque<Arc<Change>>,
@@ -304,6 +349,9 @@ impl Watcher {
                 return None;
             }
             if let Some(event) = self.buffer.pop_front() {
+                if let Some(seen) = event.seen {
+                    self.lag.observe(seen.elapsed().as_secs_f64());
+                }
                 return Some(Ok(event));
             }
             self.read.borrow_and_update();
@@ -337,7 +385,7 @@ impl Watcher {
         }
         let _turn =
             self.feed.replays.acquire().await.map_err(|_| StoreError::Invalid("the store is closing".into()))?;
-        let page = read_page(&self.feed.pool, &self.query, self.last).await?;
+        let page = read_page(&self.feed.pool, &self.query, self.last, None).await?;
         if self.last < page.compacted {
             return Err(StoreError::Expired { requested: self.last, compacted: page.compacted });
         }

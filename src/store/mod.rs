@@ -7,4 +7,5 @@ pub mod sql;
 
 pub use minicloud_store::*;
 
+pub use self::feed::WatchLag;
 pub use self::sql::SqlStore;

@@ -80,6 +80,8 @@ pub struct SqlStore {
     listener: Option<JoinHandle<()>>,
     cluster_id: String,
     keys: Arc<SecretKeys>,
+    /// Counts the events recorded here (see [`Store::event_signal`]).
+    events_recorded: watch::Sender<u64>,
 }
 
 impl Drop for SqlStore {
@@ -177,13 +179,28 @@ impl SqlStore {
             Backend::Sqlite => None,
         };
         let feed = Feed::start(pool.clone(), revision, head.subscribe());
-        let store =
-            SqlStore { pool, write_pool, feed, backend, head, write_lock: Mutex::new(()), listener, cluster_id, keys };
+        let store = SqlStore {
+            pool,
+            write_pool,
+            feed,
+            backend,
+            head,
+            write_lock: Mutex::new(()),
+            listener,
+            cluster_id,
+            keys,
+            events_recorded: watch::Sender::new(0),
+        };
         let resealed = store.reseal().await?;
         if resealed > 0 {
             tracing::info!(rows = resealed, key = %store.keys.primary_id(), "sealed Secret values with the current key");
         }
         Ok(store)
+    }
+
+    /// How long watchers take to take changes (see [`super::feed`]), for `/metrics`.
+    pub fn watch_lag(&self) -> super::WatchLag {
+        self.feed.lag()
     }
 
     /// Seals again every Secret value, in object rows and change-log rows, that is plain or
@@ -795,7 +812,23 @@ impl Store for SqlStore {
             .db()?;
         let recorded = event_from_row(&row)?;
         self.commit(transaction, None).await?;
+        self.events_recorded.send_modify(|count| *count = count.wrapping_add(1));
         Ok(recorded)
+    }
+
+    async fn events_head(&self) -> StoreResult<String> {
+        // Both from indexes (the id key, `events_by_last_time`).
+        let row = sqlx::query("SELECT COALESCE(MAX(id), 0), COALESCE(MAX(last_time), '') FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .db()?;
+        let newest: i64 = row.try_get(0).db()?;
+        let latest: String = row.try_get(1).db()?;
+        Ok(format!("{newest}:{latest}"))
+    }
+
+    fn event_signal(&self) -> Option<watch::Receiver<u64>> {
+        Some(self.events_recorded.subscribe())
     }
 
     async fn events(&self, namespace: Option<&str>, object: Option<&ObjectKey>) -> StoreResult<Vec<Event>> {

@@ -43,10 +43,23 @@ pub fn table(id: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// What surrounds a page's `main`.
+pub struct Frame<'a> {
+    pub title: &'a str,
+    /// What the script watches: `*`, a kind, or `Kind/namespace/name`.
+    pub watch: &'a str,
+    /// The revision `main` was read at.
+    pub revision: i64,
+    /// For a page that shows events: the events head read before them (see
+    /// [`crate::store::Store::events_head`]); the script reloads `main` when it moves.
+    pub events_head: Option<String>,
+    /// Follows `main` and is never swapped (an Instance's followed logs).
+    pub after: String,
+}
+
 /// The whole page: navigation, `main` (what `?fragment=1` answers alone) and the live-update
-/// script, which watches from `revision` and reloads `main` when something changes.
-/// `after` follows `main` and is never swapped (an Instance's followed logs).
-pub fn page(title: &str, watch: &str, revision: i64, main: &str, after: &str) -> String {
+/// script, which watches from the frame's revision and reloads `main` when something changes.
+pub fn page(frame: &Frame<'_>, main: &str) -> String {
     let mut navigation = String::from("<a href=\"/ui\">Summary</a>");
     for kind in minicloud_crds::Kind::ALL {
         navigation.push_str(&format!(" <a href=\"/ui/{}\">{}</a>", kind.plural(), kind.as_str()));
@@ -56,11 +69,14 @@ pub fn page(title: &str, watch: &str, revision: i64, main: &str, after: &str) ->
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · minicloud</title>\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/ui/assets/style.css\"></head>\
-         <body data-watch=\"{watch}\" data-revision=\"{revision}\"><header><strong>minicloud</strong> {navigation}\
+         <body data-watch=\"{watch}\" data-revision=\"{revision}\"{events}><header><strong>minicloud</strong> {navigation}\
          <span id=\"live\" class=\"live\">connecting…</span></header>\
          <main id=\"main\">{main}</main>{after}<script type=\"module\" src=\"/ui/assets/app.js\"></script></body></html>\n",
-        title = escape(title),
-        watch = escape(watch),
+        title = escape(frame.title),
+        watch = escape(frame.watch),
+        revision = frame.revision,
+        events = frame.events_head.as_deref().map(|head| format!(" data-events-head=\"{}\"", escape(head))).unwrap_or_default(),
+        after = frame.after,
     )
 }
 
@@ -75,7 +91,10 @@ mod tests {
             "&lt;script&gt;alert(&quot;x&amp;y&quot;)&lt;/script&gt;&#39;"
         );
         assert_eq!(link("/ui?a=\"b\"", "<b>"), "<a href=\"/ui?a=&quot;b&quot;\">&lt;b&gt;</a>");
-        let page = page("<x>", "all", 3, "<p>main</p>", "");
+        let frame =
+            Frame { title: "<x>", watch: "*", revision: 3, events_head: Some("7:\"".into()), after: String::new() };
+        let page = page(&frame, "<p>main</p>");
         assert!(page.contains("<title>&lt;x&gt; · minicloud</title>") && page.contains("data-revision=\"3\""));
+        assert!(page.contains("data-events-head=\"7:&quot;\""), "{page}");
     }
 }

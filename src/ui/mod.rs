@@ -1,9 +1,10 @@
-//! The console: a live web dashboard served by the API server at `/ui` (issue 14, in progress).
+//! The console: a live web dashboard served by the API server at `/ui`.
 //! Pages are rendered on the server ([`pages`]); a small hand-written script (no build step,
 //! no CDN: the assets are embedded in the binary) follows the watch of every object from the
 //! revision the page was read at and, when something the page shows changes, fetches the
 //! page's `main` again (`?fragment=1`) and swaps it in. A dropped watch is resumed from the
-//! last revision seen.
+//! last revision seen. Events are not objects and have no watch: for a page that shows events
+//! the same stream also says when the events head moves, and the page reloads its `main`.
 
 mod html;
 mod pages;
@@ -11,15 +12,20 @@ mod panels;
 pub mod usage;
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
+use futures::StreamExt;
+use tokio::sync::mpsc;
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
+use crate::store::Store;
 
 const SCRIPT: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
@@ -41,34 +47,39 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/namespaces/{namespace}/{plural}/{name}", get(detail))
 }
 
+/// How often the events head is read again when nothing here wakes the reader (events
+/// recorded by other replicas).
+const EVENTS_POLL: Duration = Duration::from_secs(2);
+
 type Params = Query<HashMap<String, String>>;
 
 /// The whole page, or only its `main` with `?fragment=1` (what the script swaps in).
-fn answer(title: &str, watch: &str, params: &HashMap<String, String>, (main, revision): (String, i64)) -> Response {
-    answer_with(title, watch, params, (main, revision), "")
-}
-
-/// Like [`answer`], with `after` following `main` on the whole page (never swapped).
-fn answer_with(
-    title: &str,
-    watch: &str,
-    params: &HashMap<String, String>,
-    (main, revision): (String, i64),
-    after: &str,
-) -> Response {
+fn answer(frame: html::Frame<'_>, params: &HashMap<String, String>, main: String) -> Response {
     if params.get("fragment").is_some_and(|fragment| fragment == "1") {
         return Html(main).into_response();
     }
-    Html(html::page(title, watch, revision, &main, after)).into_response()
+    Html(html::page(&frame, &main)).into_response()
+}
+
+/// The events head, read before a page's events are (an event recorded in between then
+/// reloads the page rather than being missed).
+async fn events_head(state: &AppState) -> Result<Option<String>, ApiError> {
+    Ok(Some(state.store.events_head().await?))
 }
 
 async fn summary(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
-    Ok(answer("Summary", "*", &params, pages::summary(&state).await?))
+    let events_head = events_head(&state).await?;
+    let (main, revision) = pages::summary(&state).await?;
+    let frame = html::Frame { title: "Summary", watch: "*", revision, events_head, after: String::new() };
+    Ok(answer(frame, &params, main))
 }
 
 async fn activity(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
     let filter = pages::ActivityFilter::from_params(&params);
-    Ok(answer("Activity", "*", &params, pages::activity(&state, &filter).await?))
+    let events_head = events_head(&state).await?;
+    let (main, revision) = pages::activity(&state, &filter).await?;
+    let frame = html::Frame { title: "Activity", watch: "*", revision, events_head, after: String::new() };
+    Ok(answer(frame, &params, main))
 }
 
 async fn list(
@@ -77,7 +88,10 @@ async fn list(
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     let kind = crate::api::objects::kind_for_plural(&plural)?;
-    Ok(answer(kind.plural(), kind.as_str(), &params, pages::list(&state, kind).await?))
+    let (main, revision) = pages::list(&state, kind).await?;
+    let frame =
+        html::Frame { title: kind.plural(), watch: kind.as_str(), revision, events_head: None, after: String::new() };
+    Ok(answer(frame, &params, main))
 }
 
 async fn detail(
@@ -89,8 +103,16 @@ async fn detail(
     let key = crate::api::objects::key(kind, &namespace, &name)?;
     let watch = format!("{}/{namespace}/{name}", kind.as_str());
     let title = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
-    let logs = panels::logs(kind, &namespace, &name);
-    Ok(answer_with(&title, &watch, &params, pages::detail(&state, &key).await?, &logs))
+    let events_head = events_head(&state).await?;
+    let (main, revision) = pages::detail(&state, &key).await?;
+    let frame = html::Frame {
+        title: &title,
+        watch: &watch,
+        revision,
+        events_head,
+        after: panels::logs(kind, &namespace, &name),
+    };
+    Ok(answer(frame, &params, main))
 }
 
 /// `/ui/api/summary`: objects per kind (total, Ready), the latest CPU and memory of the
@@ -99,8 +121,62 @@ async fn summary_data(State(state): State<AppState>) -> Result<axum::Json<serde_
     Ok(axum::Json(pages::summary_data(&state).await?))
 }
 
-/// Every change of every object, from `resourceVersion`, with bookmarks.
+/// Every change of every object, from `resourceVersion`, with bookmarks; with `eventsHead`,
+/// also a line `{"type": "EVENTS", "head": …}` whenever the events head moves from it (one
+/// connection per page: browsers allow only a few per server).
 async fn watch(State(state): State<AppState>, Query(mut params): Params) -> Result<Response, ApiError> {
+    let events_head = params.remove("eventsHead");
     params.insert("allowWatchBookmarks".into(), "true".into());
-    crate::api::objects::watch_everything(state, params).await
+    let response = crate::api::objects::watch_everything(state.clone(), params).await?;
+    let Some(head) = events_head else { return Ok(response) };
+    let (parts, body) = response.into_parts();
+    let heads = follow_events_head(state.store.clone(), head);
+    let merged = futures::stream::unfold((body.into_data_stream(), heads), |(mut body, mut heads)| async move {
+        let item = tokio::select! {
+            // The watch ended (shutdown, a slow client, an expired revision): so does this.
+            chunk = body.next() => chunk?,
+            Some(head) = heads.recv() => {
+                Ok(bytes::Bytes::from(format!("{}\n", serde_json::json!({"type": "EVENTS", "head": head}))))
+            }
+        };
+        Some((item, (body, heads)))
+    });
+    Ok(Response::from_parts(parts, axum::body::Body::from_stream(merged)))
+}
+
+/// The events head each time it moves from `head`: woken by events recorded here, and read
+/// again every [`EVENTS_POLL`] for other replicas'. Ends when the receiver goes.
+fn follow_events_head(store: Arc<dyn Store>, mut head: String) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel(1);
+    tokio::spawn(async move {
+        // Subscribed before the first read: an event recorded after it wakes the wait.
+        let mut signal = store.event_signal();
+        loop {
+            match store.events_head().await {
+                Ok(now) if now != head => {
+                    head = now.clone();
+                    if sender.send(now).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot read the events head; retrying"),
+            }
+            let recorded = async {
+                let woken = match signal.as_mut() {
+                    Some(signal) => signal.changed().await.is_ok(),
+                    None => false,
+                };
+                if !woken {
+                    std::future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                () = recorded => {}
+                () = tokio::time::sleep(EVENTS_POLL) => {}
+                () = sender.closed() => return,
+            }
+        }
+    });
+    receiver
 }

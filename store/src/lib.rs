@@ -311,6 +311,23 @@ pub trait Store: Send + Sync {
 
     /// Events of a namespace (all namespaces when `None`), or of one object, oldest first.
     async fn events(&self, namespace: Option<&str>, object: Option<&ObjectKey>) -> StoreResult<Vec<Event>>;
+
+    /// A token that changes whenever an event is recorded, new or repeated: events are not
+    /// objects and have no watch, so a client showing them compares heads to know when to read
+    /// them again. By default computed from every event; a backend answers from an index.
+    async fn events_head(&self) -> StoreResult<String> {
+        let events = self.events(None, None).await?;
+        let newest = events.iter().map(|event| event.id).max().unwrap_or(0);
+        let latest = events.iter().map(|event| event.last_timestamp).max();
+        Ok(format!("{newest}:{}", latest.map(|time| time.to_rfc3339()).unwrap_or_default()))
+    }
+
+    /// Wakes whenever this process records an event; `None` when the backend cannot say, and
+    /// events recorded by other processes sharing the database are seen only by asking
+    /// [`Store::events_head`] again.
+    fn event_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }
 
 /// How much of the change log the compactor keeps.

@@ -177,6 +177,13 @@ impl Harness {
             .collect()
     }
 
+    /// The value of one series (`name{labels}`) at `/metrics`, if it is there.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let url = format!("{}/metrics", self.server().url);
+        let text = self.http.get(url).send().await.expect("metrics").text().await.expect("text");
+        text.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
     pub fn lb_containers(&self) -> Vec<String> {
         self.containers("LoadBalancer", false)
     }

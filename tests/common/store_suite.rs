@@ -239,9 +239,23 @@ pub async fn events_fold_repeats(database: &TestDb) {
         reason: reason.into(),
         message: message.into(),
     };
+    let empty = store.events_head().await.expect("head");
+    let mut signal = store.event_signal();
     store.record_event(event("BackOff", "container exited")).await.expect("event");
+    let first = store.events_head().await.expect("head");
+    assert_ne!(first, empty, "a new event moves the head");
+    if let Some(signal) = signal.as_mut() {
+        assert!(signal.has_changed().expect("signal"), "a recorded event wakes whoever waits");
+        signal.borrow_and_update();
+    }
+    // A repeat only raises a count and a time (kept to the microsecond): it moves the head too.
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let repeated = store.record_event(event("BackOff", "container exited")).await.expect("event");
     assert_eq!(repeated.count, 2);
+    assert_ne!(store.events_head().await.expect("head"), first, "a repeat moves the head");
+    if let Some(signal) = signal.as_mut() {
+        assert!(signal.has_changed().expect("signal"));
+    }
     assert!(repeated.last_timestamp >= repeated.first_timestamp);
     store.record_event(event("Pulled", "image present")).await.expect("event");
     let events = store.events(None, Some(&key("web"))).await.expect("events");

@@ -54,6 +54,7 @@ use crate::helpers::{
     ensure_finalizer, network_labels, owner_reference, record_event, remove_finalizer, write_status, FinalizerUpdate,
 };
 use crate::instance::network_name;
+use crate::metrics::Metrics;
 use crate::runtime::{ReconcileError, Reconciler};
 
 /// The finalizer that guards a database's container, volume and final snapshot.
@@ -94,6 +95,7 @@ pub struct DatabaseController {
     driver: Arc<dyn ContainerDriver>,
     extra_labels: HashMap<String, String>,
     backups: BackupStore,
+    metrics: Arc<Metrics>,
 }
 
 /// What a round works with.
@@ -107,14 +109,21 @@ struct Round<'a> {
 }
 
 impl DatabaseController {
-    /// A controller keeping backups under `state_dir/backups`.
+    /// A controller keeping backups under `state_dir/backups` and counting them in `metrics`.
     pub fn new(
         store: Arc<dyn Store>,
         driver: Arc<dyn ContainerDriver>,
         extra_labels: HashMap<String, String>,
         state_dir: PathBuf,
+        metrics: Arc<Metrics>,
     ) -> DatabaseController {
-        DatabaseController { store, driver, extra_labels, backups: BackupStore::new(state_dir.join("backups")) }
+        DatabaseController {
+            store,
+            driver,
+            extra_labels,
+            backups: BackupStore::new(state_dir.join("backups")),
+            metrics,
+        }
     }
 
     async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
@@ -488,6 +497,7 @@ impl DatabaseController {
         backup: &str,
         outcome: &Result<bool, String>,
     ) {
+        self.metrics.record_restore(&round.namespace, &round.name, outcome.is_ok());
         let (succeeded, message) = match outcome {
             Ok(_) => (true, format!("restored backup {backup}")),
             Err(error) => (false, format!("restoring backup {backup} failed: {error}")),
@@ -509,7 +519,16 @@ impl DatabaseController {
         reason: &str,
     ) -> bool {
         let now = Utc::now();
-        match self.backup(round, container, credentials, reason).await {
+        let started = std::time::Instant::now();
+        let outcome = self.backup(round, container, credentials, reason).await;
+        self.metrics.record_backup(
+            &round.namespace,
+            &round.name,
+            reason,
+            started.elapsed().as_secs_f64(),
+            outcome.as_ref().ok().map(|meta| (meta.size_bytes, meta.time.timestamp())),
+        );
+        match outcome {
             Ok(meta) => {
                 let message = format!(
                     "backup {} taken ({reason}, {} bytes, sha256 {})",
@@ -833,7 +852,10 @@ impl DatabaseController {
         }
         self.driver.remove_network_if_unused(&network_name(&round.namespace, round.spec.network.as_deref())).await?;
         match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
-            FinalizerUpdate::Done(_) => Ok(None),
+            FinalizerUpdate::Done(_) => {
+                self.metrics.forget_database(&round.namespace, &round.name);
+                Ok(None)
+            }
             FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
         }
     }

@@ -1,14 +1,27 @@
 // minicloud console: keeps the page's <main> current. It follows the watch of every object
 // from the revision the page was read at; when a change concerns what the page shows, it
 // fetches the page again as a fragment (?fragment=1) and swaps it in. A dropped watch is
-// resumed from the last revision seen, after a pause that grows to 5 s.
+// resumed from the last revision seen, after a pause that grows to 5 s. For pages that show
+// events, the watch also says when the events head moves (EVENTS lines).
 
 const body = document.body;
 const main = document.getElementById("main");
 const live = document.getElementById("live");
 const scope = body.dataset.watch; // "*", "Kind" or "Kind/namespace/name"
 let revision = body.dataset.revision;
+// Pages that show events: the events head they were read at (the watch says when it moves).
+let eventsHead = body.dataset.eventsHead;
 let refreshTimer = null;
+
+// Streams (the watch, followed logs) are ended when the page goes: a browser may otherwise
+// keep their connections open after leaving, and it allows only six per server, so a few
+// quick clicks would leave the next page without a connection for its own requests.
+// A page brought back from the browser's back/forward cache reads itself again.
+const leaving = new AbortController();
+window.addEventListener("pagehide", () => leaving.abort());
+window.addEventListener("pageshow", (event) => {
+  if (event.persisted) location.reload();
+});
 
 function concerns(object) {
   if (scope === "*") return true;
@@ -46,6 +59,11 @@ function handle(line) {
   if (!line.trim()) return;
   const event = JSON.parse(line);
   const object = event.object || {};
+  if (event.type === "EVENTS") {
+    eventsHead = event.head;
+    scheduleRefresh();
+    return;
+  }
   if (event.type === "ERROR") {
     // Our revision was compacted away: read everything again.
     if (object.code === 410) location.reload();
@@ -60,9 +78,9 @@ async function follow() {
   let pause = 500;
   for (;;) {
     try {
-      const response = await fetch(`/ui/watch?resourceVersion=${encodeURIComponent(revision)}&heartbeatSeconds=5`, {
-        cache: "no-store",
-      });
+      let url = `/ui/watch?resourceVersion=${encodeURIComponent(revision)}&heartbeatSeconds=5`;
+      if (eventsHead !== undefined) url += `&eventsHead=${encodeURIComponent(eventsHead)}`;
+      const response = await fetch(url, { cache: "no-store", signal: leaving.signal });
       if (!response.ok) throw new Error(`watch answered ${response.status}`);
       live.textContent = "live";
       live.className = "live on";
@@ -83,6 +101,7 @@ async function follow() {
     } catch (error) {
       // The server went away or restarts: try again below.
     }
+    if (leaving.signal.aborted) return;
     live.textContent = "reconnecting…";
     live.className = "live off";
     await new Promise((resolve) => setTimeout(resolve, pause));
@@ -106,7 +125,7 @@ async function followLogs() {
       continue;
     }
     try {
-      const response = await fetch(logs.dataset.source, { cache: "no-store" });
+      const response = await fetch(logs.dataset.source, { cache: "no-store", signal: leaving.signal });
       if (response.ok) {
         logs.textContent = "";
         const reader = response.body.getReader();
@@ -123,6 +142,7 @@ async function followLogs() {
     } catch (error) {
       // The container is being replaced or the server restarts: read again below.
     }
+    if (leaving.signal.aborted) return;
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }
 }
