@@ -17,7 +17,9 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{apply, docker, median, ms, published_port, start_server, wait_serving, RemoveLabelled, Server};
+use common::{
+    apply, cpu_ticks, docker, median, ms, published_port, start_server, wait_serving, RemoveLabelled, Server,
+};
 use serde_json::{json, Value};
 
 const IMAGE: &str = "minicloud/web:local";
@@ -62,15 +64,6 @@ fn wait_ready(http: &reqwest::blocking::Client, server: &Server, namespace: &str
         assert!(Instant::now() < deadline, "{} of {count} Ready", ports.len());
         std::thread::sleep(Duration::from_millis(5));
     }
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    // utime and stime are fields 14 and 15 of /proc/PID/stat; after the ")" they are 12 and 13.
-    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 fn main() {

@@ -30,8 +30,14 @@ impl Drop for Server {
 /// Starts `cloud server` with its controllers, SQLite in `data`, every container labelled
 /// `label` (`KEY=VALUE`).
 pub fn start_server(data: &std::path::Path, label: &str) -> Server {
+    start_server_with(data, label, &[])
+}
+
+/// [`start_server`] with more options.
+pub fn start_server_with(data: &std::path::Path, label: &str, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(["server", "--listen", "127.0.0.1:0", "--container-label", label, "--resync", "5m"])
+        .args(extra)
         .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn,minicloud::server=info")
@@ -58,6 +64,17 @@ pub fn apply(http: &reqwest::blocking::Client, server: &Server, items: Vec<Value
         .send()
         .expect("apply");
     assert!(response.status().is_success(), "{}", response.text().unwrap_or_default());
+}
+
+/// CPU time a process has used, in clock ticks (USER_HZ, 100 per second on Linux); 0 for a
+/// process that is gone.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    // utime and stime are fields 14 and 15 of /proc/PID/stat; after the ")" they are 12 and 13.
+    fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 pub fn median(mut samples: Vec<Duration>) -> Duration {
