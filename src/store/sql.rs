@@ -816,6 +816,25 @@ impl Store for SqlStore {
         Ok(recorded)
     }
 
+    async fn prune_events(&self, older_than: DateTime<Utc>, keep: usize) -> StoreResult<u64> {
+        let _guard = self.write_lock.lock().await;
+        if keep == 0 {
+            let pruned = sqlx::query("DELETE FROM events").execute(&self.write_pool).await.db()?;
+            return Ok(pruned.rows_affected());
+        }
+        // Both conditions read `events_by_last_time`; ties at the boundary are kept.
+        let pruned = sqlx::query(
+            "DELETE FROM events WHERE last_time < $1 \
+             OR last_time < (SELECT last_time FROM events ORDER BY last_time DESC LIMIT 1 OFFSET $2)",
+        )
+        .bind(timestamp(older_than))
+        .bind(i64::try_from(keep - 1).unwrap_or(i64::MAX))
+        .execute(&self.write_pool)
+        .await
+        .db()?;
+        Ok(pruned.rows_affected())
+    }
+
     async fn events_head(&self) -> StoreResult<String> {
         // Both from indexes (the id key, `events_by_last_time`).
         let row = sqlx::query("SELECT COALESCE(MAX(id), 0), COALESCE(MAX(last_time), '') FROM events")

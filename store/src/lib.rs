@@ -312,6 +312,10 @@ pub trait Store: Send + Sync {
     /// Events of a namespace (all namespaces when `None`), or of one object, oldest first.
     async fn events(&self, namespace: Option<&str>, object: Option<&ObjectKey>) -> StoreResult<Vec<Event>>;
 
+    /// Deletes the events last seen before `older_than`, then the oldest beyond the newest
+    /// `keep` (by last seen); returns how many went.
+    async fn prune_events(&self, older_than: DateTime<Utc>, keep: usize) -> StoreResult<u64>;
+
     /// A token that changes whenever an event is recorded, new or repeated: events are not
     /// objects and have no watch, so a client showing them compares heads to know when to read
     /// them again. By default computed from every event; a backend answers from an index.
@@ -330,7 +334,7 @@ pub trait Store: Send + Sync {
     }
 }
 
-/// How much of the change log the compactor keeps.
+/// How much of the change log and of the events the compactor keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Retention {
     /// The newest this many revisions.
@@ -338,11 +342,20 @@ pub struct Retention {
     /// At most this many bytes of changes (one huge object changed often fills bytes long
     /// before it fills revisions).
     pub bytes: u64,
+    /// Events last seen longer ago than this go.
+    pub event_age: std::time::Duration,
+    /// At most this many events (the most recently seen).
+    pub events: usize,
 }
 
 impl Default for Retention {
     fn default() -> Retention {
-        Retention { revisions: 100_000, bytes: 256 * 1024 * 1024 }
+        Retention {
+            revisions: 100_000,
+            bytes: 256 * 1024 * 1024,
+            event_age: std::time::Duration::from_secs(7 * 24 * 3600),
+            events: 20_000,
+        }
     }
 }
 
@@ -354,8 +367,16 @@ pub async fn compact_to(store: &dyn Store, retention: Retention) -> StoreResult<
     store.compact(by_count.max(by_bytes).max(0)).await
 }
 
-/// Keeps the change log short: every `every`, compacts what `retention` does not keep.
-/// Watchers further behind get `Expired` and re-list. Runs until aborted.
+/// Prunes the events `retention` does not keep; returns how many went.
+pub async fn prune_events_to(store: &dyn Store, retention: Retention) -> StoreResult<u64> {
+    let age = chrono::Duration::from_std(retention.event_age).unwrap_or(chrono::Duration::MAX);
+    let older_than = Utc::now().checked_sub_signed(age).unwrap_or(DateTime::<Utc>::MIN_UTC);
+    store.prune_events(older_than, retention.events).await
+}
+
+/// Keeps the change log and the events short: every `every`, compacts and prunes what
+/// `retention` does not keep. Watchers further behind get `Expired` and re-list. Runs until
+/// aborted.
 pub fn spawn_compactor(
     store: std::sync::Arc<dyn Store>,
     retention: Retention,
@@ -367,6 +388,9 @@ pub fn spawn_compactor(
             ticker.tick().await;
             if let Err(error) = compact_to(store.as_ref(), retention).await {
                 tracing::warn!(%error, "change-log compaction failed; retrying later");
+            }
+            if let Err(error) = prune_events_to(store.as_ref(), retention).await {
+                tracing::warn!(%error, "event pruning failed; retrying later");
             }
         }
     })

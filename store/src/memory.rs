@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use minicloud_crds::{Object, ObjectKey};
 use tokio::sync::watch;
 
@@ -26,6 +26,8 @@ struct State {
     revision: i64,
     compacted: i64,
     events: Vec<Event>,
+    /// The id of the newest event ever recorded (ids are never reused after pruning).
+    last_event_id: i64,
 }
 
 /// A store in memory.
@@ -316,7 +318,7 @@ impl Store for MemoryStore {
             return Ok(existing.clone());
         }
         let recorded = Event {
-            id: state.events.len() as i64 + 1,
+            id: state.last_event_id + 1,
             kind: event.object.kind.as_str().to_owned(),
             namespace: event.object.namespace.clone(),
             name: event.object.name.clone(),
@@ -328,6 +330,7 @@ impl Store for MemoryStore {
             first_timestamp: now,
             last_timestamp: now,
         };
+        state.last_event_id = recorded.id;
         state.events.push(recorded.clone());
         Ok(recorded)
     }
@@ -346,5 +349,20 @@ impl Store for MemoryStore {
             })
             .cloned()
             .collect())
+    }
+
+    async fn prune_events(&self, older_than: DateTime<Utc>, keep: usize) -> StoreResult<u64> {
+        let mut state = self.lock();
+        let before = state.events.len();
+        state.events.retain(|event| event.last_timestamp >= older_than);
+        if state.events.len() > keep {
+            let mut times: Vec<DateTime<Utc>> = state.events.iter().map(|event| event.last_timestamp).collect();
+            times.sort_unstable_by(|a, b| b.cmp(a));
+            match keep.checked_sub(1).map(|index| times[index]) {
+                Some(oldest_kept) => state.events.retain(|event| event.last_timestamp >= oldest_kept),
+                None => state.events.clear(),
+            }
+        }
+        Ok((before - state.events.len()) as u64)
     }
 }

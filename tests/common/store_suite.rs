@@ -25,6 +25,7 @@ macro_rules! store_suite {
             delete_honours_finalizers,
             delete_cascades_to_dependents,
             events_fold_repeats,
+            old_and_surplus_events_are_pruned,
             watch_resumes_without_gaps_or_duplicates,
             watch_from_a_compacted_revision_is_expired,
             concurrent_updates_lose_nothing,
@@ -267,6 +268,45 @@ pub async fn events_fold_repeats(database: &TestDb) {
     assert!(store.events(Some("staging"), None).await.expect("events").is_empty());
 }
 
+pub async fn old_and_surplus_events_are_pruned(database: &TestDb) {
+    let store = database.open().await;
+    let object = store.create(instance("default", "web", &[])).await.expect("create");
+    for index in 0..5 {
+        let event = NewEvent {
+            object: key("web"),
+            uid: object.metadata.uid.clone().expect("uid"),
+            event_type: EventType::Normal,
+            reason: "Noted".into(),
+            message: format!("note {index}"),
+        };
+        store.record_event(event).await.expect("event");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let messages = |events: Vec<minicloud::store::Event>| events.into_iter().map(|e| e.message).collect::<Vec<_>>();
+    // Nothing is older than an hour, and five fit in ten: nothing goes.
+    let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    assert_eq!(store.prune_events(an_hour_ago, 10).await.expect("prune"), 0);
+    // Three kept: the two seen longest ago go.
+    assert_eq!(store.prune_events(an_hour_ago, 3).await.expect("prune"), 2);
+    assert_eq!(messages(store.events(None, None).await.expect("events")), ["note 2", "note 3", "note 4"]);
+    // Everything seen before now goes, whatever the count.
+    assert_eq!(store.prune_events(chrono::Utc::now(), 100).await.expect("prune"), 3);
+    assert!(store.events(None, None).await.expect("events").is_empty());
+    // A new event after pruning gets a new id (the head moves).
+    let head = store.events_head().await.expect("head");
+    let event = NewEvent {
+        object: key("web"),
+        uid: object.metadata.uid.clone().expect("uid"),
+        event_type: EventType::Normal,
+        reason: "Noted".into(),
+        message: "after".into(),
+    };
+    let recorded = store.record_event(event).await.expect("event");
+    assert!(recorded.id > 5, "ids are not reused: {}", recorded.id);
+    assert_ne!(store.events_head().await.expect("head"), head);
+    assert_eq!(store.prune_events(an_hour_ago, 0).await.expect("prune"), 1);
+}
+
 pub async fn watch_resumes_without_gaps_or_duplicates(database: &TestDb) {
     let store = database.open().await;
     let first = store.create(instance("default", "a", &[("app", "web")])).await.expect("create");
@@ -416,7 +456,7 @@ pub async fn concurrent_writers_watch_sees_everything_in_order(database: &TestDb
 /// The compactor trims the change log to the newest revisions on its own.
 pub async fn compactor_trims_the_change_log(database: &TestDb) {
     let store: Arc<dyn Store> = database.open().await;
-    let retention = minicloud::store::Retention { revisions: 3, bytes: u64::MAX };
+    let retention = minicloud::store::Retention { revisions: 3, bytes: u64::MAX, ..Default::default() };
     let compactor = minicloud::store::spawn_compactor(store.clone(), retention, Duration::from_millis(20));
     for index in 0..10 {
         store.create(instance("default", &format!("web-{index}"), &[])).await.expect("create");
@@ -445,7 +485,7 @@ pub async fn compaction_keeps_the_change_log_within_its_byte_budget(database: &T
         object = store.update(object).await.expect("update");
     }
     let head = store.revision().await.expect("revision");
-    let retention = minicloud::store::Retention { revisions: 100_000, bytes: 2 * 1024 * 1024 };
+    let retention = minicloud::store::Retention { revisions: 100_000, bytes: 2 * 1024 * 1024, ..Default::default() };
     let compacted = minicloud::store::compact_to(store.as_ref(), retention).await.expect("compact");
     // Each change is a little over 700 KiB: two fit in 2 MiB, three do not.
     assert_eq!(compacted, head - 2, "kept the newest changes that fit the budget");
