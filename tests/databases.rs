@@ -330,15 +330,22 @@ async fn a_backup_killed_midway_is_never_listed_and_the_next_scheduled_one_works
     let described_before: Vec<String> =
         left.iter().filter_map(|file| file.strip_suffix(".json")).map(str::to_owned).collect();
     harness.server = Some(harness.start_server(database).await);
+    // The schedule is every minute: the next one may be up to a minute away, plus the dump.
     let object = harness
-        .wait_for("manageddatabases", "big", "a scheduled backup after the restart", |o| {
-            o["status"]["backups"].as_array().is_some_and(|backups| {
-                backups.iter().any(|backup| {
-                    let name = backup["name"].as_str().unwrap_or("");
-                    backup["reason"] == "Scheduled" && !described_before.iter().any(|before| before == name)
+        .wait_for_within(
+            "manageddatabases",
+            "big",
+            "a scheduled backup after the restart",
+            Duration::from_secs(150),
+            |o| {
+                o["status"]["backups"].as_array().is_some_and(|backups| {
+                    backups.iter().any(|backup| {
+                        let name = backup["name"].as_str().unwrap_or("");
+                        backup["reason"] == "Scheduled" && !described_before.iter().any(|before| before == name)
+                    })
                 })
-            })
-        })
+            },
+        )
         .await;
     let files = backup_files(&harness);
     assert!(!files.iter().any(|f| f.starts_with(".partial-")), "the partial file was removed: {files:?}");

@@ -87,7 +87,10 @@ async fn containers_serve_on_loopback_and_are_labelled() {
     // Concurrent callers get one network, not one each (Docker allows duplicate names).
     let labels = test_labels(&run);
     let concurrent = futures::future::join_all((0..6).map(|_| driver.ensure_network(&network, &labels))).await;
-    assert!(concurrent.iter().all(|id| id.as_deref().ok() == Some(network_id.as_str())));
+    assert!(
+        concurrent.iter().all(|id| id.as_deref().ok() == Some(network_id.as_str())),
+        "{network_id} expected from each: {concurrent:?}"
+    );
     let fresh = format!("{network}-x");
     let ids = futures::future::join_all((0..6).map(|_| driver.ensure_network(&fresh, &labels))).await;
     let distinct: std::collections::HashSet<String> = ids.into_iter().map(|id| id.expect("network")).collect();

@@ -160,3 +160,33 @@ fn up_waits_for_databases_and_names_their_credentials() {
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "PostgreSQL listens on {endpoint}");
     });
 }
+
+/// Ctrl-C as soon as the control plane says it listens, before anything is Ready: the
+/// signal is not lost (and does not kill the process), and `--down` still removes everything.
+#[test]
+fn an_interrupt_before_anything_is_ready_still_brings_everything_down() {
+    let run = format!("up-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let label = format!("minicloud.dev/test={run}");
+    let child = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["up", "-f", "examples/web-lb/", "--down", "--listen", "127.0.0.1:0", "--container-label", &label])
+        .arg("--data-dir")
+        .arg(data.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cloud up");
+    let mut up = Running { child, label: label.clone() };
+    let mut lines = BufReader::new(up.child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().expect("a line").expect("text");
+    assert!(first.starts_with("control plane listening on"), "{first}");
+    let _ = Command::new("kill").args(["-INT", &up.child.id().to_string()]).status();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = up.child.wait().expect("wait");
+    assert!(status.success(), "{status:?}: {rest:?}");
+    assert!(rest.iter().any(|line| line.contains("removing what was applied")), "{rest:?}");
+    let left =
+        Command::new("docker").args(["ps", "-aq", "--filter", &format!("label={label}")]).output().expect("docker ps");
+    assert!(String::from_utf8_lossy(&left.stdout).trim().is_empty(), "--down removes the containers");
+}

@@ -188,8 +188,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     };
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let mut syncing = None;
+    let signal = composition::shutdown_signal();
     let stop = async move {
-        composition::shutdown_signal().await;
+        signal.await;
         let _ = stopping.send(true);
     };
     let served = composition::run(config, stop, |address| {

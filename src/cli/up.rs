@@ -45,6 +45,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Nothing starts unless the options and every manifest are valid.
     args.server.check()?;
     let manifests = super::apply::load(&args.files, args.recursive)?;
+    // From here on Ctrl-C and SIGTERM lead to the orderly stop below, whenever they come.
+    let mut interrupted = std::pin::pin!(composition::shutdown_signal());
     if args.server.log_format == LogFormat::Json || std::env::var_os("RUST_LOG").is_some() {
         init_logging(args.server.log_format);
     }
@@ -108,10 +110,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let running: Vec<(Kind, String, String)> =
         watched.iter().filter(|(kind, _, _)| RUN.contains(kind)).cloned().collect();
-    wait_until_ready(&client, &running, args.timeout).await?;
-
-    println!("running; press Ctrl-C to stop{}", if args.down { " and remove everything" } else { "" });
-    composition::shutdown_signal().await;
+    tokio::select! {
+        ready = wait_until_ready(&client, &running, args.timeout) => {
+            ready?;
+            println!("running; press Ctrl-C to stop{}", if args.down { " and remove everything" } else { "" });
+            (&mut interrupted).await;
+        }
+        () = &mut interrupted => println!("interrupted before everything was Ready"),
+    }
     if args.down {
         println!("removing what was applied…");
         for (kind, namespace, name) in watched.iter().rev() {

@@ -125,7 +125,20 @@ impl Harness {
     }
 
     pub async fn wait_for(&self, plural: &str, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_for_within(plural, name, what, Duration::from_secs(60), check).await
+    }
+
+    /// [`Harness::wait_for`] with its own limit. A timeout shows the object's status and the
+    /// server's latest warnings and errors.
+    pub async fn wait_for_within(
+        &self,
+        plural: &str,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
         loop {
             let object = self.get(plural, name).await;
             if let Some(object) = &object {
@@ -135,7 +148,27 @@ impl Harness {
             }
             if Instant::now() > deadline {
                 let status = object.map(|o| o["status"].clone()).unwrap_or(Value::Null);
-                panic!("timed out waiting for {what}: {}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                let troubles: Vec<String> = self
+                    .server()
+                    .log
+                    .lock()
+                    .map(|lines| {
+                        let mut troubles: Vec<String> = lines
+                            .iter()
+                            .rev()
+                            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                            .take(20)
+                            .cloned()
+                            .collect();
+                        troubles.reverse();
+                        troubles
+                    })
+                    .unwrap_or_default();
+                panic!(
+                    "timed out waiting for {what}: {}\nthe server's latest warnings:\n{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default(),
+                    troubles.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
