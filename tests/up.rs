@@ -8,19 +8,9 @@ use std::time::{Duration, Instant};
 /// `cloud up -f EXAMPLE --down` until it prints `READY_PREFIX URL`; `check` gets the URL;
 /// then Ctrl-C, and nothing labelled for the run may be left.
 fn up_serves_and_down_removes(example: &str, ready_prefix: &str, check: impl Fn(&str)) {
-    let run = format!("up-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let data = tempfile::tempdir().expect("tempdir");
-    let label = format!("minicloud.dev/test={run}");
-    let up = Command::new(env!("CARGO_BIN_EXE_cloud"))
-        .args(["up", "-f", example, "--down", "--listen", "127.0.0.1:0", "--container-label", &label])
-        .arg("--data-dir")
-        .arg(data.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cloud up");
-    let mut up = Running { child: up, label: label.clone() };
+    let mut up = start_up(example, &data);
+    let label = up.label.clone();
     let (sender, receiver) = std::sync::mpsc::channel();
     let stdout = up.child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
@@ -63,6 +53,23 @@ fn up_serves_and_down_removes(example: &str, ready_prefix: &str, check: impl Fn(
         let _ = Command::new("docker").args(["rm", "-f", id]).output();
     }
     assert!(left.is_empty(), "--down removes the containers");
+}
+
+/// Starts `cloud up -f EXAMPLE --down` on `data`, its containers labelled for this run, its
+/// output piped.
+fn start_up(example: &str, data: &tempfile::TempDir) -> Running {
+    let run = format!("up-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let label = format!("minicloud.dev/test={run}");
+    let child = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["up", "-f", example, "--down", "--listen", "127.0.0.1:0", "--container-label", &label])
+        .arg("--data-dir")
+        .arg(data.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cloud up");
+    Running { child, label }
 }
 
 /// `cloud up` while it runs: killed, and what it labelled removed, if the test fails first.
@@ -165,19 +172,9 @@ fn up_waits_for_databases_and_names_their_credentials() {
 /// signal is not lost (and does not kill the process), and `--down` still removes everything.
 #[test]
 fn an_interrupt_before_anything_is_ready_still_brings_everything_down() {
-    let run = format!("up-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let data = tempfile::tempdir().expect("tempdir");
-    let label = format!("minicloud.dev/test={run}");
-    let child = Command::new(env!("CARGO_BIN_EXE_cloud"))
-        .args(["up", "-f", "examples/web-lb/", "--down", "--listen", "127.0.0.1:0", "--container-label", &label])
-        .arg("--data-dir")
-        .arg(data.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cloud up");
-    let mut up = Running { child, label: label.clone() };
+    let mut up = start_up("examples/web-lb/", &data);
+    let label = up.label.clone();
     let mut lines = BufReader::new(up.child.stdout.take().expect("stdout")).lines();
     let first = lines.next().expect("a line").expect("text");
     assert!(first.starts_with("control plane listening on"), "{first}");
