@@ -50,6 +50,8 @@ pub fn routes() -> Router<AppState> {
 /// How often the events head is read again when nothing here wakes the reader (events
 /// recorded by other replicas).
 const EVENTS_POLL: Duration = Duration::from_secs(2);
+/// How long the events head waits after a wake-up before it is read (events come in bursts).
+const EVENTS_COALESCE: Duration = Duration::from_millis(100);
 
 type Params = Query<HashMap<String, String>>;
 
@@ -172,7 +174,8 @@ fn follow_events_head(store: Arc<dyn Store>, mut head: String) -> mpsc::Receiver
                 }
             };
             tokio::select! {
-                () = recorded => {}
+                // A burst of events (a large apply) costs one read per page, not one per event.
+                () = recorded => tokio::time::sleep(EVENTS_COALESCE).await,
                 () = tokio::time::sleep(EVENTS_POLL) => {}
                 () = sender.closed() => return,
             }
