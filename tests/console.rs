@@ -116,6 +116,11 @@ impl Browser {
         std::fs::write(std::path::Path::new(&directory).join(name), png).expect("write screenshot");
     }
 
+    /// The browser's SEVERE console messages, less those naming one of `tolerated`.
+    async fn errors_besides(&self, tolerated: &[&str]) -> Vec<String> {
+        self.errors().await.into_iter().filter(|error| !tolerated.iter().any(|known| error.contains(known))).collect()
+    }
+
     /// The browser's console messages at level SEVERE.
     async fn errors(&self) -> Vec<String> {
         let entries = self.command(reqwest::Method::POST, "se/log", json!({"type": "browser"})).await;
@@ -232,8 +237,7 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
     // Chromium aborts requests in flight when the host's interfaces change (Docker adds and
     // removes veth interfaces as other tests' containers come and go) and logs
     // ERR_NETWORK_CHANGED; the page retries those. Anything else is an error of the page.
-    let errors: Vec<String> =
-        browser.errors().await.into_iter().filter(|error| !error.contains("ERR_NETWORK_CHANGED")).collect();
+    let errors = browser.errors_besides(&["ERR_NETWORK_CHANGED"]).await;
     assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
     harness.finish().await;
 }
@@ -322,8 +326,7 @@ async fn the_console_shows_targets_scaling_backups_and_stack_outputs_of_real_obj
         eprintln!("an event reached {target} {} ms after it was recorded", shown.as_millis());
     }
 
-    let errors: Vec<String> =
-        browser.errors().await.into_iter().filter(|error| !error.contains("ERR_NETWORK_CHANGED")).collect();
+    let errors = browser.errors_besides(&["ERR_NETWORK_CHANGED"]).await;
     assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
     harness.finish().await;
 }
@@ -406,12 +409,7 @@ async fn the_console_renders_a_thousand_objects_and_survives_a_server_restart() 
     assert_eq!(count, json!((OBJECTS + 1).to_string()));
     // The kill cut the watch mid-stream and refused connections until the restart; nothing else.
     let expected = ["ERR_CONNECTION_REFUSED", "ERR_INCOMPLETE_CHUNKED_ENCODING", "ERR_NETWORK_CHANGED"];
-    let errors: Vec<String> = browser
-        .errors()
-        .await
-        .into_iter()
-        .filter(|error| !expected.iter().any(|expected| error.contains(expected)))
-        .collect();
+    let errors = browser.errors_besides(&expected).await;
     assert!(errors.is_empty(), "the browser logged errors besides the restart's cut connections: {errors:?}");
     server.stop().await;
 }

@@ -65,12 +65,12 @@ fn answer(frame: html::Frame<'_>, params: &HashMap<String, String>, main: String
 
 /// The events head, read before a page's events are (an event recorded in between then
 /// reloads the page rather than being missed).
-async fn events_head(state: &AppState) -> Result<Option<String>, ApiError> {
-    Ok(Some(state.store.events_head().await?))
+async fn events_head(state: &AppState) -> Result<String, ApiError> {
+    Ok(state.store.events_head().await?)
 }
 
 async fn summary(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
-    let events_head = events_head(&state).await?;
+    let events_head = Some(events_head(&state).await?);
     let (main, revision) = pages::summary(&state).await?;
     let frame = html::Frame { title: "Summary", watch: "*", revision, events_head, after: String::new() };
     Ok(answer(frame, &params, main))
@@ -78,7 +78,7 @@ async fn summary(State(state): State<AppState>, Query(params): Params) -> Result
 
 async fn activity(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
     let filter = pages::ActivityFilter::from_params(&params);
-    let events_head = events_head(&state).await?;
+    let events_head = Some(events_head(&state).await?);
     let (main, revision) = pages::activity(&state, &filter).await?;
     let frame = html::Frame { title: "Activity", watch: "*", revision, events_head, after: String::new() };
     Ok(answer(frame, &params, main))
@@ -105,7 +105,7 @@ async fn detail(
     let key = crate::api::objects::key(kind, &namespace, &name)?;
     let watch = format!("{}/{namespace}/{name}", kind.as_str());
     let title = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
-    let events_head = events_head(&state).await?;
+    let events_head = Some(events_head(&state).await?);
     let (main, revision) = pages::detail(&state, &key).await?;
     let frame = html::Frame {
         title: &title,
