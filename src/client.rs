@@ -24,6 +24,8 @@ pub enum ClientError {
     Protocol { server: String, detail: String },
     #[error("{what} {value:?} is not valid: {reason}")]
     InvalidName { what: &'static str, value: String, reason: String },
+    #[error("the token cannot be sent: {0}")]
+    BadToken(String),
     #[error("the server address {server:?} is not a usable http:// or https:// URL: {reason}")]
     BadServer { server: String, reason: String },
 }
@@ -121,12 +123,38 @@ struct EventList {
 pub struct Client {
     server: String,
     http: reqwest::Client,
+    /// The token sent, for clients of other tools made from this one (`cloud kubeconfig`).
+    token: Option<String>,
 }
 
 impl Client {
     /// A client of the server at `server` (e.g. `http://127.0.0.1:7080`).
     pub fn new(server: &str) -> Client {
-        Client { server: server.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+        Client { server: server.trim_end_matches('/').to_owned(), http: reqwest::Client::new(), token: None }
+    }
+
+    /// The same client sending `token` on every request (`Authorization: Bearer`).
+    pub fn with_token(self, token: &str) -> Result<Client, ClientError> {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+            ClientError::BadToken("it holds characters a token never has (was something else pasted with it?)".into())
+        })?;
+        value.set_sensitive(true);
+        let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .map_err(|error| ClientError::BadToken(error.to_string()))?;
+        Ok(Client { server: self.server, http, token: Some(token.trim().to_owned()) })
+    }
+
+    /// The token this client sends, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// Checks that the server address is a usable URL.
+    pub fn check_server(&self) -> Result<(), ClientError> {
+        self.url(&[]).map(|_| ())
     }
 
     /// The server's address.
@@ -353,6 +381,42 @@ impl Client {
     /// The server's version document.
     pub async fn version(&self) -> Result<Value, ClientError> {
         self.json(self.http.get(self.url(&["version"])?)).await
+    }
+
+    /// Creates a token; the answer holds the token itself (`token`), shown this once.
+    pub async fn create_token(&self, request: &Value) -> Result<Value, ClientError> {
+        self.json(self.http.post(self.url(&["apis", "minicloud.dev", "v1", "tokens"])?).json(request)).await
+    }
+
+    /// The tokens' records (never the tokens).
+    pub async fn tokens(&self) -> Result<Vec<Value>, ClientError> {
+        let list: Value = self.json(self.http.get(self.url(&["apis", "minicloud.dev", "v1", "tokens"])?)).await?;
+        Ok(list.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
+    }
+
+    /// Revokes a token by name.
+    pub async fn revoke_token(&self, name: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["apis", "minicloud.dev", "v1", "tokens", label("token name", name)?])?;
+        self.json(self.http.delete(url)).await
+    }
+
+    /// Who the server takes this client for.
+    pub async fn whoami(&self) -> Result<Value, ClientError> {
+        self.json(self.http.get(self.url(&["apis", "minicloud.dev", "v1", "whoami"])?)).await
+    }
+
+    /// Audit entries since `since` (RFC 3339), oldest first.
+    pub async fn audit(&self, since: Option<&str>, limit: Option<usize>) -> Result<Vec<Value>, ClientError> {
+        let mut query = Vec::new();
+        if let Some(since) = since {
+            query.push(("since", since.to_owned()));
+        }
+        if let Some(limit) = limit {
+            query.push(("limit", limit.to_string()));
+        }
+        let url = self.url(&["apis", "minicloud.dev", "v1", "audit"])?;
+        let list: Value = self.json(self.http.get(url).query(&query)).await?;
+        Ok(list.get("items").and_then(Value::as_array).cloned().unwrap_or_default())
     }
 
     /// Watches objects; without `resource_version` the current objects come first as ADDED.

@@ -9,7 +9,15 @@ use serde_json::Value;
 /// A short age: `45s`, `12m`, `3h`, `9d`.
 pub fn age(since: Option<DateTime<Utc>>) -> String {
     let Some(since) = since else { return "<unknown>".into() };
-    let seconds = (Utc::now() - since).num_seconds().max(0);
+    short_duration((Utc::now() - since).num_seconds().max(0))
+}
+
+/// The time left until `at`, as short as an age.
+pub fn age_until(at: DateTime<Utc>) -> String {
+    short_duration((at - Utc::now()).num_seconds().max(0))
+}
+
+fn short_duration(seconds: i64) -> String {
     match seconds {
         0..=119 => format!("{seconds}s"),
         120..=7199 => format!("{}m", seconds / 60),

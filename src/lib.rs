@@ -7,6 +7,7 @@
 //! See ARCHITECTURE.md for the bird's-eye view.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod columns;

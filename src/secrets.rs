@@ -308,27 +308,32 @@ fn open(ring: &Keyring, value: &str, aad: &str) -> Result<String, SecretError> {
     String::from_utf8(plain).map_err(|_| damaged("not UTF-8"))
 }
 
-/// Writes a key file atomically with mode 0600: a temporary file in the same directory, then a
-/// rename over the old one.
+/// Writes a key file atomically with mode 0600.
 fn write_key_file(path: &Path, keys: &[Key]) -> Result<(), SecretError> {
     let fail = |error: std::io::Error| SecretError::KeyFile { path: path.to_path_buf(), reason: error.to_string() };
-    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    create_private_dir(directory).map_err(fail)?;
-    let temporary = directory.join(format!(".{KEY_FILE}.{}.tmp", std::process::id()));
     let mut text = String::from("# minicloud secret keys: the first seals, the others only open. Keep this file.\n");
     for key in keys {
         text.push_str(&key.encoded());
         text.push('\n');
     }
+    write_private_file(path, text.as_bytes()).map_err(fail)
+}
+
+/// Writes a file atomically with mode 0600 (its directory created with mode 0700): a
+/// temporary file in the same directory, synced, then renamed over the old one.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let directory = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    create_private_dir(directory)?;
+    let file_name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let temporary = directory.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&temporary).map_err(fail)?;
-    file.write_all(text.as_bytes()).map_err(fail)?;
-    file.sync_all().map_err(fail)?;
-    std::fs::rename(&temporary, path).map_err(fail)?;
-    Ok(())
+    let mut file = options.open(&temporary)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
 }
 
 /// Creates `directory` (and its parents) with mode 0700 when missing; an existing one is left

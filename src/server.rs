@@ -16,6 +16,8 @@ use minicloud_controllers::{database, instance, loadbalancer, runtime, scalinggr
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
+use crate::auth::tokens::{self, AccessError, AccessStore, NewToken};
+use crate::auth::{AuditLog, AuthSettings, Authenticator, Role};
 use crate::secrets::SecretKeys;
 use crate::store::{self, SqlStore, Store};
 
@@ -37,6 +39,18 @@ pub struct ServerConfig {
     pub controllers: Option<ControllerSettings>,
     /// How often the console's CPU and memory history is sampled (with controllers).
     pub usage_interval: std::time::Duration,
+    /// Authentication (`None`: off, allowed on a loopback address only).
+    pub auth: Option<AuthSettings>,
+    /// Create one more admin token at start and print it (for an administrator who lost theirs).
+    pub new_admin_token: bool,
+}
+
+/// What a started server tells its caller.
+pub struct Bound {
+    /// The address actually bound (useful with port 0).
+    pub address: SocketAddr,
+    /// With authentication, a token (role admin, in memory only) for clients in this process.
+    pub internal_token: Option<String>,
 }
 
 /// How the controllers run.
@@ -138,13 +152,20 @@ impl Controllers {
 }
 
 /// Opens the store, starts the controllers (when configured) and serves the API until `stop`
-/// completes; then shuts down gracefully. `bound` is told the address actually bound (useful
-/// with port 0).
+/// completes; then shuts down gracefully. `bound` is told the address actually bound and the
+/// internal token.
 pub async fn run(
     config: ServerConfig,
     stop: impl Future<Output = ()> + Send + 'static,
-    bound: impl FnOnce(SocketAddr),
+    bound: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
+    if config.auth.is_none() && !config.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to listen on {} without authentication: anyone who can reach it could run containers on this machine. \
+             Add --auth (the first start prints an admin token), or listen on 127.0.0.1",
+            config.listen
+        );
+    }
     crate::secrets::create_private_dir(&config.data_dir)
         .map_err(|error| anyhow::anyhow!("cannot create the data directory {}: {error}", config.data_dir.display()))?;
     restrict(&config.data_dir, 0o700);
@@ -156,6 +177,17 @@ pub async fn run(
     );
     let backend = sql.backend_name();
     let store: Arc<dyn Store> = sql.clone();
+    let access: Arc<dyn AccessStore> = sql.clone();
+    let mut authenticator = match &config.auth {
+        Some(settings) => {
+            announce_admin_token(access.as_ref(), config.new_admin_token).await?;
+            Some(Authenticator::new(access.clone(), settings.clone()))
+        }
+        None => None,
+    };
+    let internal_token = authenticator.as_mut().map(|auth| auth.add_internal_token("system-internal", Role::Admin));
+    let (audit, audit_writer) = AuditLog::start(access.clone());
+    let audit_pruner = spawn_audit_pruner(access.clone());
     let compactor = store::spawn_compactor(store.clone(), store::Retention::default(), COMPACTION_INTERVAL);
     let (stopping, shutdown) = watch::channel(false);
     let requests = api::request_metrics::RequestMetrics::default();
@@ -179,6 +211,9 @@ pub async fn run(
     state.metrics = metrics;
     state.requests = requests;
     state.key_rotation = Some(sql);
+    state.access = Some(access);
+    state.auth = authenticator.map(Arc::new);
+    state.audit = Some(audit);
     // The console's charts: sampled only where containers are run from here.
     let sampler = match (&controllers, driver) {
         (Some(_), Some(driver)) => {
@@ -194,9 +229,20 @@ pub async fn run(
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(%address, store = backend, "minicloud API server listening");
-    bound(address);
+    if internal_token.is_none() {
+        tracing::warn!(
+            %address,
+            "authentication is off: anyone on this machine who can reach {address} has every permission (start with --auth to require tokens)"
+        );
+    }
+    bound(Bound { address, internal_token });
     let served = api::serve(listener, state, stopping, stop).await;
     compactor.abort();
+    audit_pruner.abort();
+    // The router's clones of the audit log are gone: the writer drains its queue and ends.
+    if tokio::time::timeout(Duration::from_secs(5), audit_writer).await.is_err() {
+        tracing::warn!("the audit log writer did not finish within 5 s");
+    }
     if let Some(sampler) = sampler {
         sampler.abort();
     }
@@ -205,6 +251,58 @@ pub async fn run(
     }
     tracing::info!("stopped");
     served
+}
+
+/// How long audit entries are kept, and how many at most.
+const AUDIT_AGE: chrono::Duration = chrono::Duration::days(90);
+const AUDIT_ENTRIES: usize = 200_000;
+
+/// Prunes the audit log at every compaction interval.
+fn spawn_audit_pruner(access: Arc<dyn AccessStore>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(COMPACTION_INTERVAL);
+        loop {
+            ticker.tick().await;
+            match access.prune_audit(chrono::Utc::now() - AUDIT_AGE, AUDIT_ENTRIES).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "old audit entries removed"),
+                Err(error) => tracing::warn!(%error, "cannot prune the audit log; retrying later"),
+            }
+        }
+    })
+}
+
+/// On a start with authentication: when no token is active (the first start, or every token
+/// revoked or expired), or when asked, creates an admin token and prints it once on standard
+/// output as `admin token: TOKEN`. The store keeps only its hash.
+async fn announce_admin_token(access: &dyn AccessStore, asked: bool) -> anyhow::Result<()> {
+    let cannot = |error: AccessError| anyhow::anyhow!("cannot create the admin token: {error}");
+    if !asked && access.count_active_tokens().await.map_err(cannot)? > 0 {
+        return Ok(());
+    }
+    let mut name = "admin".to_owned();
+    loop {
+        let secret = tokens::generate();
+        let token = NewToken { name: name.clone(), role: Role::Admin, namespace: None, expires_at: None };
+        match access.create_token(&token, &secret.hash).await {
+            Ok(_) => {
+                println!("admin token: {}", secret.text);
+                tracing::info!(
+                    token = %name,
+                    "created an admin token, printed once on standard output; keep it: `cloud config set-context NAME --server URL --token TOKEN`"
+                );
+                return Ok(());
+            }
+            // Another replica starting at the same moment made the first one.
+            Err(AccessError::AlreadyExists(_)) if !asked && access.count_active_tokens().await.map_err(cannot)? > 0 => {
+                return Ok(())
+            }
+            Err(AccessError::AlreadyExists(_)) => {
+                name = format!("admin-{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
+            }
+            Err(error) => return Err(cannot(error)),
+        }
+    }
 }
 
 /// Sets a path's permission bits (Unix), e.g. a data directory made before it was created

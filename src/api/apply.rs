@@ -17,15 +17,17 @@
 use std::collections::{BTreeMap, HashSet};
 
 use axum::extract::{Query, State};
-use axum::Json;
+use axum::{Extension, Json};
 use minicloud_crds::{Kind, Object, ObjectKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::access::AuditNote;
 use super::applyset;
 use super::error::{ApiError, Cause};
 use super::objects::parse_body;
 use super::AppState;
+use crate::auth::{Permission, Principal, Verb};
 use crate::manifest;
 use crate::store::{Store, StoreError, Write};
 
@@ -67,9 +69,10 @@ struct LastApplied {
 /// `POST /apis/minicloud.dev/v1/apply[?dryRun=true]` with `{"items": [objects...]}`.
 pub async fn apply(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Query(params): Query<std::collections::HashMap<String, String>>,
     body: axum::body::Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(Extension<AuditNote>, Json<Value>), ApiError> {
     let flag = |name: &str| matches!(params.get(name).map(String::as_str), Some("true") | Some("1") | Some("All"));
     let dry_run = flag("dryRun");
     let set = applyset_request(&params, flag("prune"), flag("pruneStateful"))?;
@@ -78,13 +81,15 @@ pub async fn apply(
         return Err(ApiError::bad_request("send {\"items\": [objects...]}"));
     };
     let mut objects = validate_batch(items.clone())?;
+    let keys = objects.iter().map(key_of).collect::<Result<Vec<_>, _>>()?;
+    check_permissions(&principal, Verb::Apply, keys.iter())?;
     let _serialised = state.apply_lock.lock().await;
     let Some(set) = set else {
         let results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
-        return Ok(Json(json!({"dryRun": dry_run, "items": results})));
+        return Ok((audit_note(&results, &[]), Json(json!({"dryRun": dry_run, "items": results}))));
     };
     // The inventory is written with the batch, in one transaction; pruning follows.
-    let keys = objects.iter().map(key_of).collect::<Result<Vec<_>, _>>()?;
+    check_permissions(&principal, Verb::Apply, [&applyset::set_key(&set)].into_iter())?;
     if keys.contains(&applyset::set_key(&set)) {
         return Err(ApiError::bad_request(format!(
             "the batch holds applyset/{} itself; it is written by apply",
@@ -94,6 +99,8 @@ pub async fn apply(
     applyset::claim(&mut objects, &set);
     applyset::check_owners(state.store.as_ref(), &set, &keys).await?;
     let plan = applyset::plan(state.store.as_ref(), &set, &keys).await?;
+    let pruned_keys: Vec<ObjectKey> = plan.prune.iter().filter_map(applyset::key_of).collect();
+    check_permissions(&principal, Verb::Delete, pruned_keys.iter())?;
     objects.push(plan.inventory.clone());
     let mut results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
     results.retain(|item| item.kind != Kind::ApplySet.as_str() || item.name != set.name);
@@ -102,7 +109,59 @@ pub async fn apply(
     } else {
         applyset::prune(state.store.as_ref(), &set, &plan).await?
     };
-    Ok(Json(json!({"dryRun": dry_run, "items": results, "applySet": set.name, "pruned": pruned})))
+    let note = audit_note(&results, &pruned);
+    Ok((note, Json(json!({"dryRun": dry_run, "items": results, "applySet": set.name, "pruned": pruned}))))
+}
+
+/// Refuses the whole batch when the caller may not `verb` one of the objects (nothing is
+/// written), naming the first refused permission and the object.
+fn check_permissions<'k>(
+    principal: &Principal,
+    verb: Verb,
+    keys: impl Iterator<Item = &'k ObjectKey>,
+) -> Result<(), ApiError> {
+    for key in keys {
+        let permission = Permission::new(verb, key.kind.plural(), Some(&key.namespace));
+        if let Err(denial) = principal.check(&permission) {
+            let mut error = ApiError::forbidden(format!(
+                "{}/{} in namespace {:?}: {denial}; nothing was applied",
+                key.kind.as_str().to_ascii_lowercase(),
+                key.name,
+                key.namespace
+            ));
+            error.target = Some((key.kind.as_str().to_owned(), key.name.clone()));
+            return Err(error);
+        }
+    }
+    Ok(())
+}
+
+/// What the audit log records of an apply: what changed (unchanged objects are counted),
+/// bounded in length.
+fn audit_note(results: &[Applied], pruned: &[applyset::Pruned]) -> Extension<AuditNote> {
+    const MAX: usize = 2000;
+    let mut parts: Vec<String> = results
+        .iter()
+        .filter(|item| item.action != Action::Unchanged)
+        .map(|item| {
+            let action = if item.action == Action::Created { "created" } else { "configured" };
+            format!("{action} {}/{}/{}", item.kind.to_ascii_lowercase(), item.namespace, item.name)
+        })
+        .collect();
+    parts.extend(pruned.iter().map(|item| {
+        format!("pruned ({}) {}/{}/{}", item.action, item.kind.to_ascii_lowercase(), item.namespace, item.name)
+    }));
+    let unchanged = results.iter().filter(|item| item.action == Action::Unchanged).count();
+    if unchanged > 0 {
+        parts.push(format!("{unchanged} unchanged"));
+    }
+    let mut note = parts.join("; ");
+    if note.len() > MAX {
+        let cut = (0..=MAX).rev().find(|index| note.is_char_boundary(*index)).unwrap_or(0);
+        note.truncate(cut);
+        note.push_str(" …");
+    }
+    Extension(AuditNote(note))
 }
 
 /// The applyset an apply names (`applyset`, `applysetNamespace`), if any; `prune` needs one.

@@ -43,7 +43,7 @@ fn member_of(key: &ObjectKey) -> ApplySetMember {
     ApplySetMember { kind: key.kind.as_str().to_owned(), namespace: key.namespace.clone(), name: key.name.clone() }
 }
 
-fn key_of(member: &ApplySetMember) -> Option<ObjectKey> {
+pub fn key_of(member: &ApplySetMember) -> Option<ObjectKey> {
     Some(ObjectKey::new(Kind::from_kind_name(&member.kind)?, member.namespace.clone(), member.name.clone()))
 }
 

@@ -59,6 +59,11 @@ impl ApiError {
         error
     }
 
+    /// 401: the request carries no valid token.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", message)
+    }
+
     /// 403: the request may not do this.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::FORBIDDEN, "Forbidden", message)
@@ -173,6 +178,8 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
+        let mut response = (self.status, Json(self.body())).into_response();
+        response.extensions_mut().insert(super::access::AuditNote(self.message));
+        response
     }
 }

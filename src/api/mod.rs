@@ -5,6 +5,7 @@
 //! the structured logs. On SIGINT/SIGTERM the server stops accepting connections, ends watch
 //! streams cleanly and lets in-flight requests finish.
 
+pub mod access;
 pub mod apply;
 pub mod applyset;
 pub mod error;
@@ -19,6 +20,7 @@ pub mod patch;
 pub mod request_metrics;
 pub mod secrets;
 pub mod spool;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -107,6 +109,12 @@ pub struct AppState {
     /// controllers), and how often it is sampled.
     pub usage: Option<Arc<crate::ui::usage::UsageHistory>>,
     pub usage_interval: Duration,
+    /// Tokens and the audit log (absent for a store that keeps neither).
+    pub access: Option<Arc<dyn crate::auth::AccessStore>>,
+    /// Checks tokens when authentication is on (`None`: every request is `anonymous`).
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Where requests are audited.
+    pub audit: Option<crate::auth::AuditLog>,
 }
 
 impl AppState {
@@ -133,6 +141,9 @@ impl AppState {
             key_rotation: None,
             usage: None,
             usage_interval: crate::ui::usage::DEFAULT_INTERVAL,
+            access: None,
+            auth: None,
+            audit: None,
         }
     }
 }
@@ -181,8 +192,13 @@ pub fn router(state: AppState) -> Router {
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log", get(logs::instance_log))
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/secrets/{name}/reveal", post(secrets::reveal))
         .route("/apis/minicloud.dev/v1/secretkeys/rotate", post(secrets::rotate_key))
+        .route("/apis/minicloud.dev/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/apis/minicloud.dev/v1/tokens/{name}", axum::routing::delete(tokens::revoke))
+        .route("/apis/minicloud.dev/v1/whoami", get(tokens::whoami))
+        .route("/apis/minicloud.dev/v1/audit", get(tokens::audit))
         .merge(crate::ui::routes())
         .route_layer(axum::middleware::from_fn(guard::guard_writes))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), access::authorize))
         .route_layer(axum::middleware::from_fn(request_metrics::mark_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

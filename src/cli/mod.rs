@@ -3,6 +3,9 @@
 //! offline. Exit status: 0 on success, 1 on any error.
 
 mod apply;
+mod audit;
+mod auth;
+pub mod config;
 mod dashboard;
 mod db;
 mod delete;
@@ -35,9 +38,16 @@ use crate::client::{Client, ClientError};
 #[derive(Debug, Parser)]
 #[command(name = "cloud", version, about, propagate_version = true)]
 pub struct Cli {
-    /// Address of the minicloud server.
-    #[arg(long, global = true, env = "CLOUD_SERVER", default_value = "http://127.0.0.1:7080")]
-    server: String,
+    /// Address of the minicloud server (default: the current context's, else
+    /// http://127.0.0.1:7080).
+    #[arg(long, global = true, env = "CLOUD_SERVER")]
+    server: Option<String>,
+    /// The API token to send (default: the current context's; see `cloud config`).
+    #[arg(long, global = true, env = "CLOUD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The context of the configuration file to use instead of the current one.
+    #[arg(long, global = true, env = "CLOUD_CONTEXT")]
+    context: Option<String>,
     /// A directory of template bundles to use besides the shipped ones (repeatable; also
     /// CLOUD_TEMPLATES, colon-separated).
     #[arg(long = "templates-dir", global = true)]
@@ -223,6 +233,25 @@ enum Command {
         #[arg(short = 'R', long)]
         recursive: bool,
     },
+    /// API tokens and identity: `cloud auth token create NAME --role edit`, `cloud auth token
+    /// list`, `cloud auth token revoke NAME`, `cloud auth whoami`.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// The audit log: who changed what, and every refused request (role admin).
+    Audit {
+        /// Only entries younger than this, e.g. 1h, 30m, 7d.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// At most this many entries (the newest).
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(short = 'o', long, value_parser = ["json"])]
+        output: Option<String>,
+    },
+    /// The client's contexts (server + token) in ~/.config/minicloud/config: `set-context`,
+    /// `use-context`, `get-contexts`, `current-context`, `delete-context`.
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
     /// Print the address of the web console (`/ui`) of this server; `--open` starts a browser
     /// on it when the machine has one.
     Dashboard {
@@ -245,7 +274,7 @@ enum Command {
     Openapi,
 }
 
-/// Parses `30s`, `2m`, `1h`, `500ms` or plain seconds.
+/// Parses `30s`, `2m`, `1h`, `7d`, `500ms` or plain seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
@@ -256,11 +285,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "ms" => value / 1000.0,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return Err(format!("invalid duration unit in {text:?}: use ms, s, m or h")),
+        "d" => value * 86_400.0,
+        _ => return Err(format!("invalid duration unit in {text:?}: use ms, s, m, h or d")),
     };
     // Deadlines are computed as now + duration: keep them far from any overflow.
     if seconds > MAX_DURATION.as_secs_f64() {
-        return Err(format!("duration {text:?} is longer than a year (8760h)"));
+        return Err(format!("duration {text:?} is longer than a year (365d)"));
     }
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -376,7 +406,28 @@ impl ApplySetArgs {
 pub async fn run() -> ExitCode {
     let cli = Cli::parse();
     crate::templates::add_directories(&cli.templates_dirs);
-    let client = Client::new(&cli.server);
+    let offline = matches!(
+        cli.command,
+        Command::Server(_)
+            | Command::Up(_)
+            | Command::Config(_)
+            | Command::Validate { .. }
+            | Command::Explain { .. }
+            | Command::Completion { .. }
+            | Command::Openapi
+    );
+    let connection = config::Connection { server: cli.server, token: cli.token, context: cli.context };
+    let client = if offline {
+        Client::new(config::DEFAULT_SERVER)
+    } else {
+        match config::client(&connection) {
+            Ok(client) => client,
+            Err(error) => {
+                report(&error);
+                return ExitCode::FAILURE;
+            }
+        }
+    };
     let outcome = match cli.command {
         Command::Server(args) => server::run(args).await,
         Command::Up(args) => up::run(args).await,
@@ -425,6 +476,9 @@ pub async fn run() -> ExitCode {
         Command::Version => version(&client).await,
         Command::Kubeconfig { namespace } => kubeconfig::run(&client, &namespace).await,
         Command::Dashboard { open } => dashboard::run(&client, open).await,
+        Command::Auth(command) => auth::run(&client, command).await,
+        Command::Audit { since, limit, output } => audit::run(&client, since, limit, output.is_some()).await,
+        Command::Config(command) => config::run(command),
         Command::Openapi => {
             print!("{}", crate::api::openapi::render());
             Ok(())
@@ -500,7 +554,9 @@ mod tests {
             assert!(error.contains("longer than a year"), "{bad}: {error}");
         }
         assert!(parse_duration("1.2.3s").is_err());
-        assert!(parse_duration("5d").is_err());
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("366d").is_err());
+        assert!(parse_duration("5w").is_err());
         assert!(parse_duration("").is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Output helpers: kubectl-style aligned tables, ages (`5m`, `3h`), and YAML rendering of
 //! JSON values (quoted only where a plain scalar would read back differently).
 
-pub use crate::columns::age;
+pub use crate::columns::{age, age_until};
 use serde_json::Value;
 
 /// Columns padded to their widest cell, separated by three spaces, like kubectl.

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::api;
+use crate::auth::rate::Rate;
+use crate::auth::AuthSettings;
 use crate::server::{self as composition, ControllerSettings, ServerConfig};
 use crate::store::sql;
 
@@ -84,6 +86,23 @@ pub struct ServerArgs {
     /// How often the console samples each Instance's CPU and memory, e.g. 5s.
     #[arg(long, default_value = "5s", value_parser = super::parse_duration, hide = true)]
     pub usage_interval: std::time::Duration,
+    /// Require an API token on every request but /healthz and /readyz. The first start with it
+    /// (no active token yet) creates an admin token and prints it once: `admin token: TOKEN`.
+    /// Required to listen on anything but a loopback address.
+    #[arg(long, env = "MINICLOUD_AUTH")]
+    pub auth: bool,
+    /// With --auth: create one more admin token at start and print it (when the last one is lost).
+    #[arg(long, requires = "auth")]
+    pub new_admin_token: bool,
+    /// Requests a second each token may send on average (0: no limit); beyond, 429 Retry-After.
+    #[arg(long, default_value_t = AuthSettings::default().rate.per_second)]
+    pub rate_limit: f64,
+    /// Requests each token may send at once above its rate.
+    #[arg(long, default_value_t = AuthSettings::default().rate.burst)]
+    pub rate_burst: u32,
+    /// Watch streams (console pages included) each token may hold open at once.
+    #[arg(long, default_value_t = AuthSettings::default().watches_per_token)]
+    pub max_watches_per_token: usize,
     /// How long a watch waits for a client that reads nothing before it ends the watch, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = super::parse_duration)]
     pub watch_send_timeout: std::time::Duration,
@@ -106,10 +125,28 @@ impl ServerArgs {
                 anyhow::bail!("{option} {value:?} is too short: write at least 1s");
             }
         }
+        if !self.rate_limit.is_finite() || self.rate_limit < 0.0 {
+            anyhow::bail!("--rate-limit {}: write a number of requests a second (0: no limit)", self.rate_limit);
+        }
+        if self.rate_limit > 0.0 && self.rate_burst == 0 {
+            anyhow::bail!("--rate-burst 0 would refuse every request: write at least 1");
+        }
+        if self.max_watches_per_token == 0 {
+            anyhow::bail!("--max-watches-per-token 0 would refuse every watch: write at least 1");
+        }
         if !(1..=1024).contains(&self.workers) {
             anyhow::bail!("--workers {}: write a number from 1 to 1024", self.workers);
         }
         Ok(())
+    }
+
+    /// Authentication as these options set it (`None`: off).
+    pub fn auth(&self) -> Option<AuthSettings> {
+        self.auth.then(|| AuthSettings {
+            rate: Rate { per_second: self.rate_limit, burst: self.rate_burst },
+            watches_per_token: self.max_watches_per_token,
+            ..AuthSettings::default()
+        })
     }
 
     /// The API limits these options set.
@@ -152,6 +189,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     args.check()?;
     init_logging(args.log_format);
     let limits = args.limits();
+    let auth = args.auth();
     let data_dir = args.data_dir.unwrap_or_else(sql::default_data_dir);
     let database_url = match args.database_url {
         Some(url) => url,
@@ -185,6 +223,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         limits,
         controllers,
         usage_interval: args.usage_interval,
+        auth,
+        new_admin_token: args.new_admin_token,
     };
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let mut syncing = None;
@@ -193,13 +233,13 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         signal.await;
         let _ = stopping.send(true);
     };
-    let served = composition::run(config, stop, |address| {
+    let served = composition::run(config, stop, |bound| {
         if let Some(settings) = sync {
             let mut stopped = stopped.clone();
             let stop = async move {
                 let _ = stopped.wait_for(|stopped| *stopped).await;
             };
-            syncing = Some(super::sync::spawn_beside_server(address, settings, stop));
+            syncing = Some(super::sync::spawn_beside_server(bound, settings, stop));
         }
     })
     .await;

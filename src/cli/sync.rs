@@ -403,16 +403,25 @@ fn watch(directory: &Path) -> Result<(notify::RecommendedWatcher, mpsc::Receiver
 /// Runs the sync of `settings` against the server listening on `address` (a server's own
 /// `--sync`) until `stop`; a sync that ends early is logged.
 pub fn spawn_beside_server(
-    address: std::net::SocketAddr,
+    bound: crate::server::Bound,
     settings: SyncSettings,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    let address = bound.address;
     let host = match address.ip() {
         ip if !ip.is_unspecified() => ip,
         std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
         std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
     };
     let client = Client::new(&format!("http://{}", std::net::SocketAddr::new(host, address.port())));
+    let client = match bound.internal_token.as_deref().map(|token| client.clone().with_token(token)) {
+        Some(Ok(with_token)) => with_token,
+        Some(Err(error)) => {
+            tracing::error!(%error, "the directory sync cannot authenticate");
+            client
+        }
+        None => client,
+    };
     tokio::spawn(async move {
         if let Err(error) = run(client, settings, stop).await {
             tracing::error!(%error, "the directory sync stopped");

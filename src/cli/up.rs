@@ -71,6 +71,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             },
         }),
         usage_interval: args.server.usage_interval,
+        auth: args.server.auth(),
+        new_admin_token: args.server.new_admin_token,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
@@ -79,12 +81,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         async move {
             let _ = stopped.await;
         },
-        move |address| {
-            let _ = bound_tx.send(address);
+        move |bound| {
+            let _ = bound_tx.send(bound);
         },
     ));
-    let address = match bound_rx.await {
-        Ok(address) => address,
+    let (address, internal_token) = match bound_rx.await {
+        Ok(bound) => (bound.address, bound.internal_token),
         Err(_) => {
             return Err(server
                 .await
@@ -92,7 +94,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .and_then(|r| r.err().ok_or_else(|| anyhow::anyhow!("the server stopped")))?)
         }
     };
-    let client = Client::new(&format!("http://{address}"));
+    let mut client = Client::new(&format!("http://{address}"));
+    if let Some(token) = internal_token {
+        client = client.with_token(&token)?;
+    }
     println!("control plane listening on http://{address} (cloud get/describe talk to it)");
 
     let applied = super::apply::send(&client, &manifests, None, false).await?;

@@ -35,6 +35,8 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 use tokio::sync::{watch, Mutex, MutexGuard};
 use tokio::task::JoinHandle;
 
+mod access;
+
 use super::feed::Feed;
 use super::rules::{self, Plan};
 use super::{

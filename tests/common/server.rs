@@ -13,6 +13,8 @@ pub struct TestServer {
     child: Child,
     pub database: Option<TestDb>,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    /// What the server printed on standard output (the admin token, with --auth).
+    pub stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TestServer {
@@ -39,9 +41,19 @@ impl TestServer {
                 command.env(name, value);
             }
         }
-        command.env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+        command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().expect("start cloud server");
         let stderr = child.stderr.take().expect("stderr");
+        let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let printed = stdout.clone();
+        let output = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(output).lines().map_while(Result::ok) {
+                if let Ok(mut lines) = printed.lock() {
+                    lines.push(line);
+                }
+            }
+        });
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (address_tx, address_rx) = std::sync::mpsc::channel();
         let sink = log.clone();
@@ -63,7 +75,22 @@ impl TestServer {
             let _ = child.kill();
             panic!("cloud server did not start: {:?}", log.lock().map(|l| l.clone()).unwrap_or_default())
         });
-        TestServer { url: format!("http://{address}"), child, database: Some(database), log }
+        TestServer { url: format!("http://{address}"), child, database: Some(database), log, stdout }
+    }
+
+    /// The admin token a server started with `--auth` printed (`admin token: TOKEN`), waiting
+    /// a little for the line to be read; `None` when it printed none.
+    pub fn printed_admin_token(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self.stdout.lock().ok().and_then(|lines| {
+                lines.iter().rev().find_map(|line| line.strip_prefix("admin token: ").map(str::to_owned))
+            });
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Starts an API-only server on a fresh SQLite directory.

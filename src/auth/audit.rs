@@ -1,0 +1,117 @@
+//! The audit log: who did what, to which object, with what result. Every request that can
+//! change something (and every secret reveal, a POST) is recorded, and so is every refused
+//! request (401, 403) whatever its method, except those refused for arriving too fast (429),
+//! which would let a flood of requests fill the log.
+//!
+//! Entries are written by one background task in batches (a burst of requests costs one
+//! transaction, not one each), so a request never waits for the log; the server drains the
+//! queue when it stops. `cloud audit` reads the log back; it is pruned with the events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::tokens::AccessStore;
+
+/// One request, as the log records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub time: DateTime<Utc>,
+    /// The request id (`x-request-id`), to find the request in the server's logs.
+    pub request_id: String,
+    /// The token's name, `anonymous` without authentication, `-` when no valid token came.
+    pub principal: String,
+    /// `create`, `apply`, `delete`, `reveal`, ... or the HTTP method when no route matched.
+    pub verb: String,
+    /// A plural (`instances`), `tokens`, `secretkeys`, ...
+    pub resource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The HTTP status answered.
+    pub code: u16,
+    /// Why it was refused or failed; for an apply, what it did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// An entry read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub id: i64,
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+/// Which entries to read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// Only entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Only entries about this namespace.
+    pub namespace: Option<String>,
+    /// At most this many (the newest).
+    pub limit: usize,
+}
+
+/// Entries waiting to be written at most; beyond, requests wait for the writer.
+const QUEUE: usize = 10_000;
+/// Entries written in one transaction at most.
+const BATCH: usize = 500;
+
+/// The sending end of the log: cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    queue: mpsc::Sender<AuditEntry>,
+}
+
+impl AuditLog {
+    /// Starts the writer on `store`. It ends (after writing what is queued) when every clone of
+    /// the returned log is dropped.
+    pub fn start(store: Arc<dyn AccessStore>) -> (AuditLog, JoinHandle<()>) {
+        let (queue, mut receiver) = mpsc::channel::<AuditEntry>(QUEUE);
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(BATCH);
+            while receiver.recv_many(&mut batch, BATCH).await > 0 {
+                write_batch(store.as_ref(), &batch).await;
+                batch.clear();
+            }
+        });
+        (AuditLog { queue }, writer)
+    }
+
+    /// Queues an entry (waits only when the writer is [`QUEUE`] entries behind).
+    pub async fn record(&self, entry: AuditEntry) {
+        if self.queue.send(entry).await.is_err() {
+            tracing::error!("the audit log writer has stopped; an entry is lost");
+        }
+    }
+}
+
+/// Writes a batch, retrying a failing store a few times before giving the entries up (and
+/// logging each, so that the server's log still has them).
+async fn write_batch(store: &dyn AccessStore, batch: &[AuditEntry]) {
+    const ATTEMPTS: u32 = 5;
+    for attempt in 1..=ATTEMPTS {
+        match store.record_audit(batch).await {
+            Ok(()) => return,
+            Err(error) if attempt < ATTEMPTS => {
+                tracing::warn!(%error, attempt, "cannot write the audit log; retrying");
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, entries = batch.len(), "cannot write the audit log; the entries follow");
+                for entry in batch {
+                    tracing::error!(audit = %serde_json::to_string(entry).unwrap_or_default(), "unwritten audit entry");
+                }
+            }
+        }
+    }
+}
