@@ -135,6 +135,55 @@ impl Browser {
 }
 
 #[tokio::test]
+async fn signing_in_to_an_authenticated_console_in_a_real_browser() {
+    let server =
+        common::server::TestServer::start(common::TestDb::sqlite().await, &["--auth", "--no-controllers"]).await;
+    let admin = server.printed_admin_token().expect("admin token");
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/apis/minicloud.dev/v1/tokens", server.url))
+        .bearer_auth(&admin)
+        .json(&json!({"name": "reader", "role": "view"}))
+        .send()
+        .await
+        .expect("create token")
+        .json()
+        .await
+        .expect("json");
+    let reader = created["token"].as_str().expect("token").to_owned();
+    let browser = Browser::start().await;
+
+    // Without a token the console sends the browser to the sign-in page.
+    browser.open(&format!("{}/ui/instances", server.url)).await;
+    browser.wait_for_text("main", "Sign in", Duration::from_secs(10), |text| text.contains("Sign in")).await;
+    let submit = |token: &str| {
+        format!(
+            "document.getElementById('token').value = {}; document.getElementById('login').requestSubmit(); return null;",
+            json!(token)
+        )
+    };
+    browser.script(&submit("mc_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA")).await;
+    browser
+        .wait_for_text("problem", "the refusal", Duration::from_secs(10), |text| {
+            text.contains("not one this server issued")
+        })
+        .await;
+
+    // A valid token: the console, live (its stream carries the cookie), and no script can
+    // read the cookie.
+    browser.script(&submit(&reader)).await;
+    browser.wait_for_text("live", "live", Duration::from_secs(20), |text| text == "live").await;
+    assert!(browser.text("counts").await.contains("Instance"), "the summary");
+    assert_eq!(browser.script("return document.cookie;").await, json!(""), "the cookie is HttpOnly");
+    assert_eq!(browser.errors_besides(&["/ui/login"]).await, Vec::<String>::new());
+
+    // Signing out clears it.
+    browser.script("fetch('/ui/logout', {method: 'POST'}).then(() => location.assign('/ui')); return null;").await;
+    browser.wait_for_text("main", "Sign in", Duration::from_secs(10), |text| text.contains("Sign in")).await;
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_console_follows_the_cluster_live_in_a_real_browser() {
     // Usage sampled every second, so that charts fill within the test.
     let harness = Harness::start_on("console", common::TestDb::sqlite().await, &["--usage-interval", "1s"]).await;

@@ -31,7 +31,8 @@ struct Answer {
 
 impl Api {
     fn new(server: &TestServer) -> Api {
-        Api { http: reqwest::Client::new(), url: server.url.clone() }
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        Api { http, url: server.url.clone() }
     }
 
     async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Answer {
@@ -392,11 +393,19 @@ async fn watches_the_console_and_metrics_need_a_token_and_health_does_not() {
     for public in ["/healthz", "/readyz"] {
         assert_eq!(api.get(public, None).await.status, 200, "{public}");
     }
+    // Console pages send a browser to the sign-in page; everything else answers 401.
+    for page in ["/ui", "/ui/instances"] {
+        let answer = api.get(page, None).await;
+        assert_eq!(answer.status, 303, "{page}");
+        assert_eq!(answer.headers["location"], "/ui/login");
+    }
+    for public in ["/ui/login", "/ui/assets/login.js", "/ui/assets/style.css"] {
+        assert_eq!(api.get(public, None).await.status, 200, "{public}");
+    }
     for private in [
         "/metrics",
-        "/ui",
-        "/ui/instances",
         "/ui/watch",
+        "/ui/api/summary",
         "/openapi.json",
         "/apis/minicloud.dev/v1/namespaces/default/instances?watch=true",
         "/apis/minicloud.dev/v1/instances?watch=true",
@@ -404,6 +413,30 @@ async fn watches_the_console_and_metrics_need_a_token_and_health_does_not() {
         let answer = api.get(private, None).await;
         assert_eq!(answer.status, 401, "{private}");
     }
+    // Signing in: a wrong token is refused, a right one set as an HttpOnly, SameSite=Strict cookie.
+    let sign_in = |token: &str| api.send(Method::POST, "/ui/login", None, Some(json!({"token": token})));
+    let refused = sign_in("mc_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.headers.get("set-cookie").is_none());
+    let signed_in = sign_in(&admin).await;
+    assert_eq!(signed_in.status, 204);
+    let set = signed_in.headers["set-cookie"].to_str().expect("text");
+    assert!(set.starts_with(&format!("minicloud_token={admin};")), "{set}");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    let cross_site = api
+        .http
+        .post(format!("{}/ui/login", server.url))
+        .header("origin", "http://evil.example")
+        .header("content-type", "application/json")
+        .body(json!({"token": admin}).to_string())
+        .send()
+        .await
+        .expect("cross-site sign-in");
+    assert_eq!(cross_site.status(), 403, "another site cannot sign a browser in");
+    let signed_out = api.send(Method::POST, "/ui/logout", None, None).await;
+    assert!(signed_out.headers["set-cookie"].to_str().expect("text").contains("Max-Age=0"));
     // The console's cookie: good for reads, never for a write.
     let cookie = format!("minicloud_token={admin}");
     let page = api.http.get(format!("{}/ui", server.url)).header("cookie", &cookie).send().await.expect("page");

@@ -100,9 +100,13 @@ pub fn classify(
     };
     let read = matches!(*method, Method::GET | Method::HEAD);
     match route {
-        "/healthz" | "/readyz" | "/ui/login" | "/ui/logout" | "/ui/assets/app.js" | "/ui/assets/style.css" => {
-            classified.access = Access::Public
-        }
+        "/healthz"
+        | "/readyz"
+        | "/ui/login"
+        | "/ui/logout"
+        | "/ui/assets/app.js"
+        | "/ui/assets/style.css"
+        | "/ui/assets/login.js" => classified.access = Access::Public,
         "/version"
         | "/openapi.json"
         | "/api"
@@ -281,6 +285,9 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
                 return too_many_requests(wait, "too many requests without a valid token reach this server".into());
             }
             audit("-", StatusCode::UNAUTHORIZED, error.to_string()).await;
+            if is_console_page(&method, &route) {
+                return axum::response::Redirect::to("/ui/login").into_response();
+            }
             return unauthorized(&error);
         }
     };
@@ -338,6 +345,12 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
         }),
         None => response,
     }
+}
+
+/// A console page a browser navigates to (sent to the sign-in page without a token), as
+/// opposed to the console's own requests (its stream, its JSON).
+fn is_console_page(method: &Method, route: &str) -> bool {
+    *method == Method::GET && route.starts_with("/ui") && route != "/ui/watch" && !route.starts_with("/ui/api")
 }
 
 /// The audit message a response carries.

@@ -421,6 +421,7 @@ pub fn document() -> Value {
             }
         }}),
     );
+    access_paths(&mut paths, &mut schemas);
     for (path, summary) in [("/healthz", "Liveness"), ("/version", "Server version and store backend")] {
         paths.insert(
             path.into(),
@@ -522,16 +523,152 @@ pub fn document() -> Value {
             "message": {"type": "string", "maxLength": super::events::MAX_MESSAGE_BYTES}
         }}),
     );
+    add_access_refusals(&mut paths);
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": "minicloud",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Kubernetes-shaped API of minicloud: objects under /apis/minicloud.dev/v1, watches as JSON lines, apply, events."
+            "description": "Kubernetes-shaped API of minicloud: objects under /apis/minicloud.dev/v1, watches as JSON lines, apply, events. With authentication on (cloud server --auth), every route but /healthz and /readyz needs a bearer token (docs/security.md)."
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An API token (`mc_...`) from `cloud auth token create`."}}
+        },
+        "security": [{"bearer": []}],
     })
+}
+
+/// Routes that are public: no token, no refusal for want of one.
+const PUBLIC_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Adds to every operation what access control may answer (docs/security.md), and marks the
+/// public ones as needing no token.
+fn add_access_refusals(paths: &mut Map<String, Value>) {
+    let refusals = [
+        ("401", "Unauthorized: authentication is on and the request carries no valid token (missing, malformed, unknown, expired or revoked)"),
+        ("403", "Forbidden: the token lacks the permission (the message names it), or a cross-site browser write"),
+        ("429", "TooManyRequests: the token exceeded its rate (see Retry-After) or its open watches"),
+    ];
+    for (path, item) in paths.iter_mut() {
+        let Some(operations) = item.as_object_mut() else { continue };
+        for operation in operations.values_mut() {
+            if PUBLIC_PATHS.contains(&path.as_str()) {
+                operation["security"] = json!([]);
+                continue;
+            }
+            let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { continue };
+            for (code, description) in refusals {
+                responses.entry(code).or_insert_with(|| json_response(description, schema_ref("Error")));
+            }
+        }
+    }
+}
+
+/// Tokens, whoami and the audit log.
+fn access_paths(paths: &mut Map<String, Value>, schemas: &mut Map<String, Value>) {
+    schemas.insert(
+        "Token".into(),
+        json!({"type": "object", "description": "What the server keeps of a token (never the token itself).", "required": ["name", "role", "createdAt"], "properties": {
+            "name": {"type": "string"},
+            "role": {"type": "string", "enum": ["view", "edit", "admin"]},
+            "namespace": {"type": "string", "description": "The one namespace the token is good for; absent: every namespace."},
+            "createdAt": {"type": "string", "format": "date-time"},
+            "expiresAt": {"type": "string", "format": "date-time"},
+            "lastUsedAt": {"type": "string", "format": "date-time", "description": "Updated at most once a minute."},
+            "revokedAt": {"type": "string", "format": "date-time"},
+            "state": {"type": "string", "enum": ["active", "expired", "revoked"]},
+            "token": {"type": "string", "description": "Only in the answer to the creation: the token, shown this once."}
+        }}),
+    );
+    schemas.insert(
+        "AuditEntry".into(),
+        json!({"type": "object", "required": ["id", "time", "requestId", "principal", "verb", "resource", "code"], "properties": {
+            "id": {"type": "integer"},
+            "time": {"type": "string", "format": "date-time"},
+            "requestId": {"type": "string", "description": "x-request-id of the request, as in the server's log."},
+            "principal": {"type": "string", "description": "The token's name; anonymous without authentication; - without a valid token."},
+            "verb": {"type": "string"}, "resource": {"type": "string"},
+            "namespace": {"type": "string"}, "name": {"type": "string"},
+            "code": {"type": "integer", "description": "The HTTP status answered."},
+            "message": {"type": "string", "description": "Why it was refused or failed; for an apply, what it did."}
+        }}),
+    );
+    let list_of = |schema: &str| json!({"type": "object", "required": ["items"], "properties": {"items": {"type": "array", "items": schema_ref(schema)}}});
+    let mut create_responses = errors(
+        &[
+            ("400", "BadRequest or Invalid: a bad name (a DNS-1123 label), role, namespace or lifetime"),
+            ("409", "AlreadyExists: a live token has this name"),
+        ],
+        true,
+    );
+    create_responses.insert(
+        "201".into(),
+        json_response("The token's record, with the token itself (`token`)", schema_ref("Token")),
+    );
+    let mut list_responses = errors(&[], false);
+    list_responses.insert("200".into(), json_response("The tokens of the caller's scope, by name", list_of("Token")));
+    paths.insert(
+        format!("{PREFIX}/tokens"),
+        json!({
+            "get": {"summary": "List tokens (role admin; a namespace's administrator sees its namespace's)", "operationId": "listTokens", "responses": list_responses},
+            "post": {
+                "summary": "Create a token (role admin, within the caller's scope); the answer holds the token, shown once",
+                "operationId": "createToken",
+                "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["name", "role"], "additionalProperties": false, "properties": {
+                        "name": {"type": "string", "description": "A DNS-1123 label."},
+                        "role": {"type": "string", "enum": ["view", "edit", "admin"]},
+                        "namespace": {"type": "string", "description": "Good for this namespace only (default: every namespace)."},
+                        "expiresInSeconds": {"type": "integer", "minimum": 1, "maximum": 315_360_000}
+                    }
+                }}}},
+                "responses": create_responses
+            }
+        }),
+    );
+    let mut revoke_responses = errors(
+        &[
+            ("400", "BadRequest: a name that is not a DNS-1123 label"),
+            ("404", "NotFound: no such token in the caller's scope"),
+        ],
+        false,
+    );
+    revoke_responses.insert("200".into(), json_response("The revoked token's record", schema_ref("Token")));
+    paths.insert(
+        format!("{PREFIX}/tokens/{{name}}"),
+        json!({"delete": {
+            "summary": "Revoke a token: requests carrying it are refused from now on",
+            "operationId": "revokeToken",
+            "parameters": [parameter("name", "path", "Token name.", json!({"type": "string"}))],
+            "responses": revoke_responses
+        }}),
+    );
+    paths.insert(
+        format!("{PREFIX}/whoami"),
+        json!({"get": {"summary": "Who the server takes the caller for", "operationId": "whoami", "responses": {
+            "200": json_response("The caller", json!({"type": "object", "required": ["name", "role", "authentication"], "properties": {
+                "name": {"type": "string"}, "role": {"type": "string", "enum": ["view", "edit", "admin"]},
+                "namespace": {"type": ["string", "null"]}, "authentication": {"type": "boolean", "description": "false: the server runs without authentication."}
+            }}))
+        }}}),
+    );
+    let mut audit_responses =
+        errors(&[("400", "BadRequest: since is not an RFC 3339 time, or limit not a number")], false);
+    audit_responses.insert("200".into(), json_response("Entries, oldest first", list_of("AuditEntry")));
+    paths.insert(
+        format!("{PREFIX}/audit"),
+        json!({"get": {
+            "summary": "The audit log: every change, secret reveal and refused request (role admin; a namespace's administrator sees its namespace's)",
+            "operationId": "readAuditLog",
+            "parameters": [
+                parameter("since", "query", "Only entries at or after this RFC 3339 time.", json!({"type": "string", "format": "date-time"})),
+                parameter("limit", "query", "At most this many entries, the newest (1 to 10000; default 10000).", json!({"type": "integer", "minimum": 1}))
+            ],
+            "responses": audit_responses
+        }}),
+    );
 }
 
 /// The document as checked in: pretty JSON with a final newline.

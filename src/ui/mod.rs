@@ -7,6 +7,7 @@
 //! the same stream also says when the events head moves, and the page reloads its `main`.
 
 mod html;
+mod login;
 mod pages;
 mod panels;
 pub mod usage;
@@ -43,6 +44,12 @@ pub fn routes() -> Router<AppState> {
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], SCRIPT) }),
         )
         .route("/ui/assets/style.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], STYLE) }))
+        .route(
+            "/ui/assets/login.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], login::SCRIPT) }),
+        )
+        .route("/ui/login", get(login::page).post(login::sign_in))
+        .route("/ui/logout", axum::routing::post(login::sign_out))
         .route("/ui/{plural}", get(list))
         .route("/ui/namespaces/{namespace}/{plural}/{name}", get(detail))
 }
