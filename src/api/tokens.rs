@@ -168,20 +168,19 @@ pub async fn whoami(State(state): State<AppState>, Extension(principal): Extensi
     }))
 }
 
-/// The audit query's parameters.
-#[derive(Deserialize)]
-pub struct AuditParams {
-    since: Option<String>,
-    limit: Option<usize>,
-}
-
 /// `GET /apis/minicloud.dev/v1/audit`
 pub async fn audit(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
-    Query(params): Query<AuditParams>,
+    Query(params): Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let since = match params.since.as_deref().filter(|since| !since.is_empty()) {
+    let limit = match params.get("limit") {
+        Some(text) => Some(text.parse::<usize>().map_err(|_| {
+            ApiError::bad_request(format!("limit={text:?}: write a number from 1 to {MAX_AUDIT_ENTRIES}"))
+        })?),
+        None => None,
+    };
+    let since = match params.get("since").map(String::as_str).filter(|since| !since.is_empty()) {
         Some(text) => Some(
             DateTime::parse_from_rfc3339(text)
                 .map_err(|error| ApiError::bad_request(format!("since={text:?} is not an RFC 3339 time: {error}")))?
@@ -192,7 +191,7 @@ pub async fn audit(
     let query = AuditQuery {
         since,
         namespace: principal.namespace.clone(),
-        limit: params.limit.unwrap_or(MAX_AUDIT_ENTRIES).clamp(1, MAX_AUDIT_ENTRIES),
+        limit: limit.unwrap_or(MAX_AUDIT_ENTRIES).clamp(1, MAX_AUDIT_ENTRIES),
     };
     let records = access_store(&state)?.audit(&query).await?;
     Ok(Json(json!({"items": records})))
