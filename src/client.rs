@@ -18,6 +18,8 @@ use crate::store::Event;
 pub enum ClientError {
     #[error("cannot reach the minicloud server at {server}: {reason}. Start it with `cloud server` (or `cloud up`), or point --server / CLOUD_SERVER at it")]
     Unreachable { server: String, reason: String },
+    #[error("the certificate of {server} is not trusted: {reason}. If a private authority signed it, pass that authority's PEM file with --certificate-authority FILE (or CLOUD_CERTIFICATE_AUTHORITY, or `cloud config set-context NAME --certificate-authority FILE`)")]
+    Untrusted { server: String, reason: String },
     #[error("{message}")]
     Api { status: u16, reason: String, message: String, causes: Vec<Cause> },
     #[error("unexpected answer from {server}: {detail}")]
@@ -26,6 +28,8 @@ pub enum ClientError {
     InvalidName { what: &'static str, value: String, reason: String },
     #[error("the token cannot be sent: {0}")]
     BadToken(String),
+    #[error("the certificate authority cannot be used: {0}")]
+    BadAuthority(String),
     #[error("the server address {server:?} is not a usable http:// or https:// URL: {reason}")]
     BadServer { server: String, reason: String },
 }
@@ -123,33 +127,75 @@ struct EventList {
 pub struct Client {
     server: String,
     http: reqwest::Client,
-    /// The token sent, for clients of other tools made from this one (`cloud kubeconfig`).
-    token: Option<String>,
+    /// What the client authenticates with and trusts, for clients of other tools made from
+    /// this one (`cloud kubeconfig`).
+    credentials: Credentials,
+}
+
+/// How a client authenticates, and the certificate authority it trusts besides the system's.
+#[derive(Clone, Debug, Default)]
+pub struct Credentials {
+    /// Sent as `Authorization: Bearer` on every request.
+    pub token: Option<String>,
+    /// PEM certificates of a private authority (e.g. a reverse proxy's self-signed certificate).
+    pub certificate_authority: Option<Vec<u8>>,
 }
 
 impl Client {
     /// A client of the server at `server` (e.g. `http://127.0.0.1:7080`).
     pub fn new(server: &str) -> Client {
-        Client { server: server.trim_end_matches('/').to_owned(), http: reqwest::Client::new(), token: None }
+        Client {
+            server: server.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            credentials: Credentials::default(),
+        }
     }
 
-    /// The same client sending `token` on every request (`Authorization: Bearer`).
-    pub fn with_token(self, token: &str) -> Result<Client, ClientError> {
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
-            ClientError::BadToken("it holds characters a token never has (was something else pasted with it?)".into())
-        })?;
-        value.set_sensitive(true);
-        let headers = reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .build()
-            .map_err(|error| ClientError::BadToken(error.to_string()))?;
-        Ok(Client { server: self.server, http, token: Some(token.trim().to_owned()) })
+    /// A client of `server` that sends the token and trusts the authority of `credentials`.
+    pub fn with_credentials(server: &str, credentials: Credentials) -> Result<Client, ClientError> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(token) = &credentials.token {
+            let mut value =
+                reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.trim())).map_err(|_| {
+                    ClientError::BadToken(
+                        "it holds characters a token never has (was something else pasted with it?)".into(),
+                    )
+                })?;
+            value.set_sensitive(true);
+            builder = builder
+                .default_headers(reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]));
+        }
+        if let Some(pem) = &credentials.certificate_authority {
+            let certificates = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|error| ClientError::BadAuthority(error.to_string()))?;
+            if certificates.is_empty() {
+                return Err(ClientError::BadAuthority("it holds no PEM certificate".into()));
+            }
+            for certificate in certificates {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        let http = builder.build().map_err(|error| ClientError::BadAuthority(error.to_string()))?;
+        Ok(Client { server: server.trim_end_matches('/').to_owned(), http, credentials })
     }
 
     /// The token this client sends, if any.
     pub fn token(&self) -> Option<&str> {
-        self.token.as_deref()
+        self.credentials.token.as_deref()
+    }
+
+    /// The private certificate authority this client trusts, if any (PEM).
+    pub fn certificate_authority(&self) -> Option<&[u8]> {
+        self.credentials.certificate_authority.as_deref()
+    }
+
+    /// Why a request got no answer: an untrusted certificate, or no server there.
+    fn unreachable(&self, error: &reqwest::Error) -> ClientError {
+        let reason = root_cause(error);
+        if reason.contains("certificate") {
+            return ClientError::Untrusted { server: self.server.clone(), reason };
+        }
+        ClientError::Unreachable { server: self.server.clone(), reason }
     }
 
     /// Checks that the server address is a usable URL.
@@ -196,10 +242,7 @@ impl Client {
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
-        let response = request
-            .send()
-            .await
-            .map_err(|error| ClientError::Unreachable { server: self.server.clone(), reason: root_cause(&error) })?;
+        let response = request.send().await.map_err(|error| self.unreachable(&error))?;
         if response.status().is_success() {
             return Ok(response);
         }

@@ -383,3 +383,174 @@ async fn field_selectors_pick_one_object_in_lists_and_watches() {
     }
     server.stop().await;
 }
+
+/// HAProxy (Debian's, on the host) terminating TLS with a self-signed certificate in front of
+/// `upstream`, as docs/security.md tells to run an exposed server; killed when dropped.
+struct TlsProxy {
+    child: std::process::Child,
+    url: String,
+    authority: std::path::PathBuf,
+    _directory: tempfile::TempDir,
+}
+
+impl Drop for TlsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl TlsProxy {
+    fn start(upstream: &str) -> TlsProxy {
+        let directory = tempfile::tempdir().expect("dir");
+        // A private authority, and the proxy's certificate signed by it.
+        let file = |name: &str| directory.path().join(name);
+        let openssl = |arguments: &[&str]| {
+            let made = Command::new("openssl")
+                .args(arguments)
+                .current_dir(directory.path())
+                .output()
+                .expect("openssl (apt-get install openssl)");
+            assert!(made.status.success(), "openssl {arguments:?}: {}", String::from_utf8_lossy(&made.stderr));
+        };
+        let subject = "/CN=minicloud test authority";
+        openssl(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", subject, "-keyout", "ca.key",
+            "-out", "ca.pem",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "proxy.csr",
+        ]);
+        std::fs::write(file("extensions"), "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1\n")
+            .expect("extensions");
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "proxy.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "extensions",
+            "-out",
+            "cert.pem",
+        ]);
+        let (key, certificate, authority) = (file("key.pem"), file("cert.pem"), file("ca.pem"));
+        let bundle = directory.path().join("proxy.pem");
+        let mut pem = std::fs::read(&certificate).expect("cert");
+        pem.extend(std::fs::read(&key).expect("key"));
+        std::fs::write(&bundle, pem).expect("bundle");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+        let upstream = upstream.trim_start_matches("http://");
+        let config = directory.path().join("haproxy.cfg");
+        std::fs::write(
+            &config,
+            format!(
+                "defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
+                 frontend tls\n  bind 127.0.0.1:{port} ssl crt {}\n  http-request set-header X-Forwarded-Proto https\n  default_backend minicloud\n\
+                 backend minicloud\n  server api {upstream}\n",
+                bundle.display()
+            ),
+        )
+        .expect("haproxy.cfg");
+        let child = Command::new("/usr/sbin/haproxy")
+            .args(["-db", "-f"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (apt-get install haproxy)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "haproxy did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsProxy { child, url: format!("https://127.0.0.1:{port}"), authority, _directory: directory }
+    }
+}
+
+#[tokio::test]
+async fn behind_a_tls_proxy_cloud_and_kubectl_send_tokens_and_read_refusals() {
+    let server =
+        common::server::TestServer::start(common::TestDb::sqlite().await, &["--auth", "--no-controllers"]).await;
+    let admin = server.printed_admin_token().expect("admin token");
+    let created: Value = reqwest::Client::new()
+        .post(format!("{}/apis/minicloud.dev/v1/tokens", server.url))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"name": "reader", "role": "view", "namespace": "shop"}))
+        .send()
+        .await
+        .expect("create token")
+        .json()
+        .await
+        .expect("json");
+    let reader = created["token"].as_str().expect("token").to_owned();
+    let proxy = TlsProxy::start(&server.url);
+    let authority = proxy.authority.to_str().expect("path").to_owned();
+    let cloud = |arguments: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_cloud"))
+            .args(["--server", &proxy.url, "--token", &reader])
+            .args(arguments)
+            .env("CLOUD_CONFIG", "/nonexistent/minicloud-test-config")
+            .env_remove("CLOUD_CERTIFICATE_AUTHORITY")
+            .output()
+            .expect("cloud");
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        (output.status.success(), text(&output.stdout), text(&output.stderr))
+    };
+
+    // The CLI over HTTPS: refused without the proxy's authority, fine with it.
+    let (trusted, _, err) = cloud(&["get", "instances", "-n", "shop"]);
+    assert!(
+        !trusted && err.contains("is not trusted") && err.contains("--certificate-authority"),
+        "a private authority is not trusted by default: {err}"
+    );
+    let (listed, _, err) = cloud(&["--certificate-authority", &authority, "get", "instances", "-n", "shop"]);
+    assert!(listed, "{err}");
+
+    // kubectl with the kubeconfig `cloud kubeconfig` writes (token and authority in it).
+    let (made, kubeconfig, err) = cloud(&["--certificate-authority", &authority, "kubeconfig", "-n", "shop"]);
+    assert!(made && !err.contains("warning"), "{err}");
+    let directory = tempfile::tempdir().expect("dir");
+    let config = directory.path().join("kubeconfig");
+    std::fs::write(&config, kubeconfig).expect("write kubeconfig");
+    assert!(ok(&config, &["api-resources", "--api-group=minicloud.dev"]).contains("instances"));
+    let (listed, _, err) = kubectl(&config, &["get", "instances"]);
+    assert!(listed, "{err}");
+    // A write, and a read of another namespace, are refused with the permission named.
+    let manifest = directory.path().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: web\nspec:\n  image: minicloud/web:local\n",
+    )
+    .expect("manifest");
+    let (applied, out, err) = kubectl(&config, &["apply", "-f", manifest.to_str().expect("path")]);
+    assert!(!applied, "{out}");
+    assert!(err.contains("lacks the permission"), "{err}");
+    let (other, _, err) = kubectl(&config, &["get", "instances", "-n", "default"]);
+    assert!(!other && err.contains("good for namespace") && err.contains("shop"), "{err}");
+
+    // Over plain HTTP kubectl would not send the token: cloud kubeconfig says so.
+    let output = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["--server", &server.url, "--token", &reader, "kubeconfig"])
+        .env("CLOUD_CONFIG", "/nonexistent/minicloud-test-config")
+        .output()
+        .expect("cloud kubeconfig");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("kubectl never sends a token over plain HTTP"));
+    drop(proxy);
+    server.stop().await;
+}

@@ -47,6 +47,9 @@ pub struct Context {
     pub server: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// A PEM file of the authority that signed the server's certificate (a private one).
+    #[serde(default, rename = "certificate-authority", skip_serializing_if = "Option::is_none")]
+    pub certificate_authority: Option<PathBuf>,
 }
 
 /// The whole file.
@@ -111,6 +114,9 @@ impl Config {
             if let Some(token) = &context.token {
                 text.push_str(&format!("    token: {}\n", quote(token)));
             }
+            if let Some(authority) = &context.certificate_authority {
+                text.push_str(&format!("    certificate-authority: {}\n", quote(&authority.to_string_lossy())));
+            }
         }
         text
     }
@@ -142,11 +148,21 @@ pub struct Connection {
     pub server: Option<String>,
     pub token: Option<String>,
     pub context: Option<String>,
+    pub certificate_authority: Option<PathBuf>,
 }
 
-/// The server and token to use: flags and environment first, then the named or current
-/// context, then [`DEFAULT_SERVER`] without a token.
-pub fn resolve(connection: &Connection, config: &Config, path: &Path) -> Result<(String, Option<String>), ConfigError> {
+/// Where to connect and with what.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub server: String,
+    pub token: Option<String>,
+    pub certificate_authority: Option<PathBuf>,
+}
+
+/// The server, token and certificate authority to use: flags and environment first, then the
+/// named or current context (its token and authority only for its own server), then
+/// [`DEFAULT_SERVER`] without a token.
+pub fn resolve(connection: &Connection, config: &Config, path: &Path) -> Result<Resolved, ConfigError> {
     let context = match connection.context.as_deref().or(config.current_context.as_deref()) {
         Some(name) => Some(
             config
@@ -159,28 +175,33 @@ pub fn resolve(connection: &Connection, config: &Config, path: &Path) -> Result<
     let server =
         connection.server.clone().or_else(|| context_server.clone()).unwrap_or_else(|| DEFAULT_SERVER.to_owned());
     let same_server = |saved: &str| saved.trim_end_matches('/') == server.trim_end_matches('/');
-    let token = connection.token.clone().filter(|token| !token.trim().is_empty()).or_else(|| {
-        let context = context?;
-        let saved_for = context.server.as_deref().unwrap_or(DEFAULT_SERVER);
-        if same_server(saved_for) {
-            context.token.clone()
-        } else {
-            None
-        }
-    });
-    Ok((server, token))
+    let own_context = context.filter(|context| same_server(context.server.as_deref().unwrap_or(DEFAULT_SERVER)));
+    let token = connection
+        .token
+        .clone()
+        .filter(|token| !token.trim().is_empty())
+        .or_else(|| own_context.and_then(|context| context.token.clone()));
+    let certificate_authority = connection
+        .certificate_authority
+        .clone()
+        .or_else(|| own_context.and_then(|context| context.certificate_authority.clone()));
+    Ok(Resolved { server, token, certificate_authority })
 }
 
 /// The client a command uses.
 pub fn client(connection: &Connection) -> anyhow::Result<Client> {
     let path = path();
     let config = Config::load(&path)?;
-    let (server, token) = resolve(connection, &config, &path)?;
-    let client = Client::new(&server);
-    Ok(match token {
-        Some(token) => client.with_token(&token)?,
-        None => client,
-    })
+    let resolved = resolve(connection, &config, &path)?;
+    let certificate_authority =
+        match &resolved.certificate_authority {
+            Some(file) => Some(std::fs::read(file).map_err(|error| {
+                anyhow::anyhow!("cannot read the certificate authority {}: {error}", file.display())
+            })?),
+            None => None,
+        };
+    let credentials = crate::client::Credentials { token: resolved.token, certificate_authority };
+    Ok(Client::with_credentials(&resolved.server, credentials)?)
 }
 
 /// What `cloud config` does.
@@ -198,6 +219,10 @@ pub enum ConfigCommand {
         /// Read the token from standard input.
         #[arg(long)]
         token_stdin: bool,
+        /// A PEM file of the authority that signed the server's certificate (when it is not one
+        /// the system trusts, e.g. a self-signed reverse proxy).
+        #[arg(long)]
+        certificate_authority: Option<PathBuf>,
         /// Make it the current context too.
         #[arg(long = "use")]
         make_current: bool,
@@ -217,7 +242,7 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
     let path = path();
     let mut config = Config::load(&path)?;
     match command {
-        ConfigCommand::SetContext { name, server, token, token_stdin, make_current } => {
+        ConfigCommand::SetContext { name, server, token, token_stdin, certificate_authority, make_current } => {
             minicloud_crds::validation::check_dns_label(&name)
                 .map_err(|reason| ConfigError::BadName(name.clone(), reason))?;
             let token = if token_stdin {
@@ -243,6 +268,11 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
             }
             if token.is_some() {
                 context.token = token.filter(|token| !token.is_empty());
+            }
+            if let Some(file) = certificate_authority {
+                let absolute = std::path::absolute(&file)
+                    .map_err(|error| anyhow::anyhow!("cannot resolve {}: {error}", file.display()))?;
+                context.certificate_authority = Some(absolute);
             }
             if make_current || config.current_context.is_none() {
                 config.current_context = Some(name.clone());
@@ -306,8 +336,14 @@ mod tests {
                     name: "prod".into(),
                     server: Some("https://prod:7080".into()),
                     token: Some("mc_prod".into()),
+                    certificate_authority: Some("/etc/prod-ca.pem".into()),
                 },
-                Context { name: "local".into(), server: None, token: Some("mc_local".into()) },
+                Context {
+                    name: "local".into(),
+                    server: None,
+                    token: Some("mc_local".into()),
+                    certificate_authority: None,
+                },
             ],
         }
     }
@@ -316,6 +352,7 @@ mod tests {
     fn the_file_reads_back_what_was_written() {
         let mut config = config();
         config.contexts[0].token = Some("mc_\"quoted\": #not a comment".into());
+        config.contexts[1].certificate_authority = Some("/path with spaces/ca.pem".into());
         let text = config.render();
         let documents = crate::manifest::yaml::parse_documents(&text).expect("YAML");
         let read: Config = serde_json::from_value(documents[0].value.clone()).expect("shape");
@@ -326,17 +363,25 @@ mod tests {
     fn flags_win_and_a_token_goes_only_to_its_server() {
         let path = Path::new("config");
         let config = config();
+        let resolved = |server: &str, token: Option<&str>, authority: Option<&str>| Resolved {
+            server: server.into(),
+            token: token.map(str::to_owned),
+            certificate_authority: authority.map(PathBuf::from),
+        };
         let none = Connection::default();
-        assert_eq!(resolve(&none, &config, path).expect("ok"), ("https://prod:7080".into(), Some("mc_prod".into())));
+        assert_eq!(
+            resolve(&none, &config, path).expect("ok"),
+            resolved("https://prod:7080", Some("mc_prod"), Some("/etc/prod-ca.pem"))
+        );
         let elsewhere = Connection { server: Some("http://evil:7080".into()), ..Connection::default() };
-        assert_eq!(resolve(&elsewhere, &config, path).expect("ok"), ("http://evil:7080".into(), None));
+        assert_eq!(resolve(&elsewhere, &config, path).expect("ok"), resolved("http://evil:7080", None, None));
         let with_token = Connection { token: Some("mc_flag".into()), ..elsewhere };
-        assert_eq!(resolve(&with_token, &config, path).expect("ok").1.as_deref(), Some("mc_flag"));
+        assert_eq!(resolve(&with_token, &config, path).expect("ok").token.as_deref(), Some("mc_flag"));
         let local = Connection { context: Some("local".into()), ..Connection::default() };
-        assert_eq!(resolve(&local, &config, path).expect("ok"), (DEFAULT_SERVER.into(), Some("mc_local".into())));
+        assert_eq!(resolve(&local, &config, path).expect("ok"), resolved(DEFAULT_SERVER, Some("mc_local"), None));
         let missing = Connection { context: Some("staging".into()), ..Connection::default() };
         assert!(resolve(&missing, &config, path).expect_err("unknown").to_string().contains("staging"));
-        assert_eq!(resolve(&none, &Config::default(), path).expect("ok"), (DEFAULT_SERVER.into(), None));
+        assert_eq!(resolve(&none, &Config::default(), path).expect("ok"), resolved(DEFAULT_SERVER, None, None));
     }
 
     #[test]

@@ -48,6 +48,10 @@ pub struct Cli {
     /// The context of the configuration file to use instead of the current one.
     #[arg(long, global = true, env = "CLOUD_CONTEXT")]
     context: Option<String>,
+    /// A PEM file of the authority that signed the server's certificate, when the system does
+    /// not trust it (e.g. a self-signed reverse proxy in front of the server).
+    #[arg(long, global = true, env = "CLOUD_CERTIFICATE_AUTHORITY")]
+    certificate_authority: Option<PathBuf>,
     /// A directory of template bundles to use besides the shipped ones (repeatable; also
     /// CLOUD_TEMPLATES, colon-separated).
     #[arg(long = "templates-dir", global = true)]
@@ -416,7 +420,12 @@ pub async fn run() -> ExitCode {
             | Command::Completion { .. }
             | Command::Openapi
     );
-    let connection = config::Connection { server: cli.server, token: cli.token, context: cli.context };
+    let connection = config::Connection {
+        server: cli.server,
+        token: cli.token,
+        context: cli.context,
+        certificate_authority: cli.certificate_authority,
+    };
     let client = if offline {
         Client::new(config::DEFAULT_SERVER)
     } else {

@@ -413,15 +413,12 @@ pub fn spawn_beside_server(
         std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
         std::net::IpAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
     };
-    let client = Client::new(&format!("http://{}", std::net::SocketAddr::new(host, address.port())));
-    let client = match bound.internal_token.as_deref().map(|token| client.clone().with_token(token)) {
-        Some(Ok(with_token)) => with_token,
-        Some(Err(error)) => {
-            tracing::error!(%error, "the directory sync cannot authenticate");
-            client
-        }
-        None => client,
-    };
+    let server = format!("http://{}", std::net::SocketAddr::new(host, address.port()));
+    let credentials = crate::client::Credentials { token: bound.internal_token, certificate_authority: None };
+    let client = Client::with_credentials(&server, credentials).unwrap_or_else(|error| {
+        tracing::error!(%error, "the directory sync cannot authenticate");
+        Client::new(&server)
+    });
     tokio::spawn(async move {
         if let Err(error) = run(client, settings, stop).await {
             tracing::error!(%error, "the directory sync stopped");

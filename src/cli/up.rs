@@ -94,10 +94,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .and_then(|r| r.err().ok_or_else(|| anyhow::anyhow!("the server stopped")))?)
         }
     };
-    let mut client = Client::new(&format!("http://{address}"));
-    if let Some(token) = internal_token {
-        client = client.with_token(&token)?;
-    }
+    let credentials = crate::client::Credentials { token: internal_token, certificate_authority: None };
+    let client = Client::with_credentials(&format!("http://{address}"), credentials)?;
     println!("control plane listening on http://{address} (cloud get/describe talk to it)");
 
     let applied = super::apply::send(&client, &manifests, None, false).await?;
