@@ -91,6 +91,9 @@ pub struct ApplyAnswer {
     /// With an applyset: what prune did (or would do) to members no longer applied.
     #[serde(default)]
     pub pruned: Vec<crate::api::applyset::Pruned>,
+    /// What `Warn` policies said about the batch.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// An applyset an apply keeps (and prunes with).

@@ -69,6 +69,7 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Secret => vec!["NAME", "TYPE", "KEYS", "AGE"],
         Kind::ApplySet => vec!["NAME", "MEMBERS", "LAST APPLY", "AGE"],
         Kind::Sync => vec!["NAME", "READY", "STATUS", "OBJECTS", "LAST SYNC", "REVISION", "AGE"],
+        Kind::Policy => vec!["NAME", "ENFORCEMENT", "RULES", "NAMESPACES", "AGE"],
     };
     if wide {
         headers.extend(match kind {
@@ -80,6 +81,7 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::Secret => vec![],
             Kind::ApplySet => vec!["KEPT"],
             Kind::Sync => vec!["DIRECTORY", "COMMIT"],
+            Kind::Policy => vec!["RULE NAMES"],
         });
     }
     headers
@@ -206,6 +208,17 @@ pub fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                 created,
             ]
         }
+        Kind::Policy => {
+            let rules = spec.get("rules").and_then(Value::as_array).map_or(0, Vec::len);
+            let namespaces = spec
+                .get("namespaces")
+                .and_then(Value::as_array)
+                .map(|namespaces| namespaces.iter().map(|n| text(Some(n))).collect::<Vec<_>>().join(","))
+                .filter(|namespaces| !namespaces.is_empty())
+                .unwrap_or_else(|| object.namespace().to_owned());
+            let enforcement = spec.get("enforcement").map_or_else(|| "Deny".to_owned(), |e| text(Some(e)));
+            vec![object.metadata.name.clone(), enforcement, rules.to_string(), namespaces, created]
+        }
     };
     if wide {
         cells.extend(match kind {
@@ -231,6 +244,11 @@ pub fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
             Kind::Secret => vec![],
             Kind::ApplySet => vec![state.get("kept").and_then(Value::as_array).map_or(0, Vec::len).to_string()],
             Kind::Sync => vec![text(spec.get("directory")), text(state.get("commit")).chars().take(12).collect()],
+            Kind::Policy => vec![spec
+                .get("rules")
+                .and_then(Value::as_array)
+                .map(|rules| rules.iter().map(|rule| text(rule.get("name"))).collect::<Vec<_>>().join(","))
+                .unwrap_or_default()],
         });
     }
     cells

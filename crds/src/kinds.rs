@@ -13,6 +13,7 @@ use crate::database::{ManagedDatabaseSpec, ManagedDatabaseStatus};
 use crate::instance::{InstanceSpec, InstanceStatus};
 use crate::loadbalancer::{LoadBalancerSpec, LoadBalancerStatus};
 use crate::meta::{ObjectMeta, API_VERSION};
+use crate::policy::{PolicySpec, PolicyStatus};
 use crate::scalinggroup::{ScalingGroupSpec, ScalingGroupStatus};
 use crate::secret::{SecretSpec, SecretStatus};
 use crate::stack::{StackSpec, StackStatus};
@@ -72,6 +73,10 @@ typed_resource!(
     /// A directory of manifests kept applied continuously.
     Sync, SyncSpec, SyncStatus
 );
+typed_resource!(
+    /// Admission rules checked on every create and update.
+    Policy, PolicySpec, PolicyStatus
+);
 
 /// Every kind minicloud knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,11 +89,14 @@ pub enum Kind {
     Secret,
     ApplySet,
     Sync,
+    Policy,
 }
 
 impl Kind {
-    /// All kinds, in the order they are applied (dependencies first).
-    pub const ALL: [Kind; 8] = [
+    /// All kinds, in the order they are applied (dependencies first; policies before what they
+    /// govern).
+    pub const ALL: [Kind; 9] = [
+        Kind::Policy,
         Kind::Secret,
         Kind::ManagedDatabase,
         Kind::Instance,
@@ -110,6 +118,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::ApplySet => "ApplySet",
             Kind::Sync => "Sync",
+            Kind::Policy => "Policy",
         }
     }
 
@@ -124,6 +133,7 @@ impl Kind {
             Kind::Secret => "secrets",
             Kind::ApplySet => "applysets",
             Kind::Sync => "syncs",
+            Kind::Policy => "policies",
         }
     }
 
@@ -138,13 +148,14 @@ impl Kind {
             Kind::Secret => &[],
             Kind::ApplySet => &[],
             Kind::Sync => &[],
+            Kind::Policy => &["pol"],
         }
     }
 
     /// Whether something (a controller, a sync loop) reports conditions and an observed
-    /// generation on objects of this kind; Secrets and ApplySets are data only.
+    /// generation on objects of this kind; Secrets, ApplySets and Policies are data only.
     pub fn reports_conditions(self) -> bool {
-        !matches!(self, Kind::Secret | Kind::ApplySet)
+        !matches!(self, Kind::Secret | Kind::ApplySet | Kind::Policy)
     }
 
     /// The kind named by its exact `kind:` spelling.
@@ -180,6 +191,7 @@ impl Kind {
             Kind::Secret => generator.into_root_schema_for::<Secret>(),
             Kind::ApplySet => generator.into_root_schema_for::<ApplySet>(),
             Kind::Sync => generator.into_root_schema_for::<Sync>(),
+            Kind::Policy => generator.into_root_schema_for::<Policy>(),
         };
         let mut schema = schema.to_value();
         if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
@@ -219,6 +231,7 @@ pub enum TypedObject {
     Secret(Secret),
     ApplySet(ApplySet),
     Sync(Sync),
+    Policy(Policy),
 }
 
 impl TypedObject {
@@ -233,6 +246,7 @@ impl TypedObject {
             TypedObject::Secret(_) => Kind::Secret,
             TypedObject::ApplySet(_) => Kind::ApplySet,
             TypedObject::Sync(_) => Kind::Sync,
+            TypedObject::Policy(_) => Kind::Policy,
         }
     }
 
@@ -247,6 +261,7 @@ impl TypedObject {
             TypedObject::Secret(o) => &o.metadata,
             TypedObject::ApplySet(o) => &o.metadata,
             TypedObject::Sync(o) => &o.metadata,
+            TypedObject::Policy(o) => &o.metadata,
         }
     }
 
@@ -268,6 +283,7 @@ impl TypedObject {
             Kind::Secret => TypedObject::Secret(typed(value)?),
             Kind::ApplySet => TypedObject::ApplySet(typed(value)?),
             Kind::Sync => TypedObject::Sync(typed(value)?),
+            Kind::Policy => TypedObject::Policy(typed(value)?),
         })
     }
 }

@@ -16,6 +16,7 @@ pub mod loadbalancer;
 pub mod meta;
 pub mod object;
 pub mod path;
+pub mod policy;
 pub mod quantity;
 pub mod scalinggroup;
 pub mod secret;

@@ -39,6 +39,7 @@ impl Object {
             TypedObject::Secret(o) => serde_json::to_value(o)?,
             TypedObject::ApplySet(o) => serde_json::to_value(o)?,
             TypedObject::Sync(o) => serde_json::to_value(o)?,
+            TypedObject::Policy(o) => serde_json::to_value(o)?,
         };
         Ok(serde_json::from_value(value)?)
     }

@@ -211,6 +211,10 @@ pub fn validate_object(object: &TypedObject) -> Vec<FieldError> {
                 }
             }
         }
+        TypedObject::Policy(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            check_policy_spec(&o.spec, &spec, &mut errors);
+        }
         TypedObject::Sync(o) => {
             check_api_version(&o.api_version, &mut errors);
             if o.spec.directory.trim().is_empty() {
@@ -507,6 +511,83 @@ fn check_database_spec(spec: &ManagedDatabaseSpec, path: &FieldPath, errors: &mu
     check_optional_network(spec.network.as_ref(), path, errors);
 }
 
+fn check_policy_spec(spec: &crate::policy::PolicySpec, path: &FieldPath, errors: &mut Errors) {
+    for (index, namespace) in spec.namespaces.iter().enumerate() {
+        if namespace != "*" {
+            if let Err(message) = check_dns_label(namespace) {
+                errors.add(path.key("namespaces").index(index), format!("{message}; or `*` for every namespace"));
+            }
+        }
+    }
+    if spec.rules.is_empty() {
+        errors.add(path.key("rules"), "a policy needs at least one rule");
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (index, rule) in spec.rules.iter().enumerate() {
+        let at = path.key("rules").index(index);
+        if let Err(message) = check_dns_label(&rule.name) {
+            errors.add(at.key("name"), message);
+        } else if !names.insert(rule.name.as_str()) {
+            errors.add(at.key("name"), format!("another rule is named {:?}; names must be unique", rule.name));
+        }
+        match rule.constraints().as_slice() {
+            [_] => {}
+            [] => errors.add(
+                at.clone(),
+                "set one constraint: allowedImages, maxReplicas, maxCpu, maxMemory, forbidPrivilegedHostPorts, requiredLabels or allowedDatabaseEngines",
+            ),
+            several => errors.add(
+                at.clone(),
+                format!("set exactly one constraint per rule, not {}: split it into several rules", several.join(" and ")),
+            ),
+        }
+        if let Some(images) = &rule.allowed_images {
+            if images.is_empty() || images.iter().any(|prefix| prefix.trim().is_empty()) {
+                errors.add(at.key("allowedImages"), "list at least one non-empty image prefix, e.g. `minicloud/`");
+            }
+        }
+        if let Some(cpu) = &rule.max_cpu {
+            if let Err(message) = crate::quantity::parse_cpu_millis(cpu) {
+                errors.add(at.key("maxCpu"), message);
+            }
+        }
+        if let Some(memory) = &rule.max_memory {
+            if let Err(message) = crate::quantity::parse_bytes(memory) {
+                errors.add(at.key("maxMemory"), message);
+            }
+        }
+        if rule.forbid_privileged_host_ports == Some(false) {
+            errors.add(
+                at.key("forbidPrivilegedHostPorts"),
+                "write `true` (a rule that allows everything forbids nothing), or remove the rule",
+            );
+        }
+        if let Some(labels) = &rule.required_labels {
+            if labels.is_empty() {
+                errors.add(at.key("requiredLabels"), "list at least one label key");
+            }
+            for (position, key) in labels.iter().enumerate() {
+                if let Err(message) = check_label_key(key) {
+                    errors.add(at.key("requiredLabels").index(position), message);
+                }
+            }
+        }
+        if let Some(engines) = &rule.allowed_database_engines {
+            if engines.is_empty() {
+                errors.add(at.key("allowedDatabaseEngines"), "list at least one engine: postgres, mysql or redis");
+            }
+            for (position, engine) in engines.iter().enumerate() {
+                if !["postgres", "mysql", "redis"].contains(&engine.as_str()) {
+                    errors.add(
+                        at.key("allowedDatabaseEngines").index(position),
+                        format!("{engine:?} is not an engine: use postgres, mysql or redis"),
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn check_secret_spec(spec: &SecretSpec, path: &FieldPath, errors: &mut Errors) {
     for (key, value) in &spec.string_data {
         if value == crate::secret::REDACTED {
@@ -708,6 +789,10 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
         match Kind::from_kind_name(&resource.kind) {
             None => errors.add(resource_path.key("kind"), format!("unknown kind {:?}", resource.kind)),
             Some(Kind::Stack) => errors.add(resource_path.key("kind"), "stacks cannot contain stacks"),
+            Some(Kind::Policy) => errors.add(
+                resource_path.key("kind"),
+                "stacks cannot contain policies: apply a Policy directly (writing one needs role admin)",
+            ),
             Some(_) => {
                 // One name, one resource: `${resources.NAME...}` and `dependsOn` are unambiguous.
                 if !resource_names.insert(names[index].clone()) {

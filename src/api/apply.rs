@@ -17,12 +17,14 @@
 use std::collections::{BTreeMap, HashSet};
 
 use axum::extract::{Query, State};
+use axum::http::HeaderMap;
 use axum::{Extension, Json};
 use minicloud_crds::{Kind, Object, ObjectKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::access::AuditNote;
+use super::admission::{self, Policies, Verdict};
 use super::applyset;
 use super::error::{ApiError, Cause};
 use super::objects::parse_body;
@@ -72,7 +74,7 @@ pub async fn apply(
     Extension(principal): Extension<Principal>,
     Query(params): Query<std::collections::HashMap<String, String>>,
     body: axum::body::Body,
-) -> Result<(Extension<AuditNote>, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Extension<AuditNote>, Json<Value>), ApiError> {
     let flag = |name: &str| matches!(params.get(name).map(String::as_str), Some("true") | Some("1") | Some("All"));
     let dry_run = flag("dryRun");
     let set = applyset_request(&params, flag("prune"), flag("pruneStateful"))?;
@@ -83,10 +85,16 @@ pub async fn apply(
     let mut objects = validate_batch(items.clone())?;
     let keys = objects.iter().map(key_of).collect::<Result<Vec<_>, _>>()?;
     check_permissions(&principal, Verb::Apply, keys.iter())?;
+    admission::check_policy_scope(&principal, &objects)?;
     let _serialised = state.apply_lock.lock().await;
+    let policies = Policies::load(state.store.as_ref(), &objects).await?;
     let Some(set) = set else {
-        let results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
-        return Ok((audit_note(&results, &[]), Json(json!({"dryRun": dry_run, "items": results}))));
+        let (results, verdict) = apply_objects(state.store.as_ref(), objects, dry_run, &policies).await?;
+        let answer = json!({"dryRun": dry_run, "items": results, "warnings": verdict.warnings});
+        if !dry_run {
+            verdict.record(state.store.as_ref()).await;
+        }
+        return Ok((verdict.headers(), audit_note(&results, &[], &verdict), Json(answer)));
     };
     // The inventory is written with the batch, in one transaction; pruning follows.
     check_permissions(&principal, Verb::Apply, [&applyset::set_key(&set)].into_iter())?;
@@ -102,15 +110,19 @@ pub async fn apply(
     let pruned_keys: Vec<ObjectKey> = plan.prune.iter().filter_map(applyset::key_of).collect();
     check_permissions(&principal, Verb::Delete, pruned_keys.iter())?;
     objects.push(plan.inventory.clone());
-    let mut results = apply_objects(state.store.as_ref(), objects, dry_run).await?;
+    let (mut results, verdict) = apply_objects(state.store.as_ref(), objects, dry_run, &policies).await?;
+    if !dry_run {
+        verdict.record(state.store.as_ref()).await;
+    }
     results.retain(|item| item.kind != Kind::ApplySet.as_str() || item.name != set.name);
     let pruned = if dry_run {
         applyset::preview(state.store.as_ref(), &set, &plan).await?
     } else {
         applyset::prune(state.store.as_ref(), &set, &plan).await?
     };
-    let note = audit_note(&results, &pruned);
-    Ok((note, Json(json!({"dryRun": dry_run, "items": results, "applySet": set.name, "pruned": pruned}))))
+    let note = audit_note(&results, &pruned, &verdict);
+    let answer = json!({"dryRun": dry_run, "items": results, "applySet": set.name, "pruned": pruned, "warnings": verdict.warnings});
+    Ok((verdict.headers(), note, Json(answer)))
 }
 
 /// Refuses the whole batch when the caller may not `verb` one of the objects (nothing is
@@ -138,7 +150,7 @@ fn check_permissions<'k>(
 
 /// What the audit log records of an apply: what changed (unchanged objects are counted),
 /// bounded in length.
-fn audit_note(results: &[Applied], pruned: &[applyset::Pruned]) -> Extension<AuditNote> {
+fn audit_note(results: &[Applied], pruned: &[applyset::Pruned], verdict: &Verdict) -> Extension<AuditNote> {
     const MAX: usize = 2000;
     let mut parts: Vec<String> = results
         .iter()
@@ -155,6 +167,7 @@ fn audit_note(results: &[Applied], pruned: &[applyset::Pruned]) -> Extension<Aud
     if unchanged > 0 {
         parts.push(format!("{unchanged} unchanged"));
     }
+    parts.extend(verdict.warnings.iter().map(|warning| format!("warning: {warning}")));
     let mut note = parts.join("; ");
     if note.len() > MAX {
         let cut = (0..=MAX).rev().find(|index| note.is_char_boundary(*index)).unwrap_or(0);
@@ -223,16 +236,26 @@ pub fn validate_batch(items: Vec<Value>) -> Result<Vec<Object>, ApiError> {
 /// create-or-update, so losing a race is not the user's problem: when another writer changed,
 /// created or deleted one of the objects between our read and our write, the batch is read
 /// and merged again and retried (jittered backoff), up to [`APPLY_ATTEMPTS`] times.
-pub async fn apply_objects(store: &dyn Store, objects: Vec<Object>, dry_run: bool) -> Result<Vec<Applied>, ApiError> {
+/// The policies judge what would be written (creates, and updates as merged), on every
+/// attempt; a `Deny` refuses the whole batch before anything is written.
+pub async fn apply_objects(
+    store: &dyn Store,
+    objects: Vec<Object>,
+    dry_run: bool,
+    policies: &Policies,
+) -> Result<(Vec<Applied>, Verdict), ApiError> {
     let keys = objects.iter().map(key_of).collect::<Result<Vec<_>, _>>()?;
     let mut attempt = 0;
     loop {
         let (results, writes) = plan_batch(store, &objects, &keys).await?;
+        let verdict = policies.check(writes.iter().map(|write| match write {
+            Write::Create(object) | Write::Update(object) => object,
+        }))?;
         if dry_run || writes.is_empty() {
-            return Ok(results);
+            return Ok((results, verdict));
         }
         match store.write_all(writes).await {
-            Ok(_) => return Ok(results),
+            Ok(_) => return Ok((results, verdict)),
             Err(error) if lost_race(&error) && attempt + 1 < APPLY_ATTEMPTS => {
                 attempt += 1;
                 tracing::debug!(%error, attempt, "apply lost a race; reading the objects again");

@@ -6,6 +6,7 @@
 //! streams cleanly and lets in-flight requests finish.
 
 pub mod access;
+pub mod admission;
 pub mod apply;
 pub mod applyset;
 pub mod error;

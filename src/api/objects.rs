@@ -14,14 +14,16 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use futures::{FutureExt, StreamExt};
 use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
 use serde_json::{json, Value};
 
+use super::admission::{Policies, Verdict};
 use super::error::ApiError;
 use super::{kube, spool};
 use super::{AppState, Limits};
+use crate::auth::Principal;
 use crate::manifest;
 use crate::store::{self, Deleted, Selector, Store, StoreError};
 
@@ -352,6 +354,7 @@ pub async fn list_all(
 /// `POST /apis/minicloud.dev/v1/namespaces/{ns}/{plural}`
 pub async fn create(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((namespace, plural)): Path<(String, String)>,
     Query(params): Params,
     body: Body,
@@ -360,16 +363,28 @@ pub async fn create(
     check_name("namespace", &namespace)?;
     let dry_run = super::patch::dry_run(&params)?;
     let object = accept_object(parse_body(body, &state.limits).await?, kind, &namespace, None)?;
+    let verdict = admit(&state, &principal, &object).await?;
     if dry_run {
         let key = object.key().ok_or_else(|| ApiError::bad_request("the object has no kind"))?;
         return match state.store.get(&key).await {
             Ok(_) => Err(StoreError::AlreadyExists(key).into()),
-            Err(StoreError::NotFound(_)) => Ok((StatusCode::CREATED, Json(shown(object))).into_response()),
+            Err(StoreError::NotFound(_)) => {
+                Ok((StatusCode::CREATED, verdict.headers(), Json(shown(object))).into_response())
+            }
             Err(error) => Err(error.into()),
         };
     }
     let created = state.store.create(object).await?;
-    Ok((StatusCode::CREATED, Json(shown(created))).into_response())
+    verdict.record(state.store.as_ref()).await;
+    Ok((StatusCode::CREATED, verdict.headers(), Json(shown(created))).into_response())
+}
+
+/// Checks an object about to be written against the policies (and a Policy against its
+/// writer's scope).
+pub(crate) async fn admit(state: &AppState, principal: &Principal, object: &Object) -> Result<Verdict, ApiError> {
+    let batch = std::slice::from_ref(object);
+    super::admission::check_policy_scope(principal, batch)?;
+    Policies::load(state.store.as_ref(), batch).await?.check(batch)
 }
 
 /// `GET .../{plural}/{name}`
@@ -392,14 +407,16 @@ pub async fn get_one(
 /// `PUT .../{plural}/{name}`: replaces spec and user metadata (resourceVersion checked when sent).
 pub async fn replace(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
     Query(params): Params,
     body: Body,
-) -> Result<Json<Object>, ApiError> {
+) -> Result<(HeaderMap, Json<Object>), ApiError> {
     let kind = kind_for_plural(&plural)?;
     let key = key(kind, &namespace, &name)?;
     let dry_run = super::patch::dry_run(&params)?;
     let object = accept_object(parse_body(body, &state.limits).await?, kind, &namespace, Some(&name))?;
+    let verdict = admit(&state, &principal, &object).await?;
     if dry_run {
         let live = state.store.get(&key).await?;
         if object
@@ -416,9 +433,11 @@ pub async fn replace(
             }
             .into());
         }
-        return Ok(Json(shown(object)));
+        return Ok((verdict.headers(), Json(shown(object))));
     }
-    Ok(Json(shown(state.store.update(object).await?)))
+    let updated = state.store.update(object).await?;
+    verdict.record(state.store.as_ref()).await;
+    Ok((verdict.headers(), Json(shown(updated))))
 }
 
 /// `PUT .../{plural}/{name}/status`: replaces the status only (controllers).

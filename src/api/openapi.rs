@@ -494,6 +494,7 @@ pub fn document() -> Value {
                 "changes": {"type": "array", "items": {"type": "string"}, "description": "Fields that change, e.g. spec.image."}
             }}},
             "applySet": {"type": "string"},
+            "warnings": {"type": "array", "items": {"type": "string"}, "description": "What Warn policies found (also sent as Warning headers)."},
             "pruned": {"type": "array", "description": "With an applyset: members no longer applied.", "items": {"type": "object", "properties": {
                 "kind": {"type": "string"}, "namespace": {"type": "string"}, "name": {"type": "string"},
                 "action": {"type": "string", "enum": ["deleted", "kept", "gone", "released"], "description": "kept: a database without pruneStateful; gone: already absent; released: applied outside the set since, not deleted."}

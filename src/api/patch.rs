@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap};
-use axum::Json;
+use axum::{Extension, Json};
 use minicloud_crds::Object;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::objects::{accept_object, key, kind_for_plural, read_body, shown};
 use super::AppState;
+use crate::auth::Principal;
 use crate::store::StoreError;
 
 /// How many times a patch is read, applied and written when other writers get in between.
@@ -62,18 +63,19 @@ pub fn dry_run(params: &HashMap<String, String>) -> Result<bool, ApiError> {
 /// `PATCH .../namespaces/{ns}/{plural}/{name}`.
 pub async fn patch(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Object>, ApiError> {
+) -> Result<(HeaderMap, Json<Object>), ApiError> {
     let kind = kind_for_plural(&plural)?;
     let key = key(kind, &namespace, &name)?;
     let patch_type = patch_type(&headers)?;
     let dry_run = dry_run(&params)?;
     let bytes = read_body(body, &state.limits).await?;
     if patch_type == PatchType::Apply {
-        return server_side_apply(&state, &bytes, &namespace, &name, dry_run).await;
+        return server_side_apply(&state, &principal, &bytes, &namespace, &name, dry_run).await;
     }
     let patch: Value = serde_json::from_slice(&bytes)
         .map_err(|error| ApiError::bad_request(format!("the patch is not valid JSON: {error}")))?;
@@ -101,11 +103,15 @@ pub async fn patch(
         let status = live.status.clone();
         let mut patched = accept_object(document, kind, &namespace, Some(&name))?;
         patched.status = status;
+        let verdict = super::objects::admit(&state, &principal, &patched).await?;
         if dry_run {
-            return Ok(Json(shown(patched)));
+            return Ok((verdict.headers(), Json(shown(patched))));
         }
         match state.store.update(patched).await {
-            Ok(updated) => return Ok(Json(shown(updated))),
+            Ok(updated) => {
+                verdict.record(state.store.as_ref()).await;
+                return Ok((verdict.headers(), Json(shown(updated))));
+            }
             // The object changed since it was read: patch the newer one, unless the patch
             // itself named the version it applies to.
             Err(StoreError::Conflict { .. })
@@ -122,11 +128,12 @@ pub async fn patch(
 /// last-applied record), answered with the object as it is afterwards.
 async fn server_side_apply(
     state: &AppState,
+    principal: &Principal,
     bytes: &[u8],
     namespace: &str,
     name: &str,
     dry_run: bool,
-) -> Result<Json<Object>, ApiError> {
+) -> Result<(HeaderMap, Json<Object>), ApiError> {
     let text =
         std::str::from_utf8(bytes).map_err(|_| ApiError::bad_request("the apply patch is not UTF-8 YAML or JSON"))?;
     let mut documents = crate::manifest::yaml::parse_documents(text)
@@ -163,24 +170,31 @@ async fn server_side_apply(
         }
         let mut updated = accept_object(document, kind, namespace, Some(name))?;
         updated.status = live.status;
+        let verdict = super::objects::admit(state, principal, &updated).await?;
         if dry_run {
-            return Ok(Json(shown(updated)));
+            return Ok((verdict.headers(), Json(shown(updated))));
         }
-        return Ok(Json(shown(state.store.update(updated).await?)));
+        let updated = state.store.update(updated).await?;
+        verdict.record(state.store.as_ref()).await;
+        return Ok((verdict.headers(), Json(shown(updated))));
     }
     let objects = super::apply::validate_batch(vec![value])?;
     let key = objects[0].key().ok_or_else(|| ApiError::bad_request("the object has no kind"))?;
+    super::admission::check_policy_scope(principal, &objects)?;
     let _serialised = state.apply_lock.lock().await;
-    super::apply::apply_objects(state.store.as_ref(), objects.clone(), dry_run).await?;
+    let policies = super::admission::Policies::load(state.store.as_ref(), &objects).await?;
+    let (_, verdict) = super::apply::apply_objects(state.store.as_ref(), objects.clone(), dry_run, &policies).await?;
+    let headers = verdict.headers();
     if dry_run {
         let live = match state.store.get(&key).await {
             Ok(live) => live,
-            Err(StoreError::NotFound(_)) => return Ok(Json(shown(objects[0].clone()))),
+            Err(StoreError::NotFound(_)) => return Ok((headers, Json(shown(objects[0].clone())))),
             Err(error) => return Err(error.into()),
         };
-        return Ok(Json(shown(super::apply::merge(&live, &objects[0]))));
+        return Ok((headers, Json(shown(super::apply::merge(&live, &objects[0])))));
     }
-    Ok(Json(shown(state.store.get(&key).await?)))
+    verdict.record(state.store.as_ref()).await;
+    Ok((headers, Json(shown(state.store.get(&key).await?))))
 }
 
 /// A JSON patch on a Secret may write values but not read them: `copy`, `move` and `test`

@@ -96,5 +96,8 @@ pub async fn send_with(
             _ => println!("{object} pruned{suffix}"),
         }
     }
+    for warning in &answer.warnings {
+        eprintln!("warning: {warning}");
+    }
     Ok(answer.items)
 }
