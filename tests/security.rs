@@ -716,3 +716,54 @@ async fn a_sync_beside_an_authenticated_server_applies_with_its_internal_token()
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_activity_feed_shows_the_audit_log_live_to_administrators() {
+    let (server, admin) = start_with_auth(TestDb::sqlite().await, &[]).await;
+    let api = Api::new(&server);
+    let viewer = api.token(&admin, "viewer", "view", None).await;
+    let page = api.get("/ui/events", Some(&admin)).await;
+    assert_eq!(page.status, 200);
+    let html = page.body.as_str().expect("html").to_owned();
+    let attribute = |name: &str| {
+        let start =
+            html.find(&format!("{name}=\"")).unwrap_or_else(|| panic!("no {name} in the page")) + name.len() + 2;
+        html[start..].split('"').next().expect("value").to_owned()
+    };
+    let (revision, head) = (attribute("data-revision"), attribute("data-events-head"));
+    assert!(head.contains('/'), "the activity page follows the audit log too: {head}");
+    let mut stream = api
+        .http
+        .get(format!("{}/ui/watch", server.url))
+        .query(&[("resourceVersion", revision.as_str()), ("eventsHead", head.as_str())])
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(stream.status(), 200);
+    // A refused request: an audit entry, and the page's stream says so.
+    let refused = api.apply(&viewer, vec![instance("default", "nope")]).await;
+    assert_eq!(refused.status, 403);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    while !seen.contains("\"EVENTS\"") {
+        let chunk = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no EVENTS line within 10 s: {seen}"))
+            .expect("stream");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("stream open")));
+    }
+    let fragment = api.get("/ui/events?fragment=1", Some(&admin)).await.body.as_str().expect("html").to_owned();
+    assert!(fragment.contains("id=\"requests\""), "{fragment}");
+    assert!(fragment.contains("viewer") && fragment.contains("lacks the permission"), "{fragment}");
+    // Filtered by text, and hidden from those who may not read the log.
+    let filtered =
+        api.get("/ui/events?fragment=1&q=no-such-text", Some(&admin)).await.body.as_str().expect("html").to_owned();
+    assert!(!filtered.contains("lacks the permission"), "{filtered}");
+    let as_viewer = api.get("/ui/events?fragment=1", Some(&viewer)).await.body.as_str().expect("html").to_owned();
+    assert!(
+        as_viewer.contains("The audit log needs role admin") && !as_viewer.contains("lacks the permission"),
+        "{as_viewer}"
+    );
+    server.stop().await;
+}

@@ -70,6 +70,8 @@ const BATCH: usize = 500;
 #[derive(Clone)]
 pub struct AuditLog {
     queue: mpsc::Sender<AuditEntry>,
+    /// Counts the batches written (the console follows it).
+    written: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl AuditLog {
@@ -77,14 +79,22 @@ impl AuditLog {
     /// the returned log is dropped.
     pub fn start(store: Arc<dyn AccessStore>) -> (AuditLog, JoinHandle<()>) {
         let (queue, mut receiver) = mpsc::channel::<AuditEntry>(QUEUE);
+        let written = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let signal = written.clone();
         let writer = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
             while receiver.recv_many(&mut batch, BATCH).await > 0 {
                 write_batch(store.as_ref(), &batch).await;
                 batch.clear();
+                signal.send_modify(|count| *count = count.wrapping_add(1));
             }
         });
-        (AuditLog { queue }, writer)
+        (AuditLog { queue, written }, writer)
+    }
+
+    /// Changes each time entries were written.
+    pub fn written(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.written.subscribe()
     }
 
     /// Queues an entry (waits only when the writer is [`QUEUE`] entries behind).

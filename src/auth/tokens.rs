@@ -123,6 +123,8 @@ pub trait AccessStore: Send + Sync {
     async fn record_audit(&self, entries: &[AuditEntry]) -> Result<(), AccessError>;
     /// Audit entries matching `query`, oldest first.
     async fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, AccessError>;
+    /// The id of the newest audit entry (0 when there is none): it moves when one is written.
+    async fn audit_head(&self) -> Result<i64, AccessError>;
     /// Removes entries older than `older_than` and beyond the `keep` newest.
     async fn prune_audit(&self, older_than: DateTime<Utc>, keep: usize) -> Result<u64, AccessError>;
 }

@@ -13,20 +13,19 @@ mod panels;
 pub mod usage;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Extension, Router};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use crate::api::error::ApiError;
 use crate::api::AppState;
-use crate::store::Store;
+use crate::auth::Principal;
 
 const SCRIPT: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/style.css");
@@ -71,22 +70,31 @@ fn answer(frame: html::Frame<'_>, params: &HashMap<String, String>, main: String
 }
 
 /// The events head, read before a page's events are (an event recorded in between then
-/// reloads the page rather than being missed).
-async fn events_head(state: &AppState) -> Result<String, ApiError> {
-    Ok(state.store.events_head().await?)
+/// reloads the page rather than being missed); with `audit` (the activity page, which shows
+/// requests too) followed by `/` and the audit log's head.
+async fn events_head(state: &AppState, audit: bool) -> Result<String, ApiError> {
+    let events = state.store.events_head().await?;
+    match (&state.access, audit) {
+        (Some(access), true) => Ok(format!("{events}/{}", access.audit_head().await?)),
+        _ => Ok(events),
+    }
 }
 
 async fn summary(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
-    let events_head = Some(events_head(&state).await?);
+    let events_head = Some(events_head(&state, false).await?);
     let (main, revision) = pages::summary(&state).await?;
     let frame = html::Frame { title: "Summary", watch: "*", revision, events_head, after: String::new() };
     Ok(answer(frame, &params, main))
 }
 
-async fn activity(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
+async fn activity(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
     let filter = pages::ActivityFilter::from_params(&params);
-    let events_head = Some(events_head(&state).await?);
-    let (main, revision) = pages::activity(&state, &filter).await?;
+    let events_head = Some(events_head(&state, true).await?);
+    let (main, revision) = pages::activity(&state, &filter, &principal).await?;
     let frame = html::Frame { title: "Activity", watch: "*", revision, events_head, after: String::new() };
     Ok(answer(frame, &params, main))
 }
@@ -112,7 +120,7 @@ async fn detail(
     let key = crate::api::objects::key(kind, &namespace, &name)?;
     let watch = format!("{}/{namespace}/{name}", kind.as_str());
     let title = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
-    let events_head = Some(events_head(&state).await?);
+    let events_head = Some(events_head(&state, false).await?);
     let (main, revision) = pages::detail(&state, &key).await?;
     let frame = html::Frame {
         title: &title,
@@ -139,7 +147,7 @@ async fn watch(State(state): State<AppState>, Query(mut params): Params) -> Resu
     let response = crate::api::objects::watch_everything(state.clone(), params).await?;
     let Some(head) = events_head else { return Ok(response) };
     let (parts, body) = response.into_parts();
-    let heads = follow_events_head(state.store.clone(), head);
+    let heads = follow_events_head(state, head);
     let merged = futures::stream::unfold((body.into_data_stream(), heads), |(mut body, mut heads)| async move {
         let item = tokio::select! {
             // The watch ended (shutdown, a slow client, an expired revision): so does this.
@@ -153,15 +161,26 @@ async fn watch(State(state): State<AppState>, Query(mut params): Params) -> Resu
     Ok(Response::from_parts(parts, axum::body::Body::from_stream(merged)))
 }
 
-/// The events head each time it moves from `head`: woken by events recorded here, and read
-/// again every [`EVENTS_POLL`] for other replicas'. Ends when the receiver goes.
-fn follow_events_head(store: Arc<dyn Store>, mut head: String) -> mpsc::Receiver<String> {
+/// Waits for `signal` to change; false when there is none or its sender is gone.
+async fn changed(signal: Option<&mut tokio::sync::watch::Receiver<u64>>) -> bool {
+    match signal {
+        Some(signal) => signal.changed().await.is_ok(),
+        None => false,
+    }
+}
+
+/// The events head each time it moves from `head`: woken by events and audit entries recorded
+/// here, and read again every [`EVENTS_POLL`] for other replicas'. Ends when the receiver goes.
+fn follow_events_head(state: AppState, mut head: String) -> mpsc::Receiver<String> {
     let (sender, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
         // Subscribed before the first read: an event recorded after it wakes the wait.
-        let mut signal = store.event_signal();
+        let mut signal = state.store.event_signal();
+        // A head with the audit log's (the activity page) follows it too.
+        let with_audit = head.contains('/');
+        let mut audited = state.audit.as_ref().filter(|_| with_audit).map(crate::auth::AuditLog::written);
         loop {
-            match store.events_head().await {
+            match events_head(&state, with_audit).await {
                 Ok(now) if now != head => {
                     head = now.clone();
                     if sender.send(now).await.is_err() {
@@ -172,12 +191,19 @@ fn follow_events_head(store: Arc<dyn Store>, mut head: String) -> mpsc::Receiver
                 Err(error) => tracing::warn!(%error, "cannot read the events head; retrying"),
             }
             let recorded = async {
-                let woken = match signal.as_mut() {
-                    Some(signal) => signal.changed().await.is_ok(),
-                    None => false,
+                let event = async {
+                    if !changed(signal.as_mut()).await {
+                        std::future::pending::<()>().await;
+                    }
                 };
-                if !woken {
-                    std::future::pending::<()>().await;
+                let audit = async {
+                    if !changed(audited.as_mut()).await {
+                        std::future::pending::<()>().await;
+                    }
+                };
+                tokio::select! {
+                    () = event => {},
+                    () = audit => {},
                 }
             };
             tokio::select! {

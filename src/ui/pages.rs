@@ -7,7 +7,9 @@ use minicloud_crds::{Kind, Object};
 use serde_json::Value;
 
 use super::html::{escape, link, table};
+use crate::api::error::ApiError;
 use crate::api::AppState;
+use crate::auth::{AuditQuery, Permission, Principal, Verb};
 use crate::columns::{age, condition, headers, row};
 use crate::store::{self, StoreError};
 
@@ -316,11 +318,78 @@ async fn filtered_events(state: &AppState, filter: &ActivityFilter, count: usize
     Ok(table("activity", &["AGE", "TYPE", "REASON", "OBJECT", "MESSAGE"], &rows))
 }
 
-/// `/ui/events`: the activity feed across namespaces, newest first, filtered.
-pub async fn activity(state: &AppState, filter: &ActivityFilter) -> Result<(String, i64), StoreError> {
+/// `/ui/events`: the activity feed across namespaces, newest first, filtered; for an
+/// administrator also the newest requests of the audit log (changes and refusals).
+pub async fn activity(
+    state: &AppState,
+    filter: &ActivityFilter,
+    principal: &Principal,
+) -> Result<(String, i64), ApiError> {
     let revision = state.store.revision().await?;
-    let main = format!("<h1>Activity</h1>{}{}", filter.form(), filtered_events(state, filter, RECENT_EVENTS).await?);
+    let events = filtered_events(state, filter, RECENT_EVENTS).await?;
+    let requests = audit_section(state, filter, principal).await?;
+    let main = format!("<h1>Activity</h1>{}{events}{requests}", filter.form());
     Ok((main, revision))
+}
+
+/// Audit entries shown on the activity page.
+const RECENT_REQUESTS: usize = 50;
+
+/// The newest audit entries the filter admits (namespace and text; a kind filter shows those
+/// of that kind's plural), or why they are not shown.
+async fn audit_section(state: &AppState, filter: &ActivityFilter, principal: &Principal) -> Result<String, ApiError> {
+    let Some(access) = &state.access else { return Ok(String::new()) };
+    let heading = "<h2>Requests (audit log)</h2>";
+    if !principal.allows(&Permission::new(Verb::List, "audit", principal.namespace.as_deref())) {
+        return Ok(format!("{heading}<p class=\"none\">The audit log needs role admin.</p>"));
+    }
+    // Read more than shown: the filter drops some.
+    let query = AuditQuery { since: None, namespace: principal.namespace.clone(), limit: RECENT_REQUESTS * 20 };
+    let entries = access.audit(&query).await?;
+    let plural = filter.kind.as_deref().and_then(Kind::from_kind_name).map(Kind::plural);
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .rev()
+        .map(|record| &record.entry)
+        .filter(|entry| !filter.warnings_only || entry.code >= 400)
+        .filter(|entry| plural.is_none_or(|plural| entry.resource == plural))
+        .filter(|entry| {
+            filter.namespace.as_deref().is_none_or(|namespace| entry.namespace.as_deref() == Some(namespace))
+        })
+        .filter(|entry| {
+            filter.text.as_deref().is_none_or(|text| {
+                let text = text.to_lowercase();
+                [&entry.principal, &entry.verb, &entry.resource, &entry.message, &entry.request_id]
+                    .iter()
+                    .any(|field| field.to_lowercase().contains(&text))
+                    || entry.name.as_deref().is_some_and(|name| name.to_lowercase().contains(&text))
+            })
+        })
+        .take(RECENT_REQUESTS)
+        .map(|entry| {
+            let mut object = entry.resource.clone();
+            if let Some(name) = &entry.name {
+                object = format!("{object}/{name}");
+            }
+            if let Some(namespace) = &entry.namespace {
+                object = format!("{object} -n {namespace}");
+            }
+            let code = if entry.code >= 400 {
+                format!("<span class=\"bad\">{}</span>", entry.code)
+            } else {
+                entry.code.to_string()
+            };
+            vec![
+                escape(&age(Some(entry.time))),
+                escape(&entry.principal),
+                escape(&entry.verb),
+                escape(&object),
+                code,
+                format!("<span title=\"request {}\">{}</span>", escape(&entry.request_id), escape(&entry.message)),
+            ]
+        })
+        .collect();
+    Ok(format!("{heading}{}", table("requests", &["AGE", "WHO", "VERB", "OBJECT", "CODE", "MESSAGE"], &rows)))
 }
 
 #[cfg(test)]

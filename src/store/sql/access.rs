@@ -215,6 +215,12 @@ impl AccessStore for SqlStore {
         Ok(records)
     }
 
+    async fn audit_head(&self) -> Result<i64, AccessError> {
+        let head: i64 =
+            sqlx::query("SELECT COALESCE(MAX(id), 0) FROM audit").fetch_one(&self.pool).await.db()?.try_get(0).db()?;
+        Ok(head)
+    }
+
     async fn prune_audit(&self, older_than: DateTime<Utc>, keep: usize) -> Result<u64, AccessError> {
         let _guard = self.write_lock.lock().await;
         let pruned = sqlx::query(
