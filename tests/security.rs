@@ -364,6 +364,21 @@ async fn token_lifecycle(server: &TestServer, admin: &str) {
     assert_eq!(state("leaving"), Some(json!("revoked")));
     // A revoked name can be used again.
     api.token(admin, "leaving", "view", None).await;
+    // Last use is recorded (in the background, at most once a minute per token).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = api.get(&format!("{V1}/tokens"), Some(admin)).await.body;
+        let used = listed["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["name"] == "brief" && t["lastUsedAt"].is_string());
+        if used {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no last use recorded: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 mod both_backends {
@@ -765,5 +780,26 @@ async fn the_console_activity_feed_shows_the_audit_log_live_to_administrators() 
         as_viewer.contains("The audit log needs role admin") && !as_viewer.contains("lacks the permission"),
         "{as_viewer}"
     );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruning_an_applyset_needs_delete_on_every_pruned_object() {
+    let (server, admin) = start_with_auth(TestDb::sqlite().await, &[]).await;
+    let api = Api::new(&server);
+    let dev_editor = api.token(&admin, "dev-editor", "edit", Some("dev")).await;
+    let path = format!("{V1}/apply?applyset=site&applysetNamespace=dev&prune=true");
+    let both = json!({"items": [instance("prod", "a"), instance("dev", "b")]});
+    assert_eq!(api.send(Method::POST, &path, Some(&admin), Some(both)).await.status, 200);
+    // The editor of dev drops prod/a from the set: pruning it needs delete in prod.
+    let only_dev = json!({"items": [instance("dev", "b")]});
+    let refused = api.send(Method::POST, &path, Some(&dev_editor), Some(only_dev)).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let message = refused.body["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("\"delete instances\" in namespace \"prod\"") && message.contains("nothing was applied"),
+        "{message}"
+    );
+    assert_eq!(api.get(&format!("{V1}/namespaces/prod/instances/a"), Some(&admin)).await.status, 200, "not pruned");
     server.stop().await;
 }

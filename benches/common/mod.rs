@@ -41,7 +41,8 @@ pub fn start_server_with(data: &std::path::Path, label: &str, extra: &[&str]) ->
         .arg("--data-dir")
         .arg(data)
         .env("RUST_LOG", "warn,minicloud::server=info")
-        .stdout(Stdio::null())
+        // Read only by benchmarks of `--auth` (the admin token is printed there).
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("server");
