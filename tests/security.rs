@@ -172,7 +172,8 @@ async fn every_role_and_verb_is_allowed_or_refused_naming_the_missing_permission
             ("get", Method::GET, format!("{V1}/namespaces/dev/instances/keep/log"), None, Role::View, Scope::Dev),
             ("list", Method::GET, format!("{V1}/namespaces/dev/events"), None, Role::View, Scope::Dev),
             ("get", Method::GET, "/metrics".into(), None, Role::View, Scope::Everywhere),
-            ("get", Method::GET, "/ui".into(), None, Role::View, Scope::Everywhere),
+            ("get", Method::GET, "/ui".into(), None, Role::View, Scope::Own),
+            ("get", Method::GET, "/ui/namespaces/prod/instances/keep".into(), None, Role::View, Scope::Prod),
             ("discovery", Method::GET, "/version".into(), None, Role::View, Scope::Own),
             (
                 "create",
@@ -801,5 +802,46 @@ async fn pruning_an_applyset_needs_delete_on_every_pruned_object() {
         "{message}"
     );
     assert_eq!(api.get(&format!("{V1}/namespaces/prod/instances/a"), Some(&admin)).await.status, 200, "not pruned");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_of_a_namespaced_token_shows_its_namespace_only() {
+    let (server, admin) = start_with_auth(TestDb::sqlite().await, &[]).await;
+    let api = Api::new(&server);
+    let reader = api.token(&admin, "dev-reader", "view", Some("dev")).await;
+    assert_eq!(api.apply(&admin, vec![instance("dev", "dev-web"), instance("prod", "prod-web")]).await.status, 200);
+    let page = api.get("/ui/instances", Some(&reader)).await;
+    assert_eq!(page.status, 200);
+    let html = page.body.as_str().expect("html").to_owned();
+    assert!(html.contains("/ui/namespaces/dev/instances/dev-web") && !html.contains("prod-web"), "{html}");
+    let summary = api.get("/ui/api/summary", Some(&reader)).await.body;
+    assert_eq!(summary["objects"]["Instance"]["total"], 1, "{summary}");
+    assert_eq!(api.get("/ui/namespaces/dev/instances/dev-web", Some(&reader)).await.status, 200);
+    let other = api.get("/ui/namespaces/prod/instances/prod-web", Some(&reader)).await;
+    assert_eq!(other.status, 403);
+    // Its live stream carries its namespace's changes only.
+    let revision = summary["revision"].to_string();
+    let mut stream = api
+        .http
+        .get(format!("{}/ui/watch", server.url))
+        .query(&[("resourceVersion", revision.as_str())])
+        .bearer_auth(&reader)
+        .send()
+        .await
+        .expect("watch");
+    assert_eq!(stream.status(), 200);
+    assert_eq!(api.apply(&admin, vec![instance("prod", "prod-later")]).await.status, 200);
+    assert_eq!(api.apply(&admin, vec![instance("dev", "dev-later")]).await.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    while !seen.contains("dev-later") {
+        let chunk = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), stream.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("dev-later never came: {seen}"))
+            .expect("stream");
+        seen.push_str(&String::from_utf8_lossy(&chunk.expect("stream open")));
+    }
+    assert!(!seen.contains("prod-later"), "another namespace's change reached the stream: {seen}");
     server.stop().await;
 }

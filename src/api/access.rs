@@ -183,9 +183,16 @@ pub fn classify(
         "/apis/minicloud.dev/v1/namespaces/{namespace}/secrets/{name}/reveal" if *method == Method::POST => {
             need(Verb::Reveal, "secrets", param("namespace"), param("name"))
         }
+        "/ui/namespaces/{namespace}/{plural}/{name}" if read => {
+            need(Verb::Get, "console", param("namespace"), param("name"))
+        }
+        // The console's other pages show the token's namespace (or every one).
         _ if route.starts_with("/ui") && read => {
             classified.watch = route == "/ui/watch";
-            need(if classified.watch { Verb::Watch } else { Verb::Get }, "console", None, None);
+            let verb = if classified.watch { Verb::Watch } else { Verb::Get };
+            classified.access = Access::OwnScope(verb, "console");
+            classified.verb = verb.as_str().into();
+            classified.resource = "console".into();
         }
         _ => {}
     }
@@ -414,10 +421,16 @@ mod tests {
     }
 
     #[test]
-    fn the_console_needs_a_cluster_wide_viewer_and_its_stream_is_a_watch() {
+    fn the_console_shows_the_token_s_scope_and_its_stream_is_a_watch() {
         let page = classify_path(Method::GET, "/ui/{plural}", &[("plural", "instances")], &[]);
-        assert_eq!(page.access, Access::Needs(Permission::new(Verb::Get, "console", None)));
-        assert!(classify_path(Method::GET, "/ui/watch", &[], &[]).watch);
+        assert_eq!(page.access, Access::OwnScope(Verb::Get, "console"));
+        let one = "/ui/namespaces/{namespace}/{plural}/{name}";
+        let detail =
+            classify_path(Method::GET, one, &[("namespace", "prod"), ("plural", "instances"), ("name", "a")], &[]);
+        assert_eq!(detail.access, Access::Needs(Permission::new(Verb::Get, "console", Some("prod"))));
+        let stream = classify_path(Method::GET, "/ui/watch", &[], &[]);
+        assert!(stream.watch);
+        assert_eq!(stream.access, Access::OwnScope(Verb::Watch, "console"));
     }
 
     #[test]

@@ -323,8 +323,12 @@ async fn list_or_watch(
 }
 
 /// A watch of every object of every kind (the console follows it), as JSON lines.
-pub async fn watch_everything(state: AppState, params: HashMap<String, String>) -> Result<Response, ApiError> {
-    let query = store::Query { kind: None, namespace: None, selector: Selector::default() };
+pub async fn watch_everything(
+    state: AppState,
+    params: HashMap<String, String>,
+    namespace: Option<String>,
+) -> Result<Response, ApiError> {
+    let query = store::Query { kind: None, namespace, selector: Selector::default() };
     let shape = WatchShape { only: None, table: None, content_type: "application/x-ndjson" };
     watch(state, query, &params, shape).await
 }

@@ -103,14 +103,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|item| Some((Kind::from_kind_name(&item.kind)?, item.namespace.clone(), item.name.clone())))
         .collect();
-    let others: Vec<String> = watched
-        .iter()
-        .filter(|(kind, _, _)| !RUN.contains(kind))
-        .map(|(kind, _, name)| format!("{}/{name}", kind.as_str().to_ascii_lowercase()))
-        .collect();
-    if !others.is_empty() {
-        println!("stored without a controller yet (nothing runs them): {}", others.join(", "));
-    }
     let running: Vec<(Kind, String, String)> =
         watched.iter().filter(|(kind, _, _)| RUN.contains(kind)).cloned().collect();
     tokio::select! {
@@ -156,7 +148,8 @@ fn readiness(object: &Object) -> (bool, String) {
     (satisfied(object, &ready), why)
 }
 
-/// The kinds a controller runs (the others are only stored for now); `cloud up` waits for them.
+/// The kinds a controller runs; `cloud up` waits for them (Secrets and Policies are data, taking
+/// effect when stored).
 const RUN: [Kind; 5] = [Kind::Instance, Kind::LoadBalancer, Kind::ScalingGroup, Kind::ManagedDatabase, Kind::Stack];
 
 fn endpoints(object: &Object) -> Vec<String> {

@@ -80,9 +80,13 @@ async fn events_head(state: &AppState, audit: bool) -> Result<String, ApiError> 
     }
 }
 
-async fn summary(State(state): State<AppState>, Query(params): Params) -> Result<Response, ApiError> {
+async fn summary(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Query(params): Params,
+) -> Result<Response, ApiError> {
     let events_head = Some(events_head(&state, false).await?);
-    let (main, revision) = pages::summary(&state).await?;
+    let (main, revision) = pages::summary(&state, principal.namespace.as_deref()).await?;
     let frame = html::Frame { title: "Summary", watch: "*", revision, events_head, after: String::new() };
     Ok(answer(frame, &params, main))
 }
@@ -101,11 +105,12 @@ async fn activity(
 
 async fn list(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path(plural): Path<String>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     let kind = crate::api::objects::kind_for_plural(&plural)?;
-    let (main, revision) = pages::list(&state, kind).await?;
+    let (main, revision) = pages::list(&state, kind, principal.namespace.as_deref()).await?;
     let frame =
         html::Frame { title: kind.plural(), watch: kind.as_str(), revision, events_head: None, after: String::new() };
     Ok(answer(frame, &params, main))
@@ -134,17 +139,24 @@ async fn detail(
 
 /// `/ui/api/summary`: objects per kind (total, Ready), the latest CPU and memory of the
 /// followed Instances summed, and how many warnings there are, as JSON.
-async fn summary_data(State(state): State<AppState>) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    Ok(axum::Json(pages::summary_data(&state).await?))
+async fn summary_data(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    Ok(axum::Json(pages::summary_data(&state, principal.namespace.as_deref()).await?))
 }
 
 /// Every change of every object, from `resourceVersion`, with bookmarks; with `eventsHead`,
 /// also a line `{"type": "EVENTS", "head": …}` whenever the events head moves from it (one
 /// connection per page: browsers allow only a few per server).
-async fn watch(State(state): State<AppState>, Query(mut params): Params) -> Result<Response, ApiError> {
+async fn watch(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Query(mut params): Params,
+) -> Result<Response, ApiError> {
     let events_head = params.remove("eventsHead");
     params.insert("allowWatchBookmarks".into(), "true".into());
-    let response = crate::api::objects::watch_everything(state.clone(), params).await?;
+    let response = crate::api::objects::watch_everything(state.clone(), params, principal.namespace.clone()).await?;
     let Some(head) = events_head else { return Ok(response) };
     let (parts, body) = response.into_parts();
     let heads = follow_events_head(state, head);

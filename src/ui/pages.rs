@@ -31,8 +31,9 @@ fn ready_cell(object: &Object) -> String {
     }
 }
 
-async fn everything(state: &AppState) -> Result<store::ObjectList, StoreError> {
-    let query = store::Query { kind: None, namespace: None, selector: Default::default() };
+/// Every object the page may show: of every namespace, or of the token's one (`scope`).
+async fn everything(state: &AppState, scope: Option<&str>) -> Result<store::ObjectList, StoreError> {
+    let query = store::Query { kind: None, namespace: scope.map(str::to_owned), selector: Default::default() };
     let mut list = state.store.list(&query).await?;
     for object in &mut list.items {
         crate::secrets::redact_object(object);
@@ -40,9 +41,10 @@ async fn everything(state: &AppState) -> Result<store::ObjectList, StoreError> {
     Ok(list)
 }
 
-/// `/ui`: counts per kind, the newest objects and the recent warnings.
-pub async fn summary(state: &AppState) -> Result<(String, i64), StoreError> {
-    let list = everything(state).await?;
+/// `/ui`: counts per kind, the newest objects and the recent warnings (of the token's namespace
+/// when it has one).
+pub async fn summary(state: &AppState, scope: Option<&str>) -> Result<(String, i64), StoreError> {
+    let list = everything(state, scope).await?;
     let mut counts = Vec::new();
     for kind in Kind::ALL {
         let objects: Vec<&Object> = list.items.iter().filter(|object| object.kind == kind.as_str()).collect();
@@ -73,8 +75,9 @@ pub async fn summary(state: &AppState) -> Result<(String, i64), StoreError> {
             ]
         })
         .collect();
-    let warnings = recent_events(state, true, 10).await?;
-    let usage = match &state.usage {
+    let warnings = recent_events(state, true, 10, scope).await?;
+    // The machine's totals: not for a token of one namespace.
+    let usage = match state.usage.as_ref().filter(|_| scope.is_none()) {
         Some(usage) => {
             let (instances, cores, memory) = usage.totals();
             format!(
@@ -94,19 +97,20 @@ pub async fn summary(state: &AppState) -> Result<(String, i64), StoreError> {
     Ok((main, list.revision))
 }
 
-/// The summary's figures as JSON (`/ui/api/summary`).
-pub async fn summary_data(state: &AppState) -> Result<Value, StoreError> {
-    let list = everything(state).await?;
+/// The summary's figures as JSON (`/ui/api/summary`), of the token's namespace when it has one.
+pub async fn summary_data(state: &AppState, scope: Option<&str>) -> Result<Value, StoreError> {
+    let list = everything(state, scope).await?;
     let mut kinds = serde_json::Map::new();
     for kind in Kind::ALL {
         let objects: Vec<&Object> = list.items.iter().filter(|object| object.kind == kind.as_str()).collect();
         let ready = objects.iter().filter(|object| is_ready(object)).count();
         kinds.insert(kind.as_str().to_owned(), serde_json::json!({"total": objects.len(), "ready": ready}));
     }
-    let (instances, cores, memory) = state.usage.as_ref().map_or((0, 0.0, 0), |usage| usage.totals());
+    let (instances, cores, memory) =
+        state.usage.as_ref().filter(|_| scope.is_none()).map_or((0, 0.0, 0), |usage| usage.totals());
     let warnings = state
         .store
-        .events(None, None)
+        .events(scope, None)
         .await?
         .iter()
         .filter(|event| matches!(event.event_type, store::EventType::Warning))
@@ -123,9 +127,9 @@ fn is_ready(object: &Object) -> bool {
     condition(object, "Ready").and_then(|ready| ready.get("status")) == Some(&Value::from("True"))
 }
 
-/// `/ui/{plural}`: every object of a kind, in every namespace.
-pub async fn list(state: &AppState, kind: Kind) -> Result<(String, i64), StoreError> {
-    let query = store::Query { kind: Some(kind), namespace: None, selector: Default::default() };
+/// `/ui/{plural}`: every object of a kind, in every namespace (or the token's one).
+pub async fn list(state: &AppState, kind: Kind, scope: Option<&str>) -> Result<(String, i64), StoreError> {
+    let query = store::Query { kind: Some(kind), namespace: scope.map(str::to_owned), selector: Default::default() };
     let list = state.store.list(&query).await?;
     let mut columns = vec!["NAMESPACE"];
     columns.extend(headers(kind, true));
@@ -248,9 +252,14 @@ fn event_row(event: &store::Event, with_object: bool) -> Vec<String> {
 }
 
 /// The newest events (warnings only when asked), newest first, as a table.
-async fn recent_events(state: &AppState, warnings_only: bool, count: usize) -> Result<String, StoreError> {
+async fn recent_events(
+    state: &AppState,
+    warnings_only: bool,
+    count: usize,
+    scope: Option<&str>,
+) -> Result<String, StoreError> {
     let filter = ActivityFilter { warnings_only, ..ActivityFilter::default() };
-    filtered_events(state, &filter, count).await
+    filtered_events(state, &filter, count, scope).await
 }
 
 /// What the activity feed shows: `type=Warning`, `kind=Instance`, `namespace=shop` and `q=`
@@ -306,8 +315,13 @@ impl ActivityFilter {
     }
 }
 
-async fn filtered_events(state: &AppState, filter: &ActivityFilter, count: usize) -> Result<String, StoreError> {
-    let events = state.store.events(None, None).await?;
+async fn filtered_events(
+    state: &AppState,
+    filter: &ActivityFilter,
+    count: usize,
+    scope: Option<&str>,
+) -> Result<String, StoreError> {
+    let events = state.store.events(scope, None).await?;
     let rows: Vec<Vec<String>> = events
         .iter()
         .rev()
@@ -326,7 +340,7 @@ pub async fn activity(
     principal: &Principal,
 ) -> Result<(String, i64), ApiError> {
     let revision = state.store.revision().await?;
-    let events = filtered_events(state, filter, RECENT_EVENTS).await?;
+    let events = filtered_events(state, filter, RECENT_EVENTS, principal.namespace.as_deref()).await?;
     let requests = audit_section(state, filter, principal).await?;
     let main = format!("<h1>Activity</h1>{}{events}{requests}", filter.form());
     Ok((main, revision))
