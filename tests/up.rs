@@ -35,6 +35,7 @@ fn up_serves_and_down_removes(example: &str, ready_prefix: &str, check: impl Fn(
     let endpoint = endpoint.unwrap_or_default();
     check(&endpoint);
     assert!(lines[0].starts_with("control plane listening on http://127.0.0.1:"), "{lines:?}");
+    assert!(lines[1].starts_with("authentication is off: anyone on this machine can use it"), "{lines:?}");
 
     let _ = Command::new("kill").args(["-INT", &up.child.id().to_string()]).status();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -94,9 +94,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .and_then(|r| r.err().ok_or_else(|| anyhow::anyhow!("the server stopped")))?)
         }
     };
+    let authenticated = internal_token.is_some();
     let credentials = crate::client::Credentials { token: internal_token, certificate_authority: None };
     let client = Client::with_credentials(&format!("http://{address}"), credentials)?;
     println!("control plane listening on http://{address} (cloud get/describe talk to it)");
+    if !authenticated {
+        println!(
+            "authentication is off: anyone on this machine can use it (cloud up --auth requires tokens; docs/security.md)"
+        );
+    }
 
     let applied = super::apply::send(&client, &manifests, None, false).await?;
     let watched: Vec<(Kind, String, String)> = applied
