@@ -139,18 +139,7 @@ async fn signing_in_to_an_authenticated_console_in_a_real_browser() {
     let server =
         common::server::TestServer::start(common::TestDb::sqlite().await, &["--auth", "--no-controllers"]).await;
     let admin = server.printed_admin_token().expect("admin token");
-    let http = reqwest::Client::new();
-    let created: Value = http
-        .post(format!("{}/apis/minicloud.dev/v1/tokens", server.url))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "reader", "role": "view"}))
-        .send()
-        .await
-        .expect("create token")
-        .json()
-        .await
-        .expect("json");
-    let reader = created["token"].as_str().expect("token").to_owned();
+    let reader = server.create_token(&admin, json!({"name": "reader", "role": "view"})).await;
     let browser = Browser::start().await;
 
     // Without a token the console sends the browser to the sign-in page.

@@ -488,17 +488,8 @@ async fn behind_a_tls_proxy_cloud_and_kubectl_send_tokens_and_read_refusals() {
     let server =
         common::server::TestServer::start(common::TestDb::sqlite().await, &["--auth", "--no-controllers"]).await;
     let admin = server.printed_admin_token().expect("admin token");
-    let created: Value = reqwest::Client::new()
-        .post(format!("{}/apis/minicloud.dev/v1/tokens", server.url))
-        .bearer_auth(&admin)
-        .json(&serde_json::json!({"name": "reader", "role": "view", "namespace": "shop"}))
-        .send()
-        .await
-        .expect("create token")
-        .json()
-        .await
-        .expect("json");
-    let reader = created["token"].as_str().expect("token").to_owned();
+    let reader =
+        server.create_token(&admin, serde_json::json!({"name": "reader", "role": "view", "namespace": "shop"})).await;
     let proxy = TlsProxy::start(&server.url);
     let authority = proxy.authority.to_str().expect("path").to_owned();
     let cloud = |arguments: &[&str]| {

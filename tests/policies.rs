@@ -92,6 +92,19 @@ impl Api {
     }
 }
 
+/// `cloud apply -f` of `object` written to a file, against `server`.
+fn cloud_apply(server: &TestServer, object: &Value) -> std::process::Output {
+    let directory = tempfile::tempdir().expect("dir");
+    let manifest = directory.path().join("object.yaml");
+    std::fs::write(&manifest, serde_json::to_string(object).expect("json")).expect("write");
+    std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["--server", &server.url, "apply", "-f"])
+        .arg(&manifest)
+        .env("CLOUD_CONFIG", "/nonexistent/minicloud-test-config")
+        .output()
+        .expect("cloud apply")
+}
+
 fn message(body: &Value) -> String {
     body["message"].as_str().unwrap_or_default().to_owned()
 }
@@ -187,16 +200,7 @@ async fn a_deny_policy_refuses_an_image_on_every_write_path_before_anything_is_w
     assert_eq!(api.get(&format!("{V1}/namespaces/fresh/policies/strict")).await.0, 404);
 
     // cloud apply prints the denial, one cause per line.
-    let directory = tempfile::tempdir().expect("dir");
-    let manifest = directory.path().join("bad.yaml");
-    std::fs::write(&manifest, serde_json::to_string(&instance("shop", "cli", "nginx:1.25")).expect("json"))
-        .expect("write");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
-        .args(["--server", &server.url, "apply", "-f"])
-        .arg(&manifest)
-        .env("CLOUD_CONFIG", "/nonexistent/minicloud-test-config")
-        .output()
-        .expect("cloud apply");
+    let output = cloud_apply(&server, &instance("shop", "cli", "nginx:1.25"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("denied by policy") && stderr.contains("rule \"local-images\""), "{stderr}");
@@ -292,16 +296,7 @@ async fn warn_answers_warnings_and_dry_run_records_would_deny_events() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // cloud apply prints the warning.
-    let directory = tempfile::tempdir().expect("dir");
-    let manifest = directory.path().join("web.yaml");
-    std::fs::write(&manifest, serde_json::to_string(&instance("soft", "other", "nginx:1.25")).expect("json"))
-        .expect("write");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
-        .args(["--server", &server.url, "apply", "-f"])
-        .arg(&manifest)
-        .env("CLOUD_CONFIG", "/nonexistent/minicloud-test-config")
-        .output()
-        .expect("cloud apply");
+    let output = cloud_apply(&server, &instance("soft", "other", "nginx:1.25"));
     assert!(output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("warning: policy \"advice\""), "{stderr}");

@@ -146,16 +146,10 @@ pub fn classify(
             };
             if let Some(verb) = verb {
                 classified.access = Access::OwnScope(verb, "tokens");
-                classified.verb = verb.as_str().into();
-                classified.resource = "tokens".into();
                 classified.name = param("name");
             }
         }
-        "/apis/minicloud.dev/v1/audit" if read => {
-            classified.access = Access::OwnScope(Verb::List, "audit");
-            classified.verb = "list".into();
-            classified.resource = "audit".into();
-        }
+        "/apis/minicloud.dev/v1/audit" if read => classified.access = Access::OwnScope(Verb::List, "audit"),
         "/apis/minicloud.dev/v1/secretkeys/rotate" if *method == Method::POST => {
             need(Verb::Rotate, "secretkeys", None, None)
         }
@@ -191,10 +185,12 @@ pub fn classify(
             classified.watch = route == "/ui/watch";
             let verb = if classified.watch { Verb::Watch } else { Verb::Get };
             classified.access = Access::OwnScope(verb, "console");
-            classified.verb = verb.as_str().into();
-            classified.resource = "console".into();
         }
         _ => {}
+    }
+    if let Access::OwnScope(verb, resource) = classified.access {
+        classified.verb = verb.as_str().into();
+        classified.resource = resource.into();
     }
     if matches!(classified.access, Access::Needs(Permission { verb: Verb::Watch, .. })) {
         classified.watch = true;

@@ -105,23 +105,24 @@ impl Authenticator {
         secret.text
     }
 
-    pub fn store(&self) -> &Arc<dyn AccessStore> {
-        &self.store
-    }
-
     pub fn settings(&self) -> &AuthSettings {
         &self.settings
     }
 
     /// Who `token` stands for.
     pub async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        Ok(self.authenticate_until(token).await?.0)
+    }
+
+    /// Who `token` stands for, and until when (`None`: until revoked).
+    pub async fn authenticate_until(&self, token: &str) -> Result<(Principal, Option<DateTime<Utc>>), AuthError> {
         if !tokens::well_formed(token) {
             return Err(AuthError::Malformed);
         }
         let hash = tokens::hash(token);
         if let Some((internal, principal)) = &self.internal {
             if *internal == hash {
-                return Ok(principal.clone());
+                return Ok((principal.clone(), None));
             }
         }
         let record = self.lookup(&hash).await?.ok_or(AuthError::Unknown)?;
@@ -133,7 +134,7 @@ impl Authenticator {
             return Err(AuthError::Expired { name: record.name, at });
         }
         self.touch(&record.name, now);
-        Ok(Principal { name: record.name, role: record.role, namespace: record.namespace })
+        Ok((Principal { name: record.name, role: record.role, namespace: record.namespace }, record.expires_at))
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<TokenRecord>, AccessError> {

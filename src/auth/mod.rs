@@ -143,7 +143,7 @@ impl fmt::Display for Permission {
 }
 
 /// Who a request comes from.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Principal {
     /// The token's name (`anonymous` when authentication is off).
     pub name: String,

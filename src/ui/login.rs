@@ -60,8 +60,8 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bo
         return StatusCode::NO_CONTENT.into_response();
     };
     let request_id = headers.get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
-    let (principal, code, message) = match auth.authenticate(credentials.token.trim()).await {
-        Ok(principal) => (principal.name, StatusCode::NO_CONTENT, String::new()),
+    let (principal, expires_at, code, message) = match auth.authenticate_until(credentials.token.trim()).await {
+        Ok((principal, expires_at)) => (principal.name, expires_at, StatusCode::NO_CONTENT, String::new()),
         Err(AuthError::Store(error)) => {
             return ApiError::unavailable(format!("cannot check the token now: {error}")).into_response()
         }
@@ -69,7 +69,7 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bo
             if auth.take_unauthenticated().is_err() {
                 return ApiError::too_many_requests("too many failed sign-ins; wait a little").into_response();
             }
-            ("-".to_owned(), StatusCode::UNAUTHORIZED, error.to_string())
+            ("-".to_owned(), None, StatusCode::UNAUTHORIZED, error.to_string())
         }
     };
     if let Some(log) = &state.audit {
@@ -89,12 +89,7 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bo
     if code != StatusCode::NO_CONTENT {
         return ApiError::unauthorized(message).into_response();
     }
-    let lifetime = match auth.store().token_by_hash(&crate::auth::tokens::hash(credentials.token.trim())).await {
-        Ok(Some(record)) => {
-            record.expires_at.map_or(SESSION_SECONDS, |at| (at - Utc::now()).num_seconds().clamp(1, SESSION_SECONDS))
-        }
-        _ => SESSION_SECONDS,
-    };
+    let lifetime = expires_at.map_or(SESSION_SECONDS, |at| (at - Utc::now()).num_seconds().clamp(1, SESSION_SECONDS));
     let secure = if forwarded_over_https(&headers) { "; Secure" } else { "" };
     let cookie =
         format!("{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={lifetime}{secure}", credentials.token.trim());

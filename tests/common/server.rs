@@ -78,6 +78,21 @@ impl TestServer {
         TestServer { url: format!("http://{address}"), child, database: Some(database), log, stdout }
     }
 
+    /// Makes a token with `admin` (`{"name", "role", "namespace"?}`) and returns it.
+    pub async fn create_token(&self, admin: &str, request: serde_json::Value) -> String {
+        let created: serde_json::Value = reqwest::Client::new()
+            .post(format!("{}/apis/minicloud.dev/v1/tokens", self.url))
+            .bearer_auth(admin)
+            .json(&request)
+            .send()
+            .await
+            .expect("create token")
+            .json()
+            .await
+            .expect("json");
+        created["token"].as_str().unwrap_or_else(|| panic!("no token: {created}")).to_owned()
+    }
+
     /// The admin token a server started with `--auth` printed (`admin token: TOKEN`), waiting
     /// a little for the line to be read; `None` when it printed none.
     pub fn printed_admin_token(&self) -> Option<String> {
