@@ -180,7 +180,7 @@ fn throughput(http: &Http, server: &Server, data: &std::path::Path) {
     let megabytes = bytes / 1e6;
     let checksum = "SELECT md5(string_agg(v, '' ORDER BY id)) FROM items";
     let before = psql(port, &password, checksum);
-    let container = format!("mcdb-{NAMESPACE}-big");
+    let container = minicloud_controllers::docker::names::database_container(&server.cluster(), NAMESPACE, "big");
     let (mut backups, mut restores, mut raw_dumps, mut raw_restores) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut dump_size = 0u64;
     for _ in 0..RUNS {

@@ -205,7 +205,7 @@ fn main() {
             .find(|o| o["metadata"]["name"] == format!("web-{index}"))
             .expect("object");
         let port = ready_port(&object).expect("ready");
-        let container = format!("mc-twenty-web-{index}");
+        let container = server.instance_container("twenty", &format!("web-{index}"));
         let started = Instant::now();
         docker(&["rm", "-f", &container]);
         // The old container answered until it was removed; wait for the replacement.

@@ -417,7 +417,7 @@ fn first_request(http: &reqwest::blocking::Client, server: &Server, label: &str,
     // Baseline: the same image with a hand-written configuration, on the namespace's network.
     let network = docker(&[
         "inspect",
-        "mc-bench-lb-web-1",
+        &server.instance_container("bench-lb", "web-1"),
         "--format",
         "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}}{{end}}",
     ]);

@@ -171,7 +171,7 @@ apt_sources() {
 }
 
 build_postgres() {
-    local image=minicloud/postgres:local version=1
+    local image=minicloud/postgres:local version=2
     needed "$image" "$version" || return 0
     ensure_packages mmdebstrap
     local work
@@ -225,7 +225,7 @@ build_redis() {
 }
 
 build_mariadb() {
-    local image=minicloud/mariadb:local version=3
+    local image=minicloud/mariadb:local version=4
     needed "$image" "$version" || return 0
     ensure_packages mmdebstrap
     local work

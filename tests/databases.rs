@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{condition, Harness};
 use common::docker::docker;
+use minicloud_controllers::docker::names;
 use serde_json::{json, Value};
 
 const PREFIX: &str = "db";
@@ -254,7 +255,7 @@ async fn mariadb_backs_up_and_restores_through_its_own_client() {
     harness.apply(vec![database(&harness, "maria", json!({"engine": "mysql", "version": "10.11"}))]).await;
     wait_ready(&harness, "maria").await;
     let password = reveal(&harness, "maria-credentials", "password");
-    let container = format!("mcdb-{}-maria", harness.namespace);
+    let container = harness.database_container("maria").await;
     let sql = |statement: &str| {
         docker(&[
             "exec",
@@ -407,7 +408,8 @@ async fn each_deletion_policy_keeps_what_it_says() {
         psql(port(&object), &password, "app", &format!("CREATE TABLE marker AS SELECT '{name}'::text AS v"));
     }
     let kept_password = reveal(&harness, "kept-credentials", "password");
-    let volume = |name: &str| format!("mcdb-{}-{name}-data", harness.namespace);
+    let cluster = harness.server().cluster().await;
+    let volume = |name: &str| names::database_volume(&cluster, &harness.namespace, name);
     let volume_exists =
         |name: &str| !docker(&["volume", "ls", "-q", "--filter", &format!("name=^{}$", volume(name))]).is_empty();
     for name in ["gone", "kept", "snap"] {
@@ -420,7 +422,8 @@ async fn each_deletion_policy_keeps_what_it_says() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(
-            docker(&["ps", "-aq", "--filter", &format!("name=mcdb-{}-{name}$", harness.namespace)]).is_empty(),
+            docker(&["ps", "-aq", "--filter", &format!("name=^{}$", harness.database_container(name).await)])
+                .is_empty(),
             "{name}: container gone"
         );
     }
@@ -510,5 +513,42 @@ async fn a_failed_backup_is_reported_and_never_listed() {
     assert_eq!(harness.metric(&failed).await, Some(1.0));
     let succeeded = format!(r#"minicloud_database_backups_total{{{labels},result="succeeded"}}"#);
     assert_eq!(harness.metric(&succeeded).await, None);
+    harness.finish().await;
+}
+
+/// A final snapshot that cannot be taken holds the deletion with a visible condition; `cloud
+/// delete db NAME --skip-final-snapshot` is the explicit way out, recorded in the audit log.
+#[tokio::test]
+async fn a_final_snapshot_that_cannot_be_taken_holds_until_it_is_skipped() {
+    let harness = Harness::start(PREFIX).await;
+    harness.apply(vec![database(&harness, "stuck", json!({"engine": "postgres", "version": "15"}))]).await;
+    let object = wait_ready(&harness, "stuck").await;
+    let password = reveal(&harness, "stuck-credentials", "password");
+    // The database the credentials name is gone: no dump can be taken of it.
+    psql(port(&object), &password, "postgres", "DROP DATABASE app WITH (FORCE)");
+    cloud_ok(&harness, &["delete", "db", "stuck"]);
+    let held = harness
+        .wait_for_within("manageddatabases", "stuck", "FinalSnapshot=False", Duration::from_secs(90), |object| {
+            condition(object, "FinalSnapshot") == Some(("False", "SnapshotFailed"))
+        })
+        .await;
+    let message = held["status"]["conditions"].to_string();
+    assert!(message.contains("--skip-final-snapshot") && message.contains("data is kept"), "{message}");
+    let container = harness.database_container("stuck").await;
+    assert!(!docker(&["ps", "-q", "--filter", &format!("name=^{container}$")]).is_empty(), "nothing deleted yet");
+
+    // Other kinds refuse the flag; the database goes with it.
+    let (ok, _, stderr) =
+        harness.cloud(&["delete", "instance", "x", "--skip-final-snapshot", "-n", &harness.namespace]);
+    assert!(!ok && stderr.contains("databases only"), "{stderr}");
+    let output = cloud_ok(&harness, &["delete", "db", "stuck", "--skip-final-snapshot", "--wait", "--timeout", "90s"]);
+    assert!(output.contains("manageddatabase/stuck"), "{output}");
+    assert!(harness.get("manageddatabases", "stuck").await.is_none());
+    assert!(docker(&["ps", "-aq", "--filter", &format!("name=^{container}$")]).is_empty(), "container gone");
+    let (_, audit, _) = harness.cloud(&["audit", "--since", "1h"]);
+    assert!(
+        audit.lines().any(|line| line.contains("update") && line.contains("manageddatabases/stuck")),
+        "the skip is in the audit log:\n{audit}"
+    );
     harness.finish().await;
 }

@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use minicloud_controllers::docker::{ContainerDriver, ContainerSpec, DockerDriver, DriverError, PublishSpec};
+use minicloud_controllers::docker::{
+    ContainerDriver, ContainerSpec, DockerDriver, DriverError, Identity, PublishSpec, LIFECYCLE_ACTIONS,
+};
+use minicloud_crds::Kind;
 
 const WEB_IMAGE: &str = "minicloud/web:local";
 
@@ -67,6 +70,15 @@ fn remove_leftovers() {
     for id in list("network").into_iter().filter(|id| !id.is_empty()) {
         let _ = std::process::Command::new("docker").args(["network", "rm", &id]).output();
     }
+    for id in list("volume").into_iter().filter(|id| !id.is_empty()) {
+        let _ = std::process::Command::new("docker").args(["volume", "rm", &id]).output();
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let output = std::process::Command::new("docker").args(args).output().expect("docker CLI");
+    assert!(output.status.success(), "docker {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
 async fn http_get(port: u16) -> Option<String> {
@@ -82,20 +94,30 @@ async fn containers_serve_on_loopback_and_are_labelled() {
     driver.ensure_image(WEB_IMAGE, &|_| {}).await.expect("run scripts/local-images.sh web first");
     let run = format!("driver-{}", uuid::Uuid::new_v4().simple());
     let network = format!("mc-test-{}", &run[7..19]);
-    let network_id = driver.ensure_network(&network, &test_labels(&run)).await.expect("network");
-    assert_eq!(driver.ensure_network(&network, &test_labels(&run)).await.expect("network again"), network_id);
-    // Concurrent callers get one network, not one each (Docker allows duplicate names).
+    let identity = Identity::network(&run, "test", None);
     let labels = test_labels(&run);
-    let concurrent = futures::future::join_all((0..6).map(|_| driver.ensure_network(&network, &labels))).await;
+    let network_id = driver.ensure_network(&network, &identity, &labels).await.expect("network");
+    assert_eq!(driver.ensure_network(&network, &identity, &labels).await.expect("network again"), network_id);
+    // Concurrent callers get one network, not one each (Docker allows duplicate names).
+    let concurrent =
+        futures::future::join_all((0..6).map(|_| driver.ensure_network(&network, &identity, &labels))).await;
     assert!(
         concurrent.iter().all(|id| id.as_deref().ok() == Some(network_id.as_str())),
         "{network_id} expected from each: {concurrent:?}"
     );
     let fresh = format!("{network}-x");
-    let ids = futures::future::join_all((0..6).map(|_| driver.ensure_network(&fresh, &labels))).await;
+    let ids = futures::future::join_all((0..6).map(|_| driver.ensure_network(&fresh, &identity, &labels))).await;
     let distinct: std::collections::HashSet<String> = ids.into_iter().map(|id| id.expect("network")).collect();
     assert_eq!(distinct.len(), 1, "one network for concurrent creators");
-    driver.remove_network_if_unused(&fresh).await.expect("remove");
+    // Another namespace's network of the same name is neither used nor removed.
+    let other_namespace = Identity::network(&run, "test-2", None);
+    match driver.ensure_network(&fresh, &other_namespace, &labels).await {
+        Err(error @ DriverError::NotOurs { .. }) => assert!(error.to_string().contains("test"), "{error}"),
+        other => panic!("another namespace's network must not be used: {other:?}"),
+    }
+    driver.remove_network_if_unused(&fresh, &other_namespace).await.expect("nothing of its own to remove");
+    assert_eq!(docker(&["network", "ls", "-q", "--filter", &format!("name=^{fresh}$")]).lines().count(), 1);
+    driver.remove_network_if_unused(&fresh, &identity).await.expect("remove");
 
     let mut events = driver.events();
     let name = format!("mc-test-web-{}", &run[7..19]);
@@ -170,9 +192,51 @@ async fn containers_serve_on_loopback_and_are_labelled() {
     }
     assert!(actions.contains(&"die".to_owned()), "{actions:?}");
 
-    driver.remove_network_if_unused(&network).await.expect("remove network");
-    driver.ensure_network(&network, &test_labels(&run)).await.expect("recreate");
-    driver.remove_network_if_unused(&network).await.expect("remove network");
+    assert!(
+        actions.iter().all(|action| LIFECYCLE_ACTIONS.iter().any(|wanted| action.starts_with(wanted))),
+        "only lifecycle events are delivered, not the execs above: {actions:?}"
+    );
+
+    driver.remove_network_if_unused(&network, &identity).await.expect("remove network");
+    driver.ensure_network(&network, &identity, &labels).await.expect("recreate");
+    driver.remove_network_if_unused(&network, &identity).await.expect("remove network");
+}
+
+#[tokio::test]
+async fn volumes_are_labelled_and_others_are_never_used_or_removed() {
+    remove_leftovers();
+    let driver = DockerDriver::connect().await.expect("a Docker engine");
+    let run = format!("driver-{}", uuid::Uuid::new_v4().simple());
+    let labels = test_labels(&run);
+    let identity = Identity::volume(&run, "test", Kind::Instance, "web", "data");
+    let name = format!("mc-test-volume-{}", &run[7..19]);
+    assert!(driver.ensure_volume(&name, &identity, &labels).await.expect("create"), "created now");
+    assert!(!driver.ensure_volume(&name, &identity, &labels).await.expect("again"), "exists");
+    let inspected = driver.inspect_volume(&name).await.expect("inspect").expect("exists");
+    assert_eq!(inspected.get("minicloud.dev/volume").map(String::as_str), Some("data"));
+    assert_eq!(inspected.get("minicloud.dev/cluster"), Some(&run));
+
+    // The same name wanted by another object (another namespace here): refused, left alone.
+    let other = Identity::volume(&run, "test-web", Kind::Instance, "web", "data");
+    assert!(matches!(driver.ensure_volume(&name, &other, &labels).await, Err(DriverError::NotOurs { .. })));
+    assert!(matches!(driver.remove_volume(&name, &other).await, Err(DriverError::NotOurs { .. })));
+    assert!(driver.inspect_volume(&name).await.expect("inspect").is_some(), "still there");
+
+    // A volume made without labels (by hand, or by an earlier version) is never used.
+    let bare = format!("{name}-bare");
+    docker(&["volume", "create", "--label", &format!("minicloud.dev/test={run}"), &bare]);
+    match driver.ensure_volume(&bare, &identity, &labels).await {
+        Err(error @ DriverError::NotOurs { .. }) => {
+            let message = error.to_string();
+            assert!(message.contains(&bare) && message.contains("docker volume inspect"), "{message}");
+        }
+        other => panic!("an unlabelled volume must not be used: {other:?}"),
+    }
+    assert!(matches!(driver.remove_volume(&bare, &identity).await, Err(DriverError::NotOurs { .. })));
+    docker(&["volume", "rm", &bare]);
+    driver.remove_volume(&name, &identity).await.expect("remove");
+    assert!(driver.inspect_volume(&name).await.expect("inspect").is_none());
+    driver.remove_volume(&name, &identity).await.expect("absent is fine");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use common::docker::{docker, remove_marked};
 use common::server::TestServer;
 use futures::StreamExt;
+use minicloud_controllers::docker::names;
 use serde_json::{json, Value};
 
 const V1: &str = "/apis/minicloud.dev/v1";
@@ -52,6 +53,11 @@ impl Harness {
         let server = TestServer::start(common::TestDb::sqlite().await, &arguments).await;
         let namespace = format!("t{}", &run[10..18]);
         Harness { server, run, namespace, http: reqwest::Client::new() }
+    }
+
+    /// The Docker container of Instance `name` in this run's namespace.
+    async fn container(&self, name: &str) -> String {
+        names::instance_container(&self.server.cluster().await, &self.namespace, name)
     }
 
     fn url(&self, name: &str) -> String {
@@ -164,7 +170,7 @@ async fn instances_run_heal_update_and_go_away() {
     serves_within(port, Duration::from_secs(10)).await;
     assert_eq!(object["status"]["phase"], "Running");
     assert_eq!(object["metadata"]["finalizers"], json!(["minicloud.dev/container"]));
-    let container = format!("mc-{}-web", harness.namespace);
+    let container = harness.container("web").await;
     let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", &container]);
     let labels: Value = serde_json::from_str(&labels).expect("labels");
     for key in ["managed-by", "namespace", "kind", "name", "uid", "spec-hash"] {
@@ -275,7 +281,7 @@ async fn instances_run_heal_update_and_go_away() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(docker(&["ps", "-a", "--filter", &format!("name=^{container}$"), "--format", "{{.Names}}"]), "");
-    let network = format!("mc-{}-default", harness.namespace);
+    let network = names::network(&harness.server.cluster().await, &harness.namespace, None);
     assert_eq!(
         docker(&["network", "ls", "--filter", &format!("name=^{network}$"), "--format", "{{.Name}}"]),
         "",
@@ -313,12 +319,8 @@ async fn missing_images_and_secrets_are_reported() {
         .apply(json!({"apiVersion": "minicloud.dev/v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": harness.namespace}, "spec": {"stringData": {"token": "s3cret"}}}))
         .await;
     harness.wait_for("needy", "Ready after the Secret appeared", ready).await;
-    let env = docker(&[
-        "inspect",
-        "-f",
-        "{{range .Config.Env}}{{println .}}{{end}}",
-        &format!("mc-{}-needy", harness.namespace),
-    ]);
+    let env =
+        docker(&["inspect", "-f", "{{range .Config.Env}}{{println .}}{{end}}", &harness.container("needy").await]);
     assert!(env.lines().any(|line| line == "TOKEN=s3cret"), "{env}");
 
     for name in ["ghost", "needy"] {
@@ -398,9 +400,10 @@ async fn volumes_are_removed_with_the_instance_unless_retained() {
     ]);
     harness.apply(object).await;
     harness.wait_for("vol", "Ready", ready).await;
-    let scratch = format!("mc-{}-vol-scratch", harness.namespace);
-    let keep = format!("mc-{}-vol-keep", harness.namespace);
-    let container = format!("mc-{}-vol", harness.namespace);
+    let cluster = harness.server.cluster().await;
+    let scratch = names::instance_volume(&cluster, &harness.namespace, "vol", "scratch");
+    let keep = names::instance_volume(&cluster, &harness.namespace, "vol", "keep");
+    let container = harness.container("vol").await;
     let mounts = docker(&["inspect", "-f", "{{range .Mounts}}{{.Name}}:{{.Destination}} {{end}}", &container]);
     assert!(mounts.contains(&format!("{scratch}:/scratch")) && mounts.contains(&format!("{keep}:/keep")), "{mounts}");
     harness.http.delete(harness.url("vol")).send().await.expect("delete");

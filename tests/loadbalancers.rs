@@ -72,7 +72,7 @@ async fn round_robin_health_down_and_up_again(database: TestDb) {
     // A stopped target goes DOWN within interval × unhealthy threshold (plus a poll), and no
     // request fails from then on.
     let stopped_at = Instant::now();
-    docker(&["stop", "-t", "0", &format!("mc-{}-web-2", harness.namespace)]);
+    docker(&["stop", "-t", "0", &harness.instance_container("web-2").await]);
     harness
         .wait_for("loadbalancers", "web", "web-2 DOWN", |o| {
             o["status"]["targets"]

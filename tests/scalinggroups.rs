@@ -206,7 +206,7 @@ async fn members_that_stop_for_good_are_replaced() {
     harness.wait_for("scalinggroups", "web", "2 members", |o| settled(o, 2)).await;
     let before = members(&harness, "web").await;
     let victim = before.iter().next().expect("a member").clone();
-    docker(&["kill", &format!("mc-{}-{victim}", harness.namespace)]);
+    docker(&["kill", &harness.instance_container(&victim).await]);
     harness.wait_for("scalinggroups", "web", "a replacement", |o| settled(o, 2)).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while members(&harness, "web").await.contains(&victim) {
@@ -250,7 +250,7 @@ async fn cpu_load_scales_out_within_window_and_cooldown_and_scales_in_only_after
 
     // Load inside the member: a busy loop bounded by `timeout`, twice its CPU limit.
     let member = members(&harness, "busy").await.into_iter().next().expect("a member");
-    let container = format!("mc-{}-{member}", harness.namespace);
+    let container = harness.instance_container(&member).await;
     let load = Duration::from_secs(15);
     let loop_seconds = load.as_secs().to_string();
     for _ in 0..2 {

@@ -314,7 +314,7 @@ async fn an_instance_reading_a_secret_is_replaced_when_the_secret_changes() {
             .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
     };
     let first = harness.wait_for("instances", "web", "Ready", ready).await;
-    let container = format!("mc-{}-web", harness.namespace);
+    let container = harness.instance_container("web").await;
     let environment = || docker(&["inspect", "--format", "{{json .Config.Env}}", &container]);
     assert!(environment().contains(&format!("PASSWORD={OLD_VALUE}")), "{}", environment());
 

@@ -240,7 +240,8 @@ async fn a_failing_child_fails_the_stack_until_the_manifest_is_fixed_and_secret_
     assert_eq!(ready["status"]["outputs"]["token"], "<redacted>");
     assert!(ready["status"]["outputs"]["address"].as_str().is_some_and(|a| a.contains('.')), "{}", ready["status"]);
     assert_eq!(ready["spec"]["values"]["token"], "<redacted>", "the stack's secret value is redacted in answers");
-    let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &format!("mc-{}-demo-web", harness.namespace)]);
+    let container = harness.instance_container("demo-web").await;
+    let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &container]);
     assert!(env.contains("TOKEN=Known-Token-Value-5e1f0c77"), "{env}");
 
     // A resource added to the stack is created; one dropped from it is deleted.

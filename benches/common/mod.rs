@@ -57,6 +57,20 @@ pub fn start_server_with(data: &std::path::Path, label: &str, extra: &[&str]) ->
     Server { child, url: format!("http://{address}") }
 }
 
+impl Server {
+    /// The store's cluster id, which every Docker name of this server carries.
+    pub fn cluster(&self) -> String {
+        let version: Value =
+            reqwest::blocking::get(format!("{}/version", self.url)).expect("version").json().expect("json");
+        version["cluster"].as_str().expect("cluster id").to_owned()
+    }
+
+    /// The container of Instance `namespace`/`name`.
+    pub fn instance_container(&self, namespace: &str, name: &str) -> String {
+        minicloud_controllers::docker::names::instance_container(&self.cluster(), namespace, name)
+    }
+}
+
 /// Applies objects through the API; panics on a refusal.
 pub fn apply(http: &reqwest::blocking::Client, server: &Server, items: Vec<Value>) {
     let response = http

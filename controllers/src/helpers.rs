@@ -1,15 +1,11 @@
 //! Object helpers every controller uses: finalizers (add before creating anything outside the
 //! store, remove once it is cleaned up), owner references (so that children are deleted with
-//! their owner and wake it when they change), events, status writes, and the labels of the
-//! Docker networks controllers create.
-
-use std::collections::HashMap;
+//! their owner and wake it when they change), events and status writes.
 
 use minicloud_crds::meta::OwnerReference;
 use minicloud_crds::{Object, API_VERSION};
 use serde::Serialize;
 
-use crate::docker::labels;
 use crate::runtime::ReconcileError;
 use minicloud_store::{EventType, NewEvent, Store, StoreError};
 
@@ -55,15 +51,6 @@ pub async fn write_status(
         Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
         Err(error) => Err(error.into()),
     }
-}
-
-/// The labels of a Docker network a controller creates in `namespace`, plus `extra`.
-pub fn network_labels(cluster: &str, namespace: &str, extra: &HashMap<String, String>) -> HashMap<String, String> {
-    let mut map = extra.clone();
-    map.insert(labels::MANAGED_BY.to_owned(), "minicloud".to_owned());
-    map.insert(labels::CLUSTER.to_owned(), cluster.to_owned());
-    map.insert(labels::NAMESPACE.to_owned(), namespace.to_owned());
-    map
 }
 
 /// What adding or removing a finalizer did.

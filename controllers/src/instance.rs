@@ -1,9 +1,11 @@
 //! The Instance controller: one container per Instance, kept running and matching its spec.
 //!
-//! Each reconcile observes the container (found by its deterministic name `mc-NAMESPACE-NAME`,
-//! so a crash at any point can never leave two containers for one object) and takes the next
-//! step: create it, replace it (spec changed, or it stopped and the restart policy says so),
-//! or only report. Status carries the phase, container id, published ports (kept across
+//! Each reconcile observes the container (found by its deterministic, injective name
+//! `mc.NAMESPACE.NAME.CLUSTER`, so a crash at any point can never leave two containers for one
+//! object; judged by its labels, [`crate::owned`]) and takes the next step: create it, replace
+//! it (spec changed, or it stopped and the restart policy says so), or only report. A
+//! container, volume or network of the name that is not this object's is never used or
+//! removed: `NameConflict`, `VolumeConflict`, `NetworkConflict`. Status carries the phase, container id, published ports (kept across
 //! replacements so an endpoint stays valid), restart count, and the conditions
 //! `ContainerRunning`, `Healthy` (with a health check) and `Ready`.
 //!
@@ -27,10 +29,12 @@ use minicloud_crds::{Kind, Object, ObjectKey};
 use serde_json::json;
 
 use super::conditions::set_condition;
-use super::helpers::{ensure_finalizer, network_labels, record_event, remove_finalizer, write_status, FinalizerUpdate};
+use super::helpers::{ensure_finalizer, record_event, remove_finalizer, write_status, FinalizerUpdate};
 use super::runtime::{ReconcileError, Reconciler};
-use crate::docker::labels::{self, spec_hash, Labels};
+use crate::docker::labels::{self, spec_hash, Identity, Labels};
+use crate::docker::names;
 use crate::docker::{ContainerDriver, ContainerInfo, ContainerSpec, DriverError, HealthSpec, PublishSpec, VolumeSpec};
+use crate::owned::{self, Found, OwnedNetwork, OwnedVolume, Wanted};
 use minicloud_store::{EventType, NewEvent, Store, StoreError};
 
 /// The finalizer that guards an Instance's container.
@@ -38,20 +42,19 @@ pub const FINALIZER: &str = "minicloud.dev/container";
 
 /// How soon a reconcile comes back while a container is still starting.
 const STARTING_RECHECK: Duration = Duration::from_secs(2);
+/// How soon a name held by someone else is looked at again.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 
-/// The container of an Instance.
-pub fn container_name(namespace: &str, name: &str) -> String {
-    format!("mc-{namespace}-{name}")
-}
-
-/// The Docker network of a minicloud network name in a namespace.
-pub fn network_name(namespace: &str, network: Option<&str>) -> String {
-    format!("mc-{namespace}-{}", network.unwrap_or("default"))
-}
-
-/// The Docker volume behind an Instance's named volume.
-pub fn volume_name(namespace: &str, instance: &str, volume: &str) -> String {
-    format!("mc-{namespace}-{instance}-{volume}")
+/// The Instance's named volumes: Docker name, identity, legacy name.
+fn owned_volumes(cluster: &str, namespace: &str, name: &str, spec: &InstanceSpec) -> Vec<OwnedVolume> {
+    spec.volumes
+        .iter()
+        .map(|volume| OwnedVolume {
+            name: names::instance_volume(cluster, namespace, name, &volume.name),
+            identity: Identity::volume(cluster, namespace, Kind::Instance, name, &volume.name),
+            legacy: names::legacy::instance_volume(namespace, name, &volume.name),
+        })
+        .collect()
 }
 
 /// Reconciles Instances.
@@ -133,15 +136,16 @@ impl InstanceController {
                 }
             })
             .collect();
+        let cluster = self.store.cluster_id();
         ContainerSpec {
-            name: container_name(namespace, name),
+            name: names::instance_container(cluster, namespace, name),
             image: spec.image.clone(),
             entrypoint: (!spec.command.is_empty()).then(|| spec.command.clone()),
             command: (!spec.args.is_empty()).then(|| spec.args.clone()),
             env,
             labels,
             ports,
-            network: network_name(namespace, spec.network.as_deref()),
+            network: names::network(cluster, namespace, spec.network.as_deref()),
             aliases: vec![name.clone()],
             memory_bytes: spec
                 .resources
@@ -160,7 +164,7 @@ impl InstanceController {
                 .volumes
                 .iter()
                 .map(|volume| VolumeSpec {
-                    volume: volume_name(namespace, name, &volume.name),
+                    volume: names::instance_volume(cluster, namespace, name, &volume.name),
                     mount_path: volume.mount_path.clone(),
                     read_only: volume.read_only,
                 })
@@ -177,11 +181,24 @@ impl InstanceController {
     async fn finalize(&self, object: Object, instance: &Instance) -> Result<Option<Duration>, ReconcileError> {
         let namespace = object.namespace().to_owned();
         let name = object.metadata.name.clone();
-        self.driver.remove(&container_name(&namespace, &name)).await?;
-        for volume in instance.spec.volumes.iter().filter(|volume| !volume.retain) {
-            self.driver.remove_volume(&volume_name(&namespace, &name, &volume.name)).await?;
+        let cluster = self.store.cluster_id();
+        let uid = object.metadata.uid.clone().unwrap_or_default();
+        let wanted = Wanted::new(cluster, Kind::Instance, &namespace, &name, &uid);
+        owned::remove(self.driver.as_ref(), &wanted).await?;
+        let volumes = owned_volumes(cluster, &namespace, &name, &instance.spec);
+        for (volume, declared) in volumes.iter().zip(&instance.spec.volumes) {
+            if declared.retain {
+                continue;
+            }
+            match self.driver.remove_volume(&volume.name, &volume.identity).await {
+                Ok(()) => {}
+                // Someone else's volume under this name: it was never used, and stays.
+                Err(DriverError::NotOurs { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
-        self.driver.remove_network_if_unused(&network_name(&namespace, instance.spec.network.as_deref())).await?;
+        let network = OwnedNetwork::new(cluster, &namespace, instance.spec.network.as_deref());
+        self.driver.remove_network_if_unused(&network.name, &network.identity).await?;
         match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
             FinalizerUpdate::Done(_) => Ok(None),
             FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
@@ -216,14 +233,50 @@ impl InstanceController {
             spec_hash: hash.clone(),
         }
         .to_map(&self.extra_labels);
-        let name = container_name(&namespace, &object.metadata.name);
-
-        let mut current = match self.driver.inspect(&name).await {
-            Ok(current) => current,
+        let wanted = Wanted::new(self.store.cluster_id(), Kind::Instance, &namespace, &object.metadata.name, &uid);
+        let found = match owned::find(self.driver.as_ref(), &wanted).await {
+            Ok(found) => found,
             Err(error) => return self.driver_failed(&mut object, &mut status, error, generation).await,
         };
-        if let Some(container) = &current {
-            let replace = if container.labels.get(labels::UID) != Some(&uid) {
+        let mut current = match found {
+            Found::Absent => None,
+            Found::Ours(container) => Some((container, false)),
+            Found::Earlier(container) => Some((container, true)),
+            Found::Foreign(owner) => {
+                let message = format!(
+                    "a container named {} exists and is not this Instance's: {owner}. Remove or rename it, or give this Instance another name",
+                    wanted.name
+                );
+                return self.conflict(&mut object, &mut status, "NameConflict", message, generation).await;
+            }
+            Found::Legacy(container) => {
+                let volumes = owned_volumes(self.store.cluster_id(), &namespace, &object.metadata.name, spec);
+                match owned::migrate_legacy(self.driver.as_ref(), &container, &volumes, &spec.image, &self.extra_labels)
+                    .await
+                {
+                    Ok(copied) => {
+                        let volumes = if copied.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; volumes copied: {}", copied.join(", "))
+                        };
+                        let message =
+                            format!("took over container {} of an earlier minicloud version{volumes}", container.name);
+                        self.event(&object, EventType::Normal, "Migrated", message).await;
+                    }
+                    Err(error) => {
+                        let message = format!(
+                            "cannot take over container {} of an earlier minicloud version: {error}. It is stopped and kept; docs/controllers.md says how to migrate by hand",
+                            container.name
+                        );
+                        return self.conflict(&mut object, &mut status, "MigrationFailed", message, generation).await;
+                    }
+                }
+                None
+            }
+        };
+        if let Some((container, earlier)) = &current {
+            let replace = if *earlier {
                 Some(("Replacing", "a container of an earlier object with this name was found".to_owned(), false))
             } else if container.labels.get(labels::SPEC_HASH) != Some(&hash) {
                 Some(("Replacing", "the spec changed".to_owned(), false))
@@ -264,7 +317,7 @@ impl InstanceController {
             self.write_status(&mut object, &status).await?;
         }
 
-        let container = match current {
+        let container = match current.map(|(container, _)| container) {
             Some(container) => container,
             None => match self.create(&mut object, spec, &mut status, env, labels, generation, now).await? {
                 Some(container) => container,
@@ -326,11 +379,29 @@ impl InstanceController {
                 other => self.driver_failed(object, status, other, generation).await.map(|_| None),
             };
         }
-        let network_labels = network_labels(self.store.cluster_id(), object.namespace(), &self.extra_labels);
+        let cluster = self.store.cluster_id();
+        let network = OwnedNetwork::new(cluster, object.namespace(), spec.network.as_deref());
         let mut container_spec = self.container_spec(object, spec, status, env, labels);
-        match self.driver.ensure_network(&container_spec.network, &network_labels).await {
+        match self.driver.ensure_network(&network.name, &network.identity, &self.extra_labels).await {
             // Attach by id: names are not unique in Docker.
             Ok(id) => container_spec.network = id,
+            Err(error @ DriverError::NotOurs { .. }) => {
+                return self
+                    .conflict(object, status, "NetworkConflict", error.to_string(), generation)
+                    .await
+                    .map(|_| None)
+            }
+            Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
+        }
+        let volumes = owned_volumes(cluster, object.namespace(), &object.metadata.name, spec);
+        match owned::ensure_volumes(self.driver.as_ref(), &volumes, &self.extra_labels).await {
+            Ok(()) => {}
+            Err(error @ DriverError::NotOurs { .. }) => {
+                return self
+                    .conflict(object, status, "VolumeConflict", error.to_string(), generation)
+                    .await
+                    .map(|_| None)
+            }
             Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
         }
         status.phase = InstancePhase::Creating;
@@ -393,6 +464,22 @@ impl InstanceController {
         set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, message, generation, now);
     }
 
+    /// Something that is not this Instance's holds a name it needs: nothing is touched; status
+    /// and an event say what to do; looked at again later.
+    async fn conflict(
+        &self,
+        object: &mut Object,
+        status: &mut InstanceStatus,
+        reason: &str,
+        message: String,
+        generation: i64,
+    ) -> Result<Option<Duration>, ReconcileError> {
+        self.not_running(status, reason, &message, generation, Utc::now());
+        self.write_status(object, status).await?;
+        self.event(object, EventType::Warning, reason, message).await;
+        Ok(Some(CONFLICT_RECHECK))
+    }
+
     /// A driver failure: conditions say so (Docker unreachable, refused), then retry with backoff.
     async fn driver_failed(
         &self,
@@ -424,7 +511,7 @@ impl InstanceController {
         status.container_id = Some(container.id.clone());
         // A stopped container has no address; keep the last one so that a LoadBalancer in
         // front reports the target DOWN rather than forgetting it.
-        let network = network_name(namespace, spec.network.as_deref());
+        let network = names::network(self.store.cluster_id(), namespace, spec.network.as_deref());
         if let Some(address) = container.addresses.get(&network) {
             status.address = Some(address.clone());
         }
@@ -548,8 +635,10 @@ impl Reconciler for InstanceController {
         let object = match self.store.get(key).await {
             Ok(object) => object,
             Err(StoreError::NotFound(_)) => {
-                // Gone without our finalizer (e.g. removed by hand): make sure nothing is left.
-                self.driver.remove(&container_name(&key.namespace, &key.name)).await?;
+                // Gone without our finalizer (e.g. removed by hand): make sure nothing of it is
+                // left (any uid: no object of this name exists).
+                let wanted = Wanted::new(self.store.cluster_id(), Kind::Instance, &key.namespace, &key.name, "");
+                owned::remove(self.driver.as_ref(), &wanted).await?;
                 return Ok(None);
             }
             Err(error) => return Err(error.into()),
@@ -634,6 +723,11 @@ mod tests {
         fixture.store.create(object).await.expect("create")
     }
 
+    /// The container of Instance `web` in `default`.
+    fn web_container(fixture: &Fixture) -> String {
+        names::instance_container(fixture.store.cluster_id(), "default", "web")
+    }
+
     fn web() -> Value {
         json!({"image": "web:1", "ports": [{"containerPort": 8080}], "restartPolicy": "Always"})
     }
@@ -655,7 +749,7 @@ mod tests {
         fixture.controller.reconcile(&key("web")).await.expect("reconcile");
         let stored = fixture.store.get(&key("web")).await.expect("object");
         assert_eq!(stored.metadata.finalizers, [FINALIZER]);
-        let container = fixture.driver.get("mc-default-web").expect("container");
+        let container = fixture.driver.get(&web_container(&fixture)).expect("container");
         let labels = Labels::from_map(&container.labels).expect("labels");
         assert_eq!(
             (labels.uid, labels.cluster.as_str()),
@@ -663,7 +757,8 @@ mod tests {
         );
         let spec = fixture.driver.created.lock().expect("lock")[0].clone();
         assert_eq!(spec.ports[0].host_ip, "127.0.0.1");
-        assert_eq!(spec.network, "id-mc-default-default", "attached by network id");
+        let network = names::network(fixture.store.cluster_id(), "default", None);
+        assert_eq!(spec.network, format!("id-{network}"), "attached by network id");
         let status = status(&fixture, "web").await;
         assert_eq!(status.phase, InstancePhase::Running);
         assert_eq!(condition(&status, "Ready").0, ConditionStatus::True);
@@ -702,7 +797,7 @@ mod tests {
             spec["restartPolicy"] = json!(policy);
             create(&fixture, "web", spec).await;
             fixture.controller.reconcile(&key("web")).await.expect("reconcile");
-            fixture.driver.set("mc-default-web", |c| {
+            fixture.driver.set(&web_container(&fixture), |c| {
                 c.running = false;
                 c.exit_code = Some(exit_code);
             });
@@ -726,7 +821,7 @@ mod tests {
         let fixture = fixture(FakeDriver::default());
         create(&fixture, "web", web()).await;
         fixture.controller.reconcile(&key("web")).await.expect("reconcile");
-        fixture.driver.set("mc-default-web", |c| {
+        fixture.driver.set(&web_container(&fixture), |c| {
             c.running = false;
             c.exit_code = Some(137);
         });
@@ -750,7 +845,7 @@ mod tests {
         let again = fixture.controller.reconcile(&key("web")).await.expect("reconcile");
         assert_eq!(again, Some(STARTING_RECHECK), "come back while the health check is pending");
         assert_eq!(condition(&status(&fixture, "web").await, "Ready").0, ConditionStatus::False);
-        fixture.driver.set("mc-default-web", |c| c.health = Some("healthy".into()));
+        fixture.driver.set(&web_container(&fixture), |c| c.health = Some("healthy".into()));
         assert_eq!(fixture.controller.reconcile(&key("web")).await.expect("reconcile"), None);
         let status = status(&fixture, "web").await;
         assert_eq!(condition(&status, "Healthy").0, ConditionStatus::True);
@@ -764,7 +859,7 @@ mod tests {
         fixture.controller.reconcile(&key("web")).await.expect("reconcile");
         assert!(matches!(fixture.store.delete(&key("web"), None).await, Ok(minicloud_store::Deleted::Terminating(_))));
         fixture.controller.reconcile(&key("web")).await.expect("reconcile");
-        assert!(fixture.driver.get("mc-default-web").is_none());
+        assert!(fixture.driver.get(&web_container(&fixture)).is_none());
         assert!(matches!(fixture.store.get(&key("web")).await, Err(StoreError::NotFound(_))));
     }
 
@@ -789,7 +884,80 @@ mod tests {
         create(&case, "web", spec).await;
         assert_eq!(case.controller.reconcile(&key("web")).await.expect("reconcile"), Some(Duration::from_secs(10)));
         assert_eq!(condition(&status(&case, "web").await, "Ready"), (ConditionStatus::False, "SecretNotFound".into()));
-        assert!(case.driver.get("mc-default-web").is_none(), "no container without its environment");
+        assert!(case.driver.get(&web_container(&case)).is_none(), "no container without its environment");
+    }
+
+    #[tokio::test]
+    async fn names_held_by_others_are_conflicts_and_stay_untouched() {
+        // Another control plane's container under this Instance's name.
+        let fixture = fixture(FakeDriver::default());
+        create(&fixture, "web", web()).await;
+        let name = web_container(&fixture);
+        let mut foreign = Labels {
+            cluster: "another-cluster".into(),
+            namespace: "default".into(),
+            kind: Kind::Instance,
+            name: "web".into(),
+            uid: "u-other".into(),
+            spec_hash: String::new(),
+        }
+        .to_map(&HashMap::new());
+        fixture.driver.containers.lock().expect("lock").insert(
+            name.clone(),
+            ContainerInfo {
+                id: "foreign".into(),
+                name: name.clone(),
+                labels: foreign.clone(),
+                running: true,
+                health: None,
+                exit_code: None,
+                started_at: None,
+                ports: Vec::new(),
+                addresses: BTreeMap::new(),
+                volumes: Vec::new(),
+            },
+        );
+        assert_eq!(fixture.controller.reconcile(&key("web")).await.expect("reconcile"), Some(CONFLICT_RECHECK));
+        assert_eq!(condition(&status(&fixture, "web").await, "Ready"), (ConditionStatus::False, "NameConflict".into()));
+        assert_eq!(fixture.driver.get(&name).map(|c| c.id), Some("foreign".into()), "left alone");
+        assert!(fixture.driver.created.lock().expect("lock").is_empty());
+
+        // A volume of the wanted name without this Instance's labels.
+        let fixture = self::fixture(FakeDriver::default());
+        let mut spec = web();
+        spec["volumes"] = json!([{"name": "data", "mountPath": "/data"}]);
+        create(&fixture, "web", spec).await;
+        let volume = names::instance_volume(fixture.store.cluster_id(), "default", "web", "data");
+        foreign.insert(labels::CLUSTER.into(), fixture.store.cluster_id().into());
+        foreign.insert(labels::NAMESPACE.into(), "default-web".into());
+        fixture.driver.volumes.lock().expect("lock").insert(volume.clone(), foreign.clone());
+        assert!(fixture.controller.reconcile(&key("web")).await.expect("reconcile").is_some(), "looked at again");
+        let (state, reason) = condition(&status(&fixture, "web").await, "Ready");
+        assert_eq!((state, reason.as_str()), (ConditionStatus::False, "VolumeConflict"));
+        assert!(fixture.driver.created.lock().expect("lock").is_empty(), "no container on someone else's volume");
+        // Deleting the Instance leaves that volume where it is.
+        fixture.store.delete(&key("web"), None).await.expect("delete");
+        fixture.controller.reconcile(&key("web")).await.expect("finalize");
+        assert_eq!(fixture.driver.volumes.lock().expect("lock").get(&volume), Some(&foreign));
+    }
+
+    #[tokio::test]
+    async fn volumes_are_created_labelled_and_removed_unless_retained() {
+        let fixture = fixture(FakeDriver::default());
+        let mut spec = web();
+        spec["volumes"] = json!([{"name": "scratch", "mountPath": "/scratch"}, {"name": "keep", "mountPath": "/keep", "retain": true}]);
+        create(&fixture, "web", spec).await;
+        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
+        let cluster = fixture.store.cluster_id().to_owned();
+        let scratch = names::instance_volume(&cluster, "default", "web", "scratch");
+        let keep = names::instance_volume(&cluster, "default", "web", "keep");
+        let labels = fixture.driver.volumes.lock().expect("lock").get(&scratch).cloned().expect("created");
+        assert_eq!(labels.get(labels::VOLUME).map(String::as_str), Some("scratch"));
+        assert_eq!(labels.get(labels::CLUSTER), Some(&cluster));
+        fixture.store.delete(&key("web"), None).await.expect("delete");
+        fixture.controller.reconcile(&key("web")).await.expect("finalize");
+        let volumes = fixture.driver.volumes.lock().expect("lock").clone();
+        assert!(!volumes.contains_key(&scratch) && volumes.contains_key(&keep), "{volumes:?}");
     }
 
     #[tokio::test]
@@ -815,6 +983,7 @@ mod tests {
             started_at: None,
             ports: Vec::new(),
             addresses: BTreeMap::new(),
+            volumes: Vec::new(),
         };
         let cluster = fixture.store.cluster_id().to_owned();
         fixture.driver.containers.lock().expect("lock").insert("ours".into(), orphan("ours", &cluster));
@@ -823,6 +992,6 @@ mod tests {
         assert_eq!(removed, 1);
         assert!(fixture.driver.get("ours").is_none());
         assert!(fixture.driver.get("theirs").is_some());
-        assert!(fixture.driver.get("mc-default-web").is_some(), "live objects keep their containers");
+        assert!(fixture.driver.get(&web_container(&fixture)).is_some(), "live objects keep their containers");
     }
 }

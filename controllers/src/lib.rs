@@ -14,6 +14,7 @@ pub mod helpers;
 pub mod instance;
 pub mod loadbalancer;
 pub mod metrics;
+pub mod owned;
 pub mod queue;
 pub mod runtime;
 pub mod scalinggroup;

@@ -4,8 +4,9 @@
 //! - watches the store and queues an object when its spec, deletion state, finalizers, labels
 //!   or annotations change — a status-only write (typically the controller's own) does not
 //!   re-trigger;
-//! - queues the owner of a container named in a Docker event (die, oom, destroy,
-//!   health_status), so a killed container is noticed at once, not at the next resync;
+//! - queues the owner of a container named in a Docker lifecycle event (start, die, oom,
+//!   destroy, health_status), so a killed container is noticed at once, not at the next
+//!   resync; exec events (a controller's own probes) wake nobody;
 //! - queues every object of its kind in a namespace when an object of a kind it watches
 //!   ([`Reconciler::watched_kinds`]) changes there (a LoadBalancer follows its Instances);
 //! - queues every object again each resync period, to catch drift;
@@ -23,7 +24,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::metrics::Metrics;
 use super::queue::{Backoff, Queue};
-use crate::docker::{labels::Labels, ContainerEvent};
+use crate::docker::{is_lifecycle, labels::Labels, ContainerEvent};
 use minicloud_store::{ChangeType, Query, Store, StoreError};
 
 /// How a controller runs.
@@ -178,13 +179,14 @@ pub async fn run(
         async move {
             loop {
                 match events.recv().await {
-                    Ok(event) => {
+                    Ok(event) if is_lifecycle(&event.action) => {
                         if let Some(labels) = Labels::from_map(&event.labels) {
                             if labels.kind == kind && labels.cluster == cluster {
                                 queue.schedule_now(ObjectKey::new(kind, labels.namespace, labels.name));
                             }
                         }
                     }
+                    Ok(_) => {}
                     Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => return,
                 }

@@ -84,6 +84,10 @@ pub const BACKUP_REQUEST_ANNOTATION: &str = "minicloud.dev/backup-request";
 /// Annotation asking for a restore (`cloud db restore`): `REQUEST-ID BACKUP-NAME`, answered in
 /// `status.lastRestore`.
 pub const RESTORE_REQUEST_ANNOTATION: &str = "minicloud.dev/restore-request";
+/// Annotation (`"true"`) that lets a `Snapshot` deletion go on without its final backup, as
+/// RDS's `SkipFinalSnapshot` does (`cloud delete db NAME --skip-final-snapshot`): the way out
+/// when the final backup cannot be taken.
+pub const SKIP_FINAL_SNAPSHOT_ANNOTATION: &str = "minicloud.dev/skip-final-snapshot";
 
 /// Persistent storage of the database.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

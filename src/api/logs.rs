@@ -13,7 +13,7 @@ use minicloud_crds::Kind;
 use super::error::ApiError;
 use super::AppState;
 use minicloud_controllers::docker::DriverError;
-use minicloud_controllers::instance::container_name;
+use minicloud_controllers::owned::{self, Found, Wanted};
 
 /// Streams the logs of an Instance's container.
 pub async fn instance_log(
@@ -29,7 +29,19 @@ pub async fn instance_log(
         Some(text) => Some(text.parse::<u32>().map_err(|_| ApiError::bad_request("tailLines must be a whole number"))?),
     };
     let driver = state.driver.clone().ok_or_else(|| ApiError::unavailable("this server has no Docker engine"))?;
-    let stream = match driver.logs(&container_name(&namespace, &name), follow, tail).await {
+    // Only this Instance's own container (by its labels) is read.
+    let uid = instance.metadata.uid.clone().unwrap_or_default();
+    let wanted = Wanted::new(state.store.cluster_id(), Kind::Instance, &namespace, &name, &uid);
+    let container = match owned::find(driver.as_ref(), &wanted).await {
+        Ok(Found::Ours(container)) => Ok(container.id),
+        Ok(_) => Err(DriverError::NoSuchContainer(wanted.name.clone())),
+        Err(error) => Err(error),
+    };
+    let stream = match container {
+        Ok(id) => driver.logs(&id, follow, tail).await,
+        Err(error) => Err(error),
+    };
+    let stream = match stream {
         Ok(stream) => stream,
         Err(DriverError::NoSuchContainer(_)) => {
             let phase = instance.status.get("phase").and_then(|phase| phase.as_str()).unwrap_or("Pending");

@@ -157,6 +157,10 @@ enum Command {
         /// How long --wait waits, e.g. 30s, 2m.
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Databases only: delete without the final snapshot that `deletionPolicy: Snapshot`
+        /// takes (the way out when it cannot be taken; recorded in the audit log).
+        #[arg(long)]
+        skip_final_snapshot: bool,
     },
     /// Set a scaling group's desired count: `cloud scale sg web --replicas 5` (within its
     /// minReplicas..maxReplicas).
@@ -461,8 +465,9 @@ pub async fn run() -> ExitCode {
             get::run(&client, &targets, namespace.as_deref(), selector.as_deref(), output, watch).await
         }
         Command::Describe { targets, namespace } => describe::run(&client, &targets, &namespace).await,
-        Command::Delete { targets, files, recursive, namespace, wait, timeout } => {
-            delete::run(&client, &targets, &files, recursive, &namespace, wait.then_some(timeout)).await
+        Command::Delete { targets, files, recursive, namespace, wait, timeout, skip_final_snapshot } => {
+            let options = delete::Options { wait: wait.then_some(timeout), skip_final_snapshot };
+            delete::run(&client, &targets, &files, recursive, &namespace, options).await
         }
         Command::Scale { targets, replicas, namespace } => scale::run(&client, &targets, &namespace, replicas).await,
         Command::Secret(command) => secret::run(&client, command).await,

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use minicloud_controllers::docker::names;
+
 use super::docker::{docker, remove_marked};
 use super::server::TestServer;
 use super::TestDb;
@@ -45,14 +47,6 @@ impl Drop for Harness {
         drop(self.server.take());
         let run = self.run.clone();
         remove_marked(|label| label == run);
-        // Volumes carry the run's namespace in their names (`mc-NS-...`, `mcdb-NS-...`).
-        for prefix in [format!("mc-{}-", self.namespace), format!("mcdb-{}-", self.namespace)] {
-            for volume in docker(&["volume", "ls", "-q", "--filter", &format!("name={prefix}")]).lines() {
-                if volume.starts_with(&prefix) {
-                    docker(&["volume", "rm", "-f", volume]);
-                }
-            }
-        }
     }
 }
 
@@ -95,6 +89,16 @@ impl Harness {
 
     pub fn server(&self) -> &TestServer {
         self.server.as_ref().expect("a running server")
+    }
+
+    /// The Docker container of Instance `name` in this run's namespace.
+    pub async fn instance_container(&self, name: &str) -> String {
+        names::instance_container(&self.server().cluster().await, &self.namespace, name)
+    }
+
+    /// The Docker container of ManagedDatabase `name` in this run's namespace.
+    pub async fn database_container(&self, name: &str) -> String {
+        names::database_container(&self.server().cluster().await, &self.namespace, name)
     }
 
     pub fn url(&self, plural: &str, name: &str) -> String {

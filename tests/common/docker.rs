@@ -10,7 +10,8 @@ pub fn docker(args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-/// Removes the containers and networks whose `minicloud.dev/test` label satisfies `matches`.
+/// Removes the containers, networks and volumes whose `minicloud.dev/test` label satisfies
+/// `matches`.
 pub fn remove_marked(matches: impl Fn(&str) -> bool) {
     let format = "{{.ID}} {{.Label \"minicloud.dev/test\"}}";
     for line in docker(&["ps", "-a", "--filter", "label=minicloud.dev/test", "--format", format]).lines() {
@@ -24,6 +25,14 @@ pub fn remove_marked(matches: impl Fn(&str) -> bool) {
         if let Some((id, run)) = line.split_once(' ') {
             if matches(run) {
                 docker(&["network", "rm", id]);
+            }
+        }
+    }
+    let format = "{{.Name}} {{.Label \"minicloud.dev/test\"}}";
+    for line in docker(&["volume", "ls", "--filter", "label=minicloud.dev/test", "--format", format]).lines() {
+        if let Some((name, run)) = line.split_once(' ') {
+            if matches(run) {
+                docker(&["volume", "rm", "-f", name]);
             }
         }
     }

@@ -78,6 +78,14 @@ impl TestServer {
         TestServer { url: format!("http://{address}"), child, database: Some(database), log, stdout }
     }
 
+    /// The store's cluster id (`/version`), which every Docker name this server gives carries.
+    /// (A server with `--auth` answers `/version` without a token too.)
+    pub async fn cluster(&self) -> String {
+        let version: serde_json::Value =
+            reqwest::get(format!("{}/version", self.url)).await.expect("version").json().await.expect("json");
+        version["cluster"].as_str().unwrap_or_else(|| panic!("no cluster id: {version}")).to_owned()
+    }
+
     /// Makes a token with `admin` (`{"name", "role", "namespace"?}`) and returns it.
     pub async fn create_token(&self, admin: &str, request: serde_json::Value) -> String {
         let created: serde_json::Value = reqwest::Client::new()

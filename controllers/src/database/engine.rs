@@ -121,6 +121,56 @@ pub fn readiness(engine: Engine, credentials: &Credentials) -> Command {
     }
 }
 
+/// Logs in over TCP with the generated credentials, as a client on the network would (the
+/// readiness check alone passes on a data directory whose users or `pg_hba.conf` are not the
+/// ones the credentials Secret names). Exits 0 (Redis: prints `PONG`) when they work.
+pub fn login(engine: Engine, credentials: &Credentials) -> Command {
+    match engine {
+        Engine::Postgres => command(
+            &[
+                "psql",
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-w",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                &credentials.username,
+                "-d",
+                &credentials.database,
+                "-c",
+                "SELECT 1",
+            ],
+            vec![format!("PGPASSWORD={}", credentials.password), "PGCONNECT_TIMEOUT=5".into()],
+        ),
+        Engine::Mysql => command(
+            &[
+                "mariadb",
+                "--connect-timeout=5",
+                "-h",
+                "127.0.0.1",
+                "-u",
+                &credentials.username,
+                "-e",
+                "SELECT 1",
+                &credentials.database,
+            ],
+            mysql_env(credentials),
+        ),
+        Engine::Redis => {
+            command(&["redis-cli", "--no-auth-warning", "-h", "127.0.0.1", "ping"], redis_env(credentials))
+        }
+    }
+}
+
+/// Whether a readiness check's output says the engine runs but refuses the credentials (Redis
+/// answers its `ping` with an authentication error then).
+pub fn refuses_credentials(output: &str) -> bool {
+    ["WRONGPASS", "NOAUTH", "invalid password", "invalid username-password"].iter().any(|sign| output.contains(sign))
+}
+
 /// What a successful readiness check prints, when exit code 0 is not enough.
 pub fn readiness_output(engine: Engine) -> Option<&'static str> {
     match engine {
@@ -229,6 +279,7 @@ mod tests {
             let credentials = credentials();
             for command in [
                 readiness(engine, &credentials),
+                login(engine, &credentials),
                 dump(engine, &credentials),
                 restore(engine, &credentials),
                 redis_snapshot(&credentials),

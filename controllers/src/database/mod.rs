@@ -6,10 +6,13 @@
 //!   `password`, `database`, `url`), owned by the database, created once with a 32-character
 //!   password from the OS random number generator and never regenerated: a re-applied database
 //!   finds and keeps it (and adopts one a `Retain` deletion left behind, with its volume).
-//! - Container `mcdb-NAMESPACE-NAME` on the database's network (alias NAME), its port published
-//!   on 127.0.0.1 (the host port is kept across replacements), data on the volume
-//!   `mcdb-NAMESPACE-NAME-data`. Readiness is the engine's own check, run inside the container
-//!   (`pg_isready`, `mariadb-admin ping`, `redis-cli ping`): condition `Accepting`.
+//! - Container `mcdb.NAMESPACE.NAME.CLUSTER` on the database's network (alias NAME), its port
+//!   published on 127.0.0.1 (the host port is kept across replacements), data on the labelled
+//!   volume `mcdb.NAMESPACE.NAME.data.CLUSTER`. A container or volume of those names that is not
+//!   this database's (by its labels) is never used or removed: `NameConflict`,
+//!   `VolumeConflict`. Readiness is the engine's own check, run inside the container
+//!   (`pg_isready`, `mariadb-admin ping`, `redis-cli ping`: condition `Accepting`), and then a
+//!   login over TCP with the generated credentials (`CredentialsInvalid` when they fail).
 //! - Backups ([`backups`]): consistent dumps streamed out of the container (`pg_dump -Fc`,
 //!   `mariadb-dump --single-transaction`, Redis `BGSAVE` then its snapshot file), written to a
 //!   partial file, synced, renamed, then described (size, SHA-256); on the cron schedule of
@@ -21,8 +24,9 @@
 //!   request (annotation `minicloud.dev/restore-request`, `cloud db restore`) and once for
 //!   `spec.restoreFrom`.
 //! - Deletion (finalizer `minicloud.dev/database`): `Snapshot` (default) takes a final backup
-//!   first — and keeps everything while it cannot —, `Retain` keeps the volume and the
-//!   credentials Secret, `Delete` removes everything but earlier backups.
+//!   first — and keeps everything while it cannot (condition `FinalSnapshot`), unless the
+//!   annotation `minicloud.dev/skip-final-snapshot` says to go on without it —, `Retain` keeps
+//!   the volume and the credentials Secret, `Delete` removes everything but earlier backups.
 
 pub mod backups;
 pub mod engine;
@@ -37,7 +41,7 @@ use chrono::{DateTime, Utc};
 use minicloud_crds::cron::Schedule;
 use minicloud_crds::database::{
     BackupRecord, DatabaseEndpoint, DeletionPolicy, Engine, ManagedDatabaseSpec, ManagedDatabaseStatus, RestoreRecord,
-    BACKUP_REQUEST_ANNOTATION, RESTORE_REQUEST_ANNOTATION,
+    BACKUP_REQUEST_ANNOTATION, RESTORE_REQUEST_ANNOTATION, SKIP_FINAL_SNAPSHOT_ANNOTATION,
 };
 use minicloud_crds::kinds::ManagedDatabase;
 use minicloud_crds::meta::{ConditionStatus, ObjectMeta};
@@ -48,13 +52,13 @@ use serde_json::json;
 use self::backups::{BackupMeta, BackupStore};
 use self::engine::Credentials;
 use crate::conditions::set_condition;
-use crate::docker::labels::{self, spec_hash, Labels};
-use crate::docker::{ContainerDriver, ContainerInfo, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
+use crate::docker::labels::{self, spec_hash, Identity, Labels};
+use crate::docker::{names, ContainerDriver, ContainerInfo, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
 use crate::helpers::{
-    ensure_finalizer, network_labels, owner_reference, record_event, remove_finalizer, write_status, FinalizerUpdate,
+    ensure_finalizer, owner_reference, record_event, remove_finalizer, write_status, FinalizerUpdate,
 };
-use crate::instance::network_name;
 use crate::metrics::Metrics;
+use crate::owned::{self, Found, OwnedNetwork, OwnedVolume, Wanted};
 use crate::runtime::{ReconcileError, Reconciler};
 
 /// The finalizer that guards a database's container, volume and final snapshot.
@@ -74,14 +78,28 @@ const PASSWORD_LENGTH: usize = 32;
 /// Scheduled and manual backups kept per database unless the policy says otherwise.
 const DEFAULT_RETENTION: usize = 7;
 
-/// The container of a database.
-pub fn container_name(namespace: &str, name: &str) -> String {
-    format!("mcdb-{namespace}-{name}")
+/// Conditions' reasons that say why no container could be used; a Docker error does not
+/// overwrite them.
+const CONTAINER_REASONS: &[&str] =
+    &["ImagePullFailed", "NameConflict", "VolumeConflict", "NetworkConflict", "MigrationFailed"];
+
+/// The data volume of a database: its name, identity and the name an earlier version used.
+fn data_volume(cluster: &str, namespace: &str, name: &str) -> OwnedVolume {
+    OwnedVolume {
+        name: names::database_volume(cluster, namespace, name),
+        identity: Identity::volume(cluster, namespace, Kind::ManagedDatabase, name, "data"),
+        legacy: names::legacy::database_volume(namespace, name),
+    }
 }
 
-/// The data volume of a database.
-pub fn volume_name(namespace: &str, name: &str) -> String {
-    format!("mcdb-{namespace}-{name}-data")
+/// What a database's readiness check found.
+enum Probe {
+    /// The engine accepts connections and the credentials log in.
+    Ready,
+    /// Not accepting connections (yet).
+    Starting,
+    /// It runs, but refuses the generated credentials; the engine's words.
+    CredentialsRefused(String),
 }
 
 /// The Secret holding a database's credentials.
@@ -241,8 +259,9 @@ impl DatabaseController {
             spec_hash: hash,
         }
         .to_map(&self.extra_labels);
+        let cluster = self.store.cluster_id();
         ContainerSpec {
-            name: container_name(&round.namespace, &round.name),
+            name: names::database_container(cluster, &round.namespace, &round.name),
             image: engine::image(engine).to_owned(),
             entrypoint: None,
             command: None,
@@ -254,13 +273,13 @@ impl DatabaseController {
                 host_ip: "127.0.0.1".into(),
                 host_port: status.endpoint.as_ref().map(|endpoint| endpoint.port),
             }],
-            network: network_name(&round.namespace, round.spec.network.as_deref()),
+            network: names::network(cluster, &round.namespace, round.spec.network.as_deref()),
             aliases: vec![round.name.clone()],
             memory_bytes: None,
             nano_cpus: None,
             health: None,
             volumes: vec![VolumeSpec {
-                volume: volume_name(&round.namespace, &round.name),
+                volume: names::database_volume(cluster, &round.namespace, &round.name),
                 mount_path: engine::data_path(engine).into(),
                 read_only: false,
             }],
@@ -277,9 +296,55 @@ impl DatabaseController {
         status: &mut ManagedDatabaseStatus,
     ) -> Result<Option<ContainerInfo>, ReconcileError> {
         let now = Utc::now();
-        if let Some(current) = self.driver.inspect(&template.name).await? {
-            let why = if current.labels.get(labels::UID) != Some(&round.uid) {
-                Some("a container of an earlier database with this name was found")
+        let cluster = self.store.cluster_id();
+        let wanted = Wanted::new(cluster, Kind::ManagedDatabase, &round.namespace, &round.name, &round.uid);
+        let volume = data_volume(cluster, &round.namespace, &round.name);
+        let current = match owned::find(self.driver.as_ref(), &wanted).await? {
+            Found::Absent => None,
+            Found::Ours(container) => Some((container, None)),
+            Found::Earlier(container) => {
+                Some((container, Some("a container of an earlier database with this name was found")))
+            }
+            Found::Foreign(owner) => {
+                let message = format!(
+                    "a container named {} exists and is not this database's: {owner}. Remove or rename it, or give this database another name",
+                    wanted.name
+                );
+                return Err(self.conflict(round, status, "NameConflict", message).await);
+            }
+            Found::Legacy(container) => {
+                let image = engine::image(round.spec.engine);
+                match owned::migrate_legacy(
+                    self.driver.as_ref(),
+                    &container,
+                    std::slice::from_ref(&volume),
+                    image,
+                    &self.extra_labels,
+                )
+                .await
+                {
+                    Ok(copied) => {
+                        let message = format!(
+                            "took over container {} of an earlier minicloud version; data copied: {}",
+                            container.name,
+                            if copied.is_empty() { "none".to_owned() } else { copied.join(", ") }
+                        );
+                        self.event(round.object, EventType::Normal, "Migrated", message).await;
+                    }
+                    Err(error) => {
+                        let message = format!(
+                            "cannot take over container {} of an earlier minicloud version: {error}. It is stopped and kept with its data; docs/databases.md says how to migrate by hand",
+                            container.name
+                        );
+                        return Err(self.conflict(round, status, "MigrationFailed", message).await);
+                    }
+                }
+                None
+            }
+        };
+        if let Some((current, earlier)) = current {
+            let why = if let Some(earlier) = earlier {
+                Some(earlier)
             } else if current.labels.get(labels::SPEC_HASH) != template.labels.get(labels::SPEC_HASH) {
                 Some("its engine, version, network or credentials changed")
             } else if !current.running {
@@ -317,8 +382,24 @@ impl DatabaseController {
             return Err(ReconcileError(message));
         }
         let mut container = template.clone();
-        let labels = network_labels(self.store.cluster_id(), &round.namespace, &self.extra_labels);
-        container.network = self.driver.ensure_network(&template.network, &labels).await?;
+        let network = OwnedNetwork::new(cluster, &round.namespace, round.spec.network.as_deref());
+        container.network = match self.driver.ensure_network(&network.name, &network.identity, &self.extra_labels).await
+        {
+            Ok(id) => id,
+            Err(error @ DriverError::NotOurs { .. }) => {
+                return Err(self.conflict(round, status, "NetworkConflict", error.to_string()).await)
+            }
+            Err(error) => return Err(error.into()),
+        };
+        // Only a volume labelled as this database's (a `Retain`ed one of the same name
+        // included) holds its data; any other of the name is never used.
+        match owned::ensure_volumes(self.driver.as_ref(), std::slice::from_ref(&volume), &self.extra_labels).await {
+            Ok(()) => {}
+            Err(error @ DriverError::NotOurs { .. }) => {
+                return Err(self.conflict(round, status, "VolumeConflict", error.to_string()).await)
+            }
+            Err(error) => return Err(error.into()),
+        }
         let id = match self.driver.create_and_start(&container).await {
             Ok(id) => id,
             Err(DriverError::NameTaken(_)) => return Ok(None),
@@ -345,15 +426,50 @@ impl DatabaseController {
         Ok(self.driver.inspect(&id).await?)
     }
 
-    /// Whether the engine accepts connections (its own check).
-    async fn accepting(&self, container: &str, engine: Engine, credentials: &Credentials) -> bool {
+    /// Something that is not this database's holds a name it needs: nothing is touched; the
+    /// `Ready` condition and an event say what to do. The error retries with backoff.
+    async fn conflict(
+        &self,
+        round: &Round<'_>,
+        status: &mut ManagedDatabaseStatus,
+        reason: &str,
+        message: String,
+    ) -> ReconcileError {
+        not_ready(status, reason, &message, round.generation, Utc::now());
+        self.event(round.object, EventType::Warning, reason, message.clone()).await;
+        ReconcileError(message)
+    }
+
+    /// Whether the engine accepts connections (its own check), and then whether the generated
+    /// credentials log in over TCP, as an application's would.
+    async fn probe(&self, container: &str, engine: Engine, credentials: &Credentials) -> Probe {
         let check = engine::readiness(engine, credentials);
         match self.driver.exec_streaming(container, &check.argv, &check.env, None, None, CHECK_TIMEOUT).await {
-            Ok(output) => {
-                output.exit_code == 0
-                    && engine::readiness_output(engine).is_none_or(|expected| output.output.trim() == expected)
+            Ok(output) if engine::refuses_credentials(&output.output) => {
+                return Probe::CredentialsRefused(output.output.trim().to_owned())
             }
-            Err(_) => false,
+            Ok(output)
+                if output.exit_code == 0
+                    && engine::readiness_output(engine).is_none_or(|expected| output.output.trim() == expected) => {}
+            _ => return Probe::Starting,
+        }
+        let login = engine::login(engine, credentials);
+        match self.driver.exec_streaming(container, &login.argv, &login.env, None, None, CHECK_TIMEOUT).await {
+            Ok(output)
+                if output.exit_code == 0
+                    && engine::readiness_output(engine).is_none_or(|expected| output.output.trim() == expected) =>
+            {
+                Probe::Ready
+            }
+            Ok(output) => {
+                let said = output.output.trim();
+                Probe::CredentialsRefused(if said.is_empty() {
+                    format!("the login exited with code {}", output.exit_code)
+                } else {
+                    said.chars().take(500).collect()
+                })
+            }
+            Err(error) => Probe::CredentialsRefused(error.to_string()),
         }
     }
 
@@ -594,7 +710,7 @@ impl DatabaseController {
             Ok(Some(container)) => container,
             Ok(None) => return Ok(Some(STARTING_RECHECK)),
             Err(error) => {
-                if !matches!(condition_reason(&status), Some("ImagePullFailed")) {
+                if !condition_reason(&status).is_some_and(|reason| CONTAINER_REASONS.contains(&reason)) {
                     not_ready(&mut status, "DockerError", &error.0, round.generation, now);
                 }
                 write_status(self.store.as_ref(), &mut object, &status).await?;
@@ -614,28 +730,38 @@ impl DatabaseController {
             round.generation,
             now,
         );
-        if !self.accepting(&container.id, round.spec.engine, &credentials).await {
-            set_condition(
-                &mut status.conditions,
-                "Accepting",
-                ConditionStatus::False,
-                "Starting",
-                format!("{} does not accept connections yet", round.spec.engine.as_str()),
-                round.generation,
-                now,
-            );
-            set_condition(
-                &mut status.conditions,
-                "Ready",
-                ConditionStatus::False,
-                "Starting",
-                "the engine is starting",
-                round.generation,
-                now,
-            );
-            write_status(self.store.as_ref(), &mut object, &status).await?;
-            return Ok(Some(STARTING_RECHECK));
-        }
+        let refused = match self.probe(&container.id, round.spec.engine, &credentials).await {
+            Probe::Ready => None,
+            Probe::Starting => {
+                set_condition(
+                    &mut status.conditions,
+                    "Accepting",
+                    ConditionStatus::False,
+                    "Starting",
+                    format!("{} does not accept connections yet", round.spec.engine.as_str()),
+                    round.generation,
+                    now,
+                );
+                set_condition(
+                    &mut status.conditions,
+                    "Ready",
+                    ConditionStatus::False,
+                    "Starting",
+                    "the engine is starting",
+                    round.generation,
+                    now,
+                );
+                write_status(self.store.as_ref(), &mut object, &status).await?;
+                return Ok(Some(STARTING_RECHECK));
+            }
+            // Not Ready, but backups and restores asked for are still answered (they report
+            // their own failure): a restore may be the way out.
+            Probe::CredentialsRefused(said) => Some(format!(
+                "{} runs but does not let the credentials in secret/{} log in ({said}). If its data was initialised with other credentials (a volume kept from an earlier database, or a Secret deleted or edited since), restore the earlier Secret, or delete the database with deletionPolicy Delete and create it again",
+                round.spec.engine.as_str(),
+                credentials_secret(&round.name)
+            )),
+        };
         set_condition(
             &mut status.conditions,
             "Accepting",
@@ -713,20 +839,39 @@ impl DatabaseController {
         self.list_backups(&round, &mut status);
 
         let endpoint = status.endpoint.as_ref().map_or(String::new(), |e| format!(" at {}:{}", e.host, e.port));
-        set_condition(
-            &mut status.conditions,
-            "Ready",
-            ConditionStatus::True,
-            "Accepting",
-            format!(
-                "{} {} ready{endpoint} (credentials: secret/{})",
-                round.spec.engine.as_str(),
-                round.spec.version,
-                credentials_secret(&round.name)
-            ),
-            round.generation,
-            now,
-        );
+        match refused {
+            None => {
+                set_condition(
+                    &mut status.conditions,
+                    "Ready",
+                    ConditionStatus::True,
+                    "Accepting",
+                    format!(
+                        "{} {} ready{endpoint} (credentials: secret/{})",
+                        round.spec.engine.as_str(),
+                        round.spec.version,
+                        credentials_secret(&round.name)
+                    ),
+                    round.generation,
+                    now,
+                );
+            }
+            Some(message) => {
+                let news = condition_reason(&status) != Some("CredentialsInvalid");
+                set_condition(
+                    &mut status.conditions,
+                    "Ready",
+                    ConditionStatus::False,
+                    "CredentialsInvalid",
+                    message.clone(),
+                    round.generation,
+                    now,
+                );
+                if news {
+                    self.event(round.object, EventType::Warning, "CredentialsInvalid", message).await;
+                }
+            }
+        }
         write_status(self.store.as_ref(), &mut object, &status).await?;
         let until_backup = status
             .next_backup_time
@@ -768,6 +913,25 @@ impl DatabaseController {
         status.last_backup_time = status.backups.iter().map(|backup| backup.time).max();
     }
 
+    /// A final snapshot that cannot be taken holds the deletion: the condition `FinalSnapshot`
+    /// and an event say why and name the way out; tried again with backoff.
+    async fn final_snapshot_failed(
+        &self,
+        round: &Round<'_>,
+        object: &mut Object,
+        status: &mut ManagedDatabaseStatus,
+        problem: String,
+    ) -> Result<Option<Duration>, ReconcileError> {
+        let message = format!(
+            "{problem}. Fix it, or delete without the snapshot: cloud delete db {} -n {} --skip-final-snapshot (or set deletionPolicy Delete or Retain)",
+            round.name, round.namespace
+        );
+        set_final_snapshot(status, ConditionStatus::False, "SnapshotFailed", &message, round, Utc::now());
+        write_status(self.store.as_ref(), object, status).await?;
+        self.event(round.object, EventType::Warning, "FinalSnapshotFailed", message.clone()).await;
+        Err(ReconcileError(message))
+    }
+
     /// Deletion, as the policy says.
     async fn finalize(&self, mut object: Object, db: ManagedDatabase) -> Result<Option<Duration>, ReconcileError> {
         let original = object.clone();
@@ -780,45 +944,64 @@ impl DatabaseController {
             generation: object.metadata.generation.unwrap_or(1),
         };
         let mut status = db.status.clone().unwrap_or_default();
-        let name = container_name(&round.namespace, &round.name);
+        let cluster = self.store.cluster_id();
+        let wanted = Wanted::new(cluster, Kind::ManagedDatabase, &round.namespace, &round.name, &round.uid);
         let now = Utc::now();
-        if round.spec.deletion_policy == DeletionPolicy::Snapshot {
+        let skip = object.metadata.annotations.get(SKIP_FINAL_SNAPSHOT_ANNOTATION).is_some_and(|value| value == "true");
+        if round.spec.deletion_policy == DeletionPolicy::Snapshot && skip {
+            let message =
+                format!("deleting without a final snapshot, as the annotation {SKIP_FINAL_SNAPSHOT_ANNOTATION} asks");
+            self.event(round.object, EventType::Warning, "FinalSnapshotSkipped", message).await;
+        } else if round.spec.deletion_policy == DeletionPolicy::Snapshot {
             // Something may hold data: it was started once.
-            let started = status.endpoint.is_some() || self.driver.inspect(&name).await?.is_some();
+            let started = status.endpoint.is_some()
+                || !matches!(owned::find(self.driver.as_ref(), &wanted).await?, Found::Absent);
             if started {
                 let credentials = match self.credentials(&round).await? {
                     Ok(credentials) => credentials,
                     Err(message) => {
-                        let message = format!("no final snapshot without credentials ({message}); the data is kept. Set deletionPolicy Delete or Retain to go on");
-                        not_ready(&mut status, "SnapshotFailed", &message, round.generation, now);
-                        write_status(self.store.as_ref(), &mut object, &status).await?;
-                        return Ok(Some(HEALTH_POLL));
+                        let message = format!("no final snapshot without credentials ({message}); the data is kept");
+                        return self.final_snapshot_failed(&round, &mut object, &mut status, message).await;
                     }
                 };
                 let template = self.container_spec(&round, &credentials, &status);
-                let Some(container) = self.ensure_container(&round, &template, &mut status).await? else {
-                    return Ok(Some(STARTING_RECHECK));
+                let container = match self.ensure_container(&round, &template, &mut status).await {
+                    Ok(Some(container)) => container,
+                    Ok(None) => return Ok(Some(STARTING_RECHECK)),
+                    Err(error) => {
+                        let message = format!("no final snapshot: the database cannot run ({error}); the data is kept");
+                        return self.final_snapshot_failed(&round, &mut object, &mut status, message).await;
+                    }
                 };
-                if !self.accepting(&container.id, round.spec.engine, &credentials).await {
-                    return Ok(Some(STARTING_RECHECK));
+                match self.probe(&container.id, round.spec.engine, &credentials).await {
+                    Probe::Ready => {}
+                    Probe::Starting => {
+                        let message =
+                            "waiting for the engine to accept connections to take the final snapshot".to_owned();
+                        set_final_snapshot(&mut status, ConditionStatus::Unknown, "Waiting", &message, &round, now);
+                        write_status(self.store.as_ref(), &mut object, &status).await?;
+                        return Ok(Some(STARTING_RECHECK));
+                    }
+                    Probe::CredentialsRefused(said) => {
+                        let message =
+                            format!("no final snapshot: the engine refuses the credentials ({said}); the data is kept");
+                        return self.final_snapshot_failed(&round, &mut object, &mut status, message).await;
+                    }
                 }
                 if !self.back_up(&round, &mut status, &container.id, &credentials, "Final").await {
-                    let message = "the final snapshot failed; nothing was deleted (see the BackedUp condition). Fix it, or set deletionPolicy Delete or Retain to go on";
-                    set_condition(
-                        &mut status.conditions,
-                        "Ready",
-                        ConditionStatus::False,
-                        "SnapshotFailed",
-                        message,
-                        round.generation,
-                        now,
-                    );
-                    write_status(self.store.as_ref(), &mut object, &status).await?;
-                    return Err(ReconcileError(message.into()));
+                    let message =
+                        "the final snapshot failed (see the BackedUp condition); nothing was deleted".to_owned();
+                    return self.final_snapshot_failed(&round, &mut object, &mut status, message).await;
                 }
             }
         }
-        self.driver.remove(&name).await?;
+        // A clean shutdown: the data a Retain keeps starts without recovery.
+        match owned::remove_after(self.driver.as_ref(), &wanted, Some(Duration::from_secs(30))).await? {
+            None => {}
+            Some(owner) => {
+                tracing::info!(container = %wanted.name, %owner, "left a container that is not this database's")
+            }
+        }
         match round.spec.deletion_policy {
             DeletionPolicy::Retain => {
                 // The credentials stay with the data: the Secret is no longer owned by the
@@ -840,17 +1023,24 @@ impl DatabaseController {
                     "Retained",
                     format!(
                         "volume {} and secret/{} kept",
-                        volume_name(&round.namespace, &round.name),
+                        names::database_volume(cluster, &round.namespace, &round.name),
                         credentials_secret(&round.name)
                     ),
                 )
                 .await;
             }
             DeletionPolicy::Delete | DeletionPolicy::Snapshot => {
-                self.driver.remove_volume(&volume_name(&round.namespace, &round.name)).await?;
+                let volume = data_volume(cluster, &round.namespace, &round.name);
+                match self.driver.remove_volume(&volume.name, &volume.identity).await {
+                    Ok(()) => {}
+                    // Not this database's (it never used it): it stays.
+                    Err(DriverError::NotOurs { .. }) => {}
+                    Err(error) => return Err(error.into()),
+                }
             }
         }
-        self.driver.remove_network_if_unused(&network_name(&round.namespace, round.spec.network.as_deref())).await?;
+        let network = OwnedNetwork::new(cluster, &round.namespace, round.spec.network.as_deref());
+        self.driver.remove_network_if_unused(&network.name, &network.identity).await?;
         match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
             FinalizerUpdate::Done(_) => {
                 self.metrics.forget_database(&round.namespace, &round.name);
@@ -859,6 +1049,19 @@ impl DatabaseController {
             FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
         }
     }
+}
+
+/// Sets the `FinalSnapshot` condition (and `Ready` to False while deleting).
+fn set_final_snapshot(
+    status: &mut ManagedDatabaseStatus,
+    state: ConditionStatus,
+    reason: &str,
+    message: &str,
+    round: &Round<'_>,
+    now: DateTime<Utc>,
+) {
+    set_condition(&mut status.conditions, "FinalSnapshot", state, reason, message, round.generation, now);
+    set_condition(&mut status.conditions, "Ready", ConditionStatus::False, "Deleting", message, round.generation, now);
 }
 
 /// `REQUEST-ID BACKUP` from the restore annotation.

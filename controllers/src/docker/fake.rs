@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use futures::stream;
 
 use super::{
-    CommandOutput, ContainerDriver, ContainerInfo, ContainerSpec, CpuStream, DriverError, EventStream, InputSource,
-    LogStream, OutputSink,
+    CommandOutput, ContainerDriver, ContainerInfo, ContainerSpec, CpuStream, DriverError, EventStream, Identity,
+    InputSource, LogStream, OutputSink,
 };
 
 /// A container engine in memory: containers run as soon as they are created.
@@ -24,6 +24,8 @@ pub struct FakeDriver {
     pub created: Mutex<Vec<ContainerSpec>>,
     /// Removals that are still in progress when the next call comes (as Docker's can be).
     pub slow_removals: Mutex<u32>,
+    /// Volumes by name, with their labels.
+    pub volumes: Mutex<HashMap<String, HashMap<String, String>>>,
 }
 
 impl FakeDriver {
@@ -66,9 +68,42 @@ impl ContainerDriver for FakeDriver {
         }
         Ok(())
     }
-    async fn ensure_network(&self, name: &str, _: &HashMap<String, String>) -> Result<String, DriverError> {
+    async fn ensure_network(
+        &self,
+        name: &str,
+        _: &Identity,
+        _: &HashMap<String, String>,
+    ) -> Result<String, DriverError> {
         self.check()?;
         Ok(format!("id-{name}"))
+    }
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        identity: &Identity,
+        extra: &HashMap<String, String>,
+    ) -> Result<bool, DriverError> {
+        self.check()?;
+        let mut volumes = self.volumes.lock().expect("lock");
+        match volumes.get(name) {
+            Some(labels) => match identity.mismatch(labels) {
+                None => Ok(false),
+                Some(owner) => Err(DriverError::NotOurs {
+                    what: format!("volume {name}"),
+                    kind: "volume",
+                    name: name.to_owned(),
+                    owner,
+                }),
+            },
+            None => {
+                volumes.insert(name.to_owned(), identity.labels(extra));
+                Ok(true)
+            }
+        }
+    }
+    async fn inspect_volume(&self, name: &str) -> Result<Option<HashMap<String, String>>, DriverError> {
+        self.check()?;
+        Ok(self.volumes.lock().expect("lock").get(name).cloned())
     }
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError> {
         self.check()?;
@@ -101,6 +136,7 @@ impl ContainerDriver for FakeDriver {
                 started_at: Some("2026-01-01T00:00:00Z".into()),
                 ports,
                 addresses: BTreeMap::from([(spec.network.trim_start_matches("id-").to_owned(), "172.30.0.2".into())]),
+                volumes: spec.volumes.iter().map(|volume| volume.volume.clone()).collect(),
             },
         );
         self.created.lock().expect("lock").push(spec.clone());
@@ -116,8 +152,19 @@ impl ContainerDriver for FakeDriver {
         self.containers.lock().expect("lock").retain(|name, c| c.id != id_or_name && name != id_or_name);
         Ok(())
     }
-    async fn remove_volume(&self, _: &str) -> Result<(), DriverError> {
-        self.check()
+    async fn remove_volume(&self, name: &str, identity: &Identity) -> Result<(), DriverError> {
+        self.check()?;
+        let mut volumes = self.volumes.lock().expect("lock");
+        if let Some(owner) = volumes.get(name).and_then(|labels| identity.mismatch(labels)) {
+            return Err(DriverError::NotOurs {
+                what: format!("volume {name}"),
+                kind: "volume",
+                name: name.to_owned(),
+                owner,
+            });
+        }
+        volumes.remove(name);
+        Ok(())
     }
     async fn exec(&self, _: &str, _: &[String], _: Duration) -> Result<CommandOutput, DriverError> {
         Err(DriverError::Refused("the fake engine runs no commands".into()))
@@ -139,7 +186,17 @@ impl ContainerDriver for FakeDriver {
     async fn signal(&self, _: &str, _: &str) -> Result<(), DriverError> {
         self.check()
     }
-    async fn remove_network_if_unused(&self, _: &str) -> Result<(), DriverError> {
+    async fn stop(&self, id_or_name: &str, _: Duration) -> Result<(), DriverError> {
+        self.check()?;
+        for container in self.containers.lock().expect("lock").values_mut() {
+            if container.id == id_or_name || container.name == id_or_name {
+                container.running = false;
+                container.exit_code = Some(0);
+            }
+        }
+        Ok(())
+    }
+    async fn remove_network_if_unused(&self, _: &str, _: &Identity) -> Result<(), DriverError> {
         self.check()
     }
     fn events(&self) -> EventStream {

@@ -12,6 +12,7 @@
 #[cfg(test)]
 pub mod fake;
 pub mod labels;
+pub mod names;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,16 +23,17 @@ use async_trait::async_trait;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig,
-    PortBinding, RestartPolicy, RestartPolicyNameEnum,
+    PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder, KillContainerOptionsBuilder,
     ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::{Stream, StreamExt};
 
-pub use labels::{Labels, MANAGED_BY};
+pub use labels::{Identity, Labels, MANAGED_BY};
 
 /// What can go wrong talking to Docker.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,8 @@ pub enum DriverError {
     NoSuchContainer(String),
     #[error("{what} did not finish within {seconds} s")]
     TimedOut { what: String, seconds: u64 },
+    #[error("{what} exists and is not minicloud's to use: {owner}. Remove or rename it if it is not needed (`docker {kind} inspect {name}` shows its labels), or give this object another name")]
+    NotOurs { what: String, kind: &'static str, name: String, owner: String },
 }
 
 impl DriverError {
@@ -160,6 +164,8 @@ pub struct ContainerInfo {
     /// IP address on each network the container is attached to, by network name (empty while
     /// the container is stopped).
     pub addresses: BTreeMap<String, String>,
+    /// The named volumes mounted (not bind mounts).
+    pub volumes: Vec<String>,
 }
 
 /// What a command run to completion printed, and how it exited.
@@ -168,6 +174,16 @@ pub struct CommandOutput {
     pub exit_code: i64,
     /// Standard output and standard error, interleaved.
     pub output: String,
+}
+
+/// The container events that wake controllers (Docker matches `health_status` against
+/// `health_status: healthy` and the like).
+pub const LIFECYCLE_ACTIONS: &[&str] = &["start", "die", "oom", "destroy", "health_status"];
+
+/// Whether an event's action is one of [`LIFECYCLE_ACTIONS`].
+pub fn is_lifecycle(action: &str) -> bool {
+    let action = action.split(':').next().unwrap_or_default().trim();
+    LIFECYCLE_ACTIONS.contains(&action)
 }
 
 /// An engine event about a managed container.
@@ -209,9 +225,27 @@ pub trait ContainerDriver: Send + Sync {
     /// Makes sure the image is present, pulling it when a registry answers; pull progress is
     /// reported through `progress` (a few messages per pull, not one per chunk).
     async fn ensure_image(&self, image: &str, progress: &(dyn Fn(String) + Send + Sync)) -> Result<(), DriverError>;
-    /// Makes sure exactly one bridge network of this name exists; returns its id (attach
-    /// containers by id: Docker does not keep network names unique).
-    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<String, DriverError>;
+    /// Makes sure exactly one bridge network of this name and `identity` exists (created with
+    /// the identity's labels plus `extra`); returns its id (attach containers by id: Docker does
+    /// not keep network names unique). A network of this name with other labels is never used:
+    /// [`DriverError::NotOurs`].
+    async fn ensure_network(
+        &self,
+        name: &str,
+        identity: &Identity,
+        extra: &HashMap<String, String>,
+    ) -> Result<String, DriverError>;
+    /// Makes sure a volume of this name and `identity` exists (created with the identity's
+    /// labels plus `extra`). A volume of this name with other or no labels is never used:
+    /// [`DriverError::NotOurs`]. `Ok(true)` when it was created now.
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        identity: &Identity,
+        extra: &HashMap<String, String>,
+    ) -> Result<bool, DriverError>;
+    /// Whether a volume of this name exists, and its labels.
+    async fn inspect_volume(&self, name: &str) -> Result<Option<HashMap<String, String>>, DriverError>;
     /// Creates and starts a container; returns its id.
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError>;
     /// Removes a container (running or not) and its anonymous volumes; absent is fine.
@@ -238,10 +272,14 @@ pub trait ContainerDriver: Send + Sync {
     async fn run_once(&self, spec: &ContainerSpec, timeout: Duration) -> Result<CommandOutput, DriverError>;
     /// Sends a signal (`SIGUSR2`, ...) to a container's main process.
     async fn signal(&self, id_or_name: &str, signal: &str) -> Result<(), DriverError>;
-    /// Removes a named volume; absent is fine.
-    async fn remove_volume(&self, name: &str) -> Result<(), DriverError>;
-    /// Removes a managed network when no container uses it any more.
-    async fn remove_network_if_unused(&self, name: &str) -> Result<(), DriverError>;
+    /// Stops a container (SIGTERM, then SIGKILL after `grace`); stopped or absent is fine.
+    async fn stop(&self, id_or_name: &str, grace: Duration) -> Result<(), DriverError>;
+    /// Removes a named volume when its labels say `identity`; absent is fine, someone else's
+    /// is [`DriverError::NotOurs`] and stays.
+    async fn remove_volume(&self, name: &str, identity: &Identity) -> Result<(), DriverError>;
+    /// Removes the network of this name and `identity` when no container uses it any more;
+    /// networks with other labels stay.
+    async fn remove_network_if_unused(&self, name: &str, identity: &Identity) -> Result<(), DriverError>;
     /// Events of managed containers from the moment of the call (even if the stream is first
     /// polled later).
     fn events(&self) -> EventStream;
@@ -294,8 +332,13 @@ impl DockerDriver {
         Ok(driver)
     }
 
-    /// The minicloud-managed networks with exactly this name: (id, creation time, in use).
-    async fn networks_named(&self, name: &str) -> Result<Vec<(String, String, bool)>, DriverError> {
+    /// The networks with exactly this name: (id, creation time, in use) of those whose labels
+    /// say `identity`, and whose the first other one is (for [`DriverError::NotOurs`]).
+    async fn networks_named(
+        &self,
+        name: &str,
+        identity: &Identity,
+    ) -> Result<(Vec<(String, String, bool)>, Option<String>), DriverError> {
         let docker = self.client().await?;
         let filters = HashMap::from([("name".to_owned(), vec![name.to_owned()])]);
         let networks = docker
@@ -303,10 +346,13 @@ impl DockerDriver {
             .await
             .map_err(DriverError::from_bollard)?;
         let mut found = Vec::new();
+        let mut foreign = None;
         for network in networks {
-            let managed =
-                network.labels.as_ref().and_then(|labels| labels.get(MANAGED_BY)).is_some_and(|v| v == "minicloud");
-            if network.name.as_deref() != Some(name) || !managed {
+            if network.name.as_deref() != Some(name) {
+                continue;
+            }
+            if let Some(owner) = identity.mismatch(&network.labels.clone().unwrap_or_default()) {
+                foreign.get_or_insert(owner);
                 continue;
             }
             let Some(id) = network.id else { continue };
@@ -319,7 +365,7 @@ impl DockerDriver {
             let created = network.created.map(|time| format!("{time:?}")).unwrap_or_default();
             found.push((id, created, in_use));
         }
-        Ok(found)
+        Ok((found, foreign))
     }
 
     /// The client, with the API version negotiated (once).
@@ -334,6 +380,13 @@ impl DockerDriver {
     fn info_from_inspect(response: bollard::models::ContainerInspectResponse) -> ContainerInfo {
         let state = response.state.unwrap_or_default();
         let mut ports = Vec::new();
+        let volumes = response
+            .mounts
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|mount| mount.typ.as_deref() == Some("volume"))
+            .filter_map(|mount| mount.name)
+            .collect();
         let settings = response.network_settings.unwrap_or_default();
         let addresses = settings
             .networks
@@ -365,6 +418,7 @@ impl DockerDriver {
             started_at: state.started_at,
             ports,
             addresses,
+            volumes,
         }
     }
 
@@ -504,15 +558,28 @@ impl ContainerDriver for DockerDriver {
         }
     }
 
-    async fn ensure_network(&self, name: &str, labels: &HashMap<String, String>) -> Result<String, DriverError> {
+    async fn ensure_network(
+        &self,
+        name: &str,
+        identity: &Identity,
+        extra: &HashMap<String, String>,
+    ) -> Result<String, DriverError> {
         let _creating = self.networks.lock().await;
         let docker = self.client().await?;
-        let mut existing = self.networks_named(name).await?;
+        let (mut existing, foreign) = self.networks_named(name, identity).await?;
         if existing.is_empty() {
+            if let Some(owner) = foreign {
+                return Err(DriverError::NotOurs {
+                    what: format!("network {name}"),
+                    kind: "network",
+                    name: name.to_owned(),
+                    owner,
+                });
+            }
             let request = NetworkCreateRequest {
                 name: name.to_owned(),
                 driver: Some("bridge".into()),
-                labels: Some(labels.clone()),
+                labels: Some(identity.labels(extra)),
                 ..Default::default()
             };
             return docker.create_network(request).await.map(|created| created.id).map_err(DriverError::from_bollard);
@@ -527,6 +594,50 @@ impl ContainerDriver for DockerDriver {
             }
         }
         Ok(keep)
+    }
+
+    async fn ensure_volume(
+        &self,
+        name: &str,
+        identity: &Identity,
+        extra: &HashMap<String, String>,
+    ) -> Result<bool, DriverError> {
+        let not_ours = |owner: String| DriverError::NotOurs {
+            what: format!("volume {name}"),
+            kind: "volume",
+            name: name.to_owned(),
+            owner,
+        };
+        if let Some(labels) = self.inspect_volume(name).await? {
+            return match identity.mismatch(&labels) {
+                None => Ok(false),
+                Some(owner) => Err(not_ours(owner)),
+            };
+        }
+        let request = VolumeCreateRequest {
+            name: Some(name.to_owned()),
+            driver: Some("local".into()),
+            labels: Some(identity.labels(extra)),
+            ..Default::default()
+        };
+        self.client().await?.create_volume(request).await.map_err(DriverError::from_bollard)?;
+        // Creating a volume that exists (made meanwhile) succeeds without changing it: look at
+        // what is there now.
+        match self.inspect_volume(name).await? {
+            Some(labels) => match identity.mismatch(&labels) {
+                None => Ok(true),
+                Some(owner) => Err(not_ours(owner)),
+            },
+            None => Err(DriverError::Refused(format!("volume {name} vanished right after it was created"))),
+        }
+    }
+
+    async fn inspect_volume(&self, name: &str) -> Result<Option<HashMap<String, String>>, DriverError> {
+        match self.client().await?.inspect_volume(name).await {
+            Ok(volume) => Ok(Some(volume.labels)),
+            Err(error) if is_not_found(&error) => Ok(None),
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
     }
 
     async fn create_and_start(&self, spec: &ContainerSpec) -> Result<String, DriverError> {
@@ -713,7 +824,28 @@ impl ContainerDriver for DockerDriver {
         }
     }
 
-    async fn remove_volume(&self, name: &str) -> Result<(), DriverError> {
+    async fn stop(&self, id_or_name: &str, grace: Duration) -> Result<(), DriverError> {
+        let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(seconds).build();
+        match self.client().await?.stop_container(id_or_name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304, .. }) => Ok(()),
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
+    async fn remove_volume(&self, name: &str, identity: &Identity) -> Result<(), DriverError> {
+        let Some(labels) = self.inspect_volume(name).await? else { return Ok(()) };
+        if let Some(owner) = identity.mismatch(&labels) {
+            return Err(DriverError::NotOurs {
+                what: format!("volume {name}"),
+                kind: "volume",
+                name: name.to_owned(),
+                owner,
+            });
+        }
         match self.client().await?.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
             Ok(()) => Ok(()),
             Err(error) if is_not_found(&error) => Ok(()),
@@ -721,10 +853,10 @@ impl ContainerDriver for DockerDriver {
         }
     }
 
-    async fn remove_network_if_unused(&self, name: &str) -> Result<(), DriverError> {
+    async fn remove_network_if_unused(&self, name: &str, identity: &Identity) -> Result<(), DriverError> {
         let _creating = self.networks.lock().await;
         let docker = self.client().await?;
-        for (id, _, in_use) in self.networks_named(name).await? {
+        for (id, _, in_use) in self.networks_named(name, identity).await?.0 {
             if in_use {
                 continue;
             }
@@ -785,6 +917,9 @@ impl ContainerDriver for DockerDriver {
     fn events(&self) -> EventStream {
         let mut filters = managed_filter();
         filters.insert("type".into(), vec!["container".into()]);
+        // Only what changes a container's life: a controller's own probes (exec_create,
+        // exec_start, exec_die) must not wake it, or a probe would call the next one at once.
+        filters.insert("event".into(), LIFECYCLE_ACTIONS.iter().map(|action| (*action).to_owned()).collect());
         // The request starts when the stream is first polled; `since` keeps events from now on.
         let since = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

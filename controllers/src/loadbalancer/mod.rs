@@ -43,13 +43,12 @@ use self::admin::{AdminError, AdminSocket, ServerStat};
 use self::config::Target;
 use crate::conditions::set_condition;
 use crate::docker::labels::{self, spec_hash, Labels};
-use crate::docker::{ContainerDriver, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
+use crate::docker::{names, ContainerDriver, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
 use crate::helpers::{
-    ensure_finalizer, network_labels, record_event, remove_finalizer, write_status, FinalizerUpdate,
-    DRAINING_ANNOTATION,
+    ensure_finalizer, record_event, remove_finalizer, write_status, FinalizerUpdate, DRAINING_ANNOTATION,
 };
-use crate::instance::network_name;
 use crate::metrics::{Metrics, TargetTraffic};
+use crate::owned::{self, Found, OwnedNetwork, Wanted};
 use crate::runtime::{ReconcileError, Reconciler};
 
 /// The finalizer that guards a load balancer's container and directory.
@@ -68,11 +67,6 @@ const VALIDATE_TIMEOUT: Duration = Duration::from_secs(20);
 const APPLIED_FILE: &str = "applied.json";
 /// Part of HAProxy's rejection kept in conditions and events.
 const MAX_MESSAGE: usize = 1500;
-
-/// The HAProxy container of a load balancer.
-pub fn container_name(namespace: &str, name: &str) -> String {
-    format!("mclb-{namespace}-{name}")
-}
 
 /// The directory of a load balancer under the control plane's state directory:
 /// `lb/CLUSTER-UID`, the cluster part (8 characters of the store's id) keeping control planes
@@ -242,8 +236,9 @@ impl LoadBalancerController {
                 }
             })
             .collect();
+        let cluster = self.store.cluster_id();
         ContainerSpec {
-            name: container_name(namespace, &object.metadata.name),
+            name: names::loadbalancer_container(cluster, namespace, &object.metadata.name),
             image: self.image.clone(),
             entrypoint: Some(vec![
                 "/usr/sbin/haproxy".into(),
@@ -256,7 +251,7 @@ impl LoadBalancerController {
             env: Vec::new(),
             labels,
             ports,
-            network: network_name(namespace, spec.network.as_deref()),
+            network: names::network(cluster, namespace, spec.network.as_deref()),
             aliases: Vec::new(),
             memory_bytes: None,
             nano_cpus: None,
@@ -375,7 +370,12 @@ impl LoadBalancerController {
                 return Ok(Some(SOON));
             }
         }
-        self.driver.remove(&container_name(&namespace, &name)).await?;
+        let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, &namespace, &name, &uid);
+        owned::remove(self.driver.as_ref(), &wanted).await?;
+        // The namespace's network goes with its last user, whichever kind that is.
+        let network = object.spec.get("network").and_then(|network| network.as_str());
+        let network = OwnedNetwork::new(self.store.cluster_id(), &namespace, network);
+        self.driver.remove_network_if_unused(&network.name, &network.identity).await?;
         match std::fs::remove_dir_all(&directory) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -571,16 +571,45 @@ impl LoadBalancerController {
         .to_map(&self.extra_labels);
         let template = self.container_spec(&object, spec, &status, &directory, user, labels);
 
-        let mut current = match self.driver.inspect(&template.name).await {
-            Ok(current) => current,
+        let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, &namespace, &name, &uid);
+        let found = match owned::find(self.driver.as_ref(), &wanted).await {
+            Ok(found) => found,
             Err(error) => {
                 return self.fail(&mut object, &mut status, "DockerError", error.to_string(), generation).await
             }
         };
+        let mut current = match found {
+            Found::Absent => None,
+            Found::Ours(container) => Some(container),
+            Found::Earlier(container) => {
+                self.event(
+                    &object,
+                    EventType::Normal,
+                    "Replacing",
+                    "replacing the HAProxy container: a container of an earlier load balancer with this name was found"
+                        .into(),
+                )
+                .await;
+                self.driver.remove(&container.id).await?;
+                None
+            }
+            Found::Foreign(owner) => {
+                let message = format!(
+                    "a container named {} exists and is not this load balancer's: {owner}. Remove or rename it, or give this load balancer another name",
+                    wanted.name
+                );
+                self.event(&object, EventType::Warning, "NameConflict", message.clone()).await;
+                return self.fail(&mut object, &mut status, "NameConflict", message, generation).await;
+            }
+            Found::Legacy(container) => {
+                owned::migrate_legacy(self.driver.as_ref(), &container, &[], &self.image, &self.extra_labels).await?;
+                let message = format!("took over container {} of an earlier minicloud version", container.name);
+                self.event(&object, EventType::Normal, "Migrated", message).await;
+                None
+            }
+        };
         if let Some(container) = &current {
-            let why = if container.labels.get(labels::UID) != Some(&uid) {
-                Some("a container of an earlier load balancer with this name was found")
-            } else if container.labels.get(labels::SPEC_HASH) != Some(&container_hash) {
+            let why = if container.labels.get(labels::SPEC_HASH) != Some(&container_hash) {
                 Some("its listener ports, network or image changed")
             } else if !container.running {
                 Some("HAProxy stopped")
@@ -741,8 +770,17 @@ impl LoadBalancerController {
         let _ = std::fs::remove_file(directory.join(config::STATE_FILE));
         write_applied(directory, &Applied { structure: structure.to_owned(), spec: spec.clone() })?;
         let mut container = template.clone();
-        let network_labels = network_labels(self.store.cluster_id(), object.namespace(), &self.extra_labels);
-        container.network = self.driver.ensure_network(&template.network, &network_labels).await?;
+        let network = OwnedNetwork::new(self.store.cluster_id(), object.namespace(), spec.network.as_deref());
+        container.network = match self.driver.ensure_network(&network.name, &network.identity, &self.extra_labels).await
+        {
+            Ok(id) => id,
+            Err(error @ DriverError::NotOurs { .. }) => {
+                let message = error.to_string();
+                self.event(object, EventType::Warning, "NetworkConflict", message.clone()).await;
+                return self.fail(object, status, "NetworkConflict", message, generation).await;
+            }
+            Err(error) => return Err(error.into()),
+        };
         let id = match self.driver.create_and_start(&container).await {
             Ok(id) => id,
             Err(DriverError::NameTaken(_)) => return Ok(Some(SOON)),
@@ -1035,7 +1073,8 @@ impl Reconciler for LoadBalancerController {
         let object = match self.store.get(key).await {
             Ok(object) => object,
             Err(StoreError::NotFound(_)) => {
-                self.driver.remove(&container_name(&key.namespace, &key.name)).await?;
+                let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, &key.namespace, &key.name, "");
+                owned::remove(self.driver.as_ref(), &wanted).await?;
                 self.metrics.forget_lb(&key.namespace, &key.name);
                 self.forget(key);
                 return Ok(None);

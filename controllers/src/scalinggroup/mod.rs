@@ -40,9 +40,9 @@ use self::cpu::CpuMonitor;
 use self::plan::{Member, Plan, Strategy};
 use crate::conditions::set_condition;
 use crate::docker::labels::spec_hash;
+use crate::docker::names;
 use crate::docker::ContainerDriver;
 use crate::helpers::{owner_reference, record_event, write_status, DRAINING_ANNOTATION};
-use crate::instance::container_name;
 use crate::loadbalancer;
 use crate::metrics::Metrics;
 use crate::runtime::{ReconcileError, Reconciler};
@@ -249,7 +249,9 @@ impl ScalingGroupController {
         let active: Vec<&Member> = members.iter().filter(|m| m.draining.is_none() && !m.failed).collect();
         // Stats streams only for the members of autoscaled groups.
         let containers: Vec<String> = match spec.autoscaling {
-            Some(_) => active.iter().map(|m| container_name(&namespace, &m.name)).collect(),
+            Some(_) => {
+                active.iter().map(|m| names::instance_container(self.store.cluster_id(), &namespace, &m.name)).collect()
+            }
             None => Vec::new(),
         };
         self.cpu.follow(key, &containers);
@@ -343,7 +345,8 @@ impl ScalingGroupController {
         let usage = active
             .iter()
             .map(|member| {
-                let cores = self.cpu.average(&container_name(round.namespace, &member.name), policy.window)?;
+                let container = names::instance_container(self.store.cluster_id(), round.namespace, &member.name);
+                let cores = self.cpu.average(&container, policy.window)?;
                 member.ready.then_some(cores / limit * 100.0)
             })
             .collect();
