@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub auth: Option<AuthSettings>,
     /// Create one more admin token at start and print it (for an administrator who lost theirs).
     pub new_admin_token: bool,
+    /// Host names the API answers besides loopback names and the listen address
+    /// (`--allowed-host`); the `Host` check is on without authentication, and with it when
+    /// names are given.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// What a started server tells its caller.
@@ -185,7 +189,7 @@ pub async fn run(
         }
         None => None,
     };
-    let internal_token = authenticator.as_mut().map(|auth| auth.add_internal_token("system-internal", Role::Admin));
+    let internal_token = authenticator.as_mut().map(|auth| auth.add_internal_token(crate::auth::INTERNAL, Role::Admin));
     let (audit, audit_writer) = AuditLog::start(access.clone());
     let audit_pruner = spawn_audit_pruner(access.clone());
     let compactor = store::spawn_compactor(store.clone(), store::Retention::default(), COMPACTION_INTERVAL);
@@ -214,6 +218,9 @@ pub async fn run(
     state.access = Some(access);
     state.auth = authenticator.map(Arc::new);
     state.audit = Some(audit);
+    if config.auth.is_none() || !config.allowed_hosts.is_empty() {
+        state.hosts = Some(Arc::new(api::hosts::HostPolicy::new(config.listen, &config.allowed_hosts)));
+    }
     // The console's charts: sampled only where containers are run from here.
     let sampler = match (&controllers, driver) {
         (Some(_), Some(driver)) => {

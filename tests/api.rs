@@ -261,7 +261,8 @@ async fn malformed_input_is_refused_and_changes_nothing(server: &TestServer) {
     let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
         ("truncated JSON", http.post(&collection).header("content-type", "application/json").body("{\"apiVersion\": \"minicloud.dev/v1\", \"kind\""), StatusCode::BAD_REQUEST),
         ("YAML body", http.post(&collection).header("content-type", "application/json").body("kind: Instance\n"), StatusCode::BAD_REQUEST),
-        ("YAML body without a JSON type", http.post(&collection).body("kind: Instance\n"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ("YAML body without a JSON type", http.post(&collection).body("kind: Instance\n"), StatusCode::BAD_REQUEST),
+        ("YAML body without a type from a page", http.post(&collection).header("sec-fetch-mode", "no-cors").body("kind: Instance\n"), StatusCode::UNSUPPORTED_MEDIA_TYPE),
         ("empty body", http.post(&collection), StatusCode::BAD_REQUEST),
         ("array body", http.post(&collection).header("content-type", "application/json").body("[1,2]"), StatusCode::BAD_REQUEST),
         ("wrong types", http.post(&collection).json(&json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "x"}, "spec": {"image": 5, "ports": "many"}})), StatusCode::BAD_REQUEST),
@@ -389,7 +390,77 @@ async fn metrics_count_requests_by_route_and_measure_watch_lag(server: &TestServ
     }
 }
 
+/// Every write route checks that the body is for the object its URL names — kind, namespace
+/// and name — with one shared check: a body for anything else is a 400 and nothing changes
+/// (the access layer decided from the URL alone).
+async fn every_write_route_refuses_a_body_for_another_object(server: &TestServer) {
+    let http = reqwest::Client::new();
+    let namespace = "routes";
+    let collection = format!("{}{V1}/namespaces/{namespace}/instances", server.url);
+    let item = format!("{collection}/web");
+    let mut web = instance("web", json!({}));
+    web["metadata"]["namespace"] = json!(namespace);
+    let (status, body) = send(http.post(&collection).json(&web)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let policy = json!({"apiVersion": "minicloud.dev/v1", "kind": "Policy", "metadata": {"name": "web", "namespace": namespace},
+        "spec": {"enforcement": "Deny", "rules": {"allowedImages": ["nothing/*"]}}});
+    let as_yaml = |value: &Value| serde_json::to_string(value).expect("json");
+    let renamed = |field: &str, value: &str| {
+        let mut other = web.clone();
+        other["metadata"][field] = json!(value);
+        other
+    };
+    let before = revision(&http, server).await;
+    let merge = "application/merge-patch+json";
+    let apply = "application/apply-patch+yaml";
+    let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
+        ("POST of a Policy to instances", http.post(&collection).json(&policy)),
+        ("POST to another namespace", http.post(&collection).json(&renamed("namespace", "other"))),
+        ("PUT of a Policy", http.put(&item).json(&policy)),
+        ("PUT of another name", http.put(&item).json(&renamed("name", "other"))),
+        ("PUT of another namespace", http.put(&item).json(&renamed("namespace", "other"))),
+        ("status of a Policy", http.put(format!("{item}/status")).json(&json!({"kind": "Policy", "status": {}}))),
+        (
+            "status naming another object",
+            http.put(format!("{item}/status")).json(&json!({"metadata": {"name": "other"}, "status": {}})),
+        ),
+        (
+            "merge patch turning it into a Policy",
+            http.patch(&item).header("content-type", merge).body(r#"{"kind": "Policy"}"#),
+        ),
+        (
+            "merge patch moving it to another namespace",
+            http.patch(&item).header("content-type", merge).body(r#"{"metadata": {"namespace": "other"}}"#),
+        ),
+        (
+            "JSON patch renaming it",
+            http.patch(&item)
+                .header("content-type", "application/json-patch+json")
+                .body(r#"[{"op": "replace", "path": "/metadata/name", "value": "other"}]"#),
+        ),
+        ("server-side apply of a Policy", http.patch(&item).header("content-type", apply).body(as_yaml(&policy))),
+        (
+            "server-side apply of another name",
+            http.patch(&item).header("content-type", apply).body(as_yaml(&renamed("name", "other"))),
+        ),
+        (
+            "server-side apply of another namespace",
+            http.patch(&item).header("content-type", apply).body(as_yaml(&renamed("namespace", "other"))),
+        ),
+    ];
+    for (what, request) in cases {
+        let (status, body) = send(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("URL") || message.contains("endpoint"), "{what}: {message}");
+    }
+    assert_eq!(revision(&http, server).await, before, "nothing was written");
+    let (status, _) = send(http.get(format!("{}{V1}/namespaces/{namespace}/policies/web", server.url))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "no Policy was written");
+}
+
 on_both_backends!(
+    every_write_route_refuses_a_body_for_another_object,
     metrics_count_requests_by_route_and_measure_watch_lag,
     crud_and_status_codes,
     lists_select_by_label_and_span_namespaces,

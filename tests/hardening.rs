@@ -237,7 +237,16 @@ async fn cross_site_writes_are_refused(server: &TestServer) {
             http.post(&apply).header("content-type", "multipart/form-data; boundary=x").body(batch.clone()),
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ),
-        ("no content type", http.post(&apply).body(batch.clone()), StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        (
+            "no content type from a page (as fetch of an untyped Blob sends it)",
+            http.post(&apply).header("origin", own_origin.as_str()).body(batch.clone()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "no content type with fetch metadata",
+            http.post(&apply).header("sec-fetch-site", "same-origin").body(batch.clone()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
         (
             "JSON from a foreign origin",
             http.post(&apply)
@@ -334,6 +343,71 @@ async fn huge_objects_are_refused(server: &TestServer) {
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     let (_, list) = send(http.get(&collection)).await;
     assert_eq!(list["metadata"]["resourceVersion"], before, "the change log did not grow");
+
+    // A JSON patch whose work is out of proportion (30,000 copies of a 1 MB annotation) is
+    // refused before any of it is done, and the server stays responsive.
+    let mut big = instance("big");
+    big["metadata"]["annotations"] = json!({"blob": "x".repeat(1_000_000)});
+    let (status, body) = send(http.post(&collection).json(&big)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let copies: Vec<Value> = (0..30_000)
+        .map(|i| json!({"op": "copy", "from": "/metadata/annotations/blob", "path": format!("/metadata/annotations/c{i}")}))
+        .collect();
+    let started = std::time::Instant::now();
+    let (status, body) = send(
+        http.patch(format!("{collection}/big"))
+            .header("content-type", "application/json-patch+json")
+            .body(Value::Array(copies).to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body["message"].as_str().is_some_and(|m| m.contains("operations")), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "refused at once: {:?}", started.elapsed());
+    let (status, _) = send(http.get(format!("{}/healthz", server.url))).await;
+    assert_eq!(status, StatusCode::OK);
+    let few: Vec<Value> =
+        (0..3).map(|i| json!({"op": "add", "path": format!("/metadata/annotations/l{i}"), "value": "v"})).collect();
+    let (status, body) = send(
+        http.patch(format!("{collection}/big"))
+            .header("content-type", "application/json-patch+json")
+            .body(Value::Array(few).to_string()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "a proportionate patch of the same object passes: {body}");
+}
+
+/// DNS rebinding: a page whose own name resolves to 127.0.0.1 sends requests with its name in
+/// `Host`; without authentication they are refused, whatever they ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_another_host_are_refused_without_authentication() {
+    let server =
+        TestServer::start(common::TestDb::sqlite().await, &["--no-controllers", "--allowed-host", "cloud.example.com"])
+            .await;
+    let http = reqwest::Client::new();
+    let port = server.url.rsplit(':').next().unwrap_or_default().to_owned();
+    let secrets = format!("{}{V1}/namespaces/default/secrets", server.url);
+    let apply = format!("{}{V1}/apply", server.url);
+    for host in ["attacker.example", &format!("attacker.example:{port}"), "127.0.0.1.nip.io"] {
+        let (status, body) = send(http.get(&secrets).header("host", host)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}: {body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("--allowed-host")), "{body}");
+        let (status, _) =
+            send(http.post(&apply).header("host", host).json(&json!({"items": [instance("planted")]}))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}");
+        let (status, _) = send(http.get(format!("{}/ui", server.url)).header("host", host)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{host}: the console too");
+    }
+    let (status, _) = send(http.get(format!("{}{V1}/namespaces/default/instances/planted", server.url))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "nothing was planted");
+    for host in
+        [format!("localhost:{port}"), format!("127.0.0.1:{port}"), format!("[::1]:{port}"), "cloud.example.com".into()]
+    {
+        let (status, body) = send(http.get(&secrets).header("host", host.as_str())).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {body}");
+    }
+    let (status, _) = send(http.get(format!("{}/healthz", server.url)).header("host", "probe.internal")).await;
+    assert_eq!(status, StatusCode::OK, "health probes may use any name");
+    server.stop().await;
 }
 
 on_both_backends!(
@@ -397,7 +471,7 @@ async fn slow_connections_are_closed_and_counted() {
     let mut slow = Vec::new();
     for _ in 0..300 {
         let mut stream = TcpStream::connect(&address).await.expect("connect");
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.expect("partial head");
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ").await.expect("partial head");
         slow.push(stream);
     }
     let (status, _) = send(http.get(format!("{}/readyz", server.url))).await;
@@ -405,7 +479,7 @@ async fn slow_connections_are_closed_and_counted() {
     // One connection sending its body a byte every half second.
     let mut trickle = TcpStream::connect(&address).await.expect("connect");
     trickle
-        .write_all(b"POST /apis/minicloud.dev/v1/apply HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
+        .write_all(b"POST /apis/minicloud.dev/v1/apply HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n")
         .await
         .expect("head");
     let started = std::time::Instant::now();
@@ -425,7 +499,7 @@ async fn slow_connections_are_closed_and_counted() {
     });
     // An idle keep-alive connection after one complete request.
     let mut idle = TcpStream::connect(&address).await.expect("connect");
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("request");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.expect("request");
 
     for (index, stream) in slow.iter_mut().enumerate() {
         let (_, closed) = read_until_closed(stream, std::time::Duration::from_secs(8)).await;
@@ -448,14 +522,14 @@ async fn slow_connections_are_closed_and_counted() {
     let mut held = Vec::new();
     for _ in 0..40 {
         let mut stream = TcpStream::connect(&address).await.expect("connect");
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("request");
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.expect("request");
         let mut answer = [0u8; 12];
         tokio::io::AsyncReadExt::read_exact(&mut stream, &mut answer).await.expect("answer");
         assert_eq!(&answer, b"HTTP/1.1 200");
         held.push(stream);
     }
     let mut extra = TcpStream::connect(&address).await.expect("connect");
-    extra.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").await.ok();
+    extra.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.ok();
     let (answer, closed) = read_until_closed(&mut extra, std::time::Duration::from_secs(3)).await;
     assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("open connections"), "{answer:?}");
     assert!(closed);
@@ -484,7 +558,7 @@ async fn fill(http: &reqwest::Client, server: &TestServer, prefix: &str, count: 
 async fn request_and_never_read(address: &str, path: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
-    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).await.expect("request");
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes()).await.expect("request");
     stream
 }
 

@@ -176,6 +176,65 @@ async fn kubectl_drives_minicloud_with_real_containers() {
     assert!(harness.get("instances", "other").await.is_some());
     ok(&config, &["delete", "-f", other]);
 
+    // Dry runs of deletes change nothing: `delete --dry-run=server` and a dry-run prune.
+    let pruned = directory.path().join("pruned");
+    std::fs::create_dir(&pruned).expect("dir");
+    let labelled = |name: &str| {
+        format!(
+            "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: {name}\n  labels:\n    set: pruned\nspec:\n  image: minicloud/web:local\n"
+        )
+    };
+    std::fs::write(pruned.join("a.yaml"), labelled("keep-a")).expect("write");
+    std::fs::write(pruned.join("b.yaml"), labelled("keep-b")).expect("write");
+    let dir = pruned.to_str().expect("path");
+    ok(&config, &["apply", "-f", dir, "-l", "set=pruned", "--prune", "--prune-allowlist=minicloud.dev/v1/Instance"]);
+    let out = ok(&config, &["delete", "instance", "keep-a", "--dry-run=server"]);
+    assert!(out.contains("deleted (server dry run)"), "{out}");
+    assert!(harness.get("instances", "keep-a").await.is_some(), "a server dry run deletes nothing");
+    std::fs::remove_file(pruned.join("b.yaml")).expect("remove");
+    let out = ok(
+        &config,
+        &[
+            "apply",
+            "-f",
+            dir,
+            "-l",
+            "set=pruned",
+            "--prune",
+            "--prune-allowlist=minicloud.dev/v1/Instance",
+            "--dry-run=server",
+        ],
+    );
+    assert!(out.contains("keep-b pruned (server dry run)"), "{out}");
+    assert!(harness.get("instances", "keep-b").await.is_some(), "a dry-run prune deletes nothing");
+    let out = ok(
+        &config,
+        &["apply", "-f", dir, "-l", "set=pruned", "--prune", "--prune-allowlist=minicloud.dev/v1/Instance"],
+    );
+    assert!(out.contains("keep-b pruned"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness.get("instances", "keep-b").await.is_some() {
+        assert!(Instant::now() < deadline, "the real prune deletes");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(harness.get("instances", "keep-a").await.is_some());
+    ok(&config, &["delete", "instance", "keep-a"]);
+
+    // The scale subresource: `kubectl scale` sets a scaling group's desired count.
+    let group = directory.path().join("group.yaml");
+    std::fs::write(
+        &group,
+        "apiVersion: minicloud.dev/v1\nkind: ScalingGroup\nmetadata:\n  name: pool\nspec:\n  minReplicas: 1\n  maxReplicas: 3\n  template:\n    spec:\n      image: minicloud/web:local\n",
+    )
+    .expect("write");
+    ok(&config, &["apply", "-f", group.to_str().expect("path")]);
+    let out = ok(&config, &["scale", "sg", "pool", "--replicas", "2"]);
+    assert!(out.contains("scaled"), "{out}");
+    assert_eq!(harness.get("scalinggroups", "pool").await.expect("pool")["spec"]["desiredReplicas"], 2);
+    let (scaled, _, err) = kubectl(&config, &["scale", "sg", "pool", "--replicas", "7"]);
+    assert!(!scaled && err.contains("maxReplicas"), "{err}");
+    ok(&config, &["delete", "sg", "pool"]);
+
     // delete: the Instance and its container go.
     let out = ok(&config, &["delete", "instance", "hello"]);
     assert!(out.contains("deleted"), "{out}");
@@ -303,9 +362,21 @@ async fn the_official_python_client_creates_lists_patches_watches_and_deletes() 
         .expect("python3 (the client: pip install kubernetes, as scripts/test does)");
     let (out, err) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success(), "{out}{err}");
-    for expected in
-        ["created py", "listed py", "patched b", "watched ADDED:py MODIFIED:py", "missing 404", "deleted Success"]
-    {
+    for expected in [
+        "created py",
+        "listed py",
+        "patched b",
+        "watched ADDED:py MODIFIED:py",
+        "missing 404",
+        "deleted Success",
+        "version True",
+        "dry-run delete kept True",
+        "precondition 409",
+        "deleted with precondition 404",
+        "scale Scale 1",
+        "scaled 4",
+        "beyond max 400 True",
+    ] {
         assert!(out.lines().any(|line| line == expected), "missing {expected:?} in:\n{out}{err}");
     }
     server.stop().await;
@@ -534,6 +605,17 @@ async fn behind_a_tls_proxy_cloud_and_kubectl_send_tokens_and_read_refusals() {
     assert!(err.contains("lacks the permission"), "{err}");
     let (other, _, err) = kubectl(&config, &["get", "instances", "-n", "default"]);
     assert!(!other && err.contains("good for namespace") && err.contains("shop"), "{err}");
+    // `kubectl auth can-i` answers from the token's role and namespace.
+    for (arguments, expected) in [
+        (vec!["auth", "can-i", "get", "instances"], "yes"),
+        (vec!["auth", "can-i", "list", "scalinggroups.minicloud.dev"], "yes"),
+        (vec!["auth", "can-i", "create", "instances"], "no"),
+        (vec!["auth", "can-i", "get", "instances", "-n", "default"], "no"),
+        (vec!["auth", "can-i", "delete", "policies"], "no"),
+    ] {
+        let (_, out, err) = kubectl(&config, &arguments);
+        assert_eq!(out.split_whitespace().next(), Some(expected), "kubectl {arguments:?}: {out}{err}");
+    }
 
     // Over plain HTTP kubectl would not send the token: cloud kubeconfig says so.
     let output = Command::new(env!("CARGO_BIN_EXE_cloud"))

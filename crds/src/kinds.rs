@@ -158,6 +158,11 @@ impl Kind {
         !matches!(self, Kind::Secret | Kind::ApplySet | Kind::Policy)
     }
 
+    /// The kind of a plural (`instances`).
+    pub fn from_plural(plural: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|kind| kind.plural() == plural)
+    }
+
     /// The kind named by its exact `kind:` spelling.
     pub fn from_kind_name(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.as_str() == name)

@@ -108,6 +108,7 @@ pub fn classify(
         | "/ui/assets/style.css"
         | "/ui/assets/login.js" => classified.access = Access::Public,
         "/version"
+        | "/version/"
         | "/openapi.json"
         | "/api"
         | "/api/v1"
@@ -122,6 +123,12 @@ pub fn classify(
         {
             classified.access = Access::Authenticated;
             classified.resource = "discovery".into();
+        }
+        // Anyone authenticated may ask what they may do (the answer is about themselves).
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews" if *method == Method::POST => {
+            classified.access = Access::Authenticated;
+            classified.verb = "create".into();
+            classified.resource = "selfsubjectaccessreviews".into();
         }
         "/metrics" if read => need(Verb::Get, "metrics", None, None),
         "/api/v1/namespaces" if read => need(Verb::List, "namespaces", None, None),
@@ -170,6 +177,11 @@ pub fn classify(
         "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}/{name}/status" if *method == Method::PUT => {
             let resource = format!("{}/status", param("plural").unwrap_or_default());
             need(Verb::Update, &resource, param("namespace"), param("name"));
+        }
+        "/apis/minicloud.dev/v1/namespaces/{namespace}/scalinggroups/{name}/scale" => {
+            if let Some(verb) = object_verb(method, false, false) {
+                need(verb, "scalinggroups/scale", param("namespace"), param("name"));
+            }
         }
         "/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log" if read => {
             need(Verb::Get, "instances/log", param("namespace"), param("name"))
@@ -273,7 +285,17 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
         }
         return response;
     };
-    let principal = match credentials(&request) {
+    // Requests whose token needs a store read to be checked (missing, malformed, unknown, or
+    // not seen valid within the lookup cache's 5 s) share the rate of requests without a valid
+    // token, taken before the lookup: a flood of made-up tokens costs no store reads beyond it.
+    let token = credentials(&request);
+    let known = token.as_deref().is_some_and(|token| auth.recently_valid(token));
+    if !known {
+        if let Err(wait) = auth.take_unauthenticated() {
+            return too_many_requests(wait, "too many requests without a valid token reach this server".into());
+        }
+    }
+    let principal = match token {
         Some(token) => auth.authenticate(&token).await,
         None => Err(AuthError::Missing),
     };
@@ -284,9 +306,6 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
             return ApiError::unavailable(format!("cannot check the token now: {error}")).into_response();
         }
         Err(error) => {
-            if let Err(wait) = auth.take_unauthenticated() {
-                return too_many_requests(wait, "too many requests without a valid token reach this server".into());
-            }
             audit("-", StatusCode::UNAUTHORIZED, error.to_string()).await;
             if is_console_page(&method, &route) {
                 return axum::response::Redirect::to("/ui/login").into_response();

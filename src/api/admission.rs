@@ -116,18 +116,23 @@ impl Policies {
     }
 }
 
+/// A `Warning` header (RFC 7234, code 299, as Kubernetes sends them) carrying `warning`.
+pub fn warning_header(warning: &str) -> Option<HeaderValue> {
+    let text: String = warning
+        .chars()
+        .map(|character| if character.is_ascii_graphic() || character == ' ' { character } else { '?' })
+        .collect::<String>()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    HeaderValue::from_str(&format!("299 - \"{text}\"")).ok()
+}
+
 impl Verdict {
     /// `Warning: 299 - "…"` headers, as Kubernetes sends them (kubectl prints each).
     pub fn headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for warning in &self.warnings {
-            let text: String = warning
-                .chars()
-                .map(|character| if character.is_ascii_graphic() || character == ' ' { character } else { '?' })
-                .collect::<String>()
-                .replace('\\', "\\\\")
-                .replace('"', "\\\"");
-            if let Ok(value) = HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+            if let Some(value) = warning_header(warning) {
                 headers.append(axum::http::header::WARNING, value);
             }
         }

@@ -7,7 +7,9 @@
 //!   server's, is a 403;
 //! - every request with a body must say `Content-Type: application/json` (415 otherwise), a
 //!   type a browser cannot send cross-origin without a CORS preflight, which this server never
-//!   grants.
+//!   grants. A body without any `Content-Type` (the Kubernetes Python client sends its creates
+//!   so) is read as JSON only from a client that is not a browser page: one that sends neither
+//!   `Origin` nor `Sec-Fetch-Site` (a page's `fetch` of an untyped body always carries `Origin`).
 //!
 //! Command-line clients (the `cloud` CLI, curl, client libraries) send neither header and are
 //! unaffected.
@@ -68,6 +70,14 @@ fn check_origin(request: &Request<Body>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Whether a request says it comes from a web page (browsers send these; other clients don't).
+fn from_a_browser(request: &Request<Body>) -> bool {
+    let headers = request.headers();
+    headers.contains_key(header::ORIGIN)
+        || headers.contains_key("sec-fetch-site")
+        || headers.contains_key("sec-fetch-mode")
+}
+
 fn check_content_type(request: &Request<Body>) -> Result<(), ApiError> {
     use axum::body::HttpBody;
     let has_body = request.body().size_hint().exact() != Some(0) && *request.method() != Method::DELETE;
@@ -78,6 +88,7 @@ fn check_content_type(request: &Request<Body>) -> Result<(), ApiError> {
     let media_type = content_type.map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     match media_type {
         Some(media_type) if ACCEPTED_BODY_TYPES.contains(&media_type.as_str()) => Ok(()),
+        None if !from_a_browser(request) => Ok(()),
         _ => Err(ApiError::unsupported_media_type(format!(
             "send the body as JSON with Content-Type: application/json (got {})",
             content_type.map_or_else(|| "no Content-Type".to_owned(), |value| format!("{value:?}"))

@@ -98,7 +98,11 @@ fn aggregated_group(group: &str, resources: &[Value]) -> Value {
                 .iter()
                 .filter_map(|other| {
                     let sub = other["name"].as_str()?.strip_prefix(name)?.strip_prefix('/')?;
-                    Some(json!({"subresource": sub, "responseKind": kind, "verbs": other["verbs"]}))
+                    let response_kind = match other.get("group") {
+                        Some(group) => json!({"group": group, "version": other["version"], "kind": other["kind"]}),
+                        None => kind.clone(),
+                    };
+                    Some(json!({"subresource": sub, "responseKind": response_kind, "verbs": other["verbs"]}))
                 })
                 .collect();
             let namespaced = resource["namespaced"].as_bool().unwrap_or(true);
@@ -351,6 +355,17 @@ fn group_resource_entries() -> Vec<Value> {
             "kind": kind.as_str(),
             "verbs": ["update"],
         }));
+        if kind == Kind::ScalingGroup {
+            resources.push(json!({
+                "name": format!("{}/scale", kind.plural()),
+                "singularName": "",
+                "namespaced": true,
+                "group": "autoscaling",
+                "version": "v1",
+                "kind": "Scale",
+                "verbs": ["get", "patch", "update"],
+            }));
+        }
     }
     resources
 }

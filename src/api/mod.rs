@@ -9,9 +9,11 @@ pub mod access;
 pub mod admission;
 pub mod apply;
 pub mod applyset;
+pub mod deletion;
 pub mod error;
 pub mod events;
 pub mod guard;
+pub mod hosts;
 pub mod kube;
 pub mod logs;
 pub mod objects;
@@ -19,6 +21,8 @@ pub mod openapi;
 pub mod openapi_v2;
 pub mod patch;
 pub mod request_metrics;
+pub mod reviews;
+pub mod scale;
 pub mod secrets;
 pub mod spool;
 pub mod tokens;
@@ -116,6 +120,8 @@ pub struct AppState {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     /// Where requests are audited.
     pub audit: Option<crate::auth::AuditLog>,
+    /// Which `Host` values are answered (`None`: any; see [`hosts`]).
+    pub hosts: Option<Arc<hosts::HostPolicy>>,
 }
 
 impl AppState {
@@ -145,6 +151,7 @@ impl AppState {
             access: None,
             auth: None,
             audit: None,
+            hosts: None,
         }
     }
 }
@@ -157,6 +164,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/version", get(version))
+        // The Kubernetes Python client asks for `/version/`.
+        .route("/version/", get(version))
         .route("/openapi.json", get(openapi_document))
         .route("/metrics", get(metrics))
         .route("/api", get(kube::core_versions))
@@ -190,12 +199,20 @@ pub fn router(state: AppState) -> Router {
             "/apis/minicloud.dev/v1/namespaces/{namespace}/{plural}/{name}/status",
             axum::routing::put(objects::replace_status),
         )
+        .route(
+            "/apis/minicloud.dev/v1/namespaces/{namespace}/scalinggroups/{name}/scale",
+            get(scale::get_scale).put(scale::put_scale).patch(scale::patch_scale),
+        )
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log", get(logs::instance_log))
         .route("/apis/minicloud.dev/v1/namespaces/{namespace}/secrets/{name}/reveal", post(secrets::reveal))
         .route("/apis/minicloud.dev/v1/secretkeys/rotate", post(secrets::rotate_key))
         .route("/apis/minicloud.dev/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/apis/minicloud.dev/v1/tokens/{name}", axum::routing::delete(tokens::revoke))
         .route("/apis/minicloud.dev/v1/whoami", get(tokens::whoami))
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            post(reviews::self_subject_access_review),
+        )
         .route("/apis/minicloud.dev/v1/audit", get(tokens::audit))
         .merge(crate::ui::routes())
         .route_layer(axum::middleware::from_fn(guard::guard_writes))
@@ -203,6 +220,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(request_metrics::mark_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.hosts.clone(), hosts::check_host))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(requests, request_metrics::record))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))

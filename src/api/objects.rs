@@ -153,13 +153,34 @@ pub async fn parse_body(body: Body, limits: &Limits) -> Result<Value, ApiError> 
 /// Validates an object sent for `kind` in `namespace` (and `name`, for replacements) and
 /// returns it in stored form, defaults applied.
 pub fn accept_object(mut value: Value, kind: Kind, namespace: &str, name: Option<&str>) -> Result<Object, ApiError> {
+    check_target(&mut value, kind, namespace, name)?;
     let Some(object) = value.as_object_mut() else {
         return Err(ApiError::bad_request("the body must be a JSON object with apiVersion, kind, metadata and spec"));
     };
-    match object.get("kind").and_then(Value::as_str) {
-        Some(sent) if sent == kind.as_str() => {}
+    // Status is not part of what users validate; keep what was sent aside.
+    let status = object.remove("status").unwrap_or(Value::Null);
+    let typed = manifest::validate_value(value).map_err(|errors| ApiError::invalid(&format!("{kind}"), errors))?;
+    let mut object = Object::from_typed(&typed).map_err(|error| ApiError::bad_request(error.to_string()))?;
+    object.status = status;
+    Ok(object)
+}
+
+/// The one check every write path makes (create, replace, status, merge and JSON patch,
+/// server-side apply): the body is for the object the URL names — its `kind` is the URL's kind,
+/// and `metadata.namespace` and `metadata.name`, when sent, are the URL's (filled in when not).
+/// The access layer decided from the URL alone, so a body for another kind, namespace or name
+/// would be written with a permission nobody checked.
+pub fn check_target(value: &mut Value, kind: Kind, namespace: &str, name: Option<&str>) -> Result<(), ApiError> {
+    let Some(object) = value.as_object_mut() else {
+        return Err(ApiError::bad_request("the body must be a JSON object with apiVersion, kind, metadata and spec"));
+    };
+    match object.get("kind") {
+        Some(Value::String(sent)) if sent == kind.as_str() => {}
         Some(sent) => {
-            return Err(ApiError::bad_request(format!("kind {sent:?} sent to the {} endpoint", kind.plural())))
+            return Err(ApiError::bad_request(format!(
+                "kind {sent} sent to the {} endpoint; send it to its own kind's URL",
+                kind.plural()
+            )))
         }
         None => return Err(ApiError::bad_request(format!("missing kind; expected {:?}", kind.as_str()))),
     }
@@ -167,36 +188,21 @@ pub fn accept_object(mut value: Value, kind: Kind, namespace: &str, name: Option
     let Some(metadata) = metadata.as_object_mut() else {
         return Err(ApiError::bad_request("metadata must be an object"));
     };
-    match metadata.get("namespace").and_then(Value::as_str) {
-        None => {
-            metadata.insert("namespace".into(), json!(namespace));
+    let mut expect = |field: &str, wanted: &str| match metadata.get(field) {
+        None | Some(Value::Null) => {
+            metadata.insert(field.to_owned(), json!(wanted));
+            Ok(())
         }
-        Some(sent) if sent == namespace => {}
-        Some(sent) => {
-            return Err(ApiError::bad_request(format!(
-                "metadata.namespace {sent:?} does not match the namespace in the URL ({namespace:?})"
-            )))
-        }
-    }
+        Some(Value::String(sent)) if sent == wanted => Ok(()),
+        Some(sent) => Err(ApiError::bad_request(format!(
+            "metadata.{field} {sent} does not match the {field} in the URL ({wanted:?})"
+        ))),
+    };
+    expect("namespace", namespace)?;
     if let Some(name) = name {
-        match metadata.get("name").and_then(Value::as_str) {
-            None => {
-                metadata.insert("name".into(), json!(name));
-            }
-            Some(sent) if sent == name => {}
-            Some(sent) => {
-                return Err(ApiError::bad_request(format!(
-                    "metadata.name {sent:?} does not match the name in the URL ({name:?})"
-                )))
-            }
-        }
+        expect("name", name)?;
     }
-    // Status is not part of what users validate; keep what was sent aside.
-    let status = object.remove("status").unwrap_or(Value::Null);
-    let typed = manifest::validate_value(value).map_err(|errors| ApiError::invalid(&format!("{kind}"), errors))?;
-    let mut object = Object::from_typed(&typed).map_err(|error| ApiError::bad_request(error.to_string()))?;
-    object.status = status;
-    Ok(object)
+    Ok(())
 }
 
 /// A list of stored documents being read: the revision it is read at, the documents as they
@@ -452,7 +458,14 @@ pub async fn replace_status(
 ) -> Result<Json<Object>, ApiError> {
     let kind = kind_for_plural(&plural)?;
     let key = key(kind, &namespace, &name)?;
-    let value = parse_body(body, &state.limits).await?;
+    let mut value = parse_body(body, &state.limits).await?;
+    if value.is_object() && value.get("kind").is_none() {
+        // A status body may leave out the kind (the URL says it); everything it does say must agree.
+        value["kind"] = json!(kind.as_str());
+    }
+    if value.is_object() {
+        check_target(&mut value, kind, &namespace, Some(&name))?;
+    }
     let (status, resource_version) = status_body(kind, value)?;
     let mut object = state.store.get(&key).await?;
     object.status = status;
@@ -468,9 +481,6 @@ fn status_body(kind: Kind, body: Value) -> Result<(Value, Option<String>), ApiEr
             "send the {kind} as a JSON object with its status: {{\"status\": {{...}}, \"metadata\": {{\"resourceVersion\": \"N\"}}}}"
         )));
     };
-    if let Some(sent) = body.get("kind").filter(|sent| sent.as_str() != Some(kind.as_str())) {
-        return Err(ApiError::bad_request(format!("kind {sent} sent to the {} status endpoint", kind.plural())));
-    }
     let resource_version = match body.get("metadata").map(|metadata| metadata.get("resourceVersion")) {
         None | Some(None) | Some(Some(Value::Null)) => None,
         Some(Some(Value::String(version))) => Some(version.clone()),
@@ -506,22 +516,72 @@ fn check_status(kind: Kind, status: &Value) -> Result<(), ApiError> {
     }
 }
 
-/// `DELETE .../{plural}/{name}[?resourceVersion=N]`
+/// How many times a delete with a uid precondition is tried when other writes (status) move
+/// the object's resourceVersion between the check and the delete.
+const DELETE_ATTEMPTS: usize = 5;
+
+/// `DELETE .../{plural}/{name}[?resourceVersion=N]`, with `DeleteOptions` in the body or the
+/// query ([`super::deletion`]): dry runs change nothing, preconditions hold.
 pub async fn delete_one(
     State(state): State<AppState>,
     Path((namespace, plural, name)): Path<(String, String, String)>,
     Query(params): Params,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let key = key(kind_for_plural(&plural)?, &namespace, &name)?;
-    if super::patch::dry_run(&params)? {
-        let live = state.store.get(&key).await?;
-        return Ok((StatusCode::OK, Json(deleted_status(shown(live)))).into_response());
+    let bytes = read_body(body, &state.limits).await?;
+    let options = super::deletion::delete_options(&params, &bytes)?;
+    let mut headers = HeaderMap::new();
+    if let Some(value) = options.warning.as_deref().and_then(super::admission::warning_header) {
+        headers.append(axum::http::header::WARNING, value);
     }
-    let deleted = state.store.delete(&key, params.get("resourceVersion").map(String::as_str)).await?;
-    Ok(match deleted {
-        Deleted::Gone(object) => (StatusCode::OK, Json(deleted_status(shown(object)))).into_response(),
-        Deleted::Terminating(object) => (StatusCode::ACCEPTED, Json(shown(object))).into_response(),
-    })
+    let mut attempt = 0;
+    loop {
+        let live = state.store.get(&key).await?;
+        let precondition = |what: &str, sent: &str, current: Option<&String>| StoreError::Conflict {
+            key: key.clone(),
+            sent: format!("{what} {sent} (precondition)"),
+            current: format!("{what} {}", current.map_or("", String::as_str)),
+        };
+        if let Some(uid) = options.uid.as_deref().filter(|uid| live.metadata.uid.as_deref() != Some(*uid)) {
+            return Err(precondition("uid", uid, live.metadata.uid.as_ref()).into());
+        }
+        if let Some(version) =
+            options.resource_version.as_deref().filter(|v| live.metadata.resource_version.as_deref() != Some(*v))
+        {
+            return Err(precondition("resourceVersion", version, live.metadata.resource_version.as_ref()).into());
+        }
+        if options.dry_run {
+            // What the delete would answer, from the object as it is; nothing is written.
+            return Ok(if live.metadata.finalizers.is_empty() {
+                (StatusCode::OK, headers, Json(deleted_status(shown(live)))).into_response()
+            } else {
+                let mut terminating = live;
+                terminating.metadata.deletion_timestamp.get_or_insert_with(chrono::Utc::now);
+                (StatusCode::ACCEPTED, headers, Json(shown(terminating))).into_response()
+            });
+        }
+        // A uid precondition holds for what is deleted: the version just checked is the one
+        // deleted (a newer one is checked again).
+        let version = options
+            .resource_version
+            .clone()
+            .or_else(|| options.uid.as_ref().and(live.metadata.resource_version.clone()));
+        match state.store.delete(&key, version.as_deref()).await {
+            Ok(Deleted::Gone(object)) => {
+                return Ok((StatusCode::OK, headers, Json(deleted_status(shown(object)))).into_response())
+            }
+            Ok(Deleted::Terminating(object)) => {
+                return Ok((StatusCode::ACCEPTED, headers, Json(shown(object))).into_response())
+            }
+            Err(StoreError::Conflict { .. })
+                if options.resource_version.is_none() && options.uid.is_some() && attempt + 1 < DELETE_ATTEMPTS =>
+            {
+                attempt += 1;
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
 }
 
 /// The answer to a delete that removed the object: a Kubernetes `Status` of success naming it

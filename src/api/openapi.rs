@@ -173,10 +173,10 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
     put_responses.insert("200".into(), json_response("The object as stored", schema_ref(name)));
     let mut delete_responses = errors(
         &[
-            BAD_REQUEST,
+            ("400", "BadRequest: a bad namespace or name, or DeleteOptions that cannot be honoured (propagationPolicy Orphan, an unknown dry-run mode, contradicting options)"),
             ("403", "Forbidden: a cross-site browser request"),
             ("404", "NotFound"),
-            ("409", "Conflict: stale resourceVersion"),
+            ("409", "Conflict: a precondition (uid, resourceVersion) does not hold"),
         ],
         false,
     );
@@ -228,9 +228,17 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
                 "responses": patch_responses,
             },
             "delete": {
-                "summary": format!("Delete a {name}"),
+                "summary": format!("Delete a {name} (DeleteOptions in the body or the query: dryRun, preconditions, propagationPolicy)"),
                 "operationId": format!("delete{name}"),
-                "parameters": [namespace.clone(), object_name.clone(), dry_run.clone(), parameter("resourceVersion", "query", "Delete only if the object is still at this version.", json!({"type": "string"}))],
+                "parameters": [
+                    namespace.clone(),
+                    object_name.clone(),
+                    dry_run.clone(),
+                    parameter("resourceVersion", "query", "Delete only if the object is still at this version.", json!({"type": "string"})),
+                    parameter("propagationPolicy", "query", "Background (what minicloud does) or Foreground (carried out as Background, with a Warning); Orphan is refused.", json!({"type": "string", "enum": ["Background", "Foreground", "Orphan"]})),
+                    parameter("gracePeriodSeconds", "query", "Accepted; has no effect.", json!({"type": "integer"})),
+                ],
+                "requestBody": {"required": false, "content": {"application/json": {"schema": schema_ref("DeleteOptions")}}},
                 "responses": delete_responses,
             }
         }),
@@ -244,6 +252,55 @@ fn kind_paths(kind: Kind, paths: &mut Map<String, Value>) {
             "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref(name)}}},
             "responses": put_responses,
         }}),
+    );
+}
+
+/// The `scale` subresource of ScalingGroups.
+fn scale_paths(paths: &mut Map<String, Value>) {
+    let namespace = parameter("namespace", "path", "A DNS-1123 label.", json!({"type": "string"}));
+    let name = parameter("name", "path", "A DNS-1123 label.", json!({"type": "string"}));
+    let dry_run = parameter(
+        "dryRun",
+        "query",
+        "All: answer as if written, write nothing.",
+        json!({"type": "string", "enum": ["All"]}),
+    );
+    let mut read = errors(&[BAD_REQUEST, ("404", "NotFound")], false);
+    read.insert("200".into(), json_response("The group as a Scale", schema_ref("Scale")));
+    let mut write = errors(
+        &[
+            (
+                "400",
+                "BadRequest or Invalid: not a Scale, replicas outside minReplicas..maxReplicas, another object's name",
+            ),
+            ("404", "NotFound"),
+            ("409", "Conflict: the Scale named a stale resourceVersion"),
+        ],
+        true,
+    );
+    write.insert("200".into(), json_response("The group as a Scale, after the change", schema_ref("Scale")));
+    paths.insert(
+        format!("{PREFIX}/namespaces/{{namespace}}/scalinggroups/{{name}}/scale"),
+        json!({
+            "get": {"summary": "A ScalingGroup's desired and current counts as an autoscaling/v1 Scale", "operationId": "readScalingGroupScale", "parameters": [namespace.clone(), name.clone()], "responses": read},
+            "put": {
+                "summary": "Set a ScalingGroup's desired count (spec.replicas of a Scale)",
+                "operationId": "replaceScalingGroupScale",
+                "parameters": [namespace.clone(), name.clone(), dry_run.clone()],
+                "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("Scale")}}},
+                "responses": write.clone(),
+            },
+            "patch": {
+                "summary": "Patch a ScalingGroup's Scale (merge or JSON patch), e.g. {\"spec\": {\"replicas\": 3}}",
+                "operationId": "patchScalingGroupScale",
+                "parameters": [namespace, name, dry_run],
+                "requestBody": {"required": true, "content": {
+                    "application/merge-patch+json": {"schema": {"type": "object"}},
+                    "application/json-patch+json": {"schema": {"type": "array", "items": {"type": "object"}}}
+                }},
+                "responses": write,
+            }
+        }),
     );
 }
 
@@ -422,6 +479,55 @@ pub fn document() -> Value {
         }}),
     );
     access_paths(&mut paths, &mut schemas);
+    scale_paths(&mut paths);
+    let mut review = errors(&[BAD_REQUEST], true);
+    review.insert(
+        "201".into(),
+        json_response("The review with status.allowed and status.reason", schema_ref("SelfSubjectAccessReview")),
+    );
+    paths.insert(
+        "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews".into(),
+        json!({"post": {
+            "summary": "May the asking token do this? (kubectl auth can-i): decided from its role and namespace",
+            "operationId": "createSelfSubjectAccessReview",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": schema_ref("SelfSubjectAccessReview")}}},
+            "responses": review,
+        }}),
+    );
+    schemas.insert(
+        "SelfSubjectAccessReview".into(),
+        json!({"type": "object", "required": ["spec"], "properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string", "enum": ["SelfSubjectAccessReview"]},
+            "spec": {"type": "object", "properties": {
+                "resourceAttributes": {"type": "object", "properties": {
+                    "namespace": {"type": "string"}, "verb": {"type": "string"}, "group": {"type": "string"},
+                    "resource": {"type": "string"}, "subresource": {"type": "string"}, "name": {"type": "string"}
+                }},
+                "nonResourceAttributes": {"type": "object", "properties": {"path": {"type": "string"}, "verb": {"type": "string"}}}
+            }},
+            "status": {"type": "object", "properties": {"allowed": {"type": "boolean"}, "reason": {"type": "string"}}}
+        }}),
+    );
+    schemas.insert(
+        "Scale".into(),
+        json!({"type": "object", "properties": {
+            "apiVersion": {"type": "string", "enum": ["autoscaling/v1"]}, "kind": {"type": "string", "enum": ["Scale"]},
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}, "namespace": {"type": "string"}, "resourceVersion": {"type": "string"}}},
+            "spec": {"type": "object", "required": ["replicas"], "properties": {"replicas": {"type": "integer", "minimum": 0}}},
+            "status": {"type": "object", "properties": {"replicas": {"type": "integer"}, "selector": {"type": "string"}}}
+        }}),
+    );
+    schemas.insert(
+        "DeleteOptions".into(),
+        json!({"type": "object", "description": "Kubernetes' DeleteOptions, as kubectl and client libraries send them.", "properties": {
+            "kind": {"type": "string", "enum": ["DeleteOptions"]}, "apiVersion": {"type": "string"},
+            "dryRun": {"type": "array", "items": {"type": "string", "enum": ["All"]}},
+            "preconditions": {"type": "object", "properties": {"uid": {"type": "string"}, "resourceVersion": {"type": "string"}}},
+            "propagationPolicy": {"type": "string", "enum": ["Background", "Foreground", "Orphan"]},
+            "orphanDependents": {"type": "boolean"},
+            "gracePeriodSeconds": {"type": "integer"}
+        }}),
+    );
     for (path, summary) in [("/healthz", "Liveness"), ("/version", "Server version and store backend")] {
         paths.insert(
             path.into(),

@@ -17,16 +17,22 @@ use minicloud_crds::Object;
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
-use super::objects::{accept_object, key, kind_for_plural, read_body, shown};
+use super::objects::{accept_object, check_target, key, kind_for_plural, read_body, shown};
 use super::AppState;
 use crate::auth::Principal;
 use crate::store::StoreError;
 
 /// How many times a patch is read, applied and written when other writers get in between.
-const PATCH_ATTEMPTS: u32 = 8;
+pub const PATCH_ATTEMPTS: u32 = 8;
 /// The largest a document may grow while a JSON patch is applied (a few `copy` operations of
 /// the whole document would otherwise double it each time).
 const MAX_PATCHED_BYTES: usize = 8 << 20;
+/// The most operations one JSON patch may hold (Kubernetes' own limit).
+const MAX_PATCH_OPERATIONS: usize = 10_000;
+/// The most work one JSON patch may ask for, counted as operations × the document's size in
+/// bytes (each operation may walk or copy the whole document): 64 MiB, e.g. 60 operations on
+/// a 1 MiB object or 10,000 on one of 6 KiB.
+const MAX_PATCH_WORK: usize = 64 << 20;
 
 /// The kinds of patch the API reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,7 +81,7 @@ pub async fn patch(
     let dry_run = dry_run(&params)?;
     let bytes = read_body(body, &state.limits).await?;
     if patch_type == PatchType::Apply {
-        return server_side_apply(&state, &principal, &bytes, &namespace, &name, dry_run).await;
+        return server_side_apply(&state, &principal, &bytes, kind, &namespace, &name, dry_run).await;
     }
     let patch: Value = serde_json::from_slice(&bytes)
         .map_err(|error| ApiError::bad_request(format!("the patch is not valid JSON: {error}")))?;
@@ -83,6 +89,9 @@ pub async fn patch(
     loop {
         let live = state.store.get(&key).await?;
         let mut document = serde_json::to_value(&live).map_err(|error| ApiError::bad_request(error.to_string()))?;
+        if patch_type == PatchType::Json {
+            bound_json_patch(&patch, &document)?;
+        }
         if patch_type == PatchType::Merge {
             merge_patch(&mut document, &patch);
         } else {
@@ -130,6 +139,7 @@ async fn server_side_apply(
     state: &AppState,
     principal: &Principal,
     bytes: &[u8],
+    kind: minicloud_crds::Kind,
     namespace: &str,
     name: &str,
     dry_run: bool,
@@ -145,22 +155,10 @@ async fn server_side_apply(
         )));
     }
     let mut value = documents.remove(0).value;
-    let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) else {
-        return Err(ApiError::bad_request("the apply patch has no metadata"));
-    };
-    metadata.entry("namespace").or_insert_with(|| Value::from(namespace));
-    if metadata.get("namespace").and_then(Value::as_str) != Some(namespace)
-        || metadata.get("name").and_then(Value::as_str) != Some(name)
-    {
-        return Err(ApiError::bad_request(format!(
-            "the apply patch must be for {namespace}/{name}, the object in the URL"
-        )));
-    }
+    check_target(&mut value, kind, namespace, Some(name))?;
     // An apply of metadata only (kubectl's step that takes over client-side apply's fields
     // sends one) changes labels and annotations of the live object and nothing else.
     if value.get("spec").is_none() {
-        let kind = value.get("kind").and_then(Value::as_str).and_then(minicloud_crds::Kind::from_kind_name);
-        let kind = kind.ok_or_else(|| ApiError::bad_request("the apply patch names no known kind"))?;
         let live = state.store.get(&key(kind, namespace, name)?).await?;
         let mut document = serde_json::to_value(&live).map_err(|error| ApiError::bad_request(error.to_string()))?;
         for field in ["labels", "annotations"] {
@@ -197,6 +195,26 @@ async fn server_side_apply(
     Ok((headers, Json(shown(state.store.get(&key).await?))))
 }
 
+/// Refuses, before any of it is done, a JSON patch whose work is out of proportion: more than
+/// [`MAX_PATCH_OPERATIONS`] operations, or operations × document size beyond
+/// [`MAX_PATCH_WORK`].
+fn bound_json_patch(patch: &Value, document: &Value) -> Result<(), ApiError> {
+    let operations = patch.as_array().map_or(0, Vec::len);
+    if operations > MAX_PATCH_OPERATIONS {
+        return Err(ApiError::too_large_object(format!(
+            "the JSON patch holds {operations} operations (at most {MAX_PATCH_OPERATIONS}); send fewer, or a merge patch"
+        )));
+    }
+    let size = serde_json::to_vec(document).map_or(usize::MAX, |bytes| bytes.len());
+    if operations.saturating_mul(size) > MAX_PATCH_WORK {
+        return Err(ApiError::too_large_object(format!(
+            "the JSON patch holds {operations} operations on a {size}-byte object: more work than one request may ask for ({} operations at this size); send fewer operations, or a merge patch",
+            MAX_PATCH_WORK / size.max(1)
+        )));
+    }
+    Ok(())
+}
+
 /// A JSON patch on a Secret may write values but not read them: `copy`, `move` and `test`
 /// would let a patch move a value where it is shown, or guess it, without the logged reveal.
 fn refuse_reading_ops(patch: &Value) -> Result<(), ApiError> {
@@ -212,6 +230,17 @@ fn refuse_reading_ops(patch: &Value) -> Result<(), ApiError> {
         ))),
         None => Ok(()),
     }
+}
+
+/// RFC 7386 on `target` (for the `scale` subresource).
+pub fn apply_merge_patch(target: &mut Value, patch: &Value) {
+    merge_patch(target, patch)
+}
+
+/// RFC 6902 on `document`, bounded like every JSON patch (for the `scale` subresource).
+pub fn apply_json_patch(document: &mut Value, patch: &Value) -> Result<(), ApiError> {
+    bound_json_patch(patch, document)?;
+    json_patch(document, patch)
 }
 
 /// RFC 7386: objects merge key by key, `null` removes a key, anything else replaces.
@@ -239,6 +268,9 @@ fn json_patch(document: &mut Value, patch: &Value) -> Result<(), ApiError> {
     let Some(operations) = patch.as_array() else {
         return Err(ApiError::bad_request("a JSON patch is an array of operations"));
     };
+    // An upper bound of the document's size, grown by what copies add (never re-serialised
+    // whole per operation).
+    let mut size = serde_json::to_vec(&*document).map_or(usize::MAX, |bytes| bytes.len());
     for (index, operation) in operations.iter().enumerate() {
         let fail = |message: String| ApiError::bad_request(format!("JSON patch operation {index}: {message}"));
         let text = |field: &str| {
@@ -269,8 +301,11 @@ fn json_patch(document: &mut Value, patch: &Value) -> Result<(), ApiError> {
                 } else {
                     get(document, &from).cloned().ok_or_else(|| fail(format!("nothing at {:?}", text("from"))))?
                 };
+                if op == "copy" {
+                    let copied = serde_json::to_vec(&moved).map_or(usize::MAX, |bytes| bytes.len());
+                    size = size.saturating_add(copied);
+                }
                 add(document, &path, moved).map_err(&fail)?;
-                let size = serde_json::to_vec(&*document).map_or(usize::MAX, |bytes| bytes.len());
                 if size > MAX_PATCHED_BYTES {
                     return Err(ApiError::too_large_object(format!(
                         "JSON patch operation {index}: the object would grow to {size} bytes (at most {MAX_PATCHED_BYTES})"

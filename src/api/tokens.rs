@@ -71,6 +71,15 @@ fn new_token(request: TokenRequest, now: DateTime<Utc>) -> Result<NewToken, ApiE
         )
     };
     minicloud_crds::validation::check_dns_label(&request.name).map_err(|reason| field("name", reason))?;
+    if crate::auth::reserved_name(&request.name) {
+        return Err(field(
+            "name",
+            format!(
+                "{:?} is kept for minicloud's own identities (anonymous, system-*); choose another name",
+                request.name
+            ),
+        ));
+    }
     let role = Role::parse(&request.role).map_err(|reason| field("role", reason))?;
     if let Some(namespace) = &request.namespace {
         minicloud_crds::validation::check_dns_label(namespace).map_err(|reason| field("namespace", reason))?;
@@ -114,7 +123,7 @@ pub async fn create(
     tracing::info!(token = %record.name, role = %record.role, by = %principal.name, "token created");
     let mut answer = serde_json::to_value(&record).map_err(|error| ApiError::bad_request(error.to_string()))?;
     answer["token"] = json!(secret.text);
-    let grant = Principal { name: record.name.clone(), role: record.role, namespace: record.namespace.clone() };
+    let grant = Principal::token(&record.name, record.role, record.namespace.clone());
     let note = AuditNote(format!("token {:?} with {}", record.name, grant.grant()));
     Ok((StatusCode::CREATED, Extension(note), Json(answer)))
 }

@@ -101,7 +101,8 @@ impl Authenticator {
     /// everywhere; returns its text.
     pub fn add_internal_token(&mut self, name: &str, role: Role) -> String {
         let secret = tokens::generate();
-        self.internal = Some((secret.hash, Principal { name: name.to_owned(), role, namespace: None }));
+        let principal = Principal { internal: true, ..Principal::token(name, role, None) };
+        self.internal = Some((secret.hash, principal));
         secret.text
     }
 
@@ -134,7 +135,7 @@ impl Authenticator {
             return Err(AuthError::Expired { name: record.name, at });
         }
         self.touch(&record.name, now);
-        Ok((Principal { name: record.name, role: record.role, namespace: record.namespace }, record.expires_at))
+        Ok((Principal::token(&record.name, record.role, record.namespace), record.expires_at))
     }
 
     async fn lookup(&self, hash: &str) -> Result<Option<TokenRecord>, AccessError> {
@@ -186,8 +187,28 @@ impl Authenticator {
         }
     }
 
-    /// Spends one request of `principal`'s rate, or says how long to wait.
+    /// Whether `token` was found valid by a lookup within the cache's time (or is the internal
+    /// token): such a request needs no store read to be authenticated.
+    pub fn recently_valid(&self, token: &str) -> bool {
+        if !tokens::well_formed(token) {
+            return false;
+        }
+        let hash = tokens::hash(token);
+        if self.internal.as_ref().is_some_and(|(internal, _)| *internal == hash) {
+            return true;
+        }
+        let now = Instant::now();
+        self.lock_cache()
+            .get(&hash)
+            .is_some_and(|cached| now.duration_since(cached.fetched) < CACHE_FOR && cached.record.is_some())
+    }
+
+    /// Spends one request of `principal`'s rate, or says how long to wait. The server's own
+    /// identity is not limited.
     pub fn take_request(&self, principal: &Principal) -> Result<(), Duration> {
+        if principal.internal {
+            return Ok(());
+        }
         self.requests.take(&principal.name, Instant::now())
     }
 
@@ -199,6 +220,9 @@ impl Authenticator {
     /// A place for one more watch of `principal`, held as long as the watch runs; `None` when
     /// the token already holds [`AuthSettings::watches_per_token`].
     pub fn watch_permit(&self, principal: &Principal) -> Option<OwnedSemaphorePermit> {
+        if principal.internal {
+            return Arc::new(Semaphore::new(1)).try_acquire_owned().ok();
+        }
         let semaphore = self
             .watches
             .lock()

@@ -150,15 +150,33 @@ pub struct Principal {
     pub role: Role,
     /// The one namespace the token is good for; `None`: every namespace.
     pub namespace: Option<String>,
+    /// The server's own identity (`--sync`), told apart by how it authenticated, never by its
+    /// name: its requests are not limited by the per-token rate and watch limits.
+    pub internal: bool,
 }
 
 /// The principal of every request when authentication is off.
 pub const ANONYMOUS: &str = "anonymous";
 
+/// The name of the server's own identity (`cloud server --sync`).
+pub const INTERNAL: &str = "system-internal";
+
+/// Whether a token name is kept for minicloud's own identities: `anonymous`, and every name
+/// beginning with `system-` (a user's token named like the server's own would share its name
+/// in the audit log).
+pub fn reserved_name(name: &str) -> bool {
+    name == ANONYMOUS || name.starts_with("system-")
+}
+
 impl Principal {
+    /// A token's principal.
+    pub fn token(name: &str, role: Role, namespace: Option<String>) -> Principal {
+        Principal { name: name.to_owned(), role, namespace, internal: false }
+    }
+
     /// Everything allowed: a server without authentication.
     pub fn anonymous() -> Principal {
-        Principal { name: ANONYMOUS.to_owned(), role: Role::Admin, namespace: None }
+        Principal::token(ANONYMOUS, Role::Admin, None)
     }
 
     /// Whether the principal holds `permission`.
@@ -227,7 +245,15 @@ mod tests {
     use super::*;
 
     fn principal(role: Role, namespace: Option<&str>) -> Principal {
-        Principal { name: "t".into(), role, namespace: namespace.map(str::to_owned) }
+        Principal::token("t", role, namespace.map(str::to_owned))
+    }
+
+    #[test]
+    fn minicloud_keeps_its_own_names() {
+        for name in ["anonymous", "system-internal", "system-sync"] {
+            assert!(reserved_name(name), "{name}");
+        }
+        assert!(!reserved_name("ci") && !reserved_name("systemd"));
     }
 
     #[test]

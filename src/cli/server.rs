@@ -94,6 +94,12 @@ pub struct ServerArgs {
     /// With --auth: create one more admin token at start and print it (when the last one is lost).
     #[arg(long, requires = "auth")]
     pub new_admin_token: bool,
+    /// A host name (or address) clients reach this server by, besides loopback names and the
+    /// listen address, e.g. the name a reverse proxy forwards; repeat for several. Requests for
+    /// any other `Host` are refused (DNS rebinding) — always without --auth, with it once one
+    /// is given.
+    #[arg(long = "allowed-host", value_name = "NAME")]
+    pub allowed_hosts: Vec<String>,
     /// Requests a second each token may send on average (0: no limit); beyond, 429 Retry-After.
     #[arg(long, default_value_t = AuthSettings::default().rate.per_second)]
     pub rate_limit: f64,
@@ -225,6 +231,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         usage_interval: args.usage_interval,
         auth,
         new_admin_token: args.new_admin_token,
+        allowed_hosts: args.allowed_hosts.clone(),
     };
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let mut syncing = None;

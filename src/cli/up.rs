@@ -73,6 +73,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         usage_interval: args.server.usage_interval,
         auth: args.server.auth(),
         new_admin_token: args.server.new_admin_token,
+        allowed_hosts: args.server.allowed_hosts.clone(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
