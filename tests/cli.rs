@@ -231,6 +231,27 @@ async fn events_are_listed(server: &TestServer) {
     let described = ok(server, &["describe", "inst/hello"]);
     assert!(described.contains("ImagePullFailed") && described.contains("(x3)"), "{described}");
     assert!(ok(server, &["events", "-A"]).starts_with("NAMESPACE"));
+
+    // Stored text cannot drive the terminal: an event message that would clear the screen and
+    // retitle the window is shown escaped by every human-readable command, and kept whole in
+    // JSON (where it is escaped by JSON itself).
+    let hostile = "\u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}gnp.exe";
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("{}/apis/minicloud.dev/v1/namespaces/default/events", server.url))
+        .json(&json!({"involvedObject": {"kind": "Instance", "name": "hello"}, "type": "Warning", "reason": "Hostile", "message": hostile}))
+        .send()
+        .await
+        .expect("event");
+    assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
+    for args in [&["events"][..], &["describe", "instance", "hello"], &["events", "-A"]] {
+        let printed = ok(server, args);
+        assert!(
+            !printed.contains('\u{1b}') && !printed.contains('\u{7}') && !printed.contains('\u{202e}'),
+            "cloud {args:?} printed a raw control character"
+        );
+        assert!(printed.contains("\\x1b[2J\\x1b]0;owned\\x07\\u{202e}gnp.exe"), "cloud {args:?}: {printed}");
+    }
 }
 
 /// Namespaces and names typed on the command line never change which URL is requested: a

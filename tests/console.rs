@@ -180,6 +180,16 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
     let namespace = harness.namespace.clone();
     let browser = Browser::start().await;
 
+    // Every console answer forbids framing and inline script (the pages below must work, and
+    // log no violation, under that policy).
+    for path in ["/ui", "/ui/instances", "/ui/assets/app.js", "/ui/login", "/ui/nope"] {
+        let response = reqwest::get(format!("{url}{path}")).await.expect("console");
+        let headers = response.headers();
+        assert_eq!(headers.get("x-frame-options").and_then(|v| v.to_str().ok()), Some("DENY"), "{path}");
+        let policy = headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        assert!(policy.contains("frame-ancestors 'none'") && policy.contains("script-src 'self'"), "{path}: {policy}");
+    }
+
     browser.open(&format!("{url}/ui")).await;
     browser.wait_for_text("live", "live", Duration::from_secs(20), |text| text == "live").await;
     assert!(browser.text("counts").await.contains("Instance"), "the summary shows the kinds");

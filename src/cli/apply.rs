@@ -15,7 +15,7 @@ pub fn load(paths: &[PathBuf], recursive: bool) -> anyhow::Result<Vec<Manifest>>
         Ok(manifests) => Ok(manifests),
         Err(ManifestError::Invalid(problems)) => {
             for problem in &problems {
-                eprintln!("{problem}");
+                say_err!("{problem}");
             }
             anyhow::bail!("{} problem(s) found; nothing was applied", problems.len());
         }
@@ -76,28 +76,28 @@ pub async fn send_with(
             Action::Configured => "configured",
             Action::Unchanged => "unchanged",
         };
-        println!("{} {action}{suffix}", object_label(&item.kind, &item.name, &item.namespace));
+        say!("{} {action}{suffix}", object_label(&item.kind, &item.name, &item.namespace));
         if answer.dry_run {
             for change in &item.changes {
-                println!("  ~ {change}");
+                say!("  ~ {change}");
             }
         }
     }
     for pruned in &answer.pruned {
         let object = object_label(&pruned.kind, &pruned.name, &pruned.namespace);
         match pruned.action.as_str() {
-            "kept" => println!(
+            "kept" => say!(
                 "{object} kept: a database no longer in the applyset is pruned only with --prune-stateful (it follows its deletionPolicy)"
             ),
-            "gone" => println!("{object} pruned (it was already gone){suffix}"),
-            "released" => println!(
+            "gone" => say!("{object} pruned (it was already gone){suffix}"),
+            "released" => say!(
                 "{object} released, not deleted: it was applied outside the applyset since{suffix}"
             ),
-            _ => println!("{object} pruned{suffix}"),
+            _ => say!("{object} pruned{suffix}"),
         }
     }
     for warning in &answer.warnings {
-        eprintln!("warning: {warning}");
+        say_err!("warning: {warning}");
     }
     Ok(answer.items)
 }

@@ -22,15 +22,15 @@ pub async fn run(
     };
     let entries = client.audit(since.as_deref(), limit).await?;
     if json_output {
-        println!("{}", serde_json::to_string_pretty(&json!({"items": entries}))?);
+        output::write_data(&format!("{}\n", serde_json::to_string_pretty(&json!({"items": entries}))?));
         return Ok(());
     }
     if entries.is_empty() {
-        println!("no audit entries{}", if since.is_some() { " in that time" } else { "" });
+        say!("no audit entries{}", if since.is_some() { " in that time" } else { "" });
         return Ok(());
     }
     let rows: Vec<Vec<String>> = entries.iter().map(row).collect();
-    print!("{}", output::table(&["TIME", "WHO", "VERB", "OBJECT", "CODE", "REQUEST", "MESSAGE"], &rows));
+    show!("{}", output::table(&["TIME", "WHO", "VERB", "OBJECT", "CODE", "REQUEST", "MESSAGE"], &rows));
     Ok(())
 }
 

@@ -59,9 +59,9 @@ pub async fn run(client: &Client, command: AuthCommand) -> anyhow::Result<()> {
                 Some(namespace) => format!("in namespace {namespace}"),
                 None => "in every namespace".to_owned(),
             };
-            println!("{} (role {} {scope}) at {}", text("name"), text("role"), client.server());
+            say!("{} (role {} {scope}) at {}", text("name"), text("role"), client.server());
             if me.get("authentication") == Some(&Value::Bool(false)) {
-                println!("this server runs without authentication: every client has every permission");
+                say!("this server runs without authentication: every client has every permission");
             }
         }
         AuthCommand::Token(TokenCommand::Create { name, role, namespace, expires }) => {
@@ -80,22 +80,22 @@ pub async fn run(client: &Client, command: AuthCommand) -> anyhow::Result<()> {
                 .get("expiresAt")
                 .and_then(Value::as_str)
                 .map_or_else(|| "never expires".to_owned(), |at| format!("expires {at}"));
-            eprintln!("token {name:?} created: role {role} in {scope}, {expiry}. It is shown only now:");
-            println!("{token}");
+            say_err!("token {name:?} created: role {role} in {scope}, {expiry}. It is shown only now:");
+            say!("{token}");
         }
         AuthCommand::Token(TokenCommand::List { output }) => {
             let tokens = client.tokens().await?;
             if output.is_some() {
-                println!("{}", serde_json::to_string_pretty(&json!({"items": tokens}))?);
+                say!("{}", serde_json::to_string_pretty(&json!({"items": tokens}))?);
                 return Ok(());
             }
             let rows: Vec<Vec<String>> = tokens.iter().map(token_row).collect();
-            print!("{}", output::table(&["NAME", "ROLE", "NAMESPACE", "STATE", "EXPIRES", "LAST USED", "AGE"], &rows));
+            show!("{}", output::table(&["NAME", "ROLE", "NAMESPACE", "STATE", "EXPIRES", "LAST USED", "AGE"], &rows));
         }
         AuthCommand::Token(TokenCommand::Revoke { names }) => {
             for name in names {
                 client.revoke_token(&name).await?;
-                println!("token {name:?} revoked");
+                say!("token {name:?} revoked");
             }
         }
     }

@@ -133,10 +133,7 @@ fn warn_if_readable_by_others(path: &Path) {
         use std::os::unix::fs::PermissionsExt;
         if let Ok(metadata) = std::fs::metadata(path) {
             if metadata.permissions().mode() & 0o077 != 0 {
-                eprintln!(
-                    "warning: {} can be read by other users and holds tokens; run: chmod 600 {0}",
-                    path.display()
-                );
+                say_err!("warning: {} can be read by other users and holds tokens; run: chmod 600 {0}", path.display());
             }
         }
     }
@@ -278,7 +275,7 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
                 config.current_context = Some(name.clone());
             }
             config.save(&path)?;
-            println!("context {name:?} saved in {}", path.display());
+            say!("context {name:?} saved in {}", path.display());
         }
         ConfigCommand::UseContext { name } => {
             if config.context(&name).is_none() {
@@ -286,7 +283,7 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
             }
             config.current_context = Some(name.clone());
             config.save(&path)?;
-            println!("switched to context {name:?}");
+            say!("switched to context {name:?}");
         }
         ConfigCommand::GetContexts => {
             let rows: Vec<Vec<String>> = config
@@ -302,10 +299,10 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
                     ]
                 })
                 .collect();
-            print!("{}", output::table(&["CURRENT", "NAME", "SERVER", "TOKEN"], &rows));
+            show!("{}", output::table(&["CURRENT", "NAME", "SERVER", "TOKEN"], &rows));
         }
         ConfigCommand::CurrentContext => match &config.current_context {
-            Some(name) => println!("{name}"),
+            Some(name) => say!("{name}"),
             None => anyhow::bail!("no current context; `cloud config use-context NAME` sets one"),
         },
         ConfigCommand::DeleteContext { name } => {
@@ -318,7 +315,7 @@ pub fn run(command: ConfigCommand) -> anyhow::Result<()> {
                 config.current_context = None;
             }
             config.save(&path)?;
-            println!("context {name:?} deleted");
+            say!("context {name:?} deleted");
         }
     }
     Ok(())

@@ -13,7 +13,7 @@ pub fn console_url(server: &str) -> String {
 pub async fn run(client: &Client, open: bool) -> anyhow::Result<()> {
     client.version().await?;
     let url = console_url(client.server());
-    println!("{url}");
+    say!("{url}");
     if open {
         let opener = std::env::var("BROWSER").ok().filter(|browser| !browser.trim().is_empty());
         let opener = opener.unwrap_or_else(|| "xdg-open".into());
@@ -24,7 +24,7 @@ pub async fn run(client: &Client, open: bool) -> anyhow::Result<()> {
             .stderr(std::process::Stdio::null())
             .spawn();
         if let Err(error) = started {
-            eprintln!("cannot start a browser ({opener}: {error}); open the address above yourself");
+            say_err!("cannot start a browser ({opener}: {error}); open the address above yourself");
         }
     }
     Ok(())

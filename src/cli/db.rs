@@ -108,7 +108,7 @@ async fn follow(
 async fn backup(client: &Client, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<()> {
     let request = request_id();
     ask(client, namespace, name, BACKUP_REQUEST_ANNOTATION, &request).await?;
-    eprintln!("backing up manageddatabase/{name}…");
+    say_err!("backing up manageddatabase/{name}…");
     // Answered when the controller answered this request, or the request that replaced it in
     // the annotation (written after this one, so its backup is taken after this was asked):
     // two `cloud db backup` at once both see a backup taken after they asked.
@@ -124,14 +124,14 @@ async fn backup(client: &Client, namespace: &str, name: &str, timeout: Duration)
         anyhow::bail!("manageddatabase/{name}: {message}");
     }
     let message = backed_up.and_then(|c| c.get("message")).and_then(Value::as_str).unwrap_or("backup taken");
-    println!("manageddatabase/{name}: {message}");
+    say!("manageddatabase/{name}: {message}");
     Ok(())
 }
 
 async fn restore(client: &Client, namespace: &str, name: &str, backup: &str, timeout: Duration) -> anyhow::Result<()> {
     let request = request_id();
     ask(client, namespace, name, RESTORE_REQUEST_ANNOTATION, &format!("{request} {backup}")).await?;
-    eprintln!("restoring {backup} into manageddatabase/{name}…");
+    say_err!("restoring {backup} into manageddatabase/{name}…");
     let object = follow(client, namespace, name, timeout, "restore request", |object| {
         let last = object.status.pointer("/lastRestore/request").and_then(Value::as_str);
         last == Some(request.as_str())
@@ -152,7 +152,7 @@ async fn restore(client: &Client, namespace: &str, name: &str, backup: &str, tim
         ready.and_then(|c| c.get("status")).and_then(Value::as_str) == Some("True")
     })
     .await?;
-    println!("manageddatabase/{name}: {message}");
+    say!("manageddatabase/{name}: {message}");
     Ok(())
 }
 
@@ -163,16 +163,16 @@ async fn backups(client: &Client, namespace: &str, name: &str, output: Option<Ou
         backup.get(key).map_or("-".to_owned(), |v| v.as_str().map_or(v.to_string(), str::to_owned))
     };
     match output {
-        Some(OutputFormat::Json) => println!("{}", serde_json::to_string_pretty(&Value::Array(listed))?),
-        Some(OutputFormat::Yaml) => print!("{}", super::output::yaml(&Value::Array(listed), 0)),
+        Some(OutputFormat::Json) => say!("{}", serde_json::to_string_pretty(&Value::Array(listed))?),
+        Some(OutputFormat::Yaml) => show!("{}", super::output::yaml(&Value::Array(listed), 0)),
         Some(OutputFormat::Name) => {
             for backup in &listed {
-                println!("{}", text(backup, "name"));
+                say!("{}", text(backup, "name"));
             }
         }
         Some(OutputFormat::Wide) | None => {
             if listed.is_empty() {
-                eprintln!("No backups of manageddatabase/{name} yet (`cloud db backup {name}` takes one).");
+                say_err!("No backups of manageddatabase/{name} yet (`cloud db backup {name}` takes one).");
                 return Ok(());
             }
             let wide = output == Some(OutputFormat::Wide);
@@ -196,7 +196,7 @@ async fn backups(client: &Client, namespace: &str, name: &str, output: Option<Ou
                     row
                 })
                 .collect();
-            print!("{}", table(&headers, &rows));
+            show!("{}", table(&headers, &rows));
         }
     }
     Ok(())

@@ -33,7 +33,7 @@ pub async fn run(
     if !files.is_empty() {
         let manifests = manifest::load(files, recursive).map_err(|ManifestError::Invalid(problems)| {
             for problem in &problems {
-                eprintln!("{problem}");
+                say_err!("{problem}");
             }
             anyhow::anyhow!("{} problem(s) found; nothing was deleted", problems.len())
         })?;
@@ -70,10 +70,10 @@ pub async fn run(
             })
             .await;
             match marked {
-                Ok(_) => eprintln!("{label}: deleting without a final snapshot"),
+                Ok(_) => say_err!("{label}: deleting without a final snapshot"),
                 Err(error) => {
                     if !matches!(error.downcast_ref::<ClientError>(), Some(ClientError::Api { status: 404, .. })) {
-                        eprintln!("error: {error}");
+                        say_err!("error: {error}");
                         failures += 1;
                         continue;
                     }
@@ -81,10 +81,10 @@ pub async fn run(
             }
         }
         match client.delete(*kind, namespace, name).await {
-            Ok(answer) if answer.terminating() => println!("{label} deleting (waiting for finalizers)"),
-            Ok(_) => println!("{label} deleted"),
+            Ok(answer) if answer.terminating() => say!("{label} deleting (waiting for finalizers)"),
+            Ok(_) => say!("{label} deleted"),
             Err(error) => {
-                eprintln!("error: {error}");
+                say_err!("error: {error}");
                 failures += 1;
             }
         }

@@ -28,7 +28,7 @@ pub async fn run(client: &Client, targets: &[String], namespace: &str) -> anyhow
             )
         };
         if index > 0 {
-            println!();
+            say!();
         }
         let object = client.get(*kind, namespace, name).await?;
         let events = client.events(Some(namespace), Some((*kind, name))).await?;
@@ -38,7 +38,7 @@ pub async fn run(client: &Client, targets: &[String], namespace: &str) -> anyhow
         } else {
             None
         };
-        print!("{}", render(&object, &events, members.as_deref()));
+        show!("{}", render(&object, &events, members.as_deref()));
     }
     Ok(())
 }

@@ -15,17 +15,25 @@ use super::output::object_label;
 use crate::api::apply::{drift, field_changes, merge, Action, FieldChange};
 use crate::client::{ApplySetOptions, Client};
 
+/// A line of painted output: every text in it went through [`Paint`], which cleans it, so the
+/// line is written as it is (its colour codes are minicloud's own).
+macro_rules! painted {
+    ($($arg:tt)*) => { super::output::write_data(&format!("{}\n", format_args!($($arg)*))) };
+}
+
 /// Terminal colours, or none when the output is not a terminal or `NO_COLOR` is set.
 struct Paint {
     on: bool,
 }
 
 impl Paint {
+    /// The text cleaned of control characters, in colour when on.
     fn paint(&self, code: &str, text: &str) -> String {
+        let text = super::output::clean(text);
         if self.on {
             format!("\x1b[{code}m{text}\x1b[0m")
         } else {
-            text.to_owned()
+            text.into_owned()
         }
     }
     fn added(&self, text: &str) -> String {
@@ -67,13 +75,13 @@ pub async fn run(
         match item.action {
             Action::Created => {
                 differences = true;
-                println!("{}", paint.added(&format!("{label}: create")));
+                painted!("{}", paint.added(&format!("{label}: create")));
             }
-            Action::Unchanged => println!("{label}: unchanged"),
+            Action::Unchanged => say!("{label}: unchanged"),
             Action::Configured => {
                 differences = true;
                 let impact = kind.map_or("in place", |kind| impact(kind, &item.changes));
-                println!("{}", paint.changed(&format!("{label}: update ({impact})")));
+                painted!("{}", paint.changed(&format!("{label}: update ({impact})")));
                 let secret = kind == Some(Kind::Secret);
                 let shown = match (&live, secret) {
                     (Some(live), false) => {
@@ -90,20 +98,20 @@ pub async fn run(
                 };
                 if shown.is_empty() {
                     for path in &item.changes {
-                        println!(
+                        painted!(
                             "  {}",
                             paint.changed(&format!("~ {path}{}", if secret { " (value not shown)" } else { "" }))
                         );
                     }
                 }
                 for change in &shown {
-                    println!("  {}", line(&paint, change));
+                    painted!("  {}", line(&paint, change));
                 }
             }
         }
         if let Some(drifted) = live.as_ref().and_then(drift) {
             for change in drifted {
-                println!(
+                painted!(
                     "  {}",
                     paint.drifted(&format!(
                         "! drift {}: applied {}, now {} (changed outside these manifests; applying sets it back)",
@@ -119,7 +127,7 @@ pub async fn run(
         let label = object_label(&pruned.kind, &pruned.name, &pruned.namespace);
         match pruned.action.as_str() {
             "kept" => {
-                println!(
+                painted!(
                     "{}",
                     paint.removed(&format!(
                         "{label}: no longer in the manifests; kept (a database: prune it with --prune-stateful)"
@@ -127,10 +135,10 @@ pub async fn run(
                 )
             }
             "gone" => {}
-            "released" => println!(
-                "{label}: no longer in the manifests; released, not deleted (applied outside this applyset since)"
-            ),
-            _ => println!("{}", paint.removed(&format!("{label}: prune (delete)"))),
+            "released" => {
+                say!("{label}: no longer in the manifests; released, not deleted (applied outside this applyset since)")
+            }
+            _ => painted!("{}", paint.removed(&format!("{label}: prune (delete)"))),
         }
         differences |= pruned.action == "deleted" || pruned.action == "kept";
     }

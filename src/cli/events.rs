@@ -57,11 +57,11 @@ pub async fn run(client: &Client, namespace: Option<&str>, object: Option<&str>,
         let events = client.events(namespace, object.as_ref().map(|(kind, name)| (*kind, name.as_str()))).await?;
         let fresh: Vec<&Event> = events.iter().filter(|event| seen.get(&event.id) != Some(&event.count)).collect();
         if first && fresh.is_empty() && !watch {
-            eprintln!("No events found.");
+            say_err!("No events found.");
         }
         if !fresh.is_empty() {
             let text = table(&headers, &rows(&fresh, all_namespaces));
-            print!("{}", if first { text.as_str() } else { text.split_once('\n').map_or("", |(_, rest)| rest) });
+            show!("{}", if first { text.as_str() } else { text.split_once('\n').map_or("", |(_, rest)| rest) });
             first = false;
         }
         seen.extend(events.iter().map(|event| (event.id, event.count)));

@@ -73,26 +73,26 @@ pub fn run(target: &str) -> anyhow::Result<()> {
             })
             .map_or_else(|| description(node), |field| description(&field))
     };
-    println!("KIND:     {kind}");
-    println!("VERSION:  {}", minicloud_crds::API_VERSION);
+    say!("KIND:     {kind}");
+    say!("VERSION:  {}", minicloud_crds::API_VERSION);
     if !path.is_root() {
-        println!("FIELD:    {path} <{}>", type_name(&schema, node));
+        say!("FIELD:    {path} <{}>", type_name(&schema, node));
     }
-    println!();
-    println!("DESCRIPTION:");
-    println!("  {parent_description}");
+    say!();
+    say!("DESCRIPTION:");
+    say!("  {parent_description}");
     if let Some(properties) = node.get("properties").and_then(Value::as_object) {
         let required: Vec<&str> = node
             .get("required")
             .and_then(Value::as_array)
             .map(|r| r.iter().filter_map(Value::as_str).collect())
             .unwrap_or_default();
-        println!();
-        println!("FIELDS:");
+        say!();
+        say!("FIELDS:");
         for (name, field) in properties {
             let marker = if required.contains(&name.as_str()) { " -required-" } else { "" };
-            println!("  {name}\t<{}>{marker}", type_name(&schema, field));
-            println!("    {}", description(field));
+            say!("  {name}\t<{}>{marker}", type_name(&schema, field));
+            say!("    {}", description(field));
         }
     }
     Ok(())

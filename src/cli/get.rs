@@ -5,7 +5,7 @@ use futures::StreamExt;
 use minicloud_crds::{Kind, Object};
 use serde_json::Value;
 
-use super::output::{table_with_widths, yaml};
+use super::output::{table_with_widths, write_data, yaml};
 use super::{parse_targets, OutputFormat};
 use crate::client::Client;
 pub use crate::columns::condition;
@@ -40,19 +40,19 @@ fn print_objects(
             } else {
                 serde_json::json!({"apiVersion": minicloud_crds::API_VERSION, "kind": "List", "items": objects})
             };
-            println!("{}", serde_json::to_string_pretty(&value)?);
+            write_data(&format!("{}\n", serde_json::to_string_pretty(&value)?));
         }
         Some(OutputFormat::Yaml) => {
             for (index, object) in objects.iter().enumerate() {
                 if index > 0 {
-                    println!("---");
+                    write_data("---\n");
                 }
-                print!("{}", yaml(&serde_json::to_value(object)?, 0));
+                write_data(&yaml(&serde_json::to_value(object)?, 0));
             }
         }
         Some(OutputFormat::Name) => {
             for object in objects {
-                println!("{}/{}", kind.as_str().to_ascii_lowercase(), object.metadata.name);
+                say!("{}/{}", kind.as_str().to_ascii_lowercase(), object.metadata.name);
             }
         }
         Some(OutputFormat::Wide) | None => {
@@ -64,7 +64,7 @@ fn print_objects(
             let rendered = table_with_widths(&headers, &rows(kind, objects, wide, all_namespaces), widths);
             let body =
                 if with_headers { rendered.as_str() } else { rendered.split_once('\n').map_or("", |(_, rest)| rest) };
-            print!("{body}");
+            show!("{body}");
         }
     }
     Ok(())
@@ -100,8 +100,8 @@ pub async fn run(
     };
     if objects.is_empty() && !watch && !matches!(output, Some(OutputFormat::Json) | Some(OutputFormat::Yaml)) {
         match namespace {
-            Some(namespace) => eprintln!("No {} found in namespace {namespace}.", kind.plural()),
-            None => eprintln!("No {} found.", kind.plural()),
+            Some(namespace) => say_err!("No {} found in namespace {namespace}.", kind.plural()),
+            None => say_err!("No {} found.", kind.plural()),
         }
     } else {
         print_objects(kind, &objects, output, all_namespaces, true, &mut widths)?;
@@ -127,7 +127,7 @@ pub async fn run(
             continue;
         }
         if line.change == "DELETED" && output.is_none() {
-            println!("{}/{} deleted", kind.as_str().to_ascii_lowercase(), object.metadata.name);
+            say!("{}/{} deleted", kind.as_str().to_ascii_lowercase(), object.metadata.name);
             continue;
         }
         print_objects(kind, std::slice::from_ref(&object), output, all_namespaces, headers_due, &mut widths)?;

@@ -29,11 +29,11 @@ pub async fn run(client: &Client, namespace: &str) -> anyhow::Result<()> {
         .map_err(|reason| anyhow::anyhow!("namespace {namespace:?} is not valid: {reason}"))?;
     client.version().await?;
     if client.token().is_some() && client.server().starts_with("http://") {
-        eprintln!(
+        say_err!(
             "warning: kubectl never sends a token over plain HTTP: put TLS in front of the server and use its https:// address (docs/security.md)"
         );
     }
-    print!("{}", render(client.server(), namespace, client.token(), client.certificate_authority()));
+    super::output::write_data(&render(client.server(), namespace, client.token(), client.certificate_authority()));
     Ok(())
 }
 

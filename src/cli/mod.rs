@@ -1,6 +1,26 @@
 //! The `cloud` command line: argument parsing (clap), and one module per command. Commands that
 //! talk to a server use [`crate::client::Client`]; `validate`, `explain` and `completion` work
 //! offline. Exit status: 0 on success, 1 on any error.
+//!
+//! Commands print human-readable text only through [`say!`], [`say_err!`] and [`show!`], which
+//! escape control characters (a server, a manifest or an event message
+//! cannot drive the terminal); machine output goes through `output::write_data`.
+
+/// A line of human-readable output on standard output, control characters escaped.
+macro_rules! say {
+    () => { $crate::cli::output::write_clean(false, "\n") };
+    ($($arg:tt)*) => { $crate::cli::output::write_clean(false, &format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// A line of human-readable output on standard error, control characters escaped.
+macro_rules! say_err {
+    ($($arg:tt)*) => { $crate::cli::output::write_clean(true, &format!("{}\n", format_args!($($arg)*))) };
+}
+
+/// Human-readable output on standard output without a newline, control characters escaped.
+macro_rules! show {
+    ($($arg:tt)*) => { $crate::cli::output::write_clean(false, &format!($($arg)*)) };
+}
 
 mod apply;
 mod audit;
@@ -494,7 +514,7 @@ pub async fn run() -> ExitCode {
         Command::Audit { since, limit, output } => audit::run(&client, since, limit, output.is_some()).await,
         Command::Config(command) => config::run(command),
         Command::Openapi => {
-            print!("{}", crate::api::openapi::render());
+            output::write_data(&crate::api::openapi::render());
             Ok(())
         }
     };
@@ -514,14 +534,14 @@ fn report(error: &anyhow::Error) {
             // The message ends with the causes joined; they follow one per line instead.
             let joined = causes.iter().map(|cause| format!("{}: {}", cause.field, cause.message)).collect::<Vec<_>>();
             let headline = message.strip_suffix(&joined.join("; ")).unwrap_or(message);
-            eprintln!("error: {}:", headline.trim_end_matches([' ', ':']));
+            say_err!("error: {}:", headline.trim_end_matches([' ', ':']));
             for cause in causes {
-                eprintln!("  {}: {}", cause.field, cause.message);
+                say_err!("  {}: {}", cause.field, cause.message);
             }
             return;
         }
     }
-    eprintln!("error: {error:#}");
+    say_err!("error: {error:#}");
 }
 
 async fn logs(client: &Client, target: &str, namespace: &str, follow: bool, tail: Option<u32>) -> anyhow::Result<()> {
@@ -542,11 +562,11 @@ async fn logs(client: &Client, target: &str, namespace: &str, follow: bool, tail
 }
 
 async fn version(client: &Client) -> anyhow::Result<()> {
-    println!("client: cloud {}", env!("CARGO_PKG_VERSION"));
+    say!("client: cloud {}", env!("CARGO_PKG_VERSION"));
     match client.version().await {
         Ok(version) => {
             let text = |key: &str| version.get(key).and_then(|v| v.as_str()).unwrap_or("?").to_owned();
-            println!("server: cloud {} at {} (store: {})", text("version"), client.server(), text("store"));
+            say!("server: cloud {} at {} (store: {})", text("version"), client.server(), text("store"));
             Ok(())
         }
         Err(error) => Err(error.into()),

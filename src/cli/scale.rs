@@ -44,8 +44,8 @@ async fn scale(client: &Client, namespace: &str, name: &str, replicas: u32) -> a
     })
     .await?;
     match outcome {
-        Modified::Unchanged(_) => println!("scalinggroup/{name} unchanged ({replicas} desired)"),
-        Modified::Written(_) => println!("scalinggroup/{name} scaled to {replicas}"),
+        Modified::Unchanged(_) => say!("scalinggroup/{name} unchanged ({replicas} desired)"),
+        Modified::Written(_) => say!("scalinggroup/{name} scaled to {replicas}"),
     }
     Ok(())
 }

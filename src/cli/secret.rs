@@ -27,13 +27,14 @@ pub async fn run(client: &Client, command: SecretCommand) -> anyhow::Result<()> 
     match command {
         SecretCommand::Reveal { name, key, namespace } => {
             let value = client.reveal(&namespace, &name, &key).await?;
-            println!("{value}");
+            // The value asked for, as it is (for scripts: `$(cloud secret reveal ...)`).
+            super::output::write_data(&format!("{value}\n"));
         }
         SecretCommand::RotateKey => {
             let answer = client.rotate_secret_key().await?;
             let key = answer.get("key").and_then(serde_json::Value::as_str).unwrap_or("?");
             let rewritten = answer.get("rewritten").and_then(serde_json::Value::as_u64).unwrap_or(0);
-            println!("secrets sealed with the new key {key} ({rewritten} stored rows re-encrypted)");
+            say!("secrets sealed with the new key {key} ({rewritten} stored rows re-encrypted)");
         }
     }
     Ok(())

@@ -531,10 +531,10 @@ pub async fn command(client: &Client, args: SyncArgs) -> anyhow::Result<()> {
             RoundOutcome::Applied { changes } => {
                 let name = &syncer.settings().name;
                 if changes.is_empty() {
-                    println!("sync/{name}: in sync, nothing changed");
+                    say!("sync/{name}: in sync, nothing changed");
                 }
                 for change in changes {
-                    println!("sync/{name}: {change}");
+                    say!("sync/{name}: {change}");
                 }
                 Ok(())
             }
@@ -542,7 +542,7 @@ pub async fn command(client: &Client, args: SyncArgs) -> anyhow::Result<()> {
         };
     }
     super::server::init_logging(super::server::LogFormat::Text);
-    println!(
+    say!(
         "syncing {} as sync/{} every {}s and on every change; Ctrl-C stops",
         settings.directory.display(),
         settings.name,

@@ -67,7 +67,7 @@ pub async fn run(client: &Client, command: TemplatesCommand) -> anyhow::Result<(
                 TemplatesCommand::Show { name } => show(catalog.get(&name, None)?),
                 TemplatesCommand::Render { name, stack, set, namespace } => {
                     let manifest = rendered(catalog.get(&name, None)?, &stack, namespace.as_deref(), &set)?;
-                    print!("{}", yaml(&manifest, 0));
+                    super::output::write_data(&yaml(&manifest, 0));
                     Ok(())
                 }
                 TemplatesCommand::Install { name, stack, set, namespace } => {
@@ -76,7 +76,7 @@ pub async fn run(client: &Client, command: TemplatesCommand) -> anyhow::Result<(
                     let answer = client.apply(vec![manifest], false).await?;
                     for item in &answer.items {
                         let action = format!("{:?}", item.action).to_ascii_lowercase();
-                        println!(
+                        say!(
                             "{}/{} {action} from template {} {}",
                             item.kind.to_ascii_lowercase(),
                             item.name,
@@ -84,7 +84,7 @@ pub async fn run(client: &Client, command: TemplatesCommand) -> anyhow::Result<(
                             bundle.version
                         );
                     }
-                    println!(
+                    say!(
                         "follow it with `cloud describe stack {stack}`{}",
                         namespace.map(|n| format!(" -n {n}")).unwrap_or_default()
                     );
@@ -108,7 +108,7 @@ fn rendered(
     let manifest = bundle.render(stack, namespace, &values);
     if let Err(problems) = manifest::validate_value(manifest.clone()) {
         for problem in &problems {
-            eprintln!("{}: {}", problem.path, problem.message);
+            say_err!("{}: {}", problem.path, problem.message);
         }
         anyhow::bail!("{} problem(s) in the stack template {} makes; nothing was created", problems.len(), bundle.name);
     }
@@ -119,7 +119,7 @@ fn list(bundles: &[Bundle], output: Option<OutputFormat>) -> anyhow::Result<()> 
     match output {
         Some(OutputFormat::Name) => {
             for bundle in bundles {
-                println!("{}", bundle.name);
+                say!("{}", bundle.name);
             }
         }
         Some(OutputFormat::Json) | Some(OutputFormat::Yaml) => {
@@ -134,9 +134,9 @@ fn list(bundles: &[Bundle], output: Option<OutputFormat>) -> anyhow::Result<()> 
                 })
                 .collect();
             if output == Some(OutputFormat::Json) {
-                println!("{}", serde_json::to_string_pretty(&listed)?);
+                super::output::write_data(&format!("{}\n", serde_json::to_string_pretty(&listed)?));
             } else {
-                print!("{}", yaml(&Value::Array(listed), 0));
+                super::output::write_data(&yaml(&Value::Array(listed), 0));
             }
         }
         Some(OutputFormat::Wide) | None => {
@@ -156,19 +156,19 @@ fn list(bundles: &[Bundle], output: Option<OutputFormat>) -> anyhow::Result<()> 
                     row
                 })
                 .collect();
-            print!("{}", table(&headers, &rows));
+            show!("{}", table(&headers, &rows));
         }
     }
     Ok(())
 }
 
 fn show(bundle: &Bundle) -> anyhow::Result<()> {
-    println!("Name:         {}", bundle.name);
-    println!("Version:      {}", bundle.version);
-    println!("Category:     {}", bundle.category);
-    println!("Description:  {}", bundle.description);
-    println!("Source:       {}", bundle.source);
-    println!("Parameters:");
+    say!("Name:         {}", bundle.name);
+    say!("Version:      {}", bundle.version);
+    say!("Category:     {}", bundle.category);
+    say!("Description:  {}", bundle.description);
+    say!("Source:       {}", bundle.source);
+    say!("Parameters:");
     let rows: Vec<Vec<String>> = bundle
         .parameters
         .iter()
@@ -183,23 +183,23 @@ fn show(bundle: &Bundle) -> anyhow::Result<()> {
         })
         .collect();
     for line in table(&["NAME", "TYPE", "DEFAULT", "DESCRIPTION"], &rows).lines() {
-        println!("  {line}");
+        say!("  {line}");
     }
-    println!("Outputs:");
+    say!("Outputs:");
     for output in &bundle.outputs {
-        println!("  {}: {}", output.name, output.description.clone().unwrap_or_else(|| output.value.clone()));
+        say!("  {}: {}", output.name, output.description.clone().unwrap_or_else(|| output.value.clone()));
     }
-    println!("Resources:");
+    say!("Resources:");
     for resource in &bundle.resources {
-        println!("  {}/{}", resource.kind.to_ascii_lowercase(), resource.metadata.name);
+        say!("  {}/{}", resource.kind.to_ascii_lowercase(), resource.metadata.name);
     }
     if !bundle.notes.trim().is_empty() {
-        println!("Notes:");
+        say!("Notes:");
         for line in bundle.notes.trim_end().lines() {
-            println!("  {line}");
+            say!("  {line}");
         }
     }
-    println!("Install: cloud templates install {} STACK [--set KEY=VALUE ...]", bundle.name);
+    say!("Install: cloud templates install {} STACK [--set KEY=VALUE ...]", bundle.name);
     Ok(())
 }
 
@@ -225,12 +225,12 @@ fn vet(directory: &Path) -> anyhow::Result<()> {
     for path in &bundles {
         let problems = vet_one(path);
         if problems.is_empty() {
-            println!("{}: ok", path.display());
+            say!("{}: ok", path.display());
         } else {
             failed += 1;
-            println!("{}: {} problem(s)", path.display(), problems.len());
+            say!("{}: {} problem(s)", path.display(), problems.len());
             for problem in problems {
-                println!("  {problem}");
+                say!("  {problem}");
             }
         }
     }

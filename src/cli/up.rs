@@ -21,6 +21,9 @@ use crate::client::Client;
 use crate::server::{self as composition, ControllerSettings, ServerConfig};
 use crate::store::sql;
 
+/// Back to the start of the line, and erase it (the progress line is written again).
+const CLEAR_LINE: &str = "\r\x1b[2K";
+
 /// Options of `cloud up`.
 #[derive(Debug, Args)]
 pub struct UpArgs {
@@ -98,9 +101,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let authenticated = internal_token.is_some();
     let credentials = crate::client::Credentials { token: internal_token, certificate_authority: None };
     let client = Client::with_credentials(&format!("http://{address}"), credentials)?;
-    println!("control plane listening on http://{address} (cloud get/describe talk to it)");
+    say!("control plane listening on http://{address} (cloud get/describe talk to it)");
     if !authenticated {
-        println!(
+        say!(
             "authentication is off: anyone on this machine can use it (cloud up --auth requires tokens; docs/security.md)"
         );
     }
@@ -115,24 +118,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tokio::select! {
         ready = wait_until_ready(&client, &running, args.timeout) => {
             ready?;
-            println!("running; press Ctrl-C to stop{}", if args.down { " and remove everything" } else { "" });
+            say!("running; press Ctrl-C to stop{}", if args.down { " and remove everything" } else { "" });
             (&mut interrupted).await;
         }
-        () = &mut interrupted => println!("interrupted before everything was Ready"),
+        () = &mut interrupted => say!("interrupted before everything was Ready"),
     }
     if args.down {
-        println!("removing what was applied…");
+        say!("removing what was applied…");
         for (kind, namespace, name) in watched.iter().rev() {
             match client.delete(*kind, namespace, name).await {
                 Ok(_) => {}
                 Err(error) if error.is_not_found() => {}
-                Err(error) => eprintln!("error: {error}"),
+                Err(error) => say_err!("error: {error}"),
             }
         }
         for (kind, namespace, name) in &watched {
             let target = vec![format!("{}/{name}", kind.as_str().to_ascii_lowercase())];
             if let Err(error) = super::wait::run(&client, &target, "delete", namespace, Duration::from_secs(60)).await {
-                eprintln!("error: {error:#}");
+                say_err!("error: {error:#}");
             }
         }
     }
@@ -207,11 +210,11 @@ async fn wait_until_ready(
             if ready {
                 if reported.insert((label.clone(), namespace.clone()), true) != Some(true) {
                     if live {
-                        print!("\r\x1b[2K");
+                        super::output::write_data(CLEAR_LINE);
                     }
                     let at = endpoints(&object);
                     let place = if at.is_empty() { String::new() } else { format!(" at {}", at.join(", ")) };
-                    println!("{label} ready{place}");
+                    say!("{label} ready{place}");
                 }
             } else {
                 waiting.push(format!("{label} ({why})"));
@@ -219,9 +222,9 @@ async fn wait_until_ready(
         }
         if waiting.is_empty() {
             if objects.is_empty() {
-                println!("nothing to wait for");
+                say!("nothing to wait for");
             } else {
-                println!("all {} object(s) ready after {:.1}s", objects.len(), started.elapsed().as_secs_f64());
+                say!("all {} object(s) ready after {:.1}s", objects.len(), started.elapsed().as_secs_f64());
             }
             return Ok(());
         }
@@ -229,17 +232,18 @@ async fn wait_until_ready(
         if live {
             let width = 160;
             let shown: String = line.chars().take(width).collect();
-            print!("\r\x1b[2K{shown}");
+            super::output::write_data(CLEAR_LINE);
+            show!("{shown}");
             let _ = std::io::stdout().flush();
         } else if line != last_line {
-            println!("{line}");
+            say!("{line}");
         }
         last_line = line;
         if started.elapsed() > timeout {
             if live {
-                println!();
+                say!();
             }
-            eprintln!("not everything is Ready after {timeout:?}; still serving — see `cloud describe` for details");
+            say_err!("not everything is Ready after {timeout:?}; still serving — see `cloud describe` for details");
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -10,14 +10,14 @@ pub fn run(paths: &[PathBuf], recursive: bool) -> anyhow::Result<()> {
     match manifest::load(paths, recursive) {
         Ok(manifests) => {
             for manifest in &manifests {
-                println!("{} valid ({}:{})", manifest.key(), manifest.file, manifest.position.line);
+                say!("{} valid ({}:{})", manifest.key(), manifest.file, manifest.position.line);
             }
-            println!("{} object(s) valid", manifests.len());
+            say!("{} object(s) valid", manifests.len());
             Ok(())
         }
         Err(ManifestError::Invalid(problems)) => {
             for problem in &problems {
-                eprintln!("{problem}");
+                say_err!("{problem}");
             }
             anyhow::bail!("{} problem(s) found; nothing was changed", problems.len())
         }

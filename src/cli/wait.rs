@@ -109,7 +109,7 @@ pub async fn run(
         let Some(name) = name else { anyhow::bail!("name what to wait for, e.g. instance/web") };
         let label = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
         match tokio::time::timeout(timeout, wait_one(client, kind, namespace, &name, &goal)).await {
-            Ok(Ok(outcome)) => println!("{label} {outcome}"),
+            Ok(Ok(outcome)) => say!("{label} {outcome}"),
             Ok(Err(error)) => return Err(error),
             Err(_) => {
                 let state = match client.get(kind, namespace, &name).await {
