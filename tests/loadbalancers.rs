@@ -408,3 +408,97 @@ async fn a_config_haproxy_refuses_is_never_installed_and_the_last_good_one_keeps
     assert!(whoami(&http, &endpoint).await.is_ok());
     harness.finish().await;
 }
+
+/// Targets removed abruptly (`docker rm -f`) under a request loop fail no request: a request
+/// that meets the vanishing container is retried on another target. A target that is DOWN
+/// leaves at once when it is no longer selected (it never drains), the load balancer can then
+/// be deleted, and the namespace's network goes with its last user.
+#[tokio::test]
+async fn targets_that_vanish_or_are_down_fail_no_request_and_leave_at_once() {
+    let harness = Harness::start(PREFIX).await;
+    let web = json!({"app": "web"});
+    harness
+        .apply(vec![
+            harness.instance("web-1", web.clone(), json!({})),
+            harness.instance("web-2", web.clone(), json!({})),
+            harness.instance("web-3", web.clone(), json!({"restartPolicy": "Never"})),
+            // The default health check (DOWN after three failed checks 2 s apart): requests
+            // keep meeting a vanished target for seconds.
+            harness.load_balancer(
+                "web",
+                json!({"listeners": [{"name": "http", "targetPort": 8080}], "targets": {"selector": {"matchLabels": {"app": "web"}}}}),
+            ),
+        ])
+        .await;
+    let lb = harness.wait_for("loadbalancers", "web", "3/3 healthy", |o| serving(o, 3, 3)).await;
+    let load = Load::start(&endpoint(&lb), 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for _ in 0..3 {
+        // Removed outside minicloud: the controller replaces the container; the load balancer
+        // follows; in between, requests that met it go elsewhere.
+        let before = harness.get("instances", "web-1").await.expect("web-1")["status"]["containerId"].clone();
+        docker(&["rm", "-f", &harness.instance_container("web-1").await]);
+        harness
+            .wait_for("instances", "web-1", "a new container", |o| {
+                o["status"]["containerId"] != before && condition(o, "Ready") == Some(("True", "Running"))
+            })
+            .await;
+        harness.wait_for("loadbalancers", "web", "web-1 back", |o| serving(o, 3, 3)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let (ok, failed) = load.finish().await;
+    eprintln!("{ok} requests while a target was removed three times; {} failed", failed.len());
+    assert!(ok > 100, "the load ran ({ok} requests)");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+
+    // web-3 stops for good (restartPolicy Never): DOWN. Unselected, it leaves at once.
+    docker(&["stop", "-t", "0", &harness.instance_container("web-3").await]);
+    harness
+        .wait_for("loadbalancers", "web", "web-3 DOWN", |o| {
+            o["status"]["targets"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t["name"] == "web-3" && t["state"] == "DOWN"))
+        })
+        .await;
+    let unselected = Instant::now();
+    harness.apply(vec![harness.instance("web-3", json!({"app": "spare"}), json!({"restartPolicy": "Never"}))]).await;
+    harness
+        .wait_for_within("loadbalancers", "web", "web-3 gone", Duration::from_secs(10), |o| {
+            o["status"]["targets"].as_array().is_some_and(|t| t.len() == 2 && t.iter().all(|t| t["name"] != "web-3"))
+        })
+        .await;
+    assert!(unselected.elapsed() < Duration::from_secs(5), "left after {:?}", unselected.elapsed());
+
+    // Make web-2 DOWN too, then delete the Instances first and the load balancer last: it
+    // goes, and so does the namespace's network once nothing uses it.
+    docker(&["stop", "-t", "0", &harness.instance_container("web-2").await]);
+    for name in ["web-1", "web-2", "web-3"] {
+        harness.http.delete(harness.url("instances", name)).send().await.expect("delete");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !harness.list("instances").await.is_empty() {
+        assert!(Instant::now() < deadline, "instances deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    harness.http.delete(harness.url("loadbalancers", "web")).send().await.expect("delete lb");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while harness.get("loadbalancers", "web").await.is_some() {
+        assert!(Instant::now() < deadline, "the load balancer is deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(harness.lb_containers().is_empty(), "{:?}", harness.lb_containers());
+    let network =
+        minicloud_controllers::docker::names::network(&harness.server().cluster().await, &harness.namespace, None);
+    assert_eq!(
+        docker(&["network", "ls", "-q", "--filter", &format!("name=^{network}$")]),
+        "",
+        "the network went with its last user"
+    );
+    harness.finish().await;
+}

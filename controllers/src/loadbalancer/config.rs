@@ -114,12 +114,15 @@ pub fn render(owner: &str, spec: &LoadBalancerSpec, targets: &[Target]) -> Resul
     let _ = writeln!(out, "    hard-stop-after 30s");
     let _ = writeln!(out);
     let _ = writeln!(out, "defaults");
-    let _ = writeln!(out, "    timeout connect 3s");
+    // Targets are containers on a local bridge: a connect that takes a second met a target
+    // that is gone, and the retry goes elsewhere.
+    let _ = writeln!(out, "    timeout connect 1s");
     let _ = writeln!(out, "    timeout client 60s");
     let _ = writeln!(out, "    timeout server 60s");
     let _ = writeln!(out, "    timeout check 2s");
     let _ = writeln!(out, "    retries 3");
-    let _ = writeln!(out, "    option redispatch");
+    // Every retry goes to another target (by default only the last does).
+    let _ = writeln!(out, "    option redispatch 1");
     let _ = writeln!(out, "    load-server-state-from-file global");
     let _ = writeln!(out, "    default-server init-addr last,libc,none");
     for (index, listener) in spec.listeners.iter().enumerate() {
@@ -153,7 +156,7 @@ pub fn render(owner: &str, spec: &LoadBalancerSpec, targets: &[Target]) -> Resul
         }
         if listener.protocol == ListenerProtocol::Http {
             // A request that met a dying target is sent again, to another one.
-            let _ = writeln!(out, "    retry-on conn-failure empty-response response-timeout");
+            let _ = writeln!(out, "    retry-on conn-failure empty-response junk-response response-timeout");
         }
         if let Some(path) = check.and_then(|c| c.path.as_deref()) {
             let _ = writeln!(out, "    option httpchk GET {path}");

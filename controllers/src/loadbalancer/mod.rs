@@ -405,8 +405,19 @@ impl LoadBalancerController {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(drain_key.clone())
             .or_insert_with(Instant::now);
+        // A target that serves nothing (DOWN: its health check fails, or MAINT) has nothing to
+        // drain and never shows DRAIN: it goes at once.
+        let serving = !server.state.starts_with("DOWN") && !server.state.starts_with("MAINT");
         let outcome = async {
-            if server.state != "DRAIN" && server.state != "MAINT" {
+            if !serving {
+                if !server.state.starts_with("MAINT") {
+                    socket.expect(&format!("set server {id} state maint"), &[]).await?;
+                }
+                socket.expect(&format!("shutdown sessions server {id}"), &[]).await?;
+                socket.expect(&format!("del server {id}"), &["Server deleted"]).await?;
+                return Ok(true);
+            }
+            if server.state != "DRAIN" {
                 // Sessions counted before this command may have grown since: look again next
                 // round, with fresh numbers.
                 socket.expect(&format!("set server {id} state drain"), &[]).await?;
