@@ -489,6 +489,18 @@ async fn retention_keeps_the_newest_backups_of_the_policy() {
     assert_eq!(listed, taken[2..], "the two newest are kept");
     let dumps = backup_files(&harness).into_iter().filter(|f| f.ends_with(".rdb")).count();
     assert_eq!(dumps, 2, "the older dumps are removed from disk: {:?}", backup_files(&harness));
+
+    // Without spec.backup, manual backups keep the default retention (7).
+    harness.apply(vec![database(&harness, "plain", json!({"engine": "redis", "version": "7"}))]).await;
+    wait_ready(&harness, "plain").await;
+    let mut taken = Vec::new();
+    for _ in 0..9 {
+        cloud_ok(&harness, &["db", "backup", "plain"]);
+        taken.push(newest_backup(&harness, "plain"));
+    }
+    let listed: Vec<String> =
+        cloud_ok(&harness, &["db", "backups", "plain", "-o", "name"]).lines().map(str::to_owned).collect();
+    assert_eq!(listed, taken[2..], "the seven newest are kept");
     harness.finish().await;
 }
 

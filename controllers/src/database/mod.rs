@@ -834,7 +834,11 @@ impl DatabaseController {
                 }
                 self.enforce_retention(&round, policy.retention.map_or(DEFAULT_RETENTION, |n| n as usize));
             }
-            None => status.next_backup_time = None,
+            None => {
+                status.next_backup_time = None;
+                // Manual backups of a database without a policy keep the default retention.
+                self.enforce_retention(&round, DEFAULT_RETENTION);
+            }
         }
         self.list_backups(&round, &mut status);
 
