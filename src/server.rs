@@ -203,10 +203,11 @@ pub async fn run(
     );
     requests.register(&mut metrics);
     let metrics = Arc::new(metrics);
-    let controllers = match config.controllers.clone() {
-        Some(settings) => Some(Controllers::start(store.clone(), settings, metrics.clone(), shutdown.clone())?),
-        None => None,
-    };
+    // Controllers run where the store's controller lock is held (one server per store).
+    let controllers = config
+        .controllers
+        .clone()
+        .map(|settings| tokio::spawn(keep_controllers(sql.clone(), settings, metrics.clone(), shutdown.clone())));
     let driver = DockerDriver::lazy()
         .map(|driver| Arc::new(driver) as Arc<dyn ContainerDriver>)
         .map_err(|error| tracing::warn!(%error, "no Docker engine: logs are unavailable"))
@@ -254,10 +255,92 @@ pub async fn run(
         sampler.abort();
     }
     if let Some(controllers) = controllers {
-        controllers.stop().await;
+        // It saw the shutdown: it stops the controllers (bounded) and ends.
+        if tokio::time::timeout(Duration::from_secs(15), controllers).await.is_err() {
+            tracing::warn!("the controllers did not stop within 15 s");
+        }
     }
     tracing::info!("stopped");
     served
+}
+
+/// How often a server without the controller lock tries to take it.
+const LOCK_RETRY: Duration = Duration::from_secs(5);
+/// How often the holder checks that it still holds it.
+const LOCK_CHECK: Duration = Duration::from_secs(2);
+
+/// Runs the controllers while this process holds the store's controller lock, until shutdown.
+/// Without the lock (another server runs them) it serves the API only, says so once, and tries
+/// again every [`LOCK_RETRY`], taking over when that server stops; a lock lost (its database
+/// session ended) stops the controllers here at once.
+async fn keep_controllers(
+    sql: Arc<SqlStore>,
+    settings: ControllerSettings,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let store: Arc<dyn Store> = sql.clone();
+    let mut waited = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match sql.try_lock_controllers().await {
+            Ok(Some(mut lock)) => {
+                let (stop, stopped) = watch::channel(false);
+                let controllers = match Controllers::start(store.clone(), settings.clone(), metrics.clone(), stopped) {
+                    Ok(controllers) => controllers,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot start the controllers; retrying");
+                        drop(lock);
+                        tokio::select! {
+                            _ = tokio::time::sleep(LOCK_RETRY) => continue,
+                            _ = shutdown.changed() => return,
+                        }
+                    }
+                };
+                if waited {
+                    tracing::warn!("the server that ran the controllers of this store is gone: this one runs them now");
+                } else {
+                    tracing::info!("this server runs the controllers of this store (it holds the controller lock)");
+                }
+                let mut ticker = tokio::time::interval(LOCK_CHECK);
+                let lost = loop {
+                    tokio::select! {
+                        _ = shutdown.changed() => break false,
+                        _ = ticker.tick() => {
+                            if !lock.held().await {
+                                break true;
+                            }
+                        }
+                    }
+                };
+                let _ = stop.send(true);
+                controllers.stop().await;
+                drop(lock);
+                if !lost {
+                    return;
+                }
+                tracing::error!(
+                    "the controller lock was lost (its database session ended): the controllers stopped here, another server may run them now; trying to take the lock again"
+                );
+                waited = true;
+            }
+            Ok(None) => {
+                if !waited {
+                    tracing::warn!(
+                        "another cloud server runs the controllers of this store: this one serves the API only, and takes the controllers over when that one stops (checked every 5 s)"
+                    );
+                }
+                waited = true;
+            }
+            Err(error) => tracing::warn!(%error, "cannot take the controller lock; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LOCK_RETRY) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// How long audit entries are kept, and how many at most.

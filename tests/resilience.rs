@@ -183,3 +183,73 @@ async fn an_unreachable_docker_is_reported_and_everything_converges_when_it_retu
     server.stop().await;
     proxy.abort();
 }
+
+/// Two servers with controllers on one store (SQLite file, PostgreSQL database): one runs the
+/// controllers (it holds the store's controller lock), the other serves the API only and says
+/// so; no object gets two containers; when the first is killed, the second takes the
+/// controllers over.
+async fn one_server_runs_the_controllers_of_a_store(database: common::TestDb) {
+    let run = format!("resilience-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let _cleanup = Cleanup(run.clone());
+    let label = format!("minicloud.dev/test={run}");
+    let arguments = ["--container-label", label.as_str(), "--resync", "10s"];
+    let shared = database.shared();
+    let first = TestServer::start(database, &arguments).await;
+    let second = TestServer::start(shared, &arguments).await;
+    let logged = |server: &TestServer, text: &str| {
+        server.log.lock().map(|lines| lines.iter().any(|line| line.contains(text))).unwrap_or(false)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !logged(&second, "serves the API only") {
+        assert!(Instant::now() < deadline, "the second server says it serves the API only");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged(&first, "this server runs the controllers"));
+    let namespace = format!("l{}", &run[11..19]);
+    let apply = |server: &TestServer, name: &str| {
+        let url = format!("{}/apis/minicloud.dev/v1/apply", server.url);
+        let body = json!({"items": [instance(&namespace, name)]});
+        async move {
+            let response = reqwest::Client::new().post(url).json(&body).send().await.expect("apply");
+            assert!(response.status().is_success());
+        }
+    };
+    apply(&second, "web").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !list(&second, &namespace).await.first().is_some_and(is_ready) {
+        assert!(Instant::now() < deadline, "the Instance becomes Ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // One container, and it stays one (two controllers would fight over it).
+    let containers = || docker(&["ps", "-aq", "--filter", &format!("label={label}")]).lines().count();
+    for _ in 0..30 {
+        assert_eq!(containers(), 1, "one container for one Instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The first goes away without a word: the second takes over within seconds.
+    let database = first.crash();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !logged(&second, "this one runs them now") {
+        assert!(Instant::now() < deadline, "the second server takes the controllers over");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    apply(&second, "api").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !list(&second, &namespace).await.iter().all(is_ready) || containers() != 2 {
+        assert!(Instant::now() < deadline, "the second server's controllers run the new Instance");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.stop().await;
+    database.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_runs_the_controllers_of_a_sqlite_store() {
+    one_server_runs_the_controllers_of_a_store(common::TestDb::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_server_runs_the_controllers_of_a_postgres_store() {
+    one_server_runs_the_controllers_of_a_store(common::TestDb::postgres().await).await;
+}

@@ -36,6 +36,9 @@ use tokio::sync::{watch, Mutex, MutexGuard};
 use tokio::task::JoinHandle;
 
 mod access;
+mod lock;
+
+pub use lock::ControllerLock;
 
 use super::feed::Feed;
 use super::rules::{self, Plan};
@@ -84,6 +87,8 @@ pub struct SqlStore {
     keys: Arc<SecretKeys>,
     /// Counts the events recorded here (see [`Store::event_signal`]).
     events_recorded: watch::Sender<u64>,
+    /// Where the lock that says which server runs the controllers lives.
+    controller_lock: lock::LockTarget,
 }
 
 impl Drop for SqlStore {
@@ -128,20 +133,23 @@ impl SqlStore {
     /// sealed by its primary key. A SQLite file is created with mode 0600.
     pub async fn open(url: &str, keys: Arc<SecretKeys>) -> StoreResult<SqlStore> {
         install_drivers();
-        let (backend, connect_url) =
+        let (backend, connect_url, controller_lock) =
             if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
                 let file = path.split('?').next().unwrap_or(path);
                 let in_memory = file.is_empty() || file == ":memory:" || path.contains("mode=memory");
-                if !in_memory {
+                let lock = if in_memory {
+                    lock::LockTarget::Memory
+                } else {
                     if let Some(parent) = Path::new(file).parent().filter(|parent| !parent.as_os_str().is_empty()) {
                         crate::secrets::create_private_dir(parent).db()?;
                     }
                     create_private_file(Path::new(file)).db()?;
-                }
+                    lock::LockTarget::File(std::path::PathBuf::from(format!("{file}.controllers.lock")))
+                };
                 let query = if path.contains('?') { "" } else { "?mode=rwc" };
-                (Backend::Sqlite, format!("sqlite://{path}{query}"))
+                (Backend::Sqlite, format!("sqlite://{path}{query}"), lock)
             } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                (Backend::Postgres, url.to_owned())
+                (Backend::Postgres, url.to_owned(), lock::LockTarget::Postgres(url.to_owned()))
             } else {
                 return Err(StoreError::UnsupportedUrl(url.to_owned()));
             };
@@ -192,6 +200,7 @@ impl SqlStore {
             cluster_id,
             keys,
             events_recorded: watch::Sender::new(0),
+            controller_lock,
         };
         let resealed = store.reseal().await?;
         if resealed > 0 {
@@ -266,6 +275,12 @@ impl SqlStore {
     fn opened(&self, mut object: Object) -> StoreResult<Object> {
         self.keys.open_object(&mut object).map_err(sealing)?;
         Ok(object)
+    }
+
+    /// Takes the lock that lets this process run the controllers of this store, unless another
+    /// process holds it (`Ok(None)`).
+    pub async fn try_lock_controllers(&self) -> StoreResult<Option<ControllerLock>> {
+        self.controller_lock.try_lock().await
     }
 
     /// Which backend this is, for messages: `sqlite` or `postgres`.

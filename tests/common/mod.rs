@@ -75,6 +75,12 @@ impl TestDb {
         TestDb { url: "memory".into(), directory: None, postgres_name: None, memory: Some(MemoryStore::new()) }
     }
 
+    /// The same database for another server (like a replica): dropping or cleaning up this
+    /// handle leaves the database alone (the original's does).
+    pub fn shared(&self) -> TestDb {
+        TestDb { url: self.url.clone(), directory: None, postgres_name: None, memory: self.memory.clone() }
+    }
+
     /// Opens a store on this database (several may be open at once, like replicas).
     pub async fn open(&self) -> Arc<dyn Store> {
         match &self.memory {
