@@ -722,3 +722,87 @@ async fn readiness_reflects_a_store_that_cannot_answer() {
     wait_until_ready(&http, &server, 20, "readiness did not come back").await;
     server.stop().await;
 }
+
+/// A TCP proxy to PostgreSQL that can be cut (every connection reset) and mended, so that one
+/// test server loses its database while the others keep theirs.
+struct DatabaseCable {
+    port: u16,
+    upstream: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl DatabaseCable {
+    async fn lay(upstream: &str) -> DatabaseCable {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let mut cable = DatabaseCable { port, upstream: upstream.to_owned(), task: None };
+        cable.task = Some(tokio::spawn(DatabaseCable::relay(listener, cable.upstream.clone())));
+        cable
+    }
+
+    async fn relay(listener: tokio::net::TcpListener, upstream: String) {
+        let mut connections = tokio::task::JoinSet::new();
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else { return };
+            let upstream = upstream.clone();
+            connections.spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    }
+
+    /// Cuts it: the listener closes and every relayed connection ends.
+    fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Mends it on the same port.
+    async fn mend(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("bind again");
+        self.task = Some(tokio::spawn(DatabaseCable::relay(listener, self.upstream.clone())));
+    }
+}
+
+/// PostgreSQL gone (its connections reset, nothing listening): reads are refused as clearly
+/// and nearly as fast as writes, with the reason, instead of each waiting out the pool's 10 s;
+/// once it is back, everything answers again by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_is_gone_is_answered_at_once() {
+    let _timed = MACHINE.read().await;
+    let database = common::TestDb::postgres().await;
+    let (before, after) = database.url.split_once("@127.0.0.1:5432").expect("a local PostgreSQL URL");
+    let mut cable = DatabaseCable::lay("127.0.0.1:5432").await;
+    let url = format!("{before}@127.0.0.1:{}{after}", cable.port);
+    let server = TestServer::start(common::TestDb::at_url(&url), &["--no-controllers"]).await;
+    let http = reqwest::Client::new();
+    let list = format!("{}{V1}/namespaces/default/instances", server.url);
+    let (status, _) = send(http.post(&list).json(&instance("before"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    cable.cut();
+    // The first request meets the cut; the ones after it are answered at once.
+    let _ = within(std::time::Duration::from_secs(15), "the first list", http.get(&list)).await;
+    for round in 0..5 {
+        let started = std::time::Instant::now();
+        let (status, body) = send(http.get(&list)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["message"].as_str().is_some_and(|m| m.contains("database")), "{body}");
+        let (write, _) = send(http.post(&list).json(&instance(&format!("during-{round}")))).await;
+        assert_eq!(write, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "round {round} took {:?}", started.elapsed());
+    }
+    let (status, _) = send(http.get(format!("{}/readyz", server.url))).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    cable.mend().await;
+    wait_until_ready(&http, &server, 20, "readiness did not come back").await;
+    let (status, body) = send(http.get(&list)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = send(http.post(&list).json(&instance("after"))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.stop().await;
+    cable.cut();
+    database.cleanup().await;
+}

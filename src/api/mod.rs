@@ -261,6 +261,12 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
             ApiError::unavailable(format!("the store did not answer within {} s", READINESS_TIMEOUT.as_secs()))
         })?
         .map_err(|error| ApiError::unavailable(error.to_string()))?;
+    tokio::time::timeout(READINESS_TIMEOUT, state.store.check_writable())
+        .await
+        .map_err(|_| {
+            ApiError::unavailable(format!("the store did not take a write within {} s", READINESS_TIMEOUT.as_secs()))
+        })?
+        .map_err(|error| ApiError::unavailable(format!("the store cannot write: {error}")))?;
     Ok(Json(json!({"status": "ready", "revision": revision})))
 }
 

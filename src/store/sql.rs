@@ -23,6 +23,7 @@
 //! lost.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -37,6 +38,7 @@ use tokio::task::JoinHandle;
 
 mod access;
 mod lock;
+mod reach;
 
 pub use lock::ControllerLock;
 
@@ -61,6 +63,8 @@ impl<T, E: std::error::Error + Send + Sync + 'static> OrStoreError<T> for Result
 
 /// How long a request waits for a database connection before it fails (503).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What readiness writes to learn whether a store whose write failed can write again.
+const WRITE_PROBE_BYTES: usize = 1 << 20;
 /// The PostgreSQL notification channel.
 const CHANNEL: &str = "minicloud_changes";
 
@@ -89,6 +93,10 @@ pub struct SqlStore {
     events_recorded: watch::Sender<u64>,
     /// Where the lock that says which server runs the controllers lives.
     controller_lock: lock::LockTarget,
+    /// Why the last write failed in the database (disk full, I/O): `None` once one commits.
+    write_problem: std::sync::Mutex<Option<String>>,
+    /// Whether the database answers (PostgreSQL): refuses at once while it is known not to.
+    reachability: Arc<reach::Reachability>,
 }
 
 impl Drop for SqlStore {
@@ -154,7 +162,20 @@ impl SqlStore {
                 return Err(StoreError::UnsupportedUrl(url.to_owned()));
             };
         let options = |connections: u32| {
-            let options = AnyPoolOptions::new().max_connections(connections).acquire_timeout(ACQUIRE_TIMEOUT);
+            let options = AnyPoolOptions::new()
+                .max_connections(connections)
+                .acquire_timeout(ACQUIRE_TIMEOUT)
+                // A connection whose transaction could not be finished (a COMMIT and then its
+                // ROLLBACK failed: disk full, I/O) is closed, never reused: closing rolls the
+                // transaction back and releases SQLite's write lock. Reused, it would take the
+                // next write into a savepoint of that dead transaction and acknowledge it
+                // without ever committing it.
+                .after_release(|connection, _| {
+                    Box::pin(async move {
+                        sqlx::Connection::ping(&mut *connection).await?;
+                        Ok(!sqlx::Connection::is_in_transaction(&*connection))
+                    })
+                });
             match backend {
                 Backend::Sqlite => options.after_connect(|connection, _| {
                     Box::pin(async move {
@@ -201,6 +222,11 @@ impl SqlStore {
             keys,
             events_recorded: watch::Sender::new(0),
             controller_lock,
+            write_problem: std::sync::Mutex::new(None),
+            reachability: Arc::new(reach::Reachability::new(match backend {
+                Backend::Postgres => Some(url.to_owned()),
+                Backend::Sqlite => None,
+            })),
         };
         let resealed = store.reseal().await?;
         if resealed > 0 {
@@ -295,6 +321,31 @@ impl SqlStore {
     pub async fn close(&self) {
         self.pool.close().await;
         self.write_pool.close().await;
+    }
+
+    /// Runs a read: refused at once while the database is known to be unreachable; a failure
+    /// to reach it marks it so.
+    async fn guarded<T>(&self, work: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        self.reachability.check()?;
+        let outcome = work.await;
+        if let Err(error) = &outcome {
+            self.reachability.observe(error);
+        }
+        outcome
+    }
+
+    /// Runs a write like [`SqlStore::guarded`], and records what its outcome says about the
+    /// store: a database failure (disk full, I/O, unreachable) makes it unwritable until a write
+    /// commits; refusals (conflict, not found, invalid) say nothing about it.
+    async fn guarded_write<T>(&self, work: impl Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let outcome = self.guarded(work).await;
+        let mut problem = self.write_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &outcome {
+            Ok(_) => *problem = None,
+            Err(StoreError::Database(error)) => *problem = Some(error.to_string()),
+            Err(_) => {}
+        }
+        outcome
     }
 
     /// Starts a write: takes the in-process lock, opens a transaction and locks the revision
@@ -603,171 +654,233 @@ impl Store for SqlStore {
     }
 
     async fn write_all(&self, writes: Vec<Write>) -> StoreResult<Vec<Object>> {
-        if writes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys = rules::batch_keys(&writes)?;
-        // Any error below drops the transaction unfinished, which rolls it back: all or none.
-        let (_guard, mut transaction) = self.begin_write().await?;
-        // The creates take their revisions in one step (the common batch is all creates).
-        let creates = writes.iter().filter(|write| matches!(write, Write::Create(_))).count();
-        let count = i64::try_from(creates).map_err(|_| StoreError::Invalid("too many objects".into()))?;
-        let mut next_create = if count > 0 { take_revisions(&mut transaction, count).await? - count + 1 } else { 0 };
-        let mut last = None;
-        let mut written = Vec::with_capacity(writes.len());
-        let time = now();
-        for (write, key) in writes.into_iter().zip(&keys) {
-            match write {
-                Write::Create(object) => {
-                    let mut object = rules::prepare_create(object, key, time)?;
-                    rules::stamp(&mut object, next_create);
-                    write_change(&mut transaction, &self.keys, key, &object, next_create, ChangeType::Added).await?;
-                    last = last.max(Some(next_create));
-                    next_create += 1;
-                    written.push(object);
-                }
-                Write::Update(object) => {
-                    let stored = read_object(&mut transaction, &self.keys, key)
-                        .await?
-                        .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-                    let plan = rules::prepare_update(&stored, key, object)?;
-                    let (object, revision) = apply_plan(&mut transaction, &self.keys, key, plan).await?;
-                    last = last.max(revision);
-                    written.push(object);
+        self.guarded_write(async {
+            if writes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let keys = rules::batch_keys(&writes)?;
+            // Any error below drops the transaction unfinished, which rolls it back: all or none.
+            let (_guard, mut transaction) = self.begin_write().await?;
+            // The creates take their revisions in one step (the common batch is all creates).
+            let creates = writes.iter().filter(|write| matches!(write, Write::Create(_))).count();
+            let count = i64::try_from(creates).map_err(|_| StoreError::Invalid("too many objects".into()))?;
+            let mut next_create =
+                if count > 0 { take_revisions(&mut transaction, count).await? - count + 1 } else { 0 };
+            let mut last = None;
+            let mut written = Vec::with_capacity(writes.len());
+            let time = now();
+            for (write, key) in writes.into_iter().zip(&keys) {
+                match write {
+                    Write::Create(object) => {
+                        let mut object = rules::prepare_create(object, key, time)?;
+                        rules::stamp(&mut object, next_create);
+                        write_change(&mut transaction, &self.keys, key, &object, next_create, ChangeType::Added)
+                            .await?;
+                        last = last.max(Some(next_create));
+                        next_create += 1;
+                        written.push(object);
+                    }
+                    Write::Update(object) => {
+                        let stored = read_object(&mut transaction, &self.keys, key)
+                            .await?
+                            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+                        let plan = rules::prepare_update(&stored, key, object)?;
+                        let (object, revision) = apply_plan(&mut transaction, &self.keys, key, plan).await?;
+                        last = last.max(revision);
+                        written.push(object);
+                    }
                 }
             }
-        }
-        self.commit(transaction, last).await?;
-        Ok(written)
+            self.commit(transaction, last).await?;
+            Ok(written)
+        })
+        .await
     }
 
     async fn get(&self, key: &ObjectKey) -> StoreResult<Object> {
-        let row = sqlx::query("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
-            .bind(key.kind.as_str())
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .fetch_optional(&self.pool)
-            .await
-            .db()?
-            .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        self.opened(serde_json::from_str(&row.try_get::<String, _>(0).db()?)?)
+        self.guarded(async {
+            let row = sqlx::query("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name = $3")
+                .bind(key.kind.as_str())
+                .bind(&key.namespace)
+                .bind(&key.name)
+                .fetch_optional(&self.pool)
+                .await
+                .db()?
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            self.opened(serde_json::from_str(&row.try_get::<String, _>(0).db()?)?)
+        })
+        .await
     }
 
     async fn list(&self, query: &Query) -> StoreResult<ObjectList> {
-        use futures::TryStreamExt;
-        let (sql, binds) = list_statement(query);
-        let mut statement = sqlx::query(&sql);
-        for bind in binds {
-            statement = statement.bind(bind);
-        }
-        let mut rows = statement.fetch(&self.pool);
-        let mut revision = 0;
-        let mut items = Vec::new();
-        while let Some(row) = rows.try_next().await.db()? {
-            revision = row.try_get(0).db()?;
-            if let Some(body) = row.try_get::<Option<String>, _>(1).db()? {
-                let object: Object = serde_json::from_str(&body)?;
-                if query.selector.matches(&object.metadata.labels) {
-                    items.push(self.opened(object)?);
+        self.guarded(async {
+            use futures::TryStreamExt;
+            let (sql, binds) = list_statement(query);
+            let mut statement = sqlx::query(&sql);
+            for bind in binds {
+                statement = statement.bind(bind);
+            }
+            let mut rows = statement.fetch(&self.pool);
+            let mut revision = 0;
+            let mut items = Vec::new();
+            while let Some(row) = rows.try_next().await.db()? {
+                revision = row.try_get(0).db()?;
+                if let Some(body) = row.try_get::<Option<String>, _>(1).db()? {
+                    let object: Object = serde_json::from_str(&body)?;
+                    if query.selector.matches(&object.metadata.labels) {
+                        items.push(self.opened(object)?);
+                    }
                 }
             }
-        }
-        Ok(ObjectList { revision, items })
+            Ok(ObjectList { revision, items })
+        })
+        .await
     }
 
     async fn list_raw(&self, query: &Query, sink: tokio::sync::mpsc::Sender<RawItem>) -> StoreResult<()> {
-        use futures::TryStreamExt;
-        let (sql, binds) = list_statement(query);
-        let mut statement = sqlx::query(&sql);
-        for bind in binds {
-            statement = statement.bind(bind);
-        }
-        let mut rows = statement.fetch(&self.pool);
-        let mut first = true;
-        while let Some(row) = rows.try_next().await.db()? {
-            if first {
-                first = false;
-                if sink.send(RawItem::Revision(row.try_get(0).db()?)).await.is_err() {
+        self.guarded(async {
+            use futures::TryStreamExt;
+            let (sql, binds) = list_statement(query);
+            let mut statement = sqlx::query(&sql);
+            for bind in binds {
+                statement = statement.bind(bind);
+            }
+            let mut rows = statement.fetch(&self.pool);
+            let mut first = true;
+            while let Some(row) = rows.try_next().await.db()? {
+                if first {
+                    first = false;
+                    if sink.send(RawItem::Revision(row.try_get(0).db()?)).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                let Some(body) = row.try_get::<Option<String>, _>(1).db()? else { continue };
+                if !query.selector.is_empty() && !query.selector.matches(&labels_of(&body)?) {
+                    continue;
+                }
+                if sink.send(RawItem::Document(body)).await.is_err() {
                     return Ok(());
                 }
             }
-            let Some(body) = row.try_get::<Option<String>, _>(1).db()? else { continue };
-            if !query.selector.is_empty() && !query.selector.matches(&labels_of(&body)?) {
-                continue;
-            }
-            if sink.send(RawItem::Document(body)).await.is_err() {
-                return Ok(());
-            }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn update(&self, object: Object) -> StoreResult<Object> {
-        let key = rules::key_of(&object)?;
-        let (_guard, mut transaction) = self.begin_write().await?;
-        let stored =
-            read_object(&mut transaction, &self.keys, &key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        let plan = rules::prepare_update(&stored, &key, object)?;
-        let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
-        self.commit(transaction, revision).await?;
-        Ok(object)
+        self.guarded_write(async {
+            let key = rules::key_of(&object)?;
+            let (_guard, mut transaction) = self.begin_write().await?;
+            let stored = read_object(&mut transaction, &self.keys, &key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            let plan = rules::prepare_update(&stored, &key, object)?;
+            let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
+            self.commit(transaction, revision).await?;
+            Ok(object)
+        })
+        .await
     }
 
     async fn update_status(&self, object: Object) -> StoreResult<Object> {
-        let key = rules::key_of(&object)?;
-        let (_guard, mut transaction) = self.begin_write().await?;
-        let stored =
-            read_object(&mut transaction, &self.keys, &key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        let plan = rules::prepare_status(&stored, &key, object)?;
-        let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
-        self.commit(transaction, revision).await?;
-        Ok(object)
+        self.guarded_write(async {
+            let key = rules::key_of(&object)?;
+            let (_guard, mut transaction) = self.begin_write().await?;
+            let stored = read_object(&mut transaction, &self.keys, &key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            let plan = rules::prepare_status(&stored, &key, object)?;
+            let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
+            self.commit(transaction, revision).await?;
+            Ok(object)
+        })
+        .await
     }
 
     async fn delete(&self, key: &ObjectKey, resource_version: Option<&str>) -> StoreResult<Deleted> {
-        let (_guard, mut transaction) = self.begin_write().await?;
-        let stored =
-            read_object(&mut transaction, &self.keys, key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-        let plan = rules::prepare_delete(&stored, key, resource_version, now())?;
-        let gone = matches!(plan, Plan::Remove(_));
-        let (object, revision) = apply_plan(&mut transaction, &self.keys, key, plan).await?;
-        self.commit(transaction, revision).await?;
-        Ok(if gone { Deleted::Gone(object) } else { Deleted::Terminating(object) })
+        self.guarded_write(async {
+            let (_guard, mut transaction) = self.begin_write().await?;
+            let stored = read_object(&mut transaction, &self.keys, key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            let plan = rules::prepare_delete(&stored, key, resource_version, now())?;
+            let gone = matches!(plan, Plan::Remove(_));
+            let (object, revision) = apply_plan(&mut transaction, &self.keys, key, plan).await?;
+            self.commit(transaction, revision).await?;
+            Ok(if gone { Deleted::Gone(object) } else { Deleted::Terminating(object) })
+        })
+        .await
     }
 
     async fn watch(&self, query: Query, revision: i64) -> StoreResult<WatchStream> {
-        self.check_retained(revision).await?;
-        Ok(self.feed.watch(query, revision))
+        self.guarded(async {
+            self.check_retained(revision).await?;
+            Ok(self.feed.watch(query, revision))
+        })
+        .await
     }
 
     async fn watch_raw(&self, query: Query, revision: i64) -> StoreResult<RawWatchStream> {
-        self.check_retained(revision).await?;
-        Ok(self.feed.watch_raw(query, revision))
+        self.guarded(async {
+            self.check_retained(revision).await?;
+            Ok(self.feed.watch_raw(query, revision))
+        })
+        .await
+    }
+
+    async fn check_writable(&self) -> StoreResult<()> {
+        let failed = self.write_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        if failed.is_none() {
+            return Ok(());
+        }
+        // A write of some size (a small one can fit in space the database file or WAL already
+        // holds while the disk is full), gone again in the same transaction.
+        self.guarded_write(async {
+            let (_guard, mut transaction) = self.begin_write().await?;
+            sqlx::query("INSERT INTO write_probe (id, filler) VALUES (1, $1)")
+                .bind("-".repeat(WRITE_PROBE_BYTES))
+                .execute(&mut *transaction)
+                .await
+                .db()?;
+            sqlx::query("DELETE FROM write_probe WHERE id = 1").execute(&mut *transaction).await.db()?;
+            self.commit(transaction, None).await
+        })
+        .await
     }
 
     async fn revision(&self) -> StoreResult<i64> {
-        Ok(sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&self.pool).await.db()?.try_get(0).db()?)
+        self.guarded(async {
+            sqlx::query("SELECT revision FROM meta WHERE id = 1").fetch_one(&self.pool).await.db()?.try_get(0).db()
+        })
+        .await
     }
 
     async fn compact(&self, revision: i64) -> StoreResult<i64> {
-        let (_guard, mut transaction) = self.begin_write().await?;
-        let row = sqlx::query("SELECT revision, compacted_revision FROM meta WHERE id = 1")
-            .fetch_one(&mut *transaction)
-            .await
-            .db()?;
-        let (head, compacted): (i64, i64) = (row.try_get(0).db()?, row.try_get(1).db()?);
-        let target = revision.min(head);
-        if target <= compacted {
-            return Ok(compacted);
-        }
-        sqlx::query("DELETE FROM changes WHERE revision <= $1").bind(target).execute(&mut *transaction).await.db()?;
-        sqlx::query("UPDATE meta SET compacted_revision = $1 WHERE id = 1")
-            .bind(target)
-            .execute(&mut *transaction)
-            .await
-            .db()?;
-        self.commit(transaction, None).await?;
-        Ok(target)
+        self.guarded_write(async {
+            let (_guard, mut transaction) = self.begin_write().await?;
+            let row = sqlx::query("SELECT revision, compacted_revision FROM meta WHERE id = 1")
+                .fetch_one(&mut *transaction)
+                .await
+                .db()?;
+            let (head, compacted): (i64, i64) = (row.try_get(0).db()?, row.try_get(1).db()?);
+            let target = revision.min(head);
+            if target <= compacted {
+                return Ok(compacted);
+            }
+            sqlx::query("DELETE FROM changes WHERE revision <= $1")
+                .bind(target)
+                .execute(&mut *transaction)
+                .await
+                .db()?;
+            sqlx::query("UPDATE meta SET compacted_revision = $1 WHERE id = 1")
+                .bind(target)
+                .execute(&mut *transaction)
+                .await
+                .db()?;
+            self.commit(transaction, None).await?;
+            Ok(target)
+        })
+        .await
     }
 
     async fn compaction_point_for_bytes(&self, bytes: u64) -> StoreResult<i64> {
@@ -785,52 +898,55 @@ impl Store for SqlStore {
     }
 
     async fn record_event(&self, event: NewEvent) -> StoreResult<Event> {
-        let (_guard, mut transaction) = self.begin_write().await?;
-        let time = timestamp(now());
-        let existing = sqlx::query(
-            "SELECT id FROM events WHERE uid = $1 AND event_type = $2 AND reason = $3 AND message = $4 ORDER BY id DESC LIMIT 1",
-        )
-        .bind(&event.uid)
-        .bind(event.event_type.as_str())
-        .bind(&event.reason)
-        .bind(&event.message)
-        .fetch_optional(&mut *transaction)
-        .await.db()?;
-        let id: i64 = match existing {
-            Some(row) => {
-                let id: i64 = row.try_get(0).db()?;
-                sqlx::query("UPDATE events SET count = count + 1, last_time = $1 WHERE id = $2")
-                    .bind(&time)
-                    .bind(id)
-                    .execute(&mut *transaction)
-                    .await.db()?;
-                id
-            }
-            None => sqlx::query(
-                "INSERT INTO events (kind, namespace, name, uid, event_type, reason, message, count, first_time, last_time) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8) RETURNING id",
+        self.guarded_write(async {
+            let (_guard, mut transaction) = self.begin_write().await?;
+            let time = timestamp(now());
+            let existing = sqlx::query(
+                "SELECT id FROM events WHERE uid = $1 AND event_type = $2 AND reason = $3 AND message = $4 ORDER BY id DESC LIMIT 1",
             )
-            .bind(event.object.kind.as_str())
-            .bind(&event.object.namespace)
-            .bind(&event.object.name)
             .bind(&event.uid)
             .bind(event.event_type.as_str())
             .bind(&event.reason)
             .bind(&event.message)
-            .bind(&time)
-            .fetch_one(&mut *transaction)
-            .await.db()?
-            .try_get(0).db()?,
-        };
-        let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"))
-            .bind(id)
-            .fetch_one(&mut *transaction)
-            .await
-            .db()?;
-        let recorded = event_from_row(&row)?;
-        self.commit(transaction, None).await?;
-        self.events_recorded.send_modify(|count| *count = count.wrapping_add(1));
-        Ok(recorded)
+            .fetch_optional(&mut *transaction)
+            .await.db()?;
+            let id: i64 = match existing {
+                Some(row) => {
+                    let id: i64 = row.try_get(0).db()?;
+                    sqlx::query("UPDATE events SET count = count + 1, last_time = $1 WHERE id = $2")
+                        .bind(&time)
+                        .bind(id)
+                        .execute(&mut *transaction)
+                        .await.db()?;
+                    id
+                }
+                None => sqlx::query(
+                    "INSERT INTO events (kind, namespace, name, uid, event_type, reason, message, count, first_time, last_time) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, $8) RETURNING id",
+                )
+                .bind(event.object.kind.as_str())
+                .bind(&event.object.namespace)
+                .bind(&event.object.name)
+                .bind(&event.uid)
+                .bind(event.event_type.as_str())
+                .bind(&event.reason)
+                .bind(&event.message)
+                .bind(&time)
+                .fetch_one(&mut *transaction)
+                .await.db()?
+                .try_get(0).db()?,
+            };
+            let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = $1"))
+                .bind(id)
+                .fetch_one(&mut *transaction)
+                .await
+                .db()?;
+            let recorded = event_from_row(&row)?;
+            self.commit(transaction, None).await?;
+            self.events_recorded.send_modify(|count| *count = count.wrapping_add(1));
+            Ok(recorded)
+        })
+        .await
     }
 
     async fn prune_events(&self, older_than: DateTime<Utc>, keep: usize) -> StoreResult<u64> {
@@ -853,14 +969,17 @@ impl Store for SqlStore {
     }
 
     async fn events_head(&self) -> StoreResult<String> {
-        // Both from indexes (the id key, `events_by_last_time`).
-        let row = sqlx::query("SELECT COALESCE(MAX(id), 0), COALESCE(MAX(last_time), '') FROM events")
-            .fetch_one(&self.pool)
-            .await
-            .db()?;
-        let newest: i64 = row.try_get(0).db()?;
-        let latest: String = row.try_get(1).db()?;
-        Ok(format!("{newest}:{latest}"))
+        self.guarded(async {
+            // Both from indexes (the id key, `events_by_last_time`).
+            let row = sqlx::query("SELECT COALESCE(MAX(id), 0), COALESCE(MAX(last_time), '') FROM events")
+                .fetch_one(&self.pool)
+                .await
+                .db()?;
+            let newest: i64 = row.try_get(0).db()?;
+            let latest: String = row.try_get(1).db()?;
+            Ok(format!("{newest}:{latest}"))
+        })
+        .await
     }
 
     fn event_signal(&self) -> Option<watch::Receiver<u64>> {
@@ -868,29 +987,32 @@ impl Store for SqlStore {
     }
 
     async fn events(&self, namespace: Option<&str>, object: Option<&ObjectKey>) -> StoreResult<Vec<Event>> {
-        let rows = match (object, namespace) {
-            (Some(key), _) => sqlx::query(&format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE kind = $1 AND namespace = $2 AND name = $3 ORDER BY id"
-            ))
-            .bind(key.kind.as_str())
-            .bind(&key.namespace)
-            .bind(&key.name)
-            .fetch_all(&self.pool)
-            .await
-            .db()?,
-            (None, Some(namespace)) => {
-                sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE namespace = $1 ORDER BY id"))
-                    .bind(namespace)
-                    .fetch_all(&self.pool)
-                    .await
-                    .db()?
-            }
-            (None, None) => sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))
+        self.guarded(async {
+            let rows = match (object, namespace) {
+                (Some(key), _) => sqlx::query(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM events WHERE kind = $1 AND namespace = $2 AND name = $3 ORDER BY id"
+                ))
+                .bind(key.kind.as_str())
+                .bind(&key.namespace)
+                .bind(&key.name)
                 .fetch_all(&self.pool)
                 .await
                 .db()?,
-        };
-        rows.iter().map(event_from_row).collect()
+                (None, Some(namespace)) => {
+                    sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events WHERE namespace = $1 ORDER BY id"))
+                        .bind(namespace)
+                        .fetch_all(&self.pool)
+                        .await
+                        .db()?
+                }
+                (None, None) => sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM events ORDER BY id"))
+                    .fetch_all(&self.pool)
+                    .await
+                    .db()?,
+            };
+            rows.iter().map(event_from_row).collect()
+        })
+        .await
     }
 }
 

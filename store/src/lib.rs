@@ -299,6 +299,12 @@ pub trait Store: Send + Sync {
     /// The newest revision.
     async fn revision(&self) -> StoreResult<i64>;
 
+    /// `Ok` when writes can commit. A store whose last write failed in the database (disk
+    /// full, I/O) tries a write now: `Err` says why it cannot write. (For readiness.)
+    async fn check_writable(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
     /// Drops change-log entries up to and including `revision`; returns the compacted revision.
     async fn compact(&self, revision: i64) -> StoreResult<i64>;
 

@@ -75,6 +75,16 @@ impl TestDb {
         TestDb { url: "memory".into(), directory: None, postgres_name: None, memory: Some(MemoryStore::new()) }
     }
 
+    /// The SQLite store of a data directory the caller owns (`DIR/minicloud.db`).
+    pub fn sqlite_at(data_dir: &std::path::Path) -> TestDb {
+        TestDb::at_url(&minicloud::store::sql::sqlite_url(data_dir))
+    }
+
+    /// A database the caller created and removes itself.
+    pub fn at_url(url: &str) -> TestDb {
+        TestDb { url: url.to_owned(), directory: None, postgres_name: None, memory: None }
+    }
+
     /// The same database for another server (like a replica): dropping or cleaning up this
     /// handle leaves the database alone (the original's does).
     pub fn shared(&self) -> TestDb {
