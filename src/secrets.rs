@@ -187,8 +187,11 @@ impl SecretKeys {
         self.ring().primary().id.clone()
     }
 
-    /// Seals every value of a Secret that is not sealed yet (other kinds are left alone).
+    /// Seals every value of a Secret that is not sealed yet (other kinds are left alone), and
+    /// redacts the copies of its values that applied-configuration annotations hold: nothing
+    /// sensitive is stored in clear.
     pub fn seal_object(&self, object: &mut Object) -> Result<(), SecretError> {
+        redact_applied_copies(&object.kind, &mut object.metadata.annotations);
         self.transform(object, |ring, value, aad| {
             if value.starts_with(ENVELOPE) {
                 Ok(None)
@@ -206,7 +209,8 @@ impl SecretKeys {
     /// Seals again, under the primary key, every value that is plain or sealed by another key.
     /// True when something changed.
     pub fn reseal_object(&self, object: &mut Object) -> Result<bool, SecretError> {
-        let mut changed = false;
+        // Copies in annotations written before they were redacted are redacted now.
+        let mut changed = redact_applied_copies(&object.kind, &mut object.metadata.annotations);
         self.transform(object, |ring, value, aad| {
             let prefix = format!("{ENVELOPE}{}:", ring.primary().id);
             if value.starts_with(&prefix) {
@@ -346,9 +350,44 @@ pub fn create_private_dir(directory: &Path) -> std::io::Result<()> {
     builder.create(directory)
 }
 
-/// Replaces every value of a Secret with [`REDACTED`] (other kinds are left alone).
+/// Replaces every value of a Secret with [`REDACTED`] (other kinds are left alone), also in the
+/// copies of the object that applied-configuration annotations hold.
 pub fn redact_object(object: &mut Object) {
     redact_spec(&object.kind, &mut object.spec);
+    redact_applied_copies(&object.kind, &mut object.metadata.annotations);
+}
+
+/// Annotations that hold a copy of the object as it was applied: kubectl's client-side apply
+/// (the whole manifest, a Secret's `stringData` included) and minicloud's own apply record.
+/// Their sensitive values are redacted wherever the object is stored or shown; kubectl's next
+/// three-way merge needs only which keys were there.
+pub const APPLIED_COPIES: [&str; 2] =
+    ["kubectl.kubernetes.io/last-applied-configuration", "minicloud.dev/last-applied"];
+
+/// Redacts the sensitive values of the copies in `annotations` of an object of `kind`; true
+/// when something changed. A copy that is not a JSON object is replaced whole.
+fn redact_applied_copies(kind: &str, annotations: &mut std::collections::BTreeMap<String, String>) -> bool {
+    if kind != KIND && kind != STACK {
+        return false;
+    }
+    let mut changed = false;
+    for name in APPLIED_COPIES {
+        let Some(text) = annotations.get_mut(name) else { continue };
+        let redacted = match serde_json::from_str::<Value>(text) {
+            Ok(mut copy) if copy.is_object() => {
+                if let Some(spec) = copy.get_mut("spec") {
+                    redact_spec(kind, spec);
+                }
+                copy.to_string()
+            }
+            _ => REDACTED.to_owned(),
+        };
+        if *text != redacted {
+            *text = redacted;
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// The map holding a kind's sensitive values: a Secret's `stringData`, a Stack's `values`.
@@ -396,6 +435,15 @@ pub fn redact_document(document: &str) -> String {
             }
             if let Some(spec) = value.get_mut("spec") {
                 redact_spec(&kind, spec);
+            }
+            if let Some(annotations) = value.pointer_mut("/metadata/annotations") {
+                if let Ok(mut map) =
+                    serde_json::from_value::<std::collections::BTreeMap<String, String>>(annotations.clone())
+                {
+                    if redact_applied_copies(&kind, &mut map) {
+                        *annotations = serde_json::to_value(map).unwrap_or_default();
+                    }
+                }
             }
             value.to_string()
         }
@@ -483,6 +531,32 @@ mod tests {
         let shown = redact_document(&document);
         assert!(!shown.contains("s3cret") && shown.contains(REDACTED), "{shown}");
         assert_eq!(redact_document("not json"), "{}");
+    }
+
+    #[test]
+    fn copies_in_applied_configuration_annotations_are_redacted() {
+        let keys = keys();
+        let mut object = secret("default", "db", json!({"password": "s3cret"}));
+        let kubectl = json!({"apiVersion": "minicloud.dev/v1", "kind": "Secret", "metadata": {"name": "db"},
+            "spec": {"stringData": {"password": "s3cret"}}});
+        object.metadata.annotations.insert(APPLIED_COPIES[0].into(), kubectl.to_string());
+        object.metadata.annotations.insert(APPLIED_COPIES[1].into(), "not json s3cret".into());
+        object.metadata.annotations.insert("note".into(), "kept".into());
+        let mut stored = object.clone();
+        keys.seal_object(&mut stored).expect("seal");
+        let text = serde_json::to_string(&stored).expect("json");
+        assert!(!text.contains("s3cret"), "{text}");
+        let copy: Value = serde_json::from_str(&stored.metadata.annotations[APPLIED_COPIES[0]]).expect("json");
+        assert_eq!(copy["spec"]["stringData"]["password"], REDACTED, "kubectl's copy keeps the key");
+        assert_eq!(stored.metadata.annotations["note"], "kept");
+        // Shown, and as a raw document (lists, watches), and resealed (older rows): redacted too.
+        let mut shown = object.clone();
+        redact_object(&mut shown);
+        assert!(!serde_json::to_string(&shown).expect("json").contains("s3cret"));
+        assert!(!redact_document(&serde_json::to_string(&object).expect("json")).contains("s3cret"));
+        let mut old = object.clone();
+        assert!(keys.reseal_object(&mut old).expect("reseal"));
+        assert!(!serde_json::to_string(&old).expect("json").contains("s3cret"));
     }
 
     #[test]

@@ -109,7 +109,10 @@ impl Controllers {
                 settings.state_dir.clone(),
                 metrics.clone(),
             )),
-            Arc::new(stack::StackController::new(store.clone())),
+            Arc::new(stack::StackController::new(
+                store.clone(),
+                Arc::new(api::admission::StoreAdmission::new(store.clone())),
+            )),
         ];
         let runtimes = reconcilers
             .into_iter()

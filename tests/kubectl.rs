@@ -627,3 +627,89 @@ async fn behind_a_tls_proxy_cloud_and_kubectl_send_tokens_and_read_refusals() {
     drop(proxy);
     server.stop().await;
 }
+
+/// kubectl's client-side apply keeps the whole manifest in the annotation
+/// `kubectl.kubernetes.io/last-applied-configuration` — a Secret's values included. They never
+/// come back (kubectl, cloud, watches) and are on no byte of the store; a second apply still
+/// updates the value (kubectl's three-way merge needs only the keys).
+#[tokio::test]
+async fn kubectl_apply_of_a_secret_leaves_its_values_nowhere_in_clear() {
+    const FIRST: &str = "kubectl-first-s3cret-value";
+    const SECOND: &str = "kubectl-second-s3cret-value";
+    let directory = tempfile::tempdir().expect("dir");
+    let data = directory.path().join("data");
+    let database = common::TestDb::sqlite_at(&data);
+    let server =
+        common::server::TestServer::start(database, &["--no-controllers", "--data-dir", data.to_str().expect("path")])
+            .await;
+    let config = directory.path().join("kubeconfig");
+    let kubeconfig = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["kubeconfig", "--server", &server.url])
+        .output()
+        .expect("cloud kubeconfig");
+    std::fs::write(&config, &kubeconfig.stdout).expect("write kubeconfig");
+    let manifest = directory.path().join("secret.yaml");
+    let write = |value: &str| {
+        std::fs::write(
+            &manifest,
+            format!("apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata:\n  name: db\nspec:\n  stringData:\n    password: {value}\n"),
+        )
+        .expect("manifest")
+    };
+    let url = format!("{}/apis/minicloud.dev/v1/namespaces/default/secrets?watch=true&resourceVersion=0", server.url);
+    let watch = reqwest::Client::new().get(url).send().await.expect("watch");
+    write(FIRST);
+    ok(&config, &["apply", "-f", manifest.to_str().expect("path")]);
+    write(SECOND);
+    let out = ok(&config, &["apply", "-f", manifest.to_str().expect("path")]);
+    assert!(out.contains("configured"), "{out}");
+    let revealed = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["--server", &server.url, "secret", "reveal", "db", "password"])
+        .output()
+        .expect("reveal");
+    assert_eq!(String::from_utf8_lossy(&revealed.stdout).trim(), SECOND, "the second apply changed the value");
+
+    let cloud = |arguments: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_cloud"))
+            .args(["--server", &server.url])
+            .args(arguments)
+            .output()
+            .expect("cloud");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let mut answers = vec![
+        ok(&config, &["get", "secret", "db", "-o", "yaml"]),
+        ok(&config, &["get", "secrets", "-o", "json"]),
+        cloud(&["get", "secret", "db", "-o", "yaml"]),
+        cloud(&["describe", "secret", "db"]),
+    ];
+    assert!(answers[0].contains("last-applied-configuration"), "the annotation is there: {}", answers[0]);
+    let mut stream = watch.bytes_stream();
+    let mut watched = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watched.matches("\"type\"").count() < 2 && Instant::now() < deadline {
+        use futures::StreamExt;
+        if let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_millis(500), stream.next()).await {
+            watched.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    answers.push(watched);
+    for answer in &answers {
+        for value in [FIRST, SECOND] {
+            assert!(!answer.contains(value), "{value} came back in:\n{answer}");
+        }
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(&data).expect("data dir").flatten() {
+        if let Ok(bytes) = std::fs::read(entry.path()) {
+            files.push((entry.path(), bytes));
+        }
+    }
+    assert!(files.iter().any(|(path, _)| path.display().to_string().ends_with("-wal")), "the WAL is searched too");
+    for (path, bytes) in &files {
+        for value in [FIRST, SECOND] {
+            assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()), "{} holds {value}", path.display());
+        }
+    }
+    server.stop().await;
+}

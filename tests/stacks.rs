@@ -328,3 +328,136 @@ fn extra_template_directories_add_and_replace_bundles() {
     let (ok, _, stderr) = cloud(&["templates", "list"], Some(&dir));
     assert!(!ok && stderr.contains("template.yaml:7:5"), "{stderr}");
 }
+
+/// A secret parameter reaches a container only as a reference: as a whole env value it
+/// becomes `valueFrom.secretKeyRef` to the stack's Secret (the Instance holds no value for any
+/// reader to see), an output reading that env variable shows `<redacted>`, and a secret used
+/// anywhere else (an image, inside a longer env value) is refused where it is written.
+#[tokio::test]
+async fn secret_parameters_reach_containers_only_as_references() {
+    const TOKEN: &str = "Stack-Secret-Token-9d2f7a61";
+    let harness = Harness::start(PREFIX).await;
+    let stack = |env_value: &str, image: &str| {
+        json!({
+            "apiVersion": "minicloud.dev/v1", "kind": "Stack",
+            "metadata": {"name": "vault", "namespace": harness.namespace},
+            "spec": {
+                "parameters": [{"name": "token", "type": "String", "secret": true}],
+                "values": {"token": TOKEN},
+                "resources": [{
+                    "apiVersion": "minicloud.dev/v1", "kind": "Instance",
+                    "metadata": {"name": "vault-app"},
+                    "spec": {"image": image, "env": [{"name": "TOKEN", "value": env_value}]}
+                }],
+                "outputs": [{"name": "token", "value": "${resources.vault-app.spec.env.0.value}"}]
+            }
+        })
+    };
+    for (env_value, image, field) in [
+        ("Bearer ${params.token}", "minicloud/web:local", "spec.resources[0].spec.env[0].value"),
+        ("${params.token}", "minicloud/${params.token}", "spec.resources[0].spec.image"),
+    ] {
+        let (status, body) = harness.try_apply(vec![stack(env_value, image)]).await;
+        assert_eq!(status, 400, "{body}");
+        let text = body.to_string();
+        assert!(text.contains(field) && text.contains("is a secret value"), "{text}");
+        assert!(!text.contains(TOKEN), "the refusal does not show the value: {text}");
+    }
+    assert!(harness.get("stacks", "vault").await.is_none(), "nothing was written");
+
+    harness.apply(vec![stack("${params.token}", "minicloud/web:local")]).await;
+    let ready = harness.wait_for("stacks", "vault", "Ready", |o| o["status"]["phase"] == "Ready").await;
+    assert_eq!(ready["status"]["outputs"]["token"], "<redacted>");
+    let app = harness.get("instances", "vault-app").await.expect("the Instance");
+    assert_eq!(
+        app["spec"]["env"][0],
+        json!({"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "vault-params", "key": "token"}}}),
+        "a reference, not the value"
+    );
+    assert!(!app.to_string().contains(TOKEN), "{app}");
+    // The container still gets the value.
+    let container = harness.instance_container("vault-app").await;
+    let env = docker(&["inspect", "--format", "{{json .Config.Env}}", &container]);
+    assert!(env.contains(&format!("TOKEN={TOKEN}")), "{env}");
+    harness.finish().await;
+}
+
+/// A Secret named like a stack's parameters Secret that is not the stack's is neither
+/// overwritten nor read as generated values: the stack fails, naming the clash.
+#[tokio::test]
+async fn a_foreign_parameters_secret_is_never_overwritten() {
+    let harness = Harness::start(PREFIX).await;
+    let foreign = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Secret",
+        "metadata": {"name": "clash-params", "namespace": harness.namespace},
+        "spec": {"stringData": {"password": "someone-elses-password", "other": "kept"}}
+    });
+    harness.apply(vec![foreign]).await;
+    let stack = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Stack",
+        "metadata": {"name": "clash", "namespace": harness.namespace},
+        "spec": {
+            "parameters": [{"name": "password", "type": "String", "secret": true, "generate": {"password": 24}}],
+            "resources": [{
+                "apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "clash-app"},
+                "spec": {"image": "minicloud/web:local", "env": [{"name": "PW", "value": "${params.password}"}]}
+            }]
+        }
+    });
+    harness.apply(vec![stack]).await;
+    let failed = harness.wait_for("stacks", "clash", "Failed", |o| o["status"]["phase"] == "Failed").await;
+    let message = failed["status"]["conditions"].to_string();
+    assert!(message.contains("ParametersSecretConflict") && message.contains("secret/clash-params"), "{message}");
+    assert!(harness.get("instances", "clash-app").await.is_none(), "nothing runs on someone else's values");
+    let kept = harness.cloud(&["secret", "reveal", "clash-params", "password", "-n", &harness.namespace]).1;
+    assert_eq!(kept.trim(), "someone-elses-password", "the foreign Secret is untouched");
+    let other = harness.cloud(&["secret", "reveal", "clash-params", "other", "-n", &harness.namespace]).1;
+    assert_eq!(other.trim(), "kept");
+    harness.finish().await;
+}
+
+/// A child's values that are only known when the stack controller writes it (here a label of
+/// another resource) meet the same policies as a user's write: the denial is the stack's
+/// condition, naming the policy, and nothing of the child is written.
+#[tokio::test]
+async fn children_written_by_the_controller_pass_admission() {
+    let harness = Harness::start(PREFIX).await;
+    let policy = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Policy",
+        "metadata": {"name": "small", "namespace": harness.namespace},
+        "spec": {"enforcement": "Deny", "rules": [{"name": "cpu", "maxCpu": "500m"}]}
+    });
+    harness.apply(vec![policy]).await;
+    let stack = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Stack",
+        "metadata": {"name": "sized", "namespace": harness.namespace},
+        "spec": {
+            "resources": [
+                {"apiVersion": "minicloud.dev/v1", "kind": "Secret",
+                 "metadata": {"name": "sized-sizes", "labels": {"cpu": "2"}},
+                 "spec": {"stringData": {"note": "sizes live in the labels"}}},
+                {"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "sized-app"},
+                 "spec": {"image": "minicloud/web:local",
+                          "resources": {"cpu": "${resources.sized-sizes.metadata.labels.cpu}", "memory": "32Mi"}}}
+            ]
+        }
+    });
+    harness.apply(vec![stack]).await;
+    let failed = harness.wait_for("stacks", "sized", "Failed", |o| o["status"]["phase"] == "Failed").await;
+    let message = failed["status"].to_string();
+    assert!(
+        message.contains("policy \\\"small\\\"") && message.contains("cpu 2 is more than the 500m allowed"),
+        "{message}"
+    );
+    assert!(harness.get("instances", "sized-app").await.is_none(), "the denied child was not written");
+    assert!(harness.containers("Instance", false).is_empty());
+    // The policy relaxed: the stack goes on by itself.
+    let relaxed = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Policy",
+        "metadata": {"name": "small", "namespace": harness.namespace},
+        "spec": {"enforcement": "Deny", "rules": [{"name": "cpu", "maxCpu": "4"}]}
+    });
+    harness.apply(vec![relaxed]).await;
+    harness.wait_for("stacks", "sized", "Ready", |o| o["status"]["phase"] == "Ready").await;
+    harness.finish().await;
+}

@@ -7,6 +7,7 @@
 //! application (the `cloud server` composition root) hands them a real store and a real engine,
 //! unit tests hand them [`minicloud_store::MemoryStore`] and a fake driver.
 
+pub mod admission;
 pub mod conditions;
 pub mod database;
 pub mod docker;

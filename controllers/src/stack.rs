@@ -35,6 +35,7 @@ use minicloud_crds::{Kind, Object, ObjectKey, TypedObject, API_VERSION};
 use minicloud_store::{EventType, Query, Store, StoreError};
 use serde_json::{json, Value};
 
+use crate::admission::{Admission, AdmissionError};
 use crate::conditions::set_condition;
 use crate::helpers::{
     ensure_finalizer, owner_reference, record_event, remove_finalizer, write_status, FinalizerUpdate,
@@ -60,11 +61,13 @@ const CHILD_KINDS: [Kind; 5] =
 /// Reconciles Stacks.
 pub struct StackController {
     store: Arc<dyn Store>,
+    /// The policies every child meets as it is written.
+    admission: Arc<dyn Admission>,
 }
 
 impl StackController {
-    pub fn new(store: Arc<dyn Store>) -> StackController {
-        StackController { store }
+    pub fn new(store: Arc<dyn Store>, admission: Arc<dyn Admission>) -> StackController {
+        StackController { store, admission }
     }
 
     async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
@@ -91,7 +94,7 @@ impl StackController {
         &self,
         stack: &Object,
         spec: &StackSpec,
-    ) -> Result<Result<BTreeMap<String, Value>, String>, ReconcileError> {
+    ) -> Result<Result<BTreeMap<String, Value>, (&'static str, String)>, ReconcileError> {
         let mut values = spec.parameter_values();
         let secret_name = parameters_secret_name(&stack.metadata.name);
         let key = ObjectKey::new(Kind::Secret, stack.namespace(), secret_name.clone());
@@ -100,6 +103,19 @@ impl StackController {
             Err(StoreError::NotFound(_)) => None,
             Err(error) => return Err(error.into()),
         };
+        // Only this stack's own Secret is read or written: one of that name that belongs to
+        // someone else is neither overwritten nor taken as generated values.
+        let uid = stack.metadata.uid.as_deref().unwrap_or_default();
+        if let Some(secret) = &existing {
+            if !secret.metadata.owner_references.iter().any(|owner| owner.uid == uid) {
+                return Ok(Err((
+                    "ParametersSecretConflict",
+                    format!(
+                        "secret/{secret_name} exists and is not this stack's (it keeps a stack's secret and generated parameters): rename or delete that Secret, or give the stack another name"
+                    ),
+                )));
+            }
+        }
         let kept = |name: &str| existing.as_ref().and_then(|s| s.spec["stringData"][name].as_str().map(str::to_owned));
         let mut data = BTreeMap::new();
         for parameter in spec.parameters.iter().filter(|p| p.secret || p.generate.is_some()) {
@@ -116,10 +132,13 @@ impl StackController {
         }
         for parameter in &spec.parameters {
             match values.get(&parameter.name) {
-                None => return Ok(Err(format!("parameter {:?} has no value and no default", parameter.name))),
+                None => {
+                    let message = format!("parameter {:?} has no value and no default", parameter.name);
+                    return Ok(Err(("InvalidParameters", message)));
+                }
                 Some(value) => {
                     if let Err(message) = check_parameter_value(parameter, value) {
-                        return Ok(Err(message));
+                        return Ok(Err(("InvalidParameters", message)));
                     }
                 }
             }
@@ -188,6 +207,16 @@ impl StackController {
         };
         object.metadata.labels.insert(STACK_LABEL.to_owned(), stack.metadata.name.clone());
         object.metadata.owner_references = vec![owner_reference(stack)];
+        // The same policies as a user's own write of this object, on what is written now.
+        match self.admission.admit(std::slice::from_ref(&object)).await {
+            Ok(warnings) => {
+                for warning in warnings {
+                    self.event(stack, EventType::Warning, "PolicyWarning", warning).await;
+                }
+            }
+            Err(AdmissionError::Denied(denial)) => return Ok(Err(denial)),
+            Err(error @ AdmissionError::Unavailable(_)) => return Err(ReconcileError(error.to_string())),
+        }
         match existing {
             None => match self.store.create(object).await {
                 Ok(_) => Ok(Ok(())),
@@ -224,17 +253,29 @@ impl StackController {
 
         let values = match self.parameter_values(&object, &spec).await? {
             Ok(values) => values,
-            Err(message) => {
-                return self.failed(&mut object, &mut status, "InvalidParameters", message, generation).await
-            }
+            Err((reason, message)) => return self.failed(&mut object, &mut status, reason, message, generation).await,
         };
         let names: Vec<String> = spec.resources.iter().map(|r| r.rendered_name(&values)).collect();
+        // Secret values reach containers as references, never as text in a child.
+        if let Some((index, at, reference)) = spec.misplaced_secrets(&names, &object.metadata.name).into_iter().next() {
+            let message = format!(
+                "{} {}: spec.{at}: ${{{reference}}} is a secret value; it may only be a whole env value or a value in a Secret's stringData",
+                spec.resources[index].kind.to_ascii_lowercase(),
+                names[index]
+            );
+            return self.failed(&mut object, &mut status, "SecretMisplaced", message, generation).await;
+        }
+        // The order follows the references as written (one to a Secret resource included).
         let order = match dependencies(&spec, &names).and_then(|deps| Ok((dependency_order(&deps, &names)?, deps))) {
             Ok(found) => found,
             Err(error) => {
                 return self.failed(&mut object, &mut status, "InvalidReferences", error.to_string(), generation).await
             }
         };
+        // What the user declared (outputs are judged by it); what is written (env values that
+        // are secret references become `secretKeyRef`s).
+        let declared = spec.clone();
+        let spec = spec.with_secret_env_references(&names, &object.metadata.name);
         let (order, depends) = order;
         let kinds: Vec<Option<Kind>> = spec.resources.iter().map(|r| Kind::from_kind_name(&r.kind)).collect();
         let children = self.children(&object).await?;
@@ -323,8 +364,6 @@ impl StackController {
         }
 
         // Status.
-        let secret_parameters: BTreeSet<&str> =
-            spec.parameters.iter().filter(|p| p.secret).map(|p| p.name.as_str()).collect();
         status.resources = (0..spec.resources.len())
             .map(|index| {
                 let found = child(index);
@@ -347,9 +386,9 @@ impl StackController {
             .outputs
             .iter()
             .filter_map(|output| {
-                let hidden = references(&output.value).iter().any(
-                    |r| matches!(Reference::parse(r), Reference::Parameter(name) if secret_parameters.contains(name)),
-                );
+                let hidden = references(&output.value)
+                    .iter()
+                    .any(|reference| declared.reveals_secret(reference, &names, &object.metadata.name));
                 if hidden {
                     return Some((output.name.clone(), minicloud_crds::secret::REDACTED.to_owned()));
                 }
@@ -536,6 +575,11 @@ impl Reconciler for StackController {
 
     fn child_kinds(&self) -> Vec<Kind> {
         CHILD_KINDS.to_vec()
+    }
+
+    /// A changed Policy may admit a child it refused (or the reverse): look again.
+    fn watched_kinds(&self) -> Vec<Kind> {
+        vec![Kind::Policy]
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {

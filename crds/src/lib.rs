@@ -21,6 +21,7 @@ pub mod quantity;
 pub mod scalinggroup;
 pub mod secret;
 pub mod stack;
+pub mod stack_secrets;
 pub mod sync;
 pub mod validation;
 

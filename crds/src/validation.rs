@@ -832,6 +832,18 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
             }
         }
     }
+    // Secret values only where they stay secret (a template's stack is checked once expanded).
+    if !from_template {
+        for (index, at, reference) in spec.misplaced_secrets(&names, "STACK") {
+            let field = FieldPath::parse(&format!("{}.{at}", path.key("resources").index(index).key("spec")));
+            errors.add(
+                field,
+                format!(
+                    "${{{reference}}} is a secret value: it may be the whole value of an env variable (the stack passes it as a reference to the Secret holding it, never as text) or a value in a Secret's stringData, nothing else"
+                ),
+            );
+        }
+    }
     // The dependency graph: unknown names are reported above, a cycle here.
     if let Ok(dependencies) = crate::stack::dependencies(spec, &names) {
         if let Err(error) = crate::stack::dependency_order(&dependencies, &names) {

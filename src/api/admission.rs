@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::error::{ApiError, Cause};
 use crate::auth::{Permission, Principal, Verb};
 use crate::store::{NewEvent, Query, Store};
+use minicloud_controllers::admission::AdmissionError;
 
 /// One Policy as admission uses it.
 struct LoadedPolicy {
@@ -113,6 +114,35 @@ impl Policies {
             }
         }
         found
+    }
+}
+
+/// The policies, for what controllers write on a user's behalf (a Stack's children): the same
+/// rules as the API applies, read from the store at each write.
+pub struct StoreAdmission {
+    store: std::sync::Arc<dyn Store>,
+}
+
+impl StoreAdmission {
+    pub fn new(store: std::sync::Arc<dyn Store>) -> StoreAdmission {
+        StoreAdmission { store }
+    }
+}
+
+#[async_trait::async_trait]
+impl minicloud_controllers::admission::Admission for StoreAdmission {
+    async fn admit(&self, objects: &[Object]) -> Result<Vec<String>, AdmissionError> {
+        let policies = Policies::load(self.store.as_ref(), objects)
+            .await
+            .map_err(|error| AdmissionError::Unavailable(error.message))?;
+        match policies.check(objects) {
+            Ok(verdict) => {
+                let warnings = verdict.warnings.clone();
+                verdict.record(self.store.as_ref()).await;
+                Ok(warnings)
+            }
+            Err(denial) => Err(AdmissionError::Denied(denial.message)),
+        }
     }
 }
 
