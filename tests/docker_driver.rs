@@ -44,8 +44,15 @@ fn web_spec(name: &str, run: &str, network: &str) -> ContainerSpec {
     }
 }
 
-/// Removes what an earlier, crashed run of this file left behind (label value `driver-...`).
+/// Removes what an earlier, crashed run of this file left behind (label value `driver-...`),
+/// once per process: the tests of this file run in parallel, and sweeping again would remove a
+/// running test's containers.
 fn remove_leftovers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sweep_leftovers);
+}
+
+fn sweep_leftovers() {
     let list = |kind: &str| {
         let mut args = vec![kind, "ls"];
         if kind == "container" {

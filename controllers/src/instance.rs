@@ -382,27 +382,21 @@ impl InstanceController {
         let cluster = self.store.cluster_id();
         let network = OwnedNetwork::new(cluster, object.namespace(), spec.network.as_deref());
         let mut container_spec = self.container_spec(object, spec, status, env, labels);
-        match self.driver.ensure_network(&network.name, &network.identity, &self.extra_labels).await {
+        let volumes = owned_volumes(cluster, object.namespace(), &object.metadata.name, spec);
+        let prepared = match self.driver.ensure_network(&network.name, &network.identity, &self.extra_labels).await {
+            Ok(id) => owned::ensure_volumes(self.driver.as_ref(), &volumes, &self.extra_labels)
+                .await
+                .map(|()| id)
+                .map_err(|error| ("VolumeConflict", error)),
+            Err(error) => Err(("NetworkConflict", error)),
+        };
+        match prepared {
             // Attach by id: names are not unique in Docker.
             Ok(id) => container_spec.network = id,
-            Err(error @ DriverError::NotOurs { .. }) => {
-                return self
-                    .conflict(object, status, "NetworkConflict", error.to_string(), generation)
-                    .await
-                    .map(|_| None)
+            Err((reason, error @ DriverError::NotOurs { .. })) => {
+                return self.conflict(object, status, reason, error.to_string(), generation).await.map(|_| None)
             }
-            Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
-        }
-        let volumes = owned_volumes(cluster, object.namespace(), &object.metadata.name, spec);
-        match owned::ensure_volumes(self.driver.as_ref(), &volumes, &self.extra_labels).await {
-            Ok(()) => {}
-            Err(error @ DriverError::NotOurs { .. }) => {
-                return self
-                    .conflict(object, status, "VolumeConflict", error.to_string(), generation)
-                    .await
-                    .map(|_| None)
-            }
-            Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
+            Err((_, error)) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
         }
         status.phase = InstancePhase::Creating;
         let id = match self.driver.create_and_start(&container_spec).await {

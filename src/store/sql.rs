@@ -348,6 +348,26 @@ impl SqlStore {
         outcome
     }
 
+    /// Writes a new version of a stored object, as `prepare` plans it from the stored one.
+    async fn rewrite(
+        &self,
+        object: Object,
+        prepare: fn(&Object, &ObjectKey, Object) -> StoreResult<Plan>,
+    ) -> StoreResult<Object> {
+        self.guarded_write(async {
+            let key = rules::key_of(&object)?;
+            let (_guard, mut transaction) = self.begin_write().await?;
+            let stored = read_object(&mut transaction, &self.keys, &key)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            let plan = prepare(&stored, &key, object)?;
+            let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
+            self.commit(transaction, revision).await?;
+            Ok(object)
+        })
+        .await
+    }
+
     /// Starts a write: takes the in-process lock, opens a transaction and locks the revision
     /// row, which serialises writers across processes too.
     async fn begin_write(&self) -> StoreResult<(MutexGuard<'_, ()>, Transaction<'static, Any>)> {
@@ -768,33 +788,11 @@ impl Store for SqlStore {
     }
 
     async fn update(&self, object: Object) -> StoreResult<Object> {
-        self.guarded_write(async {
-            let key = rules::key_of(&object)?;
-            let (_guard, mut transaction) = self.begin_write().await?;
-            let stored = read_object(&mut transaction, &self.keys, &key)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            let plan = rules::prepare_update(&stored, &key, object)?;
-            let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
-            self.commit(transaction, revision).await?;
-            Ok(object)
-        })
-        .await
+        self.rewrite(object, rules::prepare_update).await
     }
 
     async fn update_status(&self, object: Object) -> StoreResult<Object> {
-        self.guarded_write(async {
-            let key = rules::key_of(&object)?;
-            let (_guard, mut transaction) = self.begin_write().await?;
-            let stored = read_object(&mut transaction, &self.keys, &key)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            let plan = rules::prepare_status(&stored, &key, object)?;
-            let (object, revision) = apply_plan(&mut transaction, &self.keys, &key, plan).await?;
-            self.commit(transaction, revision).await?;
-            Ok(object)
-        })
-        .await
+        self.rewrite(object, rules::prepare_status).await
     }
 
     async fn delete(&self, key: &ObjectKey, resource_version: Option<&str>) -> StoreResult<Deleted> {

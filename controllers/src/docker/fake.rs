@@ -88,12 +88,7 @@ impl ContainerDriver for FakeDriver {
         match volumes.get(name) {
             Some(labels) => match identity.mismatch(labels) {
                 None => Ok(false),
-                Some(owner) => Err(DriverError::NotOurs {
-                    what: format!("volume {name}"),
-                    kind: "volume",
-                    name: name.to_owned(),
-                    owner,
-                }),
+                Some(owner) => Err(DriverError::not_ours("volume", name, owner)),
             },
             None => {
                 volumes.insert(name.to_owned(), identity.labels(extra));
@@ -156,12 +151,7 @@ impl ContainerDriver for FakeDriver {
         self.check()?;
         let mut volumes = self.volumes.lock().expect("lock");
         if let Some(owner) = volumes.get(name).and_then(|labels| identity.mismatch(labels)) {
-            return Err(DriverError::NotOurs {
-                what: format!("volume {name}"),
-                kind: "volume",
-                name: name.to_owned(),
-                owner,
-            });
+            return Err(DriverError::not_ours("volume", name, owner));
         }
         volumes.remove(name);
         Ok(())

@@ -52,11 +52,16 @@ pub enum DriverError {
     NoSuchContainer(String),
     #[error("{what} did not finish within {seconds} s")]
     TimedOut { what: String, seconds: u64 },
-    #[error("{what} exists and is not minicloud's to use: {owner}. Remove or rename it if it is not needed (`docker {kind} inspect {name}` shows its labels), or give this object another name")]
-    NotOurs { what: String, kind: &'static str, name: String, owner: String },
+    #[error("{kind} {name} exists and is not minicloud's to use: {owner}. Remove or rename it if it is not needed (`docker {kind} inspect {name}` shows its labels), or give this object another name")]
+    NotOurs { kind: &'static str, name: String, owner: String },
 }
 
 impl DriverError {
+    /// A Docker object of `kind` (`volume`, `network`) named `name` that is `owner`'s.
+    pub fn not_ours(kind: &'static str, name: &str, owner: String) -> DriverError {
+        DriverError::NotOurs { kind, name: name.to_owned(), owner }
+    }
+
     fn from_bollard(error: bollard::errors::Error) -> DriverError {
         use bollard::errors::Error;
         match error {
@@ -569,12 +574,7 @@ impl ContainerDriver for DockerDriver {
         let (mut existing, foreign) = self.networks_named(name, identity).await?;
         if existing.is_empty() {
             if let Some(owner) = foreign {
-                return Err(DriverError::NotOurs {
-                    what: format!("network {name}"),
-                    kind: "network",
-                    name: name.to_owned(),
-                    owner,
-                });
+                return Err(DriverError::not_ours("network", name, owner));
             }
             let request = NetworkCreateRequest {
                 name: name.to_owned(),
@@ -602,12 +602,7 @@ impl ContainerDriver for DockerDriver {
         identity: &Identity,
         extra: &HashMap<String, String>,
     ) -> Result<bool, DriverError> {
-        let not_ours = |owner: String| DriverError::NotOurs {
-            what: format!("volume {name}"),
-            kind: "volume",
-            name: name.to_owned(),
-            owner,
-        };
+        let not_ours = |owner: String| DriverError::not_ours("volume", name, owner);
         if let Some(labels) = self.inspect_volume(name).await? {
             return match identity.mismatch(&labels) {
                 None => Ok(false),
@@ -839,12 +834,7 @@ impl ContainerDriver for DockerDriver {
     async fn remove_volume(&self, name: &str, identity: &Identity) -> Result<(), DriverError> {
         let Some(labels) = self.inspect_volume(name).await? else { return Ok(()) };
         if let Some(owner) = identity.mismatch(&labels) {
-            return Err(DriverError::NotOurs {
-                what: format!("volume {name}"),
-                kind: "volume",
-                name: name.to_owned(),
-                owner,
-            });
+            return Err(DriverError::not_ours("volume", name, owner));
         }
         match self.client().await?.remove_volume(name, None::<bollard::query_parameters::RemoveVolumeOptions>).await {
             Ok(()) => Ok(()),
