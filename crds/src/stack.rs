@@ -399,17 +399,26 @@ pub fn references(text: &str) -> Vec<&str> {
 
 /// Every reference in a JSON value, with the dotted path of the string that holds it.
 pub fn references_in<'v>(value: &'v Value, path: String, out: &mut Vec<(String, &'v str)>) {
+    let mut strings = Vec::new();
+    strings_in(value, path, &mut strings);
+    for (at, text) in strings {
+        out.extend(references(text).into_iter().map(|reference| (at.clone(), reference)));
+    }
+}
+
+/// Every string of a JSON value with its dotted path (`env[0].value`).
+pub fn strings_in<'v>(value: &'v Value, path: String, out: &mut Vec<(String, &'v str)>) {
     match value {
-        Value::String(text) => out.extend(references(text).into_iter().map(|r| (path.clone(), r))),
+        Value::String(text) => out.push((path, text)),
         Value::Array(items) => {
             for (index, item) in items.iter().enumerate() {
-                references_in(item, format!("{path}[{index}]"), out);
+                strings_in(item, format!("{path}[{index}]"), out);
             }
         }
         Value::Object(map) => {
             for (key, item) in map {
                 let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                references_in(item, child, out);
+                strings_in(item, child, out);
             }
         }
         _ => {}

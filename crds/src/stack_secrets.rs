@@ -13,7 +13,7 @@
 //! and nothing else (`validation` refuses it, with the field). Outputs that read a secret value,
 //! directly or through a resource field that holds one, show `<redacted>`.
 
-use crate::stack::{parameters_secret_name, references_in, Reference, StackSpec};
+use crate::stack::{parameters_secret_name, references_in, strings_in, Reference, StackSpec};
 use serde_json::{json, Value};
 
 /// Where a secret value lives: a key of a Secret.
@@ -145,25 +145,6 @@ impl StackSpec {
             }
         }
         spec
-    }
-}
-
-/// Every string of a JSON value with its dotted path (the format of [`references_in`]).
-fn strings_in<'v>(value: &'v Value, path: String, out: &mut Vec<(String, &'v str)>) {
-    match value {
-        Value::String(text) => out.push((path, text)),
-        Value::Array(items) => {
-            for (index, item) in items.iter().enumerate() {
-                strings_in(item, format!("{path}[{index}]"), out);
-            }
-        }
-        Value::Object(map) => {
-            for (key, item) in map {
-                let child = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                strings_in(item, child, out);
-            }
-        }
-        _ => {}
     }
 }
 

@@ -332,6 +332,20 @@ impl Load {
         Load { stop, ok, failed, workers }
     }
 
+    /// Fails unless at least `at_least` requests succeeded and none failed (`during` says when,
+    /// for the messages).
+    pub fn assert_none_failed(ok: u64, failed: &[String], at_least: u64, during: &str) {
+        eprintln!("{ok} requests succeeded {during}; {} failed", failed.len());
+        assert!(ok > at_least, "the load ran ({ok} requests)");
+        assert!(
+            failed.is_empty(),
+            "{} of {} requests failed {during}: {:?}",
+            failed.len(),
+            ok + failed.len() as u64,
+            &failed[..failed.len().min(5)]
+        );
+    }
+
     pub async fn finish(self) -> (u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for worker in self.workers {
