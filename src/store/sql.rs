@@ -65,6 +65,8 @@ impl<T, E: std::error::Error + Send + Sync + 'static> OrStoreError<T> for Result
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What readiness writes to learn whether a store whose write failed can write again.
 const WRITE_PROBE_BYTES: usize = 1 << 20;
+/// How often readiness may try that write.
+const WRITE_PROBE_EVERY: Duration = Duration::from_secs(1);
 /// The PostgreSQL notification channel.
 const CHANNEL: &str = "minicloud_changes";
 
@@ -95,6 +97,8 @@ pub struct SqlStore {
     controller_lock: lock::LockTarget,
     /// Why the last write failed in the database (disk full, I/O): `None` once one commits.
     write_problem: std::sync::Mutex<Option<String>>,
+    /// When readiness last tried a write after one failed.
+    last_write_probe: std::sync::Mutex<Option<std::time::Instant>>,
     /// Whether the database answers (PostgreSQL): refuses at once while it is known not to.
     reachability: Arc<reach::Reachability>,
 }
@@ -223,6 +227,7 @@ impl SqlStore {
             events_recorded: watch::Sender::new(0),
             controller_lock,
             write_problem: std::sync::Mutex::new(None),
+            last_write_probe: std::sync::Mutex::new(None),
             reachability: Arc::new(reach::Reachability::new(match backend {
                 Backend::Postgres => Some(url.to_owned()),
                 Backend::Sqlite => None,
@@ -407,6 +412,20 @@ impl SqlStore {
         }
         Ok(())
     }
+}
+
+/// `length` letters no compression shrinks much (PostgreSQL compresses large values: a probe
+/// of one repeated character would take a few bytes on disk).
+fn incompressible(length: usize) -> String {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15 ^ (length as u64);
+    (0..length)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            char::from(b'a' + (state % 26) as u8)
+        })
+        .collect()
 }
 
 fn sealing(error: SecretError) -> StoreError {
@@ -828,15 +847,21 @@ impl Store for SqlStore {
 
     async fn check_writable(&self) -> StoreResult<()> {
         let failed = self.write_problem.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
-        if failed.is_none() {
-            return Ok(());
+        let Some(problem) = failed else { return Ok(()) };
+        // At most one probe a second, however often readiness is asked (it needs no token).
+        {
+            let mut last = self.last_write_probe.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if last.is_some_and(|at| at.elapsed() < WRITE_PROBE_EVERY) {
+                return Err(StoreError::Database(problem.into()));
+            }
+            *last = Some(std::time::Instant::now());
         }
         // A write of some size (a small one can fit in space the database file or WAL already
         // holds while the disk is full), gone again in the same transaction.
         self.guarded_write(async {
             let (_guard, mut transaction) = self.begin_write().await?;
             sqlx::query("INSERT INTO write_probe (id, filler) VALUES (1, $1)")
-                .bind("-".repeat(WRITE_PROBE_BYTES))
+                .bind(incompressible(WRITE_PROBE_BYTES))
                 .execute(&mut *transaction)
                 .await
                 .db()?;
