@@ -343,7 +343,8 @@ async fn containers_of_an_earlier_version_are_taken_over_with_their_data() {
     let labels = docker(&["inspect", "-f", "{{json .Config.Labels}}", &current]);
     let env = docker(&["inspect", "-f", "{{json .Config.Env}}", &current]);
     docker(&["rm", "-f", &current]);
-    docker(&["volume", "create", &legacy_volume]);
+    // Unlabelled as an earlier version left it, but for the test run's marker (cleanup).
+    docker(&["volume", "create", "--label", &format!("minicloud.dev/test={}", harness.run), &legacy_volume]);
     docker(&[
         "run",
         "--rm",

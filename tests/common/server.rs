@@ -42,6 +42,18 @@ impl TestServer {
             }
         }
         command.env("RUST_LOG", "info").stdout(Stdio::piped()).stderr(Stdio::piped());
+        // A test killed outright (no Drop runs) takes its servers with it: a server left
+        // running would recreate the containers the next run's sweep removes.
+        #[cfg(target_os = "linux")]
+        // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+        // which is async-signal-safe.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let mut child = command.spawn().expect("start cloud server");
         let stderr = child.stderr.take().expect("stderr");
         let stdout = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
