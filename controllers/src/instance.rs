@@ -254,22 +254,9 @@ impl InstanceController {
                 match owned::migrate_legacy(self.driver.as_ref(), &container, &volumes, &spec.image, &self.extra_labels)
                     .await
                 {
-                    Ok(copied) => {
-                        let volumes = if copied.is_empty() {
-                            String::new()
-                        } else {
-                            format!("; volumes copied: {}", copied.join(", "))
-                        };
-                        let message =
-                            format!("took over container {} of an earlier minicloud version{volumes}", container.name);
-                        self.event(&object, EventType::Normal, "Migrated", message).await;
-                    }
-                    Err(error) => {
-                        let message = format!(
-                            "cannot take over container {} of an earlier minicloud version: {error}. It is stopped and kept; docs/controllers.md says how to migrate by hand",
-                            container.name
-                        );
-                        return self.conflict(&mut object, &mut status, "MigrationFailed", message, generation).await;
+                    Ok(message) => self.event(&object, EventType::Normal, "Migrated", message).await,
+                    Err(message) => {
+                        return self.conflict(&mut object, &mut status, "MigrationFailed", message, generation).await
                     }
                 }
                 None
@@ -684,12 +671,10 @@ mod tests {
     //! Reconcile decisions against the in-memory store and a fake engine. The integration
     //! tests (`tests/instances.rs`, `tests/resilience.rs`) prove the same with real Docker.
 
-    use std::collections::BTreeMap;
-
     use serde_json::Value;
 
     use super::*;
-    use crate::docker::fake::FakeDriver;
+    use crate::docker::fake::{running_container, FakeDriver};
     use minicloud_store::MemoryStore;
 
     struct Fixture {
@@ -896,21 +881,8 @@ mod tests {
             spec_hash: String::new(),
         }
         .to_map(&HashMap::new());
-        fixture.driver.containers.lock().expect("lock").insert(
-            name.clone(),
-            ContainerInfo {
-                id: "foreign".into(),
-                name: name.clone(),
-                labels: foreign.clone(),
-                running: true,
-                health: None,
-                exit_code: None,
-                started_at: None,
-                ports: Vec::new(),
-                addresses: BTreeMap::new(),
-                volumes: Vec::new(),
-            },
-        );
+        let container = ContainerInfo { id: "foreign".into(), ..running_container(&name, foreign.clone()) };
+        fixture.driver.containers.lock().expect("lock").insert(name.clone(), container);
         assert_eq!(fixture.controller.reconcile(&key("web")).await.expect("reconcile"), Some(CONFLICT_RECHECK));
         assert_eq!(condition(&status(&fixture, "web").await, "Ready"), (ConditionStatus::False, "NameConflict".into()));
         assert_eq!(fixture.driver.get(&name).map(|c| c.id), Some("foreign".into()), "left alone");
@@ -959,25 +931,16 @@ mod tests {
         let fixture = fixture(FakeDriver::default());
         create(&fixture, "web", web()).await;
         fixture.controller.reconcile(&key("web")).await.expect("reconcile");
-        let orphan = |name: &str, cluster: &str| ContainerInfo {
-            id: format!("id-{name}"),
-            name: name.to_owned(),
-            labels: Labels {
+        let orphan = |name: &str, cluster: &str| {
+            let labels = Labels {
                 cluster: cluster.to_owned(),
                 namespace: "default".into(),
                 kind: Kind::Instance,
                 name: "gone".into(),
                 uid: "no-such-uid".into(),
                 spec_hash: String::new(),
-            }
-            .to_map(&HashMap::new()),
-            running: true,
-            health: None,
-            exit_code: None,
-            started_at: None,
-            ports: Vec::new(),
-            addresses: BTreeMap::new(),
-            volumes: Vec::new(),
+            };
+            running_container(name, labels.to_map(&HashMap::new()))
         };
         let cluster = fixture.store.cluster_id().to_owned();
         fixture.driver.containers.lock().expect("lock").insert("ours".into(), orphan("ours", &cluster));

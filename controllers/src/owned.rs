@@ -168,7 +168,33 @@ pub async fn ensure_volumes(
 /// legacy volumes that it mounts into the new (labelled) volume with a one-off container of
 /// `image`, then removes it. A crash at any step repeats the copy from the stopped container;
 /// the legacy volumes themselves are left in place (the documentation says how to remove them).
+/// `Ok` says what was done, `Err` why not and what to do: the message of the object's
+/// `Migrated` event or `MigrationFailed` condition.
 pub async fn migrate_legacy(
+    driver: &dyn ContainerDriver,
+    legacy: &ContainerInfo,
+    volumes: &[OwnedVolume],
+    image: &str,
+    extra: &HashMap<String, String>,
+) -> Result<String, String> {
+    match copy_legacy(driver, legacy, volumes, image, extra).await {
+        Ok(copied) if copied.is_empty() => {
+            Ok(format!("took over container {} of an earlier minicloud version", legacy.name))
+        }
+        Ok(copied) => Ok(format!(
+            "took over container {} of an earlier minicloud version; volumes copied: {}",
+            legacy.name,
+            copied.join(", ")
+        )),
+        Err(error) => Err(format!(
+            "cannot take over container {} of an earlier minicloud version: {error}. It is stopped and kept with its data; docs/controllers.md says how to migrate by hand",
+            legacy.name
+        )),
+    }
+}
+
+/// [`migrate_legacy`]'s steps; the volumes copied (`OLD → NEW`).
+async fn copy_legacy(
     driver: &dyn ContainerDriver,
     legacy: &ContainerInfo,
     volumes: &[OwnedVolume],
@@ -224,7 +250,7 @@ pub async fn migrate_legacy(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::docker::fake::FakeDriver;
+    use crate::docker::fake::{running_container as container, FakeDriver};
     use crate::docker::labels::Labels;
 
     fn labelled(cluster: &str, namespace: &str, name: &str, uid: &str) -> HashMap<String, String> {
@@ -237,21 +263,6 @@ mod tests {
             spec_hash: String::new(),
         }
         .to_map(&HashMap::new())
-    }
-
-    fn container(name: &str, labels: HashMap<String, String>) -> ContainerInfo {
-        ContainerInfo {
-            id: format!("id-{name}"),
-            name: name.into(),
-            labels,
-            running: true,
-            health: None,
-            exit_code: None,
-            started_at: None,
-            ports: Vec::new(),
-            addresses: Default::default(),
-            volumes: Vec::new(),
-        }
     }
 
     #[tokio::test]

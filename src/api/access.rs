@@ -285,22 +285,17 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
         }
         return response;
     };
-    // Requests whose token needs a store read to be checked (missing, malformed, unknown, or
-    // not seen valid within the lookup cache's 5 s) share the rate of requests without a valid
-    // token, taken before the lookup: a flood of made-up tokens costs no store reads beyond it.
-    let token = credentials(&request);
-    let known = token.as_deref().is_some_and(|token| auth.recently_valid(token));
-    if !known {
-        if let Err(wait) = auth.take_unauthenticated() {
-            return too_many_requests(wait, "too many requests without a valid token reach this server".into());
-        }
-    }
-    let principal = match token {
+    // Requests without a valid token share one rate, taken before any store read (by the
+    // authenticator for a token it must look up; here for a missing one).
+    let principal = match credentials(&request) {
         Some(token) => auth.authenticate(&token).await,
-        None => Err(AuthError::Missing),
+        None => auth.take_unauthenticated().map_err(AuthError::TooMany).and(Err(AuthError::Missing)),
     };
     let principal = match principal {
         Ok(principal) => principal,
+        Err(AuthError::TooMany(wait)) => {
+            return too_many_requests(wait, AuthError::TooMany(wait).to_string());
+        }
         Err(AuthError::Store(error)) => {
             tracing::error!(%error, "cannot check a token");
             return ApiError::unavailable(format!("cannot check the token now: {error}")).into_response();

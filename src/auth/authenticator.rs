@@ -42,6 +42,9 @@ pub enum AuthError {
     Revoked { name: String, at: DateTime<Utc> },
     #[error("cannot check the token: {0}")]
     Store(#[from] AccessError),
+    /// The shared rate of requests without a valid token is spent; try again after this.
+    #[error("too many requests without a valid token reach this server")]
+    TooMany(Duration),
 }
 
 /// The limits applied per token.
@@ -115,9 +118,13 @@ impl Authenticator {
         Ok(self.authenticate_until(token).await?.0)
     }
 
-    /// Who `token` stands for, and until when (`None`: until revoked).
+    /// Who `token` stands for, and until when (`None`: until revoked). A token that is not
+    /// the internal one nor found valid within the lookup cache's time (missing ones are the
+    /// caller's to count) spends one request of the shared unauthenticated rate before anything
+    /// is read: a flood of made-up tokens costs no store reads beyond that rate.
     pub async fn authenticate_until(&self, token: &str) -> Result<(Principal, Option<DateTime<Utc>>), AuthError> {
         if !tokens::well_formed(token) {
+            self.take_unauthenticated().map_err(AuthError::TooMany)?;
             return Err(AuthError::Malformed);
         }
         let hash = tokens::hash(token);
@@ -126,7 +133,17 @@ impl Authenticator {
                 return Ok((principal.clone(), None));
             }
         }
-        let record = self.lookup(&hash).await?.ok_or(AuthError::Unknown)?;
+        let record = match self.cached(&hash) {
+            Some(Some(record)) => record,
+            cached => {
+                self.take_unauthenticated().map_err(AuthError::TooMany)?;
+                let record = match cached {
+                    Some(known) => known,
+                    None => self.lookup(&hash).await?,
+                };
+                record.ok_or(AuthError::Unknown)?
+            }
+        };
         let now = Utc::now();
         if let Some(at) = record.revoked_at {
             return Err(AuthError::Revoked { name: record.name, at });
@@ -138,13 +155,18 @@ impl Authenticator {
         Ok((Principal::token(&record.name, record.role, record.namespace), record.expires_at))
     }
 
+    /// What a lookup within the cache's time found (`Some(None)`: no such token).
+    fn cached(&self, hash: &str) -> Option<Option<TokenRecord>> {
+        let now = Instant::now();
+        self.lock_cache()
+            .get(hash)
+            .filter(|cached| now.duration_since(cached.fetched) < CACHE_FOR)
+            .map(|cached| cached.record.clone())
+    }
+
+    /// Reads a token's record from the store and keeps it for [`CACHE_FOR`].
     async fn lookup(&self, hash: &str) -> Result<Option<TokenRecord>, AccessError> {
         let now = Instant::now();
-        if let Some(cached) =
-            self.lock_cache().get(hash).filter(|cached| now.duration_since(cached.fetched) < CACHE_FOR)
-        {
-            return Ok(cached.record.clone());
-        }
         let record = self.store.token_by_hash(hash).await?;
         let mut cache = self.lock_cache();
         if cache.len() >= CACHE_ENTRIES {
@@ -185,22 +207,6 @@ impl Authenticator {
                 }
             });
         }
-    }
-
-    /// Whether `token` was found valid by a lookup within the cache's time (or is the internal
-    /// token): such a request needs no store read to be authenticated.
-    pub fn recently_valid(&self, token: &str) -> bool {
-        if !tokens::well_formed(token) {
-            return false;
-        }
-        let hash = tokens::hash(token);
-        if self.internal.as_ref().is_some_and(|(internal, _)| *internal == hash) {
-            return true;
-        }
-        let now = Instant::now();
-        self.lock_cache()
-            .get(&hash)
-            .is_some_and(|cached| now.duration_since(cached.fetched) < CACHE_FOR && cached.record.is_some())
     }
 
     /// Spends one request of `principal`'s rate, or says how long to wait. The server's own

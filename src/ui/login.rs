@@ -65,12 +65,10 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bo
         Err(AuthError::Store(error)) => {
             return ApiError::unavailable(format!("cannot check the token now: {error}")).into_response()
         }
-        Err(error) => {
-            if auth.take_unauthenticated().is_err() {
-                return ApiError::too_many_requests("too many failed sign-ins; wait a little").into_response();
-            }
-            ("-".to_owned(), None, StatusCode::UNAUTHORIZED, error.to_string())
+        Err(AuthError::TooMany(_)) => {
+            return ApiError::too_many_requests("too many failed sign-ins; wait a little").into_response()
         }
+        Err(error) => ("-".to_owned(), None, StatusCode::UNAUTHORIZED, error.to_string()),
     };
     if let Some(log) = &state.audit {
         let entry = AuditEntry {

@@ -53,7 +53,9 @@ use self::backups::{BackupMeta, BackupStore};
 use self::engine::Credentials;
 use crate::conditions::set_condition;
 use crate::docker::labels::{self, spec_hash, Identity, Labels};
-use crate::docker::{names, ContainerDriver, ContainerInfo, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
+use crate::docker::{
+    names, CommandOutput, ContainerDriver, ContainerInfo, ContainerSpec, DriverError, PublishSpec, VolumeSpec,
+};
 use crate::helpers::{
     ensure_finalizer, owner_reference, record_event, remove_finalizer, write_status, FinalizerUpdate,
 };
@@ -323,21 +325,8 @@ impl DatabaseController {
                 )
                 .await
                 {
-                    Ok(copied) => {
-                        let message = format!(
-                            "took over container {} of an earlier minicloud version; data copied: {}",
-                            container.name,
-                            if copied.is_empty() { "none".to_owned() } else { copied.join(", ") }
-                        );
-                        self.event(round.object, EventType::Normal, "Migrated", message).await;
-                    }
-                    Err(error) => {
-                        let message = format!(
-                            "cannot take over container {} of an earlier minicloud version: {error}. It is stopped and kept with its data; docs/databases.md says how to migrate by hand",
-                            container.name
-                        );
-                        return Err(self.conflict(round, status, "MigrationFailed", message).await);
-                    }
+                    Ok(message) => self.event(round.object, EventType::Normal, "Migrated", message).await,
+                    Err(message) => return Err(self.conflict(round, status, "MigrationFailed", message).await),
                 }
                 None
             }
@@ -444,23 +433,20 @@ impl DatabaseController {
     /// credentials log in over TCP, as an application's would.
     async fn probe(&self, container: &str, engine: Engine, credentials: &Credentials) -> Probe {
         let check = engine::readiness(engine, credentials);
+        let passed = |output: &CommandOutput| {
+            output.exit_code == 0
+                && engine::readiness_output(engine).is_none_or(|expected| output.output.trim() == expected)
+        };
         match self.driver.exec_streaming(container, &check.argv, &check.env, None, None, CHECK_TIMEOUT).await {
             Ok(output) if engine::refuses_credentials(&output.output) => {
                 return Probe::CredentialsRefused(output.output.trim().to_owned())
             }
-            Ok(output)
-                if output.exit_code == 0
-                    && engine::readiness_output(engine).is_none_or(|expected| output.output.trim() == expected) => {}
+            Ok(output) if passed(&output) => {}
             _ => return Probe::Starting,
         }
         let login = engine::login(engine, credentials);
         match self.driver.exec_streaming(container, &login.argv, &login.env, None, None, CHECK_TIMEOUT).await {
-            Ok(output)
-                if output.exit_code == 0
-                    && engine::readiness_output(engine).is_none_or(|expected| output.output.trim() == expected) =>
-            {
-                Probe::Ready
-            }
+            Ok(output) if passed(&output) => Probe::Ready,
             Ok(output) => {
                 let said = output.output.trim();
                 Probe::CredentialsRefused(if said.is_empty() {

@@ -14,6 +14,22 @@ use super::{
     InputSource, LogStream, OutputSink,
 };
 
+/// A running container named `name` with these labels and nothing else, as tests place one.
+pub fn running_container(name: &str, labels: HashMap<String, String>) -> ContainerInfo {
+    ContainerInfo {
+        id: format!("id-{name}"),
+        name: name.to_owned(),
+        labels,
+        running: true,
+        health: None,
+        exit_code: None,
+        started_at: None,
+        ports: Vec::new(),
+        addresses: BTreeMap::new(),
+        volumes: Vec::new(),
+    }
+}
+
 /// A container engine in memory: containers run as soon as they are created.
 #[derive(Default)]
 pub struct FakeDriver {

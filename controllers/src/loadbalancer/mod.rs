@@ -613,9 +613,14 @@ impl LoadBalancerController {
                 return self.fail(&mut object, &mut status, "NameConflict", message, generation).await;
             }
             Found::Legacy(container) => {
-                owned::migrate_legacy(self.driver.as_ref(), &container, &[], &self.image, &self.extra_labels).await?;
-                let message = format!("took over container {} of an earlier minicloud version", container.name);
-                self.event(&object, EventType::Normal, "Migrated", message).await;
+                match owned::migrate_legacy(self.driver.as_ref(), &container, &[], &self.image, &self.extra_labels)
+                    .await
+                {
+                    Ok(message) => self.event(&object, EventType::Normal, "Migrated", message).await,
+                    Err(message) => {
+                        return self.fail(&mut object, &mut status, "MigrationFailed", message, generation).await
+                    }
+                }
                 None
             }
         };
