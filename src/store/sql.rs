@@ -174,9 +174,15 @@ impl SqlStore {
                 // transaction back and releases SQLite's write lock. Reused, it would take the
                 // next write into a savepoint of that dead transaction and acknowledge it
                 // without ever committing it.
+                // The pool pings every released connection anyway; only one that still looks
+                // inside a transaction is pinged first, which lets a rollback begun when its
+                // transaction was dropped finish (SQLite's worker runs it later) before it is
+                // judged.
                 .after_release(|connection, _| {
                     Box::pin(async move {
-                        sqlx::Connection::ping(&mut *connection).await?;
+                        if sqlx::Connection::is_in_transaction(&*connection) {
+                            sqlx::Connection::ping(&mut *connection).await?;
+                        }
                         Ok(!sqlx::Connection::is_in_transaction(&*connection))
                     })
                 });
