@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use minicloud_controllers::docker::{ContainerDriver, DockerDriver};
 use minicloud_controllers::metrics::Metrics;
-use minicloud_controllers::{database, instance, loadbalancer, runtime, scalinggroup, stack};
+use minicloud_controllers::{database, instance, loadbalancer, orphans, reconciler, runtime, scalinggroup, stack};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -98,7 +98,7 @@ impl Controllers {
         if let Some(image) = &settings.haproxy_image {
             load_balancers = load_balancers.with_image(image);
         }
-        let reconcilers: Vec<Arc<dyn runtime::Reconciler>> = vec![
+        let reconcilers: Vec<Arc<dyn reconciler::Reconciler>> = vec![
             Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels.clone())),
             Arc::new(load_balancers),
             Arc::new(scalinggroup::ScalingGroupController::new(store.clone(), driver.clone(), metrics.clone())),
@@ -134,7 +134,7 @@ impl Controllers {
             let mut ticker = tokio::time::interval(resync);
             loop {
                 ticker.tick().await;
-                match instance::collect_orphans(store.as_ref(), driver.as_ref()).await {
+                match orphans::collect_containers(store.as_ref(), driver.as_ref()).await {
                     Ok(0) => {}
                     Ok(removed) => tracing::info!(removed, "orphaned containers removed"),
                     Err(error) => tracing::warn!(%error, "orphan collection failed; retrying later"),

@@ -11,7 +11,7 @@
 //!
 //! Deletion goes through the finalizer `minicloud.dev/container`: the container, the volumes not
 //! marked `retain`, and the network when no longer used are removed before the object goes.
-//! Containers whose labels name no live object are removed by [`collect_orphans`].
+//! Containers whose labels name no live object are removed by [`crate::orphans`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,23 +19,23 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use minicloud_crds::instance::{
-    HealthCheck, InstancePhase, InstanceSpec, InstanceStatus, PublishedPort, RestartPolicy,
-};
+use minicloud_crds::instance::{HealthCheck, InstancePhase, InstanceSpec, InstanceStatus, PublishedPort};
 use minicloud_crds::kinds::{Instance, Secret};
 use minicloud_crds::meta::ConditionStatus;
 use minicloud_crds::quantity::{parse_bytes, parse_cpu_millis};
-use minicloud_crds::{Kind, Object, ObjectKey};
+use minicloud_crds::{Kind, ObjectKey};
 use serde_json::json;
 
-use super::conditions::set_condition;
-use super::helpers::{ensure_finalizer, record_event, remove_finalizer, write_status, FinalizerUpdate};
-use super::runtime::{ReconcileError, Reconciler};
-use crate::docker::labels::{self, spec_hash, Identity, Labels};
+use crate::conditions::set_condition;
+use crate::container::{self, Created, Desired, Settled, Why};
+use crate::docker::labels::{spec_hash, Identity, Labels};
 use crate::docker::names;
-use crate::docker::{ContainerDriver, ContainerInfo, ContainerSpec, DriverError, HealthSpec, PublishSpec, VolumeSpec};
-use crate::owned::{self, Found, OwnedNetwork, OwnedVolume, Wanted};
-use minicloud_store::{EventType, NewEvent, Store, StoreError};
+use crate::docker::{
+    short_id, ContainerDriver, ContainerInfo, ContainerSpec, DriverError, HealthSpec, PublishSpec, VolumeSpec,
+};
+use crate::owned::{self, OwnedNetwork, OwnedVolume, Wanted};
+use crate::reconciler::{Action, Cleanup, Context, Controller, ReconcileError};
+use minicloud_store::{EventType, Store, StoreError};
 
 /// The finalizer that guards an Instance's container.
 pub const FINALIZER: &str = "minicloud.dev/container";
@@ -44,6 +44,10 @@ pub const FINALIZER: &str = "minicloud.dev/container";
 const STARTING_RECHECK: Duration = Duration::from_secs(2);
 /// How soon a name held by someone else is looked at again.
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+/// How soon an unresolved Secret reference is looked at again.
+const SECRET_RECHECK: Duration = Duration::from_secs(10);
+/// How soon a name still taken (a removal still running) is looked at again.
+const NAME_TAKEN_RECHECK: Duration = Duration::from_secs(15);
 
 /// The Instance's named volumes: Docker name, identity, legacy name.
 fn owned_volumes(cluster: &str, namespace: &str, name: &str, spec: &InstanceSpec) -> Vec<OwnedVolume> {
@@ -68,10 +72,6 @@ pub struct InstanceController {
 impl InstanceController {
     pub fn new(store: Arc<dyn Store>, driver: Arc<dyn ContainerDriver>, extra_labels: HashMap<String, String>) -> Self {
         InstanceController { store, driver, extra_labels }
-    }
-
-    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
-        record_event(self.store.as_ref(), object, event_type, reason, message).await;
     }
 
     /// Environment as `KEY=value`, with Secret references resolved. Errors say which reference
@@ -107,14 +107,13 @@ impl InstanceController {
 
     fn container_spec(
         &self,
-        object: &Object,
+        namespace: &str,
+        name: &str,
         spec: &InstanceSpec,
         status: &InstanceStatus,
         env: Vec<String>,
         labels: HashMap<String, String>,
     ) -> ContainerSpec {
-        let namespace = object.namespace();
-        let name = &object.metadata.name;
         let ports = spec
             .ports
             .iter()
@@ -146,7 +145,7 @@ impl InstanceController {
             labels,
             ports,
             network: names::network(cluster, namespace, spec.network.as_deref()),
-            aliases: vec![name.clone()],
+            aliases: vec![name.to_owned()],
             memory_bytes: spec
                 .resources
                 .as_ref()
@@ -173,310 +172,110 @@ impl InstanceController {
         }
     }
 
-    async fn write_status(&self, object: &mut Object, status: &InstanceStatus) -> Result<(), ReconcileError> {
-        write_status(self.store.as_ref(), object, status).await
-    }
-
-    /// Deletion: remove what the Instance owns, then release the finalizer.
-    async fn finalize(&self, object: Object, instance: &Instance) -> Result<Option<Duration>, ReconcileError> {
-        let namespace = object.namespace().to_owned();
-        let name = object.metadata.name.clone();
+    /// The container this Instance wants, labelled with the hash of its spec and resolved
+    /// environment.
+    fn desired(&self, ctx: &Context<'_>, spec: &InstanceSpec, status: &InstanceStatus, env: Vec<String>) -> Desired {
         let cluster = self.store.cluster_id();
-        let uid = object.metadata.uid.clone().unwrap_or_default();
-        let wanted = Wanted::new(cluster, Kind::Instance, &namespace, &name, &uid);
-        owned::remove(self.driver.as_ref(), &wanted).await?;
-        let volumes = owned_volumes(cluster, &namespace, &name, &instance.spec);
-        for (volume, declared) in volumes.iter().zip(&instance.spec.volumes) {
-            if declared.retain {
-                continue;
-            }
-            match self.driver.remove_volume(&volume.name, &volume.identity).await {
-                Ok(()) => {}
-                // Someone else's volume under this name: it was never used, and stays.
-                Err(DriverError::NotOurs { .. }) => {}
-                Err(error) => return Err(error.into()),
-            }
+        let (namespace, name) = (ctx.namespace(), ctx.name());
+        let hash = spec_hash(&json!({"spec": ctx.object().spec, "env": spec_hash(&json!(env))}));
+        let labels = Labels {
+            cluster: cluster.to_owned(),
+            namespace: namespace.to_owned(),
+            kind: Kind::Instance,
+            name: name.to_owned(),
+            uid: ctx.uid().to_owned(),
+            spec_hash: hash,
         }
-        let network = OwnedNetwork::new(cluster, &namespace, instance.spec.network.as_deref());
-        self.driver.remove_network_if_unused(&network.name, &network.identity).await?;
-        match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
-            FinalizerUpdate::Done(_) => Ok(None),
-            FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
+        .to_map(&self.extra_labels);
+        Desired {
+            wanted: Wanted::new(cluster, Kind::Instance, namespace, name, ctx.uid()),
+            spec: self.container_spec(namespace, name, spec, status, env, labels),
+            network: OwnedNetwork::new(cluster, namespace, spec.network.as_deref()),
+            volumes: owned_volumes(cluster, namespace, name, spec),
+            fixed_ports: spec.ports.iter().filter_map(|port| port.host_port).collect(),
+            restart: spec.restart_policy,
+            noun: "container".into(),
+            hash_covers: "spec",
         }
     }
 
-    async fn converge(&self, mut object: Object, instance: Instance) -> Result<Option<Duration>, ReconcileError> {
+    /// One round for a live Instance.
+    async fn converge(&self, ctx: &mut Context<'_>, instance: Instance) -> Result<Action, ReconcileError> {
         let now = Utc::now();
-        let generation = object.metadata.generation.unwrap_or(1);
-        let namespace = object.namespace().to_owned();
-        let uid = object.metadata.uid.clone().unwrap_or_default();
+        let generation = ctx.generation();
         let spec = &instance.spec;
         let mut status = instance.status.clone().unwrap_or_default();
         status.observed_generation = Some(generation);
 
-        let env = match self.resolve_env(&namespace, spec).await {
+        let env = match self.resolve_env(ctx.namespace(), spec).await {
             Ok(env) => env,
             Err(message) => {
-                self.not_running(&mut status, "SecretNotFound", &message, generation, now);
-                self.write_status(&mut object, &status).await?;
-                self.event(&object, EventType::Warning, "SecretNotFound", message).await;
-                return Ok(Some(Duration::from_secs(10)));
+                not_running(&mut status, "SecretNotFound", &message, generation, now);
+                ctx.write_status(&status).await?;
+                ctx.event(EventType::Warning, "SecretNotFound", message).await;
+                return Ok(Action::RequeueAfter(SECRET_RECHECK));
             }
         };
-        let hash = spec_hash(&json!({"spec": object.spec, "env": spec_hash(&json!(env))}));
-        let labels = Labels {
-            cluster: self.store.cluster_id().to_owned(),
-            namespace: namespace.clone(),
-            kind: Kind::Instance,
-            name: object.metadata.name.clone(),
-            uid: uid.clone(),
-            spec_hash: hash.clone(),
-        }
-        .to_map(&self.extra_labels);
-        let wanted = Wanted::new(self.store.cluster_id(), Kind::Instance, &namespace, &object.metadata.name, &uid);
-        let found = match owned::find(self.driver.as_ref(), &wanted).await {
-            Ok(found) => found,
-            Err(error) => return self.driver_failed(&mut object, &mut status, error, generation).await,
+        let desired = self.desired(ctx, spec, &status, env);
+        let settled = match container::settle(ctx, self.driver.as_ref(), &desired, &self.extra_labels).await {
+            Ok(settled) => settled,
+            Err(error) => return driver_failed(ctx, &mut status, error).await,
         };
-        let mut current = match found {
-            Found::Absent => None,
-            Found::Ours(container) => Some((container, false)),
-            Found::Earlier(container) => Some((container, true)),
-            Found::Foreign(owner) => {
-                let message = format!(
-                    "a container named {} exists and is not this Instance's: {owner}. Remove or rename it, or give this Instance another name",
-                    wanted.name
-                );
-                return self.conflict(&mut object, &mut status, "NameConflict", message, generation).await;
-            }
-            Found::Legacy(container) => {
-                let volumes = owned_volumes(self.store.cluster_id(), &namespace, &object.metadata.name, spec);
-                match owned::migrate_legacy(self.driver.as_ref(), &container, &volumes, &spec.image, &self.extra_labels)
-                    .await
-                {
-                    Ok(message) => self.event(&object, EventType::Normal, "Migrated", message).await,
-                    Err(message) => {
-                        return self.conflict(&mut object, &mut status, "MigrationFailed", message, generation).await
-                    }
-                }
-                None
-            }
-        };
-        if let Some((container, earlier)) = &current {
-            let replace = if *earlier {
-                Some(("Replacing", "a container of an earlier object with this name was found".to_owned(), false))
-            } else if container.labels.get(labels::SPEC_HASH) != Some(&hash) {
-                Some(("Replacing", "the spec changed".to_owned(), false))
-            } else if !container.running {
-                let code = container.exit_code.unwrap_or(-1);
-                let restart = match spec.restart_policy {
-                    RestartPolicy::Always => true,
-                    RestartPolicy::OnFailure => code != 0,
-                    RestartPolicy::Never => false,
-                };
-                restart.then(|| ("Restarting", format!("the container exited with code {code}"), true))
-            } else {
-                None
-            };
-            if let Some((reason, why, counts_as_restart)) = replace {
-                let message = format!("replacing container {}: {why}", short(&container.id));
-                self.event(&object, EventType::Normal, reason, message.clone()).await;
-                if let Err(error) = self.driver.remove(&container.id).await {
-                    return self.driver_failed(&mut object, &mut status, error, generation).await;
-                }
+        let kept = match settled {
+            Settled::Kept(container) => Some(container),
+            Settled::Conflict { reason, message } => return conflict(ctx, &mut status, reason, &message).await,
+            Settled::Vacant { replaced: Some(replaced) } => {
                 // One restart per container that ended: its removal can take a moment, and a
-                // reconcile meanwhile sees it again (then status no longer names it).
-                if counts_as_restart && status.container_id.as_deref() == Some(container.id.as_str()) {
+                // round meanwhile sees it again (then status no longer names it).
+                let exited = matches!(replaced.why, Why::Exited(_));
+                if exited && status.container_id.as_deref() == Some(replaced.id.as_str()) {
                     status.restart_count += 1;
                 }
                 status.container_id = None;
                 // Observers see the gap: not Ready while the replacement starts.
-                self.not_running(&mut status, reason, &message, generation, now);
-                self.write_status(&mut object, &status).await?;
-                current = None;
+                let reason = if exited { "Restarting" } else { "Replacing" };
+                not_running(&mut status, reason, &replaced.message, generation, now);
+                ctx.write_status(&status).await?;
+                None
             }
-        } else if status.container_id.is_some() && status.phase == InstancePhase::Running {
-            // It was running and vanished without us: removed outside minicloud.
-            status.restart_count += 1;
-            let message = "the container was removed outside minicloud; creating a new one";
-            self.event(&object, EventType::Warning, "ContainerMissing", message.into()).await;
-            self.not_running(&mut status, "ContainerMissing", message, generation, now);
-            self.write_status(&mut object, &status).await?;
-        }
-
-        let container = match current.map(|(container, _)| container) {
-            Some(container) => container,
-            None => match self.create(&mut object, spec, &mut status, env, labels, generation, now).await? {
-                Some(container) => container,
-                None => return Ok(Some(Duration::from_secs(15))),
-            },
+            Settled::Vacant { replaced: None } => {
+                if status.container_id.is_some() && status.phase == InstancePhase::Running {
+                    // It was running and vanished without us: removed outside minicloud.
+                    status.restart_count += 1;
+                    let message = "the container was removed outside minicloud; creating a new one";
+                    ctx.event(EventType::Warning, "ContainerMissing", message).await;
+                    not_running(&mut status, "ContainerMissing", message, generation, now);
+                    ctx.write_status(&status).await?;
+                }
+                None
+            }
         };
-        self.observe(&mut status, &namespace, spec, &container, generation, now);
-        self.write_status(&mut object, &status).await?;
+        let container = match kept {
+            Some(container) => container,
+            None => {
+                status.phase = InstancePhase::Creating;
+                match container::create(ctx, self.driver.as_ref(), &desired, &self.extra_labels).await {
+                    Ok(Created::Started(container)) => container,
+                    Ok(Created::NameTaken) => return Ok(Action::RequeueAfter(NAME_TAKEN_RECHECK)),
+                    Ok(Created::Conflict { reason, message }) => {
+                        return conflict(ctx, &mut status, reason, &message).await
+                    }
+                    Err(error @ DriverError::ImageUnavailable { .. }) => {
+                        let message = error.to_string();
+                        not_running(&mut status, "ImagePullFailed", &message, generation, now);
+                        ctx.write_status(&status).await?;
+                        ctx.event(EventType::Warning, "ImagePullFailed", message).await;
+                        return Err(error.into());
+                    }
+                    Err(error) => return driver_failed(ctx, &mut status, error).await,
+                }
+            }
+        };
+        self.observe(&mut status, ctx.namespace(), spec, &container, generation, now);
+        ctx.write_status(&status).await?;
         let starting =
             container.running && spec.health_check.is_some() && container.health.as_deref() != Some("healthy");
-        Ok(starting.then_some(STARTING_RECHECK))
-    }
-
-    /// Creates the container. `Ok(None)` when it cannot be created yet (status says why).
-    #[allow(clippy::too_many_arguments)]
-    async fn create(
-        &self,
-        object: &mut Object,
-        spec: &InstanceSpec,
-        status: &mut InstanceStatus,
-        env: Vec<String>,
-        labels: HashMap<String, String>,
-        generation: i64,
-        now: DateTime<Utc>,
-    ) -> Result<Option<ContainerInfo>, ReconcileError> {
-        // Pull progress becomes events as it happens.
-        let (progress, mut messages) = tokio::sync::mpsc::unbounded_channel::<String>();
-        let recorder = {
-            let store = self.store.clone();
-            let event = object.key().map(|key| (key, object.metadata.uid.clone().unwrap_or_default()));
-            tokio::spawn(async move {
-                while let Some(message) = messages.recv().await {
-                    let Some((key, uid)) = event.clone() else { continue };
-                    let reason = if message.starts_with("Status:") { "Pulled" } else { "Pulling" };
-                    let new =
-                        NewEvent { object: key, uid, event_type: EventType::Normal, reason: reason.into(), message };
-                    if let Err(error) = store.record_event(new).await {
-                        tracing::warn!(%error, "cannot record a pull event");
-                    }
-                }
-            })
-        };
-        let pulled = self
-            .driver
-            .ensure_image(&spec.image, &move |message| {
-                let _ = progress.send(message);
-            })
-            .await;
-        let _ = recorder.await;
-        if let Err(error) = pulled {
-            return match error {
-                DriverError::ImageUnavailable { .. } => {
-                    let message = error.to_string();
-                    self.not_running(status, "ImagePullFailed", &message, generation, now);
-                    self.write_status(object, status).await?;
-                    self.event(object, EventType::Warning, "ImagePullFailed", message).await;
-                    Err(ReconcileError(error.to_string()))
-                }
-                other => self.driver_failed(object, status, other, generation).await.map(|_| None),
-            };
-        }
-        let cluster = self.store.cluster_id();
-        let network = OwnedNetwork::new(cluster, object.namespace(), spec.network.as_deref());
-        let mut container_spec = self.container_spec(object, spec, status, env, labels);
-        let volumes = owned_volumes(cluster, object.namespace(), &object.metadata.name, spec);
-        let prepared = match self.driver.ensure_network(&network.name, &network.identity, &self.extra_labels).await {
-            Ok(id) => owned::ensure_volumes(self.driver.as_ref(), &volumes, &self.extra_labels)
-                .await
-                .map(|()| id)
-                .map_err(|error| ("VolumeConflict", error)),
-            Err(error) => Err(("NetworkConflict", error)),
-        };
-        match prepared {
-            // Attach by id: names are not unique in Docker.
-            Ok(id) => container_spec.network = id,
-            Err((reason, error @ DriverError::NotOurs { .. })) => {
-                return self.conflict(object, status, reason, error.to_string(), generation).await.map(|_| None)
-            }
-            Err((_, error)) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
-        }
-        status.phase = InstancePhase::Creating;
-        let id = match self.driver.create_and_start(&container_spec).await {
-            Ok(id) => id,
-            // A concurrent reconcile or an earlier run created it: observe it next time.
-            Err(DriverError::NameTaken(_)) => return Ok(None),
-            Err(DriverError::PortTaken { port }) if spec.ports.iter().all(|p| p.host_port != Some(port)) => {
-                // The remembered host port was taken by someone else: take a new one.
-                self.event(
-                    object,
-                    EventType::Warning,
-                    "HostPortChanged",
-                    format!("host port {port} is taken; publishing on a new port"),
-                )
-                .await;
-                for publish in &mut container_spec.ports {
-                    if publish.host_port == Some(port) {
-                        publish.host_port = None;
-                    }
-                }
-                match self.driver.create_and_start(&container_spec).await {
-                    Ok(id) => id,
-                    Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
-                }
-            }
-            Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
-        };
-        let container = match self.driver.inspect(&id).await {
-            Ok(Some(container)) => container,
-            Ok(None) => return Ok(None),
-            Err(error) => return self.driver_failed(object, status, error, generation).await.map(|_| None),
-        };
-        let endpoints: Vec<String> = container.ports.iter().map(|(_, _, ip, port)| format!("{ip}:{port}")).collect();
-        let at = if endpoints.is_empty() { String::new() } else { format!(" on {}", endpoints.join(", ")) };
-        self.event(object, EventType::Normal, "Started", format!("container {} started{at}", short(&container.id)))
-            .await;
-        Ok(Some(container))
-    }
-
-    /// Reports that no container runs, with a reason.
-    fn not_running(
-        &self,
-        status: &mut InstanceStatus,
-        reason: &str,
-        message: &str,
-        generation: i64,
-        now: DateTime<Utc>,
-    ) {
-        status.phase = InstancePhase::Pending;
-        set_condition(
-            &mut status.conditions,
-            "ContainerRunning",
-            ConditionStatus::False,
-            reason,
-            message,
-            generation,
-            now,
-        );
-        set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, message, generation, now);
-    }
-
-    /// Something that is not this Instance's holds a name it needs: nothing is touched; status
-    /// and an event say what to do; looked at again later.
-    async fn conflict(
-        &self,
-        object: &mut Object,
-        status: &mut InstanceStatus,
-        reason: &str,
-        message: String,
-        generation: i64,
-    ) -> Result<Option<Duration>, ReconcileError> {
-        self.not_running(status, reason, &message, generation, Utc::now());
-        self.write_status(object, status).await?;
-        self.event(object, EventType::Warning, reason, message).await;
-        Ok(Some(CONFLICT_RECHECK))
-    }
-
-    /// A driver failure: conditions say so (Docker unreachable, refused), then retry with backoff.
-    async fn driver_failed(
-        &self,
-        object: &mut Object,
-        status: &mut InstanceStatus,
-        error: DriverError,
-        generation: i64,
-    ) -> Result<Option<Duration>, ReconcileError> {
-        let reason = if error.is_unreachable() { "DockerUnreachable" } else { "DockerError" };
-        let message = error.to_string();
-        self.not_running(status, reason, &message, generation, Utc::now());
-        if status.container_id.is_some() && error.is_unreachable() {
-            status.phase = InstancePhase::Pending;
-        }
-        self.write_status(object, status).await?;
-        Err(ReconcileError(message))
+        Ok(if starting { Action::RequeueAfter(STARTING_RECHECK) } else { Action::AwaitChange })
     }
 
     /// Fills status from the observed container.
@@ -524,7 +323,7 @@ impl InstanceController {
                 "ContainerRunning",
                 ConditionStatus::True,
                 "Running",
-                format!("container {} is running", short(&container.id)),
+                format!("container {} is running", short_id(&container.id)),
                 generation,
                 now,
             );
@@ -575,10 +374,6 @@ impl InstanceController {
     }
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
-
 /// A Docker health check for a declared one.
 fn health_spec(check: &HealthCheck) -> HealthSpec {
     let test = if let Some(http) = &check.http {
@@ -600,10 +395,46 @@ fn health_spec(check: &HealthCheck) -> HealthSpec {
     }
 }
 
+/// Reports that no container runs, with a reason.
+fn not_running(status: &mut InstanceStatus, reason: &str, message: &str, generation: i64, now: DateTime<Utc>) {
+    status.phase = InstancePhase::Pending;
+    set_condition(&mut status.conditions, "ContainerRunning", ConditionStatus::False, reason, message, generation, now);
+    set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, message, generation, now);
+}
+
+/// Something that is not this Instance's holds a name it needs (the toolkit recorded the
+/// event): nothing is touched; status says what to do; looked at again later.
+async fn conflict(
+    ctx: &mut Context<'_>,
+    status: &mut InstanceStatus,
+    reason: &str,
+    message: &str,
+) -> Result<Action, ReconcileError> {
+    not_running(status, reason, message, ctx.generation(), Utc::now());
+    ctx.write_status(status).await?;
+    Ok(Action::RequeueAfter(CONFLICT_RECHECK))
+}
+
+/// A driver failure: conditions say so (Docker unreachable, refused), then retry with backoff.
+async fn driver_failed(
+    ctx: &mut Context<'_>,
+    status: &mut InstanceStatus,
+    error: DriverError,
+) -> Result<Action, ReconcileError> {
+    let reason = if error.is_unreachable() { "DockerUnreachable" } else { "DockerError" };
+    not_running(status, reason, &error.to_string(), ctx.generation(), Utc::now());
+    ctx.write_status(status).await?;
+    Err(error.into())
+}
+
 #[async_trait]
-impl Reconciler for InstanceController {
-    fn kind(&self) -> Kind {
-        Kind::Instance
+impl Controller for InstanceController {
+    type Resource = Instance;
+    const KIND: Kind = Kind::Instance;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     /// A changed Secret wakes the Instances of its namespace: those that read it get a new
@@ -612,58 +443,41 @@ impl Reconciler for InstanceController {
         vec![Kind::Secret]
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
-        let object = match self.store.get(key).await {
-            Ok(object) => object,
-            Err(StoreError::NotFound(_)) => {
-                // Gone without our finalizer (e.g. removed by hand): make sure nothing of it is
-                // left (any uid: no object of this name exists).
-                let wanted = Wanted::new(self.store.cluster_id(), Kind::Instance, &key.namespace, &key.name, "");
-                owned::remove(self.driver.as_ref(), &wanted).await?;
-                return Ok(None);
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let instance: Instance = serde_json::to_value(&object)
-            .and_then(serde_json::from_value)
-            .map_err(|error| ReconcileError(format!("{key} does not decode as an Instance: {error}")))?;
-        if object.metadata.deletion_timestamp.is_some() {
-            return self.finalize(object, &instance).await;
-        }
-        let object = match ensure_finalizer(self.store.as_ref(), object, FINALIZER).await? {
-            FinalizerUpdate::Done(object) => *object,
-            FinalizerUpdate::Conflict => return Ok(Some(Duration::ZERO)),
-        };
-        self.converge(object, instance).await
+    async fn apply(&self, ctx: &mut Context<'_>, instance: Instance) -> Result<Action, ReconcileError> {
+        self.converge(ctx, instance).await
     }
-}
 
-/// Removes this control plane's containers (of Instances, LoadBalancers and ManagedDatabases)
-/// whose labels name no
-/// live object (deleted objects, objects recreated under the same name, leftovers of a crash).
-/// Containers of other minicloud installations on the same engine are left alone. Returns how
-/// many were removed.
-pub async fn collect_orphans(store: &dyn Store, driver: &dyn ContainerDriver) -> Result<usize, ReconcileError> {
-    let mut removed = 0;
-    for container in driver.list_managed().await? {
-        let Some(labels) = Labels::from_map(&container.labels) else { continue };
-        let collected = matches!(labels.kind, Kind::Instance | Kind::LoadBalancer | Kind::ManagedDatabase);
-        if !collected || labels.cluster != store.cluster_id() {
-            continue;
+    /// Removes the container, the volumes not marked `retain`, and the network when no longer
+    /// used.
+    async fn cleanup(&self, ctx: &mut Context<'_>, instance: Instance) -> Result<Cleanup, ReconcileError> {
+        let cluster = self.store.cluster_id();
+        let (namespace, name) = (ctx.namespace(), ctx.name());
+        let wanted = Wanted::new(cluster, Kind::Instance, namespace, name, ctx.uid());
+        owned::remove(self.driver.as_ref(), &wanted).await?;
+        let volumes = owned_volumes(cluster, namespace, name, &instance.spec);
+        for (volume, declared) in volumes.iter().zip(&instance.spec.volumes) {
+            if declared.retain {
+                continue;
+            }
+            match self.driver.remove_volume(&volume.name, &volume.identity).await {
+                Ok(()) => {}
+                // Someone else's volume under this name: it was never used, and stays.
+                Err(DriverError::NotOurs { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
-        let key = ObjectKey::new(labels.kind, labels.namespace.clone(), labels.name.clone());
-        let live = match store.get(&key).await {
-            Ok(object) => object.metadata.uid.as_deref() == Some(labels.uid.as_str()),
-            Err(StoreError::NotFound(_)) => false,
-            Err(error) => return Err(error.into()),
-        };
-        if !live {
-            tracing::info!(container = %container.name, object = %key, "removing orphaned container");
-            driver.remove(&container.id).await?;
-            removed += 1;
-        }
+        let network = OwnedNetwork::new(cluster, namespace, instance.spec.network.as_deref());
+        self.driver.remove_network_if_unused(&network.name, &network.identity).await?;
+        Ok(Cleanup::Done)
     }
-    Ok(removed)
+
+    /// Gone without our finalizer (e.g. removed by hand): nothing of it may be left (any uid:
+    /// no object of this name exists).
+    async fn gone(&self, key: &ObjectKey) -> Result<(), ReconcileError> {
+        let wanted = Wanted::new(self.store.cluster_id(), Kind::Instance, &key.namespace, &key.name, "");
+        owned::remove(self.driver.as_ref(), &wanted).await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -675,6 +489,9 @@ mod tests {
 
     use super::*;
     use crate::docker::fake::{running_container, FakeDriver};
+    use crate::docker::labels;
+    use crate::reconciler::Reconciler;
+    use minicloud_crds::Object;
     use minicloud_store::MemoryStore;
 
     struct Fixture {
@@ -822,10 +639,10 @@ mod tests {
         spec["healthCheck"] = json!({"http": {"port": 8080}});
         create(&fixture, "web", spec).await;
         let again = fixture.controller.reconcile(&key("web")).await.expect("reconcile");
-        assert_eq!(again, Some(STARTING_RECHECK), "come back while the health check is pending");
+        assert_eq!(again, Action::RequeueAfter(STARTING_RECHECK), "come back while the health check is pending");
         assert_eq!(condition(&status(&fixture, "web").await, "Ready").0, ConditionStatus::False);
         fixture.driver.set(&web_container(&fixture), |c| c.health = Some("healthy".into()));
-        assert_eq!(fixture.controller.reconcile(&key("web")).await.expect("reconcile"), None);
+        assert_eq!(fixture.controller.reconcile(&key("web")).await.expect("reconcile"), Action::AwaitChange);
         let status = status(&fixture, "web").await;
         assert_eq!(condition(&status, "Healthy").0, ConditionStatus::True);
         assert_eq!(condition(&status, "Ready").0, ConditionStatus::True);
@@ -861,7 +678,10 @@ mod tests {
         let mut spec = web();
         spec["env"] = json!([{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}}]);
         create(&case, "web", spec).await;
-        assert_eq!(case.controller.reconcile(&key("web")).await.expect("reconcile"), Some(Duration::from_secs(10)));
+        assert_eq!(
+            case.controller.reconcile(&key("web")).await.expect("reconcile"),
+            Action::RequeueAfter(SECRET_RECHECK)
+        );
         assert_eq!(condition(&status(&case, "web").await, "Ready"), (ConditionStatus::False, "SecretNotFound".into()));
         assert!(case.driver.get(&web_container(&case)).is_none(), "no container without its environment");
     }
@@ -883,7 +703,10 @@ mod tests {
         .to_map(&HashMap::new());
         let container = ContainerInfo { id: "foreign".into(), ..running_container(&name, foreign.clone()) };
         fixture.driver.containers.lock().expect("lock").insert(name.clone(), container);
-        assert_eq!(fixture.controller.reconcile(&key("web")).await.expect("reconcile"), Some(CONFLICT_RECHECK));
+        assert_eq!(
+            fixture.controller.reconcile(&key("web")).await.expect("reconcile"),
+            Action::RequeueAfter(CONFLICT_RECHECK)
+        );
         assert_eq!(condition(&status(&fixture, "web").await, "Ready"), (ConditionStatus::False, "NameConflict".into()));
         assert_eq!(fixture.driver.get(&name).map(|c| c.id), Some("foreign".into()), "left alone");
         assert!(fixture.driver.created.lock().expect("lock").is_empty());
@@ -897,7 +720,10 @@ mod tests {
         foreign.insert(labels::CLUSTER.into(), fixture.store.cluster_id().into());
         foreign.insert(labels::NAMESPACE.into(), "default-web".into());
         fixture.driver.volumes.lock().expect("lock").insert(volume.clone(), foreign.clone());
-        assert!(fixture.controller.reconcile(&key("web")).await.expect("reconcile").is_some(), "looked at again");
+        assert!(
+            fixture.controller.reconcile(&key("web")).await.expect("reconcile").delay().is_some(),
+            "looked at again"
+        );
         let (state, reason) = condition(&status(&fixture, "web").await, "Ready");
         assert_eq!((state, reason.as_str()), (ConditionStatus::False, "VolumeConflict"));
         assert!(fixture.driver.created.lock().expect("lock").is_empty(), "no container on someone else's volume");
@@ -924,31 +750,5 @@ mod tests {
         fixture.controller.reconcile(&key("web")).await.expect("finalize");
         let volumes = fixture.driver.volumes.lock().expect("lock").clone();
         assert!(!volumes.contains_key(&scratch) && volumes.contains_key(&keep), "{volumes:?}");
-    }
-
-    #[tokio::test]
-    async fn orphans_of_this_cluster_go_and_others_stay() {
-        let fixture = fixture(FakeDriver::default());
-        create(&fixture, "web", web()).await;
-        fixture.controller.reconcile(&key("web")).await.expect("reconcile");
-        let orphan = |name: &str, cluster: &str| {
-            let labels = Labels {
-                cluster: cluster.to_owned(),
-                namespace: "default".into(),
-                kind: Kind::Instance,
-                name: "gone".into(),
-                uid: "no-such-uid".into(),
-                spec_hash: String::new(),
-            };
-            running_container(name, labels.to_map(&HashMap::new()))
-        };
-        let cluster = fixture.store.cluster_id().to_owned();
-        fixture.driver.containers.lock().expect("lock").insert("ours".into(), orphan("ours", &cluster));
-        fixture.driver.containers.lock().expect("lock").insert("theirs".into(), orphan("theirs", "another"));
-        let removed = collect_orphans(fixture.store.as_ref(), fixture.driver.as_ref()).await.expect("collect");
-        assert_eq!(removed, 1);
-        assert!(fixture.driver.get("ours").is_none());
-        assert!(fixture.driver.get("theirs").is_some());
-        assert!(fixture.driver.get(&web_container(&fixture)).is_some(), "live objects keep their containers");
     }
 }

@@ -9,14 +9,17 @@
 
 pub mod admission;
 pub mod conditions;
+pub mod container;
 pub mod database;
 pub mod docker;
-pub mod helpers;
 pub mod instance;
 pub mod loadbalancer;
+pub mod meta;
 pub mod metrics;
+pub mod orphans;
 pub mod owned;
 pub mod queue;
+pub mod reconciler;
 pub mod runtime;
 pub mod scalinggroup;
 pub mod stack;

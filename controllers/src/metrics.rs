@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use minicloud_crds::Kind;
+
+use crate::reconciler::Cause;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +23,12 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    kind: String,
+    cause: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,7 +96,7 @@ const CODE_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "other"];
 pub struct Metrics {
     registry: Registry,
     reconciles: Family<KindLabel, Counter>,
-    errors: Family<KindLabel, Counter>,
+    errors: Family<ErrorLabels, Counter>,
     duration: Family<KindLabel, Histogram>,
     queue_depth: Family<KindLabel, Gauge>,
     lb_requests: Family<TargetLabels, Counter>,
@@ -122,7 +130,7 @@ impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = Registry::default();
         let reconciles = Family::<KindLabel, Counter>::default();
-        let errors = Family::<KindLabel, Counter>::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Family::<KindLabel, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
         let queue_depth = Family::<KindLabel, Gauge>::default();
         let lb_requests = Family::<TargetLabels, Counter>::default();
@@ -139,7 +147,7 @@ impl Default for Metrics {
         registry.register("minicloud_reconciles", "Reconciles run, per kind", reconciles.clone());
         registry.register(
             "minicloud_reconcile_errors",
-            "Reconciles that failed (retried with backoff)",
+            "Reconciles that failed, per kind and cause (conflict: retried at once; invalid_spec: waits for a change; others: retried with backoff)",
             errors.clone(),
         );
         registry.register("minicloud_reconcile_duration_seconds", "How long reconciles took", duration.clone());
@@ -210,13 +218,14 @@ impl Metrics {
         self.registry.register(name, help, metric);
     }
 
-    /// One reconcile of `kind` that took `seconds`.
-    pub fn record_reconcile(&self, kind: Kind, seconds: f64, failed: bool) {
+    /// One reconcile of `kind` that took `seconds` and failed with `cause`, if it failed.
+    pub fn record_reconcile(&self, kind: Kind, seconds: f64, failed: Option<Cause>) {
         let label = KindLabel { kind: kind.as_str().to_owned() };
         self.reconciles.get_or_create(&label).inc();
         self.duration.get_or_create(&label).observe(seconds);
-        if failed {
-            self.errors.get_or_create(&label).inc();
+        if let Some(cause) = failed {
+            let labels = ErrorLabels { kind: label.kind, cause: cause.as_str().to_owned() };
+            self.errors.get_or_create(&labels).inc();
         }
     }
 
@@ -386,10 +395,14 @@ mod tests {
         let ok = r#"minicloud_lb_responses_total{namespace="default",name="web",target="a",code_class="2xx"}"#;
         assert_eq!(sample(&text, ok), Some(17.0), "{text}");
         assert!(!text.contains(r#"target="b""#), "b left: {text}");
-        metrics.record_reconcile(Kind::LoadBalancer, 0.01, true);
+        metrics.record_reconcile(Kind::LoadBalancer, 0.01, Some(Cause::EngineUnreachable));
         metrics.set_queue_depth(Kind::LoadBalancer, 2);
         let text = metrics.encode();
-        assert_eq!(sample(&text, r#"minicloud_reconcile_errors_total{kind="LoadBalancer"}"#), Some(1.0), "{text}");
+        assert_eq!(
+            sample(&text, r#"minicloud_reconcile_errors_total{kind="LoadBalancer",cause="engine_unreachable"}"#),
+            Some(1.0),
+            "{text}"
+        );
         assert_eq!(sample(&text, r#"minicloud_queue_depth{kind="LoadBalancer"}"#), Some(2.0), "{text}");
         metrics.forget_lb("default", "web");
         assert!(!metrics.encode().contains("minicloud_lb_requests_total{"));

@@ -17,15 +17,15 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use futures::StreamExt;
 use minicloud_crds::{Kind, Object, ObjectKey};
 use tokio::sync::{broadcast, watch};
 
-use super::metrics::Metrics;
-use super::queue::{Backoff, Queue};
 use crate::docker::{is_lifecycle, labels::Labels, ContainerEvent};
-use minicloud_store::{ChangeType, Query, Store, StoreError};
+use crate::metrics::Metrics;
+use crate::queue::{Backoff, Queue};
+use crate::reconciler::{Action, Cause, Reconciler};
+use minicloud_store::{ChangeType, Query, Store};
 
 /// How a controller runs.
 #[derive(Clone, Debug)]
@@ -45,42 +45,6 @@ impl Default for RuntimeConfig {
             backoff: Backoff { base: Duration::from_millis(200), cap: Duration::from_secs(60) },
         }
     }
-}
-
-/// A reconcile that failed; the object is retried with backoff.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct ReconcileError(pub String);
-
-impl From<StoreError> for ReconcileError {
-    fn from(error: StoreError) -> ReconcileError {
-        ReconcileError(error.to_string())
-    }
-}
-
-impl From<crate::docker::DriverError> for ReconcileError {
-    fn from(error: crate::docker::DriverError) -> ReconcileError {
-        ReconcileError(error.to_string())
-    }
-}
-
-/// One kind's reconcile logic.
-#[async_trait]
-pub trait Reconciler: Send + Sync + 'static {
-    /// The kind reconciled.
-    fn kind(&self) -> Kind;
-    /// Kinds of the objects this kind owns: any change of one of them (status included) wakes
-    /// the owner named in its `ownerReferences`.
-    fn child_kinds(&self) -> Vec<Kind> {
-        Vec::new()
-    }
-    /// Kinds whose changes (status included) wake every object of this kind in the same
-    /// namespace: for relations found by selectors rather than owner references.
-    fn watched_kinds(&self) -> Vec<Kind> {
-        Vec::new()
-    }
-    /// Drives one object toward its spec. `Ok(Some(d))` asks to be called again after `d`.
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError>;
 }
 
 /// The objects a runtime knows, shared with the tasks that wake them.
@@ -157,10 +121,21 @@ pub async fn run(
             while let Some(key) = queue.next().await {
                 let started = Instant::now();
                 let outcome = reconciler.reconcile(&key).await;
-                metrics.record_reconcile(kind, started.elapsed().as_secs_f64(), outcome.is_err());
+                let cause = outcome.as_ref().err().map(|error| error.cause());
+                metrics.record_reconcile(kind, started.elapsed().as_secs_f64(), cause);
                 match outcome {
-                    Ok(requeue) => {
-                        queue.finish(key, true, requeue);
+                    Ok(action) => {
+                        queue.finish(key, true, action.delay());
+                    }
+                    // Someone else wrote the object: the next round reads its new version.
+                    Err(error) if error.cause() == Cause::Conflict => {
+                        tracing::debug!(object = %key, %error, "reconcile met a conflict; again");
+                        queue.finish(key, true, Action::RetryNow.delay());
+                    }
+                    // Only a change of the object helps: its watch event brings it back.
+                    Err(error) if error.cause() == Cause::InvalidSpec => {
+                        tracing::warn!(object = %key, %error, "reconcile failed; waiting for a change");
+                        queue.finish(key, true, Action::AwaitChange.delay());
                     }
                     Err(error) => {
                         let retry = queue.finish(key.clone(), false, None);
@@ -364,7 +339,7 @@ mod tests {
         seen: Mutex<Vec<ObjectKey>>,
     }
 
-    #[async_trait]
+    #[async_trait::async_trait]
     impl Reconciler for Recorder {
         fn kind(&self) -> Kind {
             Kind::Stack
@@ -372,9 +347,12 @@ mod tests {
         fn child_kinds(&self) -> Vec<Kind> {
             vec![Kind::Instance]
         }
-        async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
+        fn watched_kinds(&self) -> Vec<Kind> {
+            Vec::new()
+        }
+        async fn reconcile(&self, key: &ObjectKey) -> Result<Action, crate::reconciler::ReconcileError> {
             self.seen.lock().expect("lock").push(key.clone());
-            Ok(None)
+            Ok(Action::AwaitChange)
         }
     }
 

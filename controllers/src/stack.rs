@@ -37,10 +37,8 @@ use serde_json::{json, Value};
 
 use crate::admission::{Admission, AdmissionError};
 use crate::conditions::set_condition;
-use crate::helpers::{
-    ensure_finalizer, owner_reference, record_event, remove_finalizer, write_status, FinalizerUpdate,
-};
-use crate::runtime::{ReconcileError, Reconciler};
+use crate::meta::owner_reference;
+use crate::reconciler::{Action, Cleanup, Context, Controller, ReconcileError};
 
 /// The finalizer that deletes a stack's children before the stack.
 pub const FINALIZER: &str = "minicloud.dev/stack";
@@ -70,10 +68,6 @@ impl StackController {
         StackController { store, admission }
     }
 
-    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
-        record_event(self.store.as_ref(), object, event_type, reason, message).await;
-    }
-
     /// Every object of the stack's namespace it owns, by (kind, name).
     async fn children(&self, stack: &Object) -> Result<HashMap<(Kind, String), Object>, ReconcileError> {
         let uid = stack.metadata.uid.as_deref().unwrap_or_default();
@@ -92,9 +86,10 @@ impl StackController {
     /// The Secret is written when what it should hold changed.
     async fn parameter_values(
         &self,
-        stack: &Object,
+        ctx: &Context<'_>,
         spec: &StackSpec,
     ) -> Result<Result<BTreeMap<String, Value>, (&'static str, String)>, ReconcileError> {
+        let stack = ctx.object();
         let mut values = spec.parameter_values();
         let secret_name = parameters_secret_name(&stack.metadata.name);
         let key = ObjectKey::new(Kind::Secret, stack.namespace(), secret_name.clone());
@@ -167,8 +162,7 @@ impl StackController {
                 };
                 match self.store.create(secret).await {
                     Ok(_) => {
-                        self.event(
-                            stack,
+                        ctx.event(
                             EventType::Normal,
                             "ParametersStored",
                             format!("secret parameters kept in secret/{secret_name}"),
@@ -176,7 +170,7 @@ impl StackController {
                         .await
                     }
                     Err(StoreError::AlreadyExists(_)) => {
-                        return Err(ReconcileError("the parameters Secret appeared meanwhile; again".into()))
+                        return Err(ReconcileError::Failed("the parameters Secret appeared meanwhile; again".into()))
                     }
                     Err(error) => return Err(error.into()),
                 }
@@ -188,10 +182,11 @@ impl StackController {
     /// Creates or updates one child from its rendered manifest. `Err` says why it cannot be.
     async fn write_child(
         &self,
-        stack: &Object,
+        ctx: &Context<'_>,
         rendered: Value,
         existing: Option<&Object>,
     ) -> Result<Result<(), String>, ReconcileError> {
+        let stack = ctx.object();
         let kind = rendered.get("kind").and_then(Value::as_str).and_then(Kind::from_kind_name);
         let Some(kind) = kind else { return Ok(Err("an unknown kind".into())) };
         let typed = match TypedObject::from_value(kind, rendered.clone()) {
@@ -211,11 +206,11 @@ impl StackController {
         match self.admission.admit(std::slice::from_ref(&object)).await {
             Ok(warnings) => {
                 for warning in warnings {
-                    self.event(stack, EventType::Warning, "PolicyWarning", warning).await;
+                    ctx.event(EventType::Warning, "PolicyWarning", warning).await;
                 }
             }
             Err(AdmissionError::Denied(denial)) => return Ok(Err(denial)),
-            Err(error @ AdmissionError::Unavailable(_)) => return Err(ReconcileError(error.to_string())),
+            Err(error @ AdmissionError::Unavailable(_)) => return Err(ReconcileError::Failed(error.to_string())),
         }
         match existing {
             None => match self.store.create(object).await {
@@ -242,7 +237,8 @@ impl StackController {
         }
     }
 
-    async fn converge(&self, mut object: Object, stack: Stack) -> Result<Option<Duration>, ReconcileError> {
+    async fn converge(&self, ctx: &mut Context<'_>, stack: Stack) -> Result<Action, ReconcileError> {
+        let object = ctx.object().clone();
         let now = Utc::now();
         let generation = object.metadata.generation.unwrap_or(1);
         let spec = stack.spec.with_stack_name(&object.metadata.name);
@@ -251,9 +247,9 @@ impl StackController {
         status.observed_generation = Some(generation);
         let namespace = object.namespace().to_owned();
 
-        let values = match self.parameter_values(&object, &spec).await? {
+        let values = match self.parameter_values(ctx, &spec).await? {
             Ok(values) => values,
-            Err((reason, message)) => return self.failed(&mut object, &mut status, reason, message, generation).await,
+            Err((reason, message)) => return self.failed(ctx, &mut status, reason, message, generation).await,
         };
         let names: Vec<String> = spec.resources.iter().map(|r| r.rendered_name(&values)).collect();
         // Secret values reach containers as references, never as text in a child.
@@ -263,13 +259,13 @@ impl StackController {
                 spec.resources[index].kind.to_ascii_lowercase(),
                 names[index]
             );
-            return self.failed(&mut object, &mut status, "SecretMisplaced", message, generation).await;
+            return self.failed(ctx, &mut status, "SecretMisplaced", message, generation).await;
         }
         // The order follows the references as written (one to a Secret resource included).
         let order = match dependencies(&spec, &names).and_then(|deps| Ok((dependency_order(&deps, &names)?, deps))) {
             Ok(found) => found,
             Err(error) => {
-                return self.failed(&mut object, &mut status, "InvalidReferences", error.to_string(), generation).await
+                return self.failed(ctx, &mut status, "InvalidReferences", error.to_string(), generation).await
             }
         };
         // What the user declared (outputs are judged by it); what is written (env values that
@@ -321,16 +317,10 @@ impl StackController {
                 continue;
             }
             let created = child(index).is_none();
-            match self.write_child(&object, rendered, child(index)).await? {
+            match self.write_child(ctx, rendered, child(index)).await? {
                 Ok(()) if created => {
                     let kind = spec.resources[index].kind.to_ascii_lowercase();
-                    self.event(
-                        &object,
-                        EventType::Normal,
-                        "ResourceCreated",
-                        format!("created {kind}/{}", names[index]),
-                    )
-                    .await;
+                    ctx.event(EventType::Normal, "ResourceCreated", format!("created {kind}/{}", names[index])).await;
                 }
                 Ok(()) => {}
                 Err(message) => {
@@ -350,8 +340,7 @@ impl StackController {
             if let Some(child_key) = orphan.key() {
                 match self.store.delete(&child_key, None).await {
                     Ok(_) | Err(StoreError::NotFound(_)) => {
-                        self.event(
-                            &object,
+                        ctx.event(
                             EventType::Normal,
                             "ResourceRemoved",
                             format!("removed {child_key}: no longer in the stack"),
@@ -434,28 +423,28 @@ impl StackController {
         };
         if previous.phase != Some(phase) {
             let event_type = if phase == StackPhase::Failed { EventType::Warning } else { EventType::Normal };
-            self.event(&object, event_type, &format!("{phase:?}"), message.clone()).await;
+            ctx.event(event_type, &format!("{phase:?}"), message.clone()).await;
         }
         status.phase = Some(phase);
         set_condition(&mut status.conditions, "Ready", ready_state, reason, message.clone(), generation, now);
         let progressing = if phase == StackPhase::Progressing { ConditionStatus::True } else { ConditionStatus::False };
         set_condition(&mut status.conditions, "Progressing", progressing, reason, message, generation, now);
-        write_status(self.store.as_ref(), &mut object, &status).await?;
-        Ok((phase == StackPhase::Progressing).then_some(PROGRESS_RECHECK))
+        ctx.write_status(&status).await?;
+        Ok(if phase == StackPhase::Progressing { Action::RequeueAfter(PROGRESS_RECHECK) } else { Action::AwaitChange })
     }
 
     /// The stack cannot go on as it is: `Failed` with the reason.
     async fn failed(
         &self,
-        object: &mut Object,
+        ctx: &mut Context<'_>,
         status: &mut StackStatus,
         reason: &str,
         message: String,
         generation: i64,
-    ) -> Result<Option<Duration>, ReconcileError> {
+    ) -> Result<Action, ReconcileError> {
         let now = Utc::now();
         if status.phase != Some(StackPhase::Failed) {
-            self.event(object, EventType::Warning, reason, message.clone()).await;
+            ctx.event(EventType::Warning, reason, message.clone()).await;
         }
         status.phase = Some(StackPhase::Failed);
         set_condition(
@@ -468,14 +457,14 @@ impl StackController {
             now,
         );
         set_condition(&mut status.conditions, "Progressing", ConditionStatus::False, reason, message, generation, now);
-        write_status(self.store.as_ref(), object, status).await?;
-        Ok(None)
+        ctx.write_status(status).await?;
+        Ok(Action::AwaitChange)
     }
 
     /// Deletion: every child is deleted (databases follow their own deletion policy), then the
     /// stack goes.
-    async fn finalize(&self, mut object: Object, stack: Stack) -> Result<Option<Duration>, ReconcileError> {
-        let children = self.children(&object).await?;
+    async fn release(&self, ctx: &mut Context<'_>, stack: Stack) -> Result<Cleanup, ReconcileError> {
+        let children = self.children(ctx.object()).await?;
         let mut status = stack.status.unwrap_or_default();
         if !children.is_empty() {
             for child in children.values().filter(|c| c.metadata.deletion_timestamp.is_none()) {
@@ -488,10 +477,10 @@ impl StackController {
             }
             let message = format!("deleting {} resource(s)", children.len());
             if status.phase != Some(StackPhase::Deleting) {
-                self.event(&object, EventType::Normal, "Deleting", message.clone()).await;
+                ctx.event(EventType::Normal, "Deleting", message.clone()).await;
             }
             status.phase = Some(StackPhase::Deleting);
-            let generation = object.metadata.generation.unwrap_or(1);
+            let generation = ctx.generation();
             set_condition(
                 &mut status.conditions,
                 "Ready",
@@ -501,13 +490,10 @@ impl StackController {
                 generation,
                 Utc::now(),
             );
-            write_status(self.store.as_ref(), &mut object, &status).await?;
-            return Ok(Some(Duration::from_secs(1)));
+            ctx.write_status(&status).await?;
+            return Ok(Cleanup::Pending(Action::RequeueAfter(Duration::from_secs(1))));
         }
-        match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
-            FinalizerUpdate::Done(_) => Ok(None),
-            FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
-        }
+        Ok(Cleanup::Done)
     }
 }
 
@@ -557,7 +543,7 @@ fn generate_value(length: usize) -> Result<String, ReconcileError> {
     let mut bytes = [0u8; 64];
     while value.len() < length {
         getrandom::fill(&mut bytes)
-            .map_err(|error| ReconcileError(format!("the random number generator failed: {error}")))?;
+            .map_err(|error| ReconcileError::Failed(format!("the random number generator failed: {error}")))?;
         for byte in bytes {
             if value.len() < length && (byte as usize) < limit {
                 value.push(char::from(GENERATED_ALPHABET[byte as usize % GENERATED_ALPHABET.len()]));
@@ -568,9 +554,13 @@ fn generate_value(length: usize) -> Result<String, ReconcileError> {
 }
 
 #[async_trait]
-impl Reconciler for StackController {
-    fn kind(&self) -> Kind {
-        Kind::Stack
+impl Controller for StackController {
+    type Resource = Stack;
+    const KIND: Kind = Kind::Stack;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     fn child_kinds(&self) -> Vec<Kind> {
@@ -582,23 +572,12 @@ impl Reconciler for StackController {
         vec![Kind::Policy]
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
-        let object = match self.store.get(key).await {
-            Ok(object) => object,
-            Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        let stack: Stack = serde_json::to_value(&object)
-            .and_then(serde_json::from_value)
-            .map_err(|error| ReconcileError(format!("{key} does not decode as a Stack: {error}")))?;
-        if object.metadata.deletion_timestamp.is_some() {
-            return self.finalize(object, stack).await;
-        }
-        let object = match ensure_finalizer(self.store.as_ref(), object, FINALIZER).await? {
-            FinalizerUpdate::Done(object) => *object,
-            FinalizerUpdate::Conflict => return Ok(Some(Duration::ZERO)),
-        };
-        self.converge(object, stack).await
+    async fn apply(&self, ctx: &mut Context<'_>, stack: Stack) -> Result<Action, ReconcileError> {
+        self.converge(ctx, stack).await
+    }
+
+    async fn cleanup(&self, ctx: &mut Context<'_>, stack: Stack) -> Result<Cleanup, ReconcileError> {
+        self.release(ctx, stack).await
     }
 }
 

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::meta::{Condition, LabelSelector};
+use crate::meta::{Condition, LabelSelector, OwnerReference};
+use crate::Kind;
 
 /// Desired state of a load balancer.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -25,6 +26,20 @@ pub struct LoadBalancerSpec {
     /// Network shared with the targets. Defaults to the namespace's network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+}
+
+impl LoadBalancerSpec {
+    /// Whether this load balancer picks an Instance with these labels and owners (the network
+    /// is checked apart: a picked Instance on another network is reported, not routed to).
+    pub fn picks(&self, labels: &BTreeMap<String, String>, owners: &[OwnerReference]) -> bool {
+        match (&self.targets.selector, &self.targets.scaling_group_ref) {
+            (Some(selector), _) => selector.match_labels.iter().all(|(key, value)| labels.get(key) == Some(value)),
+            (None, Some(group)) => {
+                owners.iter().any(|owner| owner.kind == Kind::ScalingGroup.as_str() && owner.name == group.name)
+            }
+            (None, None) => false,
+        }
+    }
 }
 
 /// One front-end port.

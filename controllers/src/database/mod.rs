@@ -43,6 +43,7 @@ use minicloud_crds::database::{
     BackupRecord, DatabaseEndpoint, DeletionPolicy, Engine, ManagedDatabaseSpec, ManagedDatabaseStatus, RestoreRecord,
     BACKUP_REQUEST_ANNOTATION, RESTORE_REQUEST_ANNOTATION, SKIP_FINAL_SNAPSHOT_ANNOTATION,
 };
+use minicloud_crds::instance::RestartPolicy;
 use minicloud_crds::kinds::ManagedDatabase;
 use minicloud_crds::meta::{ConditionStatus, ObjectMeta};
 use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
@@ -52,16 +53,15 @@ use serde_json::json;
 use self::backups::{BackupMeta, BackupStore};
 use self::engine::Credentials;
 use crate::conditions::set_condition;
-use crate::docker::labels::{self, spec_hash, Identity, Labels};
+use crate::container::{self, Created, Desired, Settled};
+use crate::docker::labels::{spec_hash, Identity, Labels};
 use crate::docker::{
-    names, CommandOutput, ContainerDriver, ContainerInfo, ContainerSpec, DriverError, PublishSpec, VolumeSpec,
+    names, short_id, CommandOutput, ContainerDriver, ContainerInfo, ContainerSpec, DriverError, PublishSpec, VolumeSpec,
 };
-use crate::helpers::{
-    ensure_finalizer, owner_reference, record_event, remove_finalizer, write_status, FinalizerUpdate,
-};
+use crate::meta::owner_reference;
 use crate::metrics::Metrics;
 use crate::owned::{self, Found, OwnedNetwork, OwnedVolume, Wanted};
-use crate::runtime::{ReconcileError, Reconciler};
+use crate::reconciler::{record_event, Action, Cleanup, Context, Controller, ReconcileError};
 
 /// The finalizer that guards a database's container, volume and final snapshot.
 pub const FINALIZER: &str = "minicloud.dev/database";
@@ -128,6 +128,19 @@ struct Round<'a> {
     generation: i64,
 }
 
+impl<'a> Round<'a> {
+    fn new(object: &'a Object, spec: &'a ManagedDatabaseSpec) -> Round<'a> {
+        Round {
+            object,
+            spec,
+            namespace: object.namespace().to_owned(),
+            name: object.metadata.name.clone(),
+            uid: object.metadata.uid.clone().unwrap_or_default(),
+            generation: object.metadata.generation.unwrap_or(1),
+        }
+    }
+}
+
 impl DatabaseController {
     /// A controller keeping backups under `state_dir/backups` and counting them in `metrics`.
     pub fn new(
@@ -144,10 +157,6 @@ impl DatabaseController {
             backups: BackupStore::new(state_dir.join("backups")),
             metrics,
         }
-    }
-
-    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
-        record_event(self.store.as_ref(), object, event_type, reason, message).await;
     }
 
     /// The database's credentials: from its Secret, or generated into a new one. `Err` says
@@ -172,11 +181,12 @@ impl DatabaseController {
                     match self.store.update(secret).await {
                         Ok(_) => {}
                         Err(StoreError::Conflict { .. }) => {
-                            return Err(ReconcileError("the credentials changed; again".into()))
+                            return Err(ReconcileError::Failed("the credentials changed; again".into()))
                         }
                         Err(error) => return Err(error.into()),
                     }
-                    self.event(
+                    record_event(
+                        self.store.as_ref(),
                         round.object,
                         EventType::Normal,
                         "CredentialsAdopted",
@@ -218,7 +228,8 @@ impl DatabaseController {
                 };
                 match self.store.create(secret).await {
                     Ok(_) => {
-                        self.event(
+                        record_event(
+                            self.store.as_ref(),
                             round.object,
                             EventType::Normal,
                             "CredentialsCreated",
@@ -228,7 +239,7 @@ impl DatabaseController {
                         Ok(Ok(credentials))
                     }
                     Err(StoreError::AlreadyExists(_)) => {
-                        Err(ReconcileError("the credentials Secret appeared meanwhile; again".into()))
+                        Err(ReconcileError::Failed("the credentials Secret appeared meanwhile; again".into()))
                     }
                     Err(error) => Err(error.into()),
                 }
@@ -293,140 +304,48 @@ impl DatabaseController {
     /// says why).
     async fn ensure_container(
         &self,
+        ctx: &Context<'_>,
         round: &Round<'_>,
         template: &ContainerSpec,
         status: &mut ManagedDatabaseStatus,
     ) -> Result<Option<ContainerInfo>, ReconcileError> {
-        let now = Utc::now();
         let cluster = self.store.cluster_id();
-        let wanted = Wanted::new(cluster, Kind::ManagedDatabase, &round.namespace, &round.name, &round.uid);
-        let volume = data_volume(cluster, &round.namespace, &round.name);
-        let current = match owned::find(self.driver.as_ref(), &wanted).await? {
-            Found::Absent => None,
-            Found::Ours(container) => Some((container, None)),
-            Found::Earlier(container) => {
-                Some((container, Some("a container of an earlier database with this name was found")))
-            }
-            Found::Foreign(owner) => {
-                let message = format!(
-                    "a container named {} exists and is not this database's: {owner}. Remove or rename it, or give this database another name",
-                    wanted.name
-                );
-                return Err(self.conflict(round, status, "NameConflict", message).await);
-            }
-            Found::Legacy(container) => {
-                let image = engine::image(round.spec.engine);
-                match owned::migrate_legacy(
-                    self.driver.as_ref(),
-                    &container,
-                    std::slice::from_ref(&volume),
-                    image,
-                    &self.extra_labels,
-                )
-                .await
-                {
-                    Ok(message) => self.event(round.object, EventType::Normal, "Migrated", message).await,
-                    Err(message) => return Err(self.conflict(round, status, "MigrationFailed", message).await),
-                }
-                None
-            }
+        let engine = round.spec.engine;
+        let desired = Desired {
+            wanted: Wanted::new(cluster, Kind::ManagedDatabase, &round.namespace, &round.name, &round.uid),
+            spec: template.clone(),
+            network: OwnedNetwork::new(cluster, &round.namespace, round.spec.network.as_deref()),
+            // Only a volume labelled as this database's (a `Retain`ed one of the same name
+            // included) holds its data; any other of the name is never used.
+            volumes: vec![data_volume(cluster, &round.namespace, &round.name)],
+            // The remembered host port gives way when someone else took it.
+            fixed_ports: Vec::new(),
+            restart: RestartPolicy::Always,
+            noun: format!("{} {} container", engine.as_str(), round.spec.version),
+            hash_covers: "engine, version, network or credentials",
         };
-        if let Some((current, earlier)) = current {
-            let why = if let Some(earlier) = earlier {
-                Some(earlier)
-            } else if current.labels.get(labels::SPEC_HASH) != template.labels.get(labels::SPEC_HASH) {
-                Some("its engine, version, network or credentials changed")
-            } else if !current.running {
-                Some("the engine stopped")
-            } else {
-                None
-            };
-            match why {
-                None => return Ok(Some(current)),
-                Some(why) => {
-                    self.event(
-                        round.object,
-                        EventType::Normal,
-                        "Replacing",
-                        format!("replacing the database container: {why}"),
-                    )
-                    .await;
-                    self.driver.remove(&current.id).await?;
-                }
-            }
+        let driver = self.driver.as_ref();
+        match container::settle(ctx, driver, &desired, &self.extra_labels).await? {
+            Settled::Kept(container) => return Ok(Some(container)),
+            Settled::Conflict { reason, message } => return Err(conflict(round, status, reason, message)),
+            Settled::Vacant { .. } => {}
         }
-        if let Err(error) = self.driver.ensure_image(&template.image, &|_| {}).await {
-            let message = match error {
-                DriverError::ImageUnavailable { .. } => format!(
-                    "{error}; build it with `scripts/local-images.sh {}`",
-                    match round.spec.engine {
-                        Engine::Postgres => "postgres",
-                        Engine::Mysql => "mariadb",
-                        Engine::Redis => "redis",
-                    }
-                ),
-                other => other.to_string(),
-            };
-            not_ready(status, "ImagePullFailed", &message, round.generation, now);
-            return Err(ReconcileError(message));
+        match container::create(ctx, driver, &desired, &self.extra_labels).await {
+            Ok(Created::Started(container)) => Ok(Some(container)),
+            Ok(Created::NameTaken) => Ok(None),
+            Ok(Created::Conflict { reason, message }) => Err(conflict(round, status, reason, message)),
+            Err(error @ DriverError::ImageUnavailable { .. }) => {
+                let image = match engine {
+                    Engine::Postgres => "postgres",
+                    Engine::Mysql => "mariadb",
+                    Engine::Redis => "redis",
+                };
+                let message = format!("{error}; build it with `scripts/local-images.sh {image}`");
+                not_ready(status, "ImagePullFailed", &message, round.generation, Utc::now());
+                Err(ReconcileError::Failed(message))
+            }
+            Err(error) => Err(error.into()),
         }
-        let mut container = template.clone();
-        let network = OwnedNetwork::new(cluster, &round.namespace, round.spec.network.as_deref());
-        container.network = match self.driver.ensure_network(&network.name, &network.identity, &self.extra_labels).await
-        {
-            Ok(id) => id,
-            Err(error @ DriverError::NotOurs { .. }) => {
-                return Err(self.conflict(round, status, "NetworkConflict", error.to_string()).await)
-            }
-            Err(error) => return Err(error.into()),
-        };
-        // Only a volume labelled as this database's (a `Retain`ed one of the same name
-        // included) holds its data; any other of the name is never used.
-        match owned::ensure_volumes(self.driver.as_ref(), std::slice::from_ref(&volume), &self.extra_labels).await {
-            Ok(()) => {}
-            Err(error @ DriverError::NotOurs { .. }) => {
-                return Err(self.conflict(round, status, "VolumeConflict", error.to_string()).await)
-            }
-            Err(error) => return Err(error.into()),
-        }
-        let id = match self.driver.create_and_start(&container).await {
-            Ok(id) => id,
-            Err(DriverError::NameTaken(_)) => return Ok(None),
-            Err(DriverError::PortTaken { port }) => {
-                self.event(
-                    round.object,
-                    EventType::Warning,
-                    "HostPortChanged",
-                    format!("host port {port} is taken; publishing on a new port"),
-                )
-                .await;
-                container.ports[0].host_port = None;
-                self.driver.create_and_start(&container).await?
-            }
-            Err(error) => return Err(error.into()),
-        };
-        self.event(
-            round.object,
-            EventType::Normal,
-            "Started",
-            format!("{} {} started in container {}", round.spec.engine.as_str(), round.spec.version, short(&id)),
-        )
-        .await;
-        Ok(self.driver.inspect(&id).await?)
-    }
-
-    /// Something that is not this database's holds a name it needs: nothing is touched; the
-    /// `Ready` condition and an event say what to do. The error retries with backoff.
-    async fn conflict(
-        &self,
-        round: &Round<'_>,
-        status: &mut ManagedDatabaseStatus,
-        reason: &str,
-        message: String,
-    ) -> ReconcileError {
-        not_ready(status, reason, &message, round.generation, Utc::now());
-        self.event(round.object, EventType::Warning, reason, message.clone()).await;
-        ReconcileError(message)
     }
 
     /// Whether the engine accepts connections (its own check), and then whether the generated
@@ -606,7 +525,7 @@ impl DatabaseController {
         };
         let (event_type, reason) =
             if succeeded { (EventType::Normal, "Restored") } else { (EventType::Warning, "RestoreFailed") };
-        self.event(round.object, event_type, reason, message.clone()).await;
+        record_event(self.store.as_ref(), round.object, event_type, reason, message.clone()).await;
         status.last_restore =
             Some(RestoreRecord { request, backup: backup.to_owned(), time: Utc::now(), succeeded, message });
     }
@@ -638,7 +557,7 @@ impl DatabaseController {
                     meta.size_bytes,
                     &meta.sha256[..12.min(meta.sha256.len())]
                 );
-                self.event(round.object, EventType::Normal, "BackedUp", message.clone()).await;
+                record_event(self.store.as_ref(), round.object, EventType::Normal, "BackedUp", message.clone()).await;
                 set_condition(
                     &mut status.conditions,
                     "BackedUp",
@@ -652,7 +571,8 @@ impl DatabaseController {
             }
             Err(error) => {
                 let message = format!("the {} backup failed: {error}", reason.to_ascii_lowercase());
-                self.event(round.object, EventType::Warning, "BackupFailed", message.clone()).await;
+                record_event(self.store.as_ref(), round.object, EventType::Warning, "BackupFailed", message.clone())
+                    .await;
                 set_condition(
                     &mut status.conditions,
                     "BackedUp",
@@ -667,16 +587,9 @@ impl DatabaseController {
         }
     }
 
-    async fn converge(&self, mut object: Object, db: ManagedDatabase) -> Result<Option<Duration>, ReconcileError> {
-        let original = object.clone();
-        let round = Round {
-            object: &original,
-            spec: &db.spec,
-            namespace: object.namespace().to_owned(),
-            name: object.metadata.name.clone(),
-            uid: object.metadata.uid.clone().unwrap_or_default(),
-            generation: object.metadata.generation.unwrap_or(1),
-        };
+    async fn converge(&self, ctx: &mut Context<'_>, db: ManagedDatabase) -> Result<Action, ReconcileError> {
+        let object = ctx.object().clone();
+        let round = Round::new(&object, &db.spec);
         let previous = db.status.clone().unwrap_or_default();
         let mut status = previous.clone();
         status.observed_generation = Some(round.generation);
@@ -687,19 +600,19 @@ impl DatabaseController {
             Ok(credentials) => credentials,
             Err(message) => {
                 not_ready(&mut status, "CredentialsInvalid", &message, round.generation, now);
-                write_status(self.store.as_ref(), &mut object, &status).await?;
-                return Ok(Some(HEALTH_POLL));
+                ctx.write_status(&status).await?;
+                return Ok(Action::RequeueAfter(HEALTH_POLL));
             }
         };
         let template = self.container_spec(&round, &credentials, &status);
-        let container = match self.ensure_container(&round, &template, &mut status).await {
+        let container = match self.ensure_container(ctx, &round, &template, &mut status).await {
             Ok(Some(container)) => container,
-            Ok(None) => return Ok(Some(STARTING_RECHECK)),
+            Ok(None) => return Ok(Action::RequeueAfter(STARTING_RECHECK)),
             Err(error) => {
                 if !condition_reason(&status).is_some_and(|reason| CONTAINER_REASONS.contains(&reason)) {
-                    not_ready(&mut status, "DockerError", &error.0, round.generation, now);
+                    not_ready(&mut status, "DockerError", &error.to_string(), round.generation, now);
                 }
-                write_status(self.store.as_ref(), &mut object, &status).await?;
+                ctx.write_status(&status).await?;
                 return Err(error);
             }
         };
@@ -712,7 +625,7 @@ impl DatabaseController {
             "ContainerRunning",
             ConditionStatus::True,
             "Running",
-            format!("container {} is running{at}", short(&container.id)),
+            format!("container {} is running{at}", short_id(&container.id)),
             round.generation,
             now,
         );
@@ -737,8 +650,8 @@ impl DatabaseController {
                     round.generation,
                     now,
                 );
-                write_status(self.store.as_ref(), &mut object, &status).await?;
-                return Ok(Some(STARTING_RECHECK));
+                ctx.write_status(&status).await?;
+                return Ok(Action::RequeueAfter(STARTING_RECHECK));
             }
             // Not Ready, but backups and restores asked for are still answered (they report
             // their own failure): a restore may be the way out.
@@ -797,8 +710,8 @@ impl DatabaseController {
                 round.generation,
                 now,
             );
-            write_status(self.store.as_ref(), &mut object, &status).await?;
-            return Ok(Some(STARTING_RECHECK));
+            ctx.write_status(&status).await?;
+            return Ok(Action::RequeueAfter(STARTING_RECHECK));
         }
 
         // Backups: on request, then on schedule.
@@ -810,7 +723,7 @@ impl DatabaseController {
         }
         match &round.spec.backup {
             Some(policy) => {
-                let schedule = Schedule::parse(&policy.schedule).map_err(ReconcileError)?;
+                let schedule = Schedule::parse(&policy.schedule).map_err(ReconcileError::InvalidSpec)?;
                 let due = status.next_backup_time.or_else(|| schedule.next_after(now));
                 if due.is_some_and(|due| due <= now) {
                     self.back_up(&round, &mut status, &container.id, &credentials, "Scheduled").await;
@@ -858,16 +771,17 @@ impl DatabaseController {
                     now,
                 );
                 if news {
-                    self.event(round.object, EventType::Warning, "CredentialsInvalid", message).await;
+                    record_event(self.store.as_ref(), round.object, EventType::Warning, "CredentialsInvalid", message)
+                        .await;
                 }
             }
         }
-        write_status(self.store.as_ref(), &mut object, &status).await?;
+        ctx.write_status(&status).await?;
         let until_backup = status
             .next_backup_time
             .and_then(|due| (due - Utc::now()).to_std().ok())
             .map_or(HEALTH_POLL, |left| left.min(HEALTH_POLL) + Duration::from_millis(50));
-        Ok(Some(until_backup))
+        Ok(Action::RequeueAfter(until_backup))
     }
 
     /// Removes this database's oldest scheduled and manual backups beyond `keep`.
@@ -907,32 +821,26 @@ impl DatabaseController {
     /// and an event say why and name the way out; tried again with backoff.
     async fn final_snapshot_failed(
         &self,
+        ctx: &mut Context<'_>,
         round: &Round<'_>,
-        object: &mut Object,
         status: &mut ManagedDatabaseStatus,
         problem: String,
-    ) -> Result<Option<Duration>, ReconcileError> {
+    ) -> Result<Cleanup, ReconcileError> {
         let message = format!(
             "{problem}. Fix it, or delete without the snapshot: cloud delete db {} -n {} --skip-final-snapshot (or set deletionPolicy Delete or Retain)",
             round.name, round.namespace
         );
         set_final_snapshot(status, ConditionStatus::False, "SnapshotFailed", &message, round, Utc::now());
-        write_status(self.store.as_ref(), object, status).await?;
-        self.event(round.object, EventType::Warning, "FinalSnapshotFailed", message.clone()).await;
-        Err(ReconcileError(message))
+        ctx.write_status(status).await?;
+        record_event(self.store.as_ref(), round.object, EventType::Warning, "FinalSnapshotFailed", message.clone())
+            .await;
+        Err(ReconcileError::Failed(message))
     }
 
     /// Deletion, as the policy says.
-    async fn finalize(&self, mut object: Object, db: ManagedDatabase) -> Result<Option<Duration>, ReconcileError> {
-        let original = object.clone();
-        let round = Round {
-            object: &original,
-            spec: &db.spec,
-            namespace: object.namespace().to_owned(),
-            name: object.metadata.name.clone(),
-            uid: object.metadata.uid.clone().unwrap_or_default(),
-            generation: object.metadata.generation.unwrap_or(1),
-        };
+    async fn release(&self, ctx: &mut Context<'_>, db: ManagedDatabase) -> Result<Cleanup, ReconcileError> {
+        let object = ctx.object().clone();
+        let round = Round::new(&object, &db.spec);
         let mut status = db.status.clone().unwrap_or_default();
         let cluster = self.store.cluster_id();
         let wanted = Wanted::new(cluster, Kind::ManagedDatabase, &round.namespace, &round.name, &round.uid);
@@ -941,7 +849,7 @@ impl DatabaseController {
         if round.spec.deletion_policy == DeletionPolicy::Snapshot && skip {
             let message =
                 format!("deleting without a final snapshot, as the annotation {SKIP_FINAL_SNAPSHOT_ANNOTATION} asks");
-            self.event(round.object, EventType::Warning, "FinalSnapshotSkipped", message).await;
+            record_event(self.store.as_ref(), round.object, EventType::Warning, "FinalSnapshotSkipped", message).await;
         } else if round.spec.deletion_policy == DeletionPolicy::Snapshot {
             // Something may hold data: it was started once.
             let started = status.endpoint.is_some()
@@ -951,16 +859,16 @@ impl DatabaseController {
                     Ok(credentials) => credentials,
                     Err(message) => {
                         let message = format!("no final snapshot without credentials ({message}); the data is kept");
-                        return self.final_snapshot_failed(&round, &mut object, &mut status, message).await;
+                        return self.final_snapshot_failed(ctx, &round, &mut status, message).await;
                     }
                 };
                 let template = self.container_spec(&round, &credentials, &status);
-                let container = match self.ensure_container(&round, &template, &mut status).await {
+                let container = match self.ensure_container(ctx, &round, &template, &mut status).await {
                     Ok(Some(container)) => container,
-                    Ok(None) => return Ok(Some(STARTING_RECHECK)),
+                    Ok(None) => return Ok(Cleanup::Pending(Action::RequeueAfter(STARTING_RECHECK))),
                     Err(error) => {
                         let message = format!("no final snapshot: the database cannot run ({error}); the data is kept");
-                        return self.final_snapshot_failed(&round, &mut object, &mut status, message).await;
+                        return self.final_snapshot_failed(ctx, &round, &mut status, message).await;
                     }
                 };
                 match self.probe(&container.id, round.spec.engine, &credentials).await {
@@ -969,19 +877,19 @@ impl DatabaseController {
                         let message =
                             "waiting for the engine to accept connections to take the final snapshot".to_owned();
                         set_final_snapshot(&mut status, ConditionStatus::Unknown, "Waiting", &message, &round, now);
-                        write_status(self.store.as_ref(), &mut object, &status).await?;
-                        return Ok(Some(STARTING_RECHECK));
+                        ctx.write_status(&status).await?;
+                        return Ok(Cleanup::Pending(Action::RequeueAfter(STARTING_RECHECK)));
                     }
                     Probe::CredentialsRefused(said) => {
                         let message =
                             format!("no final snapshot: the engine refuses the credentials ({said}); the data is kept");
-                        return self.final_snapshot_failed(&round, &mut object, &mut status, message).await;
+                        return self.final_snapshot_failed(ctx, &round, &mut status, message).await;
                     }
                 }
                 if !self.back_up(&round, &mut status, &container.id, &credentials, "Final").await {
                     let message =
                         "the final snapshot failed (see the BackedUp condition); nothing was deleted".to_owned();
-                    return self.final_snapshot_failed(&round, &mut object, &mut status, message).await;
+                    return self.final_snapshot_failed(ctx, &round, &mut status, message).await;
                 }
             }
         }
@@ -1002,12 +910,13 @@ impl DatabaseController {
                         secret.metadata.owner_references.retain(|o| o.uid != round.uid);
                         match self.store.update(secret).await {
                             Ok(_) | Err(StoreError::NotFound(_)) => {}
-                            Err(StoreError::Conflict { .. }) => return Ok(Some(Duration::ZERO)),
+                            Err(StoreError::Conflict { .. }) => return Ok(Cleanup::Pending(Action::RetryNow)),
                             Err(error) => return Err(error.into()),
                         }
                     }
                 }
-                self.event(
+                record_event(
+                    self.store.as_ref(),
                     round.object,
                     EventType::Normal,
                     "Retained",
@@ -1031,13 +940,8 @@ impl DatabaseController {
         }
         let network = OwnedNetwork::new(cluster, &round.namespace, round.spec.network.as_deref());
         self.driver.remove_network_if_unused(&network.name, &network.identity).await?;
-        match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
-            FinalizerUpdate::Done(_) => {
-                self.metrics.forget_database(&round.namespace, &round.name);
-                Ok(None)
-            }
-            FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
-        }
+        self.metrics.forget_database(&round.namespace, &round.name);
+        Ok(Cleanup::Done)
     }
 }
 
@@ -1069,15 +973,19 @@ fn not_ready(status: &mut ManagedDatabaseStatus, reason: &str, message: &str, ge
     set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, message, generation, now);
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+/// Something that is not this database's holds a name it needs (the toolkit recorded the
+/// event): nothing is touched; the `Ready` condition says what to do. The error retries with
+/// backoff.
+fn conflict(round: &Round<'_>, status: &mut ManagedDatabaseStatus, reason: &str, message: String) -> ReconcileError {
+    not_ready(status, reason, &message, round.generation, Utc::now());
+    ReconcileError::Failed(message)
 }
 
 /// A password from the operating system's random number generator.
 fn generate_password() -> Result<String, ReconcileError> {
     let mut bytes = [0u8; PASSWORD_LENGTH];
     getrandom::fill(&mut bytes)
-        .map_err(|error| ReconcileError(format!("the random number generator failed: {error}")))?;
+        .map_err(|error| ReconcileError::Failed(format!("the random number generator failed: {error}")))?;
     // 256 is not a multiple of the alphabet's size: redraw the bytes that would skew it.
     let limit = 256 - (256 % PASSWORD_ALPHABET.len());
     let mut password = String::with_capacity(PASSWORD_LENGTH);
@@ -1085,7 +993,7 @@ fn generate_password() -> Result<String, ReconcileError> {
     while password.len() < PASSWORD_LENGTH {
         let Some(byte) = pool.pop() else {
             getrandom::fill(&mut bytes)
-                .map_err(|error| ReconcileError(format!("the random number generator failed: {error}")))?;
+                .map_err(|error| ReconcileError::Failed(format!("the random number generator failed: {error}")))?;
             pool = bytes.to_vec();
             continue;
         };
@@ -1097,28 +1005,21 @@ fn generate_password() -> Result<String, ReconcileError> {
 }
 
 #[async_trait]
-impl Reconciler for DatabaseController {
-    fn kind(&self) -> Kind {
-        Kind::ManagedDatabase
+impl Controller for DatabaseController {
+    type Resource = ManagedDatabase;
+    const KIND: Kind = Kind::ManagedDatabase;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
-        let object = match self.store.get(key).await {
-            Ok(object) => object,
-            Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(error) => return Err(error.into()),
-        };
-        let db: ManagedDatabase = serde_json::to_value(&object)
-            .and_then(serde_json::from_value)
-            .map_err(|error| ReconcileError(format!("{key} does not decode as a ManagedDatabase: {error}")))?;
-        if object.metadata.deletion_timestamp.is_some() {
-            return self.finalize(object, db).await;
-        }
-        let object = match ensure_finalizer(self.store.as_ref(), object, FINALIZER).await? {
-            FinalizerUpdate::Done(object) => *object,
-            FinalizerUpdate::Conflict => return Ok(Some(Duration::ZERO)),
-        };
-        self.converge(object, db).await
+    async fn apply(&self, ctx: &mut Context<'_>, db: ManagedDatabase) -> Result<Action, ReconcileError> {
+        self.converge(ctx, db).await
+    }
+
+    async fn cleanup(&self, ctx: &mut Context<'_>, db: ManagedDatabase) -> Result<Cleanup, ReconcileError> {
+        self.release(ctx, db).await
     }
 }
 

@@ -42,6 +42,8 @@ pub struct FakeDriver {
     pub slow_removals: Mutex<u32>,
     /// Volumes by name, with their labels.
     pub volumes: Mutex<HashMap<String, HashMap<String, String>>>,
+    /// Host ports someone else publishes.
+    pub taken_ports: Mutex<Vec<u16>>,
 }
 
 impl FakeDriver {
@@ -121,6 +123,10 @@ impl ContainerDriver for FakeDriver {
         let mut containers = self.containers.lock().expect("lock");
         if containers.contains_key(&spec.name) {
             return Err(DriverError::NameTaken(spec.name.clone()));
+        }
+        let taken = self.taken_ports.lock().expect("lock");
+        if let Some(port) = spec.ports.iter().filter_map(|port| port.host_port).find(|port| taken.contains(port)) {
+            return Err(DriverError::PortTaken { port });
         }
         let ports = spec
             .ports

@@ -96,6 +96,11 @@ impl DriverError {
     }
 }
 
+/// The first 12 characters of a container id, as `docker ps` shows it.
+pub fn short_id(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
 fn is_not_found(error: &bollard::errors::Error) -> bool {
     matches!(error, bollard::errors::Error::DockerResponseServerError { status_code: 404, .. })
 }
@@ -132,7 +137,7 @@ pub struct HealthSpec {
 }
 
 /// Everything needed to create one container.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ContainerSpec {
     pub name: String,
     pub image: String,

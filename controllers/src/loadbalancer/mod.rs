@@ -31,25 +31,25 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
+use minicloud_crds::instance::RestartPolicy;
 use minicloud_crds::kinds::{Instance, LoadBalancer};
 use minicloud_crds::loadbalancer::{ListenerProtocol, LoadBalancerSpec, LoadBalancerStatus, TargetStatus};
-use minicloud_crds::meta::{ConditionStatus, OwnerReference};
-use minicloud_crds::{Kind, Object, ObjectKey};
-use minicloud_store::{EventType, Query, Store, StoreError};
+use minicloud_crds::meta::ConditionStatus;
+use minicloud_crds::{Kind, ObjectKey};
+use minicloud_store::{EventType, Query, Store};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use self::admin::{AdminError, AdminSocket, ServerStat};
 use self::config::Target;
 use crate::conditions::set_condition;
+use crate::container::{self, Created, Desired, Settled};
 use crate::docker::labels::{self, spec_hash, Labels};
-use crate::docker::{names, ContainerDriver, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
-use crate::helpers::{
-    ensure_finalizer, record_event, remove_finalizer, write_status, FinalizerUpdate, DRAINING_ANNOTATION,
-};
+use crate::docker::{names, short_id, ContainerDriver, ContainerSpec, DriverError, PublishSpec, VolumeSpec};
+use crate::meta::DRAINING_ANNOTATION;
 use crate::metrics::{Metrics, TargetTraffic};
-use crate::owned::{self, Found, OwnedNetwork, Wanted};
-use crate::runtime::{ReconcileError, Reconciler};
+use crate::owned::{self, OwnedNetwork, Wanted};
+use crate::reconciler::{Action, Cleanup, Context, Controller, ReconcileError};
 
 /// The finalizer that guards a load balancer's container and directory.
 pub const FINALIZER: &str = "minicloud.dev/loadbalancer";
@@ -77,18 +77,6 @@ pub fn directory(state_dir: &Path, cluster: &str, uid: &str) -> PathBuf {
 
 fn cluster_prefix(cluster: &str) -> String {
     cluster.chars().filter(char::is_ascii_alphanumeric).take(8).collect()
-}
-
-/// Whether a load balancer with `spec` picks an Instance with these labels and owners (the
-/// network is checked apart: a picked Instance on another network is reported, not routed to).
-pub fn picks(spec: &LoadBalancerSpec, labels: &BTreeMap<String, String>, owners: &[OwnerReference]) -> bool {
-    match (&spec.targets.selector, &spec.targets.scaling_group_ref) {
-        (Some(selector), _) => selector.match_labels.iter().all(|(key, value)| labels.get(key) == Some(value)),
-        (None, Some(group)) => {
-            owners.iter().any(|owner| owner.kind == Kind::ScalingGroup.as_str() && owner.name == group.name)
-        }
-        (None, None) => false,
-    }
 }
 
 /// What the running HAProxy was configured from (kept in [`APPLIED_FILE`]).
@@ -168,10 +156,6 @@ impl LoadBalancerController {
         self
     }
 
-    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
-        record_event(self.store.as_ref(), object, event_type, reason, message).await;
-    }
-
     /// The Instances the spec picks, split into targets and those that cannot be.
     async fn select(&self, namespace: &str, spec: &LoadBalancerSpec) -> Result<Selection, ReconcileError> {
         let instances = self.store.list(&Query::namespaced(Kind::Instance, namespace)).await?;
@@ -181,7 +165,7 @@ impl LoadBalancerController {
             // Leaving: deleted, or drained by its scaling group before it is deleted.
             let leaving = object.metadata.deletion_timestamp.is_some()
                 || object.metadata.annotations.contains_key(DRAINING_ANNOTATION);
-            if leaving || !picks(spec, &object.metadata.labels, &object.metadata.owner_references) {
+            if leaving || !spec.picks(&object.metadata.labels, &object.metadata.owner_references) {
                 continue;
             }
             let name = object.metadata.name.clone();
@@ -206,21 +190,18 @@ impl LoadBalancerController {
         Ok(selection)
     }
 
-    async fn write_status(&self, object: &mut Object, status: &LoadBalancerStatus) -> Result<(), ReconcileError> {
-        write_status(self.store.as_ref(), object, status).await
-    }
-
     /// The spec of the container (everything but the configuration, which is in the directory).
+    #[allow(clippy::too_many_arguments)]
     fn container_spec(
         &self,
-        object: &Object,
+        namespace: &str,
+        name: &str,
         spec: &LoadBalancerSpec,
         status: &LoadBalancerStatus,
         directory: &Path,
         user: String,
         labels: HashMap<String, String>,
     ) -> ContainerSpec {
-        let namespace = object.namespace();
         let ports = spec
             .listeners
             .iter()
@@ -238,7 +219,7 @@ impl LoadBalancerController {
             .collect();
         let cluster = self.store.cluster_id();
         ContainerSpec {
-            name: names::loadbalancer_container(cluster, namespace, &object.metadata.name),
+            name: names::loadbalancer_container(cluster, namespace, name),
             image: self.image.clone(),
             entrypoint: Some(vec![
                 "/usr/sbin/haproxy".into(),
@@ -282,7 +263,7 @@ impl LoadBalancerController {
             }
         }
         let rendered = config::render(candidate.owner, candidate.spec, candidate.targets)
-            .map_err(|error| ReconcileError(error.to_string()))?;
+            .map_err(|error| ReconcileError::Failed(error.to_string()))?;
         write_atomically(&candidate.directory.join(config::CANDIDATE_FILE), &rendered)?;
         match self.validate(running, template).await? {
             Ok(()) => {
@@ -297,24 +278,6 @@ impl LoadBalancerController {
                 Ok(Err(Refusal { message, first: true }))
             }
         }
-    }
-
-    /// Says why a configuration was refused: `ConfigApplied=False` and, the first time this
-    /// configuration is refused, a Warning event (not one per round).
-    async fn refused(&self, object: &Object, status: &mut LoadBalancerStatus, refusal: &Refusal, text: String) {
-        if refusal.first {
-            self.event(object, EventType::Warning, "ConfigInvalid", text.clone()).await;
-        }
-        let generation = object.metadata.generation.unwrap_or(1);
-        set_condition(
-            &mut status.conditions,
-            "ConfigApplied",
-            ConditionStatus::False,
-            "ConfigInvalid",
-            text,
-            generation,
-            Utc::now(),
-        );
     }
 
     /// Runs `haproxy -c` on the candidate file: inside the running container when there is
@@ -354,11 +317,12 @@ impl LoadBalancerController {
     }
 
     /// Deletion: drain every target, then remove the container and the directory.
-    async fn finalize(&self, object: Object) -> Result<Option<Duration>, ReconcileError> {
-        let Some(key) = object.key() else { return Ok(None) };
-        let namespace = object.namespace().to_owned();
-        let name = object.metadata.name.clone();
-        let uid = object.metadata.uid.clone().unwrap_or_default();
+    async fn release(&self, ctx: &Context<'_>) -> Result<Cleanup, ReconcileError> {
+        let key = ctx.key().clone();
+        let object = ctx.object();
+        let namespace = ctx.namespace().to_owned();
+        let name = ctx.name().to_owned();
+        let uid = ctx.uid().to_owned();
         let directory = directory(&self.state_dir, self.store.cluster_id(), &uid);
         let socket = AdminSocket::new(directory.join(config::SOCKET_FILE));
         if let Ok(servers) = socket.servers().await {
@@ -367,7 +331,7 @@ impl LoadBalancerController {
                 busy |= self.leave(&socket, &key, server).await;
             }
             if busy {
-                return Ok(Some(SOON));
+                return Ok(Cleanup::Pending(Action::RequeueAfter(SOON)));
             }
         }
         let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, &namespace, &name, &uid);
@@ -379,14 +343,13 @@ impl LoadBalancerController {
         match std::fs::remove_dir_all(&directory) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-            Err(error) => return Err(ReconcileError(format!("cannot remove {}: {error}", directory.display()))),
+            Err(error) => {
+                return Err(ReconcileError::Failed(format!("cannot remove {}: {error}", directory.display())))
+            }
         }
         self.metrics.forget_lb(&namespace, &name);
         self.forget(&key);
-        match remove_finalizer(self.store.as_ref(), &object, FINALIZER).await? {
-            FinalizerUpdate::Done(_) => Ok(None),
-            FinalizerUpdate::Conflict => Ok(Some(Duration::ZERO)),
-        }
+        Ok(Cleanup::Done)
     }
 
     fn forget(&self, key: &ObjectKey) {
@@ -506,14 +469,14 @@ impl LoadBalancerController {
         Ok((in_progress, joined))
     }
 
-    async fn converge(&self, mut object: Object, lb: LoadBalancer) -> Result<Option<Duration>, ReconcileError> {
-        let Some(key) = object.key() else { return Ok(None) };
+    async fn converge(&self, ctx: &mut Context<'_>, lb: LoadBalancer) -> Result<Action, ReconcileError> {
+        let key = ctx.key().clone();
         let now = Utc::now();
-        let generation = object.metadata.generation.unwrap_or(1);
-        let namespace = object.namespace().to_owned();
-        let name = object.metadata.name.clone();
+        let generation = ctx.generation();
+        let namespace = ctx.namespace().to_owned();
+        let name = ctx.name().to_owned();
         let owner = format!("{namespace}/{name}");
-        let uid = object.metadata.uid.clone().unwrap_or_default();
+        let uid = ctx.uid().to_owned();
         let spec = &lb.spec;
         let previous = lb.status.clone().unwrap_or_default();
         let mut status = previous.clone();
@@ -546,7 +509,7 @@ impl LoadBalancerController {
                 now,
             );
             if flipped {
-                self.event(&object, EventType::Warning, "OtherNetwork", message).await;
+                ctx.event(EventType::Warning, "OtherNetwork", message).await;
             }
         }
 
@@ -554,15 +517,13 @@ impl LoadBalancerController {
         let directory = directory(&self.state_dir, self.store.cluster_id(), &uid);
         let user = match prepare_directory(&directory) {
             Ok(user) => user,
-            Err(message) => {
-                return self.fail(&mut object, &mut status, "StateDirectoryError", message, generation).await
-            }
+            Err(message) => return fail(ctx, &mut status, "StateDirectoryError", message).await,
         };
         let structure = match config::structure(&owner, spec) {
             Ok(structure) => spec_hash(&json!(structure)),
             Err(error) => {
                 let message = format!("the configuration cannot be rendered: {error}");
-                return self.fail(&mut object, &mut status, "InvalidSpec", message, generation).await;
+                return fail(ctx, &mut status, "InvalidSpec", message).await;
             }
         };
         let container_hash = spec_hash(&json!({
@@ -580,69 +541,26 @@ impl LoadBalancerController {
             spec_hash: container_hash.clone(),
         }
         .to_map(&self.extra_labels);
-        let template = self.container_spec(&object, spec, &status, &directory, user, labels);
-
-        let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, &namespace, &name, &uid);
-        let found = match owned::find(self.driver.as_ref(), &wanted).await {
-            Ok(found) => found,
-            Err(error) => {
-                return self.fail(&mut object, &mut status, "DockerError", error.to_string(), generation).await
-            }
+        let cluster = self.store.cluster_id();
+        let desired = Desired {
+            wanted: Wanted::new(cluster, Kind::LoadBalancer, &namespace, &name, &uid),
+            spec: self.container_spec(&namespace, &name, spec, &status, &directory, user, labels),
+            network: OwnedNetwork::new(cluster, &namespace, spec.network.as_deref()),
+            volumes: Vec::new(),
+            fixed_ports: spec.listeners.iter().filter_map(|listener| listener.port).collect(),
+            restart: RestartPolicy::Always,
+            noun: "HAProxy container".into(),
+            hash_covers: "listener ports, network or image",
         };
-        let mut current = match found {
-            Found::Absent => None,
-            Found::Ours(container) => Some(container),
-            Found::Earlier(container) => {
-                self.event(
-                    &object,
-                    EventType::Normal,
-                    "Replacing",
-                    "replacing the HAProxy container: a container of an earlier load balancer with this name was found"
-                        .into(),
-                )
-                .await;
-                self.driver.remove(&container.id).await?;
-                None
+        let container = match container::settle(ctx, self.driver.as_ref(), &desired, &self.extra_labels).await {
+            Ok(Settled::Kept(container)) => container,
+            Ok(Settled::Vacant { .. }) => {
+                return self.start(ctx, &mut status, spec, &selection, &desired, &directory, &structure).await
             }
-            Found::Foreign(owner) => {
-                let message = format!(
-                    "a container named {} exists and is not this load balancer's: {owner}. Remove or rename it, or give this load balancer another name",
-                    wanted.name
-                );
-                self.event(&object, EventType::Warning, "NameConflict", message.clone()).await;
-                return self.fail(&mut object, &mut status, "NameConflict", message, generation).await;
-            }
-            Found::Legacy(container) => {
-                match owned::migrate_legacy(self.driver.as_ref(), &container, &[], &self.image, &self.extra_labels)
-                    .await
-                {
-                    Ok(message) => self.event(&object, EventType::Normal, "Migrated", message).await,
-                    Err(message) => {
-                        return self.fail(&mut object, &mut status, "MigrationFailed", message, generation).await
-                    }
-                }
-                None
-            }
+            Ok(Settled::Conflict { reason, message }) => return fail(ctx, &mut status, reason, message).await,
+            Err(error) => return fail(ctx, &mut status, "DockerError", error.to_string()).await,
         };
-        if let Some(container) = &current {
-            let why = if container.labels.get(labels::SPEC_HASH) != Some(&container_hash) {
-                Some("its listener ports, network or image changed")
-            } else if !container.running {
-                Some("HAProxy stopped")
-            } else {
-                None
-            };
-            if let Some(why) = why {
-                self.event(&object, EventType::Normal, "Replacing", format!("replacing the HAProxy container: {why}"))
-                    .await;
-                self.driver.remove(&container.id).await?;
-                current = None;
-            }
-        }
-
-        let Some(container) = current else {
-            return self.start(&mut object, &mut status, spec, &selection, &template, &directory, &structure).await;
-        };
+        let template = &desired.spec;
         status.container_id = Some(container.id.clone());
         status.endpoints = endpoints(spec, &container.ports);
         set_condition(
@@ -650,7 +568,7 @@ impl LoadBalancerController {
             "ContainerRunning",
             ConditionStatus::True,
             "Running",
-            format!("HAProxy runs in container {}", short(&container.id)),
+            format!("HAProxy runs in container {}", short_id(&container.id)),
             generation,
             now,
         );
@@ -667,7 +585,7 @@ impl LoadBalancerController {
                 directory: &directory,
                 structure: &structure,
             };
-            match self.check(&key, &candidate, Some(&container.id), &template).await? {
+            match self.check(&key, &candidate, Some(&container.id), template).await? {
                 Ok(()) => {
                     let socket = AdminSocket::new(directory.join(config::SOCKET_FILE));
                     // Keep DOWN, DRAIN and MAINT across the reload.
@@ -679,13 +597,7 @@ impl LoadBalancerController {
                     write_applied(&directory, &Applied { structure: structure.clone(), spec: spec.clone() })?;
                     applied_spec = spec.clone();
                     reloaded = true;
-                    self.event(
-                        &object,
-                        EventType::Normal,
-                        "Reloaded",
-                        "HAProxy reloaded with the new configuration".into(),
-                    )
-                    .await;
+                    ctx.event(EventType::Normal, "Reloaded", "HAProxy reloaded with the new configuration").await;
                     config_applied(&mut status, generation, now);
                 }
                 Err(refusal) => {
@@ -693,7 +605,7 @@ impl LoadBalancerController {
                         "the new configuration failed validation; HAProxy keeps serving the last good one: {}",
                         refusal.message
                     );
-                    self.refused(&object, &mut status, &refusal, text).await;
+                    refused(ctx, &mut status, &refusal, text).await;
                 }
             }
         } else {
@@ -701,8 +613,8 @@ impl LoadBalancerController {
         }
         if reloaded {
             // The new worker takes over the socket in a moment; membership follows next round.
-            self.write_status(&mut object, &status).await?;
-            return Ok(Some(SOON));
+            ctx.write_status(&status).await?;
+            return Ok(Action::RequeueAfter(SOON));
         }
 
         // Membership and health through the Runtime API.
@@ -719,54 +631,54 @@ impl LoadBalancerController {
                     generation,
                     now,
                 );
-                self.write_status(&mut object, &status).await?;
-                return Ok(Some(SOON));
+                ctx.write_status(&status).await?;
+                return Ok(Action::RequeueAfter(SOON));
             }
         };
         let (in_progress, joined) = self
             .sync_members(&socket, &key, &applied_spec, &selection.targets, &servers)
             .await
-            .map_err(|error| ReconcileError(error.to_string()))?;
+            .map_err(|error| ReconcileError::Failed(error.to_string()))?;
         for target in &joined {
-            self.event(&object, EventType::Normal, "TargetAdded", format!("target {target} added")).await;
+            ctx.event(EventType::Normal, "TargetAdded", format!("target {target} added")).await;
         }
         let servers =
             if joined.is_empty() && !in_progress { servers } else { socket.servers().await.unwrap_or(servers) };
         status.targets = target_statuses(&applied_spec, &servers);
-        self.report_health(&object, &previous.targets, &status.targets).await;
+        self.report_health(ctx, &previous.targets, &status.targets).await;
         self.metrics.record_lb_targets(&namespace, &name, &traffic(&servers));
         self.summarise(&mut status, &selection, generation);
-        self.write_status(&mut object, &status).await?;
+        ctx.write_status(&status).await?;
         let poll = spec
             .health_check
             .as_ref()
             .and_then(|check| check.interval_millis)
             .map_or(HEALTH_POLL, |millis| HEALTH_POLL.min(Duration::from_millis(u64::from(millis).max(250))));
-        Ok(Some(if in_progress { SOON } else { poll }))
+        Ok(Action::RequeueAfter(if in_progress { SOON } else { poll }))
     }
 
     /// Creates the container with a validated configuration holding the current targets.
     #[allow(clippy::too_many_arguments)]
     async fn start(
         &self,
-        object: &mut Object,
+        ctx: &mut Context<'_>,
         status: &mut LoadBalancerStatus,
         spec: &LoadBalancerSpec,
         selection: &Selection,
-        template: &ContainerSpec,
+        desired: &Desired,
         directory: &Path,
         structure: &str,
-    ) -> Result<Option<Duration>, ReconcileError> {
-        let generation = object.metadata.generation.unwrap_or(1);
-        let owner = format!("{}/{}", object.namespace(), object.metadata.name);
-        if let Err(error) = self.driver.ensure_image(&self.image, &|_| {}).await {
-            return self.fail(object, status, "ImagePullFailed", error.to_string(), generation).await;
+    ) -> Result<Action, ReconcileError> {
+        let generation = ctx.generation();
+        let owner = format!("{}/{}", ctx.namespace(), ctx.name());
+        // The image first: it validates the configuration.
+        if let Err(error) = container::pull(ctx, self.driver.as_ref(), &desired.spec.image).await {
+            return fail(ctx, status, "ImagePullFailed", error.to_string()).await;
         }
         let candidate = Candidate { owner: &owner, spec, targets: &selection.targets, directory, structure };
-        let key = object.key().ok_or_else(|| ReconcileError("an object without a name".into()))?;
-        if let Err(refusal) = self.check(&key, &candidate, None, template).await? {
+        if let Err(refusal) = self.check(ctx.key(), &candidate, None, &desired.spec).await? {
             let text = format!("the configuration failed validation: {}", refusal.message);
-            self.refused(object, status, &refusal, text.clone()).await;
+            refused(ctx, status, &refusal, text.clone()).await;
             // Not retried: the same configuration would be refused again; a change of the
             // spec (or a restart with another image) starts over.
             set_condition(
@@ -778,66 +690,28 @@ impl LoadBalancerController {
                 generation,
                 Utc::now(),
             );
-            self.write_status(object, status).await?;
-            return Ok(None);
+            ctx.write_status(status).await?;
+            return Ok(Action::AwaitChange);
         }
         install_candidate(directory)?;
         // Saved states belong to an earlier HAProxy.
         let _ = std::fs::remove_file(directory.join(config::STATE_FILE));
         write_applied(directory, &Applied { structure: structure.to_owned(), spec: spec.clone() })?;
-        let mut container = template.clone();
-        let network = OwnedNetwork::new(self.store.cluster_id(), object.namespace(), spec.network.as_deref());
-        container.network = match self.driver.ensure_network(&network.name, &network.identity, &self.extra_labels).await
-        {
-            Ok(id) => id,
-            Err(error @ DriverError::NotOurs { .. }) => {
-                let message = error.to_string();
-                self.event(object, EventType::Warning, "NetworkConflict", message.clone()).await;
-                return self.fail(object, status, "NetworkConflict", message, generation).await;
-            }
-            Err(error) => return Err(error.into()),
+        let started = match container::create(ctx, self.driver.as_ref(), desired, &self.extra_labels).await {
+            Ok(Created::Started(started)) => started,
+            Ok(Created::NameTaken) => return Ok(Action::RequeueAfter(SOON)),
+            Ok(Created::Conflict { reason, message }) => return fail(ctx, status, reason, message).await,
+            Err(error) => return fail(ctx, status, "DockerError", error.to_string()).await,
         };
-        let id = match self.driver.create_and_start(&container).await {
-            Ok(id) => id,
-            Err(DriverError::NameTaken(_)) => return Ok(Some(SOON)),
-            Err(DriverError::PortTaken { port }) if spec.listeners.iter().all(|l| l.port != Some(port)) => {
-                self.event(
-                    object,
-                    EventType::Warning,
-                    "HostPortChanged",
-                    format!("host port {port} is taken; publishing on a new port"),
-                )
-                .await;
-                for publish in &mut container.ports {
-                    if publish.host_port == Some(port) {
-                        publish.host_port = None;
-                    }
-                }
-                match self.driver.create_and_start(&container).await {
-                    Ok(id) => id,
-                    Err(error) => return self.fail(object, status, "DockerError", error.to_string(), generation).await,
-                }
-            }
-            Err(error) => return self.fail(object, status, "DockerError", error.to_string(), generation).await,
-        };
-        let info = self.driver.inspect(&id).await?;
-        status.container_id = Some(id.clone());
-        status.endpoints = info.map(|info| endpoints(spec, &info.ports)).unwrap_or_default();
-        let at: Vec<String> = status.endpoints.values().cloned().collect();
-        self.event(
-            object,
-            EventType::Normal,
-            "Started",
-            format!("HAProxy started in container {} at {}", short(&id), at.join(", ")),
-        )
-        .await;
+        status.container_id = Some(started.id.clone());
+        status.endpoints = endpoints(spec, &started.ports);
         let now = Utc::now();
         set_condition(
             &mut status.conditions,
             "ContainerRunning",
             ConditionStatus::True,
             "Running",
-            format!("HAProxy runs in container {}", short(&id)),
+            format!("HAProxy runs in container {}", short_id(&started.id)),
             generation,
             now,
         );
@@ -851,30 +725,29 @@ impl LoadBalancerController {
             generation,
             now,
         );
-        self.write_status(object, status).await?;
-        Ok(Some(SOON))
+        ctx.write_status(status).await?;
+        Ok(Action::RequeueAfter(SOON))
     }
 
     /// Events for targets that went DOWN or came back UP.
-    async fn report_health(&self, object: &Object, before: &[TargetStatus], after: &[TargetStatus]) {
+    async fn report_health(&self, ctx: &Context<'_>, before: &[TargetStatus], after: &[TargetStatus]) {
         for target in after {
             let Some(old) = before.iter().find(|old| old.name == target.name) else { continue };
             let check = target.last_check.as_deref().map(|c| format!(" (last check: {c})")).unwrap_or_default();
             match (old.state.as_str(), target.state.as_str()) {
                 (old, "DOWN") if old != "DOWN" => {
                     let message = format!("target {} ({}) is DOWN{check}", target.name, target.address);
-                    self.event(object, EventType::Warning, "TargetDown", message).await;
+                    ctx.event(EventType::Warning, "TargetDown", message).await;
                 }
                 ("DOWN", "UP") => {
                     let message = format!("target {} ({}) is UP again{check}", target.name, target.address);
-                    self.event(object, EventType::Normal, "TargetUp", message).await;
+                    ctx.event(EventType::Normal, "TargetUp", message).await;
                 }
                 _ => {}
             }
         }
         for gone in before.iter().filter(|old| !after.iter().any(|new| new.name == old.name)) {
-            self.event(object, EventType::Normal, "TargetRemoved", format!("target {} drained and removed", gone.name))
-                .await;
+            ctx.event(EventType::Normal, "TargetRemoved", format!("target {} drained and removed", gone.name)).await;
         }
     }
 
@@ -921,28 +794,43 @@ impl LoadBalancerController {
         };
         set_condition(&mut status.conditions, "Ready", ready, reason, message, generation, now);
     }
+}
 
-    /// Reports a failure in `Ready` and retries with backoff.
-    async fn fail(
-        &self,
-        object: &mut Object,
-        status: &mut LoadBalancerStatus,
-        reason: &str,
-        message: String,
-        generation: i64,
-    ) -> Result<Option<Duration>, ReconcileError> {
-        set_condition(
-            &mut status.conditions,
-            "Ready",
-            ConditionStatus::False,
-            reason,
-            message.clone(),
-            generation,
-            Utc::now(),
-        );
-        self.write_status(object, status).await?;
-        Err(ReconcileError(message))
+/// Says why a configuration was refused: `ConfigApplied=False` and, the first time this
+/// configuration is refused, a Warning event (not one per round).
+async fn refused(ctx: &Context<'_>, status: &mut LoadBalancerStatus, refusal: &Refusal, text: String) {
+    if refusal.first {
+        ctx.event(EventType::Warning, "ConfigInvalid", text.clone()).await;
     }
+    set_condition(
+        &mut status.conditions,
+        "ConfigApplied",
+        ConditionStatus::False,
+        "ConfigInvalid",
+        text,
+        ctx.generation(),
+        Utc::now(),
+    );
+}
+
+/// Reports a failure in `Ready` and retries with backoff.
+async fn fail(
+    ctx: &mut Context<'_>,
+    status: &mut LoadBalancerStatus,
+    reason: &str,
+    message: String,
+) -> Result<Action, ReconcileError> {
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        ConditionStatus::False,
+        reason,
+        message.clone(),
+        ctx.generation(),
+        Utc::now(),
+    );
+    ctx.write_status(status).await?;
+    Err(if reason == "InvalidSpec" { ReconcileError::InvalidSpec(message) } else { ReconcileError::Failed(message) })
 }
 
 /// Creates the directory (mode 0700) and returns `UID:GID` of its owner, HAProxy's user.
@@ -970,13 +858,13 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), ReconcileError> {
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, contents)
         .and_then(|()| std::fs::rename(&temporary, path))
-        .map_err(|error| ReconcileError(format!("cannot write {}: {error}", path.display())))
+        .map_err(|error| ReconcileError::Failed(format!("cannot write {}: {error}", path.display())))
 }
 
 /// The validated candidate becomes the configuration HAProxy loads (a rename: atomic).
 fn install_candidate(directory: &Path) -> Result<(), ReconcileError> {
     std::fs::rename(directory.join(config::CANDIDATE_FILE), directory.join(config::CONFIG_FILE))
-        .map_err(|error| ReconcileError(format!("cannot install the configuration: {error}")))
+        .map_err(|error| ReconcileError::Failed(format!("cannot install the configuration: {error}")))
 }
 
 /// `ConfigApplied=True`: HAProxy runs this generation's configuration.
@@ -998,7 +886,7 @@ fn read_applied(directory: &Path) -> Option<Applied> {
 }
 
 fn write_applied(directory: &Path, applied: &Applied) -> Result<(), ReconcileError> {
-    let text = serde_json::to_string(applied).map_err(|error| ReconcileError(error.to_string()))?;
+    let text = serde_json::to_string(applied).map_err(|error| ReconcileError::Failed(error.to_string()))?;
     write_atomically(&directory.join(APPLIED_FILE), &text)
 }
 
@@ -1071,43 +959,34 @@ fn traffic(servers: &[ServerStat]) -> Vec<TargetTraffic> {
     by_target.into_values().collect()
 }
 
-fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
-}
-
 #[async_trait]
-impl Reconciler for LoadBalancerController {
-    fn kind(&self) -> Kind {
-        Kind::LoadBalancer
+impl Controller for LoadBalancerController {
+    type Resource = LoadBalancer;
+    const KIND: Kind = Kind::LoadBalancer;
+    const FINALIZER: Option<&'static str> = Some(FINALIZER);
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     fn watched_kinds(&self) -> Vec<Kind> {
         vec![Kind::Instance]
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
-        let object = match self.store.get(key).await {
-            Ok(object) => object,
-            Err(StoreError::NotFound(_)) => {
-                let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, &key.namespace, &key.name, "");
-                owned::remove(self.driver.as_ref(), &wanted).await?;
-                self.metrics.forget_lb(&key.namespace, &key.name);
-                self.forget(key);
-                return Ok(None);
-            }
-            Err(error) => return Err(error.into()),
-        };
-        let lb: LoadBalancer = serde_json::to_value(&object)
-            .and_then(serde_json::from_value)
-            .map_err(|error| ReconcileError(format!("{key} does not decode as a LoadBalancer: {error}")))?;
-        if object.metadata.deletion_timestamp.is_some() {
-            return self.finalize(object).await;
-        }
-        let object = match ensure_finalizer(self.store.as_ref(), object, FINALIZER).await? {
-            FinalizerUpdate::Done(object) => *object,
-            FinalizerUpdate::Conflict => return Ok(Some(Duration::ZERO)),
-        };
-        self.converge(object, lb).await
+    async fn apply(&self, ctx: &mut Context<'_>, lb: LoadBalancer) -> Result<Action, ReconcileError> {
+        self.converge(ctx, lb).await
+    }
+
+    async fn cleanup(&self, ctx: &mut Context<'_>, _: LoadBalancer) -> Result<Cleanup, ReconcileError> {
+        self.release(ctx).await
+    }
+
+    async fn gone(&self, key: &ObjectKey) -> Result<(), ReconcileError> {
+        let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, &key.namespace, &key.name, "");
+        owned::remove(self.driver.as_ref(), &wanted).await?;
+        self.metrics.forget_lb(&key.namespace, &key.name);
+        self.forget(key);
+        Ok(())
     }
 }
 

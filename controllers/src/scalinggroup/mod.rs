@@ -42,10 +42,9 @@ use crate::conditions::set_condition;
 use crate::docker::labels::spec_hash;
 use crate::docker::names;
 use crate::docker::ContainerDriver;
-use crate::helpers::{owner_reference, record_event, write_status, DRAINING_ANNOTATION};
-use crate::loadbalancer;
+use crate::meta::{owner_reference, DRAINING_ANNOTATION};
 use crate::metrics::Metrics;
-use crate::runtime::{ReconcileError, Reconciler};
+use crate::reconciler::{record_event, Action, Cleanup, Context, Controller, ReconcileError};
 
 /// The label naming a member's group.
 pub const GROUP_LABEL: &str = "minicloud.dev/scaling-group";
@@ -103,10 +102,6 @@ impl ScalingGroupController {
         }
     }
 
-    async fn event(&self, object: &Object, event_type: EventType, reason: &str, message: String) {
-        record_event(self.store.as_ref(), object, event_type, reason, message).await;
-    }
-
     fn forget(&self, key: &ObjectKey) {
         self.cpu.forget(key);
         self.metrics.set_stats_streams(self.cpu.streams());
@@ -158,10 +153,7 @@ impl ScalingGroupController {
             let running =
                 status.conditions.iter().any(|c| c.type_ == "ContainerRunning" && c.status == ConditionStatus::True);
             let same_network = lb.spec.network.as_deref().unwrap_or("default") == network;
-            if running
-                && same_network
-                && object.metadata.deletion_timestamp.is_none()
-                && loadbalancer::picks(&lb.spec, labels, &owners)
+            if running && same_network && object.metadata.deletion_timestamp.is_none() && lb.spec.picks(labels, &owners)
             {
                 balancers.in_front = true;
                 balancers.picking.push(targets);
@@ -178,7 +170,7 @@ impl ScalingGroupController {
         labels: &BTreeMap<String, String>,
         count: u32,
     ) -> Result<Vec<String>, ReconcileError> {
-        let spec = serde_json::to_value(&sg.spec.template.spec).map_err(|e| ReconcileError(e.to_string()))?;
+        let spec = serde_json::to_value(&sg.spec.template.spec).map_err(|e| ReconcileError::Failed(e.to_string()))?;
         let objects: Vec<Object> = (0..count)
             .map(|_| Object {
                 api_version: API_VERSION.to_owned(),
@@ -227,12 +219,9 @@ impl ScalingGroupController {
         Ok(())
     }
 
-    async fn converge(
-        &self,
-        key: &ObjectKey,
-        mut group: Object,
-        sg: ScalingGroup,
-    ) -> Result<Option<Duration>, ReconcileError> {
+    async fn converge(&self, ctx: &mut Context<'_>, sg: ScalingGroup) -> Result<Action, ReconcileError> {
+        let key = &ctx.key().clone();
+        let group = ctx.object().clone();
         let namespace = group.namespace().to_owned();
         let spec = &sg.spec;
         let previous = sg.status.clone().unwrap_or_default();
@@ -289,11 +278,11 @@ impl ScalingGroupController {
 
         let failure = member_failure(&found);
         let busy = summarise(&mut status, &round, &members, &plan, failure);
-        self.write(key, &mut group, &previous, &status).await?;
+        self.write(ctx, &previous, &status).await?;
         Ok(match (busy, spec.autoscaling.is_some()) {
-            (true, _) => Some(SOON),
-            (false, true) => Some(EVALUATION_PERIOD),
-            (false, false) => None,
+            (true, _) => Action::RequeueAfter(SOON),
+            (false, true) => Action::RequeueAfter(EVALUATION_PERIOD),
+            (false, false) => Action::AwaitChange,
         })
     }
 
@@ -413,7 +402,7 @@ impl ScalingGroupController {
         };
         let group = round.group;
         self.metrics.record_scaling(group.namespace(), &group.metadata.name, direction);
-        self.event(group, EventType::Normal, reason, message.clone()).await;
+        record_event(self.store.as_ref(), group, EventType::Normal, reason, message.clone()).await;
         status.last_scaling = Some(ScalingRecord {
             time: round.now,
             reason: reason.to_owned(),
@@ -426,7 +415,14 @@ impl ScalingGroupController {
     /// Events for what a round did to the members.
     async fn report_steps(&self, group: &Object, plan: &Plan, created: &[String], members: &[Member]) {
         if !created.is_empty() {
-            self.event(group, EventType::Normal, "MembersCreated", format!("created {}", created.join(", "))).await;
+            record_event(
+                self.store.as_ref(),
+                group,
+                EventType::Normal,
+                "MembersCreated",
+                format!("created {}", created.join(", ")),
+            )
+            .await;
         }
         let why = |name: &String| match members.iter().find(|m| &m.name == name) {
             Some(member) if member.failed => "stopped for good",
@@ -435,7 +431,7 @@ impl ScalingGroupController {
         };
         for name in &plan.drain {
             let message = format!("draining {name} ({}): load balancers finish its requests", why(name));
-            self.event(group, EventType::Normal, "MemberDraining", message).await;
+            record_event(self.store.as_ref(), group, EventType::Normal, "MemberDraining", message).await;
         }
         for name in &plan.delete {
             let message = match members.iter().find(|m| &m.name == name) {
@@ -447,7 +443,7 @@ impl ScalingGroupController {
                 Some(member) if member.draining.is_some() => format!("deleted {name}: drained"),
                 _ => format!("deleted {name} ({})", why(name)),
             };
-            self.event(group, EventType::Normal, "MemberDeleted", message).await;
+            record_event(self.store.as_ref(), group, EventType::Normal, "MemberDeleted", message).await;
         }
     }
 
@@ -455,8 +451,7 @@ impl ScalingGroupController {
     /// the last write is recent (an autoscaled group is evaluated every second).
     async fn write(
         &self,
-        key: &ObjectKey,
-        group: &mut Object,
+        ctx: &mut Context<'_>,
         previous: &ScalingGroupStatus,
         status: &ScalingGroupStatus,
     ) -> Result<(), ReconcileError> {
@@ -464,14 +459,14 @@ impl ScalingGroupController {
             .written
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
+            .get(ctx.key())
             .is_some_and(|at| at.elapsed() < FIGURES_REFRESH);
         if recent && without_figures(previous) == without_figures(status) {
             return Ok(());
         }
         if previous != status {
-            write_status(self.store.as_ref(), group, status).await?;
-            self.written.lock().unwrap_or_else(PoisonError::into_inner).insert(key.clone(), Instant::now());
+            ctx.write_status(status).await?;
+            self.written.lock().unwrap_or_else(PoisonError::into_inner).insert(ctx.key().clone(), Instant::now());
         }
         Ok(())
     }
@@ -599,9 +594,14 @@ fn member_name(group: &str) -> String {
 }
 
 #[async_trait]
-impl Reconciler for ScalingGroupController {
-    fn kind(&self) -> Kind {
-        Kind::ScalingGroup
+impl Controller for ScalingGroupController {
+    type Resource = ScalingGroup;
+    const KIND: Kind = Kind::ScalingGroup;
+    /// None: the store deletes the members with the group.
+    const FINALIZER: Option<&'static str> = None;
+
+    fn store(&self) -> &dyn Store {
+        self.store.as_ref()
     }
 
     fn child_kinds(&self) -> Vec<Kind> {
@@ -612,24 +612,18 @@ impl Reconciler for ScalingGroupController {
         vec![Kind::LoadBalancer]
     }
 
-    async fn reconcile(&self, key: &ObjectKey) -> Result<Option<Duration>, ReconcileError> {
-        let group = match self.store.get(key).await {
-            Ok(group) => group,
-            Err(StoreError::NotFound(_)) => {
-                self.forget(key);
-                return Ok(None);
-            }
-            Err(error) => return Err(error.into()),
-        };
-        if group.metadata.deletion_timestamp.is_some() {
-            // The store deletes the members with the group.
-            self.forget(key);
-            return Ok(None);
-        }
-        let sg: ScalingGroup = serde_json::to_value(&group)
-            .and_then(serde_json::from_value)
-            .map_err(|error| ReconcileError(format!("{key} does not decode as a ScalingGroup: {error}")))?;
-        self.converge(key, group, sg).await
+    async fn apply(&self, ctx: &mut Context<'_>, sg: ScalingGroup) -> Result<Action, ReconcileError> {
+        self.converge(ctx, sg).await
+    }
+
+    async fn cleanup(&self, ctx: &mut Context<'_>, _: ScalingGroup) -> Result<Cleanup, ReconcileError> {
+        self.forget(ctx.key());
+        Ok(Cleanup::Done)
+    }
+
+    async fn gone(&self, key: &ObjectKey) -> Result<(), ReconcileError> {
+        self.forget(key);
+        Ok(())
     }
 }
 
@@ -643,6 +637,7 @@ mod tests {
 
     use super::*;
     use crate::docker::fake::FakeDriver;
+    use crate::reconciler::Reconciler;
     use minicloud_store::MemoryStore;
 
     struct Fixture {

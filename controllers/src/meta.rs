@@ -1,57 +1,17 @@
-//! Object helpers every controller uses: finalizers (add before creating anything outside the
-//! store, remove once it is cleaned up), owner references (so that children are deleted with
-//! their owner and wake it when they change), events and status writes.
+//! The metadata controllers write on objects: finalizers (added before anything outside the
+//! store is created, removed once it is cleaned up — [`crate::reconciler`] does both for every
+//! controller), owner references (children are deleted with their owner and wake it when they
+//! change) and the draining annotation.
 
 use minicloud_crds::meta::OwnerReference;
 use minicloud_crds::{Object, API_VERSION};
-use serde::Serialize;
 
-use crate::runtime::ReconcileError;
-use minicloud_store::{EventType, NewEvent, Store, StoreError};
+use minicloud_store::{Store, StoreError};
 
 /// The annotation a scaling group puts on a member it is about to delete (value: when, RFC
 /// 3339): load balancers take the member out of rotation, letting its requests finish, and the
 /// group deletes it once no load balancer lists it.
 pub const DRAINING_ANNOTATION: &str = "minicloud.dev/draining";
-
-/// Records an event about `object`; a store that cannot take it is logged, not fatal.
-pub async fn record_event(store: &dyn Store, object: &Object, event_type: EventType, reason: &str, message: String) {
-    let Some(key) = object.key() else { return };
-    let event = NewEvent {
-        object: key,
-        uid: object.metadata.uid.clone().unwrap_or_default(),
-        event_type,
-        reason: reason.to_owned(),
-        message,
-    };
-    if let Err(error) = store.record_event(event).await {
-        tracing::warn!(%error, "cannot record an event");
-    }
-}
-
-/// Writes `status` when it differs from the stored one, and keeps `object` current (its new
-/// resourceVersion) so that a later write in the same reconcile does not conflict with this one.
-/// A conflict or a vanished object is not an error: its watch event brings the reconcile back.
-pub async fn write_status(
-    store: &dyn Store,
-    object: &mut Object,
-    status: &impl Serialize,
-) -> Result<(), ReconcileError> {
-    let value = serde_json::to_value(status).map_err(|error| ReconcileError(error.to_string()))?;
-    if value == object.status {
-        return Ok(());
-    }
-    let mut next = object.clone();
-    next.status = value;
-    match store.update_status(next).await {
-        Ok(stored) => {
-            *object = stored;
-            Ok(())
-        }
-        Err(StoreError::Conflict { .. }) | Err(StoreError::NotFound(_)) => Ok(()),
-        Err(error) => Err(error.into()),
-    }
-}
 
 /// What adding or removing a finalizer did.
 #[derive(Debug)]
