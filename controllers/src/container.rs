@@ -243,8 +243,8 @@ pub async fn pull(ctx: &Context<'_>, driver: &dyn ContainerDriver, image: &str) 
 
 #[cfg(test)]
 mod tests {
-    //! The decisions, against a fake engine and the in-memory store; `tests/instances.rs`,
-    //! `tests/loadbalancers.rs` and `tests/databases.rs` take the same step with real Docker.
+    //! The decisions, against a fake engine and the in-memory store; `tests/it/instances.rs`,
+    //! `tests/it/loadbalancers.rs` and `tests/it/databases.rs` take the same step with real Docker.
 
     use std::sync::Arc;
 

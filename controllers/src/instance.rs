@@ -483,7 +483,7 @@ impl Controller for InstanceController {
 #[cfg(test)]
 mod tests {
     //! Reconcile decisions against the in-memory store and a fake engine. The integration
-    //! tests (`tests/instances.rs`, `tests/resilience.rs`) prove the same with real Docker.
+    //! tests (`tests/it/instances.rs`, `tests/it/resilience.rs`) prove the same with real Docker.
 
     use serde_json::Value;
 

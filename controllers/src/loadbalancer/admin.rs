@@ -1,11 +1,13 @@
-//! A client of HAProxy's Runtime API over the admin socket in the LoadBalancer's directory:
-//! one connection per command (the write half is shut down after sending, so HAProxy answers
-//! and closes), bounded in time and in answer size. Also parses `show stat` into per-server
-//! rows: state, last check, current sessions and the counters the metrics export.
+//! HAProxy's Runtime API: the [`RuntimeApi`] trait the LoadBalancer's executor speaks, and
+//! its client over the admin socket in the LoadBalancer's directory ([`AdminSocket`]): one
+//! connection per command (the write half is shut down after sending, so HAProxy answers and
+//! closes), bounded in time and in answer size. Also parses `show stat` into per-server rows:
+//! state, last check, current sessions and the counters the metrics export.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -82,10 +84,18 @@ impl AdminSocket {
             .await
             .map_err(|_| AdminError::TimedOut { command: command.to_owned(), seconds: COMMAND_TIMEOUT.as_secs() })?
     }
+}
+
+/// HAProxy's Runtime API, one command at a time: the admin socket in production, a fake in
+/// the executor's unit tests.
+#[async_trait]
+pub trait RuntimeApi: Send + Sync {
+    /// Sends one command and returns the whole answer.
+    async fn command(&self, command: &str) -> Result<String, AdminError>;
 
     /// Sends a command whose success HAProxy confirms with an empty answer or one starting with
     /// one of `confirmations`; anything else is [`AdminError::Refused`].
-    pub async fn expect(&self, command: &str, confirmations: &[&str]) -> Result<(), AdminError> {
+    async fn expect(&self, command: &str, confirmations: &[&str]) -> Result<(), AdminError> {
         let answer = self.command(command).await?;
         let answer = answer.trim();
         if answer.is_empty() || confirmations.iter().any(|confirmation| answer.starts_with(confirmation)) {
@@ -96,8 +106,15 @@ impl AdminSocket {
     }
 
     /// Every server of every backend.
-    pub async fn servers(&self) -> Result<Vec<ServerStat>, AdminError> {
+    async fn servers(&self) -> Result<Vec<ServerStat>, AdminError> {
         Ok(parse_stat(&self.command("show stat").await?))
+    }
+}
+
+#[async_trait]
+impl RuntimeApi for AdminSocket {
+    async fn command(&self, command: &str) -> Result<String, AdminError> {
+        AdminSocket::command(self, command).await
     }
 }
 

@@ -630,7 +630,7 @@ impl Controller for ScalingGroupController {
 #[cfg(test)]
 mod tests {
     //! Reconcile decisions against the in-memory store (Instances and load balancers are
-    //! written by the tests as their controllers would). `tests/scalinggroups.rs` proves the
+    //! written by the tests as their controllers would). `tests/it/scalinggroups.rs` proves the
     //! same with real Docker and HAProxy.
 
     use serde_json::{json, Value};
