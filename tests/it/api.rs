@@ -2,11 +2,9 @@
 //! status codes, optimistic concurrency, status, selectors, watch, apply, malformed input,
 //! request ids, request metrics and graceful shutdown.
 
-mod common;
-
 use std::time::Duration;
 
-use common::server::TestServer;
+use crate::common::server::TestServer;
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -474,7 +472,7 @@ on_both_backends!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_closes_watches() {
     let mut server =
-        TestServer::start(common::TestDb::sqlite().await, &["--log-format", "json", "--no-controllers"]).await;
+        TestServer::start(crate::common::TestDb::sqlite().await, &["--log-format", "json", "--no-controllers"]).await;
     let http = reqwest::Client::new();
     let response = http
         .get(format!("{}{V1}/namespaces/default/instances", server.url))

@@ -1,13 +1,11 @@
 //! The `cloud` CLI end to end: the real binary against the real `cloud server`, on SQLite and
 //! on PostgreSQL.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::server::TestServer;
+use crate::common::server::TestServer;
 use minicloud::store::{EventType, NewEvent, SqlStore, Store};
 use minicloud_crds::{Kind, ObjectKey};
 use serde_json::{json, Value};
@@ -209,7 +207,7 @@ async fn events_are_listed(server: &TestServer) {
     assert!(stderr(&output).contains("No events found."), "{}", stderr(&output));
     // Controllers record events through the store; do what one would.
     let url = server.database.as_ref().expect("database").url.clone();
-    let store = SqlStore::open(&url, common::test_keys()).await.expect("open store");
+    let store = SqlStore::open(&url, crate::common::test_keys()).await.expect("open store");
     let key = ObjectKey::new(Kind::Instance, "default", "hello");
     let uid = store.get(&key).await.expect("object").metadata.uid.expect("uid");
     for _ in 0..3 {

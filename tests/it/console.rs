@@ -6,12 +6,10 @@
 //! backups, stack outputs) with real objects, and events reaching pages live. And with 1,000 objects: the list renders them all
 //! (time printed), and a server killed and restarted on its port is followed again.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::Harness;
+use crate::common::cluster::Harness;
 use serde_json::{json, Value};
 
 /// A chromedriver process and one headless Chromium session.
@@ -104,7 +102,7 @@ impl Browser {
     }
 
     /// Saves a PNG of the window as `name` in `MINICLOUD_SCREENSHOTS` when that names a
-    /// directory (`MINICLOUD_SCREENSHOTS=docs/images cargo test --test console` regenerates
+    /// directory (`MINICLOUD_SCREENSHOTS=docs/images cargo test --test it console::` regenerates
     /// the guide's pictures).
     async fn screenshot(&self, name: &str) {
         let Some(directory) = std::env::var_os("MINICLOUD_SCREENSHOTS") else { return };
@@ -136,8 +134,11 @@ impl Browser {
 
 #[tokio::test]
 async fn signing_in_to_an_authenticated_console_in_a_real_browser() {
-    let server =
-        common::server::TestServer::start(common::TestDb::sqlite().await, &["--auth", "--no-controllers"]).await;
+    let server = crate::common::server::TestServer::start(
+        crate::common::TestDb::sqlite().await,
+        &["--auth", "--no-controllers"],
+    )
+    .await;
     let admin = server.printed_admin_token().expect("admin token");
     let reader = server.create_token(&admin, json!({"name": "reader", "role": "view"})).await;
     let browser = Browser::start().await;
@@ -175,7 +176,8 @@ async fn signing_in_to_an_authenticated_console_in_a_real_browser() {
 #[tokio::test]
 async fn the_console_follows_the_cluster_live_in_a_real_browser() {
     // Usage sampled every second, so that charts fill within the test.
-    let harness = Harness::start_on("console", common::TestDb::sqlite().await, &["--usage-interval", "1s"]).await;
+    let harness =
+        Harness::start_on("console", crate::common::TestDb::sqlite().await, &["--usage-interval", "1s"]).await;
     let url = harness.server().url.clone();
     let namespace = harness.namespace.clone();
     let browser = Browser::start().await;
@@ -228,7 +230,7 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
     // The container's output is followed on the page: a request to it shows up in its log.
     let live_object = harness.get("instances", "console-web").await.expect("console-web");
     let port = live_object["status"]["ports"][0]["hostPort"].as_u64().expect("a published port");
-    let page = common::cluster::fetch(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}/")).await;
+    let page = crate::common::cluster::fetch(&reqwest::Client::new(), &format!("http://127.0.0.1:{port}/")).await;
     assert!(page.is_ok(), "{page:?}");
     browser
         .wait_for_text("logs", "the container's output", Duration::from_secs(20), |text| !text.trim().is_empty())
@@ -292,7 +294,8 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
 
 #[tokio::test]
 async fn the_console_shows_targets_scaling_backups_and_stack_outputs_of_real_objects() {
-    let harness = Harness::start_on("console-kinds", common::TestDb::sqlite().await, &["--usage-interval", "1s"]).await;
+    let harness =
+        Harness::start_on("console-kinds", crate::common::TestDb::sqlite().await, &["--usage-interval", "1s"]).await;
     let url = harness.server().url.clone();
     let namespace = harness.namespace.clone();
     // The example stack (a scaling group behind a load balancer, its address as an output)
@@ -311,9 +314,9 @@ async fn the_console_shows_targets_scaling_backups_and_stack_outputs_of_real_obj
     std::fs::write(directory.path().join("database.yaml"), database).expect("write");
     let (applied, _, err) = harness.cloud(&["apply", "-f", directory.path().to_str().expect("path")]);
     assert!(applied, "{err}");
-    let ready = |object: &Value| common::cluster::condition(object, "Ready").map(|c| c.0) == Some("True");
+    let ready = |object: &Value| crate::common::cluster::condition(object, "Ready").map(|c| c.0) == Some("True");
     harness.wait_for("stacks", "blog", "Ready", ready).await;
-    harness.wait_for("loadbalancers", "blog", "two targets UP", |o| common::cluster::serving(o, 2, 2)).await;
+    harness.wait_for("loadbalancers", "blog", "two targets UP", |o| crate::common::cluster::serving(o, 2, 2)).await;
     harness.wait_for("manageddatabases", "sessions", "Ready", ready).await;
     let (backed_up, said, err) = harness.cloud(&["db", "backup", "sessions", "-n", &namespace]);
     assert!(backed_up, "{err}");
@@ -385,7 +388,7 @@ async fn the_console_renders_a_thousand_objects_and_survives_a_server_restart() 
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
     let listen = format!("127.0.0.1:{port}");
     let arguments = ["--listen", listen.as_str(), "--no-controllers"];
-    let server = common::server::TestServer::start(common::TestDb::sqlite().await, &arguments).await;
+    let server = crate::common::server::TestServer::start(crate::common::TestDb::sqlite().await, &arguments).await;
     let url = server.url.clone();
     let items: Vec<Value> = (0..OBJECTS)
         .map(|index| {
@@ -440,7 +443,7 @@ async fn the_console_renders_a_thousand_objects_and_survives_a_server_restart() 
     browser.wait_for_text("live", "live", Duration::from_secs(20), |text| text == "live").await;
     let database = server.crash();
     browser.wait_for_text("live", "reconnecting", Duration::from_secs(20), |text| text.contains("reconnecting")).await;
-    let server = common::server::TestServer::start(database, &arguments).await;
+    let server = crate::common::server::TestServer::start(database, &arguments).await;
     browser.wait_for_text("live", "live again", Duration::from_secs(20), |text| text == "live").await;
     let object = json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance",
         "metadata": {"name": "after-restart", "namespace": "default"}, "spec": {"image": "minicloud/web:local"}});

@@ -4,14 +4,12 @@
 //! the data, restore, compare; a backup interrupted by SIGKILL of the control plane; bad
 //! manifests; re-applies; and what each deletion policy keeps.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::cluster::{condition, Harness};
-use common::docker::docker;
+use crate::common::cluster::{condition, Harness};
+use crate::common::docker::docker;
 use minicloud_controllers::docker::names;
 use serde_json::{json, Value};
 

@@ -4,13 +4,11 @@
 //! cannot write, and once space returns writes work again at once, with nothing to restart.
 //! SQLite keeps its data directory there; PostgreSQL a tablespace holding the test database.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::server::TestServer;
+use crate::common::server::TestServer;
 use serde_json::{json, Value};
 use sqlx::Connection;
 
@@ -158,7 +156,7 @@ async fn fill_refuse_and_recover(server: &TestServer, disk: &SmallDisk, leave_ki
 async fn a_full_disk_under_sqlite_refuses_every_write_and_recovers() {
     let disk = SmallDisk::mount(3 * 1024);
     let data = disk.path.join("data");
-    let database = common::TestDb::sqlite_at(&data);
+    let database = crate::common::TestDb::sqlite_at(&data);
     let arguments = ["--no-controllers", "--data-dir", data.to_str().expect("path")];
     let server = TestServer::start(database.shared(), &arguments).await;
     let acknowledged = fill_refuse_and_recover(&server, &disk, 300).await;
@@ -174,7 +172,7 @@ async fn a_full_disk_under_sqlite_refuses_every_write_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_under_postgresql_refuses_every_write_and_recovers() {
-    let admin = common::postgres_admin_url();
+    let admin = crate::common::postgres_admin_url();
     assert!(
         admin.contains("@127.0.0.1") || admin.contains("@localhost"),
         "the PostgreSQL disk-full test puts a tablespace on a local tmpfs: it needs the local server scripts/test starts, not {admin}"
@@ -198,7 +196,7 @@ async fn a_full_disk_under_postgresql_refuses_every_write_and_recovers() {
     let url = format!("{base}/{name}");
     let data = tempfile::tempdir().expect("data dir");
     let arguments = ["--no-controllers", "--data-dir", data.path().to_str().expect("path")];
-    let server = TestServer::start(common::TestDb::at_url(&url), &arguments).await;
+    let server = TestServer::start(crate::common::TestDb::at_url(&url), &arguments).await;
     let outcome = std::panic::AssertUnwindSafe(fill_refuse_and_recover(&server, &disk, 200));
     let result = futures::FutureExt::catch_unwind(outcome).await;
     server.stop().await;

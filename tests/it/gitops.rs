@@ -7,15 +7,13 @@
 //! SIGKILL while it syncs converging when it comes back. The sync test with controllers runs
 //! real containers.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{condition, Harness, V1};
-use common::server::TestServer;
-use common::TestDb;
+use crate::common::cluster::{condition, Harness, V1};
+use crate::common::server::TestServer;
+use crate::common::TestDb;
 use serde_json::{json, Value};
 
 fn cloud(server: &str, args: &[&str]) -> Output {

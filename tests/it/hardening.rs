@@ -2,9 +2,7 @@
 //! against the real `cloud server` binary (SQLite and PostgreSQL): apply atomicity and races,
 //! path injection, status bodies, watches from the future, logs without a container.
 
-mod common;
-
-use common::server::TestServer;
+use crate::common::server::TestServer;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -380,9 +378,11 @@ async fn huge_objects_are_refused(server: &TestServer) {
 /// `Host`; without authentication they are refused, whatever they ask.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_for_another_host_are_refused_without_authentication() {
-    let server =
-        TestServer::start(common::TestDb::sqlite().await, &["--no-controllers", "--allowed-host", "cloud.example.com"])
-            .await;
+    let server = TestServer::start(
+        crate::common::TestDb::sqlite().await,
+        &["--no-controllers", "--allowed-host", "cloud.example.com"],
+    )
+    .await;
     let http = reqwest::Client::new();
     let port = server.url.rsplit(':').next().unwrap_or_default().to_owned();
     let secrets = format!("{}{V1}/namespaces/default/secrets", server.url);
@@ -463,7 +463,7 @@ async fn slow_connections_are_closed_and_counted() {
     use tokio::net::TcpStream;
     let limits = ["--header-read-timeout", "2s", "--body-read-timeout", "3s"];
     let server =
-        TestServer::start(common::TestDb::sqlite().await, &[&["--no-controllers"][..], &limits].concat()).await;
+        TestServer::start(crate::common::TestDb::sqlite().await, &[&["--no-controllers"][..], &limits].concat()).await;
     let address = server.url.trim_start_matches("http://").to_owned();
     let http = reqwest::Client::new();
 
@@ -517,7 +517,7 @@ async fn slow_connections_are_closed_and_counted() {
     // At the connection limit, one more connection gets a 503 at once, not a hang. Each held
     // connection first completes a request, so it has certainly been accepted.
     let flags = ["--no-controllers", "--max-connections", "40", "--header-read-timeout", "30s"];
-    let server = TestServer::start(common::TestDb::sqlite().await, &flags).await;
+    let server = TestServer::start(crate::common::TestDb::sqlite().await, &flags).await;
     let address = server.url.trim_start_matches("http://").to_owned();
     let mut held = Vec::new();
     for _ in 0..40 {
@@ -667,7 +667,7 @@ async fn many_watches_share_their_work(server: &TestServer) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn watches_are_limited_and_stalled_watches_end() {
     let flags = ["--no-controllers", "--max-watches", "3", "--watch-send-timeout", "2s"];
-    let server = TestServer::start(common::TestDb::sqlite().await, &flags).await;
+    let server = TestServer::start(crate::common::TestDb::sqlite().await, &flags).await;
     let http = reqwest::Client::new();
     let address = server.url.trim_start_matches("http://").to_owned();
     let path = format!("{V1}/namespaces/default/instances?watch=true");
@@ -703,7 +703,7 @@ async fn watches_are_limited_and_stalled_watches_end() {
 async fn readiness_reflects_a_store_that_cannot_answer() {
     let _timed = MACHINE.read().await;
     use sqlx::Connection;
-    let database = common::TestDb::postgres().await;
+    let database = crate::common::TestDb::postgres().await;
     let url = database.url.clone();
     let server = TestServer::start(database, &["--no-controllers"]).await;
     let http = reqwest::Client::new();
@@ -773,11 +773,11 @@ impl DatabaseCable {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_is_gone_is_answered_at_once() {
     let _timed = MACHINE.read().await;
-    let database = common::TestDb::postgres().await;
+    let database = crate::common::TestDb::postgres().await;
     let (before, after) = database.url.split_once("@127.0.0.1:5432").expect("a local PostgreSQL URL");
     let mut cable = DatabaseCable::lay("127.0.0.1:5432").await;
     let url = format!("{before}@127.0.0.1:{}{after}", cable.port);
-    let server = TestServer::start(common::TestDb::at_url(&url), &["--no-controllers"]).await;
+    let server = TestServer::start(crate::common::TestDb::at_url(&url), &["--no-controllers"]).await;
     let http = reqwest::Client::new();
     let list = format!("{}{V1}/namespaces/default/instances", server.url);
     let (status, _) = send(http.post(&list).json(&instance("before"))).await;

@@ -5,12 +5,10 @@
 //! Every container a test makes carries `minicloud.dev/test=instances-...`; leftovers of a
 //! crashed run are removed at the start.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::docker::{docker, remove_marked};
-use common::server::TestServer;
+use crate::common::docker::{docker, remove_marked};
+use crate::common::server::TestServer;
 use futures::StreamExt;
 use minicloud_controllers::docker::names;
 use serde_json::{json, Value};
@@ -50,7 +48,7 @@ impl Harness {
         let label = format!("minicloud.dev/test={run}");
         let mut arguments = vec!["--container-label", label.as_str()];
         arguments.extend_from_slice(extra);
-        let server = TestServer::start(common::TestDb::sqlite().await, &arguments).await;
+        let server = TestServer::start(crate::common::TestDb::sqlite().await, &arguments).await;
         let namespace = format!("t{}", &run[10..18]);
         Harness { server, run, namespace, http: reqwest::Client::new() }
     }

@@ -4,12 +4,10 @@
 //! interrupted first start of every engine, containers of an earlier version taken over with
 //! their data, and the engine calls an idle object costs.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::cluster::{condition, Harness};
-use common::docker::docker;
+use crate::common::cluster::{condition, Harness};
+use crate::common::docker::docker;
 use minicloud_controllers::docker::names;
 use serde_json::{json, Value};
 

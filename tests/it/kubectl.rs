@@ -9,14 +9,12 @@
 //! kubectl is the one on PATH (`MINICLOUD_KUBECTL` names another binary): Debian's
 //! `kubernetes-client` (1.20, OpenAPI v2) and a current one (OpenAPI v3) both pass.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::cluster::{condition, fetch, Harness};
+use crate::common::cluster::{condition, fetch, Harness};
 use serde_json::Value;
 
 fn kubectl_binary() -> String {
@@ -261,7 +259,7 @@ async fn patch(url: &str, content_type: &str, body: &str) -> (u16, Value) {
 
 #[tokio::test]
 async fn patches_race_validate_and_never_read_secret_values() {
-    let server = common::server::TestServer::sqlite().await;
+    let server = crate::common::server::TestServer::sqlite().await;
     let base = format!("{}/apis/minicloud.dev/v1/namespaces/default", server.url);
     let http = reqwest::Client::new();
     let instance = serde_json::json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance",
@@ -346,7 +344,7 @@ async fn patches_race_validate_and_never_read_secret_values() {
 
 #[tokio::test]
 async fn the_official_python_client_creates_lists_patches_watches_and_deletes() {
-    let server = common::server::TestServer::sqlite().await;
+    let server = crate::common::server::TestServer::sqlite().await;
     let directory = tempfile::tempdir().expect("dir");
     let config = directory.path().join("kubeconfig");
     let kubeconfig = Command::new(env!("CARGO_BIN_EXE_cloud"))
@@ -384,7 +382,7 @@ async fn the_official_python_client_creates_lists_patches_watches_and_deletes() 
 
 #[tokio::test]
 async fn field_selectors_pick_one_object_in_lists_and_watches() {
-    let server = common::server::TestServer::sqlite().await;
+    let server = crate::common::server::TestServer::sqlite().await;
     let base = format!("{}/apis/minicloud.dev/v1/namespaces/default/instances", server.url);
     let http = reqwest::Client::new();
     for name in ["a", "b"] {
@@ -556,8 +554,11 @@ impl TlsProxy {
 
 #[tokio::test]
 async fn behind_a_tls_proxy_cloud_and_kubectl_send_tokens_and_read_refusals() {
-    let server =
-        common::server::TestServer::start(common::TestDb::sqlite().await, &["--auth", "--no-controllers"]).await;
+    let server = crate::common::server::TestServer::start(
+        crate::common::TestDb::sqlite().await,
+        &["--auth", "--no-controllers"],
+    )
+    .await;
     let admin = server.printed_admin_token().expect("admin token");
     let reader =
         server.create_token(&admin, serde_json::json!({"name": "reader", "role": "view", "namespace": "shop"})).await;
@@ -638,10 +639,12 @@ async fn kubectl_apply_of_a_secret_leaves_its_values_nowhere_in_clear() {
     const SECOND: &str = "kubectl-second-s3cret-value";
     let directory = tempfile::tempdir().expect("dir");
     let data = directory.path().join("data");
-    let database = common::TestDb::sqlite_at(&data);
-    let server =
-        common::server::TestServer::start(database, &["--no-controllers", "--data-dir", data.to_str().expect("path")])
-            .await;
+    let database = crate::common::TestDb::sqlite_at(&data);
+    let server = crate::common::server::TestServer::start(
+        database,
+        &["--no-controllers", "--data-dir", data.to_str().expect("path")],
+    )
+    .await;
     let config = directory.path().join("kubeconfig");
     let kubeconfig = Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(["kubeconfig", "--server", &server.url])

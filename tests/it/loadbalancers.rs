@@ -7,13 +7,11 @@
 //! Every container a test makes carries `minicloud.dev/test=lb-...`; leftovers of a crashed
 //! run are removed at the start.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::cluster::{condition, endpoint, serving, whoami, Harness, Load};
-use common::docker::docker;
-use common::TestDb;
+use crate::common::cluster::{condition, endpoint, serving, whoami, Harness, Load};
+use crate::common::docker::docker;
+use crate::common::TestDb;
 use serde_json::{json, Value};
 
 /// Runs of this file are marked `minicloud.dev/test=lb-...`.

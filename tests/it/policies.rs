@@ -6,12 +6,10 @@
 //! who may write policies and for which namespaces; invalid policies located; the audit log
 //! of a denial.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::server::TestServer;
-use common::TestDb;
+use crate::common::server::TestServer;
+use crate::common::TestDb;
 use serde_json::{json, Value};
 
 const V1: &str = "/apis/minicloud.dev/v1";

@@ -3,12 +3,10 @@
 //! `apt-get install docker-registry`; `.ci/run` does), run here on 127.0.0.1, which Docker
 //! trusts without TLS. The image pushed is `minicloud/web:local` under a per-run name.
 
-mod common;
-
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::server::TestServer;
+use crate::common::server::TestServer;
 use serde_json::{json, Value};
 
 fn docker(args: &[&str]) -> (bool, String) {
@@ -92,7 +90,7 @@ async fn a_missing_image_is_pulled_with_progress_in_events() {
     assert!(pushed, "push to the local registry: {output}");
     assert!(docker(&["rmi", &image]).0, "the engine must not have the image any more");
 
-    let server = TestServer::start(common::TestDb::sqlite().await, &["--container-label", &label]).await;
+    let server = TestServer::start(crate::common::TestDb::sqlite().await, &["--container-label", &label]).await;
     let http = reqwest::Client::new();
     let namespace = format!("p{}", &run[5..13]);
     let manifest = json!({"items": [{

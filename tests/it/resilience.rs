@@ -2,13 +2,11 @@
 //! moments while creating Instances, and started while Docker cannot be reached. Containers are
 //! marked `minicloud.dev/test=resilience-...`.
 
-mod common;
-
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::docker::{docker, remove_marked};
-use common::server::TestServer;
+use crate::common::docker::{docker, remove_marked};
+use crate::common::server::TestServer;
 use serde_json::{json, Value};
 
 /// Removes the containers a run marked, also when the test fails.
@@ -56,7 +54,7 @@ async fn killed_at_random_moments_the_control_plane_converges_without_duplicates
     let label = format!("minicloud.dev/test={run}");
     let arguments = ["--container-label", label.as_str(), "--resync", "10s"];
     let namespace = format!("c{}", &run[11..19]);
-    let mut server = TestServer::start(common::TestDb::sqlite().await, &arguments).await;
+    let mut server = TestServer::start(crate::common::TestDb::sqlite().await, &arguments).await;
     let items: Vec<Value> = (0..INSTANCES).map(|i| instance(&namespace, &format!("web-{i}"))).collect();
     let response = reqwest::Client::new()
         .post(format!("{}/apis/minicloud.dev/v1/apply", server.url))
@@ -134,7 +132,7 @@ async fn an_unreachable_docker_is_reported_and_everything_converges_when_it_retu
     };
     let docker_host = format!("tcp://127.0.0.1:{port}");
     let server = TestServer::start_with_env(
-        common::TestDb::sqlite().await,
+        crate::common::TestDb::sqlite().await,
         &["--container-label", &label],
         &[("DOCKER_HOST", docker_host.as_str())],
     )
@@ -188,7 +186,7 @@ async fn an_unreachable_docker_is_reported_and_everything_converges_when_it_retu
 /// controllers (it holds the store's controller lock), the other serves the API only and says
 /// so; no object gets two containers; when the first is killed, the second takes the
 /// controllers over.
-async fn one_server_runs_the_controllers_of_a_store(database: common::TestDb) {
+async fn one_server_runs_the_controllers_of_a_store(database: crate::common::TestDb) {
     let run = format!("resilience-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let _cleanup = Cleanup(run.clone());
     let label = format!("minicloud.dev/test={run}");
@@ -246,10 +244,10 @@ async fn one_server_runs_the_controllers_of_a_store(database: common::TestDb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_runs_the_controllers_of_a_sqlite_store() {
-    one_server_runs_the_controllers_of_a_store(common::TestDb::sqlite().await).await;
+    one_server_runs_the_controllers_of_a_store(crate::common::TestDb::sqlite().await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_server_runs_the_controllers_of_a_postgres_store() {
-    one_server_runs_the_controllers_of_a_store(common::TestDb::postgres().await).await;
+    one_server_runs_the_controllers_of_a_store(crate::common::TestDb::postgres().await).await;
 }

@@ -6,15 +6,13 @@
 //! killed during a scale-out and during a rolling update. Needs `minicloud/web:local` and
 //! `minicloud/haproxy:local` (`scripts/local-images.sh web haproxy`).
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use crate::common::cluster::{condition, endpoint, serving, Harness, Load};
+use crate::common::docker::docker;
+use crate::common::TestDb;
 use chrono::{DateTime, Utc};
-use common::cluster::{condition, endpoint, serving, Harness, Load};
-use common::docker::docker;
-use common::TestDb;
 use serde_json::{json, Value};
 
 /// Runs of this file are marked `minicloud.dev/test=sg-...`.

@@ -5,15 +5,13 @@
 //! rotations under a loop of reads leave no moment in which a value cannot be read; files are private; an Instance that reads
 //! a Secret is replaced when the Secret changes (real Docker).
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::cluster::Harness;
-use common::docker::docker;
-use common::server::TestServer;
-use common::TestDb;
+use crate::common::cluster::Harness;
+use crate::common::docker::docker;
+use crate::common::server::TestServer;
+use crate::common::TestDb;
 use serde_json::{json, Value};
 use sqlx::Connection;
 

@@ -4,14 +4,12 @@
 //! locations, a failing child that fails the stack until it is fixed, a secret parameter that is
 //! on no byte of the store, and deletion.
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::common::cluster::{condition, fetch, Harness};
+use crate::common::docker::docker;
 use chrono::{DateTime, Utc};
-use common::cluster::{condition, fetch, Harness};
-use common::docker::docker;
 use serde_json::{json, Value};
 
 const PREFIX: &str = "stack";

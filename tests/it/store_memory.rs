@@ -1,6 +1,4 @@
 //! The shared store suite against the in-memory store (used by unit tests of reconcile
 //! decisions): it must keep exactly the same contract as the SQL stores.
 
-mod common;
-
-store_suite!(common::TestDb::memory);
+store_suite!(crate::common::TestDb::memory);

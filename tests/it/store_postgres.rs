@@ -1,5 +1,3 @@
 //! The shared store suite against a real PostgreSQL server (a fresh database per test).
 
-mod common;
-
-store_suite!(common::TestDb::postgres);
+store_suite!(crate::common::TestDb::postgres);

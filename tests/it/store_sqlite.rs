@@ -1,8 +1,6 @@
 //! The shared store suite against SQLite (a temporary file per test).
 
-mod common;
-
-store_suite!(common::TestDb::sqlite);
+store_suite!(crate::common::TestDb::sqlite);
 
 /// The embedded store creates its directory and file on first use, in WAL mode, and keeps
 /// its data across reopening.
@@ -12,18 +10,18 @@ async fn sqlite_file_is_created_on_first_use_and_persists() {
     let directory = tempfile::tempdir().expect("tempdir");
     let data_dir = directory.path().join("nested").join("data");
     let url = sql::sqlite_url(&data_dir);
-    let store = SqlStore::open(&url, common::test_keys()).await.expect("open");
-    store.create(common::instance("default", "web", &[])).await.expect("create");
+    let store = SqlStore::open(&url, crate::common::test_keys()).await.expect("open");
+    store.create(crate::common::instance("default", "web", &[])).await.expect("create");
     store.close().await;
     assert!(data_dir.join("minicloud.db").is_file());
     let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url).await.expect("connect");
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&mut connection).await.expect("pragma");
     assert_eq!(mode, "wal", "the store file is in WAL mode");
-    let reopened = SqlStore::open(&url, common::test_keys()).await.expect("reopen");
+    let reopened = SqlStore::open(&url, crate::common::test_keys()).await.expect("reopen");
     let key = minicloud_crds::ObjectKey::new(minicloud_crds::Kind::Instance, "default", "web");
     assert_eq!(reopened.get(&key).await.expect("persisted").metadata.name, "web");
     assert!(matches!(
-        SqlStore::open("mysql://localhost/x", common::test_keys()).await,
+        SqlStore::open("mysql://localhost/x", crate::common::test_keys()).await,
         Err(minicloud::store::StoreError::UnsupportedUrl(_))
     ));
 }
@@ -37,7 +35,7 @@ async fn plain_secrets_are_sealed_on_open_and_another_key_is_refused() {
     use minicloud::store::{sql, SqlStore, Store};
     let directory = tempfile::tempdir().expect("tempdir");
     let url = sql::sqlite_url(directory.path());
-    let store = SqlStore::open(&url, common::test_keys()).await.expect("open");
+    let store = SqlStore::open(&url, crate::common::test_keys()).await.expect("open");
     let secret: minicloud_crds::Object = serde_json::from_value(serde_json::json!({
         "apiVersion": "minicloud.dev/v1", "kind": "Secret", "metadata": {"name": "old"},
         "spec": {"stringData": {"password": "plain-before-encryption-93c1"}}
@@ -63,7 +61,7 @@ async fn plain_secrets_are_sealed_on_open_and_another_key_is_refused() {
     };
     assert_eq!((count("objects").await, count("changes").await), (1, 1));
 
-    let reopened = SqlStore::open(&url, common::test_keys()).await.expect("reopen");
+    let reopened = SqlStore::open(&url, crate::common::test_keys()).await.expect("reopen");
     assert_eq!((count("objects").await, count("changes").await), (0, 0), "sealed on open");
     let key = minicloud_crds::ObjectKey::new(minicloud_crds::Kind::Secret, "default", "old");
     assert_eq!(reopened.get(&key).await.expect("get").spec["stringData"]["password"], "plain-before-encryption-93c1");

@@ -1,10 +1,10 @@
 //! Test support shared by the integration tests: databases to run the store against (a
 //! temporary SQLite file, or a fresh database on a real PostgreSQL server) and object builders.
-#![allow(dead_code)]
 
 pub mod cluster;
 pub mod docker;
 pub mod server;
+#[macro_use]
 pub mod store_suite;
 
 use std::sync::Arc;

@@ -43,7 +43,7 @@ macro_rules! store_suite {
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
                 let database = $make().await;
-                common::store_suite::$test(&database).await;
+                $crate::common::store_suite::$test(&database).await;
                 database.cleanup().await;
             }
         )*
