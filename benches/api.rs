@@ -35,7 +35,7 @@ impl Drop for Server {
 fn start_server(database_url: &str) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(["server", "--listen", "127.0.0.1:0", "--database-url", database_url, "--no-controllers"])
-        .env("RUST_LOG", "warn,minicloud::server=info")
+        .env("RUST_LOG", "warn,minicloud_server::composition=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -221,7 +221,7 @@ async fn main() {
     println!("| backend | what | minicloud | baseline | ratio |");
     println!("|---|---|---|---|---|");
     let sqlite_dir = directory.path().join("sqlite");
-    bench_backend("SQLite", &minicloud::store::sql::sqlite_url(&sqlite_dir), directory.path()).await;
+    bench_backend("SQLite", &minicloud_server::store::sql::sqlite_url(&sqlite_dir), directory.path()).await;
 
     let admin = std::env::var("MINICLOUD_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://minicloud:minicloud@127.0.0.1:5432/postgres".into());

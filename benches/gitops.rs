@@ -39,7 +39,7 @@ impl Drop for Process {
 fn start_server(database_url: &str) -> (Process, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(["server", "--listen", "127.0.0.1:0", "--database-url", database_url, "--no-controllers"])
-        .env("RUST_LOG", "warn,minicloud::server=info")
+        .env("RUST_LOG", "warn,minicloud_server::composition=info")
         .env("MINICLOUD_SECRET_KEY", KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -230,7 +230,7 @@ async fn main() {
     println!("| backend | what | minicloud | baseline | ratio |");
     println!("|---|---|---|---|---|");
     let sqlite_dir = root.path().join("sqlite");
-    bench_backend("SQLite", &minicloud::store::sql::sqlite_url(&sqlite_dir), root.path()).await;
+    bench_backend("SQLite", &minicloud_server::store::sql::sqlite_url(&sqlite_dir), root.path()).await;
 
     let admin = std::env::var("MINICLOUD_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://minicloud:minicloud@127.0.0.1:5432/postgres".into());

@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use minicloud::store::{Query, SqlStore, Store};
 use minicloud_crds::{Kind, Object};
+use minicloud_server::store::{Query, SqlStore, Store};
 use serde_json::json;
 use sqlx::{Connection, Executor};
 
@@ -38,7 +38,7 @@ struct Figures {
 }
 
 async fn measure_store(url: &str, count: usize) -> Figures {
-    let store = SqlStore::open(url, std::sync::Arc::new(minicloud::secrets::SecretKeys::from_bytes(&[[1; 32]])))
+    let store = SqlStore::open(url, std::sync::Arc::new(minicloud_server::SecretKeys::from_bytes(&[[1; 32]])))
         .await
         .expect("open store");
     let objects: Vec<Object> = (0..count).map(object).collect();
@@ -147,7 +147,7 @@ async fn main() {
     println!("|---|---|---|---|---|---|---|---|");
     for count in [1_000, 10_000] {
         let directory = tempfile::tempdir().expect("tempdir");
-        let ours = measure_store(&minicloud::store::sql::sqlite_url(directory.path()), count).await;
+        let ours = measure_store(&minicloud_server::store::sql::sqlite_url(directory.path()), count).await;
         let raw = measure_raw(&format!("sqlite://{}", directory.path().join("raw.db").display()), count).await;
         report("SQLite", count, &ours, &raw);
 

@@ -1,6 +1,13 @@
-//! The `cloud` binary: parses the command line and hands over to [`minicloud::cli`].
+//! The `cloud` binary, minicloud's composition of client and server: it parses the whole
+//! command line, runs `cloud server` and `cloud up` (which start a server in this process,
+//! [`serve`] and [`up`]) itself and hands every other command to `minicloud-cli`.
+
+mod serve;
+mod up;
 
 use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// mimalloc returns freed memory to the system far more readily than glibc's allocator, whose
 /// per-thread arenas kept the server at several times its working set after large requests
@@ -8,7 +15,41 @@ use std::process::ExitCode;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// minicloud: a self-hosted mini cloud on Docker, run the way Kubernetes runs a cluster.
+#[derive(Debug, Parser)]
+#[command(name = "cloud", version, about, propagate_version = true)]
+struct Cloud {
+    #[command(flatten)]
+    global: minicloud_cli::GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the API server and the controllers (SQLite in the data directory unless
+    /// --database-url says otherwise).
+    Server(serve::ServerArgs),
+    /// Start an embedded control plane, apply manifests, wait until they are Ready, print the
+    /// endpoints and keep running until Ctrl-C (`--down` removes everything then).
+    Up(up::UpArgs),
+    #[command(flatten)]
+    Client(minicloud_cli::Command),
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    minicloud::cli::run().await
+    let cloud = Cloud::parse();
+    let outcome = match cloud.command {
+        Command::Client(command) => return minicloud_cli::run(cloud.global, command, Cloud::command).await,
+        Command::Server(args) => serve::run(args).await,
+        Command::Up(args) => up::run(args).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            minicloud_cli::report(&error);
+            ExitCode::FAILURE
+        }
+    }
 }

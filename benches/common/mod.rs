@@ -40,7 +40,7 @@ pub fn start_server_with(data: &std::path::Path, label: &str, extra: &[&str]) ->
         .args(extra)
         .arg("--data-dir")
         .arg(data)
-        .env("RUST_LOG", "warn,minicloud::server=info")
+        .env("RUST_LOG", "warn,minicloud_server::composition=info")
         // Read only by benchmarks of `--auth` (the admin token is printed there).
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -24,13 +24,3 @@ pub trait Admission: Send + Sync {
     /// `Ok(warnings)` when the objects may be written (what `Warn` policies found).
     async fn admit(&self, objects: &[Object]) -> Result<Vec<String>, AdmissionError>;
 }
-
-/// Admits everything (unit tests, a store without policies).
-pub struct AdmitAll;
-
-#[async_trait]
-impl Admission for AdmitAll {
-    async fn admit(&self, _objects: &[Object]) -> Result<Vec<String>, AdmissionError> {
-        Ok(Vec::new())
-    }
-}

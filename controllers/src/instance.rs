@@ -26,7 +26,6 @@ use minicloud_crds::quantity::{parse_bytes, parse_cpu_millis};
 use minicloud_crds::{Kind, ObjectKey};
 use serde_json::json;
 
-use crate::conditions::set_condition;
 use crate::container::{self, Created, Desired, Settled, Why};
 use crate::docker::labels::{spec_hash, Identity, Labels};
 use crate::docker::names;
@@ -35,10 +34,11 @@ use crate::docker::{
 };
 use crate::owned::{self, OwnedNetwork, OwnedVolume, Wanted};
 use crate::reconciler::{Action, Cleanup, Context, Controller, ReconcileError};
+use minicloud_crds::conditions::set_condition;
 use minicloud_store::{EventType, Store, StoreError};
 
 /// The finalizer that guards an Instance's container.
-pub const FINALIZER: &str = "minicloud.dev/container";
+pub(crate) const FINALIZER: &str = "minicloud.dev/container";
 
 /// How soon a reconcile comes back while a container is still starting.
 const STARTING_RECHECK: Duration = Duration::from_secs(2);

@@ -8,7 +8,6 @@
 //! unit tests hand them [`minicloud_store::MemoryStore`] and a fake driver.
 
 pub mod admission;
-pub mod conditions;
 pub mod container;
 pub mod database;
 pub mod docker;

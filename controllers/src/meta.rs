@@ -11,11 +11,11 @@ use minicloud_store::{Store, StoreError};
 /// The annotation a scaling group puts on a member it is about to delete (value: when, RFC
 /// 3339): load balancers take the member out of rotation, letting its requests finish, and the
 /// group deletes it once no load balancer lists it.
-pub const DRAINING_ANNOTATION: &str = "minicloud.dev/draining";
+pub(crate) const DRAINING_ANNOTATION: &str = "minicloud.dev/draining";
 
 /// What adding or removing a finalizer did.
 #[derive(Debug)]
-pub enum FinalizerUpdate {
+pub(crate) enum FinalizerUpdate {
     /// The object as stored now.
     Done(Box<Object>),
     /// Someone else wrote the object meanwhile: reconcile again.
@@ -23,7 +23,7 @@ pub enum FinalizerUpdate {
 }
 
 /// Adds `finalizer` to the object unless it is already there.
-pub async fn ensure_finalizer(
+pub(crate) async fn ensure_finalizer(
     store: &dyn Store,
     object: Object,
     finalizer: &str,
@@ -41,7 +41,7 @@ pub async fn ensure_finalizer(
 }
 
 /// Removes `finalizer`; the store deletes a terminating object when its last one goes.
-pub async fn remove_finalizer(
+pub(crate) async fn remove_finalizer(
     store: &dyn Store,
     object: &Object,
     finalizer: &str,
@@ -60,7 +60,7 @@ pub async fn remove_finalizer(
 }
 
 /// A reference to `owner` for a child's `metadata.ownerReferences` (the owner controls it).
-pub fn owner_reference(owner: &Object) -> OwnerReference {
+pub(crate) fn owner_reference(owner: &Object) -> OwnerReference {
     OwnerReference {
         api_version: API_VERSION.to_owned(),
         kind: owner.kind.clone(),

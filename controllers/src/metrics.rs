@@ -79,7 +79,7 @@ struct RestoreLabels {
 
 /// What HAProxy reports about one target, summed over the load balancer's listeners.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TargetTraffic {
+pub(crate) struct TargetTraffic {
     pub target: String,
     pub up: bool,
     pub requests: u64,
@@ -219,7 +219,7 @@ impl Metrics {
     }
 
     /// One reconcile of `kind` that took `seconds` and failed with `cause`, if it failed.
-    pub fn record_reconcile(&self, kind: Kind, seconds: f64, failed: Option<Cause>) {
+    pub(crate) fn record_reconcile(&self, kind: Kind, seconds: f64, failed: Option<Cause>) {
         let label = KindLabel { kind: kind.as_str().to_owned() };
         self.reconciles.get_or_create(&label).inc();
         self.duration.get_or_create(&label).observe(seconds);
@@ -230,26 +230,33 @@ impl Metrics {
     }
 
     /// Objects of `kind` waiting in the queue.
-    pub fn set_queue_depth(&self, kind: Kind, depth: usize) {
+    pub(crate) fn set_queue_depth(&self, kind: Kind, depth: usize) {
         let label = KindLabel { kind: kind.as_str().to_owned() };
         self.queue_depth.get_or_create(&label).set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     /// One change of a scaling group's desired count.
-    pub fn record_scaling(&self, namespace: &str, name: &str, direction: &str) {
+    pub(crate) fn record_scaling(&self, namespace: &str, name: &str, direction: &str) {
         let labels =
             ScalingLabels { namespace: namespace.to_owned(), name: name.to_owned(), direction: direction.to_owned() };
         self.scaling_decisions.get_or_create(&labels).inc();
     }
 
     /// Docker stats streams open now.
-    pub fn set_stats_streams(&self, streams: usize) {
+    pub(crate) fn set_stats_streams(&self, streams: usize) {
         self.stats_streams.set(i64::try_from(streams).unwrap_or(i64::MAX));
     }
 
     /// One backup of a database: why it was taken, whether it succeeded, how long it took, and
     /// for a successful one its size and time (Unix seconds).
-    pub fn record_backup(&self, namespace: &str, name: &str, reason: &str, seconds: f64, taken: Option<(u64, i64)>) {
+    pub(crate) fn record_backup(
+        &self,
+        namespace: &str,
+        name: &str,
+        reason: &str,
+        seconds: f64,
+        taken: Option<(u64, i64)>,
+    ) {
         let object = ObjectLabels { namespace: namespace.to_owned(), name: name.to_owned() };
         let labels = BackupLabels {
             namespace: namespace.to_owned(),
@@ -266,14 +273,14 @@ impl Metrics {
     }
 
     /// One restore of a database.
-    pub fn record_restore(&self, namespace: &str, name: &str, succeeded: bool) {
+    pub(crate) fn record_restore(&self, namespace: &str, name: &str, succeeded: bool) {
         let labels =
             RestoreLabels { namespace: namespace.to_owned(), name: name.to_owned(), result: result_label(succeeded) };
         self.restores.get_or_create(&labels).inc();
     }
 
     /// Drops every series of a deleted database.
-    pub fn forget_database(&self, namespace: &str, name: &str) {
+    pub(crate) fn forget_database(&self, namespace: &str, name: &str) {
         let object = ObjectLabels { namespace: namespace.to_owned(), name: name.to_owned() };
         for reason in ["Scheduled", "Manual", "Final"] {
             for succeeded in [true, false] {
@@ -299,7 +306,7 @@ impl Metrics {
 
     /// HAProxy's current numbers for the targets of one load balancer. Targets no longer listed
     /// lose their series.
-    pub fn record_lb_targets(&self, namespace: &str, name: &str, targets: &[TargetTraffic]) {
+    pub(crate) fn record_lb_targets(&self, namespace: &str, name: &str, targets: &[TargetTraffic]) {
         let mut last_raw = self.last_raw.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous = last_raw.entry((namespace.to_owned(), name.to_owned())).or_default();
         let labels = |target: &str| TargetLabels {
@@ -337,7 +344,7 @@ impl Metrics {
     }
 
     /// Drops every series of a deleted load balancer.
-    pub fn forget_lb(&self, namespace: &str, name: &str) {
+    pub(crate) fn forget_lb(&self, namespace: &str, name: &str) {
         let mut last_raw = self.last_raw.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(targets) = last_raw.remove(&(namespace.to_owned(), name.to_owned())) {
             for target in targets.keys() {

@@ -103,7 +103,7 @@ pub async fn remove(driver: &dyn ContainerDriver, wanted: &Wanted) -> Result<Opt
 
 /// [`remove`], stopping the container first within `grace` (SIGTERM, then SIGKILL): a
 /// database shuts down cleanly before its kept volume serves another container.
-pub async fn remove_after(
+pub(crate) async fn remove_after(
     driver: &dyn ContainerDriver,
     wanted: &Wanted,
     grace: Option<Duration>,
@@ -153,7 +153,7 @@ pub struct OwnedVolume {
 
 /// Makes sure each volume exists with its labels; a volume of the name with other or no labels
 /// is never used ([`DriverError::NotOurs`]: the caller reports `VolumeConflict`).
-pub async fn ensure_volumes(
+pub(crate) async fn ensure_volumes(
     driver: &dyn ContainerDriver,
     volumes: &[OwnedVolume],
     extra: &HashMap<String, String>,
@@ -170,7 +170,7 @@ pub async fn ensure_volumes(
 /// the legacy volumes themselves are left in place (the documentation says how to remove them).
 /// `Ok` says what was done, `Err` why not and what to do: the message of the object's
 /// `Migrated` event or `MigrationFailed` condition.
-pub async fn migrate_legacy(
+pub(crate) async fn migrate_legacy(
     driver: &dyn ContainerDriver,
     legacy: &ContainerInfo,
     volumes: &[OwnedVolume],

@@ -44,7 +44,7 @@ struct State<K> {
 }
 
 /// A queue of object keys.
-pub struct Queue<K> {
+pub(crate) struct Queue<K> {
     state: Mutex<State<K>>,
     changed: Notify,
     backoff: Backoff,
@@ -82,7 +82,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     }
 
     /// Asks for `key` to be reconciled now.
-    pub fn schedule_now(&self, key: K) {
+    pub(crate) fn schedule_now(&self, key: K) {
         self.schedule(key, Instant::now());
     }
 
@@ -154,7 +154,7 @@ impl<K: Clone + Eq + Hash> Queue<K> {
     }
 
     /// Forgets an object's failure count (e.g. when it is deleted).
-    pub fn forget(&self, key: &K) {
+    pub(crate) fn forget(&self, key: &K) {
         self.lock().failures.remove(key);
     }
 

@@ -166,7 +166,7 @@ impl<'a> Context<'a> {
     /// new resourceVersion) so that a later write in the same round does not conflict with
     /// this one. A conflict or a vanished object is not an error: its watch event brings the
     /// object back.
-    pub async fn write_status(&mut self, status: &impl Serialize) -> Result<(), ReconcileError> {
+    pub(crate) async fn write_status(&mut self, status: &impl Serialize) -> Result<(), ReconcileError> {
         let value = serde_json::to_value(status).map_err(|error| ReconcileError::Failed(error.to_string()))?;
         if value == self.object.status {
             return Ok(());

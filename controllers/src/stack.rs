@@ -36,14 +36,14 @@ use minicloud_store::{EventType, Query, Store, StoreError};
 use serde_json::{json, Value};
 
 use crate::admission::{Admission, AdmissionError};
-use crate::conditions::set_condition;
 use crate::meta::owner_reference;
 use crate::reconciler::{Action, Cleanup, Context, Controller, ReconcileError};
+use minicloud_crds::conditions::set_condition;
 
 /// The finalizer that deletes a stack's children before the stack.
-pub const FINALIZER: &str = "minicloud.dev/stack";
+pub(crate) const FINALIZER: &str = "minicloud.dev/stack";
 /// The label naming a child's stack.
-pub const STACK_LABEL: &str = "minicloud.dev/stack";
+pub(crate) const STACK_LABEL: &str = "minicloud.dev/stack";
 /// How soon a stack that is still progressing is looked at again (children's changes wake it
 /// sooner).
 const PROGRESS_RECHECK: Duration = Duration::from_secs(5);

@@ -76,7 +76,7 @@ pub fn credentials_secret_name(database: &str) -> String {
 }
 
 /// The smallest storage a database gets.
-pub const MIN_STORAGE_BYTES: u64 = 100 * 1024 * 1024;
+pub(crate) const MIN_STORAGE_BYTES: u64 = 100 * 1024 * 1024;
 
 /// Annotation asking for a backup now (`cloud db backup`): a request id, answered in
 /// `status.lastBackupRequest` once the backup is taken (or failed).

@@ -8,6 +8,7 @@
 //! manifests into these types, the store persists them as JSON, controllers read them.
 
 pub mod applyset;
+pub mod conditions;
 pub mod cron;
 pub mod database;
 pub mod instance;

@@ -60,7 +60,7 @@ impl FieldPath {
     }
 
     /// Converts the path serde_path_to_error reports.
-    pub fn from_serde_path(path: &serde_path_to_error::Path) -> FieldPath {
+    pub(crate) fn from_serde_path(path: &serde_path_to_error::Path) -> FieldPath {
         use serde_path_to_error::Segment;
         FieldPath(
             path.iter()

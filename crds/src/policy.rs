@@ -86,7 +86,7 @@ pub struct PolicyRule {
 
 impl PolicyRule {
     /// The constraints the rule sets, by their field names (valid rules set exactly one).
-    pub fn constraints(&self) -> Vec<&'static str> {
+    pub(crate) fn constraints(&self) -> Vec<&'static str> {
         let set = [
             ("allowedImages", self.allowed_images.is_some()),
             ("maxReplicas", self.max_replicas.is_some()),

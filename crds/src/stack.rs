@@ -248,9 +248,9 @@ impl StackSpec {
 
 /// Largest rendered resource: the store's limit for one object (1.5 MiB encoded). Rendering
 /// stops as soon as it would exceed it, before allocating more.
-pub const MAX_RENDERED_BYTES: usize = 1536 * 1024;
+pub(crate) const MAX_RENDERED_BYTES: usize = 1536 * 1024;
 /// Most `${parameter}` substitutions rendering one resource may make.
-pub const MAX_SUBSTITUTIONS: usize = 10_000;
+pub(crate) const MAX_SUBSTITUTIONS: usize = 10_000;
 
 /// Why a resource cannot be rendered.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -328,10 +328,10 @@ impl StackResource {
 }
 
 /// Resolves the text inside `${...}`; `None` leaves the reference as written.
-pub type Resolver<'a> = dyn Fn(&str) -> Option<Value> + 'a;
+pub(crate) type Resolver<'a> = dyn Fn(&str) -> Option<Value> + 'a;
 
 /// A resolver of parameter references only.
-pub fn parameter_resolver(parameters: &BTreeMap<String, Value>) -> impl Fn(&str) -> Option<Value> + '_ {
+pub(crate) fn parameter_resolver(parameters: &BTreeMap<String, Value>) -> impl Fn(&str) -> Option<Value> + '_ {
     move |text| match Reference::parse(text) {
         Reference::Parameter(name) => parameters.get(name).cloned(),
         _ => None,
@@ -407,7 +407,7 @@ pub fn references_in<'v>(value: &'v Value, path: String, out: &mut Vec<(String, 
 }
 
 /// Every string of a JSON value with its dotted path (`env[0].value`).
-pub fn strings_in<'v>(value: &'v Value, path: String, out: &mut Vec<(String, &'v str)>) {
+pub(crate) fn strings_in<'v>(value: &'v Value, path: String, out: &mut Vec<(String, &'v str)>) {
     match value {
         Value::String(text) => out.push((path, text)),
         Value::Array(items) => {
@@ -532,7 +532,7 @@ fn find_cycle(dependencies: &[BTreeSet<usize>], placed: &[bool], names: &[String
 /// one reference takes the value with its type (`"${replicas}"` → `3`); inside longer strings
 /// the value's text is inserted. References that resolve to nothing are left as written.
 /// Bounded like [`StackResource::render`].
-pub fn render_value(value: &Value, parameters: &BTreeMap<String, Value>) -> Result<Value, RenderError> {
+pub(crate) fn render_value(value: &Value, parameters: &BTreeMap<String, Value>) -> Result<Value, RenderError> {
     render_within(value, &parameter_resolver(parameters), &mut Budget::new())
 }
 

@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 /// Where a secret value lives: a key of a Secret.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SecretSource {
+pub(crate) struct SecretSource {
     pub secret: String,
     pub key: String,
 }
@@ -31,7 +31,7 @@ fn string_data_key(path: &str) -> Option<&str> {
 impl StackSpec {
     /// Where the secret value a reference names lives; `None` when it names nothing secret.
     /// `names` are the resources' rendered names, `stack` the stack's name.
-    pub fn secret_source(&self, reference: &str, names: &[String], stack: &str) -> Option<SecretSource> {
+    pub(crate) fn secret_source(&self, reference: &str, names: &[String], stack: &str) -> Option<SecretSource> {
         match Reference::parse(reference) {
             Reference::Parameter(name) => self
                 .parameters
@@ -83,7 +83,7 @@ impl StackSpec {
     /// Where a secret reference of resource `index` is found at `at` (its dotted path in the
     /// resource's spec, as [`references_in`] gives it, e.g. `env[0].value`) holding the whole
     /// string `text`: whether it may be there.
-    pub fn secret_allowed_at(&self, index: usize, at: &str, text: &str, reference: &str) -> bool {
+    pub(crate) fn secret_allowed_at(&self, index: usize, at: &str, text: &str, reference: &str) -> bool {
         let whole = text == format!("${{{reference}}}");
         match self.resources[index].kind.as_str() {
             "Secret" => at.starts_with("stringData."),

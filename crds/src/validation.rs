@@ -49,7 +49,7 @@ pub fn check_dns_label(value: &str) -> Result<(), String> {
 }
 
 /// Longest health-check path accepted.
-pub const MAX_HTTP_PATH_LEN: usize = 1024;
+pub(crate) const MAX_HTTP_PATH_LEN: usize = 1024;
 
 /// Checks an HTTP path that ends up in generated configuration (a LoadBalancer's health-check
 /// path): it starts with `/` and holds only URL path characters (letters, digits and
@@ -246,7 +246,7 @@ fn is_env_name(name: &str) -> bool {
 }
 
 /// Validates an Instance spec found at `path` (also used for ScalingGroup templates).
-pub fn check_instance_spec(spec: &InstanceSpec, path: &FieldPath, errors: &mut Errors) {
+pub(crate) fn check_instance_spec(spec: &InstanceSpec, path: &FieldPath, errors: &mut Errors) {
     if spec.image.trim().is_empty() || spec.image.chars().any(char::is_whitespace) {
         errors
             .add(path.key("image"), "image must be a non-empty reference without spaces, e.g. \"minicloud/web:local\"");
@@ -458,7 +458,7 @@ fn check_scaling_group_spec(spec: &ScalingGroupSpec, path: &FieldPath, errors: &
 }
 
 /// Checks a five-field cron schedule (minute hour day-of-month month day-of-week).
-pub fn check_cron(schedule: &str) -> Result<(), String> {
+pub(crate) fn check_cron(schedule: &str) -> Result<(), String> {
     crate::cron::Schedule::parse(schedule).map(drop)
 }
 

@@ -374,7 +374,7 @@ pub async fn compact_to(store: &dyn Store, retention: Retention) -> StoreResult<
 }
 
 /// Prunes the events `retention` does not keep; returns how many went.
-pub async fn prune_events_to(store: &dyn Store, retention: Retention) -> StoreResult<u64> {
+pub(crate) async fn prune_events_to(store: &dyn Store, retention: Retention) -> StoreResult<u64> {
     let age = chrono::Duration::from_std(retention.event_age).unwrap_or(chrono::Duration::MAX);
     let older_than = Utc::now().checked_sub_signed(age).unwrap_or(DateTime::<Utc>::MIN_UTC);
     store.prune_events(older_than, retention.events).await

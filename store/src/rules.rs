@@ -12,7 +12,7 @@ use super::{StoreError, StoreResult};
 pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
 
 /// Refuses an object whose encoded size exceeds [`MAX_OBJECT_BYTES`].
-pub fn check_size(object: &Object, key: &ObjectKey) -> StoreResult<()> {
+pub(crate) fn check_size(object: &Object, key: &ObjectKey) -> StoreResult<()> {
     let size = serde_json::to_vec(object)?.len();
     if size > MAX_OBJECT_BYTES {
         return Err(StoreError::TooLarge { key: key.clone(), size, limit: MAX_OBJECT_BYTES });
@@ -84,7 +84,7 @@ pub fn stamp(object: &mut Object, revision: i64) {
 }
 
 /// Refuses a write whose resourceVersion does not match the stored object's.
-pub fn check_version(stored: &Object, key: &ObjectKey, sent: Option<&str>) -> StoreResult<()> {
+pub(crate) fn check_version(stored: &Object, key: &ObjectKey, sent: Option<&str>) -> StoreResult<()> {
     let current = stored.metadata.resource_version.clone().unwrap_or_default();
     match sent {
         Some(sent) if !sent.is_empty() && sent != current => {

@@ -314,7 +314,7 @@ async fn health_openapi_and_request_ids(server: &TestServer) {
     }
     let (status, document) = send(http.get(format!("{}/openapi.json", server.url))).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(document, minicloud::api::openapi::document());
+    assert_eq!(document, minicloud_model::openapi::document());
     let (_, version) = send(http.get(format!("{}/version", server.url))).await;
     assert_eq!(version["version"], env!("CARGO_PKG_VERSION"));
 }

@@ -6,8 +6,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use crate::common::server::TestServer;
-use minicloud::store::{EventType, NewEvent, SqlStore, Store};
 use minicloud_crds::{Kind, ObjectKey};
+use minicloud_server::store::{EventType, NewEvent, SqlStore, Store};
 use serde_json::{json, Value};
 
 fn cloud(server: &TestServer, args: &[&str]) -> Output {
@@ -50,7 +50,7 @@ async fn apply_get_describe_delete(server: &TestServer) {
     let json: Value = serde_json::from_str(&ok(server, &["get", "instance/hello", "-o", "json"])).expect("json output");
     assert_eq!(json["metadata"]["name"], "hello");
     let yaml = ok(server, &["get", "instance", "hello", "-o", "yaml"]);
-    let parsed = minicloud::manifest::yaml::parse_documents(&yaml).expect("yaml output parses");
+    let parsed = minicloud_model::yaml::parse_documents(&yaml).expect("yaml output parses");
     assert_eq!(parsed[0].value, json, "yaml and json output agree");
     let everywhere = ok(server, &["get", "lb", "-A"]);
     assert!(everywhere.starts_with("NAMESPACE"), "{everywhere}");

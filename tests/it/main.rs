@@ -17,6 +17,7 @@ mod hardening;
 mod instances;
 mod isolation;
 mod kubectl;
+mod layering;
 mod loadbalancers;
 mod openapi_fresh;
 mod policies;

@@ -5,14 +5,14 @@ fn checked_in_openapi_document_is_current() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.json");
     let on_disk = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
-        on_disk == minicloud::api::openapi::render(),
+        on_disk == minicloud_model::openapi::render(),
         "docs/openapi.json is stale; regenerate it with: cargo run -q -- openapi > docs/openapi.json"
     );
 }
 
 #[test]
 fn every_kind_has_its_paths_and_schema() {
-    let document = minicloud::api::openapi::document();
+    let document = minicloud_model::openapi::document();
     assert_eq!(document["openapi"], "3.1.0");
     for kind in minicloud_crds::Kind::ALL {
         let collection = format!("/apis/minicloud.dev/v1/namespaces/{{namespace}}/{}", kind.plural());

@@ -155,7 +155,7 @@ async fn secret_values_are_on_no_byte_of_sqlite_and_in_no_answer() {
     let server = TestServer::start_with_env(
         database,
         &["--no-controllers", "--data-dir", &data],
-        &[(minicloud::secrets::KEY_ENV, "")],
+        &[(minicloud_server::KEY_ENV, "")],
     )
     .await;
     write_and_read_back(&server).await;
@@ -207,7 +207,7 @@ async fn a_key_rotation_never_leaves_a_value_unreadable() {
     let data_dir = file.parent().expect("data dir").to_path_buf();
     let data = data_dir.display().to_string();
     let arguments = ["--no-controllers", "--data-dir", data.as_str()];
-    let server = TestServer::start_with_env(database, &arguments, &[(minicloud::secrets::KEY_ENV, "")]).await;
+    let server = TestServer::start_with_env(database, &arguments, &[(minicloud_server::KEY_ENV, "")]).await;
     let http = reqwest::Client::new();
     let secrets: Vec<Value> =
         (0..20).map(|i| secret(&format!("s{i}"), json!({"value": format!("v{i}-{OLD_VALUE}")}))).collect();
@@ -267,21 +267,21 @@ async fn a_key_rotation_never_leaves_a_value_unreadable() {
     assert_eq!(last_key.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).count(), 1, "{last_key}");
     let newest = ids.last().expect("an id").clone();
     let database = server.crash();
-    let store = minicloud::store::SqlStore::open(
+    let store = minicloud_server::store::SqlStore::open(
         &database.url,
-        std::sync::Arc::new(minicloud::secrets::SecretKeys::load(Some(&key_file), &data_dir).expect("keys")),
+        std::sync::Arc::new(minicloud_server::SecretKeys::load(Some(&key_file), &data_dir).expect("keys")),
     )
     .await
     .expect("the store opens with the new key alone");
     let bytes: Vec<u8> = files_under(&data_dir).into_iter().flat_map(|(_, bytes)| bytes).collect();
     assert!(contains(&bytes, &format!("mcenc:v1:{newest}:")), "sealed by {newest}");
-    use minicloud::store::Store;
+    use minicloud_server::store::Store;
     let key = minicloud_crds::ObjectKey::new(minicloud_crds::Kind::Secret, "default", "s7");
     assert_eq!(store.get(&key).await.expect("s7").spec["stringData"]["value"], format!("v7-{OLD_VALUE}"));
     store.close().await;
 
     // A server restarted on the same directory reads everything.
-    let server = TestServer::start_with_env(database, &arguments, &[(minicloud::secrets::KEY_ENV, "")]).await;
+    let server = TestServer::start_with_env(database, &arguments, &[(minicloud_server::KEY_ENV, "")]).await;
     let (ok, revealed, _) = cloud(&server, &["secret", "reveal", "s3", "value"]);
     assert!(ok && revealed.trim() == format!("v3-{OLD_VALUE}"), "{revealed}");
     server.stop().await;

@@ -653,7 +653,7 @@ async fn the_first_start_prints_an_admin_token_once_and_a_network_listener_needs
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
         .args(["server", "--no-controllers", "--listen", "0.0.0.0:0", "--data-dir"])
         .arg(tempfile::tempdir().expect("dir").path())
-        .env(minicloud::secrets::KEY_ENV, crate::common::test_key_base64())
+        .env(minicloud_server::KEY_ENV, crate::common::test_key_base64())
         .output()
         .expect("cloud server");
     assert!(!output.status.success());

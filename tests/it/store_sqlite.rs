@@ -6,7 +6,7 @@ store_suite!(crate::common::TestDb::sqlite);
 /// its data across reopening.
 #[tokio::test]
 async fn sqlite_file_is_created_on_first_use_and_persists() {
-    use minicloud::store::{sql, SqlStore, Store};
+    use minicloud_server::store::{sql, SqlStore, Store};
     let directory = tempfile::tempdir().expect("tempdir");
     let data_dir = directory.path().join("nested").join("data");
     let url = sql::sqlite_url(&data_dir);
@@ -22,7 +22,7 @@ async fn sqlite_file_is_created_on_first_use_and_persists() {
     assert_eq!(reopened.get(&key).await.expect("persisted").metadata.name, "web");
     assert!(matches!(
         SqlStore::open("mysql://localhost/x", crate::common::test_keys()).await,
-        Err(minicloud::store::StoreError::UnsupportedUrl(_))
+        Err(minicloud_server::store::StoreError::UnsupportedUrl(_))
     ));
 }
 
@@ -31,8 +31,8 @@ async fn sqlite_file_is_created_on_first_use_and_persists() {
 /// key it needs.
 #[tokio::test]
 async fn plain_secrets_are_sealed_on_open_and_another_key_is_refused() {
-    use minicloud::secrets::SecretKeys;
-    use minicloud::store::{sql, SqlStore, Store};
+    use minicloud_server::store::{sql, SqlStore, Store};
+    use minicloud_server::SecretKeys;
     let directory = tempfile::tempdir().expect("tempdir");
     let url = sql::sqlite_url(directory.path());
     let store = SqlStore::open(&url, crate::common::test_keys()).await.expect("open");

@@ -15,11 +15,11 @@ use std::task::{Context, Poll};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// What can go wrong with backup files.
 #[derive(Debug, thiserror::Error)]
-pub enum BackupError {
+pub(crate) enum BackupError {
     #[error("backup file {path}: {reason}")]
     Io { path: PathBuf, reason: String },
     #[error("backup {0} does not exist in this namespace; `cloud db backups NAME` lists the backups")]
@@ -35,7 +35,7 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> BackupError + '_ {
 /// The description of one backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct BackupMeta {
+pub(crate) struct BackupMeta {
     pub name: String,
     /// The dump's file name, next to the description.
     pub file: String,
@@ -53,12 +53,12 @@ pub struct BackupMeta {
 
 /// Backups of every namespace, under one root directory.
 #[derive(Clone, Debug)]
-pub struct BackupStore {
+pub(crate) struct BackupStore {
     root: PathBuf,
 }
 
 /// A dump being written.
-pub struct PendingBackup {
+pub(crate) struct PendingBackup {
     pub name: String,
     file_name: String,
     partial: PathBuf,
@@ -127,14 +127,14 @@ impl BackupStore {
     }
 
     /// Gives up a backup: its partial file goes.
-    pub async fn abandon(&self, pending: PendingBackup) {
+    pub(crate) async fn abandon(&self, pending: PendingBackup) {
         drop(pending.writer);
         let _ = tokio::fs::remove_file(&pending.partial).await;
     }
 
     /// Removes what interrupted backups of `database` left (partial files). Call it when no
     /// backup of that database runs.
-    pub fn remove_partials(&self, namespace: &str, database: &str) -> usize {
+    pub(crate) fn remove_partials(&self, namespace: &str, database: &str) -> usize {
         let Ok(entries) = std::fs::read_dir(self.directory(namespace)) else { return 0 };
         let prefix = format!(".partial-{database}-");
         let mut removed = 0;
@@ -186,7 +186,11 @@ impl BackupStore {
     }
 
     /// Opens a backup's dump after checking it against its recorded size and SHA-256.
-    pub async fn open_verified(&self, namespace: &str, meta: &BackupMeta) -> Result<tokio::fs::File, BackupError> {
+    pub(crate) async fn open_verified(
+        &self,
+        namespace: &str,
+        meta: &BackupMeta,
+    ) -> Result<tokio::fs::File, BackupError> {
         let path = self.directory(namespace).join(&meta.file);
         let mut file = tokio::fs::File::open(&path).await.map_err(io(&path))?;
         let mut hasher = Sha256::new();
@@ -229,7 +233,7 @@ async fn private_file(path: &Path) -> std::io::Result<tokio::fs::File> {
 }
 
 /// A file writer that counts and hashes what passes through.
-pub struct HashingWriter {
+pub(crate) struct HashingWriter {
     file: tokio::fs::File,
     hasher: Sha256,
     size: u64,
@@ -267,9 +271,6 @@ impl AsyncWrite for HashingWriter {
         Pin::new(&mut self.file).poll_shutdown(context)
     }
 }
-
-/// A reader of a backup's dump (what restores stream into the container).
-pub type DumpReader = Box<dyn AsyncRead + Unpin + Send>;
 
 #[cfg(test)]
 mod tests {

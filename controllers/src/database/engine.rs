@@ -42,7 +42,7 @@ pub fn port(engine: Engine) -> u16 {
 }
 
 /// Where the engine keeps its data (the volume is mounted there).
-pub fn data_path(engine: Engine) -> &'static str {
+pub(crate) fn data_path(engine: Engine) -> &'static str {
     match engine {
         Engine::Postgres => "/var/lib/postgresql/data",
         Engine::Mysql => "/var/lib/mysql",
@@ -51,7 +51,7 @@ pub fn data_path(engine: Engine) -> &'static str {
 }
 
 /// The file name extension of a dump.
-pub fn dump_extension(engine: Engine) -> &'static str {
+pub(crate) fn dump_extension(engine: Engine) -> &'static str {
     match engine {
         Engine::Postgres => "pgdump",
         Engine::Mysql => "sql",
@@ -60,7 +60,7 @@ pub fn dump_extension(engine: Engine) -> &'static str {
 }
 
 /// The username a new database gets.
-pub fn default_username(engine: Engine) -> &'static str {
+pub(crate) fn default_username(engine: Engine) -> &'static str {
     match engine {
         Engine::Redis => "default",
         _ => "app",
@@ -69,7 +69,7 @@ pub fn default_username(engine: Engine) -> &'static str {
 
 /// The container's environment (the images' entrypoints initialise the data directory from
 /// it on first start).
-pub fn container_env(engine: Engine, credentials: &Credentials) -> Vec<String> {
+pub(crate) fn container_env(engine: Engine, credentials: &Credentials) -> Vec<String> {
     match engine {
         Engine::Postgres => vec![
             format!("POSTGRES_USER={}", credentials.username),
@@ -167,12 +167,12 @@ pub fn login(engine: Engine, credentials: &Credentials) -> Command {
 
 /// Whether a readiness check's output says the engine runs but refuses the credentials (Redis
 /// answers its `ping` with an authentication error then).
-pub fn refuses_credentials(output: &str) -> bool {
+pub(crate) fn refuses_credentials(output: &str) -> bool {
     ["WRONGPASS", "NOAUTH", "invalid password", "invalid username-password"].iter().any(|sign| output.contains(sign))
 }
 
 /// What a successful readiness check prints, when exit code 0 is not enough.
-pub fn readiness_output(engine: Engine) -> Option<&'static str> {
+pub(crate) fn readiness_output(engine: Engine) -> Option<&'static str> {
     match engine {
         Engine::Redis => Some("PONG"),
         _ => None,
@@ -236,19 +236,19 @@ pub fn restore(engine: Engine, credentials: &Credentials) -> Command {
 }
 
 /// Redis: starts a snapshot (`BGSAVE`).
-pub fn redis_snapshot(credentials: &Credentials) -> Command {
+pub(crate) fn redis_snapshot(credentials: &Credentials) -> Command {
     command(&["redis-cli", "--no-auth-warning", "BGSAVE"], redis_env(credentials))
 }
 
 /// Redis: the persistence section of `INFO`, to see when the snapshot is done.
-pub fn redis_persistence(credentials: &Credentials) -> Command {
+pub(crate) fn redis_persistence(credentials: &Credentials) -> Command {
     command(&["redis-cli", "--no-auth-warning", "INFO", "persistence"], redis_env(credentials))
 }
 
 /// Redis: whether `INFO persistence` says no snapshot runs and the last one worked, and how
 /// many snapshots it made since it started (`rdb_saves`: a count, so two snapshots within one
 /// second still differ, unlike `rdb_last_save_time`).
-pub fn redis_snapshot_state(info: &str) -> (bool, bool, i64) {
+pub(crate) fn redis_snapshot_state(info: &str) -> (bool, bool, i64) {
     let field =
         |name: &str| info.lines().find_map(|line| line.trim().strip_prefix(name)?.strip_prefix(':').map(str::to_owned));
     let idle = field("rdb_bgsave_in_progress").as_deref() == Some("0");
@@ -258,7 +258,7 @@ pub fn redis_snapshot_state(info: &str) -> (bool, bool, i64) {
 }
 
 /// Redis: puts the uploaded snapshot in place and stops Redis without saving over it.
-pub fn redis_install_snapshot(credentials: &Credentials) -> Command {
+pub(crate) fn redis_install_snapshot(credentials: &Credentials) -> Command {
     command(
         &["sh", "-c", "mv /data/restore.rdb /data/dump.rdb && redis-cli --no-auth-warning SHUTDOWN NOSAVE; true"],
         redis_env(credentials),

@@ -52,7 +52,6 @@ use serde_json::json;
 
 use self::backups::{BackupMeta, BackupStore};
 use self::engine::Credentials;
-use crate::conditions::set_condition;
 use crate::container::{self, Created, Desired, Settled};
 use crate::docker::labels::{spec_hash, Identity, Labels};
 use crate::docker::{
@@ -62,9 +61,10 @@ use crate::meta::owner_reference;
 use crate::metrics::Metrics;
 use crate::owned::{self, Found, OwnedNetwork, OwnedVolume, Wanted};
 use crate::reconciler::{record_event, Action, Cleanup, Context, Controller, ReconcileError};
+use minicloud_crds::conditions::set_condition;
 
 /// The finalizer that guards a database's container, volume and final snapshot.
-pub const FINALIZER: &str = "minicloud.dev/database";
+pub(crate) const FINALIZER: &str = "minicloud.dev/database";
 /// How soon a starting database is checked again.
 const STARTING_RECHECK: Duration = Duration::from_secs(1);
 /// How often a running database's readiness is checked when nothing else happens.

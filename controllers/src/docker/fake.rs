@@ -15,7 +15,7 @@ use super::{
 };
 
 /// A running container named `name` with these labels and nothing else, as tests place one.
-pub fn running_container(name: &str, labels: HashMap<String, String>) -> ContainerInfo {
+pub(crate) fn running_container(name: &str, labels: HashMap<String, String>) -> ContainerInfo {
     ContainerInfo {
         id: format!("id-{name}"),
         name: name.to_owned(),
@@ -32,7 +32,7 @@ pub fn running_container(name: &str, labels: HashMap<String, String>) -> Contain
 
 /// A container engine in memory: containers run as soon as they are created.
 #[derive(Default)]
-pub struct FakeDriver {
+pub(crate) struct FakeDriver {
     pub containers: Mutex<HashMap<String, ContainerInfo>>,
     pub missing_images: Vec<String>,
     pub unreachable: bool,

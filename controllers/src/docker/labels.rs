@@ -20,10 +20,10 @@ pub const NAMESPACE: &str = "minicloud.dev/namespace";
 pub const KIND: &str = "minicloud.dev/kind";
 pub const NAME: &str = "minicloud.dev/name";
 pub const UID: &str = "minicloud.dev/uid";
-pub const SPEC_HASH: &str = "minicloud.dev/spec-hash";
-pub const CLUSTER: &str = "minicloud.dev/cluster";
+pub(crate) const SPEC_HASH: &str = "minicloud.dev/spec-hash";
+pub(crate) const CLUSTER: &str = "minicloud.dev/cluster";
 /// On volumes: the volume's name within its object (`spec.volumes[].name`, `data`).
-pub const VOLUME: &str = "minicloud.dev/volume";
+pub(crate) const VOLUME: &str = "minicloud.dev/volume";
 /// On networks: the minicloud network name (`default`, `spec.network`).
 pub const NETWORK: &str = "minicloud.dev/network";
 
@@ -41,7 +41,7 @@ pub struct Labels {
 
 impl Labels {
     /// The labels as Docker wants them, plus `extra` (e.g. a test run's marker).
-    pub fn to_map(&self, extra: &HashMap<String, String>) -> HashMap<String, String> {
+    pub(crate) fn to_map(&self, extra: &HashMap<String, String>) -> HashMap<String, String> {
         let mut map = extra.clone();
         map.insert(MANAGED_BY.into(), "minicloud".into());
         map.insert(CLUSTER.into(), self.cluster.clone());
@@ -54,7 +54,7 @@ impl Labels {
     }
 
     /// Reads the labels of a managed resource; `None` when they are incomplete.
-    pub fn from_map(map: &HashMap<String, String>) -> Option<Labels> {
+    pub(crate) fn from_map(map: &HashMap<String, String>) -> Option<Labels> {
         if map.get(MANAGED_BY).map(String::as_str) != Some("minicloud") {
             return None;
         }
@@ -123,7 +123,7 @@ impl Identity {
 }
 
 /// Whose a Docker object is, as its labels say (for messages).
-pub fn describe_owner(labels: &HashMap<String, String>) -> String {
+pub(crate) fn describe_owner(labels: &HashMap<String, String>) -> String {
     if labels.get(MANAGED_BY).map(String::as_str) != Some("minicloud") {
         return "it was not created by minicloud (no minicloud.dev labels)".to_owned();
     }
@@ -161,7 +161,7 @@ pub fn claim(identity: &Identity, uid: &str, labels: &HashMap<String, String>) -
 
 /// A stable fingerprint of a JSON value (FNV-1a over its canonical text; serde_json keeps object
 /// keys sorted), used to tell whether a container still matches its spec.
-pub fn spec_hash(value: &Value) -> String {
+pub(crate) fn spec_hash(value: &Value) -> String {
     let text = value.to_string();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in text.bytes() {

@@ -58,7 +58,7 @@ pub enum DriverError {
 
 impl DriverError {
     /// A Docker object of `kind` (`volume`, `network`) named `name` that is `owner`'s.
-    pub fn not_ours(kind: &'static str, name: &str, owner: String) -> DriverError {
+    pub(crate) fn not_ours(kind: &'static str, name: &str, owner: String) -> DriverError {
         DriverError::NotOurs { kind, name: name.to_owned(), owner }
     }
 
@@ -97,7 +97,7 @@ impl DriverError {
 }
 
 /// The first 12 characters of a container id, as `docker ps` shows it.
-pub fn short_id(id: &str) -> &str {
+pub(crate) fn short_id(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
@@ -191,7 +191,7 @@ pub struct CommandOutput {
 pub const LIFECYCLE_ACTIONS: &[&str] = &["start", "die", "oom", "destroy", "health_status"];
 
 /// Whether an event's action is one of [`LIFECYCLE_ACTIONS`].
-pub fn is_lifecycle(action: &str) -> bool {
+pub(crate) fn is_lifecycle(action: &str) -> bool {
     let action = action.split(':').next().unwrap_or_default().trim();
     LIFECYCLE_ACTIONS.contains(&action)
 }
@@ -206,22 +206,22 @@ pub struct ContainerEvent {
 }
 
 /// Where a streamed command's standard output goes.
-pub type OutputSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send);
+pub(crate) type OutputSink<'a> = &'a mut (dyn tokio::io::AsyncWrite + Unpin + Send);
 /// Where a streamed command's standard input comes from.
-pub type InputSource<'a> = &'a mut (dyn tokio::io::AsyncRead + Unpin + Send);
+pub(crate) type InputSource<'a> = &'a mut (dyn tokio::io::AsyncRead + Unpin + Send);
 
 /// Most bytes of standard error (and of standard output without a sink) a streamed command
 /// keeps for its [`CommandOutput`].
-pub const STREAMED_OUTPUT_KEPT: usize = 64 * 1024;
+pub(crate) const STREAMED_OUTPUT_KEPT: usize = 64 * 1024;
 
 /// A stream of log output (stdout and stderr interleaved as the engine delivers them).
-pub type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, DriverError>> + Send>>;
+pub(crate) type LogStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, DriverError>> + Send>>;
 
 /// A container's CPU use in cores, one figure per engine sample (about one a second).
-pub type CpuStream = Pin<Box<dyn Stream<Item = Result<f64, DriverError>> + Send>>;
+pub(crate) type CpuStream = Pin<Box<dyn Stream<Item = Result<f64, DriverError>> + Send>>;
 
 /// A stream of container events; it ends when the engine connection ends.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, DriverError>> + Send>>;
+pub(crate) type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEvent, DriverError>> + Send>>;
 
 /// What controllers need from a container engine.
 #[async_trait]

@@ -12,7 +12,7 @@
 //! labels are checked ([`super::labels::Identity`]).
 
 /// The part of every name that tells control planes apart: 8 characters of the cluster id.
-pub fn cluster_tag(cluster: &str) -> String {
+pub(crate) fn cluster_tag(cluster: &str) -> String {
     let tag: String = cluster.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
     if tag.is_empty() {
         "0".to_owned()
@@ -27,7 +27,7 @@ pub fn instance_container(cluster: &str, namespace: &str, name: &str) -> String 
 }
 
 /// The HAProxy container of a LoadBalancer.
-pub fn loadbalancer_container(cluster: &str, namespace: &str, name: &str) -> String {
+pub(crate) fn loadbalancer_container(cluster: &str, namespace: &str, name: &str) -> String {
     format!("mclb.{namespace}.{name}.{}", cluster_tag(cluster))
 }
 
@@ -62,7 +62,7 @@ pub mod legacy {
     }
 
     /// A LoadBalancer's container.
-    pub fn loadbalancer_container(namespace: &str, name: &str) -> String {
+    pub(crate) fn loadbalancer_container(namespace: &str, name: &str) -> String {
         format!("mclb-{namespace}-{name}")
     }
 

@@ -8,7 +8,7 @@ use bollard::models::{ContainerCpuStats, ContainerStatsResponse};
 /// CPU use between the previous sample and this one, in cores (1.0 = one core fully busy).
 /// `None` for a sample that has no previous one (the first of a stream) or no figures (a
 /// container that stopped).
-pub fn cores_used(sample: &ContainerStatsResponse) -> Option<f64> {
+pub(crate) fn cores_used(sample: &ContainerStatsResponse) -> Option<f64> {
     let now = sample.cpu_stats.as_ref()?;
     let before = sample.precpu_stats.as_ref()?;
     let (container_now, system_now) = counters(now)?;

@@ -4,7 +4,7 @@
 //! closes), bounded in time and in answer size. Also parses `show stat` into per-server rows:
 //! state, last check, current sessions and the counters the metrics export.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +18,7 @@ const MAX_ANSWER_BYTES: u64 = 8 * 1024 * 1024;
 
 /// What can go wrong talking to HAProxy.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     #[error("cannot reach HAProxy's admin socket {path}: {reason}")]
     Unreachable { path: String, reason: String },
     #[error("HAProxy did not answer `{command}` within {seconds} s")]
@@ -31,13 +31,13 @@ pub enum AdminError {
 
 /// The admin socket of one HAProxy.
 #[derive(Clone, Debug)]
-pub struct AdminSocket {
+pub(crate) struct AdminSocket {
     path: PathBuf,
 }
 
 /// One server as `show stat` reports it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServerStat {
+pub(crate) struct ServerStat {
     pub backend: String,
     pub server: String,
     /// `UP`, `DOWN`, `DRAIN`, `MAINT`, `NOLB` (the first word of HAProxy's status).
@@ -57,10 +57,6 @@ pub struct ServerStat {
 impl AdminSocket {
     pub fn new(path: impl Into<PathBuf>) -> AdminSocket {
         AdminSocket { path: path.into() }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Sends one command and returns the whole answer.
@@ -89,7 +85,7 @@ impl AdminSocket {
 /// HAProxy's Runtime API, one command at a time: the admin socket in production, a fake in
 /// the executor's unit tests.
 #[async_trait]
-pub trait RuntimeApi: Send + Sync {
+pub(crate) trait RuntimeApi: Send + Sync {
     /// Sends one command and returns the whole answer.
     async fn command(&self, command: &str) -> Result<String, AdminError>;
 
@@ -120,7 +116,7 @@ impl RuntimeApi for AdminSocket {
 
 /// Parses `show stat` CSV (columns found by their header names) into server rows; frontend
 /// and backend summary rows are skipped.
-pub fn parse_stat(csv: &str) -> Vec<ServerStat> {
+pub(crate) fn parse_stat(csv: &str) -> Vec<ServerStat> {
     let mut lines = csv.lines();
     let Some(header) = lines.next().and_then(|line| line.strip_prefix("# ")) else { return Vec::new() };
     let columns: Vec<&str> = header.split(',').collect();

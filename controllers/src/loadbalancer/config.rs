@@ -16,22 +16,22 @@ use minicloud_crds::loadbalancer::{Algorithm, LbHealthCheck, ListenerProtocol, L
 use minicloud_crds::validation::{check_dns_label, check_http_path};
 
 /// Where the LoadBalancer's directory is mounted inside the HAProxy container.
-pub const MOUNT: &str = "/etc/minicloud-lb";
+pub(crate) const MOUNT: &str = "/etc/minicloud-lb";
 /// The configuration HAProxy runs, relative to the directory.
-pub const CONFIG_FILE: &str = "haproxy.cfg";
+pub(crate) const CONFIG_FILE: &str = "haproxy.cfg";
 /// A configuration being validated, relative to the directory.
-pub const CANDIDATE_FILE: &str = "candidate.cfg";
+pub(crate) const CANDIDATE_FILE: &str = "candidate.cfg";
 /// The Runtime API socket, relative to the directory.
-pub const SOCKET_FILE: &str = "admin.sock";
+pub(crate) const SOCKET_FILE: &str = "admin.sock";
 /// Server states saved just before a reload, so that DOWN, DRAIN and MAINT survive it.
-pub const STATE_FILE: &str = "servers.state";
+pub(crate) const STATE_FILE: &str = "servers.state";
 /// The first container port; listener `i` (in declared order) binds `FIRST_PORT + i`.
-pub const FIRST_PORT: u16 = 8000;
+pub(crate) const FIRST_PORT: u16 = 8000;
 
 /// Health-check defaults (milliseconds between checks, successes to go UP, failures to go DOWN).
-pub const DEFAULT_INTERVAL_MILLIS: u32 = 2000;
-pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
-pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+pub(crate) const DEFAULT_INTERVAL_MILLIS: u32 = 2000;
+pub(crate) const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+pub(crate) const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 
 /// Input that cannot be rendered safely.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -72,7 +72,7 @@ pub fn container_port(index: usize) -> u16 {
 
 /// The arguments of every server line (and of `add server`): health checking as the spec says,
 /// and a short idle-connection purge delay so that a removed target can be deleted quickly.
-pub fn server_arguments(check: Option<&LbHealthCheck>) -> String {
+pub(crate) fn server_arguments(check: Option<&LbHealthCheck>) -> String {
     let interval = check.and_then(|c| c.interval_millis).unwrap_or(DEFAULT_INTERVAL_MILLIS);
     let rise = check.and_then(|c| c.healthy_threshold).unwrap_or(DEFAULT_HEALTHY_THRESHOLD);
     let fall = check.and_then(|c| c.unhealthy_threshold).unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD);
@@ -176,7 +176,7 @@ pub fn render(owner: &str, spec: &LoadBalancerSpec, targets: &[Target]) -> Resul
 }
 
 /// `ip:port`, with brackets for IPv6.
-pub fn socket_address(target: &Target, port: u16) -> String {
+pub(crate) fn socket_address(target: &Target, port: u16) -> String {
     std::net::SocketAddr::new(target.address, port).to_string()
 }
 

@@ -13,7 +13,7 @@ use crate::reconciler::ReconcileError;
 
 /// What sending the steps did.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Done {
+pub(crate) struct Done {
     /// Targets that joined (each once, however many listeners).
     pub joined: Vec<String>,
     /// Servers that are gone from HAProxy or back in rotation: (backend, server); their drain

@@ -53,7 +53,6 @@ use self::config::Target;
 use self::state::Applied;
 use self::status::Selection;
 use self::validation::{Candidate, Refusal, Validator};
-use crate::conditions::set_condition;
 use crate::container::{self, Created, Desired, Settled};
 use crate::docker::labels::{spec_hash, Labels};
 use crate::docker::{names, short_id, ContainerDriver, ContainerInfo, ContainerSpec, PublishSpec, VolumeSpec};
@@ -61,13 +60,14 @@ use crate::meta::DRAINING_ANNOTATION;
 use crate::metrics::Metrics;
 use crate::owned::{self, OwnedNetwork, Wanted};
 use crate::reconciler::{Action, Cleanup, Context, Controller, ReconcileError};
+use minicloud_crds::conditions::set_condition;
 
 /// The finalizer that guards a load balancer's container and directory.
-pub const FINALIZER: &str = "minicloud.dev/loadbalancer";
+pub(crate) const FINALIZER: &str = "minicloud.dev/loadbalancer";
 /// The HAProxy image (built by `scripts/local-images.sh haproxy`).
 pub const DEFAULT_IMAGE: &str = "minicloud/haproxy:local";
 /// How long a leaving target may keep its sessions before it is removed anyway.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a load balancer's health is read back when nothing else brings it up.
 const HEALTH_POLL: Duration = Duration::from_secs(2);
 /// How soon to come back while something is in progress (a drain, a reload, a start).

@@ -22,7 +22,7 @@ use super::config::{self, Target};
 
 /// One Runtime API change of one server (`backend/server`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// A target joins the backend: `add server`, `enable health`, `enable server`.
     Add { backend: String, server: String, address: String, arguments: String },
     /// A target's address or port changed: `set server … addr … port …`.
@@ -52,7 +52,7 @@ impl Step {
 
 /// The steps of one round, and whether a drain is still running afterwards.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Membership {
+pub(crate) struct Membership {
     pub steps: Vec<Step>,
     /// A server keeps draining (its sessions are not done): come back soon.
     pub draining: bool,
@@ -60,7 +60,7 @@ pub struct Membership {
 
 /// Whether HAProxy must load a new configuration: the structure it runs (`applied`, none
 /// when it was never configured here) is not the wanted one.
-pub fn reload_needed(applied: Option<&str>, wanted: &str) -> bool {
+pub(crate) fn reload_needed(applied: Option<&str>, wanted: &str) -> bool {
     applied != Some(wanted)
 }
 
@@ -113,7 +113,7 @@ pub fn membership(
 
 /// The steps that empty every backend (the load balancer is being deleted): each server
 /// drains and goes, as a server that is no longer a target does.
-pub fn leave_all(servers: &[ServerStat], drained_for: &dyn Fn(&ServerStat) -> Duration) -> Membership {
+pub(crate) fn leave_all(servers: &[ServerStat], drained_for: &dyn Fn(&ServerStat) -> Duration) -> Membership {
     let mut membership = Membership::default();
     for server in servers {
         match leave(server, drained_for(server)) {

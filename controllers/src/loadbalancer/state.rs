@@ -58,7 +58,7 @@ pub fn prepare(directory: &Path) -> Result<String, String> {
 }
 
 /// Writes a file through a temporary one and a rename, so readers see the old or the new whole.
-pub fn write_atomically(path: &Path, contents: &str) -> Result<(), ReconcileError> {
+pub(crate) fn write_atomically(path: &Path, contents: &str) -> Result<(), ReconcileError> {
     let temporary = path.with_extension("tmp");
     std::fs::write(&temporary, contents)
         .and_then(|()| std::fs::rename(&temporary, path))
@@ -66,23 +66,23 @@ pub fn write_atomically(path: &Path, contents: &str) -> Result<(), ReconcileErro
 }
 
 /// The validated candidate becomes the configuration HAProxy loads (a rename: atomic).
-pub fn install_candidate(directory: &Path) -> Result<(), ReconcileError> {
+pub(crate) fn install_candidate(directory: &Path) -> Result<(), ReconcileError> {
     std::fs::rename(directory.join(config::CANDIDATE_FILE), directory.join(config::CONFIG_FILE))
         .map_err(|error| ReconcileError::Failed(format!("cannot install the configuration: {error}")))
 }
 
 /// Forgets the server states an earlier HAProxy saved (a new container starts fresh).
-pub fn forget_server_states(directory: &Path) {
+pub(crate) fn forget_server_states(directory: &Path) {
     let _ = std::fs::remove_file(directory.join(config::STATE_FILE));
 }
 
 /// What the running HAProxy was configured from; `None` before the first configuration.
-pub fn read_applied(directory: &Path) -> Option<Applied> {
+pub(crate) fn read_applied(directory: &Path) -> Option<Applied> {
     let text = std::fs::read_to_string(directory.join(APPLIED_FILE)).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-pub fn write_applied(directory: &Path, applied: &Applied) -> Result<(), ReconcileError> {
+pub(crate) fn write_applied(directory: &Path, applied: &Applied) -> Result<(), ReconcileError> {
     let text = serde_json::to_string(applied).map_err(|error| ReconcileError::Failed(error.to_string()))?;
     write_atomically(&directory.join(APPLIED_FILE), &text)
 }

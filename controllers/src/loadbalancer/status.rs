@@ -12,12 +12,12 @@ use minicloud_store::EventType;
 
 use super::admin::ServerStat;
 use super::config;
-use crate::conditions::set_condition;
 use crate::metrics::TargetTraffic;
+use minicloud_crds::conditions::set_condition;
 
 /// The Instances a spec picks right now.
 #[derive(Debug, Default)]
-pub struct Selection {
+pub(crate) struct Selection {
     pub targets: Vec<config::Target>,
     /// Picked Instances on another network (reported, not routed to).
     pub other_network: Vec<String>,
@@ -43,7 +43,7 @@ pub fn endpoints(spec: &LoadBalancerSpec, ports: &[(u16, String, String, u16)]) 
 
 /// Per target: the worst state over the listeners' backends (a target is UP only when it is UP
 /// everywhere), with the address and last check of the first listener.
-pub fn target_statuses(applied: &LoadBalancerSpec, servers: &[ServerStat]) -> Vec<TargetStatus> {
+pub(crate) fn target_statuses(applied: &LoadBalancerSpec, servers: &[ServerStat]) -> Vec<TargetStatus> {
     let rank = |state: &str| match state {
         "UP" => 0,
         "NOLB" => 1,
@@ -95,7 +95,7 @@ pub fn traffic(servers: &[ServerStat]) -> Vec<TargetTraffic> {
 }
 
 /// The events of targets that went DOWN, came back UP, or left (drained and removed).
-pub fn health_events(before: &[TargetStatus], after: &[TargetStatus]) -> Vec<(EventType, &'static str, String)> {
+pub(crate) fn health_events(before: &[TargetStatus], after: &[TargetStatus]) -> Vec<(EventType, &'static str, String)> {
     let mut events = Vec::new();
     for target in after {
         let Some(old) = before.iter().find(|old| old.name == target.name) else { continue };
@@ -120,7 +120,7 @@ pub fn health_events(before: &[TargetStatus], after: &[TargetStatus]) -> Vec<(Ev
 
 /// `TargetsOnNetwork`: every picked Instance is on the load balancer's network, or which are
 /// not. True when the condition flipped to False (worth an event).
-pub fn targets_on_network(
+pub(crate) fn targets_on_network(
     status: &mut LoadBalancerStatus,
     spec: &LoadBalancerSpec,
     selection: &Selection,
@@ -158,7 +158,7 @@ pub fn targets_on_network(
 }
 
 /// `ConfigApplied=True`: HAProxy runs this generation's configuration.
-pub fn config_applied(status: &mut LoadBalancerStatus, generation: i64, now: DateTime<Utc>) {
+pub(crate) fn config_applied(status: &mut LoadBalancerStatus, generation: i64, now: DateTime<Utc>) {
     set_condition(
         &mut status.conditions,
         "ConfigApplied",
@@ -171,7 +171,7 @@ pub fn config_applied(status: &mut LoadBalancerStatus, generation: i64, now: Dat
 }
 
 /// The `TargetsHealthy` and `Ready` conditions, from the targets HAProxy reports.
-pub fn summarise(status: &mut LoadBalancerStatus, selection: &Selection, generation: i64, now: DateTime<Utc>) {
+pub(crate) fn summarise(status: &mut LoadBalancerStatus, selection: &Selection, generation: i64, now: DateTime<Utc>) {
     let members: Vec<&TargetStatus> =
         status.targets.iter().filter(|t| selection.targets.iter().any(|s| s.name == t.name)).collect();
     let healthy = members.iter().filter(|t| t.healthy).count();

@@ -24,7 +24,7 @@ const VALIDATE_TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_MESSAGE: usize = 1500;
 
 /// A configuration about to be checked: what it is rendered from and where it is written.
-pub struct Candidate<'a> {
+pub(crate) struct Candidate<'a> {
     pub owner: &'a str,
     pub spec: &'a LoadBalancerSpec,
     pub targets: &'a [Target],
@@ -34,7 +34,7 @@ pub struct Candidate<'a> {
 }
 
 /// Why HAProxy refused a configuration.
-pub struct Refusal {
+pub(crate) struct Refusal {
     pub message: String,
     /// Refused just now, not remembered from an earlier round.
     pub first: bool,
@@ -82,7 +82,7 @@ impl Validator {
     }
 
     /// Forgets a deleted load balancer.
-    pub fn forget(&self, key: &ObjectKey) {
+    pub(crate) fn forget(&self, key: &ObjectKey) {
         self.rejected.lock().unwrap_or_else(PoisonError::into_inner).remove(key);
     }
 }

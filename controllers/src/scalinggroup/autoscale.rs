@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 /// No change while the use is within this fraction of the target (the HPA's default, 10 %).
-pub const TOLERANCE: f64 = 0.1;
+pub(crate) const TOLERANCE: f64 = 0.1;
 
 /// How the group scales.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,7 +38,7 @@ pub struct Policy {
 
 /// The group as the autoscaler sees it.
 #[derive(Clone, Debug)]
-pub struct Observation {
+pub(crate) struct Observation {
     pub now: DateTime<Utc>,
     /// The count the group drives toward now.
     pub current: u32,
@@ -64,7 +64,7 @@ pub enum Change {
 
 /// One decision of the autoscaler.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The count to drive toward.
     pub desired: u32,
     pub change: Change,
@@ -78,7 +78,7 @@ pub struct Decision {
 /// window), kept in memory. After a restart the window starts empty, and the persisted
 /// cooldowns still hold.
 #[derive(Debug, Default)]
-pub struct Autoscaler {
+pub(crate) struct Autoscaler {
     recommendations: VecDeque<(DateTime<Utc>, u32)>,
 }
 

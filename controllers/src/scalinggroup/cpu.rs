@@ -16,7 +16,7 @@ use minicloud_crds::ObjectKey;
 use crate::docker::ContainerDriver;
 
 /// The longest span of figures kept per member (the longest evaluation window allowed).
-pub const MAX_KEPT: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_KEPT: Duration = Duration::from_secs(3600);
 /// Pause before a stream that ended or failed is opened again.
 const REOPEN_AFTER: Duration = Duration::from_secs(1);
 /// Fewest figures an average needs (the engine gives about one a second).
@@ -40,7 +40,7 @@ impl Drop for Stream {
 }
 
 /// The stats streams of every scaling group's members.
-pub struct CpuMonitor {
+pub(crate) struct CpuMonitor {
     driver: Arc<dyn ContainerDriver>,
     streams: Mutex<HashMap<String, Stream>>,
 }
@@ -66,7 +66,7 @@ impl CpuMonitor {
     }
 
     /// Stops every stream of `group` (deleted).
-    pub fn forget(&self, group: &ObjectKey) {
+    pub(crate) fn forget(&self, group: &ObjectKey) {
         self.follow(group, &[]);
     }
 

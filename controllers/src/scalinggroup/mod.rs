@@ -38,18 +38,18 @@ use minicloud_store::{EventType, Query, Store, StoreError};
 use self::autoscale::{Autoscaler, Change, Observation, Policy};
 use self::cpu::CpuMonitor;
 use self::plan::{Member, Plan, Strategy};
-use crate::conditions::set_condition;
 use crate::docker::labels::spec_hash;
 use crate::docker::names;
 use crate::docker::ContainerDriver;
 use crate::meta::{owner_reference, DRAINING_ANNOTATION};
 use crate::metrics::Metrics;
 use crate::reconciler::{record_event, Action, Cleanup, Context, Controller, ReconcileError};
+use minicloud_crds::conditions::set_condition;
 
 /// The label naming a member's group.
 pub const GROUP_LABEL: &str = "minicloud.dev/scaling-group";
 /// The label carrying the hash of the template a member was made from.
-pub const TEMPLATE_HASH_LABEL: &str = "minicloud.dev/template-hash";
+pub(crate) const TEMPLATE_HASH_LABEL: &str = "minicloud.dev/template-hash";
 /// How often an autoscaled group is evaluated.
 const EVALUATION_PERIOD: Duration = Duration::from_secs(1);
 /// How soon to come back while members are draining.

@@ -18,10 +18,10 @@ use chrono::{DateTime, Utc};
 
 /// Longest a member is left draining before it is deleted even though a load balancer still
 /// lists it (the load balancer's own drain gives up after 10 s).
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest drain when a load balancer picks the group: the load balancer sees the mark and
 /// takes the member out before the member is deleted, even if it had not listed it yet.
-pub const MIN_DRAIN: Duration = Duration::from_secs(1);
+pub(crate) const MIN_DRAIN: Duration = Duration::from_secs(1);
 
 /// A member as the plan sees it.
 #[derive(Clone, Debug, PartialEq)]

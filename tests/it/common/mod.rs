@@ -9,9 +9,9 @@ pub mod store_suite;
 
 use std::sync::Arc;
 
-use minicloud::secrets::SecretKeys;
-use minicloud::store::{MemoryStore, SqlStore, Store};
 use minicloud_crds::Object;
+use minicloud_server::store::{MemoryStore, SqlStore, Store};
+use minicloud_server::SecretKeys;
 use serde_json::json;
 use sqlx::Connection;
 
@@ -50,7 +50,7 @@ impl TestDb {
     /// A new SQLite file in a temporary directory.
     pub async fn sqlite() -> TestDb {
         let directory = tempfile::tempdir().expect("temporary directory");
-        let url = minicloud::store::sql::sqlite_url(directory.path());
+        let url = minicloud_server::store::sql::sqlite_url(directory.path());
         TestDb { url, directory: Some(directory), postgres_name: None, memory: None }
     }
 
@@ -77,7 +77,7 @@ impl TestDb {
 
     /// The SQLite store of a data directory the caller owns (`DIR/minicloud.db`).
     pub fn sqlite_at(data_dir: &std::path::Path) -> TestDb {
-        TestDb::at_url(&minicloud::store::sql::sqlite_url(data_dir))
+        TestDb::at_url(&minicloud_server::store::sql::sqlite_url(data_dir))
     }
 
     /// A database the caller created and removes itself.

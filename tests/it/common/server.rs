@@ -33,7 +33,7 @@ impl TestServer {
         }
         command.args(["--database-url", &database.url]).args(extra);
         // Test servers share the tests' key (an empty value in `env` removes it).
-        command.env(minicloud::secrets::KEY_ENV, super::test_key_base64());
+        command.env(minicloud_server::KEY_ENV, super::test_key_base64());
         for (name, value) in env {
             if value.is_empty() {
                 command.env_remove(name);

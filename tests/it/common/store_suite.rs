@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use minicloud::store::{ChangeType, Deleted, EventType, NewEvent, Query, Selector, Store, StoreError, Write};
 use minicloud_crds::meta::OwnerReference;
 use minicloud_crds::{Kind, ObjectKey};
+use minicloud_server::store::{ChangeType, Deleted, EventType, NewEvent, Query, Selector, Store, StoreError, Write};
 use serde_json::json;
 
 use super::{instance, TestDb};
@@ -87,7 +87,7 @@ pub async fn list_filters_by_kind_namespace_and_labels(database: &TestDb) {
         .await
         .expect("create");
     let names =
-        |list: minicloud::store::ObjectList| list.items.into_iter().map(|o| o.metadata.name).collect::<Vec<_>>();
+        |list: minicloud_server::store::ObjectList| list.items.into_iter().map(|o| o.metadata.name).collect::<Vec<_>>();
     let all = store.list(&Query { kind: Some(Kind::Instance), ..Query::default() }).await.expect("list");
     assert_eq!(all.revision, store.revision().await.expect("revision"));
     assert_eq!(names(all), ["a", "b", "d", "c"]);
@@ -110,11 +110,11 @@ pub async fn list_filters_by_kind_namespace_and_labels(database: &TestDb) {
         });
         store.list_raw(&query, sender).await.expect("list_raw");
         let items = streamed.await.expect("join");
-        assert_eq!(items.first(), Some(&minicloud::store::RawItem::Revision(decoded.revision)));
+        assert_eq!(items.first(), Some(&minicloud_server::store::RawItem::Revision(decoded.revision)));
         let documents: Vec<minicloud_crds::Object> = items[1..]
             .iter()
             .map(|item| match item {
-                minicloud::store::RawItem::Document(text) => serde_json::from_str(text).expect("stored JSON"),
+                minicloud_server::store::RawItem::Document(text) => serde_json::from_str(text).expect("stored JSON"),
                 other => panic!("unexpected {other:?}"),
             })
             .collect();
@@ -282,7 +282,8 @@ pub async fn old_and_surplus_events_are_pruned(database: &TestDb) {
         store.record_event(event).await.expect("event");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let messages = |events: Vec<minicloud::store::Event>| events.into_iter().map(|e| e.message).collect::<Vec<_>>();
+    let messages =
+        |events: Vec<minicloud_server::store::Event>| events.into_iter().map(|e| e.message).collect::<Vec<_>>();
     // Nothing is older than an hour, and five fit in ten: nothing goes.
     let an_hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
     assert_eq!(store.prune_events(an_hour_ago, 10).await.expect("prune"), 0);
@@ -456,8 +457,8 @@ pub async fn concurrent_writers_watch_sees_everything_in_order(database: &TestDb
 /// The compactor trims the change log to the newest revisions on its own.
 pub async fn compactor_trims_the_change_log(database: &TestDb) {
     let store: Arc<dyn Store> = database.open().await;
-    let retention = minicloud::store::Retention { revisions: 3, bytes: u64::MAX, ..Default::default() };
-    let compactor = minicloud::store::spawn_compactor(store.clone(), retention, Duration::from_millis(20));
+    let retention = minicloud_server::store::Retention { revisions: 3, bytes: u64::MAX, ..Default::default() };
+    let compactor = minicloud_server::store::spawn_compactor(store.clone(), retention, Duration::from_millis(20));
     for index in 0..10 {
         store.create(instance("default", &format!("web-{index}"), &[])).await.expect("create");
     }
@@ -485,14 +486,15 @@ pub async fn compaction_keeps_the_change_log_within_its_byte_budget(database: &T
         object = store.update(object).await.expect("update");
     }
     let head = store.revision().await.expect("revision");
-    let retention = minicloud::store::Retention { revisions: 100_000, bytes: 2 * 1024 * 1024, ..Default::default() };
-    let compacted = minicloud::store::compact_to(store.as_ref(), retention).await.expect("compact");
+    let retention =
+        minicloud_server::store::Retention { revisions: 100_000, bytes: 2 * 1024 * 1024, ..Default::default() };
+    let compacted = minicloud_server::store::compact_to(store.as_ref(), retention).await.expect("compact");
     // Each change is a little over 700 KiB: two fit in 2 MiB, three do not.
     assert_eq!(compacted, head - 2, "kept the newest changes that fit the budget");
     let mut stream = store.watch(Query::default(), compacted).await.expect("retained revisions stay watchable");
     assert_eq!(stream.next().await.expect("open").expect("event").revision, head - 1);
     assert!(matches!(store.watch(Query::default(), compacted - 1).await, Err(StoreError::Expired { .. })));
-    let nothing_to_do = minicloud::store::compact_to(store.as_ref(), retention).await.expect("compact again");
+    let nothing_to_do = minicloud_server::store::compact_to(store.as_ref(), retention).await.expect("compact again");
     assert_eq!(nothing_to_do, compacted);
 }
 
@@ -566,7 +568,7 @@ pub async fn batch_writes_commit_all_or_nothing(database: &TestDb) {
 /// change log cannot be filled by a few huge objects.
 pub async fn objects_larger_than_the_limit_are_refused(database: &TestDb) {
     let store = database.open().await;
-    let limit = minicloud::store::rules::MAX_OBJECT_BYTES;
+    let limit = minicloud_server::store::rules::MAX_OBJECT_BYTES;
     let mut huge = instance("default", "huge", &[]);
     huge.metadata.annotations.insert("blob".into(), "x".repeat(limit));
     assert!(matches!(store.create(huge.clone()).await, Err(StoreError::TooLarge { .. })));
@@ -584,7 +586,7 @@ pub async fn objects_larger_than_the_limit_are_refused(database: &TestDb) {
     // Just under the limit is fine.
     let mut fits = instance("default", "fits", &[]);
     let base = serde_json::to_vec(
-        &minicloud::store::rules::prepare_create(fits.clone(), &key("fits"), chrono::Utc::now()).expect("small"),
+        &minicloud_server::store::rules::prepare_create(fits.clone(), &key("fits"), chrono::Utc::now()).expect("small"),
     )
     .expect("encode")
     .len();
