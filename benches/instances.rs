@@ -3,9 +3,14 @@
 //!
 //! - one Instance, apply → Ready and apply → serving, against a bare `docker run -d` of the same
 //!   image + wait until serving (the control plane's overhead is the difference of medians);
-//! - 20 Instances, apply → all serving, against 20 `docker run -d` in parallel and against
-//!   `docker-compose up -d` of an equivalent compose file;
-//! - recovery: container removed with `docker rm -f` → replacement serving;
+//! - 20 Instances, apply → all serving (median of three), against 20 `docker run -d` in
+//!   parallel set up as an Instance's container is (a user-defined network with a name on it,
+//!   an init process), on the default bridge, and against `docker-compose up -d` of an
+//!   equivalent compose file;
+//! - recovery: an Instance's container removed with `docker rm -f` → the replacement serving,
+//!   against `docker restart -t 0` of a plain container on a user network with a fixed
+//!   published port → serving; both timed from the command with a client trying all along
+//!   (`back_after_outage`);
 //! - idle cost: CPU used by `cloud server` over 30 s with 200 Ready Instances and nothing
 //!   changing.
 //!
@@ -18,7 +23,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    apply, cpu_ticks, docker, median, ms, published_port, start_server, wait_serving, RemoveLabelled, Server,
+    apply, back_after_outage, cpu_ticks, docker, median, ms, published_port, start_server, wait_serving,
+    RemoveLabelled, Server,
 };
 use serde_json::{json, Value};
 
@@ -64,6 +70,31 @@ fn wait_ready(http: &reqwest::blocking::Client, server: &Server, namespace: &str
         assert!(Instant::now() < deadline, "{} of {count} Ready", ports.len());
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Starts 20 containers of the image with `docker run -d` in parallel (with `extra` options) and
+/// waits until each serves; returns the time that took and their ids.
+fn twenty_docker_runs(label: &str, extra: &[&str]) -> (Duration, Vec<String>) {
+    let started = Instant::now();
+    let runs: Vec<Child> = (0..20)
+        .map(|_| {
+            Command::new("docker")
+                .args(["run", "-d", "--label", label, "-p", "127.0.0.1::8080"])
+                .args(extra)
+                .arg(IMAGE)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("docker run")
+        })
+        .collect();
+    let ids: Vec<String> = runs
+        .into_iter()
+        .map(|child| String::from_utf8_lossy(&child.wait_with_output().expect("wait").stdout).trim().to_owned())
+        .collect();
+    for id in &ids {
+        wait_serving(published_port(id, 8080));
+    }
+    (started.elapsed(), ids)
 }
 
 fn main() {
@@ -124,32 +155,34 @@ fn main() {
         (first_in_namespace.as_secs_f64() - bare.as_secs_f64()) * 1e3
     );
 
-    // Twenty Instances.
-    let started = Instant::now();
-    apply(&http, &server, (0..20).map(|i| instance("twenty", &format!("web-{i}"))).collect());
-    let ports = wait_ready(&http, &server, "twenty", 20);
-    for port in &ports {
-        wait_serving(*port);
+    // Twenty Instances, three times, against 20 parallel `docker run -d` of plain containers
+    // (default bridge) and of containers set up as an Instance's are (a user-defined network
+    // with a name on it, an init process): the like-for-like baseline.
+    const TWENTY_RUNS: usize = 3;
+    let network = format!("{run}-twenty");
+    docker(&["network", "create", "--label", &label, &network]);
+    let (mut twenty, mut plain_runs, mut alike_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ids: Vec<String> = Vec::new();
+    for round in 0..TWENTY_RUNS {
+        // Earlier rounds' containers keep running on both sides alike.
+        let namespace = format!("twenty-{round}");
+        let started = Instant::now();
+        apply(&http, &server, (0..20).map(|i| instance(&namespace, &format!("web-{i}"))).collect());
+        let ports = wait_ready(&http, &server, &namespace, 20);
+        for port in &ports {
+            wait_serving(*port);
+        }
+        twenty.push(started.elapsed());
+        let (elapsed, plain) = twenty_docker_runs(&label, &[]);
+        plain_runs.push(elapsed);
+        for id in &plain {
+            docker(&["rm", "-f", id]);
+        }
+        let (elapsed, alike) = twenty_docker_runs(&label, &["--init", "--network", &network, "--network-alias", "web"]);
+        alike_runs.push(elapsed);
+        ids.extend(alike);
     }
-    let twenty = started.elapsed();
-    let started = Instant::now();
-    let runs: Vec<Child> = (0..20)
-        .map(|_| {
-            Command::new("docker")
-                .args(["run", "-d", "--label", &label, "-p", "127.0.0.1::8080", IMAGE])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("docker run")
-        })
-        .collect();
-    let ids: Vec<String> = runs
-        .into_iter()
-        .map(|child| String::from_utf8_lossy(&child.wait_with_output().expect("wait").stdout).trim().to_owned())
-        .collect();
-    for id in &ids {
-        wait_serving(published_port(id, 8080));
-    }
-    let parallel = started.elapsed();
+    let (twenty, parallel, alike) = (median(twenty), median(plain_runs), median(alike_runs));
     let compose_dir = data.path().join("compose");
     std::fs::create_dir_all(&compose_dir).expect("dir");
     let mut compose = String::from("version: \"2.4\"\nservices:\n");
@@ -184,10 +217,12 @@ fn main() {
     }
     let compose_time = started.elapsed();
     println!(
-        "| 20 Instances: apply → all serving | {} | 20 × `docker run -d` in parallel: {}; `docker-compose up -d`: {} | {:.2}× parallel docker run |",
+        "| 20 Instances: apply → all serving | {} | 20 × `docker run -d` in parallel on a user network (as an Instance's): {}; on the default bridge: {}; `docker-compose up -d`: {} | {:.2}× (bridge: {:.2}×) |",
         ms(twenty),
+        ms(alike),
         ms(parallel),
         ms(compose_time),
+        twenty.as_secs_f64() / alike.as_secs_f64(),
         twenty.as_secs_f64() / parallel.as_secs_f64()
     );
     let _ = Command::new("docker-compose")
@@ -196,36 +231,65 @@ fn main() {
         .stderr(Stdio::null())
         .status();
 
-    // Recovery.
+    for id in &ids {
+        docker(&["rm", "-f", id]);
+    }
+    docker(&["network", "rm", &network]);
+
+    // Recovery, both sides timed alike: from the disrupting command, with a client trying all
+    // along, until it is served again. The baseline is the engine restarting a plain container
+    // configured as an Instance's is (user network, fixed published port, an init process).
+    let network = format!("{run}-recovery");
+    docker(&["network", "create", "--label", &label, &network]);
+    let fixed_port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("address").port();
+    let plain = docker(&[
+        "run",
+        "-d",
+        "--init",
+        "--label",
+        &label,
+        "--network",
+        &network,
+        "-p",
+        &format!("127.0.0.1:{fixed_port}:8080"),
+        IMAGE,
+    ]);
+    wait_serving(fixed_port);
     let mut recoveries = Vec::new();
-    let mut bare_restarts = Vec::new();
-    for (index, id) in ids.iter().enumerate().take(RUNS) {
-        let object = list(&http, &server, "twenty")
+    let mut restarts = Vec::new();
+    let mut quiet_restarts = Vec::new();
+    for index in 0..RUNS {
+        let object = list(&http, &server, "twenty-0")
             .into_iter()
             .find(|o| o["metadata"]["name"] == format!("web-{index}"))
             .expect("object");
         let port = ready_port(&object).expect("ready");
-        let container = server.instance_container("twenty", &format!("web-{index}"));
+        let container = server.instance_container("twenty-0", &format!("web-{index}"));
+        recoveries.push(back_after_outage(port, move || {
+            docker(&["rm", "-f", &container]);
+        }));
+        let id = plain.clone();
+        restarts.push(back_after_outage(fixed_port, move || {
+            docker(&["restart", "-t", "0", &id]);
+        }));
+        // The engine's restart once more, with the client starting only when the command has
+        // returned: it then never meets the stall a client trying during the restart meets.
         let started = Instant::now();
-        docker(&["rm", "-f", &container]);
-        // The old container answered until it was removed; wait for the replacement.
-        wait_serving(port);
-        recoveries.push(started.elapsed());
-
-        let started = Instant::now();
-        docker(&["restart", "-t", "0", id]);
-        wait_serving(published_port(id, 8080));
-        bare_restarts.push(started.elapsed());
+        docker(&["restart", "-t", "0", &plain]);
+        wait_serving(fixed_port);
+        quiet_restarts.push(started.elapsed());
     }
+    let recovery = median(recoveries);
     println!(
-        "| recovery: `docker rm -f` → replacement serving on the same port | {} | `docker restart -t 0` → serving: {} | {:.2}× |",
-        ms(median(recoveries.clone())),
-        ms(median(bare_restarts.clone())),
-        median(recoveries).as_secs_f64() / median(bare_restarts).as_secs_f64()
+        "| recovery: `docker rm -f` → replacement serving on the same port, a client trying all along | {} | `docker restart -t 0` → serving, a client trying all along: {}; the client starting when the command returned: {} | {:.2}× ({:.2}×) |",
+        ms(recovery),
+        ms(median(restarts.clone())),
+        ms(median(quiet_restarts.clone())),
+        recovery.as_secs_f64() / median(restarts).as_secs_f64(),
+        recovery.as_secs_f64() / median(quiet_restarts).as_secs_f64()
     );
-    for id in &ids {
-        docker(&["rm", "-f", id]);
-    }
+    docker(&["rm", "-f", &plain]);
+    docker(&["network", "rm", &network]);
 
     // Idle cost with 200 Ready Instances.
     apply(&http, &server, (0..200).map(|i| instance("idle", &format!("web-{i}"))).collect());

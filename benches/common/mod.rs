@@ -133,15 +133,45 @@ pub fn remove_labelled(label: &str) {
 
 /// Whether a GET of `/` on the 127.0.0.1 port returns the web image's page.
 pub fn serves(port: u16) -> bool {
+    serves_within(port, Duration::from_secs(2))
+}
+
+/// Whether a GET of `/` on the 127.0.0.1 port returns the web image's page within `timeout`
+/// (to connect, and again to answer).
+pub fn serves_within(port: u16, timeout: Duration) -> bool {
     use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return false };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&address, timeout) else { return false };
+    let _ = stream.set_read_timeout(Some(timeout));
     if stream.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
         return false;
     }
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
     text.contains("Hello from minicloud")
+}
+
+/// Runs `disrupt` (which takes the service on `port` down and, directly or not, brings it
+/// back) while a client keeps trying the way a real one would — a fresh connection every 2 ms,
+/// each given 200 ms — and returns the time from the start of `disrupt` until the client is
+/// served again after having been refused. Both sides of a recovery comparison are timed so.
+pub fn back_after_outage(port: u16, disrupt: impl FnOnce() + Send + 'static) -> Duration {
+    let started = Instant::now();
+    let action = std::thread::spawn(disrupt);
+    let deadline = started + Duration::from_secs(60);
+    let mut refused = false;
+    loop {
+        let served = serves_within(port, Duration::from_millis(200));
+        if refused && served {
+            break;
+        }
+        refused |= !served;
+        assert!(Instant::now() < deadline, "port {port} did not serve again within 60 s");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = started.elapsed();
+    action.join().expect("the disrupting command");
+    elapsed
 }
 
 /// Waits (at most 60 s) until the port serves the page.
