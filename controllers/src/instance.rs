@@ -481,9 +481,10 @@ impl Controller for InstanceController {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! Reconcile decisions against the in-memory store and a fake engine. The integration
     //! tests (`tests/it/instances.rs`, `tests/it/resilience.rs`) prove the same with real Docker.
+    //! The fixture is shared with the other modules' tests that need an Instance (orphans).
 
     use serde_json::Value;
 
@@ -494,24 +495,24 @@ mod tests {
     use minicloud_crds::Object;
     use minicloud_store::MemoryStore;
 
-    struct Fixture {
-        store: Arc<MemoryStore>,
-        driver: Arc<FakeDriver>,
-        controller: InstanceController,
+    pub(crate) struct Fixture {
+        pub(crate) store: Arc<MemoryStore>,
+        pub(crate) driver: Arc<FakeDriver>,
+        pub(crate) controller: InstanceController,
     }
 
-    fn fixture(driver: FakeDriver) -> Fixture {
+    pub(crate) fn fixture(driver: FakeDriver) -> Fixture {
         let store = Arc::new(MemoryStore::new());
         let driver = Arc::new(driver);
         let controller = InstanceController::new(store.clone(), driver.clone(), HashMap::new());
         Fixture { store, driver, controller }
     }
 
-    fn key(name: &str) -> ObjectKey {
+    pub(crate) fn key(name: &str) -> ObjectKey {
         ObjectKey::new(Kind::Instance, "default", name)
     }
 
-    async fn create(fixture: &Fixture, name: &str, spec: Value) -> Object {
+    pub(crate) async fn create(fixture: &Fixture, name: &str, spec: Value) -> Object {
         let object: Object = serde_json::from_value(json!({
             "apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": name}, "spec": spec
         }))
@@ -520,11 +521,11 @@ mod tests {
     }
 
     /// The container of Instance `web` in `default`.
-    fn web_container(fixture: &Fixture) -> String {
+    pub(crate) fn web_container(fixture: &Fixture) -> String {
         names::instance_container(fixture.store.cluster_id(), "default", "web")
     }
 
-    fn web() -> Value {
+    pub(crate) fn web() -> Value {
         json!({"image": "web:1", "ports": [{"containerPort": 8080}], "restartPolicy": "Always"})
     }
 

@@ -40,50 +40,11 @@ pub async fn collect_containers(store: &dyn Store, driver: &dyn ContainerDriver)
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::Arc;
-
-    use serde_json::json;
 
     use super::*;
     use crate::docker::fake::{running_container, FakeDriver};
-    use crate::docker::names;
-    use crate::instance::InstanceController;
+    use crate::instance::tests::{create, fixture, key, web, web_container};
     use crate::reconciler::Reconciler;
-    use minicloud_crds::Object;
-    use minicloud_store::MemoryStore;
-
-    struct Fixture {
-        store: Arc<MemoryStore>,
-        driver: Arc<FakeDriver>,
-        controller: InstanceController,
-    }
-
-    fn fixture(driver: FakeDriver) -> Fixture {
-        let store = Arc::new(MemoryStore::new());
-        let driver = Arc::new(driver);
-        let controller = InstanceController::new(store.clone(), driver.clone(), HashMap::new());
-        Fixture { store, driver, controller }
-    }
-
-    fn key(name: &str) -> ObjectKey {
-        ObjectKey::new(Kind::Instance, "default", name)
-    }
-
-    async fn create(fixture: &Fixture, name: &str, spec: serde_json::Value) -> Object {
-        let object: Object = serde_json::from_value(json!({
-            "apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": name}, "spec": spec
-        }))
-        .expect("object");
-        fixture.store.create(object).await.expect("create")
-    }
-
-    fn web() -> serde_json::Value {
-        json!({"image": "web:1", "ports": [{"containerPort": 8080}], "restartPolicy": "Always"})
-    }
-
-    fn web_container(fixture: &Fixture) -> String {
-        names::instance_container(fixture.store.cluster_id(), "default", "web")
-    }
 
     #[tokio::test]
     async fn orphans_of_this_cluster_go_and_others_stay() {

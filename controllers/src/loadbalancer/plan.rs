@@ -95,18 +95,10 @@ pub fn membership(
                 membership.steps.push(Step::Return { backend: backend.clone(), server });
             }
         }
-        let mut leaving: Vec<&&ServerStat> =
-            present.values().filter(|s| !targets.iter().any(|t| t.name == s.server)).collect();
+        let mut leaving: Vec<&ServerStat> =
+            present.values().copied().filter(|s| !targets.iter().any(|t| t.name == s.server)).collect();
         leaving.sort_by(|a, b| a.server.cmp(&b.server));
-        for server in leaving {
-            match leave(server, drained_for(server)) {
-                Some(step) => {
-                    membership.draining |= matches!(step, Step::Drain { .. });
-                    membership.steps.push(step);
-                }
-                None => membership.draining = true,
-            }
-        }
+        add_leaving(&mut membership, leaving, drained_for);
     }
     membership
 }
@@ -115,6 +107,16 @@ pub fn membership(
 /// drains and goes, as a server that is no longer a target does.
 pub(crate) fn leave_all(servers: &[ServerStat], drained_for: &dyn Fn(&ServerStat) -> Duration) -> Membership {
     let mut membership = Membership::default();
+    add_leaving(&mut membership, servers, drained_for);
+    membership
+}
+
+/// Adds the next step of each server that leaves; one still draining keeps `draining` set.
+fn add_leaving<'s>(
+    membership: &mut Membership,
+    servers: impl IntoIterator<Item = &'s ServerStat>,
+    drained_for: &dyn Fn(&ServerStat) -> Duration,
+) {
     for server in servers {
         match leave(server, drained_for(server)) {
             Some(step) => {
@@ -124,7 +126,6 @@ pub(crate) fn leave_all(servers: &[ServerStat], drained_for: &dyn Fn(&ServerStat
             None => membership.draining = true,
         }
     }
-    membership
 }
 
 /// The next step for a server that is no longer a target; `None` while it drains.
@@ -150,14 +151,16 @@ fn leave(server: &ServerStat, drained_for: Duration) -> Option<Step> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::net::IpAddr;
 
     use serde_json::json;
 
     use super::*;
 
-    fn spec(listeners: serde_json::Value) -> LoadBalancerSpec {
+    /// A load balancer's spec with these listeners, targeting `app=web` (also for the status
+    /// module's tests).
+    pub(crate) fn spec(listeners: serde_json::Value) -> LoadBalancerSpec {
         serde_json::from_value(
             json!({"listeners": listeners, "targets": {"selector": {"matchLabels": {"app": "web"}}}}),
         )

@@ -218,13 +218,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-
-    fn spec(listeners: serde_json::Value) -> LoadBalancerSpec {
-        serde_json::from_value(
-            json!({"listeners": listeners, "targets": {"selector": {"matchLabels": {"app": "web"}}}}),
-        )
-        .expect("spec")
-    }
+    use crate::loadbalancer::plan::tests::spec;
 
     fn condition(status: &LoadBalancerStatus, type_: &str) -> (ConditionStatus, String) {
         let found = status.conditions.iter().find(|c| c.type_ == type_).expect("condition");
