@@ -1,5 +1,15 @@
 //! The Instance controller: one container per Instance, kept running and matching its spec.
 //!
+//! The decisions it makes, and where they are:
+//!
+//! | decision | where |
+//! |---|---|
+//! | keep, replace (spec changed, an exit the restart policy restarts) or create the container | [`crate::container::judge`], [`crate::container::settle`] |
+//! | whether a container, volume or network of the name is this object's | [`crate::owned`] |
+//! | which environment the container gets (Secret references resolved) | [`InstanceController::resolve_env`] |
+//! | what status says: phase, ports, restarts, `ContainerRunning`, `Healthy`, `Ready` | [`InstanceController::observe`] |
+//! | what deletion removes (container, volumes not `retain`, an unused network) | the [`Controller`] impl's `cleanup` |
+//!
 //! Each reconcile observes the container (found by its deterministic, injective name
 //! `mc.NAMESPACE.NAME.CLUSTER`, so a crash at any point can never leave two containers for one
 //! object; judged by its labels, [`crate::owned`]) and takes the next step: create it, replace

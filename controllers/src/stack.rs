@@ -1,6 +1,16 @@
 //! The Stack controller: creates, updates and removes a stack's resources (its children) in
 //! dependency order, and reports them, its phase and its outputs.
 //!
+//! The decisions it makes, and where they are:
+//!
+//! | decision | where |
+//! |---|---|
+//! | each parameter's value (given, default, generated once, secret) | [`StackController::parameter_values`] |
+//! | the order of the resources | [`minicloud_crds::stack::dependencies`], [`minicloud_crds::stack::dependency_order`] |
+//! | which child is written now (dependencies Ready, references resolved, admitted by the policies) | [`StackController::converge`], [`StackController::write_child`] |
+//! | whether the stack has failed, and why | [`StackController::failed`], `ready_reason` |
+//! | what deletion removes first | [`StackController::release`] |
+//!
 //! - Parameters: the given value, else the default; `generate` parameters get a value once,
 //!   kept in the Secret `STACK-params` (owned by the stack) and reused by every later round —
 //!   also after the stack is applied again; `secret` parameters are kept there too (the stack

@@ -18,7 +18,7 @@
 //! - **Stacks** hold the values of their `secret: true` parameters in `spec.values`: those are
 //!   sealed and redacted the same way (associated data `Stack:namespace/name/key`).
 //! - **Redaction.** Whatever the API sends (GET, lists, watches, write answers) carries
-//!   [`REDACTED`] instead of each value; `reveal` is the one way to read a value back.
+//!   [`REDACTED`](minicloud_model::redact::REDACTED) instead of each value; `reveal` is the one way to read a value back.
 
 use std::path::{Path, PathBuf};
 use std::sync::{PoisonError, RwLock};

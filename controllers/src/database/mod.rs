@@ -2,6 +2,18 @@
 //! `mysql`, or Redis), its credentials generated once into a Secret, its data on a named
 //! volume, verified backups on a schedule and on demand, restores, and a deletion policy.
 //!
+//! The decisions it makes, and where they are:
+//!
+//! | decision | where |
+//! |---|---|
+//! | the credentials: made once, kept, adopted after a `Retain` | [`DatabaseController::credentials`] |
+//! | keep, replace or create the container | [`DatabaseController::ensure_container`], [`crate::container`] |
+//! | whether the engine accepts connections with the credentials | [`DatabaseController::probe`] |
+//! | what differs per engine (image, port, readiness, dump and restore commands) | [`engine`] |
+//! | when to back up, what to keep, whether a backup is whole | [`DatabaseController::back_up`], [`backups`] |
+//! | when to restore, and from which verified backup | [`DatabaseController::restore`] |
+//! | what deletion keeps, per deletion policy | [`DatabaseController::release`] |
+//!
 //! - Credentials: the Secret `NAME-credentials` (type `DatabaseCredentials`; keys `username`,
 //!   `password`, `database`, `url`), owned by the database, created once with a 32-character
 //!   password from the OS random number generator and never regenerated: a re-applied database

@@ -2,6 +2,15 @@
 //! autoscales that count on CPU, and replaces members when the template changes without a
 //! load balancer in front ever losing a request.
 //!
+//! The decisions it makes, and where they are:
+//!
+//! | decision | where |
+//! |---|---|
+//! | the desired count (spec, `cloud scale`, or the autoscaler) | [`ScalingGroupController::desired_count`], [`autoscale::Autoscaler::decide`] |
+//! | which members to create, mark draining, delete; rolling update and Recreate | [`plan::plan`] |
+//! | whether a member is UP in the load balancers in front | [`ScalingGroupController::balancers`] |
+//! | what status and events say | `summarise`, [`ScalingGroupController::report_steps`] |
+//!
 //! - Members are Instances owned by the group (`ownerReferences`), named `GROUP-xxxxx`, with
 //!   the template's labels plus [`GROUP_LABEL`] and [`TEMPLATE_HASH_LABEL`]; load balancers
 //!   pick them by selector or by `scalingGroupRef` with no extra step. They are found again
