@@ -506,7 +506,10 @@ pub async fn run(global: GlobalArgs, command: Command, whole: impl FnOnce() -> c
         }
         Command::Validate { files, recursive } => validate::run(&files, recursive),
         Command::Completion { shell } => {
-            clap_complete::generate(shell, &mut whole(), "cloud", &mut std::io::stdout());
+            // Generated in memory: clap_complete panics when its writer fails (`| head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut whole(), "cloud", &mut script);
+            write_data(&String::from_utf8_lossy(&script));
             Ok(())
         }
         Command::Version => version(&client).await,

@@ -313,6 +313,17 @@ fn offline_commands_and_unreachable_server() {
         let output = run(&["completion", shell]);
         assert!(output.status.success() && stdout(&output).contains("cloud"), "{shell}");
     }
+    // A reader that goes away (`cloud completion bash | head`): the script (over 100 KB, more
+    // than a pipe holds) cannot be written whole, and that is no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["completion", "bash"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run cloud");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("wait");
+    assert!(output.status.success() && !stderr(&output).contains("panicked"), "{}", stderr(&output));
     let output = run(&["get", "instances"]);
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr(&output).contains("cannot reach the minicloud server at http://127.0.0.1:9"), "{}", stderr(&output));
