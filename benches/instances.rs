@@ -120,9 +120,11 @@ fn main() {
     let mut to_serving = Vec::new();
     let mut bare = Vec::new();
     let mut bare_alike = Vec::new();
-    // The like-for-like baseline's network: containers set up as an Instance's are.
+    // The like-for-like baselines run containers set up as an Instance's is: on a user-defined
+    // network, with a name on it, and an init process.
     let network = format!("{run}-alike");
     docker(&["network", "create", "--label", &label, &network]);
+    let alike = ["--init", "--network", network.as_str(), "--network-alias", "web"];
     for index in 0..RUNS {
         let started = Instant::now();
         apply(&http, &server, vec![instance("first", &format!("web-{index}"))]);
@@ -147,20 +149,7 @@ fn main() {
         bare.push(started.elapsed());
 
         let started = Instant::now();
-        let id = docker(&[
-            "run",
-            "-d",
-            "--init",
-            "--network",
-            &network,
-            "--network-alias",
-            "web",
-            "--label",
-            &label,
-            "-p",
-            "127.0.0.1::8080",
-            IMAGE,
-        ]);
+        let id = docker(&[&["run", "-d"][..], &alike, &["--label", &label, "-p", "127.0.0.1::8080", IMAGE]].concat());
         wait_serving(published_port(&id, 8080));
         bare_alike.push(started.elapsed());
     }
@@ -201,11 +190,11 @@ fn main() {
         for id in &plain {
             docker(&["rm", "-f", id]);
         }
-        let (elapsed, alike) = twenty_docker_runs(&label, &["--init", "--network", &network, "--network-alias", "web"]);
+        let (elapsed, alike_ids) = twenty_docker_runs(&label, &alike);
         alike_runs.push(elapsed);
-        ids.extend(alike);
+        ids.extend(alike_ids);
     }
-    let (twenty, parallel, alike) = (median(twenty), median(plain_runs), median(alike_runs));
+    let (twenty, parallel, parallel_alike) = (median(twenty), median(plain_runs), median(alike_runs));
     let compose_dir = data.path().join("compose");
     std::fs::create_dir_all(&compose_dir).expect("dir");
     let mut compose = String::from("version: \"2.4\"\nservices:\n");
@@ -242,10 +231,10 @@ fn main() {
     println!(
         "| 20 Instances: apply → all serving | {} | 20 × `docker run -d` in parallel on a user network (as an Instance's): {}; on the default bridge: {}; `docker-compose up -d`: {} | {:.2}× (bridge: {:.2}×) |",
         ms(twenty),
-        ms(alike),
+        ms(parallel_alike),
         ms(parallel),
         ms(compose_time),
-        twenty.as_secs_f64() / alike.as_secs_f64(),
+        twenty.as_secs_f64() / parallel_alike.as_secs_f64(),
         twenty.as_secs_f64() / parallel.as_secs_f64()
     );
     let _ = Command::new("docker-compose")
@@ -257,26 +246,13 @@ fn main() {
     for id in &ids {
         docker(&["rm", "-f", id]);
     }
-    docker(&["network", "rm", &network]);
 
     // Recovery, both sides timed alike: from the disrupting command, with a client trying all
     // along, until it is served again. The baseline is the engine restarting a plain container
-    // configured as an Instance's is (user network, fixed published port, an init process).
-    let network = format!("{run}-recovery");
-    docker(&["network", "create", "--label", &label, &network]);
+    // set up as an Instance's is, with a fixed published port.
     let fixed_port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("address").port();
-    let plain = docker(&[
-        "run",
-        "-d",
-        "--init",
-        "--label",
-        &label,
-        "--network",
-        &network,
-        "-p",
-        &format!("127.0.0.1:{fixed_port}:8080"),
-        IMAGE,
-    ]);
+    let published = format!("127.0.0.1:{fixed_port}:8080");
+    let plain = docker(&[&["run", "-d"][..], &alike, &["--label", &label, "-p", &published, IMAGE]].concat());
     wait_serving(fixed_port);
     let mut recoveries = Vec::new();
     let mut restarts = Vec::new();
