@@ -8,6 +8,7 @@
 //! unit tests hand them [`minicloud_store::MemoryStore`] and a fake driver.
 
 pub mod admission;
+pub mod certificate;
 pub mod container;
 pub mod database;
 pub mod docker;
@@ -19,6 +20,8 @@ pub mod orphans;
 pub mod owned;
 pub mod queue;
 pub mod reconciler;
+pub mod route;
 pub mod runtime;
 pub mod scalinggroup;
 pub mod stack;
+pub mod tls;

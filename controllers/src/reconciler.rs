@@ -229,6 +229,13 @@ pub trait Controller: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// Kinds whose changes (status included) wake every object of this kind, in every
+    /// namespace: for relations that cross namespaces (a Route attached to a LoadBalancer of
+    /// another namespace).
+    fn watched_everywhere(&self) -> Vec<Kind> {
+        Vec::new()
+    }
+
     /// Drives a live object toward its spec; the finalizer is in place.
     async fn apply(&self, ctx: &mut Context<'_>, resource: Self::Resource) -> Result<Action, ReconcileError>;
 
@@ -251,6 +258,8 @@ pub trait Reconciler: Send + Sync + 'static {
     fn child_kinds(&self) -> Vec<Kind>;
     /// See [`Controller::watched_kinds`].
     fn watched_kinds(&self) -> Vec<Kind>;
+    /// See [`Controller::watched_everywhere`].
+    fn watched_everywhere(&self) -> Vec<Kind>;
     /// One round for the object under `key`.
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError>;
 }
@@ -267,6 +276,10 @@ impl<C: Controller> Reconciler for C {
 
     fn watched_kinds(&self) -> Vec<Kind> {
         Controller::watched_kinds(self)
+    }
+
+    fn watched_everywhere(&self) -> Vec<Kind> {
+        Controller::watched_everywhere(self)
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Action, ReconcileError> {

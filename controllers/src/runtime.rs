@@ -174,7 +174,10 @@ pub async fn run(
         .into_iter()
         .map(|child| tokio::spawn(wake_owners(store.clone(), queue.clone(), kind, child, revision)))
         .chain(reconciler.watched_kinds().into_iter().map(|watched| {
-            tokio::spawn(wake_namespace(store.clone(), queue.clone(), known.clone(), watched, revision))
+            tokio::spawn(wake_related(store.clone(), queue.clone(), known.clone(), watched, Scope::Namespace, revision))
+        }))
+        .chain(reconciler.watched_everywhere().into_iter().map(|watched| {
+            tokio::spawn(wake_related(store.clone(), queue.clone(), known.clone(), watched, Scope::Everywhere, revision))
         }))
         .collect();
 
@@ -282,17 +285,31 @@ async fn wake_owners(store: Arc<dyn Store>, queue: Arc<Queue<ObjectKey>>, owner:
     .await
 }
 
-/// Queues every known object in the namespace of each changed object of kind `watched`.
-async fn wake_namespace(
+/// Which known objects a change of a watched kind wakes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scope {
+    /// Those in the changed object's namespace.
+    Namespace,
+    /// All of them.
+    Everywhere,
+}
+
+/// Queues the known objects `scope` names for each changed object of kind `watched`.
+async fn wake_related(
     store: Arc<dyn Store>,
     queue: Arc<Queue<ObjectKey>>,
     known: Known,
     watched: Kind,
+    scope: Scope,
     revision: i64,
 ) {
     follow_changes(store, watched, revision, |object| {
         let namespace = object.namespace();
-        let woken: Vec<ObjectKey> = lock(&known).iter().filter(|key| key.namespace == namespace).cloned().collect();
+        let woken: Vec<ObjectKey> = lock(&known)
+            .iter()
+            .filter(|key| scope == Scope::Everywhere || key.namespace == namespace)
+            .cloned()
+            .collect();
         for key in woken {
             queue.schedule_now(key);
         }
@@ -348,6 +365,9 @@ mod tests {
             vec![Kind::Instance]
         }
         fn watched_kinds(&self) -> Vec<Kind> {
+            Vec::new()
+        }
+        fn watched_everywhere(&self) -> Vec<Kind> {
             Vec::new()
         }
         async fn reconcile(&self, key: &ObjectKey) -> Result<Action, crate::reconciler::ReconcileError> {

@@ -9,11 +9,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::applyset::{ApplySetSpec, ApplySetStatus};
+use crate::certificate::{CertificateSpec, CertificateStatus};
 use crate::database::{ManagedDatabaseSpec, ManagedDatabaseStatus};
 use crate::instance::{InstanceSpec, InstanceStatus};
 use crate::loadbalancer::{LoadBalancerSpec, LoadBalancerStatus};
 use crate::meta::{ObjectMeta, API_VERSION};
 use crate::policy::{PolicySpec, PolicyStatus};
+use crate::route::{RouteSpec, RouteStatus};
 use crate::scalinggroup::{ScalingGroupSpec, ScalingGroupStatus};
 use crate::secret::{SecretSpec, SecretStatus};
 use crate::stack::{StackSpec, StackStatus};
@@ -66,6 +68,15 @@ typed_resource!(
 );
 
 typed_resource!(
+    /// HTTP routing rules attached to LoadBalancer listeners.
+    Route, RouteSpec, RouteStatus
+);
+typed_resource!(
+    /// A TLS key pair for some DNS names, issued and renewed.
+    Certificate, CertificateSpec, CertificateStatus
+);
+
+typed_resource!(
     /// The inventory of a set of applied manifests (prune scope).
     ApplySet, ApplySetSpec, ApplySetStatus
 );
@@ -90,18 +101,22 @@ pub enum Kind {
     ApplySet,
     Sync,
     Policy,
+    Route,
+    Certificate,
 }
 
 impl Kind {
     /// All kinds, in the order they are applied (dependencies first; policies before what they
     /// govern).
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Policy,
         Kind::Secret,
+        Kind::Certificate,
         Kind::ManagedDatabase,
         Kind::Instance,
         Kind::ScalingGroup,
         Kind::LoadBalancer,
+        Kind::Route,
         Kind::Stack,
         Kind::ApplySet,
         Kind::Sync,
@@ -119,6 +134,8 @@ impl Kind {
             Kind::ApplySet => "ApplySet",
             Kind::Sync => "Sync",
             Kind::Policy => "Policy",
+            Kind::Route => "Route",
+            Kind::Certificate => "Certificate",
         }
     }
 
@@ -134,6 +151,8 @@ impl Kind {
             Kind::ApplySet => "applysets",
             Kind::Sync => "syncs",
             Kind::Policy => "policies",
+            Kind::Route => "routes",
+            Kind::Certificate => "certificates",
         }
     }
 
@@ -149,6 +168,8 @@ impl Kind {
             Kind::ApplySet => &[],
             Kind::Sync => &[],
             Kind::Policy => &["pol"],
+            Kind::Route => &["rt"],
+            Kind::Certificate => &["cert"],
         }
     }
 
@@ -197,6 +218,8 @@ impl Kind {
             Kind::ApplySet => generator.into_root_schema_for::<ApplySet>(),
             Kind::Sync => generator.into_root_schema_for::<Sync>(),
             Kind::Policy => generator.into_root_schema_for::<Policy>(),
+            Kind::Route => generator.into_root_schema_for::<Route>(),
+            Kind::Certificate => generator.into_root_schema_for::<Certificate>(),
         };
         let mut schema = schema.to_value();
         if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
@@ -237,6 +260,8 @@ pub enum TypedObject {
     ApplySet(ApplySet),
     Sync(Sync),
     Policy(Policy),
+    Route(Route),
+    Certificate(Certificate),
 }
 
 impl TypedObject {
@@ -252,6 +277,8 @@ impl TypedObject {
             TypedObject::ApplySet(_) => Kind::ApplySet,
             TypedObject::Sync(_) => Kind::Sync,
             TypedObject::Policy(_) => Kind::Policy,
+            TypedObject::Route(_) => Kind::Route,
+            TypedObject::Certificate(_) => Kind::Certificate,
         }
     }
 
@@ -267,6 +294,8 @@ impl TypedObject {
             TypedObject::ApplySet(o) => &o.metadata,
             TypedObject::Sync(o) => &o.metadata,
             TypedObject::Policy(o) => &o.metadata,
+            TypedObject::Route(o) => &o.metadata,
+            TypedObject::Certificate(o) => &o.metadata,
         }
     }
 
@@ -289,6 +318,8 @@ impl TypedObject {
             Kind::ApplySet => TypedObject::ApplySet(typed(value)?),
             Kind::Sync => TypedObject::Sync(typed(value)?),
             Kind::Policy => TypedObject::Policy(typed(value)?),
+            Kind::Route => TypedObject::Route(typed(value)?),
+            Kind::Certificate => TypedObject::Certificate(typed(value)?),
         })
     }
 }

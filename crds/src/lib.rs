@@ -1,5 +1,5 @@
 //! minicloud's resource model: the kinds users declare (`Instance`, `LoadBalancer`,
-//! `ScalingGroup`, `ManagedDatabase`, `Stack`, `Secret`) as Rust types, the JSON Schemas
+//! `ScalingGroup`, `ManagedDatabase`, `Stack`, `Secret`, `Route`, `Certificate`) as Rust types, the JSON Schemas
 //! generated from them (checked in under `crds/schemas/`, regenerated with
 //! `cargo run -p minicloud-crds --bin gen-schemas`), and the semantic rules a schema cannot say
 //! (name formats, min ≤ max, exactly one of two fields, ...).
@@ -8,9 +8,11 @@
 //! manifests into these types, the store persists them as JSON, controllers read them.
 
 pub mod applyset;
+pub mod certificate;
 pub mod conditions;
 pub mod cron;
 pub mod database;
+pub mod http;
 pub mod instance;
 pub mod kinds;
 pub mod loadbalancer;
@@ -19,6 +21,7 @@ pub mod object;
 pub mod path;
 pub mod policy;
 pub mod quantity;
+pub mod route;
 pub mod scalinggroup;
 pub mod secret;
 pub mod stack;

@@ -1,5 +1,8 @@
 //! `LoadBalancer`: one HAProxy container whose generated configuration spreads traffic over the
-//! Instances picked by a label selector or owned by a ScalingGroup.
+//! Instances picked by a label selector or owned by a ScalingGroup, and over the backends of
+//! the [`Route`](crate::route)s attached to its HTTP and HTTPS listeners. A listener binds a
+//! host address and port (`127.0.0.1` unless told otherwise), terminates TLS with the
+//! [`Certificate`](crate::certificate)s it names, and says which namespaces may attach routes.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +18,9 @@ use crate::Kind;
 pub struct LoadBalancerSpec {
     /// Front-end ports; at least one.
     pub listeners: Vec<Listener>,
-    /// Which Instances receive traffic: exactly one of `selector` or `scalingGroupRef`.
+    /// Which Instances receive the traffic no route takes: at most one of `selector` or
+    /// `scalingGroupRef`. Without targets, a request no route matches is answered 404.
+    #[serde(default, skip_serializing_if = "TargetSource::is_empty")]
     pub targets: TargetSource,
     /// How requests are spread. Defaults to `RoundRobin`.
     #[serde(default)]
@@ -42,22 +47,63 @@ impl LoadBalancerSpec {
     }
 }
 
+/// The host address a listener binds when it names none: only this machine can connect.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1";
+
 /// One front-end port.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Listener {
     /// Listener name (a DNS-1123 label), unique within the load balancer.
     pub name: String,
-    /// Host port on 127.0.0.1; chosen automatically (and kept) when absent.
+    /// Host IP address to bind. Defaults to `127.0.0.1` (this machine only); `0.0.0.0` (or an
+    /// address of one interface) serves the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Host port; chosen automatically (and kept) when absent. 80 and 443 are allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: Option<u16>,
-    /// HTTP (layer 7) or TCP (layer 4). Defaults to HTTP.
+    /// `HTTP` (layer 7), `HTTPS` (layer 7, TLS terminated here) or `TCP` (layer 4). Defaults to
+    /// `HTTP`.
     #[serde(default)]
     pub protocol: ListenerProtocol,
-    /// Port of the targets that receives the traffic.
+    /// Port of the targets that receives the traffic no route takes; required when the load
+    /// balancer has `targets`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub target_port: u16,
+    pub target_port: Option<u16>,
+    /// Only requests for this host name (exact, or `*.example.com`) are routed; routes attached
+    /// here must fit it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// TLS of an `HTTPS` listener: its certificates (chosen by SNI) and HSTS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// Which namespaces may attach routes to this listener. Defaults to the load balancer's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_routes: Option<AllowedRoutes>,
+    /// `TCP` only: send the PROXY protocol (v2) header to the targets, so they see the client's
+    /// address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proxy_protocol: bool,
+}
+
+impl Listener {
+    /// The host address bound: the one given, or [`DEFAULT_ADDRESS`].
+    pub fn bind_address(&self) -> &str {
+        self.address.as_deref().unwrap_or(DEFAULT_ADDRESS)
+    }
+
+    /// Whether routes can attach (HTTP and HTTPS listeners).
+    pub fn takes_routes(&self) -> bool {
+        self.protocol != ListenerProtocol::Tcp
+    }
+
+    /// Which namespaces may attach routes.
+    pub fn allowed_namespaces(&self) -> RouteNamespaces {
+        self.allowed_routes.as_ref().map(|allowed| allowed.namespaces.clone()).unwrap_or_default()
+    }
 }
 
 /// Listener protocol.
@@ -66,7 +112,101 @@ pub struct Listener {
 pub enum ListenerProtocol {
     #[default]
     Http,
+    Https,
     Tcp,
+}
+
+impl ListenerProtocol {
+    /// As written in a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ListenerProtocol::Http => "HTTP",
+            ListenerProtocol::Https => "HTTPS",
+            ListenerProtocol::Tcp => "TCP",
+        }
+    }
+}
+
+/// TLS of an HTTPS listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificates (same namespace) served on this listener; the one whose names fit the
+    /// client's SNI is chosen, the first otherwise. At least one.
+    pub certificate_refs: Vec<CertificateRef>,
+    /// Send `Strict-Transport-Security` with every response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts: Option<Hsts>,
+}
+
+/// Names a Certificate in the load balancer's namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateRef {
+    /// Name of the Certificate.
+    pub name: String,
+}
+
+/// HTTP Strict Transport Security.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Hsts {
+    /// How long browsers remember to use HTTPS only. Defaults to 31536000 (a year).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u32>,
+    /// Covers the subdomains too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_subdomains: bool,
+}
+
+/// Which routes may attach to a listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllowedRoutes {
+    /// The namespaces routes may come from.
+    #[serde(default)]
+    pub namespaces: RouteNamespaces,
+}
+
+/// The namespaces routes may attach from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteNamespaces {
+    /// `Same` (the load balancer's namespace; the default), `All`, or `Selector`.
+    #[serde(default)]
+    pub from: FromNamespaces,
+    /// With `from: Selector`: the namespaces whose labels match. A namespace has one label,
+    /// `kubernetes.io/metadata.name` (its name), as in Kubernetes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+}
+
+/// The label every namespace carries: its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+impl RouteNamespaces {
+    /// Whether a route in `namespace` may attach to a listener of a load balancer in `own`.
+    pub fn admits(&self, own: &str, namespace: &str) -> bool {
+        match self.from {
+            FromNamespaces::Same => own == namespace,
+            FromNamespaces::All => true,
+            FromNamespaces::Selector => self.selector.as_ref().is_some_and(|selector| {
+                selector.match_labels.iter().all(|(key, value)| key == NAMESPACE_NAME_LABEL && value == namespace)
+            }),
+        }
+    }
+}
+
+/// Where attached routes may come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FromNamespaces {
+    /// The load balancer's namespace only.
+    #[default]
+    Same,
+    /// Any namespace.
+    All,
+    /// The namespaces the selector matches.
+    Selector,
 }
 
 /// Where targets come from.
@@ -79,6 +219,13 @@ pub struct TargetSource {
     /// The Instances of this ScalingGroup (same namespace).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling_group_ref: Option<LocalObjectRef>,
+}
+
+impl TargetSource {
+    /// Neither a selector nor a ScalingGroup: the load balancer serves routes only.
+    pub fn is_empty(&self) -> bool {
+        self.selector.is_none() && self.scaling_group_ref.is_none()
+    }
 }
 
 /// Names an object in the same namespace.
@@ -158,7 +305,23 @@ pub struct LoadBalancerStatus {
     /// Listener name to URL on the host (`http://127.0.0.1:49200`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, String>,
+    /// Per listener: the routes attached to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerStatus>,
     /// Current targets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub targets: Vec<TargetStatus>,
+}
+
+/// What a listener serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerStatus {
+    /// Listener name.
+    pub name: String,
+    /// How many routes are attached (accepted).
+    pub attached_routes: u32,
+    /// The attached routes, `NAMESPACE/NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
 }

@@ -40,6 +40,8 @@ impl Object {
             TypedObject::ApplySet(o) => serde_json::to_value(o)?,
             TypedObject::Sync(o) => serde_json::to_value(o)?,
             TypedObject::Policy(o) => serde_json::to_value(o)?,
+            TypedObject::Route(o) => serde_json::to_value(o)?,
+            TypedObject::Certificate(o) => serde_json::to_value(o)?,
         };
         Ok(serde_json::from_value(value)?)
     }

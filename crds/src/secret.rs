@@ -36,6 +36,8 @@ pub enum SecretType {
     BasicAuth,
     /// Credentials generated for a ManagedDatabase.
     DatabaseCredentials,
+    /// A TLS key pair: `tls.crt` (the PEM chain) and `tls.key` (the PEM private key).
+    Tls,
 }
 
 /// Observed state of a secret.

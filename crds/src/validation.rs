@@ -11,7 +11,7 @@ use serde_json::Value;
 use crate::database::ManagedDatabaseSpec;
 use crate::instance::{HealthCheck, InstanceSpec};
 use crate::kinds::{Kind, TypedObject};
-use crate::loadbalancer::LoadBalancerSpec;
+use crate::loadbalancer::{FromNamespaces, Listener, ListenerProtocol, LoadBalancerSpec, NAMESPACE_NAME_LABEL};
 use crate::meta::{ObjectMeta, API_VERSION};
 use crate::quantity::{parse_bytes, parse_cpu_millis};
 use crate::scalinggroup::ScalingGroupSpec;
@@ -24,7 +24,7 @@ use crate::{FieldError, FieldPath};
 pub struct Errors(pub Vec<FieldError>);
 
 impl Errors {
-    fn add(&mut self, path: FieldPath, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, path: FieldPath, message: impl Into<String>) {
         self.0.push(FieldError::new(path, message));
     }
 }
@@ -215,6 +215,14 @@ pub fn validate_object(object: &TypedObject) -> Vec<FieldError> {
             check_api_version(&o.api_version, &mut errors);
             check_policy_spec(&o.spec, &spec, &mut errors);
         }
+        TypedObject::Route(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            crate::route::check_route_spec(&o.spec, &spec, &mut errors);
+        }
+        TypedObject::Certificate(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            crate::certificate::check_certificate_spec(&o.spec, &spec, &mut errors);
+        }
         TypedObject::Sync(o) => {
             check_api_version(&o.api_version, &mut errors);
             if o.spec.directory.trim().is_empty() {
@@ -374,7 +382,7 @@ fn check_load_balancer_spec(spec: &LoadBalancerSpec, path: &FieldPath, errors: &
         errors.add(path.key("listeners"), "give at least one listener");
     }
     let mut names = HashSet::new();
-    let mut ports = HashSet::new();
+    let mut binds = HashSet::new();
     for (index, listener) in spec.listeners.iter().enumerate() {
         let listener_path = path.key("listeners").index(index);
         if let Err(message) = check_dns_label(&listener.name) {
@@ -382,16 +390,30 @@ fn check_load_balancer_spec(spec: &LoadBalancerSpec, path: &FieldPath, errors: &
         } else if !names.insert(listener.name.as_str()) {
             errors.add(listener_path.key("name"), format!("listener {:?} is listed twice", listener.name));
         }
+        check_listener(spec, listener, &listener_path, errors);
         if let Some(port) = listener.port {
-            if !ports.insert(port) {
+            // Two listeners may share a port on different addresses; an unspecified address
+            // (0.0.0.0, ::) takes the port on every address.
+            let address = listener.bind_address().parse::<IpAddr>().ok();
+            let clash = binds.iter().any(|(other, other_port): &(Option<IpAddr>, u16)| {
+                *other_port == port && binds_overlap(address, *other)
+            });
+            if clash {
                 errors.add(listener_path.key("port"), format!("port {port} is used by two listeners"));
             }
+            binds.insert((address, port));
         }
     }
     let targets = path.key("targets");
     match (&spec.targets.selector, &spec.targets.scaling_group_ref) {
-        (Some(_), Some(_)) | (None, None) => {
-            errors.add(targets.clone(), "give exactly one of `selector` or `scalingGroupRef`")
+        (Some(_), Some(_)) => errors.add(targets.clone(), "give at most one of `selector` or `scalingGroupRef`"),
+        (None, None) => {
+            if spec.listeners.iter().any(|listener| !listener.takes_routes()) {
+                errors.add(
+                    targets.clone(),
+                    "a TCP listener needs targets: give `selector` or `scalingGroupRef`",
+                );
+            }
         }
         (Some(selector), None) => {
             if selector.match_labels.is_empty() {
@@ -414,6 +436,85 @@ fn check_load_balancer_spec(spec: &LoadBalancerSpec, path: &FieldPath, errors: &
         }
     }
     check_optional_network(spec.network.as_ref(), path, errors);
+}
+
+/// Whether two bind addresses (`None`: unparsable, reported apart) can take the same port.
+fn binds_overlap(a: Option<IpAddr>, b: Option<IpAddr>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a == b || a.is_unspecified() || b.is_unspecified(),
+        _ => false,
+    }
+}
+
+/// A listener's address, protocol, TLS, host name and route admission.
+fn check_listener(spec: &LoadBalancerSpec, listener: &Listener, path: &FieldPath, errors: &mut Errors) {
+    if let Some(address) = &listener.address {
+        if address.parse::<IpAddr>().is_err() {
+            errors.add(
+                path.key("address"),
+                format!("{address:?} is not an IP address; use 127.0.0.1 (this machine), 0.0.0.0 (every interface) or an interface's address"),
+            );
+        }
+    }
+    match (spec.targets.is_empty(), listener.target_port) {
+        (false, None) => errors.add(path.key("targetPort"), "the load balancer has targets: give the port they listen on"),
+        (true, Some(_)) => errors.add(
+            path.key("targetPort"),
+            "the load balancer has no targets; remove targetPort or give `targets`",
+        ),
+        _ => {}
+    }
+    if let Some(hostname) = &listener.hostname {
+        if !listener.takes_routes() {
+            errors.add(path.key("hostname"), "a TCP listener does not see host names");
+        } else if let Err(message) = crate::http::check_hostname(hostname, true) {
+            errors.add(path.key("hostname"), message);
+        }
+    }
+    match (listener.protocol, &listener.tls) {
+        (ListenerProtocol::Https, None) => {
+            errors.add(path.key("tls"), "an HTTPS listener needs `tls.certificateRefs`")
+        }
+        (ListenerProtocol::Https, Some(tls)) => {
+            if tls.certificate_refs.is_empty() {
+                errors.add(path.key("tls").key("certificateRefs"), "name at least one Certificate");
+            }
+            for (index, reference) in tls.certificate_refs.iter().enumerate() {
+                if let Err(message) = check_dns_label(&reference.name) {
+                    errors.add(path.key("tls").key("certificateRefs").index(index).key("name"), message);
+                }
+            }
+        }
+        (_, Some(_)) => errors.add(path.key("tls"), "only an HTTPS listener has `tls`"),
+        (_, None) => {}
+    }
+    if listener.proxy_protocol && listener.protocol != ListenerProtocol::Tcp {
+        errors.add(path.key("proxyProtocol"), "the PROXY protocol is sent by TCP listeners only");
+    }
+    if let Some(allowed) = &listener.allowed_routes {
+        let at = path.key("allowedRoutes").key("namespaces");
+        if !listener.takes_routes() {
+            errors.add(path.key("allowedRoutes"), "routes attach to HTTP and HTTPS listeners only");
+        }
+        match (allowed.namespaces.from, &allowed.namespaces.selector) {
+            (FromNamespaces::Selector, None) => errors.add(at.key("selector"), "`from: Selector` needs a selector"),
+            (FromNamespaces::Selector, Some(selector)) => {
+                for key in selector.match_labels.keys() {
+                    if key != NAMESPACE_NAME_LABEL {
+                        errors.add(
+                            at.key("selector").key("matchLabels").key(key),
+                            format!("namespaces carry one label, {NAMESPACE_NAME_LABEL} (the namespace's name)"),
+                        );
+                    }
+                }
+                if selector.match_labels.is_empty() {
+                    errors.add(at.key("selector").key("matchLabels"), "give the namespace to admit");
+                }
+            }
+            (_, Some(_)) => errors.add(at.key("selector"), "a selector goes with `from: Selector`"),
+            (_, None) => {}
+        }
+    }
 }
 
 fn check_scaling_group_spec(spec: &ScalingGroupSpec, path: &FieldPath, errors: &mut Errors) {

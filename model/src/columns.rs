@@ -39,6 +39,25 @@ fn text(value: Option<&Value>) -> String {
     }
 }
 
+/// The items of an array, each as `cell` says, joined by commas; `-` for none.
+fn list(value: Option<&Value>, cell: impl Fn(&Value) -> String) -> String {
+    let cells: Vec<String> = value.and_then(Value::as_array).map(|items| items.iter().map(cell).collect()).unwrap_or_default();
+    if cells.is_empty() {
+        "-".into()
+    } else {
+        cells.join(",")
+    }
+}
+
+/// `*` (every host) for an empty host-name list.
+fn or_star(names: String) -> String {
+    if names == "-" {
+        "*".into()
+    } else {
+        names
+    }
+}
+
 /// `5m ago` for a timestamp, `-` without one.
 fn ago(value: Option<&Value>) -> String {
     value
@@ -70,11 +89,13 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::ApplySet => vec!["NAME", "MEMBERS", "LAST APPLY", "AGE"],
         Kind::Sync => vec!["NAME", "READY", "STATUS", "OBJECTS", "LAST SYNC", "REVISION", "AGE"],
         Kind::Policy => vec!["NAME", "ENFORCEMENT", "RULES", "NAMESPACES", "AGE"],
+        Kind::Route => vec!["NAME", "HOSTNAMES", "PARENTS", "ACCEPTED", "AGE"],
+        Kind::Certificate => vec!["NAME", "DNS NAMES", "READY", "NOT AFTER", "ISSUER", "AGE"],
     };
     if wide {
         headers.extend(match kind {
             Kind::Instance => vec!["IMAGE", "CONTAINER"],
-            Kind::LoadBalancer => vec!["STATUS", "NETWORK"],
+            Kind::LoadBalancer => vec!["STATUS", "NETWORK", "LISTENERS"],
             Kind::ScalingGroup => vec!["UP-TO-DATE", "STATUS", "IMAGE"],
             Kind::ManagedDatabase => vec!["STATUS", "CREDENTIALS", "BACKUPS"],
             Kind::Stack => vec!["TEMPLATE"],
@@ -82,6 +103,8 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::ApplySet => vec!["KEPT"],
             Kind::Sync => vec!["DIRECTORY", "COMMIT"],
             Kind::Policy => vec!["RULE NAMES"],
+            Kind::Route => vec!["READY", "STATUS", "RULES"],
+            Kind::Certificate => vec!["STATUS", "SECRET", "SERIAL"],
         });
     }
     headers
@@ -219,13 +242,68 @@ pub fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
             let enforcement = spec.get("enforcement").map_or_else(|| "Deny".to_owned(), |e| text(Some(e)));
             vec![object.metadata.name.clone(), enforcement, rules.to_string(), namespaces, created]
         }
+        Kind::Route => {
+            let parents = list(spec.get("parentRefs"), |parent| {
+                let section = parent.get("sectionName").map_or(String::new(), |s| format!("/{}", text(Some(s))));
+                match parent.get("namespace") {
+                    Some(namespace) => format!("{}/{}{section}", text(Some(namespace)), text(parent.get("name"))),
+                    None => format!("{}{section}", text(parent.get("name"))),
+                }
+            });
+            let accepted = state.get("parents").and_then(Value::as_array).map_or_else(
+                || "-".into(),
+                |parents| {
+                    let accepted = parents
+                        .iter()
+                        .filter(|parent| {
+                            parent.get("conditions").and_then(Value::as_array).is_some_and(|conditions| {
+                                conditions.iter().any(|c| {
+                                    c.get("type").and_then(Value::as_str) == Some("Accepted")
+                                        && c.get("status").and_then(Value::as_str) == Some("True")
+                                })
+                            })
+                        })
+                        .count();
+                    format!("{accepted}/{}", parents.len())
+                },
+            );
+            let hostnames = list(spec.get("hostnames"), |name| text(Some(name)));
+            vec![object.metadata.name.clone(), or_star(hostnames), parents, accepted, created]
+        }
+        Kind::Certificate => {
+            let names = list(spec.get("dnsNames"), |name| text(Some(name)));
+            let not_after = state
+                .get("notAfter")
+                .and_then(Value::as_str)
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map_or("-".into(), |t| t.with_timezone(&Utc).format("%Y-%m-%d %H:%M").to_string());
+            let issuer = spec
+                .get("issuer")
+                .and_then(Value::as_object)
+                .and_then(|issuer| issuer.keys().next().cloned())
+                .unwrap_or_else(|| "-".into());
+            vec![object.metadata.name.clone(), names, ready, not_after, issuer, created]
+        }
     };
     if wide {
         cells.extend(match kind {
             Kind::Instance => vec![text(spec.get("image")), text(state.get("containerId")).chars().take(12).collect()],
             Kind::LoadBalancer => {
                 let network = spec.get("network").map_or_else(|| "default".to_owned(), |n| text(Some(n)));
-                vec![readiness(object).1, network]
+                let listeners = list(spec.get("listeners"), |listener| {
+                    let name = text(listener.get("name"));
+                    let protocol = listener.get("protocol").map_or_else(|| "HTTP".to_owned(), |p| text(Some(p)));
+                    let address = listener.get("address").map_or_else(|| "127.0.0.1".to_owned(), |a| text(Some(a)));
+                    let port = listener.get("port").map_or_else(|| "auto".to_owned(), |p| text(Some(p)));
+                    let routes = state
+                        .get("listeners")
+                        .and_then(Value::as_array)
+                        .and_then(|all| all.iter().find(|l| l.get("name").and_then(Value::as_str) == Some(name.as_str())))
+                        .and_then(|l| l.get("attachedRoutes"))
+                        .map_or_else(|| "0".to_owned(), |n| text(Some(n)));
+                    format!("{name}={address}:{port}/{protocol}({routes} routes)")
+                });
+                vec![readiness(object).1, network, listeners]
             }
             Kind::ScalingGroup => {
                 let progressing = condition(object, "Progressing").map_or("-".into(), |c| text(c.get("reason")));
@@ -249,6 +327,16 @@ pub fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                 .and_then(Value::as_array)
                 .map(|rules| rules.iter().map(|rule| text(rule.get("name"))).collect::<Vec<_>>().join(","))
                 .unwrap_or_default()],
+            Kind::Route => {
+                let rules = spec.get("rules").and_then(Value::as_array).map_or(0, Vec::len);
+                let (ready, status) = readiness(object);
+                vec![ready, status, rules.to_string()]
+            }
+            Kind::Certificate => vec![
+                readiness(object).1,
+                text(state.get("secretName")),
+                text(state.get("serial")).chars().take(16).collect(),
+            ],
         });
     }
     cells

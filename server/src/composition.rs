@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use minicloud_controllers::docker::{ContainerDriver, DockerDriver};
 use minicloud_controllers::metrics::Metrics;
-use minicloud_controllers::{database, instance, loadbalancer, orphans, reconciler, runtime, scalinggroup, stack};
+use minicloud_controllers::{
+    certificate, database, instance, loadbalancer, orphans, reconciler, route, runtime, scalinggroup, stack,
+};
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -114,6 +116,8 @@ impl Controllers {
                 store.clone(),
                 Arc::new(api::admission::StoreAdmission::new(store.clone())),
             )),
+            Arc::new(route::RouteController::new(store.clone())),
+            Arc::new(certificate::CertificateController::new(store.clone())),
         ];
         let runtimes = reconcilers
             .into_iter()

@@ -95,6 +95,9 @@ impl ContainerDriver for FakeDriver {
         self.check()?;
         Ok(format!("id-{name}"))
     }
+    async fn connect_network(&self, _: &str, _: &str) -> Result<(), DriverError> {
+        self.check()
+    }
     async fn ensure_volume(
         &self,
         name: &str,

@@ -22,7 +22,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkCreateRequest, NetworkingConfig,
+    ContainerCreateBody, EndpointSettings, HealthConfig, HostConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
     PortBinding, RestartPolicy, RestartPolicyNameEnum, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
@@ -69,12 +69,7 @@ impl DriverError {
             Error::DockerResponseServerError { message, .. }
                 if message.contains("port is already allocated") || message.contains("address already in use") =>
             {
-                let port = message
-                    .split(|c: char| !c.is_ascii_digit())
-                    .filter_map(|part| part.parse::<u16>().ok())
-                    .find(|port| *port > 0)
-                    .unwrap_or(0);
-                DriverError::PortTaken { port }
+                DriverError::PortTaken { port: port_in(&message) }
             }
             Error::DockerResponseServerError { message, .. } => DriverError::Refused(message),
             Error::IOError { err } => DriverError::Unreachable(err.to_string()),
@@ -94,6 +89,20 @@ impl DriverError {
     pub fn is_unreachable(&self) -> bool {
         matches!(self, DriverError::Unreachable(_))
     }
+}
+
+/// The port of the first `ADDRESS:PORT` in a Docker message ("Bind for 127.0.0.1:80 failed: port
+/// is already allocated", "listen tcp4 0.0.0.0:443: bind: address already in use"); 0 when none.
+fn port_in(message: &str) -> u16 {
+    message
+        .split(':')
+        .skip(1)
+        .filter_map(|after| {
+            let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<u16>().ok()
+        })
+        .find(|port| *port > 0)
+        .unwrap_or(0)
 }
 
 /// The first 12 characters of a container id, as `docker ps` shows it.
@@ -245,6 +254,8 @@ pub trait ContainerDriver: Send + Sync {
         identity: &Identity,
         extra: &HashMap<String, String>,
     ) -> Result<String, DriverError>;
+    /// Attaches a running container to one more network (by id); already attached is fine.
+    async fn connect_network(&self, container: &str, network_id: &str) -> Result<(), DriverError>;
     /// Makes sure a volume of this name and `identity` exists (created with the identity's
     /// labels plus `extra`). A volume of this name with other or no labels is never used:
     /// [`DriverError::NotOurs`]. `Ok(true)` when it was created now.
@@ -601,6 +612,19 @@ impl ContainerDriver for DockerDriver {
         Ok(keep)
     }
 
+    async fn connect_network(&self, container: &str, network_id: &str) -> Result<(), DriverError> {
+        let request = NetworkConnectRequest { container: container.to_owned(), endpoint_config: None };
+        match self.client().await?.connect_network(network_id, request).await {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. })
+                if message.contains("already exists") =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
     async fn ensure_volume(
         &self,
         name: &str,
@@ -940,5 +964,18 @@ impl ContainerDriver for DockerDriver {
                 Err(error) => Box::pin(futures::stream::once(async move { Err(error) })),
             }
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_taken_port_is_read_from_dockers_messages() {
+        let allocated = "driver failed programming external connectivity on endpoint x: Bind for 127.0.0.1:8080 failed: port is already allocated";
+        assert_eq!(super::port_in(allocated), 8080);
+        // "tcp4" must not be read as port 4.
+        let in_use = "Error starting userland proxy: listen tcp4 0.0.0.0:443: bind: address already in use";
+        assert_eq!(super::port_in(in_use), 443);
+        assert_eq!(super::port_in("no port here"), 0);
     }
 }

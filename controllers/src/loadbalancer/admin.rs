@@ -61,16 +61,35 @@ impl AdminSocket {
 
     /// Sends one command and returns the whole answer.
     pub async fn command(&self, command: &str) -> Result<String, AdminError> {
+        self.send(command, None).await
+    }
+
+    /// Sends one command with a multi-line payload (`COMMAND <<`, the payload, an empty line),
+    /// as `set ssl cert` takes a PEM file. The payload must be non-empty lines of printable
+    /// ASCII (an empty line would end it early).
+    pub async fn command_with_payload(&self, command: &str, payload: &str) -> Result<String, AdminError> {
+        let lines_ok = payload.lines().all(|line| !line.trim().is_empty() && line.bytes().all(|b| (b' '..=b'~').contains(&b)));
+        if payload.trim().is_empty() || !lines_ok {
+            return Err(AdminError::BadCommand(format!("{command} with a payload that is not PEM-like text")));
+        }
+        self.send(command, Some(payload)).await
+    }
+
+    async fn send(&self, command: &str, payload: Option<&str>) -> Result<String, AdminError> {
         if command.contains(['\n', '\r', ';']) {
             return Err(AdminError::BadCommand(command.to_owned()));
         }
+        let request = match payload {
+            Some(payload) => format!("{command} <<\n{}\n\n", payload.trim_end()),
+            None => format!("{command}\n"),
+        };
         let exchange = async {
             let unreachable = |error: std::io::Error| AdminError::Unreachable {
                 path: self.path.display().to_string(),
                 reason: error.to_string(),
             };
             let mut stream = UnixStream::connect(&self.path).await.map_err(unreachable)?;
-            stream.write_all(format!("{command}\n").as_bytes()).await.map_err(unreachable)?;
+            stream.write_all(request.as_bytes()).await.map_err(unreachable)?;
             stream.shutdown().await.map_err(unreachable)?;
             let mut answer = Vec::new();
             (&mut stream).take(MAX_ANSWER_BYTES).read_to_end(&mut answer).await.map_err(unreachable)?;

@@ -6,31 +6,41 @@
 //! | decision | where |
 //! |---|---|
 //! | which Instances are targets (selector or ScalingGroup, same network, an address, not leaving) | [`LoadBalancerController::select`], [`LoadBalancerSpec::picks`] |
+//! | which routes attach to which listener, in which order, who wins a conflict | [`routing::attach`] |
+//! | which Instances serve a route's backends; which networks HAProxy joins to reach them | [`LoadBalancerController::route_members`] |
+//! | which certificate files an HTTPS listener serves; rotation without reload | [`certificates`] |
+//! | whether another load balancer holds a listener's address and port (`PortInUse`) | [`LoadBalancerController::port_holder`] |
 //! | keep, replace or create the HAProxy container (image, network, listener ports changed; stopped) | [`crate::container::judge`] |
 //! | **reload, or change through the Runtime API** | [`plan::reload_needed`] |
 //! | whether HAProxy accepts a configuration (`haproxy -c`, refusals remembered) | [`validation`] |
-//! | which servers join, move, come back, drain or go | [`plan::membership`] |
+//! | which servers join, move, come back, drain or go, per backend | [`plan::membership`] |
 //! | what status, conditions and events say | [`status`] |
 //!
-//! Each round: select the targets; settle the container ([`crate::container`]); when there is
+//! Each round: select the targets; attach the routes and read the certificates into a
+//! [`layout::Layout`]; settle the container ([`crate::container`]); when there is
 //! none, validate a configuration holding the current targets and start one; when the
 //! structure changed, validate and reload ([`executor::reload`]); otherwise read `show stat`,
 //! send the membership steps ([`executor::execute`]) and report. The container
 //! (`mclb.NAMESPACE.NAME.CLUSTER`, image `minicloud/haproxy:local`) runs HAProxy in
 //! master-worker mode as the control plane's own user, with the load balancer's directory
 //! ([`state`]) mounted at [`config::MOUNT`]; listener `i` binds container port 8000 + i,
-//! published on 127.0.0.1 (the host port is kept across replacements). Deletion (finalizer
+//! published on the listener's address (127.0.0.1 unless told; the host port is kept across
+//! replacements). Deletion (finalizer
 //! `minicloud.dev/loadbalancer`): targets drained, container and directory removed.
 
 pub mod admin;
+mod certificates;
 pub mod config;
 mod executor;
+mod http_rules;
+mod layout;
+pub mod routing;
 mod plan;
 mod state;
 mod status;
 mod validation;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -39,8 +49,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use minicloud_crds::instance::RestartPolicy;
-use minicloud_crds::kinds::{Instance, LoadBalancer};
-use minicloud_crds::loadbalancer::{LoadBalancerSpec, LoadBalancerStatus};
+use minicloud_crds::kinds::{Instance, LoadBalancer, Route};
+use minicloud_crds::loadbalancer::{ListenerStatus, LoadBalancerSpec, LoadBalancerStatus};
 use minicloud_crds::meta::ConditionStatus;
 use minicloud_crds::{Kind, ObjectKey};
 use minicloud_store::{EventType, Query, Store};
@@ -49,7 +59,9 @@ use serde_json::json;
 pub use self::state::collect_orphan_directories;
 
 use self::admin::{AdminSocket, RuntimeApi, ServerStat};
-use self::config::Target;
+use self::config::{Members, Target};
+use self::layout::Layout;
+use self::routing::{Attachment, BackendSource, RouteRef};
 use self::state::Applied;
 use self::status::Selection;
 use self::validation::{Candidate, Refusal, Validator};
@@ -87,11 +99,13 @@ pub struct LoadBalancerController {
 }
 
 /// What one round works with.
-struct Round<'a> {
-    spec: &'a LoadBalancerSpec,
+struct Round {
     /// `NAMESPACE/NAME`, written into the configuration.
     owner: String,
     directory: PathBuf,
+    layout: Layout,
+    /// The servers of every backend.
+    members: Members,
     /// Hash of the configuration's structure.
     structure: String,
     selection: Selection,
@@ -157,6 +171,116 @@ impl LoadBalancerController {
         Ok(selection)
     }
 
+    /// Every Route, typed (one that does not decode is skipped: its own controller reports it).
+    async fn routes(&self) -> Result<Vec<Route>, ReconcileError> {
+        let routes = self.store.list(&Query { kind: Some(Kind::Route), ..Query::default() }).await?;
+        Ok(routes.items.into_iter().filter_map(|object| serde_json::to_value(&object).and_then(serde_json::from_value).ok()).collect())
+    }
+
+    /// The servers of the route backends of `layout`, and the networks (other than the load
+    /// balancer's own) HAProxy must join to reach them.
+    async fn route_members(&self, layout: &Layout, own_network: &str) -> Result<(Members, BTreeSet<(String, Option<String>)>), ReconcileError> {
+        let mut members = Members::new();
+        let mut networks = BTreeSet::new();
+        let mut by_namespace: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
+        for backend in &layout.backends {
+            let namespace = match &backend.source {
+                BackendSource::Targets => continue,
+                BackendSource::Instance { namespace, .. }
+                | BackendSource::ScalingGroup { namespace, .. }
+                | BackendSource::Selector { namespace, .. } => namespace.clone(),
+            };
+            if !by_namespace.contains_key(&namespace) {
+                let listed = self.store.list(&Query::namespaced(Kind::Instance, &namespace)).await?;
+                let typed = listed.items.into_iter().filter_map(|object| serde_json::to_value(&object).and_then(serde_json::from_value).ok()).collect();
+                by_namespace.insert(namespace.clone(), typed);
+            }
+            let mut targets = Vec::new();
+            for instance in by_namespace.get(&namespace).into_iter().flatten() {
+                let meta = &instance.metadata;
+                let leaving = meta.deletion_timestamp.is_some() || meta.annotations.contains_key(DRAINING_ANNOTATION);
+                let picked = match &backend.source {
+                    BackendSource::Instance { name, .. } => &meta.name == name,
+                    BackendSource::ScalingGroup { name, .. } => meta
+                        .owner_references
+                        .iter()
+                        .any(|owner| owner.kind == Kind::ScalingGroup.as_str() && &owner.name == name),
+                    BackendSource::Selector { labels, .. } => labels.iter().all(|(k, v)| meta.labels.get(k) == Some(v)),
+                    BackendSource::Targets => false,
+                };
+                let address = instance.status.as_ref().and_then(|status| status.address.as_deref());
+                let Some(address) = address.and_then(|address| address.parse::<IpAddr>().ok()) else { continue };
+                if leaving || !picked {
+                    continue;
+                }
+                let network = names::network(self.store.cluster_id(), &namespace, instance.spec.network.as_deref());
+                if network != own_network {
+                    networks.insert((namespace.clone(), instance.spec.network.clone()));
+                }
+                targets.push(Target { name: meta.name.clone(), address });
+            }
+            targets.sort();
+            members.insert(backend.name.clone(), targets);
+        }
+        Ok((members, networks))
+    }
+
+    /// The older load balancer holding an address and port a listener of this one asks for
+    /// (`NAMESPACE/NAME`, listener and bind), if any. Two binds clash on the same port when
+    /// their addresses are equal or either is unspecified (0.0.0.0, ::); the older object keeps
+    /// the port.
+    async fn port_holder(&self, ctx: &Context<'_>, spec: &LoadBalancerSpec) -> Result<Option<String>, ReconcileError> {
+        let fixed: Vec<(&str, Option<IpAddr>, u16)> = spec
+            .listeners
+            .iter()
+            .filter_map(|l| Some((l.name.as_str(), l.bind_address().parse().ok(), l.port?)))
+            .collect();
+        if fixed.is_empty() {
+            return Ok(None);
+        }
+        let own = ctx.object();
+        let own_age = (own.metadata.creation_timestamp, own.namespace().to_owned(), own.metadata.name.clone());
+        let all = self.store.list(&Query { kind: Some(Kind::LoadBalancer), ..Query::default() }).await?;
+        let clash = |a: Option<IpAddr>, b: Option<IpAddr>| match (a, b) {
+            (Some(a), Some(b)) => a == b || a.is_unspecified() || b.is_unspecified(),
+            _ => false,
+        };
+        for other in &all.items {
+            let age = (other.metadata.creation_timestamp, other.namespace().to_owned(), other.metadata.name.clone());
+            if age >= own_age || other.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Ok(other_spec) = serde_json::from_value::<LoadBalancerSpec>(other.spec.clone()) else { continue };
+            for listener in &other_spec.listeners {
+                let Some(port) = listener.port else { continue };
+                let address = listener.bind_address().parse().ok();
+                if let Some((mine, _, _)) = fixed.iter().find(|(_, mine, p)| *p == port && clash(*mine, address)) {
+                    return Ok(Some(format!(
+                        "listener {mine} asks for {}:{port}, which loadbalancer {}/{} (listener {}) holds; choose another port or address",
+                        spec.listeners.iter().find(|l| l.name == *mine).map_or("?", |l| l.bind_address()),
+                        other.namespace(),
+                        other.metadata.name,
+                        listener.name
+                    )));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Joins the HAProxy container to the networks of route backends in other namespaces.
+    async fn join_networks(&self, container: &ContainerInfo, networks: &BTreeSet<(String, Option<String>)>) -> Result<(), ReconcileError> {
+        for (namespace, network) in networks {
+            let owned = OwnedNetwork::new(self.store.cluster_id(), namespace, network.as_deref());
+            if container.addresses.contains_key(&owned.name) {
+                continue;
+            }
+            let id = self.driver.ensure_network(&owned.name, &owned.identity, &self.extra_labels).await?;
+            self.driver.connect_network(&container.id, &id).await?;
+        }
+        Ok(())
+    }
+
     /// The spec of the container (everything but the configuration, which is in the directory).
     #[allow(clippy::too_many_arguments)]
     fn container_spec(
@@ -179,7 +303,7 @@ impl LoadBalancerController {
                 PublishSpec {
                     container_port: config::container_port(index),
                     protocol: "tcp".into(),
-                    host_ip: "127.0.0.1".into(),
+                    host_ip: listener.bind_address().to_owned(),
                     host_port: listener.port.or(previous),
                 }
             })
@@ -233,8 +357,22 @@ impl LoadBalancerController {
             Ok(user) => user,
             Err(message) => return fail(ctx, &mut status, "StateDirectoryError", message).await,
         };
+        if let Some(holder) = self.port_holder(ctx, spec).await? {
+            return fail(ctx, &mut status, "PortInUse", holder).await;
+        }
+        let routes = self.routes().await?;
+        let references: Vec<RouteRef<'_>> = routes.iter().map(RouteRef::of).collect();
+        let attachment = routing::attach(&namespace, &name, spec, &references);
+        let certificates = certificates::collect(self.store.as_ref(), &namespace, spec, &directory, now).await?;
+        let layout = Layout::new(spec, &attachment, |listener| certificates.files(listener));
+        let own_network = names::network(self.store.cluster_id(), &namespace, spec.network.as_deref());
+        let (mut members, networks) = self.route_members(&layout, &own_network).await?;
+        for own in layout.target_backends() {
+            members.insert(own.name.clone(), selection.targets.clone());
+        }
+        status.listeners = listener_statuses(spec, &attachment);
         let owner = format!("{namespace}/{name}");
-        let structure = match config::structure(&owner, spec) {
+        let structure = match config::structure(&owner, &layout) {
             Ok(structure) => spec_hash(&json!(structure)),
             Err(error) => {
                 let message = format!("the configuration cannot be rendered: {error}");
@@ -242,7 +380,7 @@ impl LoadBalancerController {
             }
         };
         let desired = self.desired(ctx, spec, &status, &directory, user);
-        let round = Round { spec, owner, directory, structure, selection };
+        let round = Round { owner, directory, layout, members, structure, selection };
         let container = match container::settle(ctx, self.driver.as_ref(), &desired, &self.extra_labels).await {
             Ok(Settled::Kept(container)) => container,
             Ok(Settled::Vacant { .. }) => return self.start(ctx, &mut status, &round, &desired).await,
@@ -251,6 +389,9 @@ impl LoadBalancerController {
         };
         status.container_id = Some(container.id.clone());
         status.endpoints = status::endpoints(spec, &container.ports);
+        if let Err(error) = self.join_networks(&container, &networks).await {
+            ctx.event(EventType::Warning, "NetworkJoinFailed", format!("cannot reach a route's backends: {error}")).await;
+        }
         let running = format!("HAProxy runs in container {}", short_id(&container.id));
         set_condition(
             &mut status.conditions,
@@ -272,10 +413,11 @@ impl LoadBalancerController {
             }
         } else {
             status::config_applied(&mut status, generation, now);
+            self.rotate_certificates(ctx, &socket, &certificates.changed).await;
         }
-        // Membership follows the configuration HAProxy runs (its listeners), until a new one
+        // Membership follows the configuration HAProxy runs (its backends), until a new one
         // is applied.
-        let applied_spec = applied.map_or_else(|| spec.clone(), |applied| applied.spec);
+        let applied_layout = applied.map_or_else(|| round.layout.clone(), |applied| applied.layout);
         let servers = match socket.servers().await {
             Ok(servers) => servers,
             Err(error) => {
@@ -293,13 +435,14 @@ impl LoadBalancerController {
                 return Ok(Action::RequeueAfter(SOON));
             }
         };
-        let (servers, draining) = self.sync_members(ctx, &socket, &applied_spec, &round.selection, servers).await?;
-        status.targets = status::target_statuses(&applied_spec, &servers);
+        let (servers, draining) = self.sync_members(ctx, &socket, &applied_layout, &round.members, servers).await?;
+        status.targets = status::target_statuses(&applied_layout, &servers);
         for (event_type, reason, message) in status::health_events(&previous.targets, &status.targets) {
             ctx.event(event_type, reason, message).await;
         }
         self.metrics.record_lb_targets(&namespace, &name, &status::traffic(&servers));
-        status::summarise(&mut status, &round.selection, generation, Utc::now());
+        status::summarise(&mut status, spec, &round.selection, generation, Utc::now());
+        certificates_ready(&mut status, spec, &certificates.problems, generation);
         ctx.write_status(&status).await?;
         let poll = spec
             .health_check
@@ -354,7 +497,7 @@ impl LoadBalancerController {
         &self,
         ctx: &Context<'_>,
         status: &mut LoadBalancerStatus,
-        round: &Round<'_>,
+        round: &Round,
         desired: &Desired,
         container: &ContainerInfo,
         socket: &AdminSocket,
@@ -364,7 +507,7 @@ impl LoadBalancerController {
         match self.validator.check(driver, ctx.key(), &candidate, Some(&container.id), &desired.spec).await? {
             Ok(()) => {
                 executor::reload(socket, driver, &container.id, &round.directory).await?;
-                let applied = Applied { structure: round.structure.clone(), spec: round.spec.clone() };
+                let applied = Applied { structure: round.structure.clone(), layout: round.layout.clone() };
                 state::write_applied(&round.directory, &applied)?;
                 ctx.event(EventType::Normal, "Reloaded", "HAProxy reloaded with the new configuration").await;
                 status::config_applied(status, ctx.generation(), Utc::now());
@@ -381,17 +524,33 @@ impl LoadBalancerController {
         }
     }
 
+    /// Installs renewed certificates in the running HAProxy; one that does not go through is
+    /// reported (the file is written: the next reload or restart picks it up).
+    async fn rotate_certificates(&self, ctx: &Context<'_>, socket: &AdminSocket, changed: &[(String, String)]) {
+        for (file, pem) in changed {
+            match certificates::rotate(socket, file, pem).await {
+                Ok(()) => {
+                    let message = format!("certificate file {file} updated without a reload");
+                    ctx.event(EventType::Normal, "CertificateRotated", message).await;
+                }
+                Err(error) => {
+                    ctx.event(EventType::Warning, "CertificateRotationFailed", error.to_string()).await;
+                }
+            }
+        }
+    }
+
     /// Plans and sends the membership steps; returns the servers as HAProxy reports them
     /// afterwards, and whether a drain is still running.
     async fn sync_members(
         &self,
         ctx: &Context<'_>,
         api: &dyn RuntimeApi,
-        applied: &LoadBalancerSpec,
-        selection: &Selection,
+        applied: &Layout,
+        members: &Members,
         servers: Vec<ServerStat>,
     ) -> Result<(Vec<ServerStat>, bool), ReconcileError> {
-        let membership = plan::membership(applied, &selection.targets, &servers, &self.drained_for(ctx.key()));
+        let membership = plan::membership(applied, members, &servers, &self.drained_for(ctx.key()));
         self.carry_out(ctx, api, membership, servers).await
     }
 
@@ -437,7 +596,7 @@ impl LoadBalancerController {
         &self,
         ctx: &mut Context<'_>,
         status: &mut LoadBalancerStatus,
-        round: &Round<'_>,
+        round: &Round,
         desired: &Desired,
     ) -> Result<Action, ReconcileError> {
         let generation = ctx.generation();
@@ -469,7 +628,7 @@ impl LoadBalancerController {
         state::forget_server_states(&round.directory);
         state::write_applied(
             &round.directory,
-            &Applied { structure: round.structure.clone(), spec: round.spec.clone() },
+            &Applied { structure: round.structure.clone(), layout: round.layout.clone() },
         )?;
         let started = match container::create(ctx, self.driver.as_ref(), desired, &self.extra_labels).await {
             Ok(Created::Started(started)) => started,
@@ -478,7 +637,7 @@ impl LoadBalancerController {
             Err(error) => return fail(ctx, status, "DockerError", error.to_string()).await,
         };
         status.container_id = Some(started.id.clone());
-        status.endpoints = status::endpoints(round.spec, &started.ports);
+        status.endpoints = status::endpoints(&lb_spec_of(ctx)?, &started.ports);
         let now = Utc::now();
         let running = format!("HAProxy runs in container {}", short_id(&started.id));
         set_condition(
@@ -534,17 +693,59 @@ impl LoadBalancerController {
     }
 }
 
-impl Round<'_> {
-    /// The configuration holding the current targets, to be validated.
+impl Round {
+    /// The configuration holding the current servers, to be validated.
     fn candidate(&self) -> Candidate<'_> {
         Candidate {
             owner: &self.owner,
-            spec: self.spec,
-            targets: &self.selection.targets,
+            layout: &self.layout,
+            members: &self.members,
             directory: &self.directory,
             structure: &self.structure,
         }
     }
+}
+
+/// The spec of the object being reconciled.
+fn lb_spec_of(ctx: &Context<'_>) -> Result<LoadBalancerSpec, ReconcileError> {
+    serde_json::from_value(ctx.object().spec.clone()).map_err(|error| ReconcileError::InvalidSpec(error.to_string()))
+}
+
+/// What each listener serves: its attached routes.
+fn listener_statuses(spec: &LoadBalancerSpec, attachment: &Attachment) -> Vec<ListenerStatus> {
+    spec.listeners
+        .iter()
+        .map(|listener| {
+            let routes = attachment.routes_on(&listener.name);
+            ListenerStatus {
+                name: listener.name.clone(),
+                attached_routes: u32::try_from(routes.len()).unwrap_or(u32::MAX),
+                routes,
+            }
+        })
+        .collect()
+}
+
+/// `CertificatesReady`, and `Ready=False` while a listener serves no certificate it names.
+fn certificates_ready(
+    status: &mut LoadBalancerStatus,
+    spec: &LoadBalancerSpec,
+    problems: &BTreeMap<String, String>,
+    generation: i64,
+) {
+    let now = Utc::now();
+    if problems.is_empty() {
+        let tls = spec.listeners.iter().any(|l| l.tls.is_some());
+        if tls || status.conditions.iter().any(|c| c.type_ == "CertificatesReady") {
+            let message = "every certificate the listeners name is valid and installed";
+            set_condition(&mut status.conditions, "CertificatesReady", ConditionStatus::True, "Installed", message, generation, now);
+        }
+        return;
+    }
+    let message: Vec<&str> = problems.values().map(String::as_str).collect();
+    let message = message.join("; ");
+    set_condition(&mut status.conditions, "CertificatesReady", ConditionStatus::False, "CertificateNotReady", message.clone(), generation, now);
+    set_condition(&mut status.conditions, "Ready", ConditionStatus::False, "CertificateNotReady", message, generation, now);
 }
 
 /// Says why a configuration was refused: `ConfigApplied=False` and, the first time this
@@ -596,7 +797,12 @@ impl Controller for LoadBalancerController {
     }
 
     fn watched_kinds(&self) -> Vec<Kind> {
-        vec![Kind::Instance]
+        vec![Kind::Certificate]
+    }
+
+    fn watched_everywhere(&self) -> Vec<Kind> {
+        // Routes and their backends may be in any namespace.
+        vec![Kind::Instance, Kind::Route]
     }
 
     async fn apply(&self, ctx: &mut Context<'_>, lb: LoadBalancer) -> Result<Action, ReconcileError> {

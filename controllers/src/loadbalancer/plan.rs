@@ -2,9 +2,10 @@
 //! running HAProxy was configured with and the servers it reports, what changes and how.
 //!
 //! - [`reload_needed`]: a new configuration is loaded (validated, then SIGUSR2) only when its
-//!   *structure* changed — listeners, balancing algorithm, health check. Targets never enter
-//!   the structure: they join and leave through the Runtime API, with no reload.
-//! - [`membership`]: the Runtime API steps that bring each backend's servers to the targets —
+//!   *structure* changed — listeners, routes, certificates in use, balancing algorithm, health
+//!   check. Targets never enter the structure: they join and leave through the Runtime API,
+//!   with no reload.
+//! - [`membership`]: the Runtime API steps that bring each backend's servers to its targets —
 //!   a target joins ([`Step::Add`]), moves ([`Step::Move`]) or comes back before it was
 //!   removed ([`Step::Return`]); a server that is no longer a target drains first
 //!   ([`Step::Drain`]) and is removed ([`Step::Remove`]) once it has no sessions left or has
@@ -15,10 +16,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use minicloud_crds::loadbalancer::LoadBalancerSpec;
-
 use super::admin::ServerStat;
-use super::config::{self, Target};
+use super::config::{self, Members};
+use super::layout::Layout;
 
 /// One Runtime API change of one server (`backend/server`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,31 +64,32 @@ pub(crate) fn reload_needed(applied: Option<&str>, wanted: &str) -> bool {
     applied != Some(wanted)
 }
 
-/// The steps that make HAProxy's servers match `targets`, listener by listener, for the
-/// configuration `applied` (its listeners and health check). `drained_for` says how long a
-/// leaving server has been leaving.
+/// The steps that make HAProxy's servers match `members`, backend by backend, for the
+/// configuration `applied` (its backends, their ports and checks). `drained_for` says how long
+/// a leaving server has been leaving.
 pub fn membership(
-    applied: &LoadBalancerSpec,
-    targets: &[Target],
+    applied: &Layout,
+    members: &Members,
     servers: &[ServerStat],
     drained_for: &dyn Fn(&ServerStat) -> Duration,
 ) -> Membership {
-    let arguments = config::server_arguments(applied.health_check.as_ref());
     let mut membership = Membership::default();
-    for listener in &applied.listeners {
-        let backend = config::backend(&listener.name);
+    for layout in &applied.backends {
+        let arguments = config::server_arguments(layout, applied.health_check.as_ref());
+        let backend = layout.name.clone();
+        let targets = members.get(&backend).map(Vec::as_slice).unwrap_or_default();
         let present: HashMap<&str, &ServerStat> =
             servers.iter().filter(|s| s.backend == backend).map(|s| (s.server.as_str(), s)).collect();
         for target in targets {
             let server = target.name.clone();
-            let address = config::socket_address(target, listener.target_port);
+            let address = config::socket_address(target, layout.port);
             let Some(current) = present.get(target.name.as_str()) else {
                 let backend = backend.clone();
                 membership.steps.push(Step::Add { backend, server, address, arguments: arguments.clone() });
                 continue;
             };
             if current.address != address {
-                let (ip, port) = (target.address.to_string(), listener.target_port);
+                let (ip, port) = (target.address.to_string(), layout.port);
                 membership.steps.push(Step::Move { backend: backend.clone(), server: server.clone(), ip, port });
             }
             if current.state == "DRAIN" || current.state == "MAINT" {
@@ -154,9 +155,29 @@ fn leave(server: &ServerStat, drained_for: Duration) -> Option<Step> {
 pub(crate) mod tests {
     use std::net::IpAddr;
 
+    use minicloud_crds::loadbalancer::LoadBalancerSpec;
     use serde_json::json;
 
     use super::*;
+    use crate::loadbalancer::config::Target;
+    use crate::loadbalancer::routing::Attachment;
+
+    /// The layout of a spec without routes.
+    pub(crate) fn layout(spec: &LoadBalancerSpec) -> Layout {
+        Layout::new(spec, &Attachment::default(), |_| Vec::new())
+    }
+
+    /// The membership steps for a spec whose own targets are `targets`.
+    fn membership_of(
+        spec: &LoadBalancerSpec,
+        targets: &[Target],
+        servers: &[ServerStat],
+        drained_for: &dyn Fn(&ServerStat) -> Duration,
+    ) -> Membership {
+        let layout = layout(spec);
+        let members: Members = layout.target_backends().map(|b| (b.name.clone(), targets.to_vec())).collect();
+        membership(&layout, &members, servers, drained_for)
+    }
 
     /// A load balancer's spec with these listeners, targeting `app=web` (also for the status
     /// module's tests).
@@ -204,18 +225,18 @@ pub(crate) mod tests {
     #[test]
     fn targets_never_change_the_structure() {
         let owner = "default/web";
-        let one = config::structure(owner, &http()).expect("structure");
+        let one = config::structure(owner, &layout(&http())).expect("structure");
         let mut more = http();
-        more.targets.selector = None;
-        assert_eq!(config::structure(owner, &more).expect("structure"), one, "only listeners and checks count");
+        more.targets.selector = Some(serde_json::from_value(json!({"matchLabels": {"app": "other"}})).expect("selector"));
+        assert_eq!(config::structure(owner, &layout(&more)).expect("structure"), one, "only listeners and checks count");
         let other = spec(json!([{"name": "http", "targetPort": 8080}, {"name": "admin", "targetPort": 9090}]));
-        assert_ne!(config::structure(owner, &other).expect("structure"), one);
+        assert_ne!(config::structure(owner, &layout(&other)).expect("structure"), one);
     }
 
     #[test]
     fn a_new_target_is_added_to_every_listener() {
         let applied = spec(json!([{"name": "http", "targetPort": 8080}, {"name": "admin", "targetPort": 9090}]));
-        let plan = membership(&applied, &[target("web-1", "172.18.0.2")], &[], &just_now);
+        let plan = membership_of(&applied, &[target("web-1", "172.18.0.2")], &[], &just_now);
         let added: Vec<(&str, &str, &str)> = plan
             .steps
             .iter()
@@ -233,27 +254,28 @@ pub(crate) mod tests {
         let applied = spec(json!([{"name": "http", "targetPort": 8080}]));
         let mut checked = applied.clone();
         checked.health_check = serde_json::from_value(json!({"intervalMillis": 500})).expect("check");
-        let plain = membership(&applied, &[target("a", "172.18.0.2")], &[], &just_now);
-        let with_check = membership(&checked, &[target("a", "172.18.0.2")], &[], &just_now);
+        let plain = membership_of(&applied, &[target("a", "172.18.0.2")], &[], &just_now);
+        let with_check = membership_of(&checked, &[target("a", "172.18.0.2")], &[], &just_now);
         let arguments = |plan: &Membership| match &plan.steps[0] {
             Step::Add { arguments, .. } => arguments.clone(),
             other => panic!("unexpected {other:?}"),
         };
-        assert_eq!(arguments(&plain), config::server_arguments(None));
+        let own = layout(&applied).backends[0].clone();
+        assert_eq!(arguments(&plain), config::server_arguments(&own, None));
         assert!(arguments(&with_check).contains("inter 500"), "{}", arguments(&with_check));
     }
 
     #[test]
     fn a_server_where_it_should_be_needs_nothing() {
         let servers = [server("web-1", "172.18.0.2:8080", "UP", 3)];
-        let plan = membership(&http(), &[target("web-1", "172.18.0.2")], &servers, &just_now);
+        let plan = membership_of(&http(), &[target("web-1", "172.18.0.2")], &servers, &just_now);
         assert_eq!(plan, Membership::default());
     }
 
     #[test]
     fn a_target_with_a_new_address_moves() {
         let servers = [server("web-1", "172.18.0.2:8080", "UP", 0)];
-        let plan = membership(&http(), &[target("web-1", "172.18.0.9")], &servers, &just_now);
+        let plan = membership_of(&http(), &[target("web-1", "172.18.0.9")], &servers, &just_now);
         let expected =
             Step::Move { backend: "be-http".into(), server: "web-1".into(), ip: "172.18.0.9".into(), port: 8080 };
         assert_eq!(plan.steps, [expected]);
@@ -263,7 +285,7 @@ pub(crate) mod tests {
     fn a_leaving_server_that_is_wanted_again_returns() {
         for state in ["DRAIN", "MAINT"] {
             let servers = [server("web-1", "172.18.0.2:8080", state, 1)];
-            let plan = membership(&http(), &[target("web-1", "172.18.0.2")], &servers, &long_ago);
+            let plan = membership_of(&http(), &[target("web-1", "172.18.0.2")], &servers, &long_ago);
             assert_eq!(plan.steps, [Step::Return { backend: "be-http".into(), server: "web-1".into() }], "{state}");
         }
     }
@@ -271,7 +293,7 @@ pub(crate) mod tests {
     #[test]
     fn a_serving_server_that_is_no_longer_a_target_drains_first() {
         let servers = [server("web-1", "172.18.0.2:8080", "UP", 0)];
-        let plan = membership(&http(), &[], &servers, &long_ago);
+        let plan = membership_of(&http(), &[], &servers, &long_ago);
         assert_eq!(plan.steps, [Step::Drain { backend: "be-http".into(), server: "web-1".into() }]);
         assert!(plan.draining, "looked at again with fresh session counts");
     }
@@ -279,7 +301,7 @@ pub(crate) mod tests {
     #[test]
     fn a_drained_server_without_sessions_is_removed() {
         let servers = [server("web-1", "172.18.0.2:8080", "DRAIN", 0)];
-        let plan = membership(&http(), &[], &servers, &just_now);
+        let plan = membership_of(&http(), &[], &servers, &just_now);
         let expected = Step::Remove {
             backend: "be-http".into(),
             server: "web-1".into(),
@@ -293,9 +315,9 @@ pub(crate) mod tests {
     #[test]
     fn a_busy_draining_server_waits_until_the_timeout() {
         let servers = [server("web-1", "172.18.0.2:8080", "DRAIN", 2)];
-        let waiting = membership(&http(), &[], &servers, &just_now);
+        let waiting = membership_of(&http(), &[], &servers, &just_now);
         assert_eq!((waiting.steps.len(), waiting.draining), (0, true), "its requests finish");
-        let ended = membership(&http(), &[], &servers, &long_ago);
+        let ended = membership_of(&http(), &[], &servers, &long_ago);
         let expected = Step::Remove {
             backend: "be-http".into(),
             server: "web-1".into(),
@@ -309,7 +331,7 @@ pub(crate) mod tests {
     fn a_server_that_serves_nothing_goes_at_once() {
         for (state, already_maint) in [("DOWN", false), ("MAINT", true)] {
             let servers = [server("web-1", "172.18.0.2:8080", state, 0)];
-            let plan = membership(&http(), &[], &servers, &just_now);
+            let plan = membership_of(&http(), &[], &servers, &just_now);
             let expected = Step::Remove {
                 backend: "be-http".into(),
                 server: "web-1".into(),
@@ -325,14 +347,14 @@ pub(crate) mod tests {
     fn servers_of_other_backends_are_not_this_listeners() {
         let mut other = server("web-1", "172.18.0.2:8080", "UP", 0);
         other.backend = "be-old".into();
-        let plan = membership(&http(), &[target("web-1", "172.18.0.2")], &[other], &just_now);
+        let plan = membership_of(&http(), &[target("web-1", "172.18.0.2")], &[other], &just_now);
         assert!(matches!(plan.steps.as_slice(), [Step::Add { backend, .. }] if backend == "be-http"));
     }
 
     #[test]
     fn joins_come_before_leaves_and_leaves_in_name_order() {
         let servers = [server("web-9", "172.18.0.9:8080", "UP", 0), server("web-3", "172.18.0.3:8080", "UP", 0)];
-        let plan = membership(&http(), &[target("web-5", "172.18.0.5")], &servers, &just_now);
+        let plan = membership_of(&http(), &[target("web-5", "172.18.0.5")], &servers, &just_now);
         let order: Vec<&str> = plan.steps.iter().map(|step| step.server().1).collect();
         assert_eq!(order, ["web-5", "web-3", "web-9"]);
     }
@@ -359,7 +381,7 @@ pub(crate) mod tests {
     #[test]
     fn a_rolling_replacement_adds_the_new_member_while_the_old_drains() {
         let servers = [server("web-1", "172.18.0.2:8080", "UP", 4)];
-        let plan = membership(&http(), &[target("web-2", "172.18.0.3")], &servers, &just_now);
+        let plan = membership_of(&http(), &[target("web-2", "172.18.0.3")], &servers, &just_now);
         assert!(matches!(&plan.steps[0], Step::Add { server, .. } if server == "web-2"));
         assert_eq!(plan.steps[1], Step::Drain { backend: "be-http".into(), server: "web-1".into() });
         assert!(plan.draining);

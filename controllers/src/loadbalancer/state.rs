@@ -1,15 +1,16 @@
 //! A LoadBalancer's directory (`DATA/lb/CLUSTER-UID`, mounted into its HAProxy container): the
 //! configuration HAProxy loads, the candidate being validated, the saved server states, the
-//! Runtime API socket, and `applied.json` — what the running HAProxy was configured from.
-//! Every file is replaced through a rename, so a reader sees the old or the new one whole.
+//! Runtime API socket, the HTTPS listeners' crt-lists and certificate files (`certs/`, mode
+//! 0600), and `applied.json` — what the running HAProxy was configured from. Every file is
+//! replaced through a rename, so a reader sees the old or the new one whole.
 
 use std::path::{Path, PathBuf};
 
-use minicloud_crds::loadbalancer::LoadBalancerSpec;
 use minicloud_crds::Kind;
 use serde::{Deserialize, Serialize};
 
 use super::config;
+use super::layout::Layout;
 use crate::reconciler::ReconcileError;
 use minicloud_store::{Query, Store};
 
@@ -21,9 +22,9 @@ const APPLIED_FILE: &str = "applied.json";
 pub struct Applied {
     /// Hash of the structural configuration.
     pub structure: String,
-    /// The spec that configuration came from: membership changes follow its listeners until a
-    /// new structure is applied.
-    pub spec: LoadBalancerSpec,
+    /// The layout that configuration came from: membership changes follow its backends until
+    /// a new structure is applied.
+    pub layout: Layout,
 }
 
 /// The directory of a load balancer under the control plane's state directory:
@@ -63,6 +64,25 @@ pub(crate) fn write_atomically(path: &Path, contents: &str) -> Result<(), Reconc
     std::fs::write(&temporary, contents)
         .and_then(|()| std::fs::rename(&temporary, path))
         .map_err(|error| ReconcileError::Failed(format!("cannot write {}: {error}", path.display())))
+}
+
+/// Writes a certificate file (key and chain) under `certs/`, mode 0600, when its content
+/// differs. Returns whether it changed.
+pub(crate) fn write_certificate(directory: &Path, file: &str, pem: &str) -> Result<bool, ReconcileError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let certs = directory.join(config::CERTS_DIR);
+    let path = certs.join(file);
+    if std::fs::read_to_string(&path).is_ok_and(|current| current == pem) {
+        return Ok(false);
+    }
+    let failed = |error: std::io::Error| ReconcileError::Failed(format!("cannot write {}: {error}", path.display()));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&certs).map_err(failed)?;
+    let temporary = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true).mode(0o600);
+    std::io::Write::write_all(&mut options.open(&temporary).map_err(failed)?, pem.as_bytes()).map_err(failed)?;
+    std::fs::rename(&temporary, &path).map_err(failed)?;
+    Ok(true)
 }
 
 /// The validated candidate becomes the configuration HAProxy loads (a rename: atomic).
@@ -133,14 +153,16 @@ mod tests {
         assert_ne!(mine, theirs, "control planes sharing a state directory keep apart");
         prepare(&mine).expect("prepare");
         assert!(read_applied(&mine).is_none(), "never configured");
-        let spec: LoadBalancerSpec = serde_json::from_value(serde_json::json!({
-            "listeners": [{"name": "http", "targetPort": 8080}],
-            "targets": {"selector": {"matchLabels": {"app": "web"}}}
-        }))
-        .expect("spec");
-        write_applied(&mine, &Applied { structure: "s1".into(), spec: spec.clone() }).expect("write");
+        let spec = crate::loadbalancer::plan::tests::spec(serde_json::json!([{"name": "http", "targetPort": 8080}]));
+        let layout = crate::loadbalancer::plan::tests::layout(&spec);
+        write_applied(&mine, &Applied { structure: "s1".into(), layout: layout.clone() }).expect("write");
         let read = read_applied(&mine).expect("read");
-        assert_eq!((read.structure.as_str(), read.spec), ("s1", spec));
+        assert_eq!((read.structure.as_str(), read.layout), ("s1", layout));
+        assert!(write_certificate(&mine, "a.pem", "PEM").expect("write"), "new");
+        assert!(!write_certificate(&mine, "a.pem", "PEM").expect("write"), "unchanged");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(mine.join("certs/a.pem")).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         remove(&mine).expect("remove");
         remove(&mine).expect("removing twice is fine");
     }

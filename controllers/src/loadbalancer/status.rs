@@ -12,6 +12,7 @@ use minicloud_store::EventType;
 
 use super::admin::ServerStat;
 use super::config;
+use super::layout::Layout;
 use crate::metrics::TargetTraffic;
 use minicloud_crds::conditions::set_condition;
 
@@ -34,6 +35,7 @@ pub fn endpoints(spec: &LoadBalancerSpec, ports: &[(u16, String, String, u16)]) 
             let (_, _, ip, port) = ports.iter().find(|(container, ..)| *container == config::container_port(index))?;
             let scheme = match listener.protocol {
                 ListenerProtocol::Http => "http",
+                ListenerProtocol::Https => "https",
                 ListenerProtocol::Tcp => "tcp",
             };
             Some((listener.name.clone(), format!("{scheme}://{ip}:{port}")))
@@ -41,9 +43,9 @@ pub fn endpoints(spec: &LoadBalancerSpec, ports: &[(u16, String, String, u16)]) 
         .collect()
 }
 
-/// Per target: the worst state over the listeners' backends (a target is UP only when it is UP
-/// everywhere), with the address and last check of the first listener.
-pub(crate) fn target_statuses(applied: &LoadBalancerSpec, servers: &[ServerStat]) -> Vec<TargetStatus> {
+/// Per target: the worst state over the backends of the load balancer's own targets (a target
+/// is UP only when it is UP everywhere), with the address and last check of the first listener.
+pub(crate) fn target_statuses(applied: &Layout, servers: &[ServerStat]) -> Vec<TargetStatus> {
     let rank = |state: &str| match state {
         "UP" => 0,
         "NOLB" => 1,
@@ -51,7 +53,7 @@ pub(crate) fn target_statuses(applied: &LoadBalancerSpec, servers: &[ServerStat]
         "DOWN" => 3,
         _ => 4,
     };
-    let backends: Vec<String> = applied.listeners.iter().map(|l| config::backend(&l.name)).collect();
+    let backends: Vec<String> = applied.target_backends().map(|b| b.name.clone()).collect();
     let mut targets: BTreeMap<&str, TargetStatus> = BTreeMap::new();
     for backend in &backends {
         for server in servers.iter().filter(|s| &s.backend == backend) {
@@ -170,8 +172,24 @@ pub(crate) fn config_applied(status: &mut LoadBalancerStatus, generation: i64, n
     );
 }
 
-/// The `TargetsHealthy` and `Ready` conditions, from the targets HAProxy reports.
-pub(crate) fn summarise(status: &mut LoadBalancerStatus, selection: &Selection, generation: i64, now: DateTime<Utc>) {
+/// The `TargetsHealthy` and `Ready` conditions, from the targets HAProxy reports; a load
+/// balancer without targets of its own (routes only) is ready once HAProxy serves.
+pub(crate) fn summarise(
+    status: &mut LoadBalancerStatus,
+    spec: &LoadBalancerSpec,
+    selection: &Selection,
+    generation: i64,
+    now: DateTime<Utc>,
+) {
+    if spec.targets.is_empty() {
+        let message = "the load balancer has no targets of its own; its routes report their backends";
+        set_condition(&mut status.conditions, "TargetsHealthy", ConditionStatus::True, "RoutesOnly", message, generation, now);
+        let routes: u32 = status.listeners.iter().map(|l| l.attached_routes).sum();
+        let endpoints: Vec<String> = status.endpoints.values().cloned().collect();
+        let message = format!("serving {} with {routes} attached route(s)", endpoints.join(", "));
+        set_condition(&mut status.conditions, "Ready", ConditionStatus::True, "Serving", message, generation, now);
+        return;
+    }
     let members: Vec<&TargetStatus> =
         status.targets.iter().filter(|t| selection.targets.iter().any(|s| s.name == t.name)).collect();
     let healthy = members.iter().filter(|t| t.healthy).count();
@@ -254,7 +272,7 @@ mod tests {
             server("be-admin", "b", "UP"),
             server("be-other", "c", "UP"),
         ];
-        let targets = target_statuses(&spec, &servers);
+        let targets = target_statuses(&crate::loadbalancer::plan::tests::layout(&spec), &servers);
         let states: Vec<(&str, &str, bool)> =
             targets.iter().map(|t| (t.name.as_str(), t.state.as_str(), t.healthy)).collect();
         assert_eq!(states, [("a", "DOWN", false), ("b", "UP", true)]);
@@ -284,18 +302,19 @@ mod tests {
             waiting: waiting.iter().map(|name| (*name).to_owned()).collect(),
         };
         let now = Utc::now();
+        let spec = spec(json!([{"name": "http", "targetPort": 8080}]));
         let mut status = LoadBalancerStatus::default();
-        summarise(&mut status, &selection(&[], &["web-1"]), 1, now);
+        summarise(&mut status, &spec, &selection(&[], &["web-1"]), 1, now);
         assert_eq!(condition(&status, "Ready"), (ConditionStatus::False, "NoTargets".into()));
         assert!(status.conditions.iter().any(|c| c.message.contains("waiting for web-1")));
 
         status.targets = vec![target_status("a", "DOWN"), target_status("b", "UP"), target_status("old", "UP")];
-        summarise(&mut status, &selection(&["a", "b"], &[]), 1, now);
+        summarise(&mut status, &spec, &selection(&["a", "b"], &[]), 1, now);
         assert_eq!(condition(&status, "Ready"), (ConditionStatus::True, "Serving".into()));
         assert_eq!(condition(&status, "TargetsHealthy"), (ConditionStatus::False, "TargetsUnhealthy".into()));
 
         status.targets = vec![target_status("a", "DOWN")];
-        summarise(&mut status, &selection(&["a"], &[]), 1, now);
+        summarise(&mut status, &spec, &selection(&["a"], &[]), 1, now);
         assert_eq!(condition(&status, "Ready"), (ConditionStatus::False, "NoHealthyTargets".into()));
     }
 

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use minicloud_crds::loadbalancer::LoadBalancerSpec;
 use minicloud_crds::ObjectKey;
 
-use super::config::{self, Target};
+use super::config::{self, Members};
+use super::layout::Layout;
 use super::state::write_atomically;
 use crate::docker::labels;
 use crate::docker::{ContainerDriver, ContainerSpec, DriverError};
@@ -26,8 +26,8 @@ const MAX_MESSAGE: usize = 1500;
 /// A configuration about to be checked: what it is rendered from and where it is written.
 pub(crate) struct Candidate<'a> {
     pub owner: &'a str,
-    pub spec: &'a LoadBalancerSpec,
-    pub targets: &'a [Target],
+    pub layout: &'a Layout,
+    pub members: &'a Members,
     pub directory: &'a Path,
     /// Hash of its structural part: a refusal is remembered by it.
     pub structure: &'a str,
@@ -63,8 +63,12 @@ impl Validator {
                 return Ok(Err(Refusal { message, first: false }));
             }
         }
-        let rendered = config::render(candidate.owner, candidate.spec, candidate.targets)
+        let rendered = config::render(candidate.owner, candidate.layout, candidate.members)
             .map_err(|error| ReconcileError::InvalidSpec(error.to_string()))?;
+        // The crt-lists the candidate names (their content is part of the structure).
+        for listener in candidate.layout.listeners.iter().filter(|l| !l.certificates.is_empty()) {
+            write_atomically(&candidate.directory.join(config::crt_list_file(&listener.name)), &config::crt_list(listener))?;
+        }
         write_atomically(&candidate.directory.join(config::CANDIDATE_FILE), &rendered)?;
         match haproxy_check(driver, running, template).await? {
             Ok(()) => {
