@@ -2,7 +2,8 @@
 # Builds the container images minicloud's examples and tests use, from Debian packages, on a
 # machine where no registry can be reached:
 #
-#   minicloud/web:local       busybox httpd on port 8080 serving /www (about 2 MB);
+#   minicloud/web:local       busybox httpd on port 8080 serving /www (about 2 MB; CGIs whoami,
+#                             burn and headers, which echoes the request);
 #                             /cgi-bin/whoami answers with the container's hostname,
 #                             /cgi-bin/burn?ms=N keeps a CPU busy for N ms (at most 2000)
 #   minicloud/haproxy:local   HAProxy 2.6 from Debian, run as `haproxy -W -db -f CONFIG`
@@ -67,7 +68,7 @@ needed() {
 label_args=(--label minicloud.dev/image=local)
 
 build_web() {
-    local image=minicloud/web:local version=2
+    local image=minicloud/web:local version=3
     needed "$image" "$version" || return 0
     ensure_packages busybox-static
     local context
@@ -106,7 +107,23 @@ echo "Content-Type: text/plain"
 echo
 hostname
 EOF
-    chmod +x "$context/www/cgi-bin/whoami" "$context/www/cgi-bin/burn"
+    # Echoes the request as the backend saw it: method, URI and every header (HTTP_*), with the
+    # container's hostname and its ROLE variable (tests name their containers' roles).
+    cat > "$context/www/cgi-bin/headers" <<'EOF'
+#!/bin/sh
+echo "Content-Type: text/plain"
+echo
+echo "host $(hostname)"
+echo "role $ROLE"
+echo "method $REQUEST_METHOD"
+echo "uri $REQUEST_URI"
+env | grep '^HTTP_' | sort
+EOF
+    # With `-c /www/httpd.conf`, a missing page answers /www/404.html (tests write an identity
+    # there, so that every path tells which container served it).
+    echo "E404:/www/404.html" > "$context/www/httpd.conf"
+    echo "not found" > "$context/www/404.html"
+    chmod +x "$context/www/cgi-bin/whoami" "$context/www/cgi-bin/burn" "$context/www/cgi-bin/headers"
     cat > "$context/Dockerfile" <<'EOF'
 FROM scratch
 COPY busybox /bin/busybox

@@ -7,7 +7,7 @@
 //! | whether the stored pair is still good (valid now, every name covered, not due) | [`is_current`] |
 //! | when renewal is due (`renewBefore`, else a third of the lifetime before expiry) | [`renewal_time`] |
 //! | self-signed: make a new pair | [`crate::tls::self_signed`] |
-//! | secretRef: accept the user's pair, or say why not (the last good pair stays) | [`CertificateController::from_secret`] |
+//! | secretRef: accept the user's pair, or say why not (the last good pair stays) | [`CertificateController::user_pair`] |
 //! | what status, conditions and events say | [`report`] |
 //!
 //! A pair that does not pass [`crate::tls::inspect`] is never written to `NAME-tls`: `Ready`
@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use minicloud_crds::certificate::{parse_duration_seconds, secret_name, CertificateSpec, CertificateStatus, CERT_KEY, KEY_KEY};
+use minicloud_crds::certificate::{
+    parse_duration_seconds, secret_name, CertificateSpec, CertificateStatus, CERT_KEY, KEY_KEY,
+};
 use minicloud_crds::conditions::set_condition;
 use minicloud_crds::kinds::Certificate;
 use minicloud_crds::meta::{ConditionStatus, ObjectMeta, API_VERSION};
@@ -83,7 +85,9 @@ impl CertificateController {
                 secret.spec = spec;
                 match self.store.update(secret).await {
                     Ok(_) => Ok(()),
-                    Err(StoreError::Conflict { .. }) => Err(ReconcileError::Failed(format!("secret/{name} changed meanwhile; again"))),
+                    Err(StoreError::Conflict { .. }) => {
+                        Err(ReconcileError::Failed(format!("secret/{name} changed meanwhile; again")))
+                    }
                     Err(error) => Err(error.into()),
                 }
             }
@@ -102,7 +106,9 @@ impl CertificateController {
                 };
                 match self.store.create(secret).await {
                     Ok(_) => Ok(()),
-                    Err(StoreError::AlreadyExists(_)) => Err(ReconcileError::Failed(format!("secret/{name} appeared meanwhile; again"))),
+                    Err(StoreError::AlreadyExists(_)) => {
+                        Err(ReconcileError::Failed(format!("secret/{name} appeared meanwhile; again")))
+                    }
                     Err(error) => Err(error.into()),
                 }
             }
@@ -111,9 +117,18 @@ impl CertificateController {
     }
 
     /// secretRef: the user's pair, checked. `Err` says why it cannot be used.
-    async fn from_secret(&self, namespace: &str, source: &str, spec: &CertificateSpec, now: DateTime<Utc>) -> Result<Result<Pair, (&'static str, String)>, ReconcileError> {
+    async fn user_pair(
+        &self,
+        namespace: &str,
+        source: &str,
+        spec: &CertificateSpec,
+        now: DateTime<Utc>,
+    ) -> Result<Result<Pair, (&'static str, String)>, ReconcileError> {
         let Some(pair) = self.read_pair(namespace, source).await? else {
-            return Ok(Err(("SecretNotFound", format!("secret/{source} does not exist or lacks {CERT_KEY} and {KEY_KEY}"))));
+            return Ok(Err((
+                "SecretNotFound",
+                format!("secret/{source} does not exist or lacks {CERT_KEY} and {KEY_KEY}"),
+            )));
         };
         let inspected = match tls::inspect(&pair.chain, &pair.key, now) {
             Ok(inspected) => inspected,
@@ -122,7 +137,10 @@ impl CertificateController {
         if let Some(name) = spec.dns_names.iter().find(|name| !inspected.covers(name)) {
             return Ok(Err((
                 "NamesNotCovered",
-                format!("secret/{source}'s certificate does not cover {name} (it names {})", inspected.dns_names.join(", ")),
+                format!(
+                    "secret/{source}'s certificate does not cover {name} (it names {})",
+                    inspected.dns_names.join(", ")
+                ),
             )));
         }
         Ok(Ok(pair))
@@ -147,7 +165,14 @@ fn is_current(spec: &CertificateSpec, inspected: &Inspected, now: DateTime<Utc>)
 }
 
 /// Fills in status from the stored pair and sets `Ready` and `Issuing`.
-fn report(status: &mut CertificateStatus, spec: &CertificateSpec, stored: Option<&Inspected>, secret: &str, generation: i64, now: DateTime<Utc>) {
+fn report(
+    status: &mut CertificateStatus,
+    spec: &CertificateSpec,
+    stored: Option<&Inspected>,
+    secret: &str,
+    generation: i64,
+    now: DateTime<Utc>,
+) {
     status.secret_name = Some(secret.to_owned());
     match stored {
         Some(inspected) => {
@@ -156,7 +181,11 @@ fn report(status: &mut CertificateStatus, spec: &CertificateSpec, stored: Option
             status.renewal_time = Some(renewal_time(spec, inspected));
             status.serial = Some(inspected.serial.clone());
             status.issuer_name = Some(inspected.issuer.clone());
-            let message = format!("valid until {} for {}", inspected.not_after.format("%Y-%m-%d %H:%M UTC"), inspected.dns_names.join(", "));
+            let message = format!(
+                "valid until {} for {}",
+                inspected.not_after.format("%Y-%m-%d %H:%M UTC"),
+                inspected.dns_names.join(", ")
+            );
             set_condition(&mut status.conditions, "Ready", ConditionStatus::True, "Issued", message, generation, now);
         }
         None => {
@@ -196,52 +225,108 @@ impl Controller for CertificateController {
         status.observed_generation = Some(generation);
         let secret = secret_name(ctx.name());
         let stored = self.read_pair(ctx.namespace(), &secret).await?;
-        let stored = stored.and_then(|pair| tls::inspect(&pair.chain, &pair.key, now).ok().map(|inspected| (pair, inspected)));
+        let stored =
+            stored.and_then(|pair| tls::inspect(&pair.chain, &pair.key, now).ok().map(|inspected| (pair, inspected)));
         let issuer = &spec.issuer;
         let outcome: Result<Option<Pair>, (&'static str, String)> = if let Some(self_signed) = &issuer.self_signed {
             match &stored {
-                Some((_, inspected)) if is_current(spec, inspected, now) && inspected.issuer.contains("minicloud self-signed") => Ok(None),
+                Some((_, inspected))
+                    if is_current(spec, inspected, now) && inspected.issuer.contains("minicloud self-signed") =>
+                {
+                    Ok(None)
+                }
                 _ => {
                     let days = self_signed.days.unwrap_or(DEFAULT_SELF_SIGNED_DAYS);
-                    tls::self_signed(&spec.dns_names, days, now).map(|(chain, key)| Some(Pair { chain, key })).map_err(|error| ("IssueFailed", error.to_string()))
+                    tls::self_signed(&spec.dns_names, days, now)
+                        .map(|(chain, key)| Some(Pair { chain, key }))
+                        .map_err(|error| ("IssueFailed", error.to_string()))
                 }
             }
         } else if let Some(reference) = &issuer.secret_ref {
-            match self.from_secret(ctx.namespace(), &reference.name, spec, now).await? {
-                Ok(pair) if stored.as_ref().is_some_and(|(current, _)| current.chain == pair.chain && current.key == pair.key) => Ok(None),
+            match self.user_pair(ctx.namespace(), &reference.name, spec, now).await? {
+                Ok(pair)
+                    if stored
+                        .as_ref()
+                        .is_some_and(|(current, _)| current.chain == pair.chain && current.key == pair.key) =>
+                {
+                    Ok(None)
+                }
                 Ok(pair) => Ok(Some(pair)),
                 Err(problem) => Err(problem),
             }
         } else {
-            Err(("IssuerUnavailable", "ACME issuance is not available in this build yet; use selfSigned or secretRef".to_owned()))
+            Err((
+                "IssuerUnavailable",
+                "ACME issuance is not available in this build yet; use selfSigned or secretRef".to_owned(),
+            ))
         };
         let current = match outcome {
             Ok(None) => stored.map(|(_, inspected)| inspected),
             Ok(Some(pair)) => {
-                let inspected = tls::inspect(&pair.chain, &pair.key, now).map_err(|error| ReconcileError::Failed(error.to_string()))?;
+                let inspected = tls::inspect(&pair.chain, &pair.key, now)
+                    .map_err(|error| ReconcileError::Failed(error.to_string()))?;
                 self.store_pair(ctx, &pair).await?;
                 let (reason, verb) = if stored.is_some() { ("Renewed", "renewed") } else { ("Issued", "issued") };
-                let message = format!("{verb} for {} by {} (serial {}), valid until {}", inspected.dns_names.join(", "), inspected.issuer, inspected.serial, inspected.not_after.format("%Y-%m-%d %H:%M UTC"));
+                let message = format!(
+                    "{verb} for {} by {} (serial {}), valid until {}",
+                    inspected.dns_names.join(", "),
+                    inspected.issuer,
+                    inspected.serial,
+                    inspected.not_after.format("%Y-%m-%d %H:%M UTC")
+                );
                 ctx.event(EventType::Normal, reason, message).await;
-                set_condition(&mut status.conditions, "Issuing", ConditionStatus::False, reason, format!("{verb} into secret/{secret}"), generation, now);
+                set_condition(
+                    &mut status.conditions,
+                    "Issuing",
+                    ConditionStatus::False,
+                    reason,
+                    format!("{verb} into secret/{secret}"),
+                    generation,
+                    now,
+                );
                 Some(inspected)
             }
             Err((reason, message)) => {
-                let flipped = set_condition(&mut status.conditions, "Issuing", ConditionStatus::False, reason, message.clone(), generation, now);
+                let flipped = set_condition(
+                    &mut status.conditions,
+                    "Issuing",
+                    ConditionStatus::False,
+                    reason,
+                    message.clone(),
+                    generation,
+                    now,
+                );
                 if flipped || status.conditions.iter().any(|c| c.type_ == "Ready" && c.reason != reason) {
                     ctx.event(EventType::Warning, reason, message.clone()).await;
                 }
                 report(&mut status, spec, stored.as_ref().map(|(_, inspected)| inspected), &secret, generation, now);
-                let kept = if stored.is_some() { " (the current certificate stays in use until it expires)" } else { "" };
+                let kept =
+                    if stored.is_some() { " (the current certificate stays in use until it expires)" } else { "" };
                 if stored.is_none() || reason != "IssueFailed" {
-                    set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, format!("{message}{kept}"), generation, now);
+                    set_condition(
+                        &mut status.conditions,
+                        "Ready",
+                        ConditionStatus::False,
+                        reason,
+                        format!("{message}{kept}"),
+                        generation,
+                        now,
+                    );
                 }
                 ctx.write_status(&status).await?;
                 return Ok(Action::AwaitChange);
             }
         };
         if !status.conditions.iter().any(|c| c.type_ == "Issuing") {
-            set_condition(&mut status.conditions, "Issuing", ConditionStatus::False, "Issued", "nothing to do", generation, now);
+            set_condition(
+                &mut status.conditions,
+                "Issuing",
+                ConditionStatus::False,
+                "Issued",
+                "nothing to do",
+                generation,
+                now,
+            );
         }
         report(&mut status, spec, current.as_ref(), &secret, generation, now);
         ctx.write_status(&status).await?;
@@ -280,7 +365,8 @@ mod tests {
     #[tokio::test]
     async fn self_signed_is_issued_once_and_kept_until_due() {
         let store = Arc::new(MemoryStore::new());
-        create(&store, "Certificate", "shop", json!({"dnsNames": ["shop.example.com"], "issuer": {"selfSigned": {}}})).await;
+        create(&store, "Certificate", "shop", json!({"dnsNames": ["shop.example.com"], "issuer": {"selfSigned": {}}}))
+            .await;
         let controller = CertificateController::new(store.clone());
         let key = ObjectKey::new(Kind::Certificate, "default", "shop");
         reconcile(&controller, &key).await.expect("reconcile");
@@ -300,7 +386,13 @@ mod tests {
         let now = Utc::now();
         let (chain, key) = tls::self_signed(&names(&["a.example.com"]), 30, now).expect("pair");
         create(&store, "Secret", "mine", json!({"stringData": {"tls.crt": chain, "tls.key": key}})).await;
-        create(&store, "Certificate", "a", json!({"dnsNames": ["a.example.com"], "issuer": {"secretRef": {"name": "mine"}}})).await;
+        create(
+            &store,
+            "Certificate",
+            "a",
+            json!({"dnsNames": ["a.example.com"], "issuer": {"secretRef": {"name": "mine"}}}),
+        )
+        .await;
         let controller = CertificateController::new(store.clone());
         let cert = ObjectKey::new(Kind::Certificate, "default", "a");
         reconcile(&controller, &cert).await.expect("reconcile");
@@ -314,8 +406,18 @@ mod tests {
         store.update(mine).await.expect("update");
         reconcile(&controller, &cert).await.expect("reconcile");
         let status = store.get(&cert).await.expect("cert").status;
-        let ready = status["conditions"].as_array().expect("conditions").iter().find(|c| c["type"] == "Ready").expect("Ready").clone();
-        assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("InvalidKeyPair")), "{ready}");
+        let ready = status["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .expect("Ready")
+            .clone();
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("InvalidKeyPair")),
+            "{ready}"
+        );
         assert!(ready["message"].as_str().unwrap_or("").contains("does not belong"), "{ready}");
         let kept = store.get(&ObjectKey::new(Kind::Secret, "default", "a-tls")).await.expect("a-tls").spec;
         assert_eq!(kept, installed, "the last good pair stays");

@@ -51,7 +51,9 @@ impl RouteController {
         let lb: LoadBalancer = match self.store.get(&key).await {
             Ok(object) => match serde_json::to_value(&object).and_then(serde_json::from_value) {
                 Ok(lb) => lb,
-                Err(error) => return Err(ReconcileError::Failed(format!("loadbalancer {namespace}/{}: {error}", parent.name))),
+                Err(error) => {
+                    return Err(ReconcileError::Failed(format!("loadbalancer {namespace}/{}: {error}", parent.name)))
+                }
             },
             Err(StoreError::NotFound(_)) => {
                 let verdict = Verdict {
@@ -67,11 +69,9 @@ impl RouteController {
         };
         let references: Vec<RouteRef<'_>> = routes.iter().map(RouteRef::of).collect();
         let attachment = attach(namespace, &parent.name, &lb.spec, &references);
-        let verdict = attachment
-            .verdicts
-            .get(&(RouteRef::of(route).key(), index))
-            .cloned()
-            .ok_or_else(|| ReconcileError::Failed("the route is not among the load balancer's candidates; again".into()))?;
+        let verdict = attachment.verdicts.get(&(RouteRef::of(route).key(), index)).cloned().ok_or_else(|| {
+            ReconcileError::Failed("the route is not among the load balancer's candidates; again".into())
+        })?;
         let urls = urls(&lb, &verdict, &route.spec);
         Ok((verdict, urls))
     }
@@ -147,10 +147,24 @@ fn parent_conditions(
     let status = if accepted { ConditionStatus::True } else { ConditionStatus::False };
     set_condition(&mut conditions, "Accepted", status, verdict.reason, message, generation, now);
     match unresolved {
-        None => set_condition(&mut conditions, "ResolvedRefs", ConditionStatus::True, "ResolvedRefs", "every backend exists", generation, now),
-        Some(message) => {
-            set_condition(&mut conditions, "ResolvedRefs", ConditionStatus::False, "BackendNotFound", message, generation, now)
-        }
+        None => set_condition(
+            &mut conditions,
+            "ResolvedRefs",
+            ConditionStatus::True,
+            "ResolvedRefs",
+            "every backend exists",
+            generation,
+            now,
+        ),
+        Some(message) => set_condition(
+            &mut conditions,
+            "ResolvedRefs",
+            ConditionStatus::False,
+            "BackendNotFound",
+            message,
+            generation,
+            now,
+        ),
     };
     conditions
 }
@@ -206,7 +220,11 @@ impl Controller for RouteController {
             .filter_map(|object| serde_json::to_value(&object).and_then(serde_json::from_value).ok())
             .collect();
         let unresolved = self.resolve(ctx.namespace(), &route.spec).await?;
-        let mut status = RouteStatus { observed_generation: Some(generation), conditions: previous.conditions.clone(), parents: Vec::new() };
+        let mut status = RouteStatus {
+            observed_generation: Some(generation),
+            conditions: previous.conditions.clone(),
+            parents: Vec::new(),
+        };
         for (index, parent) in route.spec.parent_refs.iter().enumerate() {
             let (verdict, urls) = self.parent_status(&route, index, parent, &routes).await?;
             let before = previous.parents.iter().find(|p| &p.parent_ref == parent);
@@ -263,7 +281,11 @@ mod tests {
         let key = ObjectKey::new(Kind::Route, "shop", "shop");
         reconcile(&controller, &key).await.expect("reconcile");
         let status = store.get(&key).await.expect("route").status;
-        assert_eq!(parent(&status, 0, "Accepted"), ("False", "NotAllowedByListeners"), "infra admits the same namespace only");
+        assert_eq!(
+            parent(&status, 0, "Accepted"),
+            ("False", "NotAllowedByListeners"),
+            "infra admits the same namespace only"
+        );
         assert_eq!(parent(&status, 1, "Accepted"), ("False", "NoMatchingParent"));
         assert_eq!(parent(&status, 0, "ResolvedRefs"), ("False", "BackendNotFound"));
         assert!(status["parents"][0]["conditions"].to_string().contains("Instance/gone"), "{status}");

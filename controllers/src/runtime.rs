@@ -177,7 +177,14 @@ pub async fn run(
             tokio::spawn(wake_related(store.clone(), queue.clone(), known.clone(), watched, Scope::Namespace, revision))
         }))
         .chain(reconciler.watched_everywhere().into_iter().map(|watched| {
-            tokio::spawn(wake_related(store.clone(), queue.clone(), known.clone(), watched, Scope::Everywhere, revision))
+            tokio::spawn(wake_related(
+                store.clone(),
+                queue.clone(),
+                known.clone(),
+                watched,
+                Scope::Everywhere,
+                revision,
+            ))
         }))
         .collect();
 

@@ -44,7 +44,9 @@ pub struct Inspected {
 impl Inspected {
     /// Whether the certificate covers `name` (exactly, or through a `*.` name).
     pub fn covers(&self, name: &str) -> bool {
-        self.dns_names.iter().any(|have| have == name || minicloud_crds::http::hostname_matches(have, name) && !name.starts_with("*."))
+        self.dns_names
+            .iter()
+            .any(|have| have == name || minicloud_crds::http::hostname_matches(have, name) && !name.starts_with("*."))
     }
 }
 
@@ -70,7 +72,9 @@ pub fn read_leaf(chain: &str) -> Result<Inspected, TlsError> {
     let pem = first_certificate(chain)?;
     let certificate = pem.parse_x509().map_err(|error| TlsError::CertificateInvalid(error.to_string()))?;
     let time = |t: x509_parser::time::ASN1Time| {
-        Utc.timestamp_opt(t.timestamp(), 0).single().ok_or_else(|| TlsError::CertificateInvalid("a date is out of range".into()))
+        Utc.timestamp_opt(t.timestamp(), 0)
+            .single()
+            .ok_or_else(|| TlsError::CertificateInvalid("a date is out of range".into()))
     };
     let mut dns_names = Vec::new();
     if let Ok(Some(names)) = certificate.subject_alternative_name() {
@@ -128,8 +132,7 @@ pub fn self_signed(names: &[String], days: u32, now: DateTime<Utc>) -> Result<(S
 }
 
 fn to_offset(time: DateTime<Utc>) -> Result<time::OffsetDateTime, TlsError> {
-    time::OffsetDateTime::from_unix_timestamp(time.timestamp())
-        .map_err(|error| TlsError::Generate(error.to_string()))
+    time::OffsetDateTime::from_unix_timestamp(time.timestamp()).map_err(|error| TlsError::Generate(error.to_string()))
 }
 
 #[cfg(test)]

@@ -137,8 +137,9 @@ pub fn parse_duration_seconds(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 =
-        number.parse().map_err(|_| format!("{text:?} is not a duration; write a number and a unit, e.g. 720h or 30d"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; write a number and a unit, e.g. 720h or 30d"))?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
@@ -177,18 +178,25 @@ pub(crate) fn check_certificate_spec(spec: &CertificateSpec, path: &FieldPath, e
             );
         }
         if let Some(email) = &acme.email {
-            let plausible = email.split_once('@').is_some_and(|(user, domain)| !user.is_empty() && domain.contains('.'));
+            let plausible =
+                email.split_once('@').is_some_and(|(user, domain)| !user.is_empty() && domain.contains('.'));
             if !plausible || email.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 errors.add(issuer.key("acme").key("email"), format!("{email:?} is not an email address"));
             }
         }
         if let Some(bundle) = &acme.ca_bundle {
             if !bundle.contains("-----BEGIN CERTIFICATE-----") {
-                errors.add(issuer.key("acme").key("caBundle"), "give one or more PEM certificates (-----BEGIN CERTIFICATE-----)");
+                errors.add(
+                    issuer.key("acme").key("caBundle"),
+                    "give one or more PEM certificates (-----BEGIN CERTIFICATE-----)",
+                );
             }
         }
         if spec.dns_names.iter().any(|name| name.starts_with("*.")) {
-            errors.add(path.key("dnsNames"), "ACME issues wildcard names only through DNS-01, which minicloud does not answer; name each host");
+            errors.add(
+                path.key("dnsNames"),
+                "ACME issues wildcard names only through DNS-01, which minicloud does not answer; name each host",
+            );
         }
     }
     if let Some(reference) = &spec.issuer.secret_ref {

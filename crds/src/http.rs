@@ -17,7 +17,9 @@ pub const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT
 /// `.example.com`). Returns what is wrong.
 pub fn check_hostname(value: &str, wildcard: bool) -> Result<(), String> {
     let rest = match value.strip_prefix("*.") {
-        Some(_) if !wildcard => return Err(format!("{value:?}: a wildcard is not allowed here; give a full host name")),
+        Some(_) if !wildcard => {
+            return Err(format!("{value:?}: a wildcard is not allowed here; give a full host name"))
+        }
         Some(rest) => rest,
         None => value,
     };
@@ -89,9 +91,7 @@ pub fn check_value(value: &str) -> Result<(), String> {
         return Err(format!("the value is {} characters long; at most {MAX_VALUE_LEN} are allowed", value.len()));
     }
     if let Some(bad) = value.chars().find(|c| !(' '..='~').contains(c) || matches!(c, '"' | '\'' | '\\')) {
-        return Err(format!(
-            "{value:?} contains {bad:?}; use printable ASCII without quotes or backslashes"
-        ));
+        return Err(format!("{value:?} contains {bad:?}; use printable ASCII without quotes or backslashes"));
     }
     if value.starts_with(' ') || value.ends_with(' ') {
         return Err(format!("{value:?} starts or ends with a space"));
@@ -191,7 +191,9 @@ mod tests {
     #[test]
     fn paths_headers_values() {
         assert_eq!(check_route_path("/api/v1"), Ok(()));
-        for bad in ["api", "/a b", "/a#b", "/a?b", "/a\"", "/a'", "/a\\b", "/a//b", "/a/../b", "/a%2Fb", "/a/.", "/(x)", "/a$"] {
+        for bad in
+            ["api", "/a b", "/a#b", "/a?b", "/a\"", "/a'", "/a\\b", "/a//b", "/a/../b", "/a%2Fb", "/a/.", "/(x)", "/a$"]
+        {
             assert!(check_route_path(bad).is_err(), "{bad:?}");
         }
         assert_eq!(check_header_name("X-Canary_1"), Ok(()));
@@ -215,7 +217,10 @@ mod tests {
         let names = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(intersect_hostnames(None, &names(&["a.b"])), Some(names(&["a.b"])));
         assert_eq!(intersect_hostnames(Some("*.ex.com"), &[]), Some(names(&["*.ex.com"])));
-        assert_eq!(intersect_hostnames(Some("*.ex.com"), &names(&["shop.ex.com", "other.org"])), Some(names(&["shop.ex.com"])));
+        assert_eq!(
+            intersect_hostnames(Some("*.ex.com"), &names(&["shop.ex.com", "other.org"])),
+            Some(names(&["shop.ex.com"]))
+        );
         assert_eq!(intersect_hostnames(Some("shop.ex.com"), &names(&["*.ex.com"])), Some(names(&["shop.ex.com"])));
         assert_eq!(intersect_hostnames(Some("*.ex.com"), &names(&["*.ex.com"])), Some(names(&["*.ex.com"])));
         assert_eq!(intersect_hostnames(Some("*.a.ex.com"), &names(&["*.ex.com"])), Some(names(&["*.a.ex.com"])));

@@ -409,10 +409,7 @@ fn check_load_balancer_spec(spec: &LoadBalancerSpec, path: &FieldPath, errors: &
         (Some(_), Some(_)) => errors.add(targets.clone(), "give at most one of `selector` or `scalingGroupRef`"),
         (None, None) => {
             if spec.listeners.iter().any(|listener| !listener.takes_routes()) {
-                errors.add(
-                    targets.clone(),
-                    "a TCP listener needs targets: give `selector` or `scalingGroupRef`",
-                );
+                errors.add(targets.clone(), "a TCP listener needs targets: give `selector` or `scalingGroupRef`");
             }
         }
         (Some(selector), None) => {
@@ -457,11 +454,12 @@ fn check_listener(spec: &LoadBalancerSpec, listener: &Listener, path: &FieldPath
         }
     }
     match (spec.targets.is_empty(), listener.target_port) {
-        (false, None) => errors.add(path.key("targetPort"), "the load balancer has targets: give the port they listen on"),
-        (true, Some(_)) => errors.add(
-            path.key("targetPort"),
-            "the load balancer has no targets; remove targetPort or give `targets`",
-        ),
+        (false, None) => {
+            errors.add(path.key("targetPort"), "the load balancer has targets: give the port they listen on")
+        }
+        (true, Some(_)) => {
+            errors.add(path.key("targetPort"), "the load balancer has no targets; remove targetPort or give `targets`")
+        }
         _ => {}
     }
     if let Some(hostname) = &listener.hostname {
@@ -472,9 +470,7 @@ fn check_listener(spec: &LoadBalancerSpec, listener: &Listener, path: &FieldPath
         }
     }
     match (listener.protocol, &listener.tls) {
-        (ListenerProtocol::Https, None) => {
-            errors.add(path.key("tls"), "an HTTPS listener needs `tls.certificateRefs`")
-        }
+        (ListenerProtocol::Https, None) => errors.add(path.key("tls"), "an HTTPS listener needs `tls.certificateRefs`"),
         (ListenerProtocol::Https, Some(tls)) => {
             if tls.certificate_refs.is_empty() {
                 errors.add(path.key("tls").key("certificateRefs"), "name at least one Certificate");

@@ -41,7 +41,8 @@ fn text(value: Option<&Value>) -> String {
 
 /// The items of an array, each as `cell` says, joined by commas; `-` for none.
 fn list(value: Option<&Value>, cell: impl Fn(&Value) -> String) -> String {
-    let cells: Vec<String> = value.and_then(Value::as_array).map(|items| items.iter().map(cell).collect()).unwrap_or_default();
+    let cells: Vec<String> =
+        value.and_then(Value::as_array).map(|items| items.iter().map(cell).collect()).unwrap_or_default();
     if cells.is_empty() {
         "-".into()
     } else {
@@ -298,7 +299,9 @@ pub fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                     let routes = state
                         .get("listeners")
                         .and_then(Value::as_array)
-                        .and_then(|all| all.iter().find(|l| l.get("name").and_then(Value::as_str) == Some(name.as_str())))
+                        .and_then(|all| {
+                            all.iter().find(|l| l.get("name").and_then(Value::as_str) == Some(name.as_str()))
+                        })
                         .and_then(|l| l.get("attachedRoutes"))
                         .map_or_else(|| "0".to_owned(), |n| text(Some(n)));
                     format!("{name}={address}:{port}/{protocol}({routes} routes)")

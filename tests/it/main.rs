@@ -23,6 +23,7 @@ mod openapi_fresh;
 mod policies;
 mod pull;
 mod resilience;
+mod routing;
 mod scalinggroups;
 mod secrets;
 mod security;

@@ -68,7 +68,8 @@ impl AdminSocket {
     /// as `set ssl cert` takes a PEM file. The payload must be non-empty lines of printable
     /// ASCII (an empty line would end it early).
     pub async fn command_with_payload(&self, command: &str, payload: &str) -> Result<String, AdminError> {
-        let lines_ok = payload.lines().all(|line| !line.trim().is_empty() && line.bytes().all(|b| (b' '..=b'~').contains(&b)));
+        let lines_ok =
+            payload.lines().all(|line| !line.trim().is_empty() && line.bytes().all(|b| (b' '..=b'~').contains(&b)));
         if payload.trim().is_empty() || !lines_ok {
             return Err(AdminError::BadCommand(format!("{command} with a payload that is not PEM-like text")));
         }

@@ -159,7 +159,10 @@ pub(crate) async fn rotate(socket: &AdminSocket, file: &str, pem: &str) -> Resul
     let answer = socket.command(&format!("commit ssl cert {path}")).await?;
     if !answer.contains("Success") {
         let _ = socket.command(&format!("abort ssl cert {path}")).await;
-        return Err(AdminError::Refused { command: format!("commit ssl cert {path}"), answer: answer.trim().to_owned() });
+        return Err(AdminError::Refused {
+            command: format!("commit ssl cert {path}"),
+            answer: answer.trim().to_owned(),
+        });
     }
     Ok(())
 }
@@ -170,7 +173,10 @@ mod tests {
 
     #[test]
     fn haproxy_files_hold_the_chain_then_the_key_without_empty_lines() {
-        let pem = haproxy_pem("-----BEGIN CERTIFICATE-----\nAA\n\n-----END CERTIFICATE-----\n\n", "-----BEGIN PRIVATE KEY-----\r\nBB\n-----END PRIVATE KEY-----");
+        let pem = haproxy_pem(
+            "-----BEGIN CERTIFICATE-----\nAA\n\n-----END CERTIFICATE-----\n\n",
+            "-----BEGIN PRIVATE KEY-----\r\nBB\n-----END PRIVATE KEY-----",
+        );
         assert_eq!(
             pem,
             "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n-----BEGIN PRIVATE KEY-----\nBB\n-----END PRIVATE KEY-----\n"

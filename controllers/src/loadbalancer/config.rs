@@ -128,7 +128,11 @@ pub fn check(layout: &Layout, members: &Members) -> Result<(), RenderError> {
         }
     }
     for backend in &layout.backends {
-        if backend.name.split(['.', '-']).any(|part| part.is_empty() || !part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())) {
+        if backend
+            .name
+            .split(['.', '-'])
+            .any(|part| part.is_empty() || !part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+        {
             return Err(RenderError::BackendName(backend.name.clone()));
         }
     }
@@ -202,7 +206,9 @@ pub fn render(owner: &str, layout: &Layout, members: &Members) -> Result<String,
         if let Some(default) = &listener.default_backend {
             let _ = writeln!(out, "    default_backend {default}");
         }
-        if let Some(own) = listener.default_backend.as_deref().and_then(|name| layout.backends.iter().find(|b| b.name == name)) {
+        if let Some(own) =
+            listener.default_backend.as_deref().and_then(|name| layout.backends.iter().find(|b| b.name == name))
+        {
             let _ = writeln!(out);
             render_backend(&mut out, layout, own, members);
         }
@@ -368,37 +374,55 @@ mod tests {
             {"name": "https", "port": 443, "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "shop"}, {"name": "blog"}], "hsts": {"includeSubdomains": true}}, "allowedRoutes": {"namespaces": {"from": "All"}}},
         ]}))
         .expect("edge");
-        let redirect = route("infra", "to-https", 0, json!({
-            "parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "http"}],
-            "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}],
-        }));
-        let shop = route("shop", "shop", 1, json!({
-            "parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "https"}],
-            "hostnames": ["shop.example.com"],
-            "rules": [
-                {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "headers": [{"name": "X-Canary", "value": "yes please"}], "method": "POST", "queryParams": [{"name": "v", "value": "2"}]}],
-                 "filters": [
-                    {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "X-Route", "value": "api 100%"}], "add": [{"name": "X-Added", "value": "a"}], "remove": ["X-Internal"]}},
-                    {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "X-Served-By", "value": "shop"}]}},
-                    {"type": "URLRewrite", "urlRewrite": {"hostname": "api.internal", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}],
-                 "backendRefs": [{"kind": "ScalingGroup", "name": "api", "port": 8080, "weight": 90}, {"kind": "Instance", "name": "canary", "port": 8080, "weight": 10}]},
-                {"matches": [{"path": {"type": "Exact", "value": "/old"}}], "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}], "backendRefs": [{"selector": {"matchLabels": {"app": "shop"}}, "port": 80}]},
-                {"matches": [{"path": {"value": "/strip"}}], "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]},
-                {"matches": [{"path": {"value": "/nothing"}}]},
-            ],
-        }));
-        let blog = route("blog", "blog", 2, json!({
-            "parentRefs": [{"name": "edge", "namespace": "infra"}],
-            "hostnames": ["*.blog.example.com"],
-            "rules": [{"backendRefs": [{"kind": "Instance", "name": "blog", "port": 80}]}],
-        }));
+        let redirect = route(
+            "infra",
+            "to-https",
+            0,
+            json!({
+                "parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "http"}],
+                "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https", "statusCode": 301}}]}],
+            }),
+        );
+        let shop = route(
+            "shop",
+            "shop",
+            1,
+            json!({
+                "parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "https"}],
+                "hostnames": ["shop.example.com"],
+                "rules": [
+                    {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "headers": [{"name": "X-Canary", "value": "yes please"}], "method": "POST", "queryParams": [{"name": "v", "value": "2"}]}],
+                     "filters": [
+                        {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "X-Route", "value": "api 100%"}], "add": [{"name": "X-Added", "value": "a"}], "remove": ["X-Internal"]}},
+                        {"type": "ResponseHeaderModifier", "responseHeaderModifier": {"set": [{"name": "X-Served-By", "value": "shop"}]}},
+                        {"type": "URLRewrite", "urlRewrite": {"hostname": "api.internal", "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}],
+                     "backendRefs": [{"kind": "ScalingGroup", "name": "api", "port": 8080, "weight": 90}, {"kind": "Instance", "name": "canary", "port": 8080, "weight": 10}]},
+                    {"matches": [{"path": {"type": "Exact", "value": "/old"}}], "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}], "backendRefs": [{"selector": {"matchLabels": {"app": "shop"}}, "port": 80}]},
+                    {"matches": [{"path": {"value": "/strip"}}], "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]},
+                    {"matches": [{"path": {"value": "/nothing"}}]},
+                ],
+            }),
+        );
+        let blog = route(
+            "blog",
+            "blog",
+            2,
+            json!({
+                "parentRefs": [{"name": "edge", "namespace": "infra"}],
+                "hostnames": ["*.blog.example.com"],
+                "rules": [{"backendRefs": [{"kind": "Instance", "name": "blog", "port": 80}]}],
+            }),
+        );
         let routes = [redirect, shop, blog];
         let references: Vec<RouteRef<'_>> = routes.iter().map(RouteRef::of).collect();
         let attachment = attach("infra", "edge", &edge, &references);
         let layout = Layout::new(&edge, &attachment, |_| vec!["shop.pem".into(), "blog.pem".into()]);
         let rendered = render("infra/edge", &layout, &members(&layout)).expect("render");
         golden("routes-tls", &rendered);
-        assert_eq!(crt_list(&layout.listeners[1]), "/etc/minicloud-lb/certs/shop.pem\n/etc/minicloud-lb/certs/blog.pem\n");
+        assert_eq!(
+            crt_list(&layout.listeners[1]),
+            "/etc/minicloud-lb/certs/shop.pem\n/etc/minicloud-lb/certs/blog.pem\n"
+        );
         assert_ne!(
             structure("infra/edge", &layout),
             structure("infra/edge", &Layout::new(&edge, &attachment, |_| vec!["shop.pem".into()])),
@@ -444,7 +468,10 @@ mod tests {
         for name in ["http\nfrontend evil", "a b", "#x", "UPPER", ""] {
             let mut evil = base.clone();
             evil.listeners[0].name = name.into();
-            assert!(matches!(render("d/w", &layout(&evil), &Members::new()), Err(RenderError::ListenerName { .. })), "{name:?}");
+            assert!(
+                matches!(render("d/w", &layout(&evil), &Members::new()), Err(RenderError::ListenerName { .. })),
+                "{name:?}"
+            );
             let target = Target { name: name.into(), address: "10.0.0.1".parse().expect("ip") };
             let members: Members = [("be-http".to_owned(), vec![target])].into();
             assert!(matches!(render("d/w", &layout(&base), &members), Err(RenderError::TargetName { .. })), "{name:?}");
@@ -456,7 +483,8 @@ mod tests {
     #[test]
     fn route_values_that_could_break_out_are_refused_even_past_the_api() {
         // What the API refuses is refused again here: the renderer trusts no caller.
-        let edge: LoadBalancerSpec = serde_json::from_value(json!({"listeners": [{"name": "http", "port": 80}]})).expect("edge");
+        let edge: LoadBalancerSpec =
+            serde_json::from_value(json!({"listeners": [{"name": "http", "port": 80}]})).expect("edge");
         let evil_values = [
             ("hostnames", json!(["a.example.com\n    server x 1.2.3.4:80"])),
             ("path", json!("/a }\n    use_backend x")),

@@ -84,9 +84,11 @@ pub(crate) fn render(out: &mut String, listener: &ListenerLayout, scheme: &str) 
     let _ = writeln!(out, "    http-request del-header Forwarded");
     let _ = writeln!(out, "    option forwardfor");
     let _ = writeln!(out, "    http-request set-header X-Forwarded-Proto {scheme}");
-    let _ = writeln!(out, "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if {{ req.hdr(host) -m found }}");
+    let _ =
+        writeln!(out, "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if {{ req.hdr(host) -m found }}");
     let _ = writeln!(out, "    http-request set-header Forwarded for=%[src];proto={scheme} if {{ src 0.0.0.0/0 }}");
-    let _ = writeln!(out, "    http-request set-header Forwarded for=\"[%[src]]\";proto={scheme} if !{{ src 0.0.0.0/0 }}");
+    let _ =
+        writeln!(out, "    http-request set-header Forwarded for=\"[%[src]]\";proto={scheme} if !{{ src 0.0.0.0/0 }}");
     if let Some(hsts) = &listener.hsts {
         let age = hsts.max_age_seconds.unwrap_or(31_536_000);
         let subdomains = if hsts.include_subdomains { "; includeSubDomains" } else { "" };
@@ -94,7 +96,8 @@ pub(crate) fn render(out: &mut String, listener: &ListenerLayout, scheme: &str) 
     }
     if listener.entries.is_empty() {
         if listener.default_backend.is_none() {
-            let _ = writeln!(out, "    http-request return status 404 content-type text/plain string \"no route matches\"");
+            let _ =
+                writeln!(out, "    http-request return status 404 content-type text/plain string \"no route matches\"");
         }
         return;
     }
@@ -149,12 +152,11 @@ fn weighted(entry: &Entry) -> Vec<(String, u32)> {
 /// The conditions of an entry, each ` { ... }`.
 fn conditions(entry: &Entry) -> String {
     let mut text = String::new();
-    match entry.host.as_deref() {
-        Some(host) => match host.strip_prefix('*') {
+    if let Some(host) = entry.host.as_deref() {
+        match host.strip_prefix('*') {
             Some(suffix) => text.push_str(&format!(" {{ var(txn.host) -m end -- {suffix} }}")),
             None => text.push_str(&format!(" {{ var(txn.host) -m str -- {host} }}")),
-        },
-        None => {}
+        }
     }
     match entry.path.type_ {
         PathMatchType::Exact => text.push_str(&format!(" {{ path -m str -- {} }}", entry.path.value)),

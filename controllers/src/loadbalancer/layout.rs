@@ -64,12 +64,9 @@ pub struct BackendLayout {
 impl Layout {
     /// The layout of `spec` with the routes `attachment` attached and, per HTTPS listener, the
     /// certificate files `certificates` returns for it.
-    pub fn new(
-        spec: &LoadBalancerSpec,
-        attachment: &Attachment,
-        certificates: impl Fn(&str) -> Vec<String>,
-    ) -> Layout {
-        let mut layout = Layout { algorithm: spec.algorithm, health_check: spec.health_check.clone(), ..Layout::default() };
+    pub fn new(spec: &LoadBalancerSpec, attachment: &Attachment, certificates: impl Fn(&str) -> Vec<String>) -> Layout {
+        let mut layout =
+            Layout { algorithm: spec.algorithm, health_check: spec.health_check.clone(), ..Layout::default() };
         for (index, listener) in spec.listeners.iter().enumerate() {
             let default_backend = match (spec.targets.is_empty(), listener.target_port) {
                 (false, Some(port)) => {

@@ -34,8 +34,8 @@ pub mod config;
 mod executor;
 mod http_rules;
 mod layout;
-pub mod routing;
 mod plan;
+pub mod routing;
 mod state;
 mod status;
 mod validation;
@@ -174,12 +174,20 @@ impl LoadBalancerController {
     /// Every Route, typed (one that does not decode is skipped: its own controller reports it).
     async fn routes(&self) -> Result<Vec<Route>, ReconcileError> {
         let routes = self.store.list(&Query { kind: Some(Kind::Route), ..Query::default() }).await?;
-        Ok(routes.items.into_iter().filter_map(|object| serde_json::to_value(&object).and_then(serde_json::from_value).ok()).collect())
+        Ok(routes
+            .items
+            .into_iter()
+            .filter_map(|object| serde_json::to_value(&object).and_then(serde_json::from_value).ok())
+            .collect())
     }
 
     /// The servers of the route backends of `layout`, and the networks (other than the load
     /// balancer's own) HAProxy must join to reach them.
-    async fn route_members(&self, layout: &Layout, own_network: &str) -> Result<(Members, BTreeSet<(String, Option<String>)>), ReconcileError> {
+    async fn route_members(
+        &self,
+        layout: &Layout,
+        own_network: &str,
+    ) -> Result<(Members, BTreeSet<(String, Option<String>)>), ReconcileError> {
         let mut members = Members::new();
         let mut networks = BTreeSet::new();
         let mut by_namespace: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
@@ -192,7 +200,11 @@ impl LoadBalancerController {
             };
             if !by_namespace.contains_key(&namespace) {
                 let listed = self.store.list(&Query::namespaced(Kind::Instance, &namespace)).await?;
-                let typed = listed.items.into_iter().filter_map(|object| serde_json::to_value(&object).and_then(serde_json::from_value).ok()).collect();
+                let typed = listed
+                    .items
+                    .into_iter()
+                    .filter_map(|object| serde_json::to_value(&object).and_then(serde_json::from_value).ok())
+                    .collect();
                 by_namespace.insert(namespace.clone(), typed);
             }
             let mut targets = Vec::new();
@@ -269,7 +281,11 @@ impl LoadBalancerController {
     }
 
     /// Joins the HAProxy container to the networks of route backends in other namespaces.
-    async fn join_networks(&self, container: &ContainerInfo, networks: &BTreeSet<(String, Option<String>)>) -> Result<(), ReconcileError> {
+    async fn join_networks(
+        &self,
+        container: &ContainerInfo,
+        networks: &BTreeSet<(String, Option<String>)>,
+    ) -> Result<(), ReconcileError> {
         for (namespace, network) in networks {
             let owned = OwnedNetwork::new(self.store.cluster_id(), namespace, network.as_deref());
             if container.addresses.contains_key(&owned.name) {
@@ -390,7 +406,8 @@ impl LoadBalancerController {
         status.container_id = Some(container.id.clone());
         status.endpoints = status::endpoints(spec, &container.ports);
         if let Err(error) = self.join_networks(&container, &networks).await {
-            ctx.event(EventType::Warning, "NetworkJoinFailed", format!("cannot reach a route's backends: {error}")).await;
+            ctx.event(EventType::Warning, "NetworkJoinFailed", format!("cannot reach a route's backends: {error}"))
+                .await;
         }
         let running = format!("HAProxy runs in container {}", short_id(&container.id));
         set_condition(
@@ -738,14 +755,38 @@ fn certificates_ready(
         let tls = spec.listeners.iter().any(|l| l.tls.is_some());
         if tls || status.conditions.iter().any(|c| c.type_ == "CertificatesReady") {
             let message = "every certificate the listeners name is valid and installed";
-            set_condition(&mut status.conditions, "CertificatesReady", ConditionStatus::True, "Installed", message, generation, now);
+            set_condition(
+                &mut status.conditions,
+                "CertificatesReady",
+                ConditionStatus::True,
+                "Installed",
+                message,
+                generation,
+                now,
+            );
         }
         return;
     }
     let message: Vec<&str> = problems.values().map(String::as_str).collect();
     let message = message.join("; ");
-    set_condition(&mut status.conditions, "CertificatesReady", ConditionStatus::False, "CertificateNotReady", message.clone(), generation, now);
-    set_condition(&mut status.conditions, "Ready", ConditionStatus::False, "CertificateNotReady", message, generation, now);
+    set_condition(
+        &mut status.conditions,
+        "CertificatesReady",
+        ConditionStatus::False,
+        "CertificateNotReady",
+        message.clone(),
+        generation,
+        now,
+    );
+    set_condition(
+        &mut status.conditions,
+        "Ready",
+        ConditionStatus::False,
+        "CertificateNotReady",
+        message,
+        generation,
+        now,
+    );
 }
 
 /// Says why a configuration was refused: `ConfigApplied=False` and, the first time this

@@ -227,8 +227,13 @@ pub(crate) mod tests {
         let owner = "default/web";
         let one = config::structure(owner, &layout(&http())).expect("structure");
         let mut more = http();
-        more.targets.selector = Some(serde_json::from_value(json!({"matchLabels": {"app": "other"}})).expect("selector"));
-        assert_eq!(config::structure(owner, &layout(&more)).expect("structure"), one, "only listeners and checks count");
+        more.targets.selector =
+            Some(serde_json::from_value(json!({"matchLabels": {"app": "other"}})).expect("selector"));
+        assert_eq!(
+            config::structure(owner, &layout(&more)).expect("structure"),
+            one,
+            "only listeners and checks count"
+        );
         let other = spec(json!([{"name": "http", "targetPort": 8080}, {"name": "admin", "targetPort": 9090}]));
         assert_ne!(config::structure(owner, &layout(&other)).expect("structure"), one);
     }

@@ -156,7 +156,7 @@ pub fn attach(namespace: &str, name: &str, spec: &LoadBalancerSpec, routes: &[Ro
         }
     }
     for (listener, mut entries) in candidates {
-        entries.sort_by(|a, b| a.1.cmp(&b.1));
+        entries.sort_by_key(|entry| entry.1);
         let mut kept: Vec<(Entry, Sortable)> = Vec::new();
         for (entry, order) in entries {
             let winner = kept.iter().find(|(other, _)| other.route != entry.route && same_match(other, &entry));
@@ -184,7 +184,8 @@ pub fn attach(namespace: &str, name: &str, spec: &LoadBalancerSpec, routes: &[Ro
         if !verdict.accepted || verdict.conflicts.is_empty() {
             continue;
         }
-        let serves = verdict.listeners.iter().any(|l| entries.get(l).is_some_and(|e| e.iter().any(|e| &e.route == route)));
+        let serves =
+            verdict.listeners.iter().any(|l| entries.get(l).is_some_and(|e| e.iter().any(|e| &e.route == route)));
         if !serves {
             verdict.accepted = false;
             verdict.reason = "Conflicted";
@@ -240,7 +241,8 @@ fn admit(namespace: &str, spec: &LoadBalancerSpec, route: &RouteRef<'_>, section
         }
     }
     if taken.is_empty() {
-        let reason = if hostname_only && !refusals.is_empty() { "NoMatchingListenerHostname" } else { "NotAllowedByListeners" };
+        let reason =
+            if hostname_only && !refusals.is_empty() { "NoMatchingListenerHostname" } else { "NotAllowedByListeners" };
         return refuse(reason, refusals.join("; "));
     }
     Verdict {
@@ -253,7 +255,19 @@ fn admit(namespace: &str, spec: &LoadBalancerSpec, route: &RouteRef<'_>, section
 }
 
 /// The precedence of an entry: sorting these ascending puts the entry tried first first.
-type Sortable = (u8, std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize>, u8, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>, usize, usize, usize, usize);
+type Sortable = (
+    u8,
+    std::cmp::Reverse<usize>,
+    u8,
+    std::cmp::Reverse<usize>,
+    u8,
+    std::cmp::Reverse<usize>,
+    std::cmp::Reverse<usize>,
+    usize,
+    usize,
+    usize,
+    usize,
+);
 
 /// The entries of one route on one listener, registering its backends.
 fn entries_of(
@@ -417,11 +431,19 @@ mod tests {
             {"name": "own", "port": 81},
             {"name": "raw", "port": 82, "protocol": "TCP", "targetPort": 5432},
         ]));
-        let shop = route_spec(json!({"parentRefs": [{"name": "edge", "namespace": "infra"}], "hostnames": ["shop.example.com"], "rules": [web("/")]}));
-        let other = route_spec(json!({"parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "web"}], "hostnames": ["blog.other.org"], "rules": [web("/")]}));
-        let raw = route_spec(json!({"parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "raw"}], "rules": [web("/")]}));
+        let shop = route_spec(
+            json!({"parentRefs": [{"name": "edge", "namespace": "infra"}], "hostnames": ["shop.example.com"], "rules": [web("/")]}),
+        );
+        let other = route_spec(
+            json!({"parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "web"}], "hostnames": ["blog.other.org"], "rules": [web("/")]}),
+        );
+        let raw = route_spec(
+            json!({"parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "raw"}], "rules": [web("/")]}),
+        );
         let own = route_spec(json!({"parentRefs": [{"name": "edge", "sectionName": "own"}], "rules": [web("/")]}));
-        let elsewhere = route_spec(json!({"parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "own"}], "rules": [web("/")]}));
+        let elsewhere = route_spec(
+            json!({"parentRefs": [{"name": "edge", "namespace": "infra", "sectionName": "own"}], "rules": [web("/")]}),
+        );
         let routes = [
             RouteRef { namespace: "shop", name: "shop", created: at(0), spec: &shop },
             RouteRef { namespace: "blog", name: "blog", created: at(1), spec: &other },
@@ -447,14 +469,18 @@ mod tests {
     fn precedence_follows_the_gateway_api() {
         let spec = lb(json!([{"name": "web", "port": 80, "allowedRoutes": {"namespaces": {"from": "All"}}}]));
         let any = route_spec(json!({"parentRefs": [{"name": "edge", "namespace": "infra"}], "rules": [web("/")]}));
-        let wildcard = route_spec(json!({"parentRefs": [{"name": "edge", "namespace": "infra"}], "hostnames": ["*.example.com"], "rules": [web("/")]}));
-        let exact = route_spec(json!({"parentRefs": [{"name": "edge", "namespace": "infra"}], "hostnames": ["shop.example.com"], "rules": [
-            web("/"),
-            web("/api"),
-            {"matches": [{"path": {"type": "Exact", "value": "/api"}}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]},
-            {"matches": [{"path": {"value": "/api"}, "headers": [{"name": "x-canary", "value": "1"}]}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]},
-            {"matches": [{"path": {"value": "/api"}, "method": "POST"}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]},
-        ]}));
+        let wildcard = route_spec(
+            json!({"parentRefs": [{"name": "edge", "namespace": "infra"}], "hostnames": ["*.example.com"], "rules": [web("/")]}),
+        );
+        let exact = route_spec(
+            json!({"parentRefs": [{"name": "edge", "namespace": "infra"}], "hostnames": ["shop.example.com"], "rules": [
+                web("/"),
+                web("/api"),
+                {"matches": [{"path": {"type": "Exact", "value": "/api"}}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]},
+                {"matches": [{"path": {"value": "/api"}, "headers": [{"name": "x-canary", "value": "1"}]}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]},
+                {"matches": [{"path": {"value": "/api"}, "method": "POST"}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]},
+            ]}),
+        );
         // Newest first in the input: the order must not depend on it.
         let routes = [
             RouteRef { namespace: "c", name: "exact", created: at(2), spec: &exact },
@@ -483,9 +509,15 @@ mod tests {
     #[test]
     fn the_older_route_wins_a_conflict_and_the_newer_says_why() {
         let spec = lb(json!([{"name": "web", "port": 80}]));
-        let first = route_spec(json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"], "rules": [web("/api/")]}));
-        let second = route_spec(json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"], "rules": [web("/api"), web("/other")]}));
-        let third = route_spec(json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"], "rules": [web("/api")]}));
+        let first = route_spec(
+            json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"], "rules": [web("/api/")]}),
+        );
+        let second = route_spec(
+            json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"], "rules": [web("/api"), web("/other")]}),
+        );
+        let third = route_spec(
+            json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"], "rules": [web("/api")]}),
+        );
         let routes = [
             RouteRef { namespace: "default", name: "third", created: at(9), spec: &third },
             RouteRef { namespace: "default", name: "second", created: at(5), spec: &second },

@@ -183,7 +183,15 @@ pub(crate) fn summarise(
 ) {
     if spec.targets.is_empty() {
         let message = "the load balancer has no targets of its own; its routes report their backends";
-        set_condition(&mut status.conditions, "TargetsHealthy", ConditionStatus::True, "RoutesOnly", message, generation, now);
+        set_condition(
+            &mut status.conditions,
+            "TargetsHealthy",
+            ConditionStatus::True,
+            "RoutesOnly",
+            message,
+            generation,
+            now,
+        );
         let routes: u32 = status.listeners.iter().map(|l| l.attached_routes).sum();
         let endpoints: Vec<String> = status.endpoints.values().cloned().collect();
         let message = format!("serving {} with {routes} attached route(s)", endpoints.join(", "));

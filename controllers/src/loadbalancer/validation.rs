@@ -67,7 +67,10 @@ impl Validator {
             .map_err(|error| ReconcileError::InvalidSpec(error.to_string()))?;
         // The crt-lists the candidate names (their content is part of the structure).
         for listener in candidate.layout.listeners.iter().filter(|l| !l.certificates.is_empty()) {
-            write_atomically(&candidate.directory.join(config::crt_list_file(&listener.name)), &config::crt_list(listener))?;
+            write_atomically(
+                &candidate.directory.join(config::crt_list_file(&listener.name)),
+                &config::crt_list(listener),
+            )?;
         }
         write_atomically(&candidate.directory.join(config::CANDIDATE_FILE), &rendered)?;
         match haproxy_check(driver, running, template).await? {

@@ -1,0 +1,354 @@
+//! The front door with real HAProxy and real Docker, inside the real `cloud server`: one shared
+//! LoadBalancer with an HTTP and an HTTPS listener, routes from three namespaces, requests
+//! made with `curl --resolve` (host names resolved to 127.0.0.1, nothing leaves the machine).
+//! What it shows: host (exact and wildcard), path (exact and prefix), header and method
+//! matches in the Gateway API's precedence; a 90/10 split within ±5 %; redirects and their
+//! `Location`; a prefix rewrite as the backend sees it; `X-Forwarded-*` set (and a client's
+//! forged `X-Forwarded-For` dropped); TLS with the certificate chosen by SNI and HTTP/2 by ALPN;
+//! a route from a namespace the listener does not admit gets `Accepted=False` and no traffic;
+//! two routes claiming the same host and path: the older wins, the newer says why; a second
+//! load balancer asking for a taken address and port gets `PortInUse`.
+//!
+//! Containers carry `minicloud.dev/test=rt-...`; leftovers of a crashed run are removed first.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::cluster::{condition, Harness};
+
+const PREFIX: &str = "rt";
+
+/// An Instance in `namespace` whose every unknown path answers `role` (its 404 page).
+fn app(namespace: &str, name: &str, role: &str) -> Value {
+    json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Instance",
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app": name}},
+        "spec": {
+            "image": "minicloud/web:local",
+            "resources": {"memory": "32Mi"},
+            "command": ["sh", "-c", "echo \"$ROLE\" > /www/404.html && exec httpd -f -p 8080 -h /www -c /www/httpd.conf"],
+            "env": [{"name": "ROLE", "value": role}],
+        }
+    })
+}
+
+fn route(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "minicloud.dev/v1", "kind": "Route", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
+}
+
+/// What `curl` got: status, body, headers (lower-case names), HTTP version.
+struct Answer {
+    status: u16,
+    body: String,
+    headers: BTreeMap<String, String>,
+    version: String,
+}
+
+/// `curl` with `host` resolved to 127.0.0.1 on `port`.
+fn curl(url: &str, host: &str, port: u16, extra: &[&str]) -> Answer {
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let dir = tempfile::tempdir().expect("dir");
+    let headers_file = dir.path().join("headers");
+    let output = Command::new("curl")
+        .args(["-sk", "--max-time", "10", "--resolve", &resolve, "-D"])
+        .arg(&headers_file)
+        .args(["-w", "\n%{http_code} %{http_version}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, tail) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let (status, version) = tail.split_once(' ').unwrap_or((tail, ""));
+    let headers = std::fs::read_to_string(&headers_file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    Answer { status: status.parse().unwrap_or(0), body: body.trim().to_owned(), headers, version: version.to_owned() }
+}
+
+/// The host port of a listener.
+fn port_of(lb: &Value, listener: &str) -> u16 {
+    let endpoint = lb["status"]["endpoints"][listener].as_str().unwrap_or_default();
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|port| port.parse().ok())
+        .unwrap_or_else(|| panic!("no endpoint for {listener}: {lb}"))
+}
+
+/// A parent's condition of a route in another namespace.
+async fn parent_condition(
+    harness: &Harness,
+    namespace: &str,
+    name: &str,
+    index: usize,
+    type_: &str,
+) -> Option<(String, String, String)> {
+    let url = format!("{}/apis/minicloud.dev/v1/namespaces/{namespace}/routes/{name}", harness.server().url);
+    let route: Value = harness.http.get(url).send().await.ok()?.json().await.ok()?;
+    let found =
+        route["status"]["parents"][index]["conditions"].as_array()?.iter().find(|c| c["type"] == type_)?.clone();
+    let text = |key: &str| found[key].as_str().unwrap_or_default().to_owned();
+    Some((text("status"), text("reason"), text("message")))
+}
+
+async fn wait_parent(
+    harness: &Harness,
+    namespace: &str,
+    name: &str,
+    index: usize,
+    type_: &str,
+    status: &str,
+) -> (String, String, String) {
+    for _ in 0..300 {
+        if let Some(found) = parent_condition(harness, namespace, name, index, type_).await {
+            if found.0 == status {
+                return found;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!(
+        "route {namespace}/{name} parent {index}: {type_} never became {status}: {:?}",
+        parent_condition(harness, namespace, name, index, type_).await
+    );
+}
+
+/// Asks until `check` holds for the answer (routes take effect within about a second).
+async fn until(what: &str, ask: impl Fn() -> Answer, check: impl Fn(&Answer) -> bool) -> Answer {
+    let mut last = None;
+    for _ in 0..150 {
+        let answer = ask();
+        if check(&answer) {
+            return answer;
+        }
+        last = Some(answer);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let last = last.expect("asked");
+    panic!("{what}: last answer {} {:?} {:?}", last.status, last.body, last.headers);
+}
+
+#[tokio::test]
+async fn routes_from_three_namespaces_share_one_load_balancer_over_http_and_https() {
+    let harness = Harness::start(PREFIX).await;
+    let own = harness.namespace.clone();
+    let blog_ns = format!("{own}-blog");
+    let evil_ns = format!("{own}-evil");
+    let edge = harness.load_balancer(
+        "edge",
+        json!({"listeners": [
+            {"name": "web", "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchLabels": {"kubernetes.io/metadata.name": blog_ns}}}}},
+            {"name": "own"},
+            {"name": "tls", "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "shop"}, {"name": "blog"}]}, "allowedRoutes": {"namespaces": {"from": "All"}}},
+        ]}),
+    );
+    let certificate = |namespace: &str, name: &str, names: Value| {
+        json!({"apiVersion": "minicloud.dev/v1", "kind": "Certificate", "metadata": {"name": name, "namespace": namespace},
+               "spec": {"dnsNames": names, "issuer": {"selfSigned": {}}}})
+    };
+    let shop_rules = json!([
+        {"matches": [{"path": {"value": "/api"}, "headers": [{"name": "X-Canary", "value": "yes"}]}], "backendRefs": [{"kind": "Instance", "name": "canary", "port": 8080}]},
+        {"matches": [{"path": {"value": "/api"}}], "backendRefs": [{"kind": "Instance", "name": "api", "port": 8080}]},
+        {"matches": [{"path": {"type": "Exact", "value": "/cgi-bin/headers"}, "method": "POST"}], "backendRefs": [{"kind": "Instance", "name": "api", "port": 8080}]},
+        {"matches": [{"path": {"value": "/old"}}], "filters": [{"type": "RequestRedirect", "requestRedirect": {"hostname": "new.example.com", "statusCode": 301}}]},
+        {"matches": [{"path": {"value": "/app"}}], "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/cgi-bin"}}}],
+         "backendRefs": [{"kind": "Instance", "name": "shop-v1", "port": 8080}]},
+        {"backendRefs": [{"kind": "Instance", "name": "shop-v1", "port": 8080, "weight": 90}, {"kind": "Instance", "name": "shop-v2", "port": 8080, "weight": 10}]},
+    ]);
+    harness
+        .apply(vec![
+            app(&own, "shop-v1", "shop-v1"),
+            app(&own, "shop-v2", "shop-v2"),
+            app(&own, "api", "api"),
+            app(&own, "canary", "canary"),
+            app(&blog_ns, "blog", "blog"),
+            app(&evil_ns, "evil", "evil"),
+            certificate(&own, "shop", json!(["shop.example.com"])),
+            certificate(&own, "blog", json!(["www.blog.example.com"])),
+            edge,
+            route(&own, "shop", json!({"parentRefs": [{"name": "edge", "sectionName": "own"}, {"name": "edge", "sectionName": "tls"}, {"name": "edge", "sectionName": "web"}],
+                                       "hostnames": ["shop.example.com"], "rules": shop_rules})),
+            route(&own, "secure", json!({"parentRefs": [{"name": "edge", "sectionName": "own"}], "hostnames": ["secure.example.com"],
+                                         "rules": [{"filters": [{"type": "RequestRedirect", "requestRedirect": {"scheme": "https"}}]}]})),
+            route(&blog_ns, "blog", json!({"parentRefs": [{"name": "edge", "namespace": own, "sectionName": "web"}, {"name": "edge", "namespace": own, "sectionName": "tls"}],
+                                           "hostnames": ["*.blog.example.com"], "rules": [{"backendRefs": [{"kind": "Instance", "name": "blog", "port": 8080}]}]})),
+            route(&evil_ns, "evil", json!({"parentRefs": [{"name": "edge", "namespace": own, "sectionName": "own"}], "hostnames": ["shop.example.com"],
+                                           "rules": [{"backendRefs": [{"kind": "Instance", "name": "evil", "port": 8080}]}]})),
+        ])
+        .await;
+    let lb = harness
+        .wait_for("loadbalancers", "edge", "edge serving with its certificates", |o| {
+            condition(o, "Ready").is_some_and(|(status, _)| status == "True")
+                && o["status"]["endpoints"]["tls"].is_string()
+        })
+        .await;
+    let (own_port, web_port, tls_port) = (port_of(&lb, "own"), port_of(&lb, "web"), port_of(&lb, "tls"));
+    let shop = |path: &str, extra: &[&str]| {
+        curl(&format!("http://shop.example.com:{own_port}{path}"), "shop.example.com", own_port, extra)
+    };
+
+    // Exact host, prefix path, header match before the plain prefix, exact path with method.
+    until("the shop's /api", || shop("/api/items", &[]), |a| a.body == "api").await;
+    assert_eq!(shop("/api/items", &["-H", "X-Canary: yes"]).body, "canary");
+    assert_eq!(shop("/api", &[]).body, "api", "a prefix matches the segment itself");
+    assert!(shop("/apix", &[]).body.starts_with("shop-v"), "/apix is not under /api");
+    let posted = shop("/cgi-bin/headers", &["-X", "POST"]);
+    assert!(posted.body.lines().any(|l| l == "role api"), "exact path and method: {} {}", posted.status, posted.body);
+    assert!(shop("/cgi-bin/headers", &[]).body.contains("role shop-v"), "a GET falls through to /");
+
+    // Redirect: code and Location (host replaced, path and query kept).
+    let moved = shop("/old/page?x=1", &[]);
+    assert_eq!(moved.status, 301);
+    let location = moved.headers.get("location").cloned().unwrap_or_default();
+    assert!(location.starts_with("http://new.example.com") && location.ends_with("/old/page?x=1"), "{location}");
+    let secure = curl(&format!("http://secure.example.com:{own_port}/a?b=c"), "secure.example.com", own_port, &[]);
+    assert_eq!(secure.status, 302);
+    assert_eq!(secure.headers.get("location").map(String::as_str), Some("https://secure.example.com/a?b=c"));
+
+    // Rewrite: /app/headers reaches the backend as /cgi-bin/headers; forwarding headers are
+    // set, a forged X-Forwarded-For is dropped.
+    let echoed = shop("/app/headers?q=1", &["-H", "X-Forwarded-For: 6.6.6.6"]);
+    assert!(echoed.body.contains("uri /cgi-bin/headers?q=1"), "{}", echoed.body);
+    assert!(echoed.body.lines().any(|line| line == "HTTP_X_FORWARDED_PROTO=http"), "{}", echoed.body);
+    assert!(echoed.body.contains(&format!("HTTP_X_FORWARDED_HOST=shop.example.com:{own_port}")), "{}", echoed.body);
+    assert!(echoed.body.contains("HTTP_X_FORWARDED_FOR="), "{}", echoed.body);
+    assert!(!echoed.body.contains("6.6.6.6"), "a client's forged hop is dropped: {}", echoed.body);
+    assert!(echoed.body.contains("HTTP_FORWARDED=for="), "{}", echoed.body);
+
+    // Weights: 1,000 requests split 90/10 within ±5 %.
+    let http = reqwest::Client::builder()
+        .resolve("shop.example.com", std::net::SocketAddr::from(([127, 0, 0, 1], own_port)))
+        .build()
+        .expect("client");
+    let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+    for _ in 0..1000 {
+        let response = http.get(format!("http://shop.example.com:{own_port}/weights")).send().await.expect("request");
+        *counts.entry(response.text().await.expect("body").trim().to_owned()).or_default() += 1;
+    }
+    let v2 = counts.get("shop-v2").copied().unwrap_or(0);
+    assert_eq!(counts.values().sum::<u32>(), 1000, "{counts:?}");
+    assert!((50..=150).contains(&v2), "10 % ± 5 % to shop-v2: {counts:?}");
+
+    // Wildcard host from the admitted namespace on its listener; the unadmitted namespace gets
+    // nothing and is told why.
+    let blog = curl(&format!("http://www.blog.example.com:{web_port}/x"), "www.blog.example.com", web_port, &[]);
+    assert_eq!(blog.body, "blog");
+    let bare = curl(&format!("http://blog.example.com:{web_port}/"), "blog.example.com", web_port, &[]);
+    assert_eq!(bare.status, 404, "*.blog.example.com does not cover blog.example.com");
+    let (_, reason, message) = wait_parent(&harness, &evil_ns, "evil", 0, "Accepted", "False").await;
+    assert_eq!(reason, "NotAllowedByListeners", "{message}");
+    for _ in 0..20 {
+        assert_ne!(shop("/x", &[]).body, "evil", "the refused route never gets traffic");
+    }
+    wait_parent(&harness, &own, "shop", 0, "Accepted", "True").await;
+    wait_parent(&harness, &own, "shop", 1, "Accepted", "True").await;
+    wait_parent(&harness, &blog_ns, "blog", 0, "ResolvedRefs", "True").await;
+
+    // HTTPS: the certificate is chosen by SNI, HTTP/2 is negotiated, the route serves.
+    let over_tls =
+        curl(&format!("https://shop.example.com:{tls_port}/api/x"), "shop.example.com", tls_port, &["--http2"]);
+    assert_eq!((over_tls.body.as_str(), over_tls.version.as_str()), ("api", "2"));
+    let blog_tls = curl(&format!("https://www.blog.example.com:{tls_port}/x"), "www.blog.example.com", tls_port, &[]);
+    assert_eq!(blog_tls.body, "blog");
+    for (name, expected) in [("shop.example.com", "shop.example.com"), ("www.blog.example.com", "www.blog.example.com")]
+    {
+        let subject = served_certificate(tls_port, name);
+        assert!(subject.contains(&format!("DNS:{expected}")), "SNI {name}: {subject}");
+    }
+    let proto = curl(&format!("https://shop.example.com:{tls_port}/app/headers"), "shop.example.com", tls_port, &[]);
+    assert!(proto.body.contains("HTTP_X_FORWARDED_PROTO=https"), "{}", proto.body);
+
+    // The shop asked for `web` too, which admits the blog's namespace only.
+    let (_, reason, _) = wait_parent(&harness, &own, "shop", 2, "Accepted", "False").await;
+    assert_eq!(reason, "NotAllowedByListeners");
+}
+
+/// The subject alternative names of the certificate served for SNI `name`.
+fn served_certificate(port: u16, name: &str) -> String {
+    let script = format!(
+        "openssl s_client -connect 127.0.0.1:{port} -servername {name} </dev/null 2>/dev/null | openssl x509 -noout -ext subjectAltName"
+    );
+    let output = Command::new("sh").args(["-c", &script]).output().expect("openssl");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn the_older_of_two_routes_keeps_a_match_and_the_newer_says_why() {
+    let harness = Harness::start(PREFIX).await;
+    let own = harness.namespace.clone();
+    harness
+        .apply(vec![
+            app(&own, "first", "first"),
+            app(&own, "second", "second"),
+            harness.load_balancer("edge", json!({"listeners": [{"name": "web"}]})),
+            route(&own, "first", json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"],
+                                        "rules": [{"matches": [{"path": {"value": "/api"}}], "backendRefs": [{"kind": "Instance", "name": "first", "port": 8080}]}]})),
+        ])
+        .await;
+    let lb = harness
+        .wait_for("loadbalancers", "edge", "edge ready", |o| condition(o, "Ready").is_some_and(|(s, _)| s == "True"))
+        .await;
+    let port = port_of(&lb, "web");
+    let ask = || curl(&format!("http://a.example.com:{port}/api/x"), "a.example.com", port, &[]);
+    until("the first route", ask, |a| a.body == "first").await;
+    // Created later, claiming the same host and path (written /api/: the same prefix).
+    harness
+        .apply(vec![route(&own, "second", json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"],
+                                                  "rules": [{"matches": [{"path": {"value": "/api/"}}], "backendRefs": [{"kind": "Instance", "name": "second", "port": 8080}]}]}))])
+        .await;
+    let (_, reason, message) = wait_parent(&harness, &own, "second", 0, "Accepted", "False").await;
+    assert_eq!(reason, "Conflicted");
+    assert!(message.contains(&format!("{own}/first")), "{message}");
+    for _ in 0..20 {
+        assert_eq!(ask().body, "first", "the older route keeps the match");
+    }
+    let (_, _, first_message) = wait_parent(&harness, &own, "first", 0, "Accepted", "True").await;
+    assert!(!first_message.contains("shadowed"), "{first_message}");
+    let (ok, table, _) = harness.cloud(&["get", "routes", "-n", &own]);
+    assert!(ok && table.contains("HOSTNAMES") && table.contains("a.example.com") && table.contains("0/1"), "{table}");
+
+    // The older route goes: the newer takes over, within a second or so.
+    let url = format!("{}/apis/minicloud.dev/v1/namespaces/{own}/routes/first", harness.server().url);
+    assert!(harness.http.delete(url).send().await.expect("delete").status().is_success());
+    until("the second route after the first is gone", ask, |a| a.body == "second").await;
+    wait_parent(&harness, &own, "second", 0, "Accepted", "True").await;
+}
+
+#[tokio::test]
+async fn a_second_load_balancer_on_a_taken_address_and_port_says_who_holds_it() {
+    let harness = Harness::start(PREFIX).await;
+    let own = harness.namespace.clone();
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    harness.apply(vec![harness.load_balancer("first", json!({"listeners": [{"name": "web", "port": port}]}))]).await;
+    harness
+        .wait_for("loadbalancers", "first", "first ready", |o| condition(o, "Ready").is_some_and(|(s, _)| s == "True"))
+        .await;
+    // 0.0.0.0 overlaps 127.0.0.1 on the same port.
+    harness
+        .apply(vec![harness
+            .load_balancer("second", json!({"listeners": [{"name": "public", "address": "0.0.0.0", "port": port}]}))])
+        .await;
+    let second = harness
+        .wait_for("loadbalancers", "second", "PortInUse", |o| {
+            condition(o, "Ready").is_some_and(|(_, reason)| reason == "PortInUse")
+        })
+        .await;
+    let message = second["status"]["conditions"].to_string();
+    assert!(message.contains(&format!("{own}/first")) && message.contains(&port.to_string()), "{message}");
+    assert!(harness.containers("LoadBalancer", false).len() == 1, "no container for the second");
+    // The holder goes: the port is free, the second one starts.
+    let url = format!("{}/apis/minicloud.dev/v1/namespaces/{own}/loadbalancers/first", harness.server().url);
+    assert!(harness.http.delete(url).send().await.expect("delete").status().is_success());
+    harness
+        .wait_for_within("loadbalancers", "second", "second ready", Duration::from_secs(90), |o| {
+            condition(o, "Ready").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+}
