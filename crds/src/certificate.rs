@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::http::check_hostname;
 use crate::loadbalancer::LocalObjectRef;
 use crate::meta::Condition;
-use crate::validation::{check_dns_label, Errors};
+use crate::rules::{check_dns_label, Errors};
 use crate::FieldPath;
 
 /// The key of the certificate chain (PEM) in a TLS Secret.
@@ -130,6 +130,38 @@ pub struct CertificateStatus {
     /// placing another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order_url: Option<String>,
+    /// The HTTP-01 challenges of that order: every HTTP listener answers them at
+    /// `/.well-known/acme-challenge/TOKEN`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenges: Vec<Http01Challenge>,
+    /// When the challenges were published (the CA is told to look a moment later, once load
+    /// balancers answer them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenges_published_time: Option<DateTime<Utc>>,
+}
+
+/// One HTTP-01 challenge: the CA fetches `/.well-known/acme-challenge/TOKEN` from the name and
+/// expects the key authorization.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Http01Challenge {
+    pub dns_name: String,
+    pub token: String,
+    pub key_authorization: String,
+}
+
+impl Http01Challenge {
+    /// Whether the token and key authorization are what ACME makes (base64url, and a `.`
+    /// between the two parts of the key authorization): nothing else is ever served.
+    pub fn is_well_formed(&self) -> bool {
+        let base64url = |text: &str| {
+            !text.is_empty()
+                && text.len() <= 256
+                && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        let key = self.key_authorization.split_once('.');
+        base64url(&self.token) && key.is_some_and(|(token, thumbprint)| token == self.token && base64url(thumbprint))
+    }
 }
 
 /// Parses a duration such as `720h`, `30d`, `90m` or `3600s` into seconds.

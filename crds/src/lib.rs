@@ -22,6 +22,7 @@ pub mod path;
 pub mod policy;
 pub mod quantity;
 pub mod route;
+pub mod rules;
 pub mod scalinggroup;
 pub mod secret;
 pub mod stack;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::{check_header_name, check_hostname, check_method, check_query_name, check_route_path, check_value};
 use crate::meta::{Condition, LabelSelector};
-use crate::validation::{check_dns_label, check_label_key, check_label_value, Errors};
+use crate::rules::{check_dns_label, check_label_key, check_label_value, Errors};
 use crate::FieldPath;
 
 /// Desired routing.

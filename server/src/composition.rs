@@ -117,7 +117,9 @@ impl Controllers {
                 Arc::new(api::admission::StoreAdmission::new(store.clone())),
             )),
             Arc::new(route::RouteController::new(store.clone())),
-            Arc::new(certificate::CertificateController::new(store.clone())),
+            Arc::new(
+                certificate::CertificateController::new(store.clone()).with_acme(Arc::new(crate::acme::InstantAcme)),
+            ),
         ];
         let runtimes = reconcilers
             .into_iter()

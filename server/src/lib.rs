@@ -8,6 +8,7 @@
 //! in `minicloud-controllers`, what client and server share in `minicloud-model`. See
 //! ARCHITECTURE.md for the bird's-eye view.
 
+mod acme;
 mod api;
 mod auth;
 pub mod composition;

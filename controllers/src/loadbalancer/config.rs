@@ -19,27 +19,15 @@ use std::net::IpAddr;
 use minicloud_crds::loadbalancer::{Algorithm, LbHealthCheck, ListenerProtocol};
 use minicloud_crds::validation::{check_dns_label, check_http_path};
 
+pub(crate) use super::naming::*;
+
 use super::http_rules;
 use super::layout::{BackendLayout, Layout, ListenerLayout};
 
-/// Where the LoadBalancer's directory is mounted inside the HAProxy container.
-pub(crate) const MOUNT: &str = "/etc/minicloud-lb";
-/// The configuration HAProxy runs, relative to the directory.
-pub(crate) const CONFIG_FILE: &str = "haproxy.cfg";
-/// A configuration being validated, relative to the directory.
-pub(crate) const CANDIDATE_FILE: &str = "candidate.cfg";
-/// The Runtime API socket, relative to the directory.
-pub(crate) const SOCKET_FILE: &str = "admin.sock";
-/// Server states saved just before a reload, so that DOWN, DRAIN and MAINT survive it.
-pub(crate) const STATE_FILE: &str = "servers.state";
-/// The directory of the certificate files (key and chain, PEM), relative to the directory.
-pub(crate) const CERTS_DIR: &str = "certs";
 /// The TLS 1.2 ciphers offered: ECDHE key exchange with AEAD only.
 const TLS12_CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305";
 /// The TLS 1.3 cipher suites offered.
 const TLS13_CIPHERSUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256";
-/// The first container port; listener `i` (in declared order) binds `FIRST_PORT + i`.
-pub(crate) const FIRST_PORT: u16 = 8000;
 
 /// Health-check defaults (milliseconds between checks, successes to go UP, failures to go DOWN).
 pub(crate) const DEFAULT_INTERVAL_MILLIS: u32 = 2000;
@@ -74,26 +62,6 @@ pub struct Target {
 
 /// The servers of each backend, by backend name.
 pub type Members = BTreeMap<String, Vec<Target>>;
-
-/// The frontend of a listener.
-pub fn frontend(listener: &str) -> String {
-    format!("fe-{listener}")
-}
-
-/// The backend of a listener's own targets.
-pub fn backend(listener: &str) -> String {
-    format!("be-{listener}")
-}
-
-/// The container port listener number `index` binds.
-pub fn container_port(index: usize) -> u16 {
-    FIRST_PORT.saturating_add(u16::try_from(index).unwrap_or(u16::MAX - FIRST_PORT))
-}
-
-/// The crt-list file of an HTTPS listener, relative to the directory.
-pub fn crt_list_file(listener: &str) -> String {
-    format!("{listener}.crtlist")
-}
 
 /// The arguments of every server line (and of `add server`) of a backend: health checking
 /// (the load balancer's own for its targets, a TCP connect for route backends), the PROXY

@@ -21,6 +21,7 @@ use minicloud_crds::http::{
 use minicloud_crds::route::{FilterType, HeaderModifier, PathMatchType, PathModifierType, RequestRedirect};
 
 use super::layout::ListenerLayout;
+use super::naming::{ACME_MAP_FILE, MOUNT};
 use super::routing::{normalised_prefix, Entry};
 
 /// The scale weighted backends split on: `rand(PICK_SCALE)` per request.
@@ -89,6 +90,15 @@ pub(crate) fn render(out: &mut String, listener: &ListenerLayout, scheme: &str) 
     let _ = writeln!(out, "    http-request set-header Forwarded for=%[src];proto={scheme} if {{ src 0.0.0.0/0 }}");
     let _ =
         writeln!(out, "    http-request set-header Forwarded for=\"[%[src]]\";proto={scheme} if !{{ src 0.0.0.0/0 }}");
+    if scheme == "http" {
+        // ACME HTTP-01: before any route (a redirect to HTTPS included), so issuance works
+        // whatever the listener routes.
+        let answer = format!("path,field(4,/),map({MOUNT}/{ACME_MAP_FILE})");
+        let _ = writeln!(
+            out,
+            "    http-request return status 200 content-type text/plain lf-string \"%[{answer}]\" if {{ path -m beg /.well-known/acme-challenge/ }} {{ {answer} -m found }}"
+        );
+    }
     if let Some(hsts) = &listener.hsts {
         let age = hsts.max_age_seconds.unwrap_or(31_536_000);
         let subdomains = if hsts.include_subdomains { "; includeSubDomains" } else { "" };

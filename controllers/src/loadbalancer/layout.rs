@@ -9,7 +9,7 @@
 use minicloud_crds::loadbalancer::{Algorithm, Hsts, LbHealthCheck, ListenerProtocol, LoadBalancerSpec};
 use serde::{Deserialize, Serialize};
 
-use super::config::{backend, container_port};
+use super::naming::{backend, container_port};
 use super::routing::{Attachment, BackendSource, Entry};
 
 /// Everything the configuration holds but the servers.
@@ -33,7 +33,7 @@ pub struct ListenerLayout {
     /// Routing entries, tried in this order.
     #[serde(default)]
     pub entries: Vec<Entry>,
-    /// HTTPS: the certificate files (under [`super::config::CERTS_DIR`]), the default first.
+    /// HTTPS: the certificate files (under [`super::naming::CERTS_DIR`]), the default first.
     #[serde(default)]
     pub certificates: Vec<String>,
     #[serde(default)]

@@ -9,6 +9,7 @@
 //! | which routes attach to which listener, in which order, who wins a conflict | [`routing::attach`] |
 //! | which Instances serve a route's backends; which networks HAProxy joins to reach them | [`LoadBalancerController::route_members`] |
 //! | which certificate files an HTTPS listener serves; rotation without reload | [`certificates`] |
+//! | which ACME HTTP-01 challenges every HTTP listener answers | [`challenges`] |
 //! | whether another load balancer holds a listener's address and port (`PortInUse`) | [`LoadBalancerController::port_holder`] |
 //! | keep, replace or create the HAProxy container (image, network, listener ports changed; stopped) | [`crate::container::judge`] |
 //! | **reload, or change through the Runtime API** | [`plan::reload_needed`] |
@@ -30,10 +31,12 @@
 
 pub mod admin;
 mod certificates;
+mod challenges;
 pub mod config;
 mod executor;
 mod http_rules;
 mod layout;
+mod naming;
 mod plan;
 pub mod routing;
 mod state;
@@ -109,6 +112,8 @@ struct Round {
     /// Hash of the configuration's structure.
     structure: String,
     selection: Selection,
+    /// The ACME HTTP-01 answers every HTTP listener gives.
+    answers: BTreeMap<String, String>,
 }
 
 impl LoadBalancerController {
@@ -380,6 +385,8 @@ impl LoadBalancerController {
         let references: Vec<RouteRef<'_>> = routes.iter().map(RouteRef::of).collect();
         let attachment = routing::attach(&namespace, &name, spec, &references);
         let certificates = certificates::collect(self.store.as_ref(), &namespace, spec, &directory, now).await?;
+        let answers = challenges::wanted(self.store.as_ref()).await?;
+        challenges::ensure_file(&directory)?;
         let layout = Layout::new(spec, &attachment, |listener| certificates.files(listener));
         let own_network = names::network(self.store.cluster_id(), &namespace, spec.network.as_deref());
         let (mut members, networks) = self.route_members(&layout, &own_network).await?;
@@ -396,7 +403,7 @@ impl LoadBalancerController {
             }
         };
         let desired = self.desired(ctx, spec, &status, &directory, user);
-        let round = Round { owner, directory, layout, members, structure, selection };
+        let round = Round { owner, directory, layout, members, structure, selection, answers };
         let container = match container::settle(ctx, self.driver.as_ref(), &desired, &self.extra_labels).await {
             Ok(Settled::Kept(container)) => container,
             Ok(Settled::Vacant { .. }) => return self.start(ctx, &mut status, &round, &desired).await,
@@ -421,6 +428,9 @@ impl LoadBalancerController {
         );
 
         let socket = AdminSocket::new(round.directory.join(config::SOCKET_FILE));
+        if let Err(error) = challenges::sync(&round.directory, Some(&socket), &round.answers).await {
+            tracing::warn!(lb = %round.owner, %error, "ACME answers not installed; again next round");
+        }
         let applied = state::read_applied(&round.directory);
         if plan::reload_needed(applied.as_ref().map(|a| a.structure.as_str()), &round.structure) {
             if self.reload(ctx, &mut status, &round, &desired, &container, &socket).await? {
@@ -621,6 +631,8 @@ impl LoadBalancerController {
         if let Err(error) = container::pull(ctx, self.driver.as_ref(), &desired.spec.image).await {
             return fail(ctx, status, "ImagePullFailed", error.to_string()).await;
         }
+        // A new HAProxy reads the answers from the file.
+        challenges::sync(&round.directory, None, &round.answers).await?;
         let candidate = round.candidate();
         if let Err(refusal) =
             self.validator.check(self.driver.as_ref(), ctx.key(), &candidate, None, &desired.spec).await?
@@ -837,13 +849,10 @@ impl Controller for LoadBalancerController {
         self.store.as_ref()
     }
 
-    fn watched_kinds(&self) -> Vec<Kind> {
-        vec![Kind::Certificate]
-    }
-
     fn watched_everywhere(&self) -> Vec<Kind> {
-        // Routes and their backends may be in any namespace.
-        vec![Kind::Instance, Kind::Route]
+        // Routes and their backends may be in any namespace; every HTTP listener answers the
+        // ACME challenges of every Certificate.
+        vec![Kind::Instance, Kind::Route, Kind::Certificate]
     }
 
     async fn apply(&self, ctx: &mut Context<'_>, lb: LoadBalancer) -> Result<Action, ReconcileError> {

@@ -13,13 +13,15 @@
 //! A pair that does not pass [`crate::tls::inspect`] is never written to `NAME-tls`: `Ready`
 //! says what is wrong, and load balancers keep serving the pair they have.
 
+pub mod acme;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use minicloud_crds::certificate::{
-    parse_duration_seconds, secret_name, CertificateSpec, CertificateStatus, CERT_KEY, KEY_KEY,
+    parse_duration_seconds, secret_name, AcmeIssuer, CertificateSpec, CertificateStatus, CERT_KEY, KEY_KEY,
 };
 use minicloud_crds::conditions::set_condition;
 use minicloud_crds::kinds::Certificate;
@@ -32,14 +34,28 @@ use crate::meta::owner_reference;
 use crate::reconciler::{Action, Cleanup, Context, Controller, ReconcileError};
 use crate::tls::{self, Inspected};
 
+use self::acme::{AcmeClient, AcmeError, OrderStatus};
+
 /// Lifetime of a self-signed certificate when the spec names none.
 const DEFAULT_SELF_SIGNED_DAYS: u32 = 90;
 /// At most this long between two looks at a certificate (expiry is also checked then).
 const LONGEST_WAIT: Duration = Duration::from_secs(3600);
 
+/// How soon to come back while an order moves.
+const SOON: Duration = Duration::from_secs(1);
+
 /// Reconciles Certificates.
 pub struct CertificateController {
     store: Arc<dyn Store>,
+    acme: Option<Arc<dyn AcmeClient>>,
+}
+
+/// What the Secret `NAME-acme` keeps: the account, and the key of the order being finalized.
+#[derive(Default)]
+struct AcmeState {
+    account: Option<String>,
+    order_key: Option<String>,
+    order_url: Option<String>,
 }
 
 /// A key pair as stored.
@@ -50,7 +66,13 @@ struct Pair {
 
 impl CertificateController {
     pub fn new(store: Arc<dyn Store>) -> CertificateController {
-        CertificateController { store }
+        CertificateController { store, acme: None }
+    }
+
+    /// Issues from ACME CAs through `client`.
+    pub fn with_acme(mut self, client: Arc<dyn AcmeClient>) -> CertificateController {
+        self.acme = Some(client);
+        self
     }
 
     /// The pair in a Secret, if the Secret exists and has both keys.
@@ -70,9 +92,39 @@ impl CertificateController {
 
     /// Writes the pair into `NAME-tls` (created owned by the Certificate, or updated).
     async fn store_pair(&self, ctx: &Context<'_>, pair: &Pair) -> Result<(), ReconcileError> {
-        let name = secret_name(ctx.name());
-        let key = ObjectKey::new(Kind::Secret, ctx.namespace(), &name);
         let spec = json!({"type": "Tls", "stringData": {CERT_KEY: pair.chain, KEY_KEY: pair.key}});
+        self.store_secret(ctx, &secret_name(ctx.name()), spec).await
+    }
+
+    /// The ACME account and pending order key of a Certificate.
+    async fn read_acme_state(&self, ctx: &Context<'_>) -> Result<AcmeState, ReconcileError> {
+        let key = ObjectKey::new(Kind::Secret, ctx.namespace(), acme_secret_name(ctx.name()));
+        match self.store.get(&key).await {
+            Ok(secret) => {
+                let data = |key: &str| secret.spec["stringData"][key].as_str().map(str::to_owned);
+                Ok(AcmeState { account: data("account"), order_key: data("order.key"), order_url: data("order.url") })
+            }
+            Err(StoreError::NotFound(_)) => Ok(AcmeState::default()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn write_acme_state(&self, ctx: &Context<'_>, state: &AcmeState) -> Result<(), ReconcileError> {
+        let mut data = serde_json::Map::new();
+        for (key, value) in
+            [("account", &state.account), ("order.key", &state.order_key), ("order.url", &state.order_url)]
+        {
+            if let Some(value) = value {
+                data.insert(key.to_owned(), json!(value));
+            }
+        }
+        self.store_secret(ctx, &acme_secret_name(ctx.name()), json!({"type": "Opaque", "stringData": data})).await
+    }
+
+    /// Creates or updates a Secret owned by the Certificate.
+    async fn store_secret(&self, ctx: &Context<'_>, name: &str, spec: serde_json::Value) -> Result<(), ReconcileError> {
+        let name = name.to_owned();
+        let key = ObjectKey::new(Kind::Secret, ctx.namespace(), &name);
         match self.store.get(&key).await {
             Ok(mut secret) => {
                 let owned = secret.metadata.owner_references.iter().any(|o| o.uid == ctx.uid());
@@ -145,6 +197,242 @@ impl CertificateController {
         }
         Ok(Ok(pair))
     }
+
+    /// One step of ACME issuance (see [`acme`]).
+    async fn acme_round(
+        &self,
+        ctx: &mut Context<'_>,
+        spec: &CertificateSpec,
+        issuer: &AcmeIssuer,
+        mut status: CertificateStatus,
+        stored: Option<(Pair, Inspected)>,
+        now: DateTime<Utc>,
+    ) -> Result<Action, ReconcileError> {
+        let generation = ctx.generation();
+        let secret = secret_name(ctx.name());
+        let current = stored.as_ref().map(|(_, inspected)| inspected.clone());
+        if let Some(inspected) = current.as_ref().filter(|inspected| is_current(spec, inspected, now)) {
+            status.order_url = None;
+            status.challenges.clear();
+            status.challenges_published_time = None;
+            status.next_attempt_time = None;
+            report(&mut status, spec, Some(inspected), &secret, generation, now);
+            ctx.write_status(&status).await?;
+            let until = (renewal_time(spec, inspected) - now).to_std().unwrap_or_default();
+            return Ok(Action::RequeueAfter(until.clamp(SOON, LONGEST_WAIT)));
+        }
+        if let Some(wait) = status.next_attempt_time.and_then(|next| (next - now).to_std().ok()) {
+            report(&mut status, spec, current.as_ref(), &secret, generation, now);
+            ctx.write_status(&status).await?;
+            return Ok(Action::RequeueAfter(wait.max(SOON)));
+        }
+        let Some(client) = self.acme.clone() else {
+            return self
+                .acme_failed(ctx, spec, status, current, AcmeError("this control plane has no ACME client".into()), now)
+                .await;
+        };
+        let mut state = self.read_acme_state(ctx).await?;
+        let account = match state.account.clone() {
+            Some(account) => account,
+            None => match client.create_account(issuer).await {
+                Ok(account) => {
+                    state.account = Some(account.clone());
+                    self.write_acme_state(ctx, &state).await?;
+                    account
+                }
+                Err(error) => return self.acme_failed(ctx, spec, status, current, error, now).await,
+            },
+        };
+        let Some(order_url) = status.order_url.clone() else {
+            let order_url = match client.new_order(issuer, &account, &spec.dns_names).await {
+                Ok(url) => url,
+                Err(error) => return self.acme_failed(ctx, spec, status, current, error, now).await,
+            };
+            // Remembered before anything else happens to it: a restart resumes this order.
+            status.order_url = Some(order_url.clone());
+            let message = format!("order {order_url} placed for {}", spec.dns_names.join(", "));
+            set_condition(
+                &mut status.conditions,
+                "Issuing",
+                ConditionStatus::True,
+                "OrderPlaced",
+                message.clone(),
+                generation,
+                now,
+            );
+            report(&mut status, spec, current.as_ref(), &secret, generation, now);
+            not_ready_yet(&mut status, current.as_ref(), "Issuing", &message, generation, now);
+            ctx.write_status(&status).await?;
+            ctx.event(EventType::Normal, "OrderPlaced", message).await;
+            return Ok(Action::RequeueAfter(SOON));
+        };
+        let view = match client.order(issuer, &account, &order_url).await {
+            Ok(view) => view,
+            Err(error) => return self.acme_failed(ctx, spec, status, current, error, now).await,
+        };
+        match view.status {
+            OrderStatus::Pending => {
+                let challenges: Vec<_> = view.challenges.into_iter().filter(|c| c.is_well_formed()).collect();
+                if status.challenges != challenges {
+                    status.challenges = challenges;
+                    status.challenges_published_time = Some(now);
+                    let message = "answering the CA's HTTP-01 challenges on every HTTP listener";
+                    set_condition(
+                        &mut status.conditions,
+                        "Issuing",
+                        ConditionStatus::True,
+                        "Validating",
+                        message,
+                        generation,
+                        now,
+                    );
+                    ctx.write_status(&status).await?;
+                    return Ok(Action::RequeueAfter(acme::PUBLISH_GRACE));
+                }
+                if acme::published_long_enough(&status, now) {
+                    for token in &view.to_answer {
+                        if let Err(error) = client.challenge_ready(issuer, &account, &order_url, token).await {
+                            return self.acme_failed(ctx, spec, status, current, error, now).await;
+                        }
+                    }
+                }
+                ctx.write_status(&status).await?;
+                Ok(Action::RequeueAfter(SOON))
+            }
+            OrderStatus::Ready => {
+                let (csr, key) = match acme::csr(&spec.dns_names) {
+                    Ok(made) => made,
+                    Err(error) => return self.acme_failed(ctx, spec, status, current, error, now).await,
+                };
+                // The key is kept before the CSR is sent: the issued chain must find it.
+                state.order_key = Some(key);
+                state.order_url = Some(order_url.clone());
+                self.write_acme_state(ctx, &state).await?;
+                if let Err(error) = client.finalize(issuer, &account, &order_url, &csr).await {
+                    return self.acme_failed(ctx, spec, status, current, error, now).await;
+                }
+                Ok(Action::RequeueAfter(SOON))
+            }
+            OrderStatus::Processing => Ok(Action::RequeueAfter(SOON)),
+            OrderStatus::Valid => {
+                let chain = match client.certificate(issuer, &account, &order_url).await {
+                    Ok(Some(chain)) => chain,
+                    Ok(None) => return Ok(Action::RequeueAfter(SOON)),
+                    Err(error) => return self.acme_failed(ctx, spec, status, current, error, now).await,
+                };
+                let key = match (&state.order_key, &state.order_url) {
+                    (Some(key), Some(url)) if *url == order_url => key.clone(),
+                    _ => {
+                        let error = AcmeError(
+                            "the order's key is lost (the control plane stopped while finalizing); placing a new order"
+                                .into(),
+                        );
+                        return self.acme_failed(ctx, spec, status, current, error, now).await;
+                    }
+                };
+                let inspected = match tls::inspect(&chain, &key, now) {
+                    Ok(inspected) => inspected,
+                    Err(error) => {
+                        return self
+                            .acme_failed(
+                                ctx,
+                                spec,
+                                status,
+                                current,
+                                AcmeError(format!("the CA's certificate: {error}")),
+                                now,
+                            )
+                            .await
+                    }
+                };
+                self.store_pair(ctx, &Pair { chain, key }).await?;
+                state.order_key = None;
+                state.order_url = None;
+                self.write_acme_state(ctx, &state).await?;
+                let (reason, verb) = if stored.is_some() { ("Renewed", "renewed") } else { ("Issued", "issued") };
+                let message = format!(
+                    "{verb} for {} by {} (serial {}), valid until {}",
+                    inspected.dns_names.join(", "),
+                    inspected.issuer,
+                    inspected.serial,
+                    inspected.not_after.format("%Y-%m-%d %H:%M UTC")
+                );
+                ctx.event(EventType::Normal, reason, message).await;
+                status.order_url = None;
+                status.challenges.clear();
+                status.challenges_published_time = None;
+                status.failed_attempts = None;
+                status.next_attempt_time = None;
+                set_condition(
+                    &mut status.conditions,
+                    "Issuing",
+                    ConditionStatus::False,
+                    reason,
+                    format!("{verb} into secret/{secret}"),
+                    generation,
+                    now,
+                );
+                report(&mut status, spec, Some(&inspected), &secret, generation, now);
+                ctx.write_status(&status).await?;
+                let until = (renewal_time(spec, &inspected) - now).to_std().unwrap_or_default();
+                Ok(Action::RequeueAfter(until.clamp(SOON, LONGEST_WAIT)))
+            }
+            OrderStatus::Invalid => {
+                let problem = view.problem.unwrap_or_else(|| "the CA marked the order invalid".into());
+                self.acme_failed(ctx, spec, status, current, AcmeError(problem), now).await
+            }
+        }
+    }
+
+    /// A failed attempt: the CA's problem in an event and the conditions, the order forgotten,
+    /// the next attempt after a backoff; a certificate still valid stays Ready.
+    async fn acme_failed(
+        &self,
+        ctx: &mut Context<'_>,
+        spec: &CertificateSpec,
+        mut status: CertificateStatus,
+        current: Option<Inspected>,
+        error: AcmeError,
+        now: DateTime<Utc>,
+    ) -> Result<Action, ReconcileError> {
+        let generation = ctx.generation();
+        let wait = acme::record_failure(&mut status, now);
+        let attempts = status.failed_attempts.unwrap_or(1);
+        let message = format!("{error} (attempt {attempts}; next in {} s)", wait.as_secs());
+        ctx.event(EventType::Warning, "IssueFailed", message.clone()).await;
+        set_condition(
+            &mut status.conditions,
+            "Issuing",
+            ConditionStatus::False,
+            "IssueFailed",
+            message.clone(),
+            generation,
+            now,
+        );
+        report(&mut status, spec, current.as_ref(), &secret_name(ctx.name()), generation, now);
+        not_ready_yet(&mut status, current.as_ref(), "IssueFailed", &message, generation, now);
+        ctx.write_status(&status).await?;
+        Ok(Action::RequeueAfter(wait))
+    }
+}
+
+/// `Ready=False` with this reason, unless a valid certificate is in use (it stays Ready).
+fn not_ready_yet(
+    status: &mut CertificateStatus,
+    current: Option<&Inspected>,
+    reason: &str,
+    message: &str,
+    generation: i64,
+    now: DateTime<Utc>,
+) {
+    if current.is_none() {
+        set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, message, generation, now);
+    }
+}
+
+/// The Secret that keeps a Certificate's ACME account and pending order key.
+pub fn acme_secret_name(certificate: &str) -> String {
+    format!("{certificate}-acme")
 }
 
 /// When renewal of a certificate is due.
@@ -228,6 +516,9 @@ impl Controller for CertificateController {
         let stored =
             stored.and_then(|pair| tls::inspect(&pair.chain, &pair.key, now).ok().map(|inspected| (pair, inspected)));
         let issuer = &spec.issuer;
+        if let Some(acme_issuer) = &issuer.acme {
+            return self.acme_round(ctx, spec, acme_issuer, status, stored, now).await;
+        }
         let outcome: Result<Option<Pair>, (&'static str, String)> = if let Some(self_signed) = &issuer.self_signed {
             match &stored {
                 Some((_, inspected))
