@@ -5,6 +5,7 @@
 #[macro_use]
 mod common;
 
+mod acme;
 mod api;
 mod cli;
 mod cli_validate;

@@ -246,7 +246,13 @@ impl CertificateController {
         let Some(order_url) = status.order_url.clone() else {
             let order_url = match client.new_order(issuer, &account, &spec.dns_names).await {
                 Ok(url) => url,
-                Err(error) => return self.acme_failed(ctx, spec, status, current, error, now).await,
+                Err(error) => {
+                    if error.0.contains("accountDoesNotExist") {
+                        state.account = None;
+                        self.write_acme_state(ctx, &state).await?;
+                    }
+                    return self.acme_failed(ctx, spec, status, current, error, now).await;
+                }
             };
             // Remembered before anything else happens to it: a restart resumes this order.
             status.order_url = Some(order_url.clone());
@@ -268,7 +274,15 @@ impl CertificateController {
         };
         let view = match client.order(issuer, &account, &order_url).await {
             Ok(view) => view,
-            Err(error) => return self.acme_failed(ctx, spec, status, current, error, now).await,
+            Err(error) => {
+                if error.0.contains("accountDoesNotExist") {
+                    // The CA forgot the account (a test CA restarted, an account deactivated):
+                    // the next attempt makes a new one.
+                    state.account = None;
+                    self.write_acme_state(ctx, &state).await?;
+                }
+                return self.acme_failed(ctx, spec, status, current, error, now).await;
+            }
         };
         match view.status {
             OrderStatus::Pending => {

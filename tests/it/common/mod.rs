@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod docker;
+pub mod pebble;
 pub mod server;
 #[macro_use]
 pub mod store_suite;
