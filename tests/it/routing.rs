@@ -352,3 +352,66 @@ async fn a_second_load_balancer_on_a_taken_address_and_port_says_who_holds_it() 
         })
         .await;
 }
+
+#[tokio::test]
+async fn the_https_listener_offers_tls_1_2_and_up_with_strong_ciphers_only_as_testssl_sees_it() {
+    let installed = Command::new("testssl").arg("--version").output().is_ok();
+    assert!(installed, "testssl is not installed: apt-get install testssl.sh (scripts/test does)");
+    let harness = Harness::start(PREFIX).await;
+    let own = harness.namespace.clone();
+    harness
+        .apply(vec![
+            json!({"apiVersion": "minicloud.dev/v1", "kind": "Certificate", "metadata": {"name": "scan", "namespace": own},
+                   "spec": {"dnsNames": ["scan.example.com"], "issuer": {"selfSigned": {}}}}),
+            harness.load_balancer(
+                "edge",
+                json!({"listeners": [{"name": "tls", "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "scan"}], "hsts": {}}}]}),
+            ),
+        ])
+        .await;
+    let lb = harness
+        .wait_for("loadbalancers", "edge", "serving its certificate", |o| {
+            condition(o, "Ready").is_some_and(|(s, _)| s == "True")
+                && condition(o, "CertificatesReady").is_some_and(|(s, _)| s == "True")
+        })
+        .await;
+    let port = port_of(&lb, "tls");
+    let report = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("testssl-listener.json");
+    let _ = std::fs::remove_file(&report);
+    let output = Command::new("testssl")
+        .args(["--quiet", "--color", "0", "--protocols", "--std", "--jsonfile"])
+        .arg(&report)
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .expect("testssl");
+    let findings: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+        .unwrap_or_else(|error| panic!("no testssl report ({error}): {}", String::from_utf8_lossy(&output.stdout)));
+    println!("testssl report saved at {}", report.display());
+    let finding = |id: &str| {
+        findings
+            .iter()
+            .find(|f| f["id"] == id)
+            .and_then(|f| f["finding"].as_str())
+            .unwrap_or_else(|| panic!("testssl reported nothing on {id}: {findings:?}"))
+            .to_owned()
+    };
+    for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+        assert_eq!(finding(old), "not offered", "{old}");
+    }
+    assert!(finding("TLS1_2").starts_with("offered") && finding("TLS1_3").starts_with("offered"));
+    for weak in [
+        "cipherlist_NULL",
+        "cipherlist_aNULL",
+        "cipherlist_EXPORT",
+        "cipherlist_LOW",
+        "cipherlist_3DES_IDEA",
+        "cipherlist_AVERAGE",
+    ] {
+        assert_eq!(finding(weak), "not offered", "{weak}");
+    }
+    let bad: Vec<&Value> =
+        findings.iter().filter(|f| matches!(f["severity"].as_str(), Some("MEDIUM" | "HIGH" | "CRITICAL"))).collect();
+    assert!(bad.is_empty(), "{bad:?}");
+    let hsts = curl(&format!("https://scan.example.com:{port}/"), "scan.example.com", port, &[]);
+    assert_eq!(hsts.headers.get("strict-transport-security").map(String::as_str), Some("max-age=31536000"));
+}

@@ -102,7 +102,8 @@ pub(crate) fn render(out: &mut String, listener: &ListenerLayout, scheme: &str) 
     if let Some(hsts) = &listener.hsts {
         let age = hsts.max_age_seconds.unwrap_or(31_536_000);
         let subdomains = if hsts.include_subdomains { "; includeSubDomains" } else { "" };
-        let _ = writeln!(out, "    http-response set-header Strict-Transport-Security \"max-age={age}{subdomains}\"");
+        let _ =
+            writeln!(out, "    http-after-response set-header Strict-Transport-Security \"max-age={age}{subdomains}\"");
     }
     if listener.entries.is_empty() {
         if listener.default_backend.is_none() {
