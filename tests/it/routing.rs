@@ -415,3 +415,122 @@ async fn the_https_listener_offers_tls_1_2_and_up_with_strong_ciphers_only_as_te
     let hsts = curl(&format!("https://scan.example.com:{port}/"), "scan.example.com", port, &[]);
     assert_eq!(hsts.headers.get("strict-transport-security").map(String::as_str), Some("max-age=31536000"));
 }
+
+#[tokio::test]
+async fn hostile_values_in_every_new_field_are_refused_with_their_field_path_and_change_nothing() {
+    let harness = Harness::start(PREFIX).await;
+    let own = harness.namespace.clone();
+    let good_route = || {
+        json!({"parentRefs": [{"name": "edge"}], "hostnames": ["a.example.com"],
+               "rules": [{"matches": [{"path": {"value": "/"}}], "backendRefs": [{"kind": "Instance", "name": "web", "port": 8080}]}]})
+    };
+    let good_lb = || json!({"listeners": [{"name": "web"}, {"name": "tls", "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "c"}]}}]});
+    let good_certificate = || json!({"dnsNames": ["a.example.com"], "issuer": {"selfSigned": {}}});
+    let newline = "x\n    server evil 10.0.0.1:80";
+    // (kind, JSON pointer into the spec, hostile value, the field path the error must name)
+    let cases: Vec<(&str, &str, Value, &str)> = vec![
+        ("LoadBalancer", "/listeners/0/address", json!("0.0.0.0\nbind :1"), "spec.listeners[0].address"),
+        ("LoadBalancer", "/listeners/0/address", json!("example.com"), "spec.listeners[0].address"),
+        ("LoadBalancer", "/listeners/0/hostname", json!("a.example.com #x"), "spec.listeners[0].hostname"),
+        (
+            "LoadBalancer",
+            "/listeners/1/tls/certificateRefs/0/name",
+            json!("../../etc/passwd"),
+            "spec.listeners[1].tls.certificateRefs[0].name",
+        ),
+        (
+            "LoadBalancer",
+            "/listeners/0/allowedRoutes",
+            json!({"namespaces": {"from": "Selector", "selector": {"matchLabels": {"team": "x"}}}}),
+            "spec.listeners[0].allowedRoutes.namespaces.selector.matchLabels.team",
+        ),
+        ("Route", "/hostnames/0", json!(newline), "spec.hostnames[0]"),
+        ("Route", "/hostnames/0", json!("A.example.com"), "spec.hostnames[0]"),
+        (
+            "Route",
+            "/rules/0/matches/0/path/value",
+            json!("/a }\n    use_backend x"),
+            "spec.rules[0].matches[0].path.value",
+        ),
+        ("Route", "/rules/0/matches/0/path/value", json!("/a'b"), "spec.rules[0].matches[0].path.value"),
+        ("Route", "/rules/0/matches/0/path/value", json!("/(.*)$"), "spec.rules[0].matches[0].path.value"),
+        (
+            "Route",
+            "/rules/0/matches/0/headers",
+            json!([{"name": "x y", "value": "v"}]),
+            "spec.rules[0].matches[0].headers[0].name",
+        ),
+        (
+            "Route",
+            "/rules/0/matches/0/headers",
+            json!([{"name": "x", "value": "v\"; evil"}]),
+            "spec.rules[0].matches[0].headers[0].value",
+        ),
+        ("Route", "/rules/0/matches/0/method", json!("GET }"), "spec.rules[0].matches[0].method"),
+        (
+            "Route",
+            "/rules/0/matches/0/queryParams",
+            json!([{"name": "a=b", "value": "c"}]),
+            "spec.rules[0].matches[0].queryParams[0].name",
+        ),
+        (
+            "Route",
+            "/rules/0/filters",
+            json!([{"type": "RequestRedirect", "requestRedirect": {"hostname": "a.com/evil"}}]),
+            "spec.rules[0].filters[0].requestRedirect.hostname",
+        ),
+        (
+            "Route",
+            "/rules/0/filters",
+            json!([{"type": "RequestRedirect", "requestRedirect": {"scheme": "javascript"}}]),
+            "spec.rules[0].filters[0].requestRedirect.scheme",
+        ),
+        (
+            "Route",
+            "/rules/0/filters",
+            json!([{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "X", "value": "a\\b"}]}}]),
+            "spec.rules[0].filters[0].requestHeaderModifier.set[0].value",
+        ),
+        (
+            "Route",
+            "/rules/0/filters",
+            json!([{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/a b"}}}]),
+            "spec.rules[0].filters[0].urlRewrite.path.replacePrefixMatch",
+        ),
+        ("Route", "/rules/0/backendRefs/0/name", json!("web.other-namespace"), "spec.rules[0].backendRefs[0].name"),
+        ("Route", "/parentRefs/0/namespace", json!("a/b"), "spec.parentRefs[0].namespace"),
+        ("Certificate", "/dnsNames/0", json!("a.example.com\n"), "spec.dnsNames[0]"),
+        ("Certificate", "/issuer", json!({"acme": {"directory": "file:///etc/passwd"}}), "spec.issuer.acme.directory"),
+        (
+            "Certificate",
+            "/issuer",
+            json!({"acme": {"directory": "https://ca.example/dir", "email": "a b@x.y"}}),
+            "spec.issuer.acme.email",
+        ),
+        ("Certificate", "/issuer", json!({"selfSigned": {}, "secretRef": {"name": "x"}}), "spec.issuer"),
+        ("Certificate", "/renewBefore", json!("soon"), "spec.renewBefore"),
+    ];
+    for (kind, pointer, value, path) in cases {
+        let (name, mut spec) = match kind {
+            "LoadBalancer" => ("edge", good_lb()),
+            "Route" => ("r", good_route()),
+            _ => ("c", good_certificate()),
+        };
+        let (parent, last) = pointer.rsplit_once('/').expect("pointer");
+        let target = if parent.is_empty() { Some(&mut spec) } else { spec.pointer_mut(parent) };
+        match target {
+            Some(Value::Object(map)) => {
+                map.insert(last.to_owned(), value.clone());
+            }
+            Some(Value::Array(items)) => items[last.parse::<usize>().expect("index")] = value.clone(),
+            _ => panic!("{pointer} is not in the spec"),
+        }
+        let object = json!({"apiVersion": "minicloud.dev/v1", "kind": kind, "metadata": {"name": name, "namespace": own}, "spec": spec});
+        let (status, body) = harness.try_apply(vec![object]).await;
+        assert!((400..500).contains(&status), "{kind} {pointer} = {value} must be refused: {status} {body}");
+        assert!(body.to_string().contains(path), "{kind} {pointer} = {value}: the error names {path}: {body}");
+    }
+    for plural in ["loadbalancers", "routes", "certificates"] {
+        assert!(harness.list(plural).await.is_empty(), "nothing was applied ({plural})");
+    }
+}
