@@ -165,7 +165,15 @@ fn readiness(object: &Object) -> (bool, String) {
 
 /// The kinds a controller runs; `cloud up` waits for them (Secrets and Policies are data, taking
 /// effect when stored).
-const RUN: [Kind; 5] = [Kind::Instance, Kind::LoadBalancer, Kind::ScalingGroup, Kind::ManagedDatabase, Kind::Stack];
+const RUN: [Kind; 7] = [
+    Kind::Instance,
+    Kind::LoadBalancer,
+    Kind::ScalingGroup,
+    Kind::ManagedDatabase,
+    Kind::Stack,
+    Kind::Route,
+    Kind::Certificate,
+];
 
 fn endpoints(object: &Object) -> Vec<String> {
     // A stack: its outputs.
@@ -181,6 +189,16 @@ fn endpoints(object: &Object) -> Vec<String> {
     }
     if let Some(endpoints) = object.status.get("endpoints").and_then(Value::as_object) {
         return endpoints.values().filter_map(|url| url.as_str().map(str::to_owned)).collect();
+    }
+    // A route: the URLs it answers on, per parent listener.
+    if let Some(parents) = object.status.get("parents").and_then(Value::as_array) {
+        let mut urls: Vec<String> = parents
+            .iter()
+            .filter_map(|parent| parent.get("urls").and_then(Value::as_object))
+            .flat_map(|urls| urls.values().filter_map(|url| url.as_str().map(str::to_owned)))
+            .collect();
+        urls.dedup();
+        return urls;
     }
     object
         .status

@@ -121,7 +121,11 @@ fn urls(lb: &LoadBalancer, verdict: &Verdict, spec: &RouteSpec) -> BTreeMap<Stri
         let url = match (host, endpoint.split_once("://")) {
             (Some(host), Some((scheme, address))) => {
                 let port = address.rsplit_once(':').map(|(_, port)| port).unwrap_or("");
-                format!("{scheme}://{host}:{port}/")
+                if matches!((scheme, port), ("http", "80") | ("https", "443")) {
+                    format!("{scheme}://{host}/")
+                } else {
+                    format!("{scheme}://{host}:{port}/")
+                }
             }
             _ => format!("{endpoint}/"),
         };
@@ -169,7 +173,8 @@ fn parent_conditions(
     conditions
 }
 
-/// `Ready`: every parent accepted the route and every backend exists.
+/// `Ready`: every parent accepted the route, every backend exists, and every parent serves it
+/// (its listeners have endpoints).
 fn summarise(status: &mut RouteStatus, generation: i64, now: DateTime<Utc>) {
     let failing = status.parents.iter().find_map(|parent| {
         parent
@@ -177,6 +182,11 @@ fn summarise(status: &mut RouteStatus, generation: i64, now: DateTime<Utc>) {
             .iter()
             .find(|c| c.status != ConditionStatus::True)
             .map(|c| (c.reason.clone(), format!("{}: {}", parent.parent_ref.name, c.message)))
+    });
+    let waiting =
+        status.parents.iter().find(|parent| parent.urls.is_empty()).map(|parent| parent.parent_ref.name.clone());
+    let failing = failing.or_else(|| {
+        waiting.map(|name| ("ParentNotServing".to_owned(), format!("{name}: waiting for the load balancer to serve")))
     });
     match failing {
         None => {

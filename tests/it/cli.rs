@@ -37,9 +37,9 @@ fn ok(server: &TestServer, args: &[&str]) -> String {
 async fn apply_get_describe_delete(server: &TestServer) {
     let applied = ok(server, &["apply", "-R", "-f", "examples/"]);
     assert!(applied.contains("instance/hello created"), "{applied}");
-    assert_eq!(applied.lines().count(), 13, "{applied}");
+    assert_eq!(applied.lines().count(), 20, "{applied}");
     let again = ok(server, &["apply", "-R", "-f", "examples/"]);
-    assert_eq!(again.lines().filter(|line| line.ends_with(" unchanged")).count(), 13, "{again}");
+    assert_eq!(again.lines().filter(|line| line.ends_with(" unchanged")).count(), 20, "{again}");
 
     let table = ok(server, &["get", "instances"]);
     let header: Vec<&str> = table.lines().next().unwrap_or("").split_whitespace().collect();
