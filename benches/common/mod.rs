@@ -73,11 +73,13 @@ impl Server {
 
 /// Applies objects through the API; panics on a refusal.
 pub fn apply(http: &reqwest::blocking::Client, server: &Server, items: Vec<Value>) {
-    let response = http
-        .post(format!("{}/apis/minicloud.dev/v1/apply", server.url))
-        .json(&json!({"items": items}))
-        .send()
-        .expect("apply");
+    apply_at(http, &server.url, items)
+}
+
+/// [`apply`] to the server at `url` (for threads that do not own the [`Server`]).
+pub fn apply_at(http: &reqwest::blocking::Client, url: &str, items: Vec<Value>) {
+    let response =
+        http.post(format!("{url}/apis/minicloud.dev/v1/apply")).json(&json!({"items": items})).send().expect("apply");
     assert!(response.status().is_success(), "{}", response.text().unwrap_or_default());
 }
 

@@ -63,8 +63,15 @@ const FAILURES: [&str; 6] =
 /// Characters of generated values.
 const GENERATED_ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
 /// The kinds a stack may contain.
-const CHILD_KINDS: [Kind; 5] =
-    [Kind::Secret, Kind::ManagedDatabase, Kind::Instance, Kind::ScalingGroup, Kind::LoadBalancer];
+const CHILD_KINDS: [Kind; 7] = [
+    Kind::Secret,
+    Kind::ManagedDatabase,
+    Kind::Instance,
+    Kind::ScalingGroup,
+    Kind::LoadBalancer,
+    Kind::Route,
+    Kind::Certificate,
+];
 
 /// Reconciles Stacks.
 pub struct StackController {
@@ -261,6 +268,8 @@ impl StackController {
             Ok(values) => values,
             Err((reason, message)) => return self.failed(ctx, &mut status, reason, message, generation).await,
         };
+        // Resources whose `when` says no are not part of the stack (an existing one goes).
+        let spec = spec.included(&values);
         let names: Vec<String> = spec.resources.iter().map(|r| r.rendered_name(&values)).collect();
         // Secret values reach containers as references, never as text in a child.
         if let Some((index, at, reference)) = spec.misplaced_secrets(&names, &object.metadata.name).into_iter().next() {

@@ -119,6 +119,12 @@ pub struct StackResource {
     /// of those its references name).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
+    /// The resource is part of the stack only when this renders to something other than
+    /// empty, `false` or `0`: `when: "${params.hostname}"` makes a Route only when a host
+    /// name is given. Parameters only (no resource fields). A resource no longer wanted is
+    /// removed, as one dropped from the list is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
 }
 
 /// Metadata of a stack resource.
@@ -233,6 +239,13 @@ impl StackSpec {
         spec
     }
 
+    /// The spec without the resources whose `when` says no with these parameter values.
+    pub fn included(&self, parameters: &BTreeMap<String, Value>) -> StackSpec {
+        let mut spec = self.clone();
+        spec.resources.retain(|resource| resource.included(parameters));
+        spec
+    }
+
     /// The value of every declared parameter: the given value, else the default. Parameters
     /// with neither are absent.
     pub fn parameter_values(&self) -> BTreeMap<String, Value> {
@@ -292,6 +305,18 @@ impl Budget {
 }
 
 impl StackResource {
+    /// Whether the resource is part of the stack with these parameter values (see
+    /// [`StackResource::when`]).
+    pub fn included(&self, parameters: &BTreeMap<String, Value>) -> bool {
+        let Some(when) = &self.when else { return true };
+        match render_value(&Value::String(when.clone()), parameters) {
+            Ok(Value::String(text)) => !matches!(text.trim(), "" | "false" | "0") && !text.contains("${"),
+            Ok(Value::Bool(flag)) => flag,
+            Ok(Value::Number(number)) => number.as_f64().is_some_and(|n| n != 0.0),
+            _ => false,
+        }
+    }
+
     /// The resource as a complete manifest in `namespace`, with parameters substituted (other
     /// references are left as written); bounded by [`MAX_RENDERED_BYTES`] and
     /// [`MAX_SUBSTITUTIONS`].
@@ -650,6 +675,27 @@ mod tests {
 
     fn stack(resources: Value) -> StackSpec {
         serde_json::from_value(json!({"resources": resources})).expect("stack")
+    }
+
+    #[test]
+    fn a_resource_with_when_exists_only_when_it_renders_to_a_yes() {
+        let mut route = resource("Route", "site-host", json!({}), &[]);
+        route["when"] = json!("${params.hostname}");
+        let spec = stack(json!([resource("Instance", "web", json!({}), &[]), route]));
+        for (value, included) in [
+            (json!("a.example.com"), true),
+            (json!(""), false),
+            (json!("false"), false),
+            (json!(true), true),
+            (json!(0), false),
+        ] {
+            let parameters: BTreeMap<String, Value> = [("hostname".to_owned(), value.clone())].into();
+            let kept: Vec<String> =
+                spec.included(&parameters).resources.iter().map(|r| r.metadata.name.clone()).collect();
+            assert_eq!(kept.len(), if included { 2 } else { 1 }, "{value}: {kept:?}");
+        }
+        // An unset parameter is no: the reference stays unrendered.
+        assert_eq!(spec.included(&BTreeMap::new()).resources.len(), 1);
     }
 
     fn resource(kind: &str, name: &str, spec: Value, depends_on: &[&str]) -> Value {

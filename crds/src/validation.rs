@@ -832,6 +832,16 @@ fn check_stack_spec(spec: &StackSpec, path: &FieldPath, errors: &mut Errors) {
                 check_reference(reference, &declared, spec, &names, placeholder_path, errors);
             }
         }
+        if let Some(when) = &resource.when {
+            for reference in placeholders(when) {
+                if !matches!(crate::stack::Reference::parse(reference), crate::stack::Reference::Parameter(_)) {
+                    errors.add(
+                        resource_path.key("when"),
+                        format!("${{{reference}}}: `when` may name parameters only (${{params.NAME}})"),
+                    );
+                }
+            }
+        }
         for (position, dependency) in resource.depends_on.iter().enumerate() {
             if !names.contains(dependency) {
                 errors.add(

@@ -402,6 +402,9 @@ fn check_stack_resources(object: &TypedObject, locator: &Locator<'_>) -> Vec<Loc
         if Kind::from_kind_name(&resource.kind).is_none_or(|kind| kind == Kind::Stack) {
             continue; // already reported by the Stack's own rules
         }
+        if !resource.included(&parameters) {
+            continue; // not part of the stack with these values (`when`)
+        }
         let path = FieldPath::root().key("spec").key("resources").index(index);
         let rendered = match resource.render(&parameters, stack.metadata.namespace_or_default()) {
             Ok(rendered) => rendered,

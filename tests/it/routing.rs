@@ -534,3 +534,62 @@ async fn hostile_values_in_every_new_field_are_refused_with_their_field_path_and
         assert!(harness.list(plural).await.is_empty(), "nothing was applied ({plural})");
     }
 }
+
+#[tokio::test]
+async fn a_web_template_given_a_hostname_is_served_by_the_shared_front_door_and_without_one_has_no_route() {
+    let harness = Harness::start(PREFIX).await;
+    let own = harness.namespace.clone();
+    harness.apply(vec![harness.load_balancer("edge", json!({"listeners": [{"name": "web"}]}))]).await;
+    let lb = harness
+        .wait_for("loadbalancers", "edge", "edge ready", |o| condition(o, "Ready").is_some_and(|(s, _)| s == "True"))
+        .await;
+    let port = port_of(&lb, "web");
+    let front_door = format!("front_door_namespace={own}");
+    let install = |hostname: &str| {
+        let hostname = format!("hostname={hostname}");
+        let arguments = [
+            "templates",
+            "install",
+            "static-site",
+            "site",
+            "-n",
+            &own,
+            "--set",
+            "replicas=1",
+            "--set",
+            &hostname,
+            "--set",
+            &front_door,
+        ];
+        let (ok, stdout, stderr) = harness.cloud(&arguments);
+        assert!(ok, "{stdout}{stderr}");
+    };
+    install("site.example.com");
+    harness
+        .wait_for_within("stacks", "site", "Ready", Duration::from_secs(90), |o| o["status"]["phase"] == "Ready")
+        .await;
+    let page = until(
+        "the site through the front door",
+        || curl(&format!("http://site.example.com:{port}/"), "site.example.com", port, &[]),
+        |a| a.body.contains("Hello from minicloud"),
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert!(harness.get("routes", "site-host").await.is_some());
+
+    // No host name: the stack has no Route (the one it had is removed).
+    install("");
+    for _ in 0..300 {
+        if harness.get("routes", "site-host").await.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(harness.get("routes", "site-host").await.is_none(), "the Route goes with its host name");
+    until(
+        "the host name no longer routed",
+        || curl(&format!("http://site.example.com:{port}/"), "site.example.com", port, &[]),
+        |a| a.status == 404,
+    )
+    .await;
+}

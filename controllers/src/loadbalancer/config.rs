@@ -33,6 +33,8 @@ const TLS13_CIPHERSUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:
 pub(crate) const DEFAULT_INTERVAL_MILLIS: u32 = 2000;
 pub(crate) const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 pub(crate) const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// How soon a route backend's new server is first checked (HAProxy's `downinter`).
+const ROUTE_FIRST_CHECK_MILLIS: u32 = 250;
 
 /// Input that cannot be rendered safely.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -68,11 +70,18 @@ pub type Members = BTreeMap<String, Vec<Target>>;
 /// protocol when asked, and a short idle-connection purge delay so that a removed target can
 /// be deleted quickly.
 pub(crate) fn server_arguments(backend: &BackendLayout, check: Option<&LbHealthCheck>) -> String {
-    let check = if backend.own_check { check } else { None };
+    let proxy = if backend.proxy_protocol { " send-proxy-v2" } else { "" };
+    if !backend.own_check {
+        // A route's backend: a server added at run time serves once its first connect check
+        // passes, and that check comes within a quarter of a second (a route change is served
+        // by its new backend at once, not after two full intervals).
+        return format!(
+            "check inter {DEFAULT_INTERVAL_MILLIS} downinter {ROUTE_FIRST_CHECK_MILLIS} rise 1 fall {DEFAULT_UNHEALTHY_THRESHOLD}{proxy} pool-purge-delay 500"
+        );
+    }
     let interval = check.and_then(|c| c.interval_millis).unwrap_or(DEFAULT_INTERVAL_MILLIS);
     let rise = check.and_then(|c| c.healthy_threshold).unwrap_or(DEFAULT_HEALTHY_THRESHOLD);
     let fall = check.and_then(|c| c.unhealthy_threshold).unwrap_or(DEFAULT_UNHEALTHY_THRESHOLD);
-    let proxy = if backend.proxy_protocol { " send-proxy-v2" } else { "" };
     format!("check inter {interval} rise {rise} fall {fall}{proxy} pool-purge-delay 500")
 }
 

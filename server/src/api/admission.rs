@@ -198,7 +198,7 @@ fn subjects(object: &Object) -> Vec<(String, Value)> {
         {
             let spec = stack.spec.with_stack_name(&stack.metadata.name);
             let parameters = spec.parameter_values();
-            for resource in &spec.resources {
+            for resource in spec.resources.iter().filter(|resource| resource.included(&parameters)) {
                 if let Ok(rendered) = resource.render(&parameters, object.namespace()) {
                     let name = format!(
                         "{label} resource {}/{}",

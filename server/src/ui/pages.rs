@@ -213,7 +213,7 @@ pub async fn detail(state: &AppState, key: &minicloud_crds::ObjectKey) -> Result
     };
     let all_events = state.store.events(Some(object.namespace()), Some(key)).await?;
     let events: Vec<Vec<String>> = all_events.iter().rev().take(50).map(|event| event_row(event, false)).collect();
-    let panels = super::panels::for_object(&object, &all_events);
+    let panels = super::panels::for_object(&object, &all_events, &siblings.items);
     let pretty = |value: &Value| escape(&serde_json::to_string_pretty(value).unwrap_or_default());
     let main = format!(
         "<h1>{}/{}</h1>{}{container}<h2>Conditions</h2>{}{charts}{panels}<h2>Events</h2>{}<h2>Children</h2>{}\

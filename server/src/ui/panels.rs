@@ -1,11 +1,13 @@
 //! What a detail page shows besides the common parts, per kind: a load balancer's targets and
-//! their health, a scaling group's scaling history, a database's backups, a stack's resources
-//! and outputs, and an Instance's container output (followed live by the script).
+//! their health, its listeners with their routes and its certificates with their expiry, a
+//! route's parents and rules, a certificate's validity, a scaling group's scaling history, a
+//! database's backups, a stack's resources and outputs, and an Instance's container output
+//! (followed live by the script).
 
 use minicloud_crds::{Kind, Object};
 use serde_json::Value;
 
-use super::html::{escape, table};
+use super::html::{escape, link, table};
 use crate::store::Event;
 use minicloud_model::columns::age;
 
@@ -20,8 +22,9 @@ fn text(value: &Value) -> String {
     }
 }
 
-/// The kind's own sections of a detail page (HTML; empty for kinds without any).
-pub fn for_object(object: &Object, events: &[Event]) -> String {
+/// The kind's own sections of a detail page (HTML; empty for kinds without any). `siblings`
+/// are the objects of the same namespace (a load balancer's certificates are among them).
+pub fn for_object(object: &Object, events: &[Event], siblings: &[Object]) -> String {
     let status = &object.status;
     let rows = |field: &str, columns: &[&str]| -> Vec<Vec<String>> {
         status
@@ -34,13 +37,33 @@ pub fn for_object(object: &Object, events: &[Event]) -> String {
     };
     match Kind::from_kind_name(&object.kind) {
         Some(Kind::LoadBalancer) => format!(
-            "<h2>Targets</h2>{}",
+            "<h2>Targets</h2>{}{}",
             table(
                 "targets",
                 &["NAME", "ADDRESS", "STATE", "HEALTHY", "LAST CHECK"],
                 &rows("targets", &["name", "address", "state", "healthy", "lastCheck"])
-            )
+            ),
+            front_door(object, siblings)
         ),
+        Some(Kind::Route) => route_panels(object),
+        Some(Kind::Certificate) => {
+            let fields = [
+                "notBefore",
+                "notAfter",
+                "renewalTime",
+                "serial",
+                "issuerName",
+                "secretName",
+                "orderUrl",
+                "failedAttempts",
+                "nextAttemptTime",
+            ];
+            let facts: Vec<Vec<String>> = fields
+                .iter()
+                .filter_map(|field| status.get(*field).map(|value| vec![escape(field), text(value)]))
+                .collect();
+            format!("<h2>Validity</h2>{}", table("validity", &["FIELD", "VALUE"], &facts))
+        }
         Some(Kind::ScalingGroup) => {
             let history: Vec<Vec<String>> = events
                 .iter()
@@ -81,6 +104,153 @@ pub fn for_object(object: &Object, events: &[Event]) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// A load balancer's listeners (address, port, protocol, attached routes) and the certificates
+/// its HTTPS listeners serve, with their expiry.
+fn front_door(object: &Object, siblings: &[Object]) -> String {
+    let status = &object.status;
+    let listeners: Vec<Vec<String>> = object
+        .spec
+        .get("listeners")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|listener| {
+            let name = listener.get("name").and_then(Value::as_str).unwrap_or_default();
+            let endpoint = status.get("endpoints").and_then(|e| e.get(name)).map_or_else(|| "-".to_owned(), text);
+            let routes: Vec<String> = status
+                .get("listeners")
+                .and_then(Value::as_array)
+                .and_then(|all| all.iter().find(|l| l.get("name").and_then(Value::as_str) == Some(name)))
+                .and_then(|l| l.get("routes"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|route| match route.split_once('/') {
+                    Some((namespace, route_name)) => {
+                        link(&format!("/ui/namespaces/{namespace}/routes/{route_name}"), route)
+                    }
+                    None => escape(route),
+                })
+                .collect();
+            let protocol = listener.get("protocol").map_or_else(|| "HTTP".to_owned(), text);
+            vec![escape(name), endpoint, protocol, if routes.is_empty() { "-".into() } else { routes.join("<br>") }]
+        })
+        .collect();
+    let named: Vec<&str> = object
+        .spec
+        .get("listeners")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.pointer("/tls/certificateRefs")?.as_array())
+        .flatten()
+        .filter_map(|r| r.get("name")?.as_str())
+        .collect();
+    let certificates: Vec<Vec<String>> = siblings
+        .iter()
+        .filter(|o| o.kind == Kind::Certificate.as_str() && named.contains(&o.metadata.name.as_str()))
+        .map(|certificate| {
+            let names = certificate
+                .spec
+                .get("dnsNames")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(text)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let ready = minicloud_model::columns::condition(certificate, "Ready")
+                .and_then(|c| c.get("status"))
+                .map_or_else(|| "-".to_owned(), text);
+            let href = format!("/ui/namespaces/{}/certificates/{}", certificate.namespace(), certificate.metadata.name);
+            vec![
+                link(&href, &certificate.metadata.name),
+                names,
+                ready,
+                certificate.status.get("notAfter").map_or_else(|| "-".to_owned(), text),
+            ]
+        })
+        .collect();
+    let mut html =
+        format!("<h2>Listeners</h2>{}", table("listeners", &["NAME", "ENDPOINT", "PROTOCOL", "ROUTES"], &listeners));
+    if !named.is_empty() {
+        html.push_str(&format!(
+            "<h2>Certificates</h2>{}",
+            table("certificates", &["NAME", "DNS NAMES", "READY", "NOT AFTER"], &certificates)
+        ));
+    }
+    html
+}
+
+/// A route's parents (accepted, backends resolved, URLs) and its rules.
+fn route_panels(object: &Object) -> String {
+    let parents: Vec<Vec<String>> = object
+        .status
+        .get("parents")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|parent| {
+            let reference = parent.get("parentRef").cloned().unwrap_or(Value::Null);
+            let namespace = reference.get("namespace").and_then(Value::as_str).unwrap_or(object.namespace()).to_owned();
+            let name = reference.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let section = reference.get("sectionName").map_or_else(|| "*".to_owned(), text);
+            let condition = |type_: &str| {
+                parent
+                    .get("conditions")
+                    .and_then(Value::as_array)
+                    .and_then(|all| all.iter().find(|c| c.get("type").and_then(Value::as_str) == Some(type_)))
+                    .map_or_else(
+                        || "-".to_owned(),
+                        |c| {
+                            format!(
+                                "{} {}",
+                                text(c.get("status").unwrap_or(&Value::Null)),
+                                text(c.get("message").unwrap_or(&Value::Null))
+                            )
+                        },
+                    )
+            };
+            let urls = parent
+                .get("urls")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+                .map(|(_, url)| text(url))
+                .collect::<Vec<_>>()
+                .join("<br>");
+            let href = format!("/ui/namespaces/{namespace}/loadbalancers/{name}");
+            vec![
+                link(&href, &format!("{namespace}/{name}")),
+                section,
+                condition("Accepted"),
+                condition("ResolvedRefs"),
+                urls,
+            ]
+        })
+        .collect();
+    let rules: Vec<Vec<String>> = object
+        .spec
+        .get("rules")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(index, rule)| {
+            let matches = rule.get("matches").map_or_else(|| "every request".to_owned(), |m| escape(&m.to_string()));
+            let backends = rule.get("backendRefs").map_or_else(|| "-".to_owned(), |b| escape(&b.to_string()));
+            let filters = rule.get("filters").map_or_else(|| "-".to_owned(), |f| escape(&f.to_string()));
+            vec![index.to_string(), matches, filters, backends]
+        })
+        .collect();
+    format!(
+        "<h2>Parents</h2>{}<h2>Rules</h2>{}",
+        table("parents", &["LOAD BALANCER", "LISTENER", "ACCEPTED", "RESOLVED", "URLS"], &parents),
+        table("rules", &["#", "MATCHES", "FILTERS", "BACKENDS"], &rules)
+    )
 }
 
 /// An Instance's container output, outside the part of the page that is swapped on changes:
@@ -166,6 +336,7 @@ mod tests {
                 json!({"targets": [{"name": "web-1", "address": "10.0.0.2:8080", "state": "UP", "healthy": true}]}),
             ),
             &[],
+            &[],
         );
         assert!(lb.contains("<td>web-1</td><td>10.0.0.2:8080</td><td>UP</td><td>true</td><td>-</td>"), "{lb}");
         let db = for_object(
@@ -173,6 +344,7 @@ mod tests {
                 "ManagedDatabase",
                 json!({"backups": [{"name": "b1", "time": "t", "sizeBytes": 42, "reason": "<manual>"}]}),
             ),
+            &[],
             &[],
         );
         assert!(db.contains("<td>42</td><td>&lt;manual&gt;</td>"), "{db}");
@@ -182,15 +354,45 @@ mod tests {
                 json!({"resources": [{"kind": "Instance", "name": "app", "ready": false, "message": "waiting"}], "outputs": {"url": "http://127.0.0.1:1"}}),
             ),
             &[],
+            &[],
         );
         assert!(
             stack.contains("<td>app</td><td>false</td><td>waiting</td>")
                 && stack.contains("<td>url</td><td>http://127.0.0.1:1</td>"),
             "{stack}"
         );
-        assert_eq!(for_object(&object("Secret", json!({})), &[]), "");
+        assert_eq!(for_object(&object("Secret", json!({})), &[], &[]), "");
         assert!(logs(Kind::Instance, "default", "web").contains("/namespaces/default/instances/web/log?follow=true"));
         assert_eq!(logs(Kind::Stack, "default", "web"), "");
+    }
+
+    #[test]
+    fn the_front_door_shows_listeners_routes_and_certificates_escaped() {
+        let mut lb = object(
+            "LoadBalancer",
+            json!({"endpoints": {"https": "https://127.0.0.1:443"}, "listeners": [{"name": "https", "attachedRoutes": 1, "routes": ["shop/store"]}]}),
+        );
+        lb.spec = json!({"listeners": [{"name": "https", "protocol": "HTTPS", "tls": {"certificateRefs": [{"name": "site"}]}}]});
+        let mut certificate = object(
+            "Certificate",
+            json!({"notAfter": "2027-03-01T00:00:00Z", "conditions": [{"type": "Ready", "status": "True"}]}),
+        );
+        certificate.metadata.name = "site".into();
+        certificate.spec = json!({"dnsNames": ["<b>.example.com"]});
+        let html = for_object(&lb, &[], &[certificate]);
+        assert!(html.contains("<a href=\"/ui/namespaces/shop/routes/store\">shop/store</a>"), "{html}");
+        assert!(html.contains("https://127.0.0.1:443") && html.contains("2027-03-01T00:00:00Z"), "{html}");
+        assert!(html.contains("&lt;b&gt;.example.com") && !html.contains("<b>"), "{html}");
+        let mut route = object(
+            "Route",
+            json!({"parents": [{"parentRef": {"name": "edge", "namespace": "infra"}, "conditions": [{"type": "Accepted", "status": "False", "message": "no <way>"}], "urls": {"web": "http://a/"}}]}),
+        );
+        route.spec = json!({"rules": [{"backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]}]});
+        let html = for_object(&route, &[], &[]);
+        assert!(
+            html.contains("/ui/namespaces/infra/loadbalancers/edge") && html.contains("False no &lt;way&gt;"),
+            "{html}"
+        );
     }
 
     #[test]
