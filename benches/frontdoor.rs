@@ -11,8 +11,11 @@
 //!   handed over to the moment a request is answered by the new backend);
 //! - failed requests during 100 route changes and a certificate renewal under load.
 //!
+//! The backends are HAProxy answering every request themselves (busybox httpd, which forks per
+//! connection, would be the bottleneck both proxies measure).
+//!
 //! Run: `cargo bench --bench frontdoor` (needs `scripts/local-images.sh web haproxy`, and the
-//! Debian packages `caddy` and `wrk`; the Caddy image is built here from `/usr/bin/caddy`).
+//! Debian packages `caddy` and `wrk`; the Caddy and backend images are built here).
 //! Everything it starts carries `minicloud.dev/test=bench-fd-...` and is removed at the end.
 
 mod common;
@@ -28,6 +31,9 @@ use serde_json::{json, Value};
 const NAMESPACE: &str = "bench-fd";
 const HOST: &str = "bench.example.com";
 const CADDY_IMAGE: &str = "minicloud/caddy:bench";
+/// The backends: HAProxy answering every request itself with the Instance's name (busybox
+/// httpd forks per connection and would be what both proxies measure).
+const BACKEND_IMAGE: &str = "minicloud/fast-backend:bench";
 /// `wrk` load: threads, connections, seconds per window; windows per figure.
 const THREADS: &str = "2";
 const CONNECTIONS: &str = "16";
@@ -82,7 +88,26 @@ fn wrk(url: &str, new_connection_per_request: bool, seconds: &str) -> Load {
         .map(|rest| rest.split(',').filter_map(|part| part.split_whitespace().last()?.parse::<u64>().ok()).sum())
         .unwrap_or(0);
     let non_2xx = number("Non-2xx or 3xx responses:").unwrap_or(0.0) as u64;
+    if requests == 0 || socket_errors > 0 {
+        eprintln!("wrk {url}:\n{text}{}", String::from_utf8_lossy(&output.stderr));
+    }
     Load { rps: number("Requests/sec:").unwrap_or(0.0), p99_ms: p99, failed: socket_errors + non_2xx, requests }
+}
+
+/// Builds the backend image: the HAProxy image with busybox's shell to write its configuration.
+fn build_backend_image() {
+    let context = tempfile::tempdir().expect("context");
+    std::fs::write(
+        context.path().join("Dockerfile"),
+        "FROM minicloud/haproxy:local\nCOPY --from=minicloud/web:local /bin/busybox /bin/busybox\nENTRYPOINT []\n",
+    )
+    .expect("Dockerfile");
+    let built = Command::new("docker")
+        .args(["build", "-q", "--label", "minicloud.dev/image=bench", "-t", BACKEND_IMAGE])
+        .arg(context.path())
+        .output()
+        .expect("docker build");
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
 }
 
 /// Builds the Caddy image from the host's `/usr/bin/caddy` and the libraries it loads.
@@ -158,10 +183,13 @@ fn until_served_by(url: &str, expected: &str, change: impl FnOnce()) -> Duration
 }
 
 fn instance(name: &str) -> Value {
+    let config = format!(
+        "defaults\n  mode http\n  timeout client 30s\n  timeout server 30s\n  timeout connect 1s\nfrontend answer\n  bind :8080\n  http-request return status 200 content-type text/plain string {name}\n"
+    );
     json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance",
            "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"app": "fd", "member": name}},
-           "spec": {"image": "minicloud/web:local",
-                    "command": ["sh", "-c", format!("echo {name} > /www/404.html && exec httpd -f -p 8080 -h /www -c /www/httpd.conf")]}})
+           "spec": {"image": BACKEND_IMAGE,
+                    "command": ["/bin/busybox", "sh", "-c", format!("printf '{config}' > /tmp/answer.cfg && exec /usr/sbin/haproxy -db -f /tmp/answer.cfg")]}})
 }
 
 fn route(path_backend: &str, header_value: &str) -> Value {
@@ -208,6 +236,7 @@ fn main() {
     let label = format!("minicloud.dev/test={run}");
     let _cleanup = RemoveLabelled(label.clone());
     build_caddy_image();
+    build_backend_image();
     let data = tempfile::tempdir().expect("data");
     let certificates = tempfile::tempdir().expect("certificates");
     let server = start_server(data.path(), &label);
@@ -284,17 +313,17 @@ fn main() {
     let caddy_https = format!("https://127.0.0.1:{}", published_port(&caddy_name, 8443));
     let caddy_http = format!("http://127.0.0.1:{}", published_port(&caddy_name, 8080));
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !who(&format!("{caddy_https}/x")).is_some_and(|page| page.starts_with("web-")) {
+    while !who(&format!("{caddy_https}/")).is_some_and(|page| page.starts_with("web-")) {
         assert!(Instant::now() < deadline, "Caddy never served: {}", docker(&["logs", "--tail", "20", &caddy_name]));
         std::thread::sleep(Duration::from_millis(100));
     }
 
-    println!("front door benchmark: {THREADS} wrk threads, {CONNECTIONS} connections, {WINDOW_SECONDS} s windows, median of {ROUNDS}; three web Instances behind both proxies");
+    println!("front door benchmark: {THREADS} wrk threads, {CONNECTIONS} connections, {WINDOW_SECONDS} s windows, median of {ROUNDS}; three backend Instances behind both proxies");
     let measure = |label: &str, minicloud: &str, caddy: &str, close: bool| {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
-            ours.push(wrk(&format!("{minicloud}/x"), close, WINDOW_SECONDS));
-            theirs.push(wrk(&format!("{caddy}/x"), close, WINDOW_SECONDS));
+            ours.push(wrk(&format!("{minicloud}/"), close, WINDOW_SECONDS));
+            theirs.push(wrk(&format!("{caddy}/"), close, WINDOW_SECONDS));
         }
         let median_of = |runs: &[Load]| {
             let mut sorted = runs.to_vec();
@@ -380,10 +409,10 @@ fn main() {
         })
     };
     let keep_alive = std::thread::spawn({
-        let url = format!("{minicloud_https}/x");
+        let url = format!("{minicloud_https}/");
         move || wrk(&url, false, "25")
     });
-    let per_request = wrk(&format!("{minicloud_https}/x"), true, "25");
+    let per_request = wrk(&format!("{minicloud_https}/"), true, "25");
     let keep_alive = keep_alive.join().expect("wrk");
     stop.store(true, Ordering::Relaxed);
     let changes = changer.join().expect("changer");

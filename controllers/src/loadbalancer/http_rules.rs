@@ -84,6 +84,10 @@ pub(crate) fn render(out: &mut String, listener: &ListenerLayout, scheme: &str) 
     let _ = writeln!(out, "    http-request del-header X-Forwarded-For");
     let _ = writeln!(out, "    http-request del-header Forwarded");
     let _ = writeln!(out, "    option forwardfor");
+    // On a reload, an idle keep-alive connection of the old worker is closed only after
+    // answering one more request (with `Connection: close`), so a client that does not retry a
+    // request sent on a connection closed under it (wrk, many libraries) loses nothing.
+    let _ = writeln!(out, "    option idle-close-on-response");
     let _ = writeln!(out, "    http-request set-header X-Forwarded-Proto {scheme}");
     let _ =
         writeln!(out, "    http-request set-header X-Forwarded-Host %[req.hdr(host)] if {{ req.hdr(host) -m found }}");
