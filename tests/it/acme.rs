@@ -188,29 +188,55 @@ async fn the_cas_refusal_is_reported_with_its_detail_and_retried_with_a_growing_
 }
 
 #[tokio::test]
-async fn a_control_plane_killed_mid_order_resumes_that_order() {
+async fn a_control_plane_killed_mid_order_resumes_that_order_at_issuance_and_at_renewal() {
     let mut harness = Harness::start(PREFIX).await;
     let http_port = free_port();
-    let pebble = Pebble::start(http_port, None, &[]);
+    // Short-lived: the renewal order comes about 20 s after issuance.
+    let pebble = Pebble::start(http_port, Some(30), &[]);
     let mut objects = vec![app(&harness), acme_certificate(&harness, "site", HOST, &pebble)];
     objects.extend(front_door(&harness, http_port));
     harness.apply(objects).await;
-    let placed = harness
-        .wait_for_within("certificates", "site", "an order in flight", Duration::from_secs(60), |o| {
-            o["status"]["orderUrl"].is_string()
-        })
-        .await;
-    let order = placed["status"]["orderUrl"].as_str().expect("order").to_owned();
-    let database = harness.server.take().expect("server").crash();
-    harness.server = Some(harness.start_server(database).await);
-    harness.wait_for_within("certificates", "site", "issued after the restart", Duration::from_secs(90), ready).await;
+    let mut orders_seen = Vec::new();
+    let mut serial: Option<String> = None;
+    for moment in ["issuance", "renewal"] {
+        let placed = harness
+            .wait_for_within(
+                "certificates",
+                "site",
+                &format!("an order in flight ({moment})"),
+                Duration::from_secs(60),
+                |o| o["status"]["orderUrl"].is_string(),
+            )
+            .await;
+        orders_seen.push(placed["status"]["orderUrl"].as_str().expect("order").to_owned());
+        let database = harness.server.take().expect("server").crash();
+        harness.server = Some(harness.start_server(database).await);
+        let previous = serial.clone();
+        let done = harness
+            .wait_for_within(
+                "certificates",
+                "site",
+                &format!("{moment} finished after the restart"),
+                Duration::from_secs(90),
+                |o| {
+                    ready(o)
+                        && o["status"]["orderUrl"].is_null()
+                        && o["status"]["serial"].as_str().map(str::to_owned) != previous
+                },
+            )
+            .await;
+        serial = done["status"]["serial"].as_str().map(str::to_owned);
+    }
     let events = harness.events("Certificate", "site").await;
     let orders: Vec<&String> = events.iter().filter(|e| e.starts_with("OrderPlaced:")).collect();
-    assert!(orders.len() <= 1, "at most one order per certificate: {events:?}");
-    assert!(
-        orders.iter().all(|e| e.contains(&order)),
-        "the order placed before the kill is the one finished: {events:?}"
-    );
+    assert!(orders.len() <= 2, "one order per issuance and per renewal, none placed twice: {events:?}");
+    for order in &orders {
+        assert!(
+            orders_seen.iter().any(|seen| order.contains(seen.as_str())),
+            "an order no kill interrupted was never resumed: {events:?}"
+        );
+    }
+    assert!(events.iter().any(|e| e.starts_with("Renewed:")), "{events:?}");
     drop(pebble);
 }
 

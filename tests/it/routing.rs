@@ -593,3 +593,64 @@ async fn a_web_template_given_a_hostname_is_served_by_the_shared_front_door_and_
     )
     .await;
 }
+
+/// An image with HAProxy and busybox's shell (to write a configuration at start), built from
+/// the two local images.
+fn haproxy_with_shell_image() -> &'static str {
+    const IMAGE: &str = "minicloud/haproxy-shell:test";
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    BUILT.call_once(|| {
+        let context = tempfile::tempdir().expect("context");
+        let dockerfile =
+            "FROM minicloud/haproxy:local\nCOPY --from=minicloud/web:local /bin/busybox /bin/busybox\nENTRYPOINT []\n";
+        std::fs::write(context.path().join("Dockerfile"), dockerfile).expect("Dockerfile");
+        let output = Command::new("docker")
+            .args(["build", "-q", "--label", "minicloud.dev/image=test", "-t", IMAGE])
+            .arg(context.path())
+            .output()
+            .expect("docker build");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    });
+    IMAGE
+}
+
+#[tokio::test]
+async fn a_tcp_listener_with_proxy_protocol_tells_the_target_who_the_client_is() {
+    let harness = Harness::start(PREFIX).await;
+    // The target accepts only connections that start with a PROXY header, and answers with
+    // the client address the header carried.
+    let config = "defaults\n  mode http\n  timeout client 10s\n  timeout server 10s\n  timeout connect 1s\nfrontend answer\n  bind :8080 accept-proxy\n  http-request return status 200 content-type text/plain lf-string \"client %[src]\"\n";
+    let target = harness.instance(
+        "aware",
+        json!({"app": "aware"}),
+        json!({"image": haproxy_with_shell_image(),
+               "command": ["/bin/busybox", "sh", "-c", format!("printf '%s' '{config}' > /tmp/answer.cfg && exec /usr/sbin/haproxy -db -f /tmp/answer.cfg")]}),
+    );
+    let lb = harness.load_balancer(
+        "raw",
+        json!({"listeners": [{"name": "tcp", "protocol": "TCP", "targetPort": 8080, "proxyProtocol": true}],
+               "targets": {"selector": {"matchLabels": {"app": "aware"}}}}),
+    );
+    harness.apply(vec![target, lb]).await;
+    let lb = harness
+        .wait_for("loadbalancers", "raw", "serving", |o| condition(o, "Ready").is_some_and(|(s, _)| s == "True"))
+        .await;
+    let port = port_of(&lb, "tcp");
+    let answer = until(
+        "an answer through the PROXY protocol",
+        || curl(&format!("http://127.0.0.1:{port}/"), "127.0.0.1", port, &[]),
+        |a| a.status == 200,
+    )
+    .await;
+    // Without the header the target would refuse the connection; with it, the address is the
+    // client's as HAProxy saw it, not the load balancer container's.
+    let lb_container = harness.lb_containers().first().cloned().expect("the load balancer's container");
+    let lb_address = crate::common::docker::docker(&[
+        "inspect",
+        "-f",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &lb_container,
+    ]);
+    assert!(answer.body.starts_with("client "), "{}", answer.body);
+    assert!(!answer.body.contains(lb_address.trim()), "the target sees the client, not {lb_address}: {}", answer.body);
+}
