@@ -140,6 +140,15 @@ impl OwnedNetwork {
             identity: Identity::network(cluster, namespace, network),
         }
     }
+
+    /// The network a LoadBalancer's container publishes from
+    /// ([`names::loadbalancer_network`]).
+    pub fn for_loadbalancer(cluster: &str, namespace: &str, name: &str) -> OwnedNetwork {
+        OwnedNetwork {
+            name: names::loadbalancer_network(cluster, namespace, name),
+            identity: Identity::loadbalancer_network(cluster, namespace, name),
+        }
+    }
 }
 
 /// A named volume an object mounts: where it lives now, what it must say, where an earlier

@@ -33,7 +33,7 @@ fn examples_are_valid() {
     assert!(output.status.success(), "{}", stderr(&output));
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("instance/hello valid (examples/hello/instance.yaml:3)"), "{stdout}");
-    assert!(stdout.contains("13 object(s) valid"), "{stdout}");
+    assert!(stdout.contains("20 object(s) valid"), "{stdout}");
 }
 
 #[test]

@@ -39,12 +39,14 @@ fn route(namespace: &str, name: &str, spec: Value) -> Value {
     json!({"apiVersion": "minicloud.dev/v1", "kind": "Route", "metadata": {"name": name, "namespace": namespace}, "spec": spec})
 }
 
-/// What `curl` got: status, body, headers (lower-case names), HTTP version.
+/// What `curl` got: status, body, headers (lower-case names), HTTP version, and curl's own
+/// complaint when there was no answer.
 struct Answer {
     status: u16,
     body: String,
     headers: BTreeMap<String, String>,
     version: String,
+    error: String,
 }
 
 /// `curl` with `host` resolved to 127.0.0.1 on `port`.
@@ -53,7 +55,7 @@ fn curl(url: &str, host: &str, port: u16, extra: &[&str]) -> Answer {
     let dir = tempfile::tempdir().expect("dir");
     let headers_file = dir.path().join("headers");
     let output = Command::new("curl")
-        .args(["-sk", "--max-time", "10", "--resolve", &resolve, "-D"])
+        .args(["-skS", "--max-time", "10", "--resolve", &resolve, "-D"])
         .arg(&headers_file)
         .args(["-w", "\n%{http_code} %{http_version}"])
         .args(extra)
@@ -69,7 +71,14 @@ fn curl(url: &str, host: &str, port: u16, extra: &[&str]) -> Answer {
         .filter_map(|line| line.split_once(':'))
         .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
         .collect();
-    Answer { status: status.parse().unwrap_or(0), body: body.trim().to_owned(), headers, version: version.to_owned() }
+    let error = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    Answer {
+        status: status.parse().unwrap_or(0),
+        body: body.trim().to_owned(),
+        headers,
+        version: version.to_owned(),
+        error,
+    }
 }
 
 /// The host port of a listener.
@@ -120,10 +129,12 @@ async fn wait_parent(
     );
 }
 
-/// Asks until `check` holds for the answer (routes take effect within about a second).
+/// Asks until `check` holds for the answer (routes take effect within about a second; the
+/// limit is for a machine busy with the whole suite).
 async fn until(what: &str, ask: impl Fn() -> Answer, check: impl Fn(&Answer) -> bool) -> Answer {
     let mut last = None;
-    for _ in 0..150 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    while std::time::Instant::now() < deadline {
         let answer = ask();
         if check(&answer) {
             return answer;
@@ -132,7 +143,7 @@ async fn until(what: &str, ask: impl Fn() -> Answer, check: impl Fn(&Answer) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let last = last.expect("asked");
-    panic!("{what}: last answer {} {:?} {:?}", last.status, last.body, last.headers);
+    panic!("{what}: last answer {} {:?} {:?} {}", last.status, last.body, last.headers, last.error);
 }
 
 #[tokio::test]
@@ -268,6 +279,24 @@ async fn routes_from_three_namespaces_share_one_load_balancer_over_http_and_http
     // The shop asked for `web` too, which admits the blog's namespace only.
     let (_, reason, _) = wait_parent(&harness, &own, "shop", 2, "Accepted", "False").await;
     assert_eq!(reason, "NotAllowedByListeners");
+
+    // The blog goes: the load balancer leaves the blog namespace's network, which goes too.
+    for plural in ["routes", "instances"] {
+        let url = format!("{}/apis/minicloud.dev/v1/namespaces/{blog_ns}/{plural}/blog", harness.server().url);
+        assert!(harness.http.delete(url).send().await.expect("delete").status().is_success());
+    }
+    let prefix = format!("name=mcnet.{blog_ns}.");
+    let mut left = String::from("?");
+    for _ in 0..300 {
+        left = crate::common::docker::docker(&["network", "ls", "-q", "--filter", &prefix]);
+        if left.trim().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(left.trim().is_empty(), "the blog namespace's network is left behind: {left}");
+    let still = curl(&format!("https://shop.example.com:{tls_port}/api/x"), "shop.example.com", tls_port, &[]);
+    assert_eq!(still.body, "api", "the shop is still served");
 }
 
 /// The subject alternative names of the certificate served for SNI `name`.
@@ -325,7 +354,8 @@ async fn the_older_of_two_routes_keeps_a_match_and_the_newer_says_why() {
 async fn a_second_load_balancer_on_a_taken_address_and_port_says_who_holds_it() {
     let harness = Harness::start(PREFIX).await;
     let own = harness.namespace.clone();
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    // Below Docker's range of automatically published ports (32768 and up).
+    let port = 20000 + (std::process::id() % 10000) as u16;
     harness.apply(vec![harness.load_balancer("first", json!({"listeners": [{"name": "web", "port": port}]}))]).await;
     harness
         .wait_for("loadbalancers", "first", "first ready", |o| condition(o, "Ready").is_some_and(|(s, _)| s == "True"))

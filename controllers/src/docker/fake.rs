@@ -98,6 +98,9 @@ impl ContainerDriver for FakeDriver {
     async fn connect_network(&self, _: &str, _: &str) -> Result<(), DriverError> {
         self.check()
     }
+    async fn disconnect_network(&self, _: &str, _: &str) -> Result<(), DriverError> {
+        self.check()
+    }
     async fn ensure_volume(
         &self,
         name: &str,

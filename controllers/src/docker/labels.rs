@@ -104,6 +104,13 @@ impl Identity {
         ]))
     }
 
+    /// The network a LoadBalancer's container publishes from (its own, one per load balancer).
+    pub fn loadbalancer_network(cluster: &str, namespace: &str, name: &str) -> Identity {
+        let mut identity = Identity::object(cluster, namespace, Kind::LoadBalancer, name);
+        identity.0.insert(NETWORK, "loadbalancer".to_owned());
+        identity
+    }
+
     /// The labels to create the object with: these, plus `extra` (a test run's marker, a uid).
     pub fn labels(&self, extra: &HashMap<String, String>) -> HashMap<String, String> {
         let mut map = extra.clone();

@@ -256,6 +256,8 @@ pub trait ContainerDriver: Send + Sync {
     ) -> Result<String, DriverError>;
     /// Attaches a running container to one more network (by id); already attached is fine.
     async fn connect_network(&self, container: &str, network_id: &str) -> Result<(), DriverError>;
+    /// Detaches a container from a network (by name or id); not attached is fine.
+    async fn disconnect_network(&self, container: &str, network: &str) -> Result<(), DriverError>;
     /// Makes sure a volume of this name and `identity` exists (created with the identity's
     /// labels plus `extra`). A volume of this name with other or no labels is never used:
     /// [`DriverError::NotOurs`]. `Ok(true)` when it was created now.
@@ -618,6 +620,20 @@ impl ContainerDriver for DockerDriver {
             Ok(()) => Ok(()),
             Err(bollard::errors::Error::DockerResponseServerError { message, .. })
                 if message.contains("already exists") =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(DriverError::from_bollard(error)),
+        }
+    }
+
+    async fn disconnect_network(&self, container: &str, network: &str) -> Result<(), DriverError> {
+        let request = bollard::models::NetworkDisconnectRequest { container: container.to_owned(), force: Some(true) };
+        match self.client().await?.disconnect_network(network, request).await {
+            Ok(()) => Ok(()),
+            Err(error) if is_not_found(&error) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. })
+                if message.contains("is not connected") =>
             {
                 Ok(())
             }

@@ -31,6 +31,14 @@ pub(crate) fn loadbalancer_container(cluster: &str, namespace: &str, name: &str)
     format!("mclb.{namespace}.{name}.{}", cluster_tag(cluster))
 }
 
+/// The network a LoadBalancer's container publishes its ports from. Docker hands a container's
+/// published ports (and its default route) to the attached network whose name sorts first;
+/// `mc0lb.` sorts before every namespace network (`mcnet.`), so joining the networks of its
+/// targets and route backends never moves the load balancer's ports.
+pub fn loadbalancer_network(cluster: &str, namespace: &str, name: &str) -> String {
+    format!("mc0lb.{namespace}.{name}.{}", cluster_tag(cluster))
+}
+
 /// The container of a ManagedDatabase.
 pub fn database_container(cluster: &str, namespace: &str, name: &str) -> String {
     format!("mcdb.{namespace}.{name}.{}", cluster_tag(cluster))
@@ -49,6 +57,18 @@ pub fn instance_volume(cluster: &str, namespace: &str, instance: &str, volume: &
 /// The Docker network of a minicloud network name (`default` when none) in a namespace.
 pub fn network(cluster: &str, namespace: &str, network: Option<&str>) -> String {
     format!("mcnet.{namespace}.{}.{}", network.unwrap_or("default"), cluster_tag(cluster))
+}
+
+/// The namespace and minicloud network name of a namespace network's Docker name
+/// ([`network`]), when it is one of this cluster's.
+pub fn parse_network(cluster: &str, name: &str) -> Option<(String, String)> {
+    let mut parts = name.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("mcnet"), Some(namespace), Some(network), Some(tag), None) if tag == cluster_tag(cluster) => {
+            Some((namespace.to_owned(), network.to_owned()))
+        }
+        _ => None,
+    }
 }
 
 /// The names minicloud used before names were injective (`mc-NAMESPACE-NAME`, ...). They are
@@ -101,6 +121,27 @@ mod tests {
         assert_ne!(database_volume(CLUSTER, "sec-q7", "w-db"), database_volume(CLUSTER, "sec-q7-w", "db"));
         // An Instance named like a database's data volume part cannot meet it either.
         assert_ne!(instance_volume(CLUSTER, "x", "db", "data"), database_volume(CLUSTER, "x", "db"));
+    }
+
+    #[test]
+    fn a_load_balancers_own_network_sorts_before_every_namespace_network() {
+        // Docker gives published ports to the attached network that sorts first.
+        for namespace in ["0", "a", "a-b", "zzz", "edge"] {
+            for other in ["0", "-", "a", "blog", "zzz"] {
+                assert!(
+                    loadbalancer_network(CLUSTER, namespace, "edge") < network(CLUSTER, other, None),
+                    "{namespace} {other}"
+                );
+                assert!(
+                    loadbalancer_network(CLUSTER, namespace, "edge") < network(CLUSTER, other, Some("a")),
+                    "{namespace} {other}"
+                );
+            }
+        }
+        assert_ne!(loadbalancer_network(CLUSTER, "a-b", "c"), loadbalancer_network(CLUSTER, "a", "b-c"));
+        assert_eq!(parse_network(CLUSTER, &network(CLUSTER, "a-b", Some("web"))), Some(("a-b".into(), "web".into())));
+        assert_eq!(parse_network("77aa1c9b00000000", &network(CLUSTER, "a", None)), None, "another cluster's");
+        assert_eq!(parse_network(CLUSTER, &loadbalancer_network(CLUSTER, "a", "b")), None);
     }
 
     #[test]

@@ -114,6 +114,8 @@ struct Round {
     selection: Selection,
     /// The ACME HTTP-01 answers every HTTP listener gives.
     answers: BTreeMap<String, String>,
+    /// The namespace networks HAProxy joins: its own targets' and its route backends'.
+    networks: BTreeSet<(String, Option<String>)>,
 }
 
 impl LoadBalancerController {
@@ -186,8 +188,8 @@ impl LoadBalancerController {
             .collect())
     }
 
-    /// The servers of the route backends of `layout`, and the networks (other than the load
-    /// balancer's own) HAProxy must join to reach them.
+    /// The servers of the route backends of `layout`, and the namespace networks (other than
+    /// the load balancer's own namespace's) HAProxy must join to reach them.
     async fn route_members(
         &self,
         layout: &Layout,
@@ -285,19 +287,48 @@ impl LoadBalancerController {
         Ok(None)
     }
 
-    /// Joins the HAProxy container to the networks of route backends in other namespaces.
+    /// Joins the HAProxy container to the namespace networks of its targets and route backends
+    /// (it publishes from its own network, [`names::loadbalancer_network`], which these never
+    /// displace), and leaves those no longer needed (removed when nothing else uses them).
     async fn join_networks(
         &self,
         container: &ContainerInfo,
         networks: &BTreeSet<(String, Option<String>)>,
     ) -> Result<(), ReconcileError> {
-        for (namespace, network) in networks {
-            let owned = OwnedNetwork::new(self.store.cluster_id(), namespace, network.as_deref());
+        let cluster = self.store.cluster_id();
+        let wanted: Vec<OwnedNetwork> = networks
+            .iter()
+            .map(|(namespace, network)| OwnedNetwork::new(cluster, namespace, network.as_deref()))
+            .collect();
+        for owned in &wanted {
             if container.addresses.contains_key(&owned.name) {
                 continue;
             }
             let id = self.driver.ensure_network(&owned.name, &owned.identity, &self.extra_labels).await?;
             self.driver.connect_network(&container.id, &id).await?;
+        }
+        for joined in container.addresses.keys() {
+            if wanted.iter().any(|owned| &owned.name == joined) {
+                continue;
+            }
+            if let Some((namespace, network)) = names::parse_network(cluster, joined) {
+                self.driver.disconnect_network(&container.id, joined).await?;
+                let left = OwnedNetwork::new(cluster, &namespace, Some(&network));
+                self.driver.remove_network_if_unused(&left.name, &left.identity).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the namespace networks a removed HAProxy container had joined, when nothing else
+    /// uses them (their Instances may have gone while it held them).
+    async fn leave_networks(&self, joined: &[String]) -> Result<(), ReconcileError> {
+        let cluster = self.store.cluster_id();
+        for name in joined {
+            if let Some((namespace, network)) = names::parse_network(cluster, name) {
+                let left = OwnedNetwork::new(cluster, &namespace, Some(&network));
+                self.driver.remove_network_if_unused(&left.name, &left.identity).await?;
+            }
         }
         Ok(())
     }
@@ -344,7 +375,7 @@ impl LoadBalancerController {
             env: Vec::new(),
             labels,
             ports,
-            network: names::network(cluster, namespace, spec.network.as_deref()),
+            network: names::loadbalancer_network(cluster, namespace, name),
             aliases: Vec::new(),
             memory_bytes: None,
             nano_cpus: None,
@@ -389,7 +420,8 @@ impl LoadBalancerController {
         challenges::ensure_file(&directory)?;
         let layout = Layout::new(spec, &attachment, |listener| certificates.files(listener));
         let own_network = names::network(self.store.cluster_id(), &namespace, spec.network.as_deref());
-        let (mut members, networks) = self.route_members(&layout, &own_network).await?;
+        let (mut members, mut networks) = self.route_members(&layout, &own_network).await?;
+        networks.insert((namespace.clone(), spec.network.clone()));
         for own in layout.target_backends() {
             members.insert(own.name.clone(), selection.targets.clone());
         }
@@ -403,7 +435,7 @@ impl LoadBalancerController {
             }
         };
         let desired = self.desired(ctx, spec, &status, &directory, user);
-        let round = Round { owner, directory, layout, members, structure, selection, answers };
+        let round = Round { owner, directory, layout, members, structure, selection, answers, networks };
         let container = match container::settle(ctx, self.driver.as_ref(), &desired, &self.extra_labels).await {
             Ok(Settled::Kept(container)) => container,
             Ok(Settled::Vacant { .. }) => return self.start(ctx, &mut status, &round, &desired).await,
@@ -412,7 +444,7 @@ impl LoadBalancerController {
         };
         status.container_id = Some(container.id.clone());
         status.endpoints = status::endpoints(spec, &container.ports);
-        if let Err(error) = self.join_networks(&container, &networks).await {
+        if let Err(error) = self.join_networks(&container, &round.networks).await {
             ctx.event(EventType::Warning, "NetworkJoinFailed", format!("cannot reach a route's backends: {error}"))
                 .await;
         }
@@ -494,6 +526,7 @@ impl LoadBalancerController {
         let container_hash = spec_hash(&json!({
             "image": self.image,
             "network": spec.network,
+            "publishes_from": names::loadbalancer_network(cluster, namespace, name),
             "ports": spec.listeners.iter().map(|l| (l.name.clone(), l.port)).collect::<Vec<_>>(),
             "user": user,
         }));
@@ -509,7 +542,7 @@ impl LoadBalancerController {
         Desired {
             wanted: Wanted::new(cluster, Kind::LoadBalancer, namespace, name, ctx.uid()),
             spec: self.container_spec(namespace, name, spec, status, directory, user, labels),
-            network: OwnedNetwork::new(cluster, namespace, spec.network.as_deref()),
+            network: OwnedNetwork::for_loadbalancer(cluster, namespace, name),
             volumes: Vec::new(),
             fixed_ports: spec.listeners.iter().filter_map(|listener| listener.port).collect(),
             restart: RestartPolicy::Always,
@@ -667,6 +700,10 @@ impl LoadBalancerController {
         };
         status.container_id = Some(started.id.clone());
         status.endpoints = status::endpoints(&lb_spec_of(ctx)?, &started.ports);
+        // The targets' networks at once, so the first health checks reach them.
+        if let Err(error) = self.join_networks(&started, &round.networks).await {
+            ctx.event(EventType::Warning, "NetworkJoinFailed", format!("cannot reach the targets yet: {error}")).await;
+        }
         let now = Utc::now();
         let running = format!("HAProxy runs in container {}", short_id(&started.id));
         set_condition(
@@ -704,16 +741,26 @@ impl LoadBalancerController {
             }
         }
         let (namespace, name) = (ctx.namespace(), ctx.name());
+        let joined = self.joined_networks(namespace, name).await?;
         let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, namespace, name, ctx.uid());
         owned::remove(self.driver.as_ref(), &wanted).await?;
+        self.leave_networks(&joined).await?;
         // The namespace's network goes with its last user, whichever kind that is.
         let network = ctx.object().spec.get("network").and_then(|network| network.as_str());
         let network = OwnedNetwork::new(self.store.cluster_id(), namespace, network);
         self.driver.remove_network_if_unused(&network.name, &network.identity).await?;
+        let own = OwnedNetwork::for_loadbalancer(self.store.cluster_id(), namespace, name);
+        self.driver.remove_network_if_unused(&own.name, &own.identity).await?;
         state::remove(&directory)?;
         self.metrics.forget_lb(namespace, name);
         self.forget(ctx.key());
         Ok(Cleanup::Done)
+    }
+
+    /// The networks the load balancer's container is attached to now (none without one).
+    async fn joined_networks(&self, namespace: &str, name: &str) -> Result<Vec<String>, ReconcileError> {
+        let container = names::loadbalancer_container(self.store.cluster_id(), namespace, name);
+        Ok(self.driver.inspect(&container).await?.map(|info| info.addresses.into_keys().collect()).unwrap_or_default())
     }
 
     fn forget(&self, key: &ObjectKey) {
@@ -864,8 +911,12 @@ impl Controller for LoadBalancerController {
     }
 
     async fn gone(&self, key: &ObjectKey) -> Result<(), ReconcileError> {
+        let joined = self.joined_networks(&key.namespace, &key.name).await?;
         let wanted = Wanted::new(self.store.cluster_id(), Kind::LoadBalancer, &key.namespace, &key.name, "");
         owned::remove(self.driver.as_ref(), &wanted).await?;
+        self.leave_networks(&joined).await?;
+        let own = OwnedNetwork::for_loadbalancer(self.store.cluster_id(), &key.namespace, &key.name);
+        self.driver.remove_network_if_unused(&own.name, &own.identity).await?;
         self.metrics.forget_lb(&key.namespace, &key.name);
         self.forget(key);
         Ok(())
