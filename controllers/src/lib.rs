@@ -13,6 +13,7 @@ pub mod container;
 pub mod database;
 pub mod docker;
 pub mod instance;
+pub mod leader;
 pub mod loadbalancer;
 pub mod meta;
 pub mod metrics;

@@ -12,6 +12,7 @@ use crate::applyset::{ApplySetSpec, ApplySetStatus};
 use crate::certificate::{CertificateSpec, CertificateStatus};
 use crate::database::{ManagedDatabaseSpec, ManagedDatabaseStatus};
 use crate::instance::{InstanceSpec, InstanceStatus};
+use crate::lease::{LeaseSpec, LeaseStatus};
 use crate::loadbalancer::{LoadBalancerSpec, LoadBalancerStatus};
 use crate::meta::{ObjectMeta, API_VERSION};
 use crate::policy::{PolicySpec, PolicyStatus};
@@ -77,6 +78,11 @@ typed_resource!(
 );
 
 typed_resource!(
+    /// Who holds a piece of work shared by control-plane replicas (coordination/v1 Lease).
+    Lease, LeaseSpec, LeaseStatus
+);
+
+typed_resource!(
     /// The inventory of a set of applied manifests (prune scope).
     ApplySet, ApplySetSpec, ApplySetStatus
 );
@@ -103,12 +109,13 @@ pub enum Kind {
     Policy,
     Route,
     Certificate,
+    Lease,
 }
 
 impl Kind {
     /// All kinds, in the order they are applied (dependencies first; policies before what they
     /// govern).
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Policy,
         Kind::Secret,
         Kind::Certificate,
@@ -120,6 +127,7 @@ impl Kind {
         Kind::Stack,
         Kind::ApplySet,
         Kind::Sync,
+        Kind::Lease,
     ];
 
     /// The kind as written in `kind:`.
@@ -136,6 +144,7 @@ impl Kind {
             Kind::Policy => "Policy",
             Kind::Route => "Route",
             Kind::Certificate => "Certificate",
+            Kind::Lease => "Lease",
         }
     }
 
@@ -153,6 +162,7 @@ impl Kind {
             Kind::Policy => "policies",
             Kind::Route => "routes",
             Kind::Certificate => "certificates",
+            Kind::Lease => "leases",
         }
     }
 
@@ -170,13 +180,14 @@ impl Kind {
             Kind::Policy => &["pol"],
             Kind::Route => &["rt"],
             Kind::Certificate => &["cert"],
+            Kind::Lease => &[],
         }
     }
 
     /// Whether something (a controller, a sync loop) reports conditions and an observed
     /// generation on objects of this kind; Secrets, ApplySets and Policies are data only.
     pub fn reports_conditions(self) -> bool {
-        !matches!(self, Kind::Secret | Kind::ApplySet | Kind::Policy)
+        !matches!(self, Kind::Secret | Kind::ApplySet | Kind::Policy | Kind::Lease)
     }
 
     /// The kind of a plural (`instances`).
@@ -220,6 +231,7 @@ impl Kind {
             Kind::Policy => generator.into_root_schema_for::<Policy>(),
             Kind::Route => generator.into_root_schema_for::<Route>(),
             Kind::Certificate => generator.into_root_schema_for::<Certificate>(),
+            Kind::Lease => generator.into_root_schema_for::<Lease>(),
         };
         let mut schema = schema.to_value();
         if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
@@ -262,6 +274,7 @@ pub enum TypedObject {
     Policy(Policy),
     Route(Route),
     Certificate(Certificate),
+    Lease(Lease),
 }
 
 impl TypedObject {
@@ -279,6 +292,7 @@ impl TypedObject {
             TypedObject::Policy(_) => Kind::Policy,
             TypedObject::Route(_) => Kind::Route,
             TypedObject::Certificate(_) => Kind::Certificate,
+            TypedObject::Lease(_) => Kind::Lease,
         }
     }
 
@@ -296,6 +310,7 @@ impl TypedObject {
             TypedObject::Policy(o) => &o.metadata,
             TypedObject::Route(o) => &o.metadata,
             TypedObject::Certificate(o) => &o.metadata,
+            TypedObject::Lease(o) => &o.metadata,
         }
     }
 
@@ -320,6 +335,7 @@ impl TypedObject {
             Kind::Policy => TypedObject::Policy(typed(value)?),
             Kind::Route => TypedObject::Route(typed(value)?),
             Kind::Certificate => TypedObject::Certificate(typed(value)?),
+            Kind::Lease => TypedObject::Lease(typed(value)?),
         })
     }
 }

@@ -15,6 +15,7 @@ pub mod database;
 pub mod http;
 pub mod instance;
 pub mod kinds;
+pub mod lease;
 pub mod loadbalancer;
 pub mod meta;
 pub mod object;

@@ -42,6 +42,7 @@ impl Object {
             TypedObject::Policy(o) => serde_json::to_value(o)?,
             TypedObject::Route(o) => serde_json::to_value(o)?,
             TypedObject::Certificate(o) => serde_json::to_value(o)?,
+            TypedObject::Lease(o) => serde_json::to_value(o)?,
         };
         Ok(serde_json::from_value(value)?)
     }

@@ -135,6 +135,10 @@ pub fn validate_object(object: &TypedObject) -> Vec<FieldError> {
             check_api_version(&o.api_version, &mut errors);
             crate::certificate::check_certificate_spec(&o.spec, &spec, &mut errors);
         }
+        TypedObject::Lease(o) => {
+            check_api_version(&o.api_version, &mut errors);
+            crate::lease::check_lease_spec(&o.spec, &spec, &mut errors);
+        }
         TypedObject::Sync(o) => {
             check_api_version(&o.api_version, &mut errors);
             if o.spec.directory.trim().is_empty() {

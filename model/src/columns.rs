@@ -92,6 +92,7 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::Policy => vec!["NAME", "ENFORCEMENT", "RULES", "NAMESPACES", "AGE"],
         Kind::Route => vec!["NAME", "HOSTNAMES", "PARENTS", "ACCEPTED", "AGE"],
         Kind::Certificate => vec!["NAME", "DNS NAMES", "READY", "NOT AFTER", "ISSUER", "AGE"],
+        Kind::Lease => vec!["NAME", "HOLDER", "AGE"],
     };
     if wide {
         headers.extend(match kind {
@@ -106,6 +107,7 @@ pub fn headers(kind: Kind, wide: bool) -> Vec<&'static str> {
             Kind::Policy => vec!["RULE NAMES"],
             Kind::Route => vec!["READY", "STATUS", "RULES"],
             Kind::Certificate => vec!["STATUS", "SECRET", "SERIAL"],
+            Kind::Lease => vec!["RENEWED", "DURATION", "TRANSITIONS"],
         });
     }
     headers
@@ -285,6 +287,10 @@ pub fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                 .unwrap_or_else(|| "-".into());
             vec![object.metadata.name.clone(), names, ready, not_after, issuer, created]
         }
+        Kind::Lease => {
+            let holder = spec.get("holderIdentity").and_then(Value::as_str).filter(|h| !h.is_empty());
+            vec![object.metadata.name.clone(), holder.unwrap_or("<none>").to_owned(), created]
+        }
     };
     if wide {
         cells.extend(match kind {
@@ -335,6 +341,11 @@ pub fn row(kind: Kind, object: &Object, wide: bool) -> Vec<String> {
                 let (ready, status) = readiness(object);
                 vec![ready, status, rules.to_string()]
             }
+            Kind::Lease => vec![
+                ago(spec.get("renewTime")),
+                spec.get("leaseDurationSeconds").map_or_else(|| "-".to_owned(), |d| format!("{}s", text(Some(d)))),
+                text(spec.get("leaseTransitions")).replace('-', "0"),
+            ],
             Kind::Certificate => vec![
                 readiness(object).1,
                 text(state.get("secretName")),
