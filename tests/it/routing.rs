@@ -205,8 +205,18 @@ async fn routes_from_three_namespaces_share_one_load_balancer_over_http_and_http
         curl(&format!("http://shop.example.com:{own_port}{path}"), "shop.example.com", own_port, extra)
     };
 
+    // Every backend up first (on a busy machine the Instances take a while).
+    for name in ["shop-v1", "shop-v2", "api", "canary"] {
+        harness
+            .wait_for_within("instances", name, "running", Duration::from_secs(90), |o| {
+                condition(o, "Ready").is_some_and(|(s, _)| s == "True")
+            })
+            .await;
+    }
     // Exact host, prefix path, header match before the plain prefix, exact path with method.
     until("the shop's /api", || shop("/api/items", &[]), |a| a.body == "api").await;
+    until("the shop's root", || shop("/apix", &[]), |a| a.body.starts_with("shop-v")).await;
+    until("the shop's POST", || shop("/cgi-bin/headers", &["-X", "POST"]), |a| a.status == 200).await;
     assert_eq!(shop("/api/items", &["-H", "X-Canary: yes"]).body, "canary");
     assert_eq!(shop("/api", &[]).body, "api", "a prefix matches the segment itself");
     assert!(shop("/apix", &[]).body.starts_with("shop-v"), "/apix is not under /api");
