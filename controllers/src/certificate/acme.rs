@@ -101,10 +101,15 @@ pub fn record_failure(status: &mut CertificateStatus, now: DateTime<Utc>) -> Dur
     status.failed_attempts = Some(failures);
     let wait = backoff(failures);
     status.next_attempt_time = chrono::Duration::from_std(wait).ok().map(|wait| now + wait);
+    forget_order(status);
+    wait
+}
+
+/// Forgets the order in flight and its challenges (done, failed, or no longer needed).
+pub fn forget_order(status: &mut CertificateStatus) {
     status.order_url = None;
     status.challenges.clear();
     status.challenges_published_time = None;
-    wait
 }
 
 /// Whether the challenges were published long enough ago for the CA to look.

@@ -212,9 +212,7 @@ impl CertificateController {
         let secret = secret_name(ctx.name());
         let current = stored.as_ref().map(|(_, inspected)| inspected.clone());
         if let Some(inspected) = current.as_ref().filter(|inspected| is_current(spec, inspected, now)) {
-            status.order_url = None;
-            status.challenges.clear();
-            status.challenges_published_time = None;
+            acme::forget_order(&mut status);
             status.next_attempt_time = None;
             report(&mut status, spec, Some(inspected), &secret, generation, now);
             ctx.write_status(&status).await?;
@@ -363,18 +361,9 @@ impl CertificateController {
                 state.order_key = None;
                 state.order_url = None;
                 self.write_acme_state(ctx, &state).await?;
-                let (reason, verb) = if stored.is_some() { ("Renewed", "renewed") } else { ("Issued", "issued") };
-                let message = format!(
-                    "{verb} for {} by {} (serial {}), valid until {}",
-                    inspected.dns_names.join(", "),
-                    inspected.issuer,
-                    inspected.serial,
-                    inspected.not_after.format("%Y-%m-%d %H:%M UTC")
-                );
+                let (reason, verb, message) = issued(&inspected, stored.is_some());
                 ctx.event(EventType::Normal, reason, message).await;
-                status.order_url = None;
-                status.challenges.clear();
-                status.challenges_published_time = None;
+                acme::forget_order(&mut status);
                 status.failed_attempts = None;
                 status.next_attempt_time = None;
                 set_condition(
@@ -442,6 +431,19 @@ fn not_ready_yet(
     if current.is_none() {
         set_condition(&mut status.conditions, "Ready", ConditionStatus::False, reason, message, generation, now);
     }
+}
+
+/// The event of a pair just stored: reason, verb and message (`Renewed` when one was there).
+fn issued(inspected: &Inspected, renewed: bool) -> (&'static str, &'static str, String) {
+    let (reason, verb) = if renewed { ("Renewed", "renewed") } else { ("Issued", "issued") };
+    let message = format!(
+        "{verb} for {} by {} (serial {}), valid until {}",
+        inspected.dns_names.join(", "),
+        inspected.issuer,
+        inspected.serial,
+        inspected.not_after.format("%Y-%m-%d %H:%M UTC")
+    );
+    (reason, verb, message)
 }
 
 /// The Secret that keeps a Certificate's ACME account and pending order key.
@@ -571,14 +573,7 @@ impl Controller for CertificateController {
                 let inspected = tls::inspect(&pair.chain, &pair.key, now)
                     .map_err(|error| ReconcileError::Failed(error.to_string()))?;
                 self.store_pair(ctx, &pair).await?;
-                let (reason, verb) = if stored.is_some() { ("Renewed", "renewed") } else { ("Issued", "issued") };
-                let message = format!(
-                    "{verb} for {} by {} (serial {}), valid until {}",
-                    inspected.dns_names.join(", "),
-                    inspected.issuer,
-                    inspected.serial,
-                    inspected.not_after.format("%Y-%m-%d %H:%M UTC")
-                );
+                let (reason, verb, message) = issued(&inspected, stored.is_some());
                 ctx.event(EventType::Normal, reason, message).await;
                 set_condition(
                     &mut status.conditions,
