@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use minicloud_cli::{init_logging, parse_duration, shutdown_signal, LogFormat, SyncSettings};
+use minicloud_controllers::leader::{self, LeaseTiming};
 use minicloud_server::composition::{self, ControllerSettings, ServerConfig};
 use minicloud_server::store::sql;
 use minicloud_server::{AuthSettings, Limits, Rate};
@@ -100,6 +101,15 @@ pub struct ServerArgs {
     /// Watch streams (console pages included) each token may hold open at once.
     #[arg(long, default_value_t = AuthSettings::default().watches_per_token)]
     pub max_watches_per_token: usize,
+    /// This server's name as a replica: the holder named in leases, shown by `/version` and in
+    /// the logs (default: the host name and a random suffix). Give each replica its own.
+    #[arg(long, env = "MINICLOUD_REPLICA_ID", value_parser = parse_replica_id)]
+    pub replica_id: Option<String>,
+    /// How long a lease lasts after its holder's last renewal, e.g. 10s: the longest a crashed
+    /// replica's controllers go unrun before another replica takes them. The holder renews every
+    /// fifth of it and stops acting at 70 % of it without a renewal (docs/high-availability.md).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub lease_duration: std::time::Duration,
     /// How long a watch waits for a client that reads nothing before it ends the watch, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub watch_send_timeout: std::time::Duration,
@@ -117,6 +127,11 @@ impl ServerArgs {
             ("--watch-send-timeout", self.watch_send_timeout),
             ("--usage-interval", self.usage_interval),
         ];
+        if self.lease_duration < std::time::Duration::from_secs(2)
+            || self.lease_duration > std::time::Duration::from_secs(300)
+        {
+            anyhow::bail!("--lease-duration {:?}: write from 2s to 5m", self.lease_duration);
+        }
         for (option, value) in periods {
             if value < std::time::Duration::from_secs(1) {
                 anyhow::bail!("{option} {value:?} is too short: write at least 1s");
@@ -146,6 +161,15 @@ impl ServerArgs {
         })
     }
 
+    /// Lease timing from --lease-duration: renew deadline at 70 %, renewals every 20 %.
+    pub fn lease_timing(&self) -> LeaseTiming {
+        LeaseTiming {
+            duration: self.lease_duration,
+            renew_deadline: self.lease_duration * 7 / 10,
+            retry: self.lease_duration / 5,
+        }
+    }
+
     /// The API limits these options set.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -157,6 +181,10 @@ impl ServerArgs {
             ..Limits::default()
         }
     }
+}
+
+fn parse_replica_id(text: &str) -> Result<String, String> {
+    leader::check_identity(text).map(|()| text.to_owned())
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -172,6 +200,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let limits = args.limits();
     let auth = args.auth();
+    let lease_timing = args.lease_timing();
     let data_dir = args.data_dir.unwrap_or_else(sql::default_data_dir);
     let database_url = match args.database_url {
         Some(url) => url,
@@ -208,6 +237,8 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         auth,
         new_admin_token: args.new_admin_token,
         allowed_hosts: args.allowed_hosts.clone(),
+        replica: args.replica_id.clone(),
+        lease_timing,
     };
     let (stopping, stopped) = tokio::sync::watch::channel(false);
     let mut syncing = None;
@@ -217,18 +248,23 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         let _ = stopping.send(true);
     };
     let served = composition::run(config, stop, |bound| {
+        // One replica at a time syncs a directory: the loop runs under the lease `sync-NAME`.
         if let Some(settings) = sync {
-            let mut stopped = stopped.clone();
-            let stop = async move {
-                let _ = stopped.wait_for(|stopped| *stopped).await;
+            let lease = format!("sync-{}", settings.name);
+            let (address, token) = (bound.address, bound.internal_token);
+            let work = move |mut stop: tokio::sync::watch::Receiver<bool>| {
+                let stop = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                minicloud_cli::sync_beside_server(address, token.clone(), settings.clone(), stop)
             };
-            syncing =
-                Some(minicloud_cli::spawn_sync_beside_server(bound.address, bound.internal_token, settings, stop));
+            syncing = Some(tokio::spawn(bound.replica.lead(lease, stopped.clone(), work)));
         }
     })
     .await;
     if let Some(syncing) = syncing {
-        syncing.abort();
+        // It saw the shutdown: it stops the loop and releases the lease (bounded).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), syncing).await;
     }
     served
 }

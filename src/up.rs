@@ -80,6 +80,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         auth: args.server.auth(),
         new_admin_token: args.server.new_admin_token,
         allowed_hosts: args.server.allowed_hosts.clone(),
+        replica: args.server.replica_id.clone(),
+        lease_timing: args.server.lease_timing(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();

@@ -64,7 +64,7 @@ pub use apply::{load as load_manifests, send as send_manifests};
 pub use get::condition;
 pub use output::{write_clean, write_data};
 pub use process::{init_logging, shutdown_signal, LogFormat};
-pub use sync::{spawn_beside_server as spawn_sync_beside_server, SyncSettings};
+pub use sync::{beside_server as sync_beside_server, SyncSettings};
 pub use wait::{run as wait_for, satisfied, Goal};
 
 /// The options every command takes: which server, as whom, and where more templates are.

@@ -400,15 +400,14 @@ fn watch(directory: &Path) -> Result<(notify::RecommendedWatcher, mpsc::Receiver
     Ok((watcher, receiver))
 }
 
-/// Runs the sync of `settings` against the server listening on `address` (a server's own
-/// `--sync`, with the server's in-process `token`) until `stop`; a sync that ends early is
-/// logged.
-pub fn spawn_beside_server(
+/// The sync of `settings` against the server listening on `address` (a server's own `--sync`,
+/// with the server's in-process `token`), until `stop`; a sync that ends early is logged.
+pub fn beside_server(
     address: std::net::SocketAddr,
     token: Option<String>,
     settings: SyncSettings,
     stop: impl Future<Output = ()> + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
+) -> impl Future<Output = ()> + Send + 'static {
     let host = match address.ip() {
         ip if !ip.is_unspecified() => ip,
         std::net::IpAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -420,11 +419,11 @@ pub fn spawn_beside_server(
         tracing::error!(%error, "the directory sync cannot authenticate");
         Client::new(&server)
     });
-    tokio::spawn(async move {
+    async move {
         if let Err(error) = run(client, settings, stop).await {
             tracing::error!(%error, "the directory sync stopped");
         }
-    })
+    }
 }
 
 /// Runs rounds until `stop` completes or the Sync object is deleted: at start, after file

@@ -1,5 +1,5 @@
 //! Prometheus metrics of the controllers: reconcile counters, errors, a duration histogram and
-//! queue depth per kind, the load balancers' traffic and target health as read from HAProxy's
+//! queue depth per kind, which leases this replica holds, the load balancers' traffic and target health as read from HAProxy's
 //! statistics, the scaling groups' decisions, and the databases' backups and restores. The
 //! composition root adds what is recorded elsewhere ([`Metrics::register`]: the store's watch
 //! lag, the API's requests) and serves [`Metrics::encode`] at `/metrics`.
@@ -23,6 +23,18 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabel {
+    lease: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RenewalLabels {
+    lease: String,
+    /// `held`, `taken` (another replica holds it) or `failed` (the store did not answer).
+    result: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,6 +111,9 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     duration: Family<KindLabel, Histogram>,
     queue_depth: Family<KindLabel, Gauge>,
+    leader: Family<LeaseLabel, Gauge>,
+    leader_transitions: Family<LeaseLabel, Counter>,
+    lease_attempts: Family<RenewalLabels, Counter>,
     lb_requests: Family<TargetLabels, Counter>,
     lb_responses: Family<ResponseLabels, Counter>,
     lb_target_up: Family<TargetLabels, Gauge>,
@@ -133,6 +148,9 @@ impl Default for Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Family::<KindLabel, Histogram>::new_with_constructor(duration_histogram as fn() -> Histogram);
         let queue_depth = Family::<KindLabel, Gauge>::default();
+        let leader = Family::<LeaseLabel, Gauge>::default();
+        let leader_transitions = Family::<LeaseLabel, Counter>::default();
+        let lease_attempts = Family::<RenewalLabels, Counter>::default();
         let lb_requests = Family::<TargetLabels, Counter>::default();
         let lb_responses = Family::<ResponseLabels, Counter>::default();
         let lb_target_up = Family::<TargetLabels, Gauge>::default();
@@ -152,6 +170,21 @@ impl Default for Metrics {
         );
         registry.register("minicloud_reconcile_duration_seconds", "How long reconciles took", duration.clone());
         registry.register("minicloud_queue_depth", "Objects waiting to be reconciled", queue_depth.clone());
+        registry.register(
+            "minicloud_leader",
+            "1 while this replica holds the lease (and runs what it guards), 0 otherwise",
+            leader.clone(),
+        );
+        registry.register(
+            "minicloud_leader_transitions",
+            "Times this replica became the holder of the lease",
+            leader_transitions.clone(),
+        );
+        registry.register(
+            "minicloud_lease_attempts",
+            "Takes and renewals of a lease by this replica, by result (held, taken: another holds it, failed: the store did not answer)",
+            lease_attempts.clone(),
+        );
         registry.register("minicloud_lb_requests", "Requests (TCP: connections) sent to a target", lb_requests.clone());
         registry.register("minicloud_lb_responses", "HTTP responses from a target by class", lb_responses.clone());
         registry.register("minicloud_lb_target_up", "1 when the target passes its health check", lb_target_up.clone());
@@ -196,6 +229,9 @@ impl Default for Metrics {
             errors,
             duration,
             queue_depth,
+            leader,
+            leader_transitions,
+            lease_attempts,
             lb_requests,
             lb_responses,
             lb_target_up,
@@ -233,6 +269,21 @@ impl Metrics {
     pub(crate) fn set_queue_depth(&self, kind: Kind, depth: usize) {
         let label = KindLabel { kind: kind.as_str().to_owned() };
         self.queue_depth.get_or_create(&label).set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Whether this replica now holds `lease` (and acts on it); taking it counts a transition.
+    pub(crate) fn set_leader(&self, lease: &str, holds: bool) {
+        let label = LeaseLabel { lease: lease.to_owned() };
+        self.leader.get_or_create(&label).set(i64::from(holds));
+        if holds {
+            self.leader_transitions.get_or_create(&label).inc();
+        }
+    }
+
+    /// One attempt to take or renew `lease`, and its result (`held`, `taken`, `failed`).
+    pub(crate) fn record_lease_attempt(&self, lease: &str, result: &str) {
+        let labels = RenewalLabels { lease: lease.to_owned(), result: result.to_owned() };
+        self.lease_attempts.get_or_create(&labels).inc();
     }
 
     /// One change of a scaling group's desired count.

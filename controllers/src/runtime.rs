@@ -112,12 +112,15 @@ pub async fn run(
     tracing::info!(%kind, objects = fingerprints.len(), "controller started");
     let known: Known = Arc::new(Mutex::new(fingerprints.keys().cloned().collect()));
 
-    let mut workers = Vec::new();
+    // Every task this runtime starts lives in this set: dropping the runtime (a leader whose
+    // renew deadline passed aborts it) aborts them all, running reconciles included.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut workers = tokio::task::JoinSet::new();
     for _ in 0..config.workers.max(1) {
         let queue = queue.clone();
         let reconciler = reconciler.clone();
         let metrics = metrics.clone();
-        workers.push(tokio::spawn(async move {
+        workers.spawn(async move {
             while let Some(key) = queue.next().await {
                 let started = Instant::now();
                 let outcome = reconciler.reconcile(&key).await;
@@ -144,11 +147,11 @@ pub async fn run(
                 }
                 metrics.set_queue_depth(kind, queue.depth());
             }
-        }));
+        });
     }
 
     let cluster = store.cluster_id().to_owned();
-    let docker_task = tokio::spawn({
+    tasks.spawn({
         let queue = queue.clone();
         let mut events = docker_events;
         async move {
@@ -169,24 +172,15 @@ pub async fn run(
         }
     });
 
-    let child_tasks: Vec<_> = reconciler
-        .child_kinds()
-        .into_iter()
-        .map(|child| tokio::spawn(wake_owners(store.clone(), queue.clone(), kind, child, revision)))
-        .chain(reconciler.watched_kinds().into_iter().map(|watched| {
-            tokio::spawn(wake_related(store.clone(), queue.clone(), known.clone(), watched, Scope::Namespace, revision))
-        }))
-        .chain(reconciler.watched_everywhere().into_iter().map(|watched| {
-            tokio::spawn(wake_related(
-                store.clone(),
-                queue.clone(),
-                known.clone(),
-                watched,
-                Scope::Everywhere,
-                revision,
-            ))
-        }))
-        .collect();
+    for child in reconciler.child_kinds() {
+        tasks.spawn(wake_owners(store.clone(), queue.clone(), kind, child, revision));
+    }
+    for watched in reconciler.watched_kinds() {
+        tasks.spawn(wake_related(store.clone(), queue.clone(), known.clone(), watched, Scope::Namespace, revision));
+    }
+    for watched in reconciler.watched_everywhere() {
+        tasks.spawn(wake_related(store.clone(), queue.clone(), known.clone(), watched, Scope::Everywhere, revision));
+    }
 
     let mut resync = tokio::time::interval(config.resync);
     resync.tick().await;
@@ -250,13 +244,8 @@ pub async fn run(
         }
     }
     queue.close();
-    docker_task.abort();
-    for task in child_tasks {
-        task.abort();
-    }
-    for worker in workers {
-        let _ = worker.await;
-    }
+    tasks.abort_all();
+    while workers.join_next().await.is_some() {}
     tracing::info!(%kind, "controller stopped");
 }
 

@@ -2,6 +2,10 @@
 //! change-log compactor, starts the controllers with a real Docker engine, and serves the API.
 //! This is the only place that knows every part; the API does not start controllers and the
 //! controllers know neither SQL nor HTTP.
+//!
+//! Several servers may share one PostgreSQL store (replicas): each serves the whole API, and
+//! every controller and singleton job runs under a lease of its own ([`leader::Replica`]), so
+//! exactly one replica acts for each at a time. A SQLite store belongs to one server.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -11,10 +15,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use minicloud_controllers::docker::{ContainerDriver, DockerDriver};
+use minicloud_controllers::leader::{self, LeaseTiming, Replica};
 use minicloud_controllers::metrics::Metrics;
 use minicloud_controllers::{
     certificate, database, instance, loadbalancer, orphans, reconciler, route, runtime, scalinggroup, stack,
 };
+use minicloud_crds::Kind;
 use tokio::sync::watch;
 
 use crate::api::{self, AppState};
@@ -50,6 +56,10 @@ pub struct ServerConfig {
     /// (`--allowed-host`); the `Host` check is on without authentication, and with it when
     /// names are given.
     pub allowed_hosts: Vec<String>,
+    /// This replica's identity in leases (`None`: the host name and a random suffix).
+    pub replica: Option<String>,
+    /// How long leases last and how they are renewed.
+    pub lease_timing: LeaseTiming,
 }
 
 /// What a started server tells its caller.
@@ -58,6 +68,8 @@ pub struct Bound {
     pub address: SocketAddr,
     /// With authentication, a token (role admin, in memory only) for clients in this process.
     pub internal_token: Option<String>,
+    /// This process as a replica: to run more work under leases (a `--sync` loop).
+    pub replica: Arc<Replica>,
 }
 
 /// How the controllers run.
@@ -72,96 +84,155 @@ pub struct ControllerSettings {
     pub haproxy_image: Option<String>,
 }
 
-/// The tasks of the running controllers.
+/// The kinds that have a controller, each run under a lease of its own.
+const CONTROLLED_KINDS: [Kind; 7] = [
+    Kind::Instance,
+    Kind::LoadBalancer,
+    Kind::ScalingGroup,
+    Kind::ManagedDatabase,
+    Kind::Stack,
+    Kind::Route,
+    Kind::Certificate,
+];
+
+/// The lease that guards the controller of `kind`, e.g. `controller-instance`.
+pub fn controller_lease(kind: Kind) -> String {
+    format!("controller-{}", kind.as_str().to_ascii_lowercase())
+}
+
+/// The leases of the singleton jobs.
+pub const COMPACTOR_LEASE: &str = "store-compactor";
+pub const AUDIT_PRUNER_LEASE: &str = "audit-pruner";
+pub const ORPHAN_COLLECTOR_LEASE: &str = "orphan-collector";
+
+/// What every controller of this process is made from; a controller is made afresh each time
+/// this replica wins its lease, so nothing it remembered from an earlier term (when another
+/// replica may have acted) carries over.
+struct ControllerParts {
+    store: Arc<dyn Store>,
+    driver: Arc<dyn ContainerDriver>,
+    settings: ControllerSettings,
+    metrics: Arc<Metrics>,
+    events: tokio::sync::broadcast::Sender<minicloud_controllers::docker::ContainerEvent>,
+}
+
+impl ControllerParts {
+    fn reconciler(&self, kind: Kind) -> Arc<dyn reconciler::Reconciler> {
+        let (store, driver, labels) = (self.store.clone(), self.driver.clone(), self.settings.extra_labels.clone());
+        match kind {
+            Kind::Instance => Arc::new(instance::InstanceController::new(store, driver, labels)),
+            Kind::LoadBalancer => {
+                let controller = loadbalancer::LoadBalancerController::new(
+                    store,
+                    driver,
+                    labels,
+                    self.settings.state_dir.clone(),
+                    self.metrics.clone(),
+                );
+                match &self.settings.haproxy_image {
+                    Some(image) => Arc::new(controller.with_image(image)),
+                    None => Arc::new(controller),
+                }
+            }
+            Kind::ScalingGroup => {
+                Arc::new(scalinggroup::ScalingGroupController::new(store, driver, self.metrics.clone()))
+            }
+            Kind::ManagedDatabase => Arc::new(database::DatabaseController::new(
+                store,
+                driver,
+                labels,
+                self.settings.state_dir.clone(),
+                self.metrics.clone(),
+            )),
+            Kind::Stack => Arc::new(stack::StackController::new(
+                store.clone(),
+                Arc::new(api::admission::StoreAdmission::new(store)),
+            )),
+            Kind::Route => Arc::new(route::RouteController::new(store)),
+            _ => Arc::new(certificate::CertificateController::new(store).with_acme(Arc::new(crate::acme::InstantAcme))),
+        }
+    }
+
+    /// The reconcile loop of `kind`, until `stop`.
+    fn run(&self, kind: Kind, stop: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+        runtime::run(
+            self.reconciler(kind),
+            self.store.clone(),
+            self.events.subscribe(),
+            self.settings.runtime.clone(),
+            self.metrics.clone(),
+            stop,
+        )
+    }
+}
+
+/// The controllers of this process: each runs while this replica holds its lease.
 struct Controllers {
-    /// The reconcile loops: they finish their running reconciles when shutdown begins.
-    runtimes: Vec<tokio::task::JoinHandle<()>>,
-    /// Docker event fan-out and orphan collection: stopped at shutdown.
-    helpers: Vec<tokio::task::JoinHandle<()>>,
+    /// One task per lease: it campaigns, runs its work while leading, releases at shutdown.
+    leads: Vec<tokio::task::JoinHandle<()>>,
+    /// Docker's events, fanned out to the controllers (it acts on nothing).
+    fan_out: tokio::task::JoinHandle<()>,
 }
 
 impl Controllers {
-    /// Starts the controllers on `store` with the Docker engine.
+    /// Starts, on the Docker engine, every controller and the orphan collection, each under
+    /// its lease, until `shutdown`.
     fn start(
+        replica: &Arc<Replica>,
         store: Arc<dyn Store>,
         settings: ControllerSettings,
         metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
+        shutdown: &watch::Receiver<bool>,
     ) -> anyhow::Result<Controllers> {
         let driver: Arc<dyn ContainerDriver> = Arc::new(DockerDriver::lazy()?);
         let (events, _) = tokio::sync::broadcast::channel(1024);
-        let mut helpers = vec![runtime::spawn_docker_events(driver.clone(), events.clone())];
-        let mut load_balancers = loadbalancer::LoadBalancerController::new(
-            store.clone(),
-            driver.clone(),
-            settings.extra_labels.clone(),
-            settings.state_dir.clone(),
-            metrics.clone(),
-        );
-        if let Some(image) = &settings.haproxy_image {
-            load_balancers = load_balancers.with_image(image);
-        }
-        let reconcilers: Vec<Arc<dyn reconciler::Reconciler>> = vec![
-            Arc::new(instance::InstanceController::new(store.clone(), driver.clone(), settings.extra_labels.clone())),
-            Arc::new(load_balancers),
-            Arc::new(scalinggroup::ScalingGroupController::new(store.clone(), driver.clone(), metrics.clone())),
-            Arc::new(database::DatabaseController::new(
-                store.clone(),
-                driver.clone(),
-                settings.extra_labels.clone(),
-                settings.state_dir.clone(),
-                metrics.clone(),
-            )),
-            Arc::new(stack::StackController::new(
-                store.clone(),
-                Arc::new(api::admission::StoreAdmission::new(store.clone())),
-            )),
-            Arc::new(route::RouteController::new(store.clone())),
-            Arc::new(
-                certificate::CertificateController::new(store.clone()).with_acme(Arc::new(crate::acme::InstantAcme)),
-            ),
-        ];
-        let runtimes = reconcilers
-            .into_iter()
-            .map(|reconciler| {
-                tokio::spawn(runtime::run(
-                    reconciler,
-                    store.clone(),
-                    events.subscribe(),
-                    settings.runtime.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                ))
-            })
-            .collect();
-        // Orphaned containers and directories: at start and every resync period.
+        let fan_out = runtime::spawn_docker_events(driver.clone(), events.clone());
         let resync = settings.runtime.resync;
-        let state_dir = settings.state_dir.clone();
-        helpers.push(tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(resync);
-            loop {
-                ticker.tick().await;
-                match orphans::collect_containers(store.as_ref(), driver.as_ref()).await {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "orphaned containers removed"),
-                    Err(error) => tracing::warn!(%error, "orphan collection failed; retrying later"),
-                }
-                match loadbalancer::collect_orphan_directories(store.as_ref(), &state_dir).await {
-                    Ok(0) => {}
-                    Ok(removed) => tracing::info!(removed, "directories of deleted load balancers removed"),
-                    Err(error) => tracing::warn!(%error, "directory collection failed; retrying later"),
-                }
-            }
-        }));
-        Ok(Controllers { runtimes, helpers })
+        let parts = Arc::new(ControllerParts { store, driver, settings, metrics, events });
+        let mut leads = Vec::new();
+        for kind in CONTROLLED_KINDS {
+            let parts = parts.clone();
+            let run = move |stop| parts.run(kind, stop);
+            leads.push(tokio::spawn(replica.clone().lead(controller_lease(kind), shutdown.clone(), run)));
+        }
+        // Orphaned containers and directories: at start and every resync period.
+        let collect = move |stop| until_stopped(stop, collect_orphans(parts.clone(), resync));
+        leads.push(tokio::spawn(replica.clone().lead(ORPHAN_COLLECTOR_LEASE.to_owned(), shutdown.clone(), collect)));
+        Ok(Controllers { leads, fan_out })
     }
 
-    /// Stops the helpers and lets the reconcile loop finish (bounded).
+    /// Waits (bounded) for every lease to be given up after shutdown began.
     async fn stop(self) {
-        for helper in self.helpers {
-            helper.abort();
+        if tokio::time::timeout(Duration::from_secs(15), futures::future::join_all(self.leads)).await.is_err() {
+            tracing::warn!("the controllers did not stop within 15 s");
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(self.runtimes)).await;
+        self.fan_out.abort();
+    }
+}
+
+/// Removes orphaned containers and load-balancer directories every `every`.
+async fn collect_orphans(parts: Arc<ControllerParts>, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        match orphans::collect_containers(parts.store.as_ref(), parts.driver.as_ref()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "orphaned containers removed"),
+            Err(error) => tracing::warn!(%error, "orphan collection failed; retrying later"),
+        }
+        match loadbalancer::collect_orphan_directories(parts.store.as_ref(), &parts.settings.state_dir).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "directories of deleted load balancers removed"),
+            Err(error) => tracing::warn!(%error, "directory collection failed; retrying later"),
+        }
+    }
+}
+
+/// Runs `work` until `stop` turns true (or the work ends).
+pub async fn until_stopped(mut stop: watch::Receiver<bool>, work: impl Future<Output = ()>) {
+    tokio::select! {
+        () = work => {}
+        _ = stop.wait_for(|stop| *stop) => {}
     }
 }
 
@@ -180,9 +251,13 @@ pub async fn run(
             config.listen
         );
     }
+    let identity = config.replica.clone().unwrap_or_else(leader::default_identity);
+    tracing::info!(replica = %identity, version = env!("CARGO_PKG_VERSION"), "minicloud server starting");
     minicloud_model::files::create_private_dir(&config.data_dir)
         .map_err(|error| anyhow::anyhow!("cannot create the data directory {}: {error}", config.data_dir.display()))?;
     restrict(&config.data_dir, 0o700);
+    // A SQLite store belongs to one server: held until this process ends.
+    let _sole_server = store::sql::claim_sqlite(&config.database_url)?;
     let keys = Arc::new(SecretKeys::load(config.secret_key_file.as_deref(), &config.data_dir)?);
     let sql = Arc::new(
         SqlStore::open(&config.database_url, keys)
@@ -201,8 +276,6 @@ pub async fn run(
     };
     let internal_token = authenticator.as_mut().map(|auth| auth.add_internal_token(crate::auth::INTERNAL, Role::Admin));
     let (audit, audit_writer) = AuditLog::start(access.clone());
-    let audit_pruner = spawn_audit_pruner(access.clone());
-    let compactor = store::spawn_compactor(store.clone(), store::Retention::default(), COMPACTION_INTERVAL);
     let (stopping, shutdown) = watch::channel(false);
     let requests = api::request_metrics::RequestMetrics::default();
     let mut metrics = Metrics::default();
@@ -213,11 +286,25 @@ pub async fn run(
     );
     requests.register(&mut metrics);
     let metrics = Arc::new(metrics);
-    // Controllers run where the store's controller lock is held (one server per store).
-    let controllers = config
-        .controllers
-        .clone()
-        .map(|settings| tokio::spawn(keep_controllers(sql.clone(), settings, metrics.clone(), shutdown.clone())));
+    let replica = Replica::new(store.clone(), identity.clone(), config.lease_timing, metrics.clone());
+    // The store's own singletons: any replica may run them, one at a time.
+    let mut singletons = Vec::new();
+    let compact = {
+        let store = store.clone();
+        move |stop| {
+            until_stopped(stop, store::compact_forever(store.clone(), store::Retention::default(), COMPACTION_INTERVAL))
+        }
+    };
+    singletons.push(tokio::spawn(replica.clone().lead(COMPACTOR_LEASE.to_owned(), shutdown.clone(), compact)));
+    let prune = {
+        let access = access.clone();
+        move |stop| until_stopped(stop, prune_audit_forever(access.clone()))
+    };
+    singletons.push(tokio::spawn(replica.clone().lead(AUDIT_PRUNER_LEASE.to_owned(), shutdown.clone(), prune)));
+    let controllers = match config.controllers.clone() {
+        Some(settings) => Some(Controllers::start(&replica, store.clone(), settings, metrics.clone(), &shutdown)?),
+        None => None,
+    };
     let driver = DockerDriver::lazy()
         .map(|driver| Arc::new(driver) as Arc<dyn ContainerDriver>)
         .map_err(|error| tracing::warn!(%error, "no Docker engine: logs are unavailable"))
@@ -229,10 +316,12 @@ pub async fn run(
     state.access = Some(access);
     state.auth = authenticator.map(Arc::new);
     state.audit = Some(audit);
+    state.replica = identity.clone();
     if config.auth.is_none() || !config.allowed_hosts.is_empty() {
         state.hosts = Some(Arc::new(api::hosts::HostPolicy::new(config.listen, &config.allowed_hosts)));
     }
-    // The console's charts: sampled only where containers are run from here.
+    // The console's charts: each replica with controllers samples for its own console (reading
+    // `docker stats` acts on nothing, and the history lives in this process's memory).
     let sampler = match (&controllers, driver) {
         (Some(_), Some(driver)) => {
             let history = Arc::new(crate::usage::UsageHistory::default());
@@ -246,17 +335,15 @@ pub async fn run(
         .await
         .map_err(|error| anyhow::anyhow!("cannot listen on {}: {error}", config.listen))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, store = backend, "minicloud API server listening");
+    tracing::info!(%address, store = backend, replica = %identity, "minicloud API server listening");
     if internal_token.is_none() {
         tracing::warn!(
             %address,
             "authentication is off: anyone on this machine who can reach {address} has every permission (start with --auth to require tokens)"
         );
     }
-    bound(Bound { address, internal_token });
+    bound(Bound { address, internal_token, replica });
     let served = api::serve(listener, state, crate::ui::routes(), stopping, stop).await;
-    compactor.abort();
-    audit_pruner.abort();
     // The router's clones of the audit log are gone: the writer drains its queue and ends.
     if tokio::time::timeout(Duration::from_secs(5), audit_writer).await.is_err() {
         tracing::warn!("the audit log writer did not finish within 5 s");
@@ -264,112 +351,30 @@ pub async fn run(
     if let Some(sampler) = sampler {
         sampler.abort();
     }
+    // Each lease task saw the shutdown: it stops its work and releases its lease (bounded).
     if let Some(controllers) = controllers {
-        // It saw the shutdown: it stops the controllers (bounded) and ends.
-        if tokio::time::timeout(Duration::from_secs(15), controllers).await.is_err() {
-            tracing::warn!("the controllers did not stop within 15 s");
-        }
+        controllers.stop().await;
     }
+    let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(singletons)).await;
     tracing::info!("stopped");
     served
-}
-
-/// How often a server without the controller lock tries to take it.
-const LOCK_RETRY: Duration = Duration::from_secs(5);
-/// How often the holder checks that it still holds it.
-const LOCK_CHECK: Duration = Duration::from_secs(2);
-
-/// Runs the controllers while this process holds the store's controller lock, until shutdown.
-/// Without the lock (another server runs them) it serves the API only, says so once, and tries
-/// again every [`LOCK_RETRY`], taking over when that server stops; a lock lost (its database
-/// session ended) stops the controllers here at once.
-async fn keep_controllers(
-    sql: Arc<SqlStore>,
-    settings: ControllerSettings,
-    metrics: Arc<Metrics>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let store: Arc<dyn Store> = sql.clone();
-    let mut waited = false;
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        match sql.try_lock_controllers().await {
-            Ok(Some(mut lock)) => {
-                let (stop, stopped) = watch::channel(false);
-                let controllers = match Controllers::start(store.clone(), settings.clone(), metrics.clone(), stopped) {
-                    Ok(controllers) => controllers,
-                    Err(error) => {
-                        tracing::error!(%error, "cannot start the controllers; retrying");
-                        drop(lock);
-                        tokio::select! {
-                            _ = tokio::time::sleep(LOCK_RETRY) => continue,
-                            _ = shutdown.changed() => return,
-                        }
-                    }
-                };
-                if waited {
-                    tracing::warn!("the server that ran the controllers of this store is gone: this one runs them now");
-                } else {
-                    tracing::info!("this server runs the controllers of this store (it holds the controller lock)");
-                }
-                let mut ticker = tokio::time::interval(LOCK_CHECK);
-                let lost = loop {
-                    tokio::select! {
-                        _ = shutdown.changed() => break false,
-                        _ = ticker.tick() => {
-                            if !lock.held().await {
-                                break true;
-                            }
-                        }
-                    }
-                };
-                let _ = stop.send(true);
-                controllers.stop().await;
-                drop(lock);
-                if !lost {
-                    return;
-                }
-                tracing::error!(
-                    "the controller lock was lost (its database session ended): the controllers stopped here, another server may run them now; trying to take the lock again"
-                );
-                waited = true;
-            }
-            Ok(None) => {
-                if !waited {
-                    tracing::warn!(
-                        "another cloud server runs the controllers of this store: this one serves the API only, and takes the controllers over when that one stops (checked every 5 s)"
-                    );
-                }
-                waited = true;
-            }
-            Err(error) => tracing::warn!(%error, "cannot take the controller lock; retrying"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(LOCK_RETRY) => {}
-            _ = shutdown.changed() => return,
-        }
-    }
 }
 
 /// How long audit entries are kept, and how many at most.
 const AUDIT_AGE: chrono::Duration = chrono::Duration::days(90);
 const AUDIT_ENTRIES: usize = 200_000;
 
-/// Prunes the audit log at every compaction interval.
-fn spawn_audit_pruner(access: Arc<dyn AccessStore>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(COMPACTION_INTERVAL);
-        loop {
-            ticker.tick().await;
-            match access.prune_audit(chrono::Utc::now() - AUDIT_AGE, AUDIT_ENTRIES).await {
-                Ok(0) => {}
-                Ok(pruned) => tracing::info!(pruned, "old audit entries removed"),
-                Err(error) => tracing::warn!(%error, "cannot prune the audit log; retrying later"),
-            }
+/// Prunes the audit log at every compaction interval, forever.
+async fn prune_audit_forever(access: Arc<dyn AccessStore>) {
+    let mut ticker = tokio::time::interval(COMPACTION_INTERVAL);
+    loop {
+        ticker.tick().await;
+        match access.prune_audit(chrono::Utc::now() - AUDIT_AGE, AUDIT_ENTRIES).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "old audit entries removed"),
+            Err(error) => tracing::warn!(%error, "cannot prune the audit log; retrying later"),
         }
-    })
+    }
 }
 
 /// On a start with authentication: when no token is active (the first start, or every token

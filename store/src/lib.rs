@@ -381,23 +381,17 @@ pub(crate) async fn prune_events_to(store: &dyn Store, retention: Retention) -> 
 }
 
 /// Keeps the change log and the events short: every `every`, compacts and prunes what
-/// `retention` does not keep. Watchers further behind get `Expired` and re-list. Runs until
-/// aborted.
-pub fn spawn_compactor(
-    store: std::sync::Arc<dyn Store>,
-    retention: Retention,
-    every: std::time::Duration,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(every);
-        loop {
-            ticker.tick().await;
-            if let Err(error) = compact_to(store.as_ref(), retention).await {
-                tracing::warn!(%error, "change-log compaction failed; retrying later");
-            }
-            if let Err(error) = prune_events_to(store.as_ref(), retention).await {
-                tracing::warn!(%error, "event pruning failed; retrying later");
-            }
+/// `retention` does not keep. Watchers further behind get `Expired` and re-list. Runs forever
+/// (the server runs it under a lease, on one replica at a time).
+pub async fn compact_forever(store: std::sync::Arc<dyn Store>, retention: Retention, every: std::time::Duration) {
+    let mut ticker = tokio::time::interval(every);
+    loop {
+        ticker.tick().await;
+        if let Err(error) = compact_to(store.as_ref(), retention).await {
+            tracing::warn!(%error, "change-log compaction failed; retrying later");
         }
-    })
+        if let Err(error) = prune_events_to(store.as_ref(), retention).await {
+            tracing::warn!(%error, "event pruning failed; retrying later");
+        }
+    }
 }

@@ -49,6 +49,21 @@ pub(crate) struct BackupMeta {
     pub sha256: String,
     /// `Scheduled`, `Manual` or `Final`.
     pub reason: String,
+    /// What the backup answered (a schedule slot, a request), when it answered one.
+    #[serde(flatten)]
+    pub occasion: Occasion,
+}
+
+/// The schedule slot or the manual request a backup answered. A replica that took a backup and
+/// died before recording it in status leaves the answer on disk, so the replica that takes over
+/// finds it and does not take a second backup for the same slot or request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Occasion {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 /// Backups of every namespace, under one root directory.
@@ -144,6 +159,12 @@ impl BackupStore {
             }
         }
         removed
+    }
+
+    /// Whether a complete backup of the database `uid` in `namespace` answered `occasion`.
+    pub fn answered(&self, namespace: &str, uid: &str, occasion: &Occasion) -> bool {
+        *occasion != Occasion::default()
+            && self.list(namespace).iter().any(|meta| meta.database_uid == uid && &meta.occasion == occasion)
     }
 
     /// Every complete backup in `namespace`, oldest first.
@@ -288,6 +309,7 @@ mod tests {
             size_bytes: 0,
             sha256: String::new(),
             reason: "Manual".into(),
+            occasion: Occasion::default(),
         }
     }
 

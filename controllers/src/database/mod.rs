@@ -30,7 +30,9 @@
 //!   partial file, synced, renamed, then described (size, SHA-256); on the cron schedule of
 //!   `spec.backup` (retention: the newest N scheduled and manual ones of this database) and on
 //!   request (annotation `minicloud.dev/backup-request`, `cloud db backup`). A failed backup is
-//!   never listed: `BackedUp=False` and a Warning event say why.
+//!   never listed: `BackedUp=False` and a Warning event say why. Each backup records the slot or
+//!   request it answered, and none is taken for one already answered: a controller that died
+//!   between a backup and its status write (another replica took over) never causes a second.
 //! - Restores verify the dump's SHA-256 first, then stream it into the engine (`pg_restore
 //!   --clean`, `mariadb`, Redis: the snapshot put in place and Redis restarted on it): on
 //!   request (annotation `minicloud.dev/restore-request`, `cloud db restore`) and once for
@@ -62,7 +64,7 @@ use minicloud_crds::{Kind, Object, ObjectKey, API_VERSION};
 use minicloud_store::{EventType, Store, StoreError};
 use serde_json::json;
 
-use self::backups::{BackupMeta, BackupStore};
+use self::backups::{BackupMeta, BackupStore, Occasion};
 use self::engine::Credentials;
 use crate::container::{self, Created, Desired, Settled};
 use crate::docker::labels::{spec_hash, Identity, Labels};
@@ -397,6 +399,7 @@ impl DatabaseController {
         container: &str,
         credentials: &Credentials,
         reason: &str,
+        occasion: Occasion,
     ) -> Result<BackupMeta, String> {
         let engine = round.spec.engine;
         if engine == Engine::Redis {
@@ -435,6 +438,7 @@ impl DatabaseController {
             size_bytes: 0,
             sha256: String::new(),
             reason: reason.to_owned(),
+            occasion,
         };
         self.backups.commit(pending, meta).await.map_err(|error| error.to_string())
     }
@@ -550,10 +554,11 @@ impl DatabaseController {
         container: &str,
         credentials: &Credentials,
         reason: &str,
+        occasion: Occasion,
     ) -> bool {
         let now = Utc::now();
         let started = std::time::Instant::now();
-        let outcome = self.backup(round, container, credentials, reason).await;
+        let outcome = self.backup(round, container, credentials, reason, occasion).await;
         self.metrics.record_backup(
             &round.namespace,
             &round.name,
@@ -729,7 +734,10 @@ impl DatabaseController {
         // Backups: on request, then on schedule.
         if let Some(request) = object.metadata.annotations.get(BACKUP_REQUEST_ANNOTATION).cloned() {
             if status.last_backup_request.as_deref() != Some(request.as_str()) {
-                self.back_up(&round, &mut status, &container.id, &credentials, "Manual").await;
+                let occasion = Occasion { request: Some(request.clone()), ..Occasion::default() };
+                if !self.backups.answered(&round.namespace, &round.uid, &occasion) {
+                    self.back_up(&round, &mut status, &container.id, &credentials, "Manual", occasion).await;
+                }
                 status.last_backup_request = Some(request);
             }
         }
@@ -737,8 +745,11 @@ impl DatabaseController {
             Some(policy) => {
                 let schedule = Schedule::parse(&policy.schedule).map_err(ReconcileError::InvalidSpec)?;
                 let due = status.next_backup_time.or_else(|| schedule.next_after(now));
-                if due.is_some_and(|due| due <= now) {
-                    self.back_up(&round, &mut status, &container.id, &credentials, "Scheduled").await;
+                if let Some(due) = due.filter(|due| *due <= now) {
+                    let occasion = Occasion { slot: Some(due), ..Occasion::default() };
+                    if !self.backups.answered(&round.namespace, &round.uid, &occasion) {
+                        self.back_up(&round, &mut status, &container.id, &credentials, "Scheduled", occasion).await;
+                    }
                     status.next_backup_time = schedule.next_after(Utc::now());
                 } else {
                     status.next_backup_time = due;
@@ -898,7 +909,7 @@ impl DatabaseController {
                         return self.final_snapshot_failed(ctx, &round, &mut status, message).await;
                     }
                 }
-                if !self.back_up(&round, &mut status, &container.id, &credentials, "Final").await {
+                if !self.back_up(&round, &mut status, &container.id, &credentials, "Final", Occasion::default()).await {
                     let message =
                         "the final snapshot failed (see the BackedUp condition); nothing was deleted".to_owned();
                     return self.final_snapshot_failed(ctx, &round, &mut status, message).await;

@@ -97,6 +97,8 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     pub limits: Arc<Limits>,
     pub backend: &'static str,
+    /// This server's identity as a replica (the holder name in leases), shown by `/version`.
+    pub replica: String,
     /// Serialises applies within this server (see [`apply`]).
     pub apply_lock: Arc<tokio::sync::Mutex<()>>,
     /// Disk space for list responses waiting for slow clients.
@@ -142,6 +144,7 @@ impl AppState {
             spool_budget: spool::SpoolBudget::new(limits.spool_bytes),
             limits: Arc::new(limits),
             backend,
+            replica: String::new(),
             apply_lock: Arc::default(),
             shared_lists: objects::SharedLists::default(),
             metrics: Arc::default(),
@@ -272,7 +275,7 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     Ok(Json(json!({"status": "ready", "revision": revision})))
 }
 
-/// minicloud's version, store and cluster, in Kubernetes' shape too (`major`, `minor`,
+/// minicloud's version, store, cluster and replica, in Kubernetes' shape too (`major`, `minor`,
 /// `gitVersion`, ...) for kubectl and client libraries.
 async fn version(State(state): State<AppState>) -> Json<Value> {
     let (major, minor) = (kube::KUBERNETES_MAJOR, kube::KUBERNETES_MINOR);
@@ -280,6 +283,7 @@ async fn version(State(state): State<AppState>) -> Json<Value> {
         "version": env!("CARGO_PKG_VERSION"),
         "apiVersion": minicloud_crds::API_VERSION,
         "store": state.backend,
+        "replica": state.replica,
         "cluster": state.store.cluster_id(),
         "major": major,
         "minor": minor,

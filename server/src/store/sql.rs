@@ -38,11 +38,11 @@ use tokio::task::JoinHandle;
 
 mod access;
 mod feed;
-mod lock;
 mod reach;
+mod sole_server;
 
 pub use feed::WatchLag;
-pub use lock::ControllerLock;
+pub use sole_server::{claim as claim_sqlite, ClaimError, SoleServer};
 
 use self::feed::Feed;
 use super::rules::{self, Plan};
@@ -95,8 +95,6 @@ pub struct SqlStore {
     keys: Arc<SecretKeys>,
     /// Counts the events recorded here (see [`Store::event_signal`]).
     events_recorded: watch::Sender<u64>,
-    /// Where the lock that says which server runs the controllers lives.
-    controller_lock: lock::LockTarget,
     /// Why the last write failed in the database (disk full, I/O): `None` once one commits.
     write_problem: std::sync::Mutex<Option<String>>,
     /// When readiness last tried a write after one failed.
@@ -147,23 +145,18 @@ impl SqlStore {
     /// sealed by its primary key. A SQLite file is created with mode 0600.
     pub async fn open(url: &str, keys: Arc<SecretKeys>) -> StoreResult<SqlStore> {
         install_drivers();
-        let (backend, connect_url, controller_lock) =
+        let (backend, connect_url) =
             if let Some(path) = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")) {
-                let file = path.split('?').next().unwrap_or(path);
-                let in_memory = file.is_empty() || file == ":memory:" || path.contains("mode=memory");
-                let lock = if in_memory {
-                    lock::LockTarget::Memory
-                } else {
-                    if let Some(parent) = Path::new(file).parent().filter(|parent| !parent.as_os_str().is_empty()) {
+                if let Some(file) = sole_server::sqlite_file(url) {
+                    if let Some(parent) = file.parent().filter(|parent| !parent.as_os_str().is_empty()) {
                         minicloud_model::files::create_private_dir(parent).db()?;
                     }
-                    create_private_file(Path::new(file)).db()?;
-                    lock::LockTarget::File(std::path::PathBuf::from(format!("{file}.controllers.lock")))
-                };
+                    create_private_file(&file).db()?;
+                }
                 let query = if path.contains('?') { "" } else { "?mode=rwc" };
-                (Backend::Sqlite, format!("sqlite://{path}{query}"), lock)
+                (Backend::Sqlite, format!("sqlite://{path}{query}"))
             } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                (Backend::Postgres, url.to_owned(), lock::LockTarget::Postgres(url.to_owned()))
+                (Backend::Postgres, url.to_owned())
             } else {
                 return Err(StoreError::UnsupportedUrl(url.to_owned()));
             };
@@ -233,7 +226,6 @@ impl SqlStore {
             cluster_id,
             keys,
             events_recorded: watch::Sender::new(0),
-            controller_lock,
             write_problem: std::sync::Mutex::new(None),
             last_write_probe: std::sync::Mutex::new(None),
             reachability: Arc::new(reach::Reachability::new(match backend {
@@ -314,12 +306,6 @@ impl SqlStore {
     fn opened(&self, mut object: Object) -> StoreResult<Object> {
         self.keys.open_object(&mut object).map_err(sealing)?;
         Ok(object)
-    }
-
-    /// Takes the lock that lets this process run the controllers of this store, unless another
-    /// process holds it (`Ok(None)`).
-    pub async fn try_lock_controllers(&self) -> StoreResult<Option<ControllerLock>> {
-        self.controller_lock.try_lock().await
     }
 
     /// Which backend this is, for messages: `sqlite` or `postgres`.

@@ -458,7 +458,8 @@ pub async fn concurrent_writers_watch_sees_everything_in_order(database: &TestDb
 pub async fn compactor_trims_the_change_log(database: &TestDb) {
     let store: Arc<dyn Store> = database.open().await;
     let retention = minicloud_server::store::Retention { revisions: 3, bytes: u64::MAX, ..Default::default() };
-    let compactor = minicloud_server::store::spawn_compactor(store.clone(), retention, Duration::from_millis(20));
+    let compactor =
+        tokio::spawn(minicloud_server::store::compact_forever(store.clone(), retention, Duration::from_millis(20)));
     for index in 0..10 {
         store.create(instance("default", &format!("web-{index}"), &[])).await.expect("create");
     }
