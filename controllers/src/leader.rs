@@ -145,8 +145,9 @@ impl Elector {
             Standing::Taken { holder, until } => return Ok(Attempt::Taken { holder, until: Some(until) }),
             Standing::Mine => LeaseSpec { renew_time: Some(now), lease_duration_seconds: Some(duration), ..spec },
             Standing::Free => {
-                let changed_hands =
-                    spec.holder_identity.as_deref().is_some_and(|h| !h.is_empty() && h != self.identity);
+                // As in Kubernetes: taking a lease from anyone else, or after a release (no
+                // holder), is a transition.
+                let changed_hands = spec.holder_identity.as_deref() != Some(self.identity.as_str());
                 let transitions = spec.lease_transitions.unwrap_or(0);
                 LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
@@ -232,12 +233,35 @@ pub struct Replica {
     metrics: Arc<Metrics>,
     /// How many leases this replica holds now.
     held: AtomicUsize,
+    /// Wakes the candidates of a lease when its holder releases it.
+    releases: Arc<Releases>,
+    /// Watches the leases for releases, for as long as this replica exists.
+    release_watch: tokio::task::JoinHandle<()>,
+}
+
+/// One wake-up per lease name, for the candidates waiting on it.
+#[derive(Default)]
+struct Releases(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Notify>>>);
+
+impl Releases {
+    fn of(&self, lease: &str) -> Arc<tokio::sync::Notify> {
+        let mut map = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        map.entry(lease.to_owned()).or_default().clone()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.release_watch.abort();
+    }
 }
 
 impl Replica {
     /// The replica `identity` on `store`.
     pub fn new(store: Arc<dyn Store>, identity: String, timing: LeaseTiming, metrics: Arc<Metrics>) -> Arc<Replica> {
-        Arc::new(Replica { store, identity, timing, metrics, held: AtomicUsize::new(0) })
+        let releases = Arc::new(Releases::default());
+        let release_watch = tokio::spawn(watch_releases(store.clone(), releases.clone()));
+        Arc::new(Replica { store, identity, timing, metrics, held: AtomicUsize::new(0), releases, release_watch })
     }
 
     /// The identity leases name as their holder.
@@ -369,6 +393,7 @@ impl Replica {
     /// it renews) or shutdown (`None`).
     async fn campaign(&self, elector: &Elector, shutdown: &mut watch::Receiver<bool>) -> Option<Instant> {
         let name = elector.key.name.as_str();
+        let released = self.releases.of(name);
         loop {
             if *shutdown.borrow() {
                 return None;
@@ -398,7 +423,13 @@ impl Replica {
             };
             let courtesy = COURTESY_PER_LEASE * u32::try_from(self.held.load(Ordering::SeqCst)).unwrap_or(u32::MAX);
             tokio::select! {
-                _ = tokio::time::sleep(wait + courtesy) => {}
+                _ = tokio::time::sleep(wait) => {}
+                // Released (an orderly shutdown): try at once rather than at the next retry.
+                _ = released.notified() => {}
+                changed = shutdown.changed() => if changed.is_err() { return None },
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(courtesy) => {}
                 changed = shutdown.changed() => if changed.is_err() { return None },
             }
         }
@@ -417,6 +448,26 @@ impl Replica {
             })
             .await;
         });
+    }
+}
+
+/// Follows the leases and wakes the candidates of each one released, until aborted. A watch
+/// that ends is resumed from the current revision (a release missed meanwhile is found at the
+/// candidates' next retry).
+async fn watch_releases(store: Arc<dyn Store>, releases: Arc<Releases>) {
+    let query = minicloud_store::Query::namespaced(Kind::Lease, SYSTEM_NAMESPACE);
+    loop {
+        if let Ok(revision) = store.revision().await {
+            if let Ok(mut changes) = store.watch(query.clone(), revision).await {
+                while let Some(Ok(event)) = futures::StreamExt::next(&mut changes).await {
+                    let holder = event.object.spec.get("holderIdentity").and_then(|holder| holder.as_str());
+                    if holder.is_none_or(str::is_empty) {
+                        releases.of(&event.object.metadata.name).notify_one();
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
@@ -539,6 +590,7 @@ mod tests {
         assert_eq!(lease(&store).await.holder_identity.as_deref(), Some("a"));
         a.release().await.expect("release");
         assert!(b.acquire_or_renew(later(now, 1)).await.expect("store").deadline().is_some(), "no wait for the lapse");
+        assert_eq!(lease(&store).await.lease_transitions, Some(1), "taking a released lease is a transition");
     }
 
     #[test]

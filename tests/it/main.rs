@@ -15,6 +15,7 @@ mod disk_full;
 mod docker_driver;
 mod gitops;
 mod hardening;
+mod high_availability;
 mod instances;
 mod isolation;
 mod kubectl;

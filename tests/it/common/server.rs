@@ -25,6 +25,19 @@ impl TestServer {
 
     /// Like [`TestServer::start`], with environment variables for the server process.
     pub async fn start_with_env(database: TestDb, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+        TestServer::launch(database, extra, env).listening()
+    }
+
+    /// Starts one server per database at the same instant (every process spawned before any
+    /// is waited for), with the same arguments.
+    pub async fn start_together(databases: Vec<TestDb>, extra: &[&str]) -> Vec<TestServer> {
+        let launched: Vec<Launched> =
+            databases.into_iter().map(|database| TestServer::launch(database, extra, &[])).collect();
+        launched.into_iter().map(Launched::listening).collect()
+    }
+
+    /// Spawns the server process; [`Launched::listening`] waits for its address.
+    fn launch(database: TestDb, extra: &[&str], env: &[(&str, &str)]) -> Launched {
         let mut command = Command::new(env!("CARGO_BIN_EXE_cloud"));
         command.arg("server");
         // Any free port, unless the caller names one (to restart a server where clients expect it).
@@ -83,11 +96,7 @@ impl TestServer {
                 }
             }
         });
-        let address = address_rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            let _ = child.kill();
-            panic!("cloud server did not start: {:?}", log.lock().map(|l| l.clone()).unwrap_or_default())
-        });
-        TestServer { url: format!("http://{address}"), child, database: Some(database), log, stdout }
+        Launched { child, database, log, stdout, address: address_rx }
     }
 
     /// The store's cluster id (`/version`), which every Docker name this server gives carries.
@@ -170,6 +179,32 @@ impl TestServer {
         let _ = self.child.wait();
         if let Some(database) = self.database.take() {
             database.cleanup().await;
+        }
+    }
+}
+
+/// A server process spawned, not yet known to listen.
+struct Launched {
+    child: Child,
+    database: TestDb,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    address: std::sync::mpsc::Receiver<String>,
+}
+
+impl Launched {
+    /// Waits (30 s at most) until the server says where it listens.
+    fn listening(mut self) -> TestServer {
+        let address = self.address.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
+            let _ = self.child.kill();
+            panic!("cloud server did not start: {:?}", self.log.lock().map(|l| l.clone()).unwrap_or_default())
+        });
+        TestServer {
+            url: format!("http://{address}"),
+            child: self.child,
+            database: Some(self.database),
+            log: self.log,
+            stdout: self.stdout,
         }
     }
 }

@@ -1,0 +1,415 @@
+//! Several `cloud server` replicas on one real PostgreSQL database with the real Docker engine:
+//! leases elect one holder for each controller and singleton job, an orderly stop hands over at
+//! once, a replica cut off from PostgreSQL stops acting before another takes over, SIGKILL of
+//! the leader at random moments loses and duplicates nothing, and watches on every replica see
+//! every write. A second server on one SQLite file refuses to start. Containers are marked
+//! `minicloud.dev/test=ha-...`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use crate::common::cluster::{condition, Harness, V1};
+use crate::common::docker::docker;
+use crate::common::server::TestServer;
+use crate::common::TestDb;
+
+/// The leases a replica with controllers campaigns for.
+const LEASES: [&str; 10] = [
+    "audit-pruner",
+    "controller-certificate",
+    "controller-instance",
+    "controller-loadbalancer",
+    "controller-manageddatabase",
+    "controller-route",
+    "controller-scalinggroup",
+    "controller-stack",
+    "orphan-collector",
+    "store-compactor",
+];
+
+/// One lease as the API shows it.
+#[derive(Clone, Debug, PartialEq)]
+struct LeaseView {
+    holder: String,
+    acquired: Option<chrono::DateTime<chrono::Utc>>,
+    renewed: Option<chrono::DateTime<chrono::Utc>>,
+    transitions: i64,
+}
+
+fn time(value: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    value.as_str().and_then(|text| chrono::DateTime::parse_from_rfc3339(text).ok()).map(|time| time.to_utc())
+}
+
+/// Every lease of the system namespace, by name.
+async fn leases(http: &reqwest::Client, api: &str) -> BTreeMap<String, LeaseView> {
+    let url = format!("{api}{V1}/namespaces/minicloud-system/leases");
+    let Ok(response) = http.get(url).timeout(Duration::from_secs(5)).send().await else { return BTreeMap::new() };
+    let list: Value = response.json().await.unwrap_or_default();
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|lease| {
+            let spec = &lease["spec"];
+            Some((
+                lease["metadata"]["name"].as_str()?.to_owned(),
+                LeaseView {
+                    holder: spec["holderIdentity"].as_str().unwrap_or_default().to_owned(),
+                    acquired: time(&spec["acquireTime"]),
+                    renewed: time(&spec["renewTime"]),
+                    transitions: spec["leaseTransitions"].as_i64().unwrap_or(0),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// A replica's identity, from `/version`.
+async fn identity(server: &TestServer) -> String {
+    let version: Value =
+        reqwest::get(format!("{}/version", server.url)).await.expect("version").json().await.expect("json");
+    version["replica"].as_str().unwrap_or_else(|| panic!("no replica in /version: {version}")).to_owned()
+}
+
+/// One series of a server's `/metrics` (0 when absent).
+async fn metric(server: &TestServer, series: &str) -> f64 {
+    let Ok(response) = reqwest::get(format!("{}/metrics", server.url)).await else { return 0.0 };
+    let text = response.text().await.unwrap_or_default();
+    text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// The controller replicas of one test, on the harness's database and data directory. Declared
+/// after the harness, they are dropped (killed) before it removes the run's containers.
+struct Replicas {
+    servers: Vec<Option<TestServer>>,
+    database_url: String,
+    arguments: Vec<String>,
+}
+
+impl Replicas {
+    /// Replicas with controllers beside `harness` (whose server is an API-only replica), with
+    /// leases of `lease_duration`.
+    fn beside(harness: &Harness, lease_duration: &str) -> Replicas {
+        let database_url = harness.server().database.as_ref().expect("database").url.clone();
+        let arguments = vec![
+            "--container-label".to_owned(),
+            format!("minicloud.dev/test={}", harness.run),
+            "--data-dir".to_owned(),
+            harness.data_dir.path().display().to_string(),
+            "--resync".to_owned(),
+            "10s".to_owned(),
+            "--lease-duration".to_owned(),
+            lease_duration.to_owned(),
+        ];
+        Replicas { servers: Vec::new(), database_url, arguments }
+    }
+
+    /// Starts one more replica (on `database_url`, e.g. through a proxy); returns its index.
+    async fn start_on(&mut self, database_url: &str) -> usize {
+        let arguments: Vec<&str> = self.arguments.iter().map(String::as_str).collect();
+        let server = TestServer::start(TestDb::at_url(database_url), &arguments).await;
+        self.servers.push(Some(server));
+        self.servers.len() - 1
+    }
+
+    async fn start(&mut self) -> usize {
+        let url = self.database_url.clone();
+        self.start_on(&url).await
+    }
+
+    /// Starts `count` replicas at the same instant (their processes spawned together).
+    async fn start_together(&mut self, count: usize) {
+        let arguments: Vec<&str> = self.arguments.iter().map(String::as_str).collect();
+        let databases = (0..count).map(|_| TestDb::at_url(&self.database_url)).collect();
+        let servers = TestServer::start_together(databases, &arguments).await;
+        self.servers.extend(servers.into_iter().map(Some));
+    }
+
+    fn server(&self, index: usize) -> &TestServer {
+        self.servers[index].as_ref().expect("a running replica")
+    }
+
+    fn running(&self) -> impl Iterator<Item = (usize, &TestServer)> {
+        self.servers.iter().enumerate().filter_map(|(index, server)| Some((index, server.as_ref()?)))
+    }
+
+    /// The running replica whose identity is `holder`.
+    async fn index_of(&self, holder: &str) -> Option<usize> {
+        for (index, server) in self.running() {
+            if identity(server).await == holder {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    fn kill(&mut self, index: usize) {
+        if let Some(server) = self.servers[index].take() {
+            let _ = server.crash();
+        }
+    }
+}
+
+/// Waits until every lease in `names` has a holder other than `not`; returns them.
+async fn held_by_others(
+    http: &reqwest::Client,
+    api: &str,
+    names: &[String],
+    not: &str,
+    within: Duration,
+) -> BTreeMap<String, LeaseView> {
+    let deadline = Instant::now() + within;
+    loop {
+        let current = leases(http, api).await;
+        let taken = names
+            .iter()
+            .all(|name| current.get(name).is_some_and(|lease| !lease.holder.is_empty() && lease.holder != not));
+        if taken {
+            return current;
+        }
+        assert!(Instant::now() < deadline, "{names:?} not taken over from {not} within {within:?}: {current:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn instance(harness: &Harness, name: &str, app: &str) -> Value {
+    harness.instance(name, json!({"app": app}), json!({"ports": [{"containerPort": 8080}]}))
+}
+
+fn ready(object: &Value) -> bool {
+    object["status"]["observedGeneration"] == object["metadata"]["generation"]
+        && condition(object, "Ready").is_some_and(|(status, _)| status == "True")
+}
+
+/// The run's containers (all states) as `NAME STATE` lines.
+fn containers(harness: &Harness) -> Vec<String> {
+    let filter = format!("label=minicloud.dev/test={}", harness.run);
+    docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}} {{.State}}"]).lines().map(str::to_owned).collect()
+}
+
+/// Waits until container `name` is running (or, with `running` false, is not: stopped or gone).
+async fn wait_until_running(name: &str, running: bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    while (docker(&["inspect", "-f", "{{.State.Running}}", name]).trim() == "true") != running {
+        assert!(Instant::now() < deadline, "{name} running={running} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_one_sqlite_file_refuses_to_start() {
+    let first = TestServer::start(TestDb::sqlite().await, &[]).await;
+    let url = first.database.as_ref().expect("database").url.clone();
+    let mut second = Command::new(env!("CARGO_BIN_EXE_cloud"))
+        .args(["server", "--listen", "127.0.0.1:0", "--database-url", &url])
+        .env(minicloud_server::KEY_ENV, crate::common::test_key_base64())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the second server");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server on the same SQLite file kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().expect("stderr"), &mut stderr).expect("read");
+    assert!(!status.success(), "refused: {stderr}");
+    assert!(stderr.contains("another cloud server already runs on the SQLite store"), "{stderr}");
+    assert!(stderr.contains("PostgreSQL"), "says what to do instead: {stderr}");
+    // The first one was not disturbed.
+    let ready = reqwest::get(format!("{}/readyz", first.url)).await.expect("readyz");
+    assert!(ready.status().is_success());
+    first.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_started_together_elect_one_holder_per_lease_and_an_orderly_stop_hands_over_at_once() {
+    let harness = Harness::start_on("ha", TestDb::postgres().await, &["--no-controllers"]).await;
+    let http = reqwest::Client::new();
+    let api = harness.server().url.clone();
+    let mut replicas = Replicas::beside(&harness, "10s");
+    replicas.start_together(3).await;
+    let mut identities = BTreeSet::new();
+    for (_, server) in replicas.running() {
+        identities.insert(identity(server).await);
+    }
+    assert_eq!(identities.len(), 3, "every replica has its own identity: {identities:?}");
+    let api_replica = identity(harness.server()).await;
+
+    // Every lease gets one holder, among the replicas that campaign for it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let current = loop {
+        let current = leases(&http, &api).await;
+        if LEASES.iter().all(|name| current.get(*name).is_some_and(|lease| !lease.holder.is_empty())) {
+            break current;
+        }
+        assert!(Instant::now() < deadline, "every lease held: {current:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (name, lease) in &current {
+        let may_hold = identities.contains(&lease.holder)
+            || (lease.holder == api_replica && ["audit-pruner", "store-compactor"].contains(&name.as_str()));
+        assert!(may_hold, "{name} held by {}", lease.holder);
+    }
+    let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
+    for lease in current.values() {
+        *spread.entry(lease.holder.as_str()).or_default() += 1;
+    }
+    println!("leases by holder: {spread:?}");
+
+    // For 3 s, every lease is held by exactly one process, by its own account (`/metrics`).
+    let all: Vec<&TestServer> = replicas.running().map(|(_, server)| server).chain([harness.server()]).collect();
+    for _ in 0..10 {
+        for name in LEASES {
+            let mut holders = 0.0;
+            for server in &all {
+                holders += metric(server, &format!("minicloud_leader{{lease=\"{name}\"}}")).await;
+            }
+            assert_eq!(holders, 1.0, "{name}: exactly one replica says it holds it");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Work runs once: an Instance gets one container.
+    harness.apply(vec![instance(&harness, "web", "web")]).await;
+    harness.wait_for("instances", "web", "Ready", ready).await;
+    assert_eq!(containers(&harness).len(), 1, "{:?}", containers(&harness));
+
+    // SIGTERM the holder of the Instance controller: everything it held is taken at once.
+    let leader = current["controller-instance"].holder.clone();
+    let index = replicas.index_of(&leader).await.expect("the holder is a replica");
+    let handed: Vec<String> =
+        current.iter().filter(|(_, lease)| lease.holder == leader).map(|(name, _)| name.clone()).collect();
+    let stopping = Instant::now();
+    let server = replicas.servers[index].as_mut().expect("running");
+    let _ = Command::new("kill").args(["-TERM", &server.pid().to_string()]).status();
+    let after = held_by_others(&http, &api, &handed, &leader, Duration::from_secs(5)).await;
+    let handover = stopping.elapsed();
+    println!("SIGTERM handover of {} leases: {handover:?}", handed.len());
+    assert!(handover < Duration::from_secs(2), "an orderly stop hands over well within the lease: {handover:?}");
+    assert!(replicas.servers[index].as_mut().expect("running").terminate().is_some_and(|s| s.success()));
+    replicas.servers[index] = None;
+    let events = harness_events(&http, &api, "controller-instance").await;
+    assert!(events.iter().any(|e| e.starts_with("LeaderReleased:") && e.contains(&leader)), "{events:?}");
+    assert!(events.iter().filter(|e| e.starts_with("LeaderElected:")).count() >= 2, "{events:?}");
+    assert!(after["controller-instance"].transitions >= 1);
+
+    // The new holder acts: a killed container is brought back, and there is still exactly one.
+    let container = harness.instance_container("web").await;
+    docker(&["kill", &container]);
+    wait_until_running(&container, false, Duration::from_secs(10)).await;
+    wait_until_running(&container, true, Duration::from_secs(30)).await;
+    assert_eq!(containers(&harness).len(), 1, "{:?}", containers(&harness));
+    drop(replicas);
+    harness.finish().await;
+}
+
+/// The events of a lease, as `REASON: message` lines.
+async fn harness_events(http: &reqwest::Client, api: &str, lease: &str) -> Vec<String> {
+    let url = format!("{api}{V1}/namespaces/minicloud-system/events");
+    let body: Value = http.get(url).send().await.expect("events").json().await.expect("json");
+    body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|event| event["kind"] == "Lease" && event["name"] == lease)
+        .map(|event| format!("{}: {}", event["reason"].as_str().unwrap_or(""), event["message"].as_str().unwrap_or("")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_writes_through_one_replica_are_watched_in_order_on_the_others() {
+    const WRITES: usize = 10_000;
+    let database = TestDb::postgres().await;
+    let a = TestServer::start(database.shared(), &["--no-controllers"]).await;
+    let b = TestServer::start(database.shared(), &["--no-controllers"]).await;
+    let c = TestServer::start(database.shared(), &["--no-controllers"]).await;
+    let namespace = "watched";
+    let start: Value = reqwest::get(format!("{}{V1}/namespaces/{namespace}/leases", a.url))
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    let from = start["metadata"]["resourceVersion"].as_str().expect("resourceVersion").to_owned();
+    let watch = |server: &TestServer| {
+        let url = format!("{}{V1}/namespaces/{namespace}/leases?watch=true&resourceVersion={from}", server.url);
+        tokio::spawn(async move {
+            let response = reqwest::get(url).await.expect("watch");
+            assert!(response.status().is_success());
+            let mut body = response.bytes_stream();
+            let mut buffer = Vec::new();
+            let mut seen: Vec<(i64, String)> = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while seen.len() < WRITES && Instant::now() < deadline {
+                let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(30), body.next()).await else {
+                    break;
+                };
+                buffer.extend_from_slice(&chunk);
+                while let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {
+                    let line: Vec<u8> = buffer.drain(..=end).collect();
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    let event: Value = serde_json::from_slice(&line)
+                        .unwrap_or_else(|error| panic!("{error}: {:?}", String::from_utf8_lossy(&line)));
+                    if event["type"] == "ADDED" {
+                        let object = &event["object"];
+                        let revision = object["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok());
+                        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                        seen.push((revision.expect("a numeric resourceVersion"), name));
+                    }
+                }
+            }
+            seen
+        })
+    };
+    let (on_b, on_c) = (watch(&b), watch(&c));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Eight writers through replica A.
+    let started = Instant::now();
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let url = format!("{}{V1}/namespaces/{namespace}/leases", a.url);
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                for index in (writer..WRITES).step_by(8) {
+                    let lease = json!({
+                        "apiVersion": "minicloud.dev/v1", "kind": "Lease",
+                        "metadata": {"name": format!("l{index}"), "namespace": "watched"},
+                        "spec": {"holderIdentity": "writer", "leaseDurationSeconds": 10}
+                    });
+                    let response = http.post(&url).json(&lease).send().await.expect("create");
+                    assert!(response.status().is_success(), "{}", response.text().await.unwrap_or_default());
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    println!("{WRITES} writes through A in {:?}", started.elapsed());
+    for (replica, watcher) in [("B", on_b), ("C", on_c)] {
+        let seen = watcher.await.expect("watcher");
+        assert_eq!(seen.len(), WRITES, "replica {replica} saw every write");
+        assert!(seen.windows(2).all(|pair| pair[0].0 < pair[1].0), "replica {replica}: in revision order");
+        let names: BTreeSet<&str> = seen.iter().map(|(_, name)| name.as_str()).collect();
+        assert_eq!(names.len(), WRITES, "replica {replica}: no write missing, none twice");
+    }
+    println!("both watchers saw all {WRITES} in order, {:?} after the first write", started.elapsed());
+    drop((a, b));
+    c.stop().await;
+    database.cleanup().await;
+}
