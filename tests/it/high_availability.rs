@@ -413,3 +413,213 @@ async fn ten_thousand_writes_through_one_replica_are_watched_in_order_on_the_oth
     c.stop().await;
     database.cleanup().await;
 }
+
+/// A TCP proxy on 127.0.0.1 in front of PostgreSQL that the test can cut: once cut, bytes stop
+/// flowing both ways and new connections are accepted and left hanging (packets dropped, as a
+/// network partition does, not refused); healed, the hung connections are closed and new ones
+/// flow again.
+struct Partition {
+    port: u16,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Partition {
+    async fn in_front_of(target: std::net::SocketAddr) -> Partition {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (cut, watched) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((inbound, _)) = listener.accept().await else { return };
+                let mut cut = watched.clone();
+                tokio::spawn(async move {
+                    let already_cut = *cut.borrow();
+                    if already_cut {
+                        // Hung until healed, then closed.
+                        let _ = cut.wait_for(|cut| !*cut).await;
+                        drop(inbound);
+                        return;
+                    }
+                    let Ok(outbound) = tokio::net::TcpStream::connect(target).await else { return };
+                    let (mut inbound, mut outbound) = (inbound, outbound);
+                    let was_cut = tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => false,
+                        _ = cut.wait_for(|cut| *cut) => true,
+                    };
+                    if was_cut {
+                        // Nothing flows any more; the sockets stay open until healed.
+                        let _ = cut.wait_for(|cut| !*cut).await;
+                    }
+                });
+            }
+        });
+        Partition { port, cut, task }
+    }
+
+    fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    fn heal(&self) {
+        let _ = self.cut.send(false);
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        self.heal();
+        self.task.abort();
+    }
+}
+
+/// `docker events` for a run's containers, as `(time, action, name)`, collected in the background.
+struct DockerEvents {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(chrono::DateTime<chrono::Utc>, String, String)>>>,
+}
+
+impl DockerEvents {
+    fn follow(run: &str) -> DockerEvents {
+        let mut child = Command::new("docker")
+            .args(["events", "--filter", &format!("label=minicloud.dev/test={run}"), "--filter", "type=container"])
+            .args(["--format", "{{.TimeNano}} {{.Action}} {{.Actor.Attributes.name}}"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker events");
+        let output = child.stdout.take().expect("stdout");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(output)).map_while(Result::ok) {
+                let mut parts = line.splitn(3, ' ');
+                let (Some(nanos), Some(action), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+                    continue;
+                };
+                let Ok(nanos) = nanos.parse::<i64>() else { continue };
+                let time = chrono::DateTime::from_timestamp_nanos(nanos);
+                sink.lock().expect("lock").push((time, action.to_owned(), name.to_owned()));
+            }
+        });
+        DockerEvents { child, lines }
+    }
+
+    fn seen(&self) -> Vec<(chrono::DateTime<chrono::Utc>, String, String)> {
+        self.lines.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for DockerEvents {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// When a server's log first has a line containing `text` (the line's leading timestamp).
+fn logged_at(server: &TestServer, text: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let lines = server.log.lock().ok()?;
+    let line = lines.iter().find(|line| line.contains(text))?;
+    time(&Value::String(line.split_whitespace().next()?.to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_postgres_stops_acting_before_another_replica_takes_over() {
+    let harness = Harness::start_on("ha", TestDb::postgres().await, &["--no-controllers"]).await;
+    let http = reqwest::Client::new();
+    let api = harness.server().url.clone();
+    let (duration, renew_deadline) = (Duration::from_secs(4), Duration::from_millis(2800));
+    let mut replicas = Replicas::beside(&harness, "4s");
+
+    // Replica 0 reaches PostgreSQL through the proxy, and starts first: it takes the controllers.
+    let direct = replicas.database_url.clone();
+    let postgres: std::net::SocketAddr = {
+        let authority = direct.split('@').nth(1).and_then(|rest| rest.split('/').next()).expect("host:port");
+        tokio::net::lookup_host(authority).await.expect("resolve").next().expect("an address")
+    };
+    let partition = Partition::in_front_of(postgres).await;
+    let proxied = direct.replacen(&postgres.to_string(), &format!("127.0.0.1:{}", partition.port), 1);
+    assert_ne!(proxied, direct, "the URL names {postgres}");
+    let cut_off = replicas.start_on(&proxied).await;
+    let leader = identity(replicas.server(cut_off)).await;
+    let controllers: Vec<String> =
+        LEASES.iter().filter(|name| name.starts_with("controller-")).map(|n| n.to_string()).collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !leases_held_by(&http, &api, &controllers, &leader).await {
+        assert!(Instant::now() < deadline, "the first replica takes the controllers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let other = replicas.start().await;
+    let successor = identity(replicas.server(other)).await;
+    harness.apply(vec![instance(&harness, "web", "web")]).await;
+    harness.wait_for("instances", "web", "Ready", ready).await;
+    let container = harness.instance_container("web").await;
+
+    // Cut: the leader's connections hang; its container is killed at the same moment.
+    let events = DockerEvents::follow(&harness.run);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cut_at = chrono::Utc::now();
+    partition.cut();
+    docker(&["kill", &container]);
+
+    let names = vec!["controller-instance".to_owned()];
+    let after = held_by_others(&http, &api, &names, &leader, duration * 3).await;
+    let taken = &after["controller-instance"];
+    assert_eq!(taken.holder, successor);
+    let acquired = taken.acquired.expect("acquireTime");
+    wait_until_running(&container, true, Duration::from_secs(30)).await;
+
+    // The cut-off leader stopped acting within its renew deadline, before the lease lapsed.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stopped = loop {
+        if let Some(at) = logged_at(replicas.server(cut_off), "could not be renewed before the renew deadline") {
+            break at;
+        }
+        assert!(Instant::now() < deadline, "the cut-off replica says it stopped acting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let slack = chrono::Duration::milliseconds(500);
+    let to_std = |d: Duration| chrono::Duration::from_std(d).expect("duration");
+    println!("cut at {cut_at}; leader stopped at +{}; successor acquired at +{}", stopped - cut_at, acquired - cut_at);
+    assert!(stopped <= cut_at + to_std(renew_deadline) + slack, "stopped within the renew deadline");
+    assert!(stopped < acquired, "stopped before another replica took the lease");
+    // The lease changed hands only once it had lapsed: its last renewal was at most a renewal
+    // period before the cut.
+    let retry = duration / 5;
+    assert!(
+        acquired >= cut_at + to_std(duration - retry) - chrono::Duration::milliseconds(50),
+        "taken before it lapsed"
+    );
+
+    // Docker saw no action on the run's containers from the leader's stop to the successor's
+    // start; the actions after the cut came from the successor.
+    let seen = events.seen();
+    let acting = ["create", "start", "destroy", "restart", "rename"];
+    let between: Vec<_> = seen
+        .iter()
+        .filter(|(at, action, _)| acting.contains(&action.as_str()) && *at > stopped && *at < acquired)
+        .collect();
+    assert!(between.is_empty(), "Docker actions while no replica may act: {between:?}");
+    assert!(
+        seen.iter().any(|(at, action, _)| action == "start" && *at > acquired),
+        "the successor brought the container back: {seen:?}"
+    );
+
+    // Healed: the old leader finds the lease taken and stays a follower; one container.
+    partition.heal();
+    tokio::time::sleep(duration).await;
+    let now = leases(&http, &api).await;
+    assert_eq!(now["controller-instance"].holder, successor);
+    assert_eq!(metric(replicas.server(cut_off), "minicloud_leader{lease=\"controller-instance\"}").await, 0.0);
+    assert_eq!(containers(&harness).len(), 1, "{:?}", containers(&harness));
+    drop(events);
+    drop(replicas);
+    harness.finish().await;
+}
+
+/// Whether every lease in `names` is held by `holder` now.
+async fn leases_held_by(http: &reqwest::Client, api: &str, names: &[String], holder: &str) -> bool {
+    let now = leases(http, api).await;
+    names.iter().all(|name| now.get(name).is_some_and(|lease| lease.holder == holder))
+}
