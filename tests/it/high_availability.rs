@@ -623,3 +623,151 @@ async fn leases_held_by(http: &reqwest::Client, api: &str, names: &[String], hol
     let now = leases(http, api).await;
     names.iter().all(|name| now.get(name).is_some_and(|lease| lease.holder == holder))
 }
+
+/// The seed of the chaos test's random moments: `MINICLOUD_TEST_SEED`, or a fixed one.
+fn seed() -> u64 {
+    std::env::var("MINICLOUD_TEST_SEED").ok().and_then(|seed| seed.parse().ok()).unwrap_or(27)
+}
+
+/// Every scheduled backup description in a namespace's backup directory, as `(slot, name)`.
+fn scheduled_backups(data_dir: &std::path::Path, namespace: &str) -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("backups").join(namespace)) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            name.ends_with(".json") && !name.starts_with('.')
+        })
+        .filter_map(|entry| {
+            let meta: Value = serde_json::from_slice(&std::fs::read(entry.path()).ok()?).ok()?;
+            (meta["reason"] == "Scheduled").then(|| {
+                (meta["slot"].as_str().unwrap_or("none").to_owned(), meta["name"].as_str().unwrap_or("").to_owned())
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_twenty_times_loses_nothing_duplicates_nothing_and_drops_no_request() {
+    use rand::{Rng, SeedableRng};
+    const INSTANCES: usize = 20;
+    const KILLS: usize = 20;
+    let seed = seed();
+    println!("seed {seed} (MINICLOUD_TEST_SEED)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let harness = Harness::start_on("ha", TestDb::postgres().await, &["--no-controllers"]).await;
+    let http = reqwest::Client::new();
+    let api = harness.server().url.clone();
+    let duration = Duration::from_secs(4);
+    let mut replicas = Replicas::beside(&harness, "4s");
+    replicas.start_together(3).await;
+
+    // The world: 20 Instances behind a LoadBalancer, a ScalingGroup, a database backed up
+    // every minute.
+    let mut objects: Vec<Value> = (0..INSTANCES).map(|i| instance(&harness, &format!("web-{i}"), "web")).collect();
+    objects.push(harness.load_balancer(
+        "front",
+        json!({
+            "listeners": [{"name": "http", "targetPort": 8080}],
+            "targets": {"selector": {"matchLabels": {"app": "web"}}},
+            "healthCheck": {"path": "/", "intervalMillis": 300, "healthyThreshold": 1, "unhealthyThreshold": 2}
+        }),
+    ));
+    let group = |desired: u32| {
+        json!({
+            "apiVersion": "minicloud.dev/v1", "kind": "ScalingGroup",
+            "metadata": {"name": "batch", "namespace": harness.namespace},
+            "spec": {
+                "minReplicas": 1, "maxReplicas": 4, "desiredReplicas": desired,
+                "template": {"labels": {"app": "batch"}, "spec": {"image": "minicloud/web:local", "resources": {"memory": "32Mi"}}}
+            }
+        })
+    };
+    objects.push(group(2));
+    objects.push(json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "ManagedDatabase",
+        "metadata": {"name": "pg", "namespace": harness.namespace},
+        "spec": {"engine": "postgres", "version": "15", "backup": {"schedule": "* * * * *", "retention": 20}}
+    }));
+    harness.apply(objects).await;
+    let lb = harness
+        .wait_for_within("loadbalancers", "front", "serving 20/20", Duration::from_secs(180), |o| {
+            crate::common::cluster::serving(o, INSTANCES, INSTANCES)
+        })
+        .await;
+    harness.wait_for_within("manageddatabases", "pg", "Ready", Duration::from_secs(180), ready).await;
+    let load = crate::common::cluster::Load::start(&crate::common::cluster::endpoint(&lb), 2);
+
+    let mut takeovers = Vec::new();
+    for kill in 0..KILLS {
+        tokio::time::sleep(Duration::from_millis(rng.random_range(300..2500))).await;
+        if kill % 4 == 1 {
+            // The group is being scaled while leaders die.
+            harness.apply(vec![group(rng.random_range(1..=4))]).await;
+        }
+        let before = leases(&http, &api).await;
+        let leader = before.get("controller-instance").map(|lease| lease.holder.clone()).unwrap_or_default();
+        let Some(index) = replicas.index_of(&leader).await else {
+            panic!("kill {kill}: the holder {leader:?} of controller-instance is not a running replica: {before:?}")
+        };
+        let held: Vec<String> =
+            before.iter().filter(|(_, lease)| lease.holder == leader).map(|(name, _)| name.clone()).collect();
+        let killed_at = Instant::now();
+        replicas.kill(index);
+        held_by_others(&http, &api, &held, &leader, duration * 3).await;
+        let takeover = killed_at.elapsed();
+        println!("kill {kill}: {leader} (held {}) taken over in {takeover:?}", held.len());
+        assert!(takeover <= duration + Duration::from_secs(1), "kill {kill}: takeover took {takeover:?}");
+        takeovers.push(takeover);
+        replicas.start().await;
+    }
+    takeovers.sort();
+    println!("takeover after SIGKILL: median {:?}, max {:?}", takeovers[KILLS / 2], takeovers[KILLS - 1]);
+
+    // The world converges to exactly what is declared.
+    let desired = harness.get("scalinggroups", "batch").await.expect("group")["spec"]["desiredReplicas"]
+        .as_u64()
+        .expect("desired") as usize;
+    let expected = INSTANCES + desired + 2;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let uids = loop {
+        let instances = harness.list("instances").await;
+        let all_ready = instances.len() == INSTANCES + desired && instances.iter().all(ready);
+        let running = containers(&harness);
+        if all_ready && running.len() == expected && running.iter().all(|line| line.ends_with(" running")) {
+            let mut uids: BTreeSet<String> =
+                instances.iter().filter_map(|o| o["metadata"]["uid"].as_str().map(str::to_owned)).collect();
+            for (plural, name) in [("loadbalancers", "front"), ("manageddatabases", "pg")] {
+                let object = harness.get(plural, name).await.expect("object");
+                uids.insert(object["metadata"]["uid"].as_str().expect("uid").to_owned());
+            }
+            break uids;
+        }
+        assert!(Instant::now() < deadline, "converged: {} instances, containers {running:?}", instances.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let filter = format!("label=minicloud.dev/test={}", harness.run);
+    let labelled =
+        docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}} {{.Label \"minicloud.dev/uid\"}}"]);
+    let mut names = BTreeSet::new();
+    for line in labelled.lines() {
+        let (name, uid) = line.split_once(' ').expect("name and uid");
+        assert!(names.insert(name.to_owned()), "duplicate container {name}");
+        assert!(uids.contains(uid), "orphan: {line}");
+    }
+    assert_eq!(names.len(), expected, "0 duplicates, 0 orphans: {labelled}");
+
+    // No request failed; no schedule slot was backed up twice.
+    let (ok, failed) = load.finish().await;
+    crate::common::cluster::Load::assert_none_failed(ok, &failed, 100, "while the leader was killed 20 times");
+    let backups = scheduled_backups(harness.data_dir.path(), &harness.namespace);
+    let mut per_slot: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for (slot, name) in &backups {
+        per_slot.entry(slot.as_str()).or_default().push(name.as_str());
+    }
+    println!("scheduled backups: {per_slot:?}");
+    assert!(!per_slot.is_empty(), "the schedule ran during the test");
+    assert!(per_slot.values().all(|names| names.len() == 1), "one backup per slot: {per_slot:?}");
+    drop(replicas);
+    harness.finish().await;
+}
