@@ -73,7 +73,8 @@ fn key_of(object: &Object) -> Option<ObjectKey> {
     object.key()
 }
 
-/// Runs one controller until `shutdown` turns true, recording into `metrics`.
+/// Runs one controller until `shutdown` turns true, recording into `metrics`. Dropping the
+/// future (a lease holder past its renew deadline) aborts every task it started.
 pub async fn run(
     reconciler: Arc<dyn Reconciler>,
     store: Arc<dyn Store>,
