@@ -213,7 +213,8 @@ fn measure(database: &str, data: &std::path::Path, label: &str) {
         drop(dead);
         let successor = holder(&http, &replicas[0].url, "controller-instance");
         let new = replicas.iter().find(|r| r.identity() == successor).expect("a successor");
-        let started = new.logged(&["controller started", "kind=Instance"], at).expect("the new holder starts the controller");
+        let started =
+            new.logged(&["controller started", "kind=Instance"], at).expect("the new holder starts the controller");
         let reconcile = (started - at).to_std().unwrap_or_default();
         println!("kill {round}: first reconcile after {}, container back after {}", ms(reconcile), ms(replaced));
         to_reconcile.push(reconcile);
@@ -284,7 +285,11 @@ fn measure(database: &str, data: &std::path::Path, label: &str) {
         ms(median(baseline.clone())),
         ms(max(&baseline))
     );
-    println!("SIGTERM → another replica holds the lease: median {}, max {}", ms(median(handovers.clone())), ms(max(&handovers)));
+    println!(
+        "SIGTERM → another replica holds the lease: median {}, max {}",
+        ms(median(handovers.clone())),
+        ms(max(&handovers))
+    );
     println!(
         "watch delivery (write sent → event received), {WRITES} writes: same replica p50 {} p99 {}; other replica p50 {} p99 {} (ratio p99 {:.2})",
         ms(percentile(same.clone(), 0.5)),
@@ -332,7 +337,9 @@ fn watch_delivery(writer: &str, other: &str) -> (Vec<Duration>, Vec<Duration>) {
                 let mut buffer = Vec::new();
                 let mut seen = BTreeMap::new();
                 while seen.len() < WRITES {
-                    let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(30), body.next()).await else { break };
+                    let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(30), body.next()).await else {
+                        break;
+                    };
                     let now = Instant::now();
                     buffer.extend_from_slice(&chunk);
                     while let Some(end) = buffer.iter().position(|byte| *byte == b'\n') {

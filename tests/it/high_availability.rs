@@ -239,6 +239,15 @@ async fn replicas_started_together_elect_one_holder_per_lease_and_an_orderly_sto
     let http = reqwest::Client::new();
     let api = harness.server().url.clone();
     let mut replicas = Replicas::beside(&harness, "10s");
+    // Every replica is told to keep the same directory applied: one at a time does.
+    let synced = tempfile::tempdir().expect("sync directory");
+    let manifest = format!(
+        "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: synced\n  namespace: {}\nspec:\n  image: minicloud/web:local\n",
+        harness.namespace
+    );
+    std::fs::write(synced.path().join("synced.yaml"), manifest).expect("manifest");
+    let directory = synced.path().display().to_string();
+    replicas.arguments.extend(["--sync", directory.as_str(), "--sync-name", "site"].map(str::to_owned));
     replicas.start_together(3).await;
     let mut identities = BTreeSet::new();
     for (_, server) in replicas.running() {
@@ -251,7 +260,9 @@ async fn replicas_started_together_elect_one_holder_per_lease_and_an_orderly_sto
     let deadline = Instant::now() + Duration::from_secs(20);
     let current = loop {
         let current = leases(&http, &api).await;
-        if LEASES.iter().all(|name| current.get(*name).is_some_and(|lease| !lease.holder.is_empty())) {
+        let every =
+            LEASES.iter().chain(&["sync-site"]).all(|name| current.get(*name).is_some_and(|l| !l.holder.is_empty()));
+        if every {
             break current;
         }
         assert!(Instant::now() < deadline, "every lease held: {current:?}");
@@ -271,7 +282,7 @@ async fn replicas_started_together_elect_one_holder_per_lease_and_an_orderly_sto
     // For 3 s, every lease is held by exactly one process, by its own account (`/metrics`).
     let all: Vec<&TestServer> = replicas.running().map(|(_, server)| server).chain([harness.server()]).collect();
     for _ in 0..10 {
-        for name in LEASES {
+        for name in LEASES.iter().chain(&["sync-site"]) {
             let mut holders = 0.0;
             for server in &all {
                 holders += metric(server, &format!("minicloud_leader{{lease=\"{name}\"}}")).await;
@@ -281,10 +292,11 @@ async fn replicas_started_together_elect_one_holder_per_lease_and_an_orderly_sto
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
-    // Work runs once: an Instance gets one container.
+    // Work runs once: an Instance gets one container, the synced one too.
     harness.apply(vec![instance(&harness, "web", "web")]).await;
     harness.wait_for("instances", "web", "Ready", ready).await;
-    assert_eq!(containers(&harness).len(), 1, "{:?}", containers(&harness));
+    harness.wait_for("instances", "synced", "Ready", ready).await;
+    assert_eq!(containers(&harness).len(), 2, "{:?}", containers(&harness));
 
     // SIGTERM the holder of the Instance controller: everything it held is taken at once.
     let leader = current["controller-instance"].holder.clone();
@@ -310,7 +322,7 @@ async fn replicas_started_together_elect_one_holder_per_lease_and_an_orderly_sto
     docker(&["kill", &container]);
     wait_until_running(&container, false, Duration::from_secs(10)).await;
     wait_until_running(&container, true, Duration::from_secs(30)).await;
-    assert_eq!(containers(&harness).len(), 1, "{:?}", containers(&harness));
+    assert_eq!(containers(&harness).len(), 2, "{:?}", containers(&harness));
     drop(replicas);
     harness.finish().await;
 }
