@@ -36,11 +36,14 @@ const TERMS: usize = 10;
 const BASELINE_KILLS: usize = 10;
 const WRITES: usize = 2000;
 
-/// A replica process and what it logged (each line with the time it was read).
+/// Log lines, each with the time it was read.
+type Log = Arc<Mutex<Vec<(chrono::DateTime<chrono::Utc>, String)>>>;
+
+/// A replica process and what it logged.
 struct Replica {
     child: Child,
     url: String,
-    log: Arc<Mutex<Vec<(chrono::DateTime<chrono::Utc>, String)>>>,
+    log: Log,
 }
 
 impl Drop for Replica {
@@ -252,7 +255,7 @@ fn measure(database: &str, data: &std::path::Path, label: &str) {
     // Lease load with the three replicas idle.
     let window = Duration::from_secs(30);
     let attempts_before: Vec<f64> = replicas.iter().map(|r| r.metric_sum("minicloud_lease_attempts_total")).collect();
-    let held_before: Vec<f64> = replicas.iter().map(|r| held_attempts(r)).collect();
+    let held_before: Vec<f64> = replicas.iter().map(held_attempts).collect();
     let commits_before = commits(database);
     std::thread::sleep(window);
     let commits_after = commits(database);

@@ -485,10 +485,13 @@ impl Drop for Partition {
     }
 }
 
-/// `docker events` for a run's containers, as `(time, action, name)`, collected in the background.
+/// One Docker event: when, what (`start`, `die`, ...), which container.
+type DockerEvent = (chrono::DateTime<chrono::Utc>, String, String);
+
+/// `docker events` for a run's containers, collected in the background.
 struct DockerEvents {
     child: std::process::Child,
-    lines: std::sync::Arc<std::sync::Mutex<Vec<(chrono::DateTime<chrono::Utc>, String, String)>>>,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<DockerEvent>>>,
 }
 
 impl DockerEvents {
@@ -517,7 +520,7 @@ impl DockerEvents {
         DockerEvents { child, lines }
     }
 
-    fn seen(&self) -> Vec<(chrono::DateTime<chrono::Utc>, String, String)> {
+    fn seen(&self) -> Vec<DockerEvent> {
         self.lines.lock().expect("lock").clone()
     }
 }
