@@ -279,6 +279,8 @@ impl Replica {
     {
         let elector = Elector::new(self.store.clone(), &name, self.identity.clone(), self.timing);
         let name = name.as_str();
+        // Every lease this replica campaigns for shows in `/metrics`, 0 until it holds it.
+        self.metrics.set_leader(name, false);
         loop {
             let Some(mut stop_at) = self.campaign(&elector, &mut shutdown).await else { return };
             self.held.fetch_add(1, Ordering::SeqCst);
