@@ -179,7 +179,7 @@ fn measure(database: &str, data: &std::path::Path, label: &str) {
         "metadata": {"name": "web", "namespace": NAMESPACE},
         "spec": {"image": "minicloud/web:local", "ports": [{"containerPort": 8080}]}
     });
-    common::apply_at(&http, &format!("{api}/apis/minicloud.dev/v1/apply"), vec![web]);
+    common::apply_at(&http, &api, vec![web]);
     let cluster = {
         let version: Value = http.get(format!("{api}/version")).send().expect("version").json().expect("json");
         version["cluster"].as_str().expect("cluster").to_owned()
