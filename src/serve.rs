@@ -250,7 +250,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let served = composition::run(config, stop, |bound| {
         // One replica at a time syncs a directory: the loop runs under the lease `sync-NAME`.
         if let Some(settings) = sync {
-            let lease = format!("sync-{}", settings.name);
+            let lease = leader::lease_name("sync", &settings.name);
             let (address, token) = (bound.address, bound.internal_token);
             let work = move |mut stop: tokio::sync::watch::Receiver<bool>| {
                 let stop = async move {

@@ -110,12 +110,22 @@ pub struct Elector {
     key: ObjectKey,
     identity: String,
     timing: LeaseTiming,
+    /// This replica is the only server of its store (SQLite, held by its file lock): a lease
+    /// held by anyone else is a crashed predecessor's, taken at once instead of after it lapses.
+    sole: bool,
 }
 
 impl Elector {
     /// The elector of lease `name` (in the system namespace) for replica `identity`.
     pub fn new(store: Arc<dyn Store>, name: &str, identity: impl Into<String>, timing: LeaseTiming) -> Elector {
-        Elector { store, key: ObjectKey::new(Kind::Lease, SYSTEM_NAMESPACE, name), identity: identity.into(), timing }
+        let key = ObjectKey::new(Kind::Lease, SYSTEM_NAMESPACE, name);
+        Elector { store, key, identity: identity.into(), timing, sole: false }
+    }
+
+    /// For the only server of a store: takes leases a predecessor left without waiting.
+    pub fn sole(mut self, sole: bool) -> Elector {
+        self.sole = sole;
+        self
     }
 
     /// Takes or renews the lease at `now`.
@@ -142,9 +152,11 @@ impl Elector {
         };
         let spec: LeaseSpec = serde_json::from_value(current.spec.clone()).unwrap_or_default();
         let next = match standing(Some(&spec), &self.identity, now) {
-            Standing::Taken { holder, until } => return Ok(Attempt::Taken { holder, until: Some(until) }),
+            Standing::Taken { holder, until } if !self.sole => {
+                return Ok(Attempt::Taken { holder, until: Some(until) })
+            }
             Standing::Mine => LeaseSpec { renew_time: Some(now), lease_duration_seconds: Some(duration), ..spec },
-            Standing::Free => {
+            Standing::Free | Standing::Taken { .. } => {
                 // As in Kubernetes: taking a lease from anyone else, or after a release (no
                 // holder), is a transition.
                 let changed_hands = spec.holder_identity.as_deref() != Some(self.identity.as_str());
@@ -237,6 +249,8 @@ pub struct Replica {
     releases: Arc<Releases>,
     /// Watches the leases for releases, for as long as this replica exists.
     release_watch: tokio::task::JoinHandle<()>,
+    /// The only server of its store (see [`Elector::sole`]).
+    sole: bool,
 }
 
 /// One wake-up per lease name, for the candidates waiting on it.
@@ -257,11 +271,19 @@ impl Drop for Replica {
 }
 
 impl Replica {
-    /// The replica `identity` on `store`.
-    pub fn new(store: Arc<dyn Store>, identity: String, timing: LeaseTiming, metrics: Arc<Metrics>) -> Arc<Replica> {
+    /// The replica `identity` on `store`; `sole` for the only server of its store (SQLite):
+    /// leases a crashed predecessor left are then taken at once, so a restart does not wait for
+    /// them to lapse.
+    pub fn new(
+        store: Arc<dyn Store>,
+        identity: String,
+        timing: LeaseTiming,
+        metrics: Arc<Metrics>,
+        sole: bool,
+    ) -> Arc<Replica> {
         let releases = Arc::new(Releases::default());
         let release_watch = tokio::spawn(watch_releases(store.clone(), releases.clone()));
-        Arc::new(Replica { store, identity, timing, metrics, held: AtomicUsize::new(0), releases, release_watch })
+        Arc::new(Replica { store, identity, timing, metrics, held: AtomicUsize::new(0), releases, release_watch, sole })
     }
 
     /// The identity leases name as their holder.
@@ -277,7 +299,7 @@ impl Replica {
         W: Fn(watch::Receiver<bool>) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
-        let elector = Elector::new(self.store.clone(), &name, self.identity.clone(), self.timing);
+        let elector = Elector::new(self.store.clone(), &name, self.identity.clone(), self.timing).sole(self.sole);
         let name = name.as_str();
         // Every lease this replica campaigns for shows in `/metrics`, 0 until it holds it.
         self.metrics.set_leader(name, false);
@@ -415,7 +437,12 @@ impl Replica {
                 }
                 Ok(Err(error)) => {
                     self.metrics.record_lease_attempt(name, "failed");
-                    tracing::debug!(lease = name, %error, "cannot read the lease; trying again");
+                    if matches!(error, StoreError::Invalid(_)) {
+                        // Not a passing failure: say so where it is seen.
+                        tracing::warn!(lease = name, %error, "the store refuses the lease; trying again");
+                    } else {
+                        tracing::debug!(lease = name, %error, "cannot read the lease; trying again");
+                    }
                     self.timing.retry
                 }
                 Err(_) => {
@@ -471,6 +498,22 @@ async fn watch_releases(store: Arc<dyn Store>, releases: Arc<Releases>) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The name of the lease for `what` of kind `prefix` (e.g. `sync` and a Sync's name): `PREFIX-WHAT`,
+/// or, when that would be longer than an object name may be (63), `PREFIX-` and the start of
+/// `what` followed by a hash of all of it, so distinct long names never share a lease.
+pub fn lease_name(prefix: &str, what: &str) -> String {
+    let full = format!("{prefix}-{what}");
+    if full.len() <= 63 {
+        return full;
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(what.as_bytes());
+    let hash: String = digest.iter().take(4).map(|byte| format!("{byte:02x}")).collect();
+    let room = 63 - prefix.len() - 1 - 1 - hash.len();
+    let start = what.get(..room).unwrap_or(what).trim_end_matches('-');
+    format!("{prefix}-{start}-{hash}")
 }
 
 /// This process's identity as a replica when none is given: the host name and a random
@@ -582,6 +625,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_only_server_of_a_store_takes_a_crashed_predecessors_lease_at_once() {
+        let store = Arc::new(MemoryStore::new());
+        let now = Utc::now();
+        let crashed = Elector::new(store.clone(), "controllers", "before", timing());
+        crashed.acquire_or_renew(now).await.expect("store");
+        let restarted = Elector::new(store.clone(), "controllers", "after", timing());
+        assert_eq!(restarted.acquire_or_renew(later(now, 1)).await.expect("store").deadline(), None, "a replica waits");
+        let sole = Elector::new(store.clone(), "controllers", "after", timing()).sole(true);
+        assert!(
+            sole.acquire_or_renew(later(now, 1)).await.expect("store").deadline().is_some(),
+            "the sole server does not"
+        );
+        assert_eq!(lease(&store).await.holder_identity.as_deref(), Some("after"));
+    }
+
+    #[tokio::test]
     async fn a_released_lease_is_taken_at_once() {
         let store = Arc::new(MemoryStore::new());
         let now = Utc::now();
@@ -634,7 +693,7 @@ mod tests {
         let mut stops = Vec::new();
         let mut replicas = Vec::new();
         for i in 0..3 {
-            let replica = Replica::new(store.clone(), format!("r{i}"), quick(), Arc::default());
+            let replica = Replica::new(store.clone(), format!("r{i}"), quick(), Arc::default(), false);
             let (stop, shutdown) = watch::channel(false);
             let work = counted(running.clone(), most.clone());
             replicas.push(tokio::spawn(async move { replica.lead("job".to_owned(), shutdown, work).await }));
@@ -673,6 +732,17 @@ mod tests {
     async fn lease_named(store: &dyn Store, name: &str) -> LeaseSpec {
         let object = store.get(&ObjectKey::new(Kind::Lease, SYSTEM_NAMESPACE, name)).await.expect("lease");
         serde_json::from_value(object.spec).expect("spec")
+    }
+
+    #[test]
+    fn long_names_get_lease_names_that_are_valid_and_distinct() {
+        assert_eq!(lease_name("sync", "site"), "sync-site");
+        let (a, b) = (format!("{}a", "x".repeat(62)), format!("{}b", "x".repeat(62)));
+        let (lease_a, lease_b) = (lease_name("sync", &a), lease_name("sync", &b));
+        assert_ne!(lease_a, lease_b);
+        for lease in [lease_a, lease_b, lease_name("sync", &format!("{}-{}", "y".repeat(50), "z".repeat(12)))] {
+            assert!(minicloud_crds::validation::check_dns_label(&lease).is_ok(), "{lease}");
+        }
     }
 
     #[test]

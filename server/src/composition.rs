@@ -286,7 +286,10 @@ pub async fn run(
     );
     requests.register(&mut metrics);
     let metrics = Arc::new(metrics);
-    let replica = Replica::new(store.clone(), identity.clone(), config.lease_timing, metrics.clone());
+    // On SQLite this server is the store's only one (the claim above): a crash's leases are
+    // taken back at once on restart.
+    let replica =
+        Replica::new(store.clone(), identity.clone(), config.lease_timing, metrics.clone(), backend == "sqlite");
     // The store's own singletons: any replica may run them, one at a time.
     let mut singletons = Vec::new();
     let compact = {
