@@ -367,12 +367,6 @@ impl Replica {
                             "the work guarded by the lease ended by itself; releasing the lease"
                         );
                     }
-                    self.spawn_event(
-                        &elector,
-                        EventType::Normal,
-                        "LeaderReleased",
-                        format!("{} released the lease", self.identity),
-                    );
                     match tokio::time::timeout(BOOKKEEPING_TIMEOUT, elector.release()).await {
                         Ok(Ok(())) => tracing::info!(lease = name, "lease released"),
                         _ => tracing::warn!(
@@ -380,6 +374,10 @@ impl Replica {
                             "cannot release the lease: another replica takes it when it lapses"
                         ),
                     }
+                    // Awaited (bounded), after the release: at shutdown the process ends next.
+                    let message = format!("{} released the lease", self.identity);
+                    lease_event(self.store.clone(), elector.key.clone(), EventType::Normal, "LeaderReleased", message)
+                        .await;
                     if why == Stepping::Shutdown {
                         return;
                     }
@@ -467,17 +465,18 @@ impl Replica {
     /// Records an event on the lease in the background: a replica cut off from the store
     /// must not wait for it.
     fn spawn_event(&self, elector: &Elector, event_type: EventType, reason: &'static str, message: String) {
-        let store = self.store.clone();
-        let key = elector.key.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(BOOKKEEPING_TIMEOUT, async {
-                if let Ok(lease) = store.get(&key).await {
-                    record_event(store.as_ref(), &lease, event_type, reason, message).await;
-                }
-            })
-            .await;
-        });
+        tokio::spawn(lease_event(self.store.clone(), elector.key.clone(), event_type, reason, message));
     }
+}
+
+/// Records an event on the lease `key`, giving up after [`BOOKKEEPING_TIMEOUT`].
+async fn lease_event(store: Arc<dyn Store>, key: ObjectKey, event_type: EventType, reason: &str, message: String) {
+    let _ = tokio::time::timeout(BOOKKEEPING_TIMEOUT, async {
+        if let Ok(lease) = store.get(&key).await {
+            record_event(store.as_ref(), &lease, event_type, reason, message).await;
+        }
+    })
+    .await;
 }
 
 /// Follows the leases and wakes the candidates of each one released, until aborted. A watch
