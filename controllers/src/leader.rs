@@ -15,7 +15,7 @@
 //! another replica takes over at once instead of after the lease lapses.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -113,13 +113,17 @@ pub struct Elector {
     /// This replica is the only server of its store (SQLite, held by its file lock): a lease
     /// held by anyone else is a crashed predecessor's, taken at once instead of after it lapses.
     sole: bool,
+    /// Whether this process took the lease (and has not lost or released it since). A lease
+    /// naming this identity that this process did not take belongs to another process given
+    /// the same identity, or to a crashed predecessor: it is waited out like anyone else's.
+    holding: AtomicBool,
 }
 
 impl Elector {
     /// The elector of lease `name` (in the system namespace) for replica `identity`.
     pub fn new(store: Arc<dyn Store>, name: &str, identity: impl Into<String>, timing: LeaseTiming) -> Elector {
         let key = ObjectKey::new(Kind::Lease, SYSTEM_NAMESPACE, name);
-        Elector { store, key, identity: identity.into(), timing, sole: false }
+        Elector { store, key, identity: identity.into(), timing, sole: false, holding: AtomicBool::new(false) }
     }
 
     /// For the only server of a store: takes leases a predecessor left without waiting.
@@ -128,8 +132,20 @@ impl Elector {
         self
     }
 
+    /// Forgets that this process holds the lease (it stopped acting without releasing it): the
+    /// lease is then taken again only once it lapsed.
+    pub fn forget(&self) {
+        self.holding.store(false, Ordering::SeqCst);
+    }
+
     /// Takes or renews the lease at `now`.
     pub async fn acquire_or_renew(&self, now: DateTime<Utc>) -> Result<Attempt, StoreError> {
+        let attempt = self.attempt(now).await;
+        self.holding.store(matches!(attempt, Ok(Attempt::Held { .. })), Ordering::SeqCst);
+        attempt
+    }
+
+    async fn attempt(&self, now: DateTime<Utc>) -> Result<Attempt, StoreError> {
         let deadline = now + chrono::Duration::from_std(self.timing.renew_deadline).unwrap_or_default();
         let duration = i32::try_from(self.timing.duration.as_secs()).unwrap_or(i32::MAX).max(1);
         let current = match self.store.get(&self.key).await {
@@ -151,7 +167,14 @@ impl Elector {
             Err(error) => return Err(error),
         };
         let spec: LeaseSpec = serde_json::from_value(current.spec.clone()).unwrap_or_default();
-        let next = match standing(Some(&spec), &self.identity, now) {
+        let standing = match standing(Some(&spec), &self.identity, now) {
+            Standing::Mine if !self.holding.load(Ordering::SeqCst) && !self.sole => match spec.expires_at() {
+                Some(until) if now < until => Standing::Taken { holder: self.identity.clone(), until },
+                _ => Standing::Free,
+            },
+            other => other,
+        };
+        let next = match standing {
             Standing::Taken { holder, until } if !self.sole => {
                 return Ok(Attempt::Taken { holder, until: Some(until) })
             }
@@ -183,7 +206,9 @@ impl Elector {
             Err(error) => return Err(error),
         };
         let spec: LeaseSpec = serde_json::from_value(current.spec.clone()).unwrap_or_default();
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str())
+            || !self.holding.swap(false, Ordering::SeqCst)
+        {
             return Ok(());
         }
         let released = LeaseSpec { holder_identity: Some(String::new()), ..spec };
@@ -383,6 +408,7 @@ impl Replica {
                     }
                 }
                 Stepping::DeadlinePassed => {
+                    elector.forget();
                     tracing::error!(
                         lease = name,
                         "the lease could not be renewed before the renew deadline: stopped acting (another replica may take it once it lapses)"
@@ -395,6 +421,7 @@ impl Replica {
                     );
                 }
                 Stepping::Taken(holder) => {
+                    elector.forget();
                     tracing::error!(lease = name, %holder, "another replica holds the lease: stopped acting");
                     self.spawn_event(
                         &elector,
@@ -637,6 +664,24 @@ mod tests {
             "the sole server does not"
         );
         assert_eq!(lease(&store).await.holder_identity.as_deref(), Some("after"));
+    }
+
+    #[tokio::test]
+    async fn two_processes_given_one_identity_never_both_hold_the_lease() {
+        let store = Arc::new(MemoryStore::new());
+        let now = Utc::now();
+        let first = Elector::new(store.clone(), "controllers", "cp-1", timing());
+        let careless = Elector::new(store.clone(), "controllers", "cp-1", timing());
+        assert!(first.acquire_or_renew(now).await.expect("store").deadline().is_some());
+        for second in 1..5 {
+            assert_eq!(careless.acquire_or_renew(later(now, second)).await.expect("store").deadline(), None);
+            careless.release().await.expect("release");
+            assert!(first.acquire_or_renew(later(now, second)).await.expect("store").deadline().is_some(), "renewed");
+        }
+        // A holder that stepped down without releasing waits for its own lease to lapse.
+        first.forget();
+        assert_eq!(first.acquire_or_renew(later(now, 5)).await.expect("store").deadline(), None);
+        assert!(first.acquire_or_renew(later(now, 15)).await.expect("store").deadline().is_some(), "lapsed");
     }
 
     #[tokio::test]
