@@ -10,6 +10,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::Utc;
+use maud::{html, DOCTYPE};
 use serde::Deserialize;
 
 use crate::api::access::COOKIE;
@@ -25,20 +26,33 @@ pub const SCRIPT: &str = include_str!("assets/login.js");
 
 /// `GET /ui/login`
 pub async fn page() -> Html<String> {
-    Html(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Sign in · minicloud</title>\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <link rel=\"icon\" href=\"data:,\"><link rel=\"stylesheet\" href=\"/ui/assets/style.css\"></head>\
-         <body><header><strong>minicloud</strong></header><main id=\"main\"><h1>Sign in</h1>\
-         <form id=\"login\"><p><label for=\"token\">API token</label><br>\
-         <input id=\"token\" name=\"token\" type=\"password\" autocomplete=\"current-password\" size=\"60\" required \
-         placeholder=\"mc_…\"></p><p><button type=\"submit\">Sign in</button></p>\
-         <p id=\"problem\" class=\"problem\" role=\"alert\"></p>\
-         <p class=\"hint\">Make one with <code>cloud auth token create NAME --role view</code>; the first start of \
-         <code>cloud server --auth</code> printed an admin token.</p></form></main>\
-         <script type=\"module\" src=\"/ui/assets/login.js\"></script></body></html>\n"
-            .to_owned(),
-    )
+    let markup = html! {
+        (DOCTYPE)
+        html lang="en" {
+            (super::html::head("Sign in"))
+            body {
+                header { strong { "minicloud" } }
+                main id="main" {
+                    h1 { "Sign in" }
+                    form id="login" {
+                        p {
+                            label for="token" { "API token" } br;
+                            input id="token" name="token" type="password" autocomplete="current-password" size="60"
+                                required placeholder="mc_…";
+                        }
+                        p { button type="submit" { "Sign in" } }
+                        p id="problem" class="problem" role="alert" {}
+                        p class="hint" {
+                            "Make one with " code { "cloud auth token create NAME --role view" }
+                            "; the first start of " code { "cloud server --auth" } " printed an admin token."
+                        }
+                    }
+                }
+                script type="module" src="/ui/assets/login.js" {}
+            }
+        }
+    };
+    Html(markup.into_string() + "\n")
 }
 
 #[derive(Deserialize)]
