@@ -192,7 +192,18 @@ impl SqlStore {
                         Ok(())
                     })
                 }),
-                Backend::Postgres => options,
+                // A server cut off from the database in the middle of a write transaction
+                // (a network partition drops its packets) would hold the revision row's lock —
+                // and with it every other replica's writes, lease renewals included — until
+                // PostgreSQL noticed the dead client (TCP keepalive: hours). PostgreSQL ends
+                // such a session after 5 s idle inside a transaction: less than the leases'
+                // renew deadline (7 s by default), so the other replicas keep their leases.
+                Backend::Postgres => options.after_connect(|connection, _| {
+                    Box::pin(async move {
+                        connection.execute("SET idle_in_transaction_session_timeout = '5s'").await?;
+                        Ok(())
+                    })
+                }),
             }
         };
         let write_pool = options(2).connect(&connect_url).await.db()?;
