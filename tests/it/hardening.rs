@@ -8,10 +8,11 @@ use serde_json::{json, Value};
 
 const V1: &str = "/apis/minicloud.dev/v1";
 
-/// The machine, shared by this file's tests: the 500-watch storms (SQLite and PostgreSQL) load
-/// both cores on purpose and run alone (`write`); tests that bound a latency (`read`) never run
-/// beside a storm, since on two cores they would measure the storm rather than their server.
-static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+/// The machine, shared by this file's tests and the heaviest of others: the 500-watch storms
+/// (SQLite and PostgreSQL) and the high-availability chaos and 10,000-write tests load both
+/// cores and run alone (`write`); tests that bound a latency (`read`) never run beside them,
+/// since on two cores they would measure the load rather than their server.
+pub(crate) static MACHINE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn instance(name: &str) -> Value {
     json!({

@@ -354,6 +354,8 @@ async fn harness_events(http: &reqwest::Client, api: &str, lease: &str) -> Vec<S
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_writes_through_one_replica_are_watched_in_order_on_the_others() {
     const WRITES: usize = 10_000;
+    // 10,000 writes as fast as they go load the machine: timed tests wait.
+    let _alone = crate::hardening::MACHINE.write().await;
     let database = TestDb::postgres().await;
     let a = TestServer::start(database.shared(), &["--no-controllers"]).await;
     let b = TestServer::start(database.shared(), &["--no-controllers"]).await;
@@ -732,6 +734,8 @@ async fn killing_leaders_twenty_times_loses_nothing_duplicates_nothing_and_drops
     use rand::{Rng, SeedableRng};
     const INSTANCES: usize = 20;
     const KILLS: usize = 20;
+    // Three replicas, 20 containers and a database load the machine: timed tests wait.
+    let _alone = crate::hardening::MACHINE.write().await;
     let seed = seed();
     println!("seed {seed} (MINICLOUD_TEST_SEED)");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
