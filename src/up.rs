@@ -167,15 +167,7 @@ fn readiness(object: &Object) -> (bool, String) {
 
 /// The kinds a controller runs; `cloud up` waits for them (Secrets and Policies are data, taking
 /// effect when stored).
-const RUN: [Kind; 7] = [
-    Kind::Instance,
-    Kind::LoadBalancer,
-    Kind::ScalingGroup,
-    Kind::ManagedDatabase,
-    Kind::Stack,
-    Kind::Route,
-    Kind::Certificate,
-];
+const RUN: [Kind; 7] = composition::CONTROLLED_KINDS;
 
 fn endpoints(object: &Object) -> Vec<String> {
     // A stack: its outputs.

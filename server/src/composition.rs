@@ -85,7 +85,7 @@ pub struct ControllerSettings {
 }
 
 /// The kinds that have a controller, each run under a lease of its own.
-const CONTROLLED_KINDS: [Kind; 7] = [
+pub const CONTROLLED_KINDS: [Kind; 7] = [
     Kind::Instance,
     Kind::LoadBalancer,
     Kind::ScalingGroup,
