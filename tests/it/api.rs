@@ -31,6 +31,40 @@ async fn revision(http: &reqwest::Client, server: &TestServer) -> String {
     list["metadata"]["resourceVersion"].as_str().expect("list revision").to_owned()
 }
 
+/// Every object a request could write — of each kind discovery lists but leases, which the
+/// server's own housekeeping renews every few seconds — as `kind namespace/name` with its
+/// resourceVersion. "Nothing was written" compares two of these: the store's revision is no
+/// proof, since lease renewals move it on.
+async fn stored_objects(http: &reqwest::Client, server: &TestServer) -> std::collections::BTreeMap<String, String> {
+    let (_, discovery) = send(http.get(format!("{}{V1}", server.url))).await;
+    let plurals: Vec<String> = discovery["resources"]
+        .as_array()
+        .expect("discovery lists resources")
+        .iter()
+        .filter_map(|resource| resource["name"].as_str())
+        .filter(|plural| !plural.contains('/') && *plural != "leases")
+        .map(str::to_owned)
+        .collect();
+    assert!(plurals.iter().any(|plural| plural == "instances"), "{discovery}");
+    let mut objects = std::collections::BTreeMap::new();
+    for plural in plurals {
+        let (status, list) = send(http.get(format!("{}{V1}/{plural}", server.url))).await;
+        assert_eq!(status, StatusCode::OK, "{plural}: {list}");
+        for item in list["items"].as_array().expect("items") {
+            let meta = &item["metadata"];
+            objects.insert(
+                format!(
+                    "{plural} {}/{}",
+                    meta["namespace"].as_str().unwrap_or(""),
+                    meta["name"].as_str().unwrap_or("")
+                ),
+                meta["resourceVersion"].as_str().unwrap_or("").to_owned(),
+            );
+        }
+    }
+    objects
+}
+
 async fn crud_and_status_codes(server: &TestServer) {
     let http = reqwest::Client::new();
     let collection = format!("{}{V1}/namespaces/default/instances", server.url);
@@ -218,14 +252,14 @@ async fn apply_creates_configures_and_prunes_fields(server: &TestServer) {
     assert_eq!(status, StatusCode::OK, "{body}");
     let mut next = instance("web", json!({"app": "web"}));
     next["spec"]["image"] = json!("minicloud/web:v2");
-    let before = revision(&http, server).await;
+    let before = stored_objects(&http, server).await;
     let (_, dry) = send(http.post(format!("{apply}?dryRun=true")).json(&json!({"items": [next.clone()]}))).await;
     assert_eq!(dry["dryRun"], true);
     assert_eq!(actions(&dry), ["configured"]);
     let changes: Vec<&str> =
         dry["items"][0]["changes"].as_array().expect("changes").iter().filter_map(Value::as_str).collect();
     assert_eq!(changes, ["spec.env", "spec.image", "metadata.labels.tier"]);
-    assert_eq!(revision(&http, server).await, before, "a dry run writes nothing");
+    assert_eq!(stored_objects(&http, server).await, before, "a dry run writes nothing");
     let (_, body) = send(http.post(&apply).json(&json!({"items": [next]}))).await;
     assert_eq!(actions(&body), ["configured"]);
     let (_, stored) = send(http.get(&item)).await;
@@ -240,13 +274,13 @@ async fn apply_creates_configures_and_prunes_fields(server: &TestServer) {
     // One invalid object: nothing of the batch is applied, every problem is listed.
     let mut broken = instance("broken", json!({}));
     broken["spec"]["imgae"] = json!("x");
-    let before = revision(&http, server).await;
+    let before = stored_objects(&http, server).await;
     let (status, body) = send(http.post(&apply).json(&json!({"items": [instance("fine", json!({})), broken]}))).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let fields: Vec<&str> =
         body["details"]["causes"].as_array().expect("causes").iter().filter_map(|c| c["field"].as_str()).collect();
     assert!(fields.contains(&"items[1].spec.imgae"), "{body}");
-    assert_eq!(revision(&http, server).await, before);
+    assert_eq!(stored_objects(&http, server).await, before);
 }
 
 /// Bad input of every sort gets a 4xx with a message, never a 500, and changes nothing.
@@ -254,7 +288,7 @@ async fn malformed_input_is_refused_and_changes_nothing(server: &TestServer) {
     let http = reqwest::Client::new();
     let collection = format!("{}{V1}/namespaces/default/instances", server.url);
     send(http.post(&collection).json(&instance("existing", json!({})))).await;
-    let before = revision(&http, server).await;
+    let before = stored_objects(&http, server).await;
     let huge = vec![b' '; 10 * 1024 * 1024];
     let cases: Vec<(&str, reqwest::RequestBuilder, StatusCode)> = vec![
         ("truncated JSON", http.post(&collection).header("content-type", "application/json").body("{\"apiVersion\": \"minicloud.dev/v1\", \"kind\""), StatusCode::BAD_REQUEST),
@@ -288,7 +322,7 @@ async fn malformed_input_is_refused_and_changes_nothing(server: &TestServer) {
         assert_eq!(body["code"], expected.as_u16(), "{name}: JSON error body expected, got {body}");
         assert!(body["message"].as_str().is_some_and(|m| m.len() > 10), "{name}: a useful message: {body}");
     }
-    assert_eq!(revision(&http, server).await, before, "nothing changed");
+    assert_eq!(stored_objects(&http, server).await, before, "nothing changed");
 }
 
 async fn health_openapi_and_request_ids(server: &TestServer) {
@@ -408,7 +442,7 @@ async fn every_write_route_refuses_a_body_for_another_object(server: &TestServer
         other["metadata"][field] = json!(value);
         other
     };
-    let before = revision(&http, server).await;
+    let before = stored_objects(&http, server).await;
     let merge = "application/merge-patch+json";
     let apply = "application/apply-patch+yaml";
     let cases: Vec<(&str, reqwest::RequestBuilder)> = vec![
@@ -452,7 +486,7 @@ async fn every_write_route_refuses_a_body_for_another_object(server: &TestServer
         let message = body["message"].as_str().unwrap_or_default();
         assert!(message.contains("URL") || message.contains("endpoint"), "{what}: {message}");
     }
-    assert_eq!(revision(&http, server).await, before, "nothing was written");
+    assert_eq!(stored_objects(&http, server).await, before, "nothing was written");
     let (status, _) = send(http.get(format!("{}{V1}/namespaces/{namespace}/policies/web", server.url))).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "no Policy was written");
 }

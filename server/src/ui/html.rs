@@ -1,51 +1,26 @@
-//! Small HTML helpers for the console: escaping (every value that comes from the store goes
-//! through [`escape`]), links, tables and the page frame. The frame and the sign-in page are
-//! `maud` templates, which escape every value unless it is wrapped in `PreEscaped` by name;
-//! the pages' own markup (`pages.rs`, `panels.rs`) still passes through [`escape`] by hand and
-//! moves to templates next.
+//! The console's markup helpers: the page frame, the shared `<head>`, tables and links, as
+//! `maud` templates. maud escapes every value it is given; raw HTML has to be asked for by
+//! name (`PreEscaped`), and the console never asks for it: every page is a [`Markup`] built
+//! from templates, so nothing read from the store or a request can become markup.
 
-use maud::{html, Markup, PreEscaped, DOCTYPE};
+use maud::{html, Markup, DOCTYPE};
 
-/// Text made safe for HTML element content and attribute values.
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for character in text.chars() {
-        match character {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            other => out.push(other),
-        }
-    }
-    out
+/// `<a href="HREF">TEXT</a>`.
+pub fn link(href: &str, text: &str) -> Markup {
+    html! { a href=(href) { (text) } }
 }
 
-/// `<a href="HREF">TEXT</a>`, both escaped.
-pub fn link(href: &str, text: &str) -> String {
-    format!("<a href=\"{}\">{}</a>", escape(href), escape(text))
-}
-
-/// A table; `cells` are HTML already (escape text before passing it).
-pub fn table(id: &str, headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut out = format!("<table id=\"{}\"><thead><tr>", escape(id));
-    for header in headers {
-        out.push_str(&format!("<th>{}</th>", escape(header)));
-    }
-    out.push_str("</tr></thead><tbody>");
-    for row in rows {
-        out.push_str("<tr>");
-        for cell in row {
-            out.push_str(&format!("<td>{cell}</td>"));
+/// A table with a header row; an empty one says "none".
+pub fn table(id: &str, headers: &[&str], rows: &[Vec<Markup>]) -> Markup {
+    html! {
+        table id=(id) {
+            thead { tr { @for header in headers { th { (header) } } } }
+            tbody {
+                @for row in rows { tr { @for cell in row { td { (cell) } } } }
+                @if rows.is_empty() { tr { td colspan=(headers.len().max(1)) class="none" { "none" } } }
+            }
         }
-        out.push_str("</tr>");
     }
-    if rows.is_empty() {
-        out.push_str(&format!("<tr><td colspan=\"{}\" class=\"none\">none</td></tr>", headers.len().max(1)));
-    }
-    out.push_str("</tbody></table>");
-    out
 }
 
 /// What surrounds a page's `main`.
@@ -59,7 +34,7 @@ pub struct Frame<'a> {
     /// [`crate::store::Store::events_head`]); the script reloads `main` when it moves.
     pub events_head: Option<String>,
     /// Follows `main` and is never swapped (an Instance's followed logs).
-    pub after: String,
+    pub after: Markup,
 }
 
 /// The `<head>` of every console page.
@@ -77,8 +52,7 @@ pub fn head(title: &str) -> Markup {
 
 /// The whole page: navigation, `main` (what `?fragment=1` answers alone) and the live-update
 /// script, which watches from the frame's revision and reloads `main` when something changes.
-/// `main` and `frame.after` are HTML already (made by the pages).
-pub fn page(frame: &Frame<'_>, main: &str) -> String {
+pub fn page(frame: &Frame<'_>, main: &Markup) -> String {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -93,8 +67,8 @@ pub fn page(frame: &Frame<'_>, main: &str) -> String {
                     " " a href="/ui/events" { "Activity" }
                     span id="live" class="live" { "connecting…" }
                 }
-                main id="main" { (PreEscaped(main)) }
-                (PreEscaped(&frame.after))
+                main id="main" { (main) }
+                (frame.after)
                 script type="module" src="/ui/assets/app.js" {}
             }
         }
@@ -107,19 +81,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn everything_from_the_store_is_escaped() {
-        assert_eq!(
-            escape(r#"<script>alert("x&y")</script>'"#),
-            "&lt;script&gt;alert(&quot;x&amp;y&quot;)&lt;/script&gt;&#39;"
-        );
-        assert_eq!(link("/ui?a=\"b\"", "<b>"), "<a href=\"/ui?a=&quot;b&quot;\">&lt;b&gt;</a>");
-        let frame =
-            Frame { title: "<x>", watch: "*", revision: 3, events_head: Some("7:\"".into()), after: String::new() };
-        let page = page(&frame, "<p>main</p>");
+    fn everything_given_is_escaped() {
+        assert_eq!(link("/ui?a=\"b\"", "<b>").into_string(), "<a href=\"/ui?a=&quot;b&quot;\">&lt;b&gt;</a>");
+        let cells = vec![vec![html! { "<i>" }, link("/x", "x")]];
+        let table = table("t", &["<th>"], &cells).into_string();
+        assert!(table.contains("<th>&lt;th&gt;</th>") && table.contains("<td>&lt;i&gt;</td>"), "{table}");
+        assert!(super::table("t", &["A", "B"], &[]).into_string().contains("colspan=\"2\" class=\"none\""));
+        let frame = Frame { title: "<x>", watch: "*", revision: 3, events_head: Some("7:\"".into()), after: html! {} };
+        let page = page(&frame, &html! { p { "main" } });
         assert!(page.contains("<title>&lt;x&gt; · minicloud</title>") && page.contains("data-revision=\"3\""));
         assert!(page.contains("data-events-head=\"7:&quot;\""), "{page}");
-        assert!(page.contains("<main id=\"main\"><p>main</p></main>"), "main is HTML already: {page}");
+        assert!(page.contains("<main id=\"main\"><p>main</p></main>"), "{page}");
         let without = Frame { events_head: None, ..frame };
-        assert!(!super::page(&without, "").contains("data-events-head"), "an absent head is no attribute");
+        assert!(!super::page(&without, &html! {}).contains("data-events-head"), "an absent head is no attribute");
     }
 }

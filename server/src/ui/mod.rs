@@ -6,6 +6,7 @@
 //! last revision seen. Events are not objects and have no watch: for a page that shows events
 //! the same stream also says when the events head moves, and the page reloads its `main`.
 
+mod chart;
 mod html;
 mod login;
 mod pages;
@@ -76,9 +77,9 @@ const EVENTS_COALESCE: Duration = Duration::from_millis(100);
 type Params = Query<HashMap<String, String>>;
 
 /// The whole page, or only its `main` with `?fragment=1` (what the script swaps in).
-fn answer(frame: html::Frame<'_>, params: &HashMap<String, String>, main: String) -> Response {
+fn answer(frame: html::Frame<'_>, params: &HashMap<String, String>, main: maud::Markup) -> Response {
     if params.get("fragment").is_some_and(|fragment| fragment == "1") {
-        return Html(main).into_response();
+        return Html(main.into_string()).into_response();
     }
     Html(html::page(&frame, &main)).into_response()
 }
@@ -101,7 +102,7 @@ async fn summary(
 ) -> Result<Response, ApiError> {
     let events_head = Some(events_head(&state, false).await?);
     let (main, revision) = pages::summary(&state, principal.namespace.as_deref()).await?;
-    let frame = html::Frame { title: "Summary", watch: "*", revision, events_head, after: String::new() };
+    let frame = html::Frame { title: "Summary", watch: "*", revision, events_head, after: maud::html! {} };
     Ok(answer(frame, &params, main))
 }
 
@@ -113,7 +114,7 @@ async fn activity(
     let filter = pages::ActivityFilter::from_params(&params);
     let events_head = Some(events_head(&state, true).await?);
     let (main, revision) = pages::activity(&state, &filter, &principal).await?;
-    let frame = html::Frame { title: "Activity", watch: "*", revision, events_head, after: String::new() };
+    let frame = html::Frame { title: "Activity", watch: "*", revision, events_head, after: maud::html! {} };
     Ok(answer(frame, &params, main))
 }
 
@@ -126,7 +127,7 @@ async fn list(
     let kind = crate::api::request::kind_for_plural(&plural)?;
     let (main, revision) = pages::list(&state, kind, principal.namespace.as_deref()).await?;
     let frame =
-        html::Frame { title: kind.plural(), watch: kind.as_str(), revision, events_head: None, after: String::new() };
+        html::Frame { title: kind.plural(), watch: kind.as_str(), revision, events_head: None, after: maud::html! {} };
     Ok(answer(frame, &params, main))
 }
 

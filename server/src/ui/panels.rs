@@ -4,10 +4,11 @@
 //! database's backups, a stack's resources and outputs, and an Instance's container output
 //! (followed live by the script).
 
+use maud::{html, Markup};
 use minicloud_crds::{Kind, Object};
 use serde_json::Value;
 
-use super::html::{escape, link, table};
+use super::html::{link, table};
 use crate::store::Event;
 use minicloud_model::columns::age;
 
@@ -17,34 +18,54 @@ const SCALING_REASONS: &[&str] = &["ScaledOut", "ScaledIn", "Manual", "Bounds"];
 fn text(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(text) => escape(text),
-        other => escape(&other.to_string()),
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
     }
 }
 
-/// The kind's own sections of a detail page (HTML; empty for kinds without any). `siblings`
-/// are the objects of the same namespace (a load balancer's certificates are among them).
-pub fn for_object(object: &Object, events: &[Event], siblings: &[Object]) -> String {
+/// A value as a cell: a URL of the web becomes a link, anything else text.
+fn cell(value: &Value) -> Markup {
+    let shown = text(value);
+    if shown.starts_with("http://") || shown.starts_with("https://") {
+        return link(&shown, &shown);
+    }
+    html! { (shown) }
+}
+
+/// Several values in one cell, one per line.
+fn lines(items: &[Markup]) -> Markup {
+    html! {
+        @if items.is_empty() { "-" }
+        @for (index, item) in items.iter().enumerate() {
+            @if index > 0 { br; }
+            (item)
+        }
+    }
+}
+
+/// The kind's own sections of a detail page (empty for kinds without any). `siblings` are the
+/// objects of the same namespace (a load balancer's certificates are among them).
+pub fn for_object(object: &Object, events: &[Event], siblings: &[Object]) -> Markup {
     let status = &object.status;
-    let rows = |field: &str, columns: &[&str]| -> Vec<Vec<String>> {
+    let rows = |field: &str, columns: &[&str]| -> Vec<Vec<Markup>> {
         status
             .get(field)
             .and_then(Value::as_array)
             .into_iter()
             .flatten()
-            .map(|item| columns.iter().map(|column| text(item.get(*column).unwrap_or(&Value::Null))).collect())
+            .map(|item| columns.iter().map(|column| cell(item.get(*column).unwrap_or(&Value::Null))).collect())
             .collect()
     };
     match Kind::from_kind_name(&object.kind) {
-        Some(Kind::LoadBalancer) => format!(
-            "<h2>Targets</h2>{}{}",
-            table(
+        Some(Kind::LoadBalancer) => html! {
+            h2 { "Targets" }
+            (table(
                 "targets",
                 &["NAME", "ADDRESS", "STATE", "HEALTHY", "LAST CHECK"],
-                &rows("targets", &["name", "address", "state", "healthy", "lastCheck"])
-            ),
-            front_door(object, siblings)
-        ),
+                &target_rows(object),
+            ))
+            (front_door(object, siblings))
+        },
         Some(Kind::Route) => route_panels(object),
         Some(Kind::Certificate) => {
             let fields = [
@@ -58,59 +79,107 @@ pub fn for_object(object: &Object, events: &[Event], siblings: &[Object]) -> Str
                 "failedAttempts",
                 "nextAttemptTime",
             ];
-            let facts: Vec<Vec<String>> = fields
+            let facts: Vec<Vec<Markup>> = fields
                 .iter()
-                .filter_map(|field| status.get(*field).map(|value| vec![escape(field), text(value)]))
+                .filter_map(|field| status.get(*field).map(|value| vec![html! { (field) }, html! { (text(value)) }]))
                 .collect();
-            format!("<h2>Validity</h2>{}", table("validity", &["FIELD", "VALUE"], &facts))
+            html! { h2 { "Validity" } (table("validity", &["FIELD", "VALUE"], &facts)) }
         }
         Some(Kind::ScalingGroup) => {
-            let history: Vec<Vec<String>> = events
+            let history: Vec<Vec<Markup>> = events
                 .iter()
                 .rev()
                 .filter(|event| SCALING_REASONS.contains(&event.reason.as_str()))
                 .take(20)
                 .map(|event| {
-                    vec![escape(&age(Some(event.last_timestamp))), escape(&event.reason), escape(&event.message)]
+                    vec![
+                        html! { (age(Some(event.last_timestamp))) },
+                        html! { (event.reason) },
+                        html! { (event.message) },
+                    ]
                 })
                 .collect();
-            format!("<h2>Scaling history</h2>{}", table("scaling", &["AGE", "REASON", "DECISION"], &history))
+            html! { h2 { "Scaling history" } (table("scaling", &["AGE", "REASON", "DECISION"], &history)) }
         }
-        Some(Kind::ManagedDatabase) => format!(
-            "<h2>Backups</h2>{}",
-            table(
+        Some(Kind::ManagedDatabase) => html! {
+            h2 { "Backups" }
+            (table(
                 "backups",
                 &["NAME", "TIME", "SIZE (BYTES)", "REASON"],
-                &rows("backups", &["name", "time", "sizeBytes", "reason"])
-            )
-        ),
+                &rows("backups", &["name", "time", "sizeBytes", "reason"]),
+            ))
+        },
         Some(Kind::Stack) => {
-            let outputs: Vec<Vec<String>> = status
+            let outputs: Vec<Vec<Markup>> = status
                 .get("outputs")
                 .and_then(Value::as_object)
                 .into_iter()
                 .flatten()
-                .map(|(name, value)| vec![escape(name), text(value)])
+                .map(|(name, value)| vec![html! { (name) }, cell(value)])
                 .collect();
-            format!(
-                "<h2>Resources</h2>{}<h2>Outputs</h2>{}",
-                table(
+            html! {
+                h2 { "Resources" }
+                (table(
                     "resources",
                     &["KIND", "NAME", "READY", "MESSAGE"],
-                    &rows("resources", &["kind", "name", "ready", "message"])
-                ),
-                table("outputs", &["NAME", "VALUE"], &outputs)
-            )
+                    &stack_resource_rows(object),
+                ))
+                h2 { "Outputs" }
+                (table("outputs", &["NAME", "VALUE"], &outputs))
+            }
         }
-        _ => String::new(),
+        _ => html! {},
     }
+}
+
+/// A load balancer's targets; a target named after an Instance of its namespace links to it.
+fn target_rows(object: &Object) -> Vec<Vec<Markup>> {
+    object
+        .status
+        .get("targets")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|target| {
+            let field = |name: &str| text(target.get(name).unwrap_or(&Value::Null));
+            let name = field("name");
+            let href = format!("/ui/namespaces/{}/instances/{name}", object.namespace());
+            vec![
+                link(&href, &name),
+                html! { (field("address")) },
+                html! { (field("state")) },
+                html! { (field("healthy")) },
+                html! { (field("lastCheck")) },
+            ]
+        })
+        .collect()
+}
+
+/// A stack's resources, each a link to its page.
+fn stack_resource_rows(object: &Object) -> Vec<Vec<Markup>> {
+    object
+        .status
+        .get("resources")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|resource| {
+            let field = |name: &str| text(resource.get(name).unwrap_or(&Value::Null));
+            let (kind, name) = (field("kind"), field("name"));
+            let name_cell = match Kind::from_kind_name(&kind) {
+                Some(kind) => link(&format!("/ui/namespaces/{}/{}/{name}", object.namespace(), kind.plural()), &name),
+                None => html! { (name) },
+            };
+            vec![html! { (kind) }, name_cell, html! { (field("ready")) }, html! { (field("message")) }]
+        })
+        .collect()
 }
 
 /// A load balancer's listeners (address, port, protocol, attached routes) and the certificates
 /// its HTTPS listeners serve, with their expiry.
-fn front_door(object: &Object, siblings: &[Object]) -> String {
+fn front_door(object: &Object, siblings: &[Object]) -> Markup {
     let status = &object.status;
-    let listeners: Vec<Vec<String>> = object
+    let listeners: Vec<Vec<Markup>> = object
         .spec
         .get("listeners")
         .and_then(Value::as_array)
@@ -118,8 +187,8 @@ fn front_door(object: &Object, siblings: &[Object]) -> String {
         .flatten()
         .map(|listener| {
             let name = listener.get("name").and_then(Value::as_str).unwrap_or_default();
-            let endpoint = status.get("endpoints").and_then(|e| e.get(name)).map_or_else(|| "-".to_owned(), text);
-            let routes: Vec<String> = status
+            let endpoint = status.get("endpoints").and_then(|e| e.get(name)).map_or_else(|| html! { "-" }, cell);
+            let routes: Vec<Markup> = status
                 .get("listeners")
                 .and_then(Value::as_array)
                 .and_then(|all| all.iter().find(|l| l.get("name").and_then(Value::as_str) == Some(name)))
@@ -132,11 +201,11 @@ fn front_door(object: &Object, siblings: &[Object]) -> String {
                     Some((namespace, route_name)) => {
                         link(&format!("/ui/namespaces/{namespace}/routes/{route_name}"), route)
                     }
-                    None => escape(route),
+                    None => html! { (route) },
                 })
                 .collect();
             let protocol = listener.get("protocol").map_or_else(|| "HTTP".to_owned(), text);
-            vec![escape(name), endpoint, protocol, if routes.is_empty() { "-".into() } else { routes.join("<br>") }]
+            vec![html! { (name) }, endpoint, html! { (protocol) }, lines(&routes)]
         })
         .collect();
     let named: Vec<&str> = object
@@ -149,7 +218,7 @@ fn front_door(object: &Object, siblings: &[Object]) -> String {
         .flatten()
         .filter_map(|r| r.get("name")?.as_str())
         .collect();
-    let certificates: Vec<Vec<String>> = siblings
+    let certificates: Vec<Vec<Markup>> = siblings
         .iter()
         .filter(|o| o.kind == Kind::Certificate.as_str() && named.contains(&o.metadata.name.as_str()))
         .map(|certificate| {
@@ -168,26 +237,25 @@ fn front_door(object: &Object, siblings: &[Object]) -> String {
             let href = format!("/ui/namespaces/{}/certificates/{}", certificate.namespace(), certificate.metadata.name);
             vec![
                 link(&href, &certificate.metadata.name),
-                names,
-                ready,
-                certificate.status.get("notAfter").map_or_else(|| "-".to_owned(), text),
+                html! { (names) },
+                html! { (ready) },
+                html! { (certificate.status.get("notAfter").map_or_else(|| "-".to_owned(), text)) },
             ]
         })
         .collect();
-    let mut html =
-        format!("<h2>Listeners</h2>{}", table("listeners", &["NAME", "ENDPOINT", "PROTOCOL", "ROUTES"], &listeners));
-    if !named.is_empty() {
-        html.push_str(&format!(
-            "<h2>Certificates</h2>{}",
-            table("certificates", &["NAME", "DNS NAMES", "READY", "NOT AFTER"], &certificates)
-        ));
+    html! {
+        h2 { "Listeners" }
+        (table("listeners", &["NAME", "ENDPOINT", "PROTOCOL", "ROUTES"], &listeners))
+        @if !named.is_empty() {
+            h2 { "Certificates" }
+            (table("certificates", &["NAME", "DNS NAMES", "READY", "NOT AFTER"], &certificates))
+        }
     }
-    html
 }
 
 /// A route's parents (accepted, backends resolved, URLs) and its rules.
-fn route_panels(object: &Object) -> String {
-    let parents: Vec<Vec<String>> = object
+fn route_panels(object: &Object) -> Markup {
+    let parents: Vec<Vec<Markup>> = object
         .status
         .get("parents")
         .and_then(Value::as_array)
@@ -214,25 +282,19 @@ fn route_panels(object: &Object) -> String {
                         },
                     )
             };
-            let urls = parent
-                .get("urls")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-                .map(|(_, url)| text(url))
-                .collect::<Vec<_>>()
-                .join("<br>");
+            let urls: Vec<Markup> =
+                parent.get("urls").and_then(Value::as_object).into_iter().flatten().map(|(_, url)| cell(url)).collect();
             let href = format!("/ui/namespaces/{namespace}/loadbalancers/{name}");
             vec![
                 link(&href, &format!("{namespace}/{name}")),
-                section,
-                condition("Accepted"),
-                condition("ResolvedRefs"),
-                urls,
+                html! { (section) },
+                html! { (condition("Accepted")) },
+                html! { (condition("ResolvedRefs")) },
+                lines(&urls),
             ]
         })
         .collect();
-    let rules: Vec<Vec<String>> = object
+    let rules: Vec<Vec<Markup>> = object
         .spec
         .get("rules")
         .and_then(Value::as_array)
@@ -240,79 +302,33 @@ fn route_panels(object: &Object) -> String {
         .flatten()
         .enumerate()
         .map(|(index, rule)| {
-            let matches = rule.get("matches").map_or_else(|| "every request".to_owned(), |m| escape(&m.to_string()));
-            let backends = rule.get("backendRefs").map_or_else(|| "-".to_owned(), |b| escape(&b.to_string()));
-            let filters = rule.get("filters").map_or_else(|| "-".to_owned(), |f| escape(&f.to_string()));
-            vec![index.to_string(), matches, filters, backends]
+            let shown =
+                |field: &str, otherwise: &str| rule.get(field).map_or_else(|| otherwise.to_owned(), Value::to_string);
+            vec![
+                html! { (index) },
+                html! { (shown("matches", "every request")) },
+                html! { (shown("filters", "-")) },
+                html! { (shown("backendRefs", "-")) },
+            ]
         })
         .collect();
-    format!(
-        "<h2>Parents</h2>{}<h2>Rules</h2>{}",
-        table("parents", &["LOAD BALANCER", "LISTENER", "ACCEPTED", "RESOLVED", "URLS"], &parents),
-        table("rules", &["#", "MATCHES", "FILTERS", "BACKENDS"], &rules)
-    )
+    html! {
+        h2 { "Parents" }
+        (table("parents", &["LOAD BALANCER", "LISTENER", "ACCEPTED", "RESOLVED", "URLS"], &parents))
+        h2 { "Rules" }
+        (table("rules", &["#", "MATCHES", "FILTERS", "BACKENDS"], &rules))
+    }
 }
 
 /// An Instance's container output, outside the part of the page that is swapped on changes:
 /// the script fills it from the log endpoint (the last 200 lines, then followed).
-pub fn logs(kind: Kind, namespace: &str, name: &str) -> String {
+pub fn logs(kind: Kind, namespace: &str, name: &str) -> Markup {
     if kind != Kind::Instance {
-        return String::new();
+        return html! {};
     }
     let source =
         format!("/apis/minicloud.dev/v1/namespaces/{namespace}/instances/{name}/log?follow=true&tailLines=200");
-    format!(
-        "<section class=\"logs\"><h2>Logs</h2><pre id=\"logs\" data-source=\"{}\"></pre></section>",
-        escape(&source)
-    )
-}
-
-/// CPU and memory charts (SVG) of `points`; `interval` is how often the page asks for newer
-/// ones (the section's `data-chart`).
-pub fn charts(points: &[crate::usage::Point], interval: std::time::Duration) -> String {
-    let cpu: Vec<(i64, f64)> = points.iter().map(|point| (point.time, f64::from(point.cores))).collect();
-    let memory: Vec<(i64, f64)> =
-        points.iter().map(|point| (point.time, point.memory_bytes as f64 / (1024.0 * 1024.0))).collect();
-    format!(
-        "<section class=\"charts\" data-chart=\"{}\"><h2>Usage</h2>{}{}</section>",
-        interval.as_secs().max(1),
-        chart("cpu-chart", "CPU (cores)", &cpu, 3),
-        chart("memory-chart", "Memory (MiB)", &memory, 1),
-    )
-}
-
-/// One line chart: `values` as (unix time, value), oldest first.
-fn chart(id: &str, title: &str, values: &[(i64, f64)], decimals: usize) -> String {
-    const WIDTH: f64 = 600.0;
-    const HEIGHT: f64 = 100.0;
-    let Some((&(first, _), &(last, latest))) = values.first().zip(values.last()) else {
-        return format!(
-            "<div class=\"chart\" id=\"{id}\"><h3>{}</h3><p class=\"none\">collecting…</p></div>",
-            escape(title)
-        );
-    };
-    let highest = values.iter().map(|(_, value)| *value).fold(0.0_f64, f64::max).max(1e-6);
-    let span = (last - first).max(1) as f64;
-    let coordinates: Vec<String> = values
-        .iter()
-        .map(|(time, value)| {
-            let x = (*time - first) as f64 / span * WIDTH;
-            let y = HEIGHT - value / highest * HEIGHT;
-            format!("{x:.1},{y:.1}")
-        })
-        .collect();
-    format!(
-        "<div class=\"chart\" id=\"{id}\" data-points=\"{count}\"><h3>{title}: {latest:.decimals$} now, {highest:.decimals$} at most over the last {window}</h3>\
-         <svg viewBox=\"0 0 {WIDTH} {HEIGHT}\" width=\"{WIDTH}\" height=\"{HEIGHT}\" role=\"img\" aria-label=\"{title}\">\
-         <polyline fill=\"none\" stroke=\"#2f5bd3\" stroke-width=\"1.5\" points=\"{}\"/></svg></div>",
-        coordinates.join(" "),
-        count = values.len(),
-        title = escape(title),
-        window = match last - first {
-            seconds @ 0..=119 => format!("{seconds} s"),
-            seconds => format!("{} min", seconds / 60),
-        },
-    )
+    html! { section class="logs" { h2 { "Logs" } pre id="logs" data-source=(source) {} } }
 }
 
 #[cfg(test)]
@@ -337,8 +353,9 @@ mod tests {
             ),
             &[],
             &[],
-        );
-        assert!(lb.contains("<td>web-1</td><td>10.0.0.2:8080</td><td>UP</td><td>true</td><td>-</td>"), "{lb}");
+        )
+        .into_string();
+        assert!(lb.contains("<td><a href=\"/ui/namespaces/default/instances/web-1\">web-1</a></td><td>10.0.0.2:8080</td><td>UP</td><td>true</td><td>-</td>"), "{lb}");
         let db = for_object(
             &object(
                 "ManagedDatabase",
@@ -346,7 +363,8 @@ mod tests {
             ),
             &[],
             &[],
-        );
+        )
+        .into_string();
         assert!(db.contains("<td>42</td><td>&lt;manual&gt;</td>"), "{db}");
         let stack = for_object(
             &object(
@@ -355,15 +373,19 @@ mod tests {
             ),
             &[],
             &[],
-        );
+        )
+        .into_string();
         assert!(
-            stack.contains("<td>app</td><td>false</td><td>waiting</td>")
-                && stack.contains("<td>url</td><td>http://127.0.0.1:1</td>"),
+            stack.contains(
+                "<td><a href=\"/ui/namespaces/default/instances/app\">app</a></td><td>false</td><td>waiting</td>"
+            ) && stack.contains("<td>url</td><td><a href=\"http://127.0.0.1:1\">http://127.0.0.1:1</a></td>"),
             "{stack}"
         );
-        assert_eq!(for_object(&object("Secret", json!({})), &[], &[]), "");
-        assert!(logs(Kind::Instance, "default", "web").contains("/namespaces/default/instances/web/log?follow=true"));
-        assert_eq!(logs(Kind::Stack, "default", "web"), "");
+        assert_eq!(for_object(&object("Secret", json!({})), &[], &[]).into_string(), "");
+        assert!(logs(Kind::Instance, "default", "web")
+            .into_string()
+            .contains("/namespaces/default/instances/web/log?follow=true"));
+        assert_eq!(logs(Kind::Stack, "default", "web").into_string(), "");
     }
 
     #[test]
@@ -379,7 +401,7 @@ mod tests {
         );
         certificate.metadata.name = "site".into();
         certificate.spec = json!({"dnsNames": ["<b>.example.com"]});
-        let html = for_object(&lb, &[], &[certificate]);
+        let html = for_object(&lb, &[], &[certificate]).into_string();
         assert!(html.contains("<a href=\"/ui/namespaces/shop/routes/store\">shop/store</a>"), "{html}");
         assert!(html.contains("https://127.0.0.1:443") && html.contains("2027-03-01T00:00:00Z"), "{html}");
         assert!(html.contains("&lt;b&gt;.example.com") && !html.contains("<b>"), "{html}");
@@ -388,28 +410,10 @@ mod tests {
             json!({"parents": [{"parentRef": {"name": "edge", "namespace": "infra"}, "conditions": [{"type": "Accepted", "status": "False", "message": "no <way>"}], "urls": {"web": "http://a/"}}]}),
         );
         route.spec = json!({"rules": [{"backendRefs": [{"kind": "Instance", "name": "web", "port": 80}]}]});
-        let html = for_object(&route, &[], &[]);
+        let html = for_object(&route, &[], &[]).into_string();
         assert!(
             html.contains("/ui/namespaces/infra/loadbalancers/edge") && html.contains("False no &lt;way&gt;"),
             "{html}"
         );
-    }
-
-    #[test]
-    fn charts_draw_what_was_sampled() {
-        let interval = std::time::Duration::from_secs(5);
-        assert!(charts(&[], interval).contains("collecting…"));
-        let points: Vec<crate::usage::Point> = (0..4)
-            .map(|index| crate::usage::Point {
-                time: 100 + index * 5,
-                cores: index as f32 / 4.0,
-                memory_bytes: 1 << 20,
-            })
-            .collect();
-        let drawn = charts(&points, interval);
-        assert!(drawn.contains("data-chart=\"5\"") && drawn.contains("data-points=\"4\""), "{drawn}");
-        assert!(drawn.contains("CPU (cores): 0.750 now, 0.750 at most over the last 15 s"), "{drawn}");
-        assert!(drawn.contains("points=\"0.0,100.0 200.0,66.7 400.0,33.3 600.0,0.0\""), "{drawn}");
-        assert!(drawn.contains("Memory (MiB): 1.0 now"), "{drawn}");
     }
 }
