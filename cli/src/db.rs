@@ -60,9 +60,8 @@ pub async fn run(client: &Client, command: DbCommand) -> anyhow::Result<()> {
     }
 }
 
-/// A request id: unique enough, and ordered by time for a human reading the annotation.
 fn request_id() -> String {
-    format!("{}-{:04x}", chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f"), rand::random::<u16>())
+    minicloud_crds::database::request_id(chrono::Utc::now(), rand::random())
 }
 
 /// Sets `annotation` to `value` on the database.

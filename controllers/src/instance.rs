@@ -187,7 +187,12 @@ impl InstanceController {
     fn desired(&self, ctx: &Context<'_>, spec: &InstanceSpec, status: &InstanceStatus, env: Vec<String>) -> Desired {
         let cluster = self.store.cluster_id();
         let (namespace, name) = (ctx.namespace(), ctx.name());
-        let hash = spec_hash(&json!({"spec": ctx.object().spec, "env": spec_hash(&json!(env))}));
+        let mut hashed = json!({"spec": ctx.object().spec, "env": spec_hash(&json!(env))});
+        // A restart asked for changes the hash; without one the hash is what it always was.
+        if let Some(asked) = ctx.object().metadata.annotations.get(minicloud_crds::instance::RESTARTED_AT_ANNOTATION) {
+            hashed["restartedAt"] = json!(asked);
+        }
+        let hash = spec_hash(&hashed);
         let labels = Labels {
             cluster: cluster.to_owned(),
             namespace: namespace.to_owned(),

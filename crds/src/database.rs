@@ -84,6 +84,12 @@ pub const BACKUP_REQUEST_ANNOTATION: &str = "minicloud.dev/backup-request";
 /// Annotation asking for a restore (`cloud db restore`): `REQUEST-ID BACKUP-NAME`, answered in
 /// `status.lastRestore`.
 pub const RESTORE_REQUEST_ANNOTATION: &str = "minicloud.dev/restore-request";
+
+/// A new id for a backup or restore request: unique enough with a random `salt`, and ordered
+/// by time for a human reading the annotation.
+pub fn request_id(now: chrono::DateTime<chrono::Utc>, salt: u16) -> String {
+    format!("{}-{salt:04x}", now.format("%Y%m%dT%H%M%S%.3f"))
+}
 /// Annotation (`"true"`) that lets a `Snapshot` deletion go on without its final backup, as
 /// RDS's `SkipFinalSnapshot` does (`cloud delete db NAME --skip-final-snapshot`): the way out
 /// when the final backup cannot be taken.

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::meta::Condition;
 
+/// Annotation asking for a new container (the console's "Restart"): any new value — the time
+/// it was asked, by convention — replaces the container as a spec change would.
+pub const RESTARTED_AT_ANNOTATION: &str = "minicloud.dev/restarted-at";
+
 /// Desired state of one container.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

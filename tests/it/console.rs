@@ -464,3 +464,232 @@ async fn the_console_renders_a_thousand_objects_and_survives_a_server_restart() 
     assert!(errors.is_empty(), "the browser logged errors besides the restart's cut connections: {errors:?}");
     server.stop().await;
 }
+
+/// Submits the form `id` of the open page after setting `fields` (name → value).
+async fn submit(browser: &Browser, id: &str, fields: &[(&str, &str)]) {
+    let source = format!(
+        "const form = document.getElementById({id}); if (!form) return 'no form ' + {id}; \
+         for (const [name, value] of {fields}) form.querySelector(`[name=\"${{name}}\"]`).value = value; \
+         form.requestSubmit(); return null;",
+        id = json!(id),
+        fields = json!(fields.iter().map(|(name, value)| [name, value]).collect::<Vec<_>>()),
+    );
+    assert_eq!(browser.script(&source).await, Value::Null, "submitting #{id}");
+}
+
+/// The audit log's entries (as an admin reads them), once one satisfies `wanted` (bounded).
+async fn audited(url: &str, token: Option<&str>, wanted: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut request = reqwest::Client::new().get(format!("{url}/apis/minicloud.dev/v1/audit"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let log: Value = request.send().await.expect("audit").json().await.expect("json");
+        if let Some(entry) = log["items"].as_array().into_iter().flatten().find(|entry| wanted(entry)) {
+            return entry.clone();
+        }
+        assert!(Instant::now() < deadline, "no such audit entry in {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `csrf` field of the first form of a page, read as any client can read the page.
+async fn form_token_of(page: &str) -> String {
+    let html = reqwest::get(page).await.expect("page").text().await.expect("html");
+    let start = html.find("name=\"csrf\" value=\"").expect("a form with a token") + "name=\"csrf\" value=\"".len();
+    html[start..].split('"').next().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn actions_taken_in_the_browser_change_real_containers() {
+    let harness = Harness::start_on("console-actions", crate::common::TestDb::sqlite().await, &[]).await;
+    let url = harness.server().url.clone();
+    let namespace = harness.namespace.clone();
+    let group = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "ScalingGroup",
+        "metadata": {"name": "pool", "namespace": namespace},
+        "spec": {"minReplicas": 1, "maxReplicas": 5, "desiredReplicas": 1,
+            "template": {"spec": {"image": "minicloud/web:local", "resources": {"memory": "32Mi"}}}},
+    });
+    let database = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "ManagedDatabase",
+        "metadata": {"name": "cache", "namespace": namespace},
+        "spec": {"engine": "redis", "version": "7"},
+    });
+    let stack = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Stack",
+        "metadata": {"name": "demo", "namespace": namespace},
+        "spec": {"resources": [{"apiVersion": "minicloud.dev/v1", "kind": "Instance",
+            "metadata": {"name": "${stack.name}-web"}, "spec": {"image": "minicloud/web:local"}}]},
+    });
+    harness.apply(vec![harness.instance("web", json!({}), json!({})), group, database, stack]).await;
+    let ready = |object: &Value| crate::common::cluster::condition(object, "Ready").map(|c| c.0) == Some("True");
+    let web = harness.wait_for("instances", "web", "Ready", ready).await;
+    harness.wait_for("scalinggroups", "pool", "Ready", ready).await;
+    harness.wait_for("stacks", "demo", "Ready", ready).await;
+    harness.wait_for("manageddatabases", "cache", "Ready", ready).await;
+    let browser = Browser::start().await;
+    let page = |plural: &str, name: &str| format!("{url}/ui/namespaces/{namespace}/{plural}/{name}");
+
+    // Scale a group from 1 to 3: three members appear on its page, live.
+    browser.open(&page("scalinggroups", "pool")).await;
+    browser.screenshot("console-actions.png").await;
+    submit(&browser, "action-scale", &[("replicas", "3")]).await;
+    browser.wait_for_text("notice", "the note", Duration::from_secs(10), |text| text.contains("desired count")).await;
+    browser
+        .wait_for_text("children", "three members", Duration::from_secs(60), |text| text.matches("pool-").count() == 3)
+        .await;
+    let group = harness.get("scalinggroups", "pool").await.expect("group");
+    assert_eq!(group["spec"]["desiredReplicas"], 3);
+
+    // Restart an Instance: a new container, which serves.
+    let before = web["status"]["containerId"].as_str().expect("a container").to_owned();
+    browser.open(&page("instances", "web")).await;
+    submit(&browser, "action-restart", &[]).await;
+    browser.wait_for_text("notice", "the note", Duration::from_secs(10), |text| text.contains("new container")).await;
+    let restarted = harness
+        .wait_for("instances", "web", "a new container, Ready", |object| {
+            ready(object) && object["status"]["containerId"].as_str().is_some_and(|id| id != before)
+        })
+        .await;
+    let after = restarted["status"]["containerId"].as_str().expect("id").to_owned();
+    browser.wait_for_text("status", "the new container", Duration::from_secs(10), |text| text.contains(&after)).await;
+
+    // A backup taken from the page is listed on it.
+    browser.open(&page("manageddatabases", "cache")).await;
+    submit(&browser, "action-backup", &[]).await;
+    browser.wait_for_text("backups", "the backup", Duration::from_secs(60), |text| text.contains("cache-")).await;
+
+    // Deleting a stack asks first, naming what goes with it; nothing is deleted until then.
+    browser.open(&page("stacks", "demo")).await;
+    submit(&browser, "action-delete", &[]).await;
+    browser
+        .wait_for_text("consequences", "what goes", Duration::from_secs(10), |text| text.contains("instance demo-web"))
+        .await;
+    assert!(harness.get("stacks", "demo").await.is_some(), "asking deletes nothing");
+    submit(&browser, "action-delete", &[]).await;
+    browser.wait_for_text("objects", "the stack list", Duration::from_secs(10), |text| !text.contains("demo")).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while harness.get("stacks", "demo").await.is_some() || harness.get("instances", "demo-web").await.is_some() {
+        assert!(Instant::now() < deadline, "the stack and its Instance are deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Forged posts: without the form token, or from another site's page, nothing happens (403,
+    // audited); with the token, from no browser page, the same post works.
+    let scale = format!("{}/scale", page("scalinggroups", "pool"));
+    let token = form_token_of(&page("scalinggroups", "pool")).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let forged = http.post(&scale).form(&[("csrf", "guessed"), ("replicas", "5")]).send().await.expect("post");
+    assert_eq!(forged.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(forged.text().await.expect("page").contains("form token"));
+    let cross_site = http
+        .post(&scale)
+        .header("origin", "http://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("csrf", token.as_str()), ("replicas", "5")])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(cross_site.status(), reqwest::StatusCode::FORBIDDEN);
+    let entry = audited(&url, None, |entry| entry["verb"] == "scale" && entry["code"] == 403).await;
+    assert_eq!(entry["name"], "pool", "{entry}");
+    assert_eq!(harness.get("scalinggroups", "pool").await.expect("group")["spec"]["desiredReplicas"], 3);
+    let genuine = http.post(&scale).form(&[("csrf", token.as_str()), ("replicas", "2")]).send().await.expect("post");
+    assert_eq!(genuine.status(), reqwest::StatusCode::SEE_OTHER);
+    assert_eq!(harness.get("scalinggroups", "pool").await.expect("group")["spec"]["desiredReplicas"], 2);
+
+    // While the restart replaces the container its output cannot be read (409); the page
+    // reads it again.
+    let errors = browser.errors_besides(&["ERR_NETWORK_CHANGED", "/web/log?follow=true"]).await;
+    assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn a_view_token_is_offered_no_action_and_a_forged_post_is_refused_and_audited() {
+    let server = crate::common::server::TestServer::start(
+        crate::common::TestDb::sqlite().await,
+        &["--auth", "--no-controllers"],
+    )
+    .await;
+    let admin = server.printed_admin_token().expect("admin token");
+    let reader = server.create_token(&admin, json!({"name": "reader", "role": "view"})).await;
+    let created = reqwest::Client::new()
+        .post(format!("{}/apis/minicloud.dev/v1/namespaces/default/instances", server.url))
+        .bearer_auth(&admin)
+        .json(&json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance", "metadata": {"name": "web"},
+            "spec": {"image": "minicloud/web:local"}}))
+        .send()
+        .await
+        .expect("create");
+    assert!(created.status().is_success());
+    let browser = Browser::start().await;
+    let sign_in = |token: &str| {
+        format!(
+            "document.getElementById('token').value = {}; document.getElementById('login').requestSubmit(); return null;",
+            json!(token)
+        )
+    };
+    let page = format!("{}/ui/namespaces/default/instances/web", server.url);
+    browser.open(&format!("{}/ui/login", server.url)).await;
+    browser.script(&sign_in(&reader)).await;
+    browser.wait_for_text("live", "live", Duration::from_secs(20), |text| text == "live").await;
+
+    // No buttons for a viewer; a post made anyway (from the page itself, with the cookie) is
+    // refused, audited, and changes nothing.
+    browser.open(&page).await;
+    browser.wait_for_text("facts", "the page", Duration::from_secs(10), |text| text.contains("Instance")).await;
+    assert_eq!(browser.script("return document.getElementById('actions') === null;").await, json!(true));
+    browser
+        .script(
+            "fetch(location.pathname + '/delete', {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=x&confirm=yes'}).then((r) => { window.forged = r.status; }); return null;",
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while browser.script("return window.forged || null;").await == Value::Null {
+        assert!(Instant::now() < deadline, "the forged post was answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(browser.script("return window.forged;").await, json!(403));
+    let entry =
+        audited(&server.url, Some(&admin), |entry| entry["principal"] == "reader" && entry["verb"] == "delete").await;
+    assert_eq!(entry["code"], 403, "{entry}");
+    let still = reqwest::Client::new()
+        .get(format!("{}/apis/minicloud.dev/v1/namespaces/default/instances/web", server.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("get");
+    assert!(still.status().is_success(), "nothing was deleted");
+
+    // An unknown object is a page in the console's frame, not JSON.
+    browser.open(&format!("{}/ui/namespaces/default/instances/missing", server.url)).await;
+    browser.wait_for_text("main", "the 404 page", Duration::from_secs(10), |text| text.contains("Not found")).await;
+    assert_eq!(browser.script("return document.title;").await, json!("Not found · minicloud"));
+
+    // Signing out with the header's button; an admin then gets the buttons, and a delete
+    // that asks first.
+    browser.script("document.querySelector('#sign-out button').click(); return null;").await;
+    browser.wait_for_text("main", "Sign in", Duration::from_secs(10), |text| text.contains("Sign in")).await;
+    browser.script(&sign_in(&admin)).await;
+    browser.wait_for_text("live", "live", Duration::from_secs(20), |text| text == "live").await;
+    browser.open(&page).await;
+    browser.wait_for_text("actions", "the buttons", Duration::from_secs(10), |text| text.contains("Delete")).await;
+    submit(&browser, "action-delete", &[]).await;
+    browser.wait_for_text("consequences", "the question", Duration::from_secs(10), |text| !text.is_empty()).await;
+    submit(&browser, "action-delete", &[]).await;
+    browser.wait_for_text("objects", "the list", Duration::from_secs(10), |text| !text.contains("web")).await;
+    let gone = reqwest::Client::new()
+        .get(format!("{}/apis/minicloud.dev/v1/namespaces/default/instances/web", server.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(gone.status(), reqwest::StatusCode::NOT_FOUND);
+    // The refused post and the missing object's page are answered as they should be.
+    let errors = browser.errors_besides(&["/web/delete - ", "/instances/missing - "]).await;
+    assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
+    server.stop().await;
+}

@@ -193,6 +193,15 @@ pub fn classify(
         "/ui/namespaces/{namespace}/{plural}/{name}" if read => {
             need(Verb::Get, "console", param("namespace"), param("name"))
         }
+        // The console's actions need what the API request they stand for needs.
+        "/ui/namespaces/{namespace}/{plural}/{name}/{action}" if *method == Method::POST => {
+            let (plural, action) = (param("plural").unwrap_or_default(), param("action").unwrap_or_default());
+            let namespace = param("namespace").unwrap_or_default();
+            if let Some(permission) = crate::ui::actions::permission(&plural, &action, &namespace) {
+                need(permission.verb, &permission.resource, param("namespace"), param("name"));
+                classified.verb = action;
+            }
+        }
         // The console's other pages show the token's namespace (or every one).
         _ if route.starts_with("/ui") && read => {
             classified.watch = route == "/ui/watch";
@@ -211,24 +220,42 @@ pub fn classify(
     classified
 }
 
-/// The token a request carries: `Authorization: Bearer`, or for reads the console's cookie.
-fn credentials(request: &Request<Body>) -> Option<String> {
-    if let Some(value) = request.headers().get(header::AUTHORIZATION) {
-        let value = value.to_str().ok()?.trim();
-        let (scheme, token) = value.split_once(' ')?;
-        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned());
+/// The token a request carries: `Authorization: Bearer`, or the console's cookie for reads
+/// and for the console's own forms (`form`: a route whose handler checks the form token, see
+/// [`crate::ui::actions`]).
+fn credentials(request: &Request<Body>, form: bool) -> Option<String> {
+    if request.headers().contains_key(header::AUTHORIZATION) {
+        return bearer(request.headers());
     }
-    if !matches!(*request.method(), Method::GET | Method::HEAD) {
+    if !matches!(*request.method(), Method::GET | Method::HEAD) && !form {
         return None;
     }
-    request
-        .headers()
+    cookie(request.headers())
+}
+
+fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_owned())
+}
+
+fn cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .find_map(|pair| pair.trim().strip_prefix(COOKIE)?.strip_prefix('=').map(str::to_owned))
 }
+
+/// The token the request presents, by whichever means (for the console's form token).
+pub fn presented_token(headers: &axum::http::HeaderMap) -> Option<String> {
+    bearer(headers).or_else(|| cookie(headers))
+}
+
+/// The console's form routes: POSTs whose handler refuses a form without the session's form
+/// token, so the cookie may authenticate them.
+pub const CONSOLE_FORM_ROUTES: &[&str] = &["/ui/namespaces/{namespace}/{plural}/{name}/{action}"];
 
 /// Whether a request can change something (and so is always audited).
 fn mutating(method: &Method) -> bool {
@@ -251,6 +278,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
         return next.run(request).await;
     }
     let method = request.method().clone();
+    let reads_html = crate::ui::wants_html(request.headers());
     let request_id =
         request.headers().get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
     let audit = |principal: &str, code: StatusCode, message: String| {
@@ -283,7 +311,7 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
     };
     // Requests without a valid token share one rate, taken before any store read (by the
     // authenticator for a token it must look up; here for a missing one).
-    let principal = match credentials(&request) {
+    let principal = match credentials(&request, CONSOLE_FORM_ROUTES.contains(&route.as_str())) {
         Some(token) => auth.authenticate(&token).await,
         None => auth.take_unauthenticated().map_err(AuthError::TooMany).and(Err(AuthError::Missing)),
     };
@@ -326,6 +354,9 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
     };
     if let Some(Err(denial)) = permission.map(|permission| principal.check(&permission)) {
         audit(&principal.name, StatusCode::FORBIDDEN, denial.to_string()).await;
+        if reads_html && (is_console_page(&method, &route) || CONSOLE_FORM_ROUTES.contains(&route.as_str())) {
+            return crate::ui::refused_page(StatusCode::FORBIDDEN, &denial.to_string(), &principal);
+        }
         return ApiError::forbidden(denial.to_string()).into_response();
     }
     let permit = if classified.watch {
@@ -445,12 +476,17 @@ mod tests {
             Request::builder().method(method).header(header_name, value).body(Body::empty()).expect("request")
         };
         assert_eq!(
-            credentials(&request(Method::POST, header::AUTHORIZATION, "bearer  mc_x ")).as_deref(),
+            credentials(&request(Method::POST, header::AUTHORIZATION, "bearer  mc_x "), false).as_deref(),
             Some("mc_x")
         );
-        assert_eq!(credentials(&request(Method::GET, header::AUTHORIZATION, "Basic abc")), None);
+        assert_eq!(credentials(&request(Method::GET, header::AUTHORIZATION, "Basic abc"), false), None);
         let cookie = format!("theme=dark; {COOKIE}=mc_y");
-        assert_eq!(credentials(&request(Method::GET, header::COOKIE, &cookie)).as_deref(), Some("mc_y"));
-        assert_eq!(credentials(&request(Method::POST, header::COOKIE, &cookie)), None);
+        assert_eq!(credentials(&request(Method::GET, header::COOKIE, &cookie), false).as_deref(), Some("mc_y"));
+        assert_eq!(credentials(&request(Method::POST, header::COOKIE, &cookie), false), None);
+        assert_eq!(
+            credentials(&request(Method::POST, header::COOKIE, &cookie), true).as_deref(),
+            Some("mc_y"),
+            "a console form (its handler checks the form token)"
+        );
     }
 }

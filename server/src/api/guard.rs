@@ -13,6 +13,11 @@
 //!
 //! Command-line clients (the `cloud` CLI, curl, client libraries) send neither header and are
 //! unaffected.
+//!
+//! The console's forms (its actions and sign-out) are the one exception to the JSON rule: they
+//! are posted as `application/x-www-form-urlencoded` by the browser itself, still only from
+//! this server's own pages (the origin check above), and an action's handler refuses a form
+//! without the session's form token (see `crate::ui::actions`).
 
 use axum::body::Body;
 use axum::http::{header, Method, Request};
@@ -36,7 +41,11 @@ pub async fn guard_writes(request: Request<Body>, next: Next) -> Response {
     if !matches!(*request.method(), Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
         return next.run(request).await;
     }
-    if let Err(error) = check_origin(&request).and_then(|()| check_content_type(&request)) {
+    let route = request.extensions().get::<axum::extract::MatchedPath>().map(|path| path.as_str().to_owned());
+    let console_form = route
+        .as_deref()
+        .is_some_and(|route| super::access::CONSOLE_FORM_ROUTES.contains(&route) || route == "/ui/logout");
+    if let Err(error) = check_origin(&request).and_then(|()| check_content_type(&request, console_form)) {
         return error.into_response();
     }
     next.run(request).await
@@ -78,7 +87,7 @@ fn from_a_browser(request: &Request<Body>) -> bool {
         || headers.contains_key("sec-fetch-mode")
 }
 
-fn check_content_type(request: &Request<Body>) -> Result<(), ApiError> {
+fn check_content_type(request: &Request<Body>, console_form: bool) -> Result<(), ApiError> {
     use axum::body::HttpBody;
     let has_body = request.body().size_hint().exact() != Some(0) && *request.method() != Method::DELETE;
     if !has_body {
@@ -88,6 +97,7 @@ fn check_content_type(request: &Request<Body>) -> Result<(), ApiError> {
     let media_type = content_type.map(|value| value.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
     match media_type {
         Some(media_type) if ACCEPTED_BODY_TYPES.contains(&media_type.as_str()) => Ok(()),
+        Some(media_type) if console_form && media_type == "application/x-www-form-urlencoded" => Ok(()),
         None if !from_a_browser(request) => Ok(()),
         _ => Err(ApiError::unsupported_media_type(format!(
             "send the body as JSON with Content-Type: application/json (got {})",

@@ -240,8 +240,15 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
-async fn not_found(request: Request<Body>) -> ApiError {
-    ApiError::not_found(format!("no endpoint {} {}; see /openapi.json", request.method(), request.uri().path()))
+async fn not_found(request: Request<Body>) -> axum::response::Response {
+    let path = request.uri().path();
+    if request.method() == axum::http::Method::GET
+        && crate::ui::wants_html(request.headers())
+        && crate::ui::is_page_path(path)
+    {
+        return crate::ui::unknown_page(path);
+    }
+    ApiError::not_found(format!("no endpoint {} {}; see /openapi.json", request.method(), path)).into_response()
 }
 
 async fn method_not_allowed(request: Request<Body>) -> ApiError {

@@ -184,6 +184,12 @@ impl Principal {
         Principal::token(ANONYMOUS, Role::Admin, None)
     }
 
+    /// Whether this is the principal of a server without authentication (the name is
+    /// reserved: no token can carry it).
+    pub fn is_anonymous(&self) -> bool {
+        self.name == ANONYMOUS
+    }
+
     /// Whether the principal holds `permission`.
     pub fn allows(&self, permission: &Permission) -> bool {
         let in_scope = match (&self.namespace, &permission.namespace) {

@@ -108,13 +108,20 @@ pub async fn sign_in(State(state): State<AppState>, headers: HeaderMap, body: Bo
     set_cookie(StatusCode::NO_CONTENT.into_response(), &cookie)
 }
 
-/// `POST /ui/logout`: clears the cookie.
+/// `POST /ui/logout`: clears the cookie; the header's "Sign out" form is then sent to the
+/// sign-in page (a script's request gets 204).
 pub async fn sign_out(headers: HeaderMap) -> Response {
     let secure = if forwarded_over_https(&headers) { "; Secure" } else { "" };
-    set_cookie(
-        StatusCode::NO_CONTENT.into_response(),
-        &format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"),
-    )
+    let from_a_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/x-www-form-urlencoded"));
+    let answer = if from_a_form {
+        axum::response::Redirect::to("/ui/login").into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    };
+    set_cookie(answer, &format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{secure}"))
 }
 
 /// Whether a reverse proxy says the browser used HTTPS (then the cookie is `Secure`).

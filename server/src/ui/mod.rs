@@ -6,6 +6,7 @@
 //! last revision seen. Events are not objects and have no watch: for a page that shows events
 //! the same stream also says when the events head moves, and the page reloads its `main`.
 
+pub mod actions;
 mod chart;
 mod html;
 mod login;
@@ -16,7 +17,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -51,20 +52,27 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/logout", axum::routing::post(login::sign_out))
         .route("/ui/{plural}", get(list))
         .route("/ui/namespaces/{namespace}/{plural}/{name}", get(detail))
+        .route("/ui/namespaces/{namespace}/{plural}/{name}/{action}", axum::routing::post(actions::perform))
+        .layer(axum::middleware::from_fn(problems_as_pages))
         .layer(axum::middleware::map_response(protect))
 }
 
 /// What every console answer tells the browser: load scripts, styles and data from this
 /// server only, run no inline script, never be framed by another page (clickjacking), do not
-/// guess content types, send no referrer.
+/// guess content types, send the referrer to this server only (with `no-referrer` a browser
+/// sends `Origin: null` with the console's own forms, and the write guard refuses those).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-async fn protect(mut response: Response) -> Response {
+async fn protect(response: Response) -> Response {
+    with_console_headers(response)
+}
+
+fn with_console_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, header::HeaderValue::from_static(CONTENT_SECURITY_POLICY));
     headers.insert(header::X_FRAME_OPTIONS, header::HeaderValue::from_static("DENY"));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
-    headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("no-referrer"));
+    headers.insert(header::REFERRER_POLICY, header::HeaderValue::from_static("same-origin"));
     response
 }
 
@@ -84,6 +92,96 @@ fn answer(frame: html::Frame<'_>, params: &HashMap<String, String>, main: maud::
     Html(html::page(&frame, &main)).into_response()
 }
 
+/// The header's parts for this request: who is signed in, and the namespace picker (a token
+/// bound to one namespace has nothing to pick). `?namespace=` picks one; anything that is not
+/// a namespace name is ignored.
+async fn chrome(state: &AppState, principal: &Principal, params: &HashMap<String, String>) -> html::Chrome {
+    let signed_in = (!principal.is_anonymous()).then(|| principal.name.clone());
+    if principal.namespace.is_some() {
+        return html::Chrome { signed_in, namespaces: Vec::new(), namespace: principal.namespace.clone() };
+    }
+    let picked = params
+        .get("namespace")
+        .filter(|namespace| minicloud_crds::validation::check_dns_label(namespace).is_ok())
+        .cloned();
+    let namespaces = match pages::namespaces(state).await {
+        Ok(namespaces) => namespaces,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list the namespaces for the console's picker");
+            picked.iter().cloned().collect()
+        }
+    };
+    html::Chrome { signed_in, namespaces, namespace: picked }
+}
+
+/// A console path no route serves (the API's fallback sends them here): the 404 page.
+pub fn unknown_page(path: &str) -> Response {
+    let message = format!("the console has no page {path}");
+    with_console_headers(
+        (StatusCode::NOT_FOUND, Html(html::problem(404, &message, &html::Chrome::default()))).into_response(),
+    )
+}
+
+/// Errors of the console's pages as pages in its frame (the status kept), not the API's JSON:
+/// a deleted object, an unknown kind, a namespace outside the token's. The console's own
+/// requests (its stream, its JSON, page fragments) keep the JSON.
+async fn problems_as_pages(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let is_page = request.method() == axum::http::Method::GET
+        && wants_html(request.headers())
+        && is_page_path(request.uri().path())
+        && !request.uri().query().is_some_and(|query| query.split('&').any(|pair| pair == "fragment=1"));
+    let principal = request.extensions().get::<Principal>().cloned();
+    let response = next.run(request).await;
+    if !is_page || response.status().as_u16() < 400 || !is_json(&response) {
+        return response;
+    }
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|body| body.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| status.to_string());
+    let signed_in = principal.filter(|principal| !principal.is_anonymous()).map(|principal| principal.name);
+    let chrome = html::Chrome { signed_in, ..html::Chrome::default() };
+    (status, Html(html::problem(status.as_u16(), &message, &chrome))).into_response()
+}
+
+/// Whether the client reads HTML (a browser navigating sends `Accept: text/html`); other
+/// clients of the console's paths keep the API's JSON errors.
+pub fn wants_html(headers: &axum::http::HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|value| value.to_str().ok()).is_some_and(|value| value.contains("text/html"))
+}
+
+/// Whether a path is a page a browser navigates to (not the stream, JSON or assets).
+pub fn is_page_path(path: &str) -> bool {
+    path.starts_with("/ui")
+        && path != "/ui/watch"
+        && !path.starts_with("/ui/api/")
+        && !path.starts_with("/ui/assets/")
+        && path != "/ui/login"
+        && path != "/ui/logout"
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"))
+}
+
+/// The answer to a page the access layer refused (403): the problem page in the frame.
+pub fn refused_page(status: axum::http::StatusCode, message: &str, principal: &Principal) -> Response {
+    let signed_in = (!principal.is_anonymous()).then(|| principal.name.clone());
+    let chrome = html::Chrome { signed_in, ..html::Chrome::default() };
+    with_console_headers((status, Html(html::problem(status.as_u16(), message, &chrome))).into_response())
+}
+
+/// The namespace the pages show: the token's own, else the one picked.
+fn scope(principal: &Principal, chrome: &html::Chrome) -> Option<String> {
+    principal.namespace.clone().or_else(|| chrome.namespace.clone())
+}
+
 /// The events head, read before a page's events are (an event recorded in between then
 /// reloads the page rather than being missed); with `audit` (the activity page, which shows
 /// requests too) followed by `/` and the audit log's head.
@@ -100,9 +198,11 @@ async fn summary(
     Extension(principal): Extension<Principal>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
+    let chrome = chrome(&state, &principal, &params).await;
     let events_head = Some(events_head(&state, false).await?);
-    let (main, revision) = pages::summary(&state, principal.namespace.as_deref()).await?;
-    let frame = html::Frame { title: "Summary", watch: "*", revision, events_head, after: maud::html! {} };
+    let (main, revision) = pages::summary(&state, scope(&principal, &chrome).as_deref()).await?;
+    let frame =
+        html::Frame { title: "Summary", watch: "*", revision, events_head, after: maud::html! {}, chrome: &chrome };
     Ok(answer(frame, &params, main))
 }
 
@@ -111,10 +211,12 @@ async fn activity(
     Extension(principal): Extension<Principal>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
+    let chrome = chrome(&state, &principal, &params).await;
     let filter = pages::ActivityFilter::from_params(&params);
     let events_head = Some(events_head(&state, true).await?);
     let (main, revision) = pages::activity(&state, &filter, &principal).await?;
-    let frame = html::Frame { title: "Activity", watch: "*", revision, events_head, after: maud::html! {} };
+    let frame =
+        html::Frame { title: "Activity", watch: "*", revision, events_head, after: maud::html! {}, chrome: &chrome };
     Ok(answer(frame, &params, main))
 }
 
@@ -125,14 +227,23 @@ async fn list(
     Query(params): Params,
 ) -> Result<Response, ApiError> {
     let kind = crate::api::request::kind_for_plural(&plural)?;
-    let (main, revision) = pages::list(&state, kind, principal.namespace.as_deref()).await?;
-    let frame =
-        html::Frame { title: kind.plural(), watch: kind.as_str(), revision, events_head: None, after: maud::html! {} };
+    let chrome = chrome(&state, &principal, &params).await;
+    let (main, revision) = pages::list(&state, kind, scope(&principal, &chrome).as_deref()).await?;
+    let frame = html::Frame {
+        title: kind.plural(),
+        watch: kind.as_str(),
+        revision,
+        events_head: None,
+        after: maud::html! {},
+        chrome: &chrome,
+    };
     Ok(answer(frame, &params, main))
 }
 
 async fn detail(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    headers: axum::http::HeaderMap,
     Path((namespace, plural, name)): Path<(String, String, String)>,
     Query(params): Params,
 ) -> Result<Response, ApiError> {
@@ -140,14 +251,17 @@ async fn detail(
     let key = crate::api::request::key(kind, &namespace, &name)?;
     let watch = format!("{}/{namespace}/{name}", kind.as_str());
     let title = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
+    let chrome = chrome(&state, &principal, &params).await;
     let events_head = Some(events_head(&state, false).await?);
-    let (main, revision) = pages::detail(&state, &key).await?;
+    let viewer = actions::Viewer::of(&principal, &headers);
+    let (main, revision) = pages::detail(&state, &key, &viewer, &params).await?;
     let frame = html::Frame {
         title: &title,
         watch: &watch,
         revision,
         events_head,
         after: panels::logs(kind, &namespace, &name),
+        chrome: &chrome,
     };
     Ok(answer(frame, &params, main))
 }

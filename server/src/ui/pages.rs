@@ -145,8 +145,23 @@ pub async fn list(state: &AppState, kind: Kind, scope: Option<&str>) -> Result<(
     Ok((main, list.revision))
 }
 
-/// `/ui/namespaces/{ns}/{plural}/{name}`: one object.
-pub async fn detail(state: &AppState, key: &minicloud_crds::ObjectKey) -> Result<(Markup, i64), StoreError> {
+/// The namespaces objects are in, and `default` (the picker's choices).
+pub async fn namespaces(state: &AppState) -> Result<Vec<String>, StoreError> {
+    let list = everything(state, None).await?;
+    let mut names: std::collections::BTreeSet<String> =
+        list.items.iter().map(|object| object.namespace().to_owned()).collect();
+    names.insert(minicloud_crds::DEFAULT_NAMESPACE.to_owned());
+    Ok(names.into_iter().collect())
+}
+
+/// `/ui/namespaces/{ns}/{plural}/{name}`: one object, with the actions `viewer` may take on it
+/// and the note of the one just taken (`?done=`).
+pub async fn detail(
+    state: &AppState,
+    key: &minicloud_crds::ObjectKey,
+    viewer: &super::actions::Viewer,
+    params: &std::collections::HashMap<String, String>,
+) -> Result<(Markup, i64), StoreError> {
     let revision = state.store.revision().await?;
     let mut object = state.store.get(key).await?;
     minicloud_model::redact::redact_object(&mut object);
@@ -216,8 +231,13 @@ pub async fn detail(state: &AppState, key: &minicloud_crds::ObjectKey) -> Result
     let events: Vec<Vec<Markup>> = all_events.iter().rev().take(50).map(|event| event_row(event, false)).collect();
     let panels = super::panels::for_object(&object, &all_events, &siblings.items);
     let pretty = |value: &Value| serde_json::to_string_pretty(value).unwrap_or_default();
+    let notice = Kind::from_kind_name(&object.kind)
+        .map(|kind| super::actions::notice(kind, &meta.name, params))
+        .unwrap_or_default();
     let main = html! {
         h1 { (object.kind.to_ascii_lowercase()) "/" (meta.name) }
+        (notice)
+        (super::actions::section(viewer, &object))
         (table("facts", &["", ""], &facts))
         @if has_container { span id="has-container" hidden {} }
         h2 { "Conditions" }

@@ -32,8 +32,24 @@ function concerns(object) {
   return meta.namespace === namespace && meta.name === name;
 }
 
+// A form in main that the user is filling in (typed into, or focused) is not swapped away:
+// the refresh waits until it is left alone.
+function editing() {
+  const active = document.activeElement;
+  if (active && active !== document.body && main.contains(active) && active.closest("form")) return true;
+  return main.querySelector("form[data-edited]") !== null;
+}
+main.addEventListener("input", (event) => {
+  const form = event.target.closest && event.target.closest("form");
+  if (form) form.dataset.edited = "1";
+});
+
 async function refresh() {
   refreshTimer = null;
+  if (editing()) {
+    refreshTimer = setTimeout(refresh, 1000);
+    return;
+  }
   try {
     const url = new URL(location.href);
     url.searchParams.set("fragment", "1");
@@ -110,7 +126,8 @@ async function follow() {
   }
 }
 
-follow();
+// Pages that follow nothing (a problem, a confirmation) have no data-watch.
+if (scope) follow();
 
 // An Instance's container output: the last lines, then followed; at most MAX_LOG_LINES kept.
 const MAX_LOG_LINES = 2000;
