@@ -81,7 +81,7 @@ pub async fn run(
             Action::Unchanged => say!("{label}: unchanged"),
             Action::Configured => {
                 differences = true;
-                let impact = kind.map_or("in place", |kind| impact(kind, &item.changes));
+                let impact = kind.map_or("in place", |kind| minicloud_model::impact::impact(kind, &item.changes));
                 painted!("{}", paint.changed(&format!("{label}: update ({impact})")));
                 let secret = kind == Some(Kind::Secret);
                 let shown = match (&live, secret) {
@@ -161,44 +161,5 @@ fn shown_value(value: &Value) -> String {
     match value {
         Value::Null => "(none)".into(),
         other => other.to_string(),
-    }
-}
-
-/// What an update does to what runs.
-fn impact(kind: Kind, changes: &[String]) -> &'static str {
-    let spec = |prefix: &str| changes.iter().any(|path| path.starts_with(prefix));
-    match kind {
-        Kind::Instance if spec("spec") => "replaces its container",
-        Kind::ScalingGroup if spec("spec.template") => "rolling update: replaces its members",
-        Kind::LoadBalancer
-            if spec("spec.network")
-                || changes
-                    .iter()
-                    .any(|p| p.starts_with("spec.listeners") && (p.ends_with(".port") || p.ends_with(".name"))) =>
-        {
-            "replaces the HAProxy container"
-        }
-        Kind::LoadBalancer if spec("spec") => "in place: a validated HAProxy reload, no request lost",
-        Kind::ManagedDatabase if spec("spec.engine") || spec("spec.version") || spec("spec.network") => {
-            "replaces its container; the data stays on its volume"
-        }
-        Kind::Secret if spec("spec") => "in place; Instances that read it are replaced",
-        Kind::Stack if spec("spec") => "updates the stack's resources",
-        _ => "in place",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn impacts_name_what_is_replaced() {
-        assert_eq!(impact(Kind::Instance, &["spec.image".into()]), "replaces its container");
-        assert_eq!(impact(Kind::Instance, &["metadata.labels.tier".into()]), "in place");
-        assert_eq!(impact(Kind::ScalingGroup, &["spec.desiredReplicas".into()]), "in place");
-        assert!(impact(Kind::ScalingGroup, &["spec.template.spec.image".into()]).starts_with("rolling update"));
-        assert_eq!(impact(Kind::LoadBalancer, &["spec.listeners[0].port".into()]), "replaces the HAProxy container");
-        assert!(impact(Kind::LoadBalancer, &["spec.algorithm".into()]).starts_with("in place"));
     }
 }

@@ -193,6 +193,16 @@ pub fn classify(
         "/ui/namespaces/{namespace}/{plural}/{name}" if read => {
             need(Verb::Get, "console", param("namespace"), param("name"))
         }
+        // The editor's page of an object shows it: reading it is enough to open it.
+        "/ui/namespaces/{namespace}/{plural}/{name}/{action}" if read => {
+            need(Verb::Get, "console", param("namespace"), param("name"))
+        }
+        // The editor's plan and apply: checked per object by the API's apply, as `apply` is.
+        "/ui/apply" if *method == Method::POST => {
+            classified.access = Access::PerObject;
+            classified.verb = "apply".into();
+            classified.resource = "objects".into();
+        }
         // The console's actions need what the API request they stand for needs.
         "/ui/namespaces/{namespace}/{plural}/{name}/{action}" if *method == Method::POST => {
             let (plural, action) = (param("plural").unwrap_or_default(), param("action").unwrap_or_default());
@@ -255,7 +265,7 @@ pub fn presented_token(headers: &axum::http::HeaderMap) -> Option<String> {
 
 /// The console's form routes: POSTs whose handler refuses a form without the session's form
 /// token, so the cookie may authenticate them.
-pub const CONSOLE_FORM_ROUTES: &[&str] = &["/ui/namespaces/{namespace}/{plural}/{name}/{action}"];
+pub const CONSOLE_FORM_ROUTES: &[&str] = &["/ui/namespaces/{namespace}/{plural}/{name}/{action}", "/ui/apply"];
 
 /// Whether a request can change something (and so is always audited).
 fn mutating(method: &Method) -> bool {

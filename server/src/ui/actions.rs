@@ -122,7 +122,7 @@ pub fn form_token(headers: &HeaderMap) -> String {
 }
 
 /// Compares without stopping at the first difference.
-fn same(sent: &str, expected: &str) -> bool {
+pub(super) fn same(sent: &str, expected: &str) -> bool {
     sent.len() == expected.len() && sent.bytes().zip(expected.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
 }
 
@@ -228,6 +228,10 @@ pub fn section(viewer: &Viewer, object: &Object) -> Markup {
 
 /// The note a page shows after an action redirected to it (`?done=ACTION`).
 pub fn notice(kind: Kind, name: &str, params: &HashMap<String, String>) -> Markup {
+    if params.get("done").is_some_and(|done| done == "apply") {
+        let object = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
+        return html! { p id="notice" class="notice" role="status" { (object) " was applied." } };
+    }
     let Some(action) = params.get("done").and_then(|done| Action::parse(kind, done)) else { return html! {} };
     html! { p id="notice" class="notice" role="status" { (action.done(kind, name)) } }
 }
@@ -245,18 +249,21 @@ pub async fn perform(
     let viewer = Viewer::of(&principal, &headers);
     match act(&state, &principal, &viewer, &namespace, &plural, &name, &action, &fields).await {
         Ok(response) => response,
-        Err(error) => {
-            let chrome = html::Chrome {
-                signed_in: (!principal.is_anonymous()).then(|| principal.name.clone()),
-                ..html::Chrome::default()
-            };
-            let note = crate::api::audit_note::AuditNote(error.message.clone());
-            let mut response =
-                (error.status, Html(html::problem(error.status.as_u16(), &error.message, &chrome))).into_response();
-            response.extensions_mut().insert(note);
-            response
-        }
+        Err(error) => problem_response(&principal, error),
     }
+}
+
+/// A refused or failed form: the problem page, with the reason for the audit log.
+pub(super) fn problem_response(principal: &Principal, error: ApiError) -> Response {
+    let chrome = html::Chrome {
+        signed_in: (!principal.is_anonymous()).then(|| principal.name.clone()),
+        ..html::Chrome::default()
+    };
+    let note = crate::api::audit_note::AuditNote(error.message.clone());
+    let mut response =
+        (error.status, Html(html::problem(error.status.as_u16(), &error.message, &chrome))).into_response();
+    response.extensions_mut().insert(note);
+    response
 }
 
 #[allow(clippy::too_many_arguments)]

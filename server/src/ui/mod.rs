@@ -8,6 +8,7 @@
 
 pub mod actions;
 mod chart;
+mod editor;
 mod html;
 mod login;
 mod pages;
@@ -52,7 +53,9 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/logout", axum::routing::post(login::sign_out))
         .route("/ui/{plural}", get(list))
         .route("/ui/namespaces/{namespace}/{plural}/{name}", get(detail))
-        .route("/ui/namespaces/{namespace}/{plural}/{name}/{action}", axum::routing::post(actions::perform))
+        .route("/ui/namespaces/{namespace}/{plural}/{name}/{action}", get(editor::edit).post(actions::perform))
+        .route("/ui/{plural}/new", get(editor::new))
+        .route("/ui/apply", axum::routing::post(editor::submit))
         .layer(axum::middleware::from_fn(problems_as_pages))
         .layer(axum::middleware::map_response(protect))
 }

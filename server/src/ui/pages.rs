@@ -141,7 +141,11 @@ pub async fn list(state: &AppState, kind: Kind, scope: Option<&str>) -> Result<(
             cells
         })
         .collect();
-    let main = html! { h1 { (kind.plural()) } (table("objects", &columns, &rows)) };
+    let main = html! {
+        h1 { (kind.plural()) }
+        @if kind != Kind::Secret { p { a id="new" href={ "/ui/" (kind.plural()) "/new" } { "New " (kind.as_str()) "…" } } }
+        (table("objects", &columns, &rows))
+    };
     Ok((main, list.revision))
 }
 
@@ -230,13 +234,19 @@ pub async fn detail(
     let all_events = state.store.events(Some(object.namespace()), Some(key)).await?;
     let events: Vec<Vec<Markup>> = all_events.iter().rev().take(50).map(|event| event_row(event, false)).collect();
     let panels = super::panels::for_object(&object, &all_events, &siblings.items);
-    let pretty = |value: &Value| serde_json::to_string_pretty(value).unwrap_or_default();
+    let as_yaml = |value: &Value| match value {
+        Value::Null => "{}\n".to_owned(),
+        value => minicloud_model::yaml_out::yaml(value, 0),
+    };
     let notice = Kind::from_kind_name(&object.kind)
         .map(|kind| super::actions::notice(kind, &meta.name, params))
         .unwrap_or_default();
     let main = html! {
         h1 { (object.kind.to_ascii_lowercase()) "/" (meta.name) }
         (notice)
+        @if object.kind != Kind::Secret.as_str() {
+            p { a id="edit" href=(format!("{}/edit", detail_href(&object))) { "Edit YAML" } }
+        }
         (super::actions::section(viewer, &object))
         (table("facts", &["", ""], &facts))
         @if has_container { span id="has-container" hidden {} }
@@ -249,9 +259,9 @@ pub async fn detail(
         h2 { "Children" }
         (table("children", &["KIND", "NAME", "READY"], &children))
         h2 { "Spec" }
-        pre id="spec" { (pretty(&object.spec)) }
+        pre id="spec" { (as_yaml(&object.spec)) }
         h2 { "Status" }
-        pre id="status" { (pretty(&object.status)) }
+        pre id="status" { (as_yaml(&object.status)) }
     };
     Ok((main, revision))
 }
