@@ -6,6 +6,7 @@
 //! backups, stack outputs) with real objects, and events reaching pages live. And with 1,000 objects: the list renders them all
 //! (time printed), and a server killed and restarted on its port is followed again.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,26 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends the session first — chromedriver then quits Chromium and its helper processes —
+    /// and only then the driver: killing the driver alone leaves Chromium running (a whole CI
+    /// run leaked hundreds of processes that way and slowed every later test). Drop cannot
+    /// wait for a future, so the `DELETE` goes over a plain socket, bounded in time; the
+    /// driver's process group is killed last, whatever is left in it.
     fn drop(&mut self) {
+        let address = self.base.trim_start_matches("http://").to_owned();
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {address}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.session
+        );
+        if let Ok(mut stream) = std::net::TcpStream::connect(&address) {
+            use std::io::{Read, Write};
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(20)));
+            if stream.write_all(request.as_bytes()).is_ok() {
+                let _ = stream.read_to_end(&mut Vec::new());
+            }
+        }
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -32,6 +52,8 @@ impl Browser {
         let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("addr").port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            // Its own process group, with Chromium in it: see `Drop`.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -767,5 +789,56 @@ async fn a_view_token_is_offered_no_action_and_a_forged_post_is_refused_and_audi
     // The refused post and the missing object's page are answered as they should be.
     let errors = browser.errors_besides(&["/web/delete - ", "/instances/missing - "]).await;
     assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_text_stays_text_on_the_editor_plan_and_reveal_pages() {
+    let server =
+        crate::common::server::TestServer::start(crate::common::TestDb::sqlite().await, &["--no-controllers"]).await;
+    let hostile = "</textarea></pre><script>window.injected = 1</script><img src=x onerror=\"window.injected = 2\">";
+    let http = reqwest::Client::new();
+    let v1 = format!("{}/apis/minicloud.dev/v1/namespaces/default", server.url);
+    let instance = json!({"apiVersion": "minicloud.dev/v1", "kind": "Instance",
+        "metadata": {"name": "web", "annotations": {"note": hostile}},
+        "spec": {"image": "minicloud/web:local", "env": [{"name": "GREETING", "value": hostile}]}});
+    let secret = json!({"apiVersion": "minicloud.dev/v1", "kind": "Secret", "metadata": {"name": "s"},
+        "spec": {"stringData": {"k": hostile}}});
+    for (plural, object) in [("instances", instance), ("secrets", secret)] {
+        let created = http.post(format!("{v1}/{plural}")).json(&object).send().await.expect("create");
+        assert!(created.status().is_success(), "{}", created.text().await.unwrap_or_default());
+    }
+    let browser = Browser::start().await;
+    let untouched =
+        "return [window.injected === undefined, document.querySelectorAll('main img, main script').length];";
+    let page = |path: &str| format!("{}/ui/namespaces/default/{path}", server.url);
+
+    // The object's page and its editor: the text is shown, and round-trips through the text area.
+    browser.open(&page("instances/web")).await;
+    browser.wait_for_text("spec", "the spec", Duration::from_secs(10), |text| text.contains("GREETING")).await;
+    assert!(browser.text("spec").await.contains("</textarea>"), "shown as text");
+    assert_eq!(browser.script(untouched).await, json!([true, 0]), "the detail page");
+    browser.open(&page("instances/web/edit")).await;
+    browser.wait_for_text("editor", "the editor", Duration::from_secs(10), |text| text.contains("Plan")).await;
+    assert_eq!(browser.script(untouched).await, json!([true, 0]), "the editor");
+    let text = browser.script("return document.getElementById('yaml').value;").await;
+    assert!(text.as_str().is_some_and(|yaml| yaml.contains("</textarea></pre><script>")), "{text}");
+
+    // The plan of a change to the hostile value names both values, as text.
+    browser
+        .script("const area = document.getElementById('yaml'); area.value = area.value.replaceAll('window.injected = 1', 'window.injected = 3'); document.getElementById('editor').requestSubmit(); return null;")
+        .await;
+    browser.wait_for_text("plan", "the plan", Duration::from_secs(10), |text| text.contains("spec.env")).await;
+    assert!(browser.text("plan").await.contains("window.injected = 3"), "{}", browser.text("plan").await);
+    assert_eq!(browser.script(untouched).await, json!([true, 0]), "the plan");
+
+    // A revealed value is text too.
+    browser.open(&page("secrets/s")).await;
+    submit(&browser, "action-reveal", &[]).await;
+    browser.wait_for_text("revealed", "the value", Duration::from_secs(10), |text| !text.is_empty()).await;
+    assert_eq!(browser.text("revealed").await.trim(), hostile);
+    assert_eq!(browser.script(untouched).await, json!([true, 0]), "the reveal page");
+    let errors = browser.errors_besides(&[]).await;
+    assert!(errors.is_empty(), "the browser logged errors (a CSP violation would be one): {errors:?}");
     server.stop().await;
 }

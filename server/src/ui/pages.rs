@@ -46,21 +46,6 @@ async fn everything(state: &AppState, scope: Option<&str>) -> Result<store::Obje
 /// when it has one).
 pub async fn summary(state: &AppState, scope: Option<&str>) -> Result<(Markup, i64), StoreError> {
     let list = everything(state, scope).await?;
-    let mut counts = Vec::new();
-    for kind in Kind::ALL {
-        let objects: Vec<&Object> = list.items.iter().filter(|object| object.kind == kind.as_str()).collect();
-        let ready = objects.iter().filter(|object| is_ready(object)).count();
-        let summary = if kind.reports_conditions() {
-            format!("{ready} ready, {} not", objects.len() - ready)
-        } else {
-            "-".into()
-        };
-        counts.push(vec![
-            link(&format!("/ui/{}", kind.plural()), kind.as_str()),
-            html! { span class="count" data-kind=(kind.as_str()) { (objects.len()) } },
-            html! { (summary) },
-        ]);
-    }
     let mut newest: Vec<&Object> = list.items.iter().collect();
     newest.sort_by_key(|object| std::cmp::Reverse(object.metadata.creation_timestamp));
     let newest: Vec<Vec<Markup>> = newest
@@ -87,11 +72,60 @@ pub async fn summary(state: &AppState, scope: Option<&str>) -> Result<(Markup, i
                 (format!("{:.1}", memory as f64 / (1024.0 * 1024.0))) " MiB of memory now."
             }
         }
-        section { h2 { "Objects" } (table("counts", &["KIND", "OBJECTS", "READY"], &counts)) }
+        section { h2 { "Objects" } (cards(&list.items)) }
         section { h2 { "Newest" } (table("newest", &["KIND", "NAME", "NAMESPACE", "READY", "AGE"], &newest)) }
         section { h2 { "Recent warnings" } (warnings) }
     };
     Ok((main, list.revision))
+}
+
+/// Kinds whose objects people write (the others are written by minicloud itself).
+const WRITTEN_BY_PEOPLE: [Kind; 8] = [
+    Kind::Instance,
+    Kind::ScalingGroup,
+    Kind::LoadBalancer,
+    Kind::Route,
+    Kind::ManagedDatabase,
+    Kind::Stack,
+    Kind::Certificate,
+    Kind::Policy,
+];
+
+/// How many objects not Ready a card names.
+const NAMED_NOT_READY: usize = 5;
+
+/// The summary's cards, one per kind: how many objects, the ones not Ready called out by name
+/// (links), and quick links to the list and to a new one.
+fn cards(objects: &[Object]) -> Markup {
+    html! {
+        div id="counts" class="cards" {
+            @for kind in Kind::ALL {
+                @let of_kind: Vec<&Object> = objects.iter().filter(|object| object.kind == kind.as_str()).collect();
+                @let not_ready: Vec<&&Object> = of_kind.iter().filter(|object| !is_ready(object)).collect();
+                article class="card" aria-label=(kind.as_str()) {
+                    h3 { a href={ "/ui/" (kind.plural()) } { (kind.as_str()) } }
+                    p class="figure" { span class="count" data-kind=(kind.as_str()) { (of_kind.len()) } }
+                    @if !kind.reports_conditions() || of_kind.is_empty() {
+                        p class="quiet" { @if of_kind.is_empty() { "none yet" } @else { "data, no readiness" } }
+                    } @else if not_ready.is_empty() {
+                        p class="ok" { "all Ready" }
+                    } @else {
+                        p class="bad" {
+                            (not_ready.len()) " not Ready: "
+                            @for (index, object) in not_ready.iter().take(NAMED_NOT_READY).enumerate() {
+                                @if index > 0 { ", " }
+                                a href=(detail_href(object)) { (object.metadata.name) }
+                            }
+                            @if not_ready.len() > NAMED_NOT_READY { ", …" }
+                        }
+                    }
+                    @if WRITTEN_BY_PEOPLE.contains(&kind) {
+                        p class="quick" { a href={ "/ui/" (kind.plural()) "/new" } { "New " (kind.as_str()) "…" } }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The summary's figures as JSON (`/ui/api/summary`), of the token's namespace when it has one.
@@ -143,7 +177,9 @@ pub async fn list(state: &AppState, kind: Kind, scope: Option<&str>) -> Result<(
         .collect();
     let main = html! {
         h1 { (kind.plural()) }
-        @if kind != Kind::Secret { p { a id="new" href={ "/ui/" (kind.plural()) "/new" } { "New " (kind.as_str()) "…" } } }
+        @if WRITTEN_BY_PEOPLE.contains(&kind) {
+            p { a id="new" href={ "/ui/" (kind.plural()) "/new" } { "New " (kind.as_str()) "…" } }
+        }
         (table("objects", &columns, &rows))
     };
     Ok((main, list.revision))
