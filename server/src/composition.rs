@@ -346,7 +346,7 @@ pub async fn run(
         );
     }
     bound(Bound { address, internal_token, replica });
-    let served = api::serve(listener, state, crate::ui::routes(), stopping, stop).await;
+    let served = api::serve(listener, state, crate::ui::routes(), crate::ui::page_errors, stopping, stop).await;
     // The router's clones of the audit log are gone: the writer drains its queue and ends.
     if tokio::time::timeout(Duration::from_secs(5), audit_writer).await.is_err() {
         tracing::warn!("the audit log writer did not finish within 5 s");

@@ -207,7 +207,8 @@ pub fn classify(
         "/ui/namespaces/{namespace}/{plural}/{name}/{action}" if *method == Method::POST => {
             let (plural, action) = (param("plural").unwrap_or_default(), param("action").unwrap_or_default());
             let namespace = param("namespace").unwrap_or_default();
-            if let Some(permission) = crate::ui::actions::permission(&plural, &action, &namespace) {
+            let kind = minicloud_crds::Kind::from_plural(&plural);
+            if let Some(permission) = kind.and_then(|kind| console_action(kind, &action, &namespace)) {
                 need(permission.verb, &permission.resource, param("namespace"), param("name"));
                 classified.verb = action;
             }
@@ -232,7 +233,7 @@ pub fn classify(
 
 /// The token a request carries: `Authorization: Bearer`, or the console's cookie for reads
 /// and for the console's own forms (`form`: a route whose handler checks the form token, see
-/// [`crate::ui::actions`]).
+/// the console's actions).
 fn credentials(request: &Request<Body>, form: bool) -> Option<String> {
     if request.headers().contains_key(header::AUTHORIZATION) {
         return bearer(request.headers());
@@ -263,6 +264,21 @@ pub fn presented_token(headers: &axum::http::HeaderMap) -> Option<String> {
     bearer(headers).or_else(|| cookie(headers))
 }
 
+/// The console's actions (`/ui/namespaces/NS/PLURAL/NAME/ACTION`) and the permission of the
+/// API request each stands for; `None`: the kind has no such action (the route is refused).
+pub fn console_action(kind: minicloud_crds::Kind, action: &str, namespace: &str) -> Option<Permission> {
+    use minicloud_crds::Kind;
+    let (verb, resource) = match (action, kind) {
+        ("delete", kind) => (Verb::Delete, kind.plural()),
+        ("restart", Kind::Instance) => (Verb::Patch, "instances"),
+        ("scale", Kind::ScalingGroup) => (Verb::Update, "scalinggroups/scale"),
+        ("backup" | "restore", Kind::ManagedDatabase) => (Verb::Patch, "manageddatabases"),
+        ("reveal", Kind::Secret) => (Verb::Reveal, "secrets"),
+        _ => return None,
+    };
+    Some(Permission::new(verb, resource, Some(namespace)))
+}
+
 /// The console's form routes: POSTs whose handler refuses a form without the session's form
 /// token, so the cookie may authenticate them.
 pub const CONSOLE_FORM_ROUTES: &[&str] = &["/ui/namespaces/{namespace}/{plural}/{name}/{action}", "/ui/apply"];
@@ -288,7 +304,6 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
         return next.run(request).await;
     }
     let method = request.method().clone();
-    let reads_html = crate::ui::wants_html(request.headers());
     let request_id =
         request.headers().get("x-request-id").and_then(|value| value.to_str().ok()).unwrap_or("-").to_owned();
     let audit = |principal: &str, code: StatusCode, message: String| {
@@ -364,9 +379,6 @@ pub async fn authorize(State(state): State<AppState>, request: Request<Body>, ne
     };
     if let Some(Err(denial)) = permission.map(|permission| principal.check(&permission)) {
         audit(&principal.name, StatusCode::FORBIDDEN, denial.to_string()).await;
-        if reads_html && (is_console_page(&method, &route) || CONSOLE_FORM_ROUTES.contains(&route.as_str())) {
-            return crate::ui::refused_page(StatusCode::FORBIDDEN, &denial.to_string(), &principal);
-        }
         return ApiError::forbidden(denial.to_string()).into_response();
     }
     let permit = if classified.watch {

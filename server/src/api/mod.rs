@@ -162,7 +162,12 @@ impl AppState {
 
 /// The routes, without the listener; `pages` (the console's) are served beside the API's,
 /// behind the same host check, authorization and write guard.
-pub fn router(state: AppState, pages: Router<AppState>) -> Router {
+/// What turns an error of a page into a page (the console's 403 and 404 for a browser); it
+/// wraps every route and the fallback.
+pub type PageErrors =
+    fn(axum::extract::Request, axum::middleware::Next) -> futures::future::BoxFuture<'static, axum::response::Response>;
+
+pub fn router(state: AppState, pages: Router<AppState>, page_errors: PageErrors) -> Router {
     let requests = state.requests.clone();
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
@@ -225,6 +230,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .route_layer(axum::middleware::from_fn(request_metrics::mark_route))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(page_errors))
         .layer(axum::middleware::from_fn_with_state(state.hosts.clone(), hosts::check_host))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(requests, request_metrics::record))
@@ -240,15 +246,8 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
-async fn not_found(request: Request<Body>) -> axum::response::Response {
-    let path = request.uri().path();
-    if request.method() == axum::http::Method::GET
-        && crate::ui::wants_html(request.headers())
-        && crate::ui::is_page_path(path)
-    {
-        return crate::ui::unknown_page(path);
-    }
-    ApiError::not_found(format!("no endpoint {} {}; see /openapi.json", request.method(), path)).into_response()
+async fn not_found(request: Request<Body>) -> ApiError {
+    ApiError::not_found(format!("no endpoint {} {}; see /openapi.json", request.method(), request.uri().path()))
 }
 
 async fn method_not_allowed(request: Request<Body>) -> ApiError {
@@ -333,6 +332,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     pages: Router<AppState>,
+    page_errors: PageErrors,
     stopping: watch::Sender<bool>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -341,7 +341,7 @@ pub async fn serve(
 
     let limits = state.limits.clone();
     let connections = Arc::new(tokio::sync::Semaphore::new(connection_capacity(limits.connections)));
-    let app = router(state, pages);
+    let app = router(state, pages, page_errors);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout).keep_alive(true);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();

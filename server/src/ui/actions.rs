@@ -7,7 +7,7 @@
 //!   with, which another site can neither read nor compute, so a forged form is refused (403)
 //!   even before the same-origin check of the write guard;
 //! - needs the same permission as the API request it stands for (decided by the access layer
-//!   from [`permission`], audited like every write): a `view` token is offered no button and
+//!   from `api::access::console_action`, audited like every write): a `view` token is offered no button and
 //!   gets 403 if it posts anyway;
 //! - goes through the API's own handler for that request (validation, admission policies,
 //!   conflict retries are theirs), then answers with a redirect to the page that shows the
@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use super::html;
 use crate::api::error::ApiError;
 use crate::api::AppState;
-use crate::auth::{Permission, Principal, Verb};
+use crate::auth::{Permission, Principal};
 
 /// One thing a detail page's buttons can do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,7 +49,7 @@ impl Action {
 
     /// The action named in a URL, when `kind` has it.
     pub fn parse(kind: Kind, name: &str) -> Option<Action> {
-        Action::ALL.into_iter().find(|action| action.name() == name && action.applies_to(kind))
+        Action::ALL.into_iter().find(|action| action.name() == name && action.permission(kind, "").is_some())
     }
 
     pub fn name(self) -> &'static str {
@@ -63,25 +63,10 @@ impl Action {
         }
     }
 
-    fn applies_to(self, kind: Kind) -> bool {
-        match self {
-            Action::Delete => true,
-            Action::Restart => kind == Kind::Instance,
-            Action::Scale => kind == Kind::ScalingGroup,
-            Action::Backup | Action::Restore => kind == Kind::ManagedDatabase,
-            Action::Reveal => kind == Kind::Secret,
-        }
-    }
-
-    /// The permission of the API request the action stands for.
-    fn permission(self, kind: Kind, namespace: &str) -> Permission {
-        let (verb, resource) = match self {
-            Action::Delete => (Verb::Delete, kind.plural()),
-            Action::Restart | Action::Backup | Action::Restore => (Verb::Patch, kind.plural()),
-            Action::Scale => (Verb::Update, "scalinggroups/scale"),
-            Action::Reveal => (Verb::Reveal, "secrets"),
-        };
-        Permission::new(verb, resource, Some(namespace))
+    /// The permission of the API request the action stands for (`None`: `kind` has no such
+    /// action), as the access layer decides it.
+    fn permission(self, kind: Kind, namespace: &str) -> Option<Permission> {
+        crate::api::access::console_action(kind, self.name(), namespace)
     }
 
     /// Whether it destroys something, and so asks first.
@@ -101,13 +86,6 @@ impl Action {
             Action::Reveal => format!("{object}: revealed."),
         }
     }
-}
-
-/// For the access layer: the permission a console action on `plural` needs (`None`: no such
-/// action, refused).
-pub fn permission(plural: &str, action: &str, namespace: &str) -> Option<Permission> {
-    let kind = Kind::ALL.into_iter().find(|kind| kind.plural() == plural)?;
-    Some(Action::parse(kind, action)?.permission(kind, namespace))
 }
 
 /// The form token of a request: a digest of the token it signed in with (the console's
@@ -138,7 +116,7 @@ impl Viewer {
     }
 
     fn may(&self, action: Action, kind: Kind, namespace: &str) -> bool {
-        action.applies_to(kind) && self.principal.allows(&action.permission(kind, namespace))
+        action.permission(kind, namespace).is_some_and(|permission| self.principal.allows(&permission))
     }
 }
 
@@ -498,17 +476,23 @@ mod tests {
 
     #[test]
     fn actions_belong_to_their_kinds_and_need_the_api_permission() {
+        use crate::auth::Verb;
         assert_eq!(Action::parse(Kind::Instance, "restart"), Some(Action::Restart));
         assert_eq!(Action::parse(Kind::Secret, "restart"), None, "a Secret has no container");
         assert_eq!(Action::parse(Kind::Stack, "delete"), Some(Action::Delete));
         assert_eq!(Action::parse(Kind::Instance, "exec"), None);
-        assert_eq!(permission("nothings", "delete", "dev"), None);
         assert_eq!(
-            permission("scalinggroups", "scale", "dev"),
+            Action::Scale.permission(Kind::ScalingGroup, "dev"),
             Some(Permission::new(Verb::Update, "scalinggroups/scale", Some("dev")))
         );
-        assert_eq!(permission("secrets", "reveal", "dev"), Some(Permission::new(Verb::Reveal, "secrets", Some("dev"))));
-        assert_eq!(permission("stacks", "delete", "a"), Some(Permission::new(Verb::Delete, "stacks", Some("a"))));
+        assert_eq!(
+            Action::Reveal.permission(Kind::Secret, "dev"),
+            Some(Permission::new(Verb::Reveal, "secrets", Some("dev")))
+        );
+        assert_eq!(
+            Action::Delete.permission(Kind::Stack, "a"),
+            Some(Permission::new(Verb::Delete, "stacks", Some("a")))
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn page(frame: &Frame<'_>, main: &Markup) -> String {
                     @if watch.is_some() { span id="live" class="live" role="status" { "connecting…" } }
                     @if let Some(name) = &chrome.signed_in {
                         form id="sign-out" method="post" action="/ui/logout" {
-                            span class="who" { "signed in as " (name) } " "
+                            @if !name.is_empty() { span class="who" { "signed in as " (name) } " " }
                             button type="submit" { "Sign out" }
                         }
                     }

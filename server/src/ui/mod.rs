@@ -18,10 +18,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
+use futures::future::BoxFuture;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -56,7 +57,6 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/namespaces/{namespace}/{plural}/{name}/{action}", get(editor::edit).post(actions::perform))
         .route("/ui/{plural}/new", get(editor::new))
         .route("/ui/apply", axum::routing::post(editor::submit))
-        .layer(axum::middleware::from_fn(problems_as_pages))
         .layer(axum::middleware::map_response(protect))
 }
 
@@ -117,36 +117,33 @@ async fn chrome(state: &AppState, principal: &Principal, params: &HashMap<String
     html::Chrome { signed_in, namespaces, namespace: picked }
 }
 
-/// A console path no route serves (the API's fallback sends them here): the 404 page.
-pub fn unknown_page(path: &str) -> Response {
-    let message = format!("the console has no page {path}");
-    with_console_headers(
-        (StatusCode::NOT_FOUND, Html(html::problem(404, &message, &html::Chrome::default()))).into_response(),
-    )
-}
-
-/// Errors of the console's pages as pages in its frame (the status kept), not the API's JSON:
-/// a deleted object, an unknown kind, a namespace outside the token's. The console's own
-/// requests (its stream, its JSON, page fragments) keep the JSON.
-async fn problems_as_pages(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let is_page = request.method() == axum::http::Method::GET
-        && wants_html(request.headers())
-        && is_page_path(request.uri().path())
-        && !request.uri().query().is_some_and(|query| query.split('&').any(|pair| pair == "fragment=1"));
-    let principal = request.extensions().get::<Principal>().cloned();
-    let response = next.run(request).await;
-    if !is_page || response.status().as_u16() < 400 || !is_json(&response) {
-        return response;
-    }
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
-    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-        .ok()
-        .and_then(|body| body.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-        .unwrap_or_else(|| status.to_string());
-    let signed_in = principal.filter(|principal| !principal.is_anonymous()).map(|principal| principal.name);
-    let chrome = html::Chrome { signed_in, ..html::Chrome::default() };
-    (status, Html(html::problem(status.as_u16(), &message, &chrome))).into_response()
+/// Errors of the console's pages as pages in its frame (the status kept), not the API's JSON,
+/// for a browser (`Accept: text/html`): an unknown page, a deleted object, an unknown kind, a
+/// namespace outside the token's, a refused form. Wraps every route (the access layer's
+/// refusals and the fallback included); the console's own requests (its stream, its JSON,
+/// page fragments) keep the JSON.
+pub fn page_errors(request: axum::extract::Request, next: axum::middleware::Next) -> BoxFuture<'static, Response> {
+    Box::pin(async move {
+        // The principal is decided inside; a request that carries a token gets the sign-out
+        // button (without a name).
+        let carries_token = crate::api::access::presented_token(request.headers()).is_some();
+        let is_page = wants_html(request.headers())
+            && is_page_path(request.uri().path())
+            && !request.uri().query().is_some_and(|query| query.split('&').any(|pair| pair == "fragment=1"));
+        let response = next.run(request).await;
+        if !is_page || response.status().as_u16() < 400 || !is_json(&response) {
+            return response;
+        }
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024).await.unwrap_or_default();
+        let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|body| body.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| status.to_string());
+        let chrome = html::Chrome { signed_in: carries_token.then(String::new), ..html::Chrome::default() };
+        let page = html::problem(status.as_u16(), &message, &chrome);
+        with_console_headers((status, Html(page)).into_response())
+    })
 }
 
 /// Whether the client reads HTML (a browser navigating sends `Accept: text/html`); other
@@ -171,13 +168,6 @@ fn is_json(response: &Response) -> bool {
         .get(header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/json"))
-}
-
-/// The answer to a page the access layer refused (403): the problem page in the frame.
-pub fn refused_page(status: axum::http::StatusCode, message: &str, principal: &Principal) -> Response {
-    let signed_in = (!principal.is_anonymous()).then(|| principal.name.clone());
-    let chrome = html::Chrome { signed_in, ..html::Chrome::default() };
-    with_console_headers((status, Html(html::problem(status.as_u16(), message, &chrome))).into_response())
 }
 
 /// The namespace the pages show: the token's own, else the one picked.
