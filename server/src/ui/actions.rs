@@ -99,6 +99,16 @@ pub fn form_token(headers: &HeaderMap) -> String {
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
+/// Refuses a form that does not carry `expected` as its `csrf` field.
+pub(super) fn check_form_token(fields: &HashMap<String, String>, expected: &str) -> Result<(), ApiError> {
+    if fields.get("csrf").is_some_and(|sent| same(sent, expected)) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden(
+        "this form does not carry this session's form token (it is stale, or another site made it): reload the page and try again",
+    ))
+}
+
 /// Compares without stopping at the first difference.
 pub(super) fn same(sent: &str, expected: &str) -> bool {
     sent.len() == expected.len() && sent.bytes().zip(expected.bytes()).fold(0u8, |diff, (a, b)| diff | (a ^ b)) == 0
@@ -233,10 +243,7 @@ pub async fn perform(
 
 /// A refused or failed form: the problem page, with the reason for the audit log.
 pub(super) fn problem_response(principal: &Principal, error: ApiError) -> Response {
-    let chrome = html::Chrome {
-        signed_in: (!principal.is_anonymous()).then(|| principal.name.clone()),
-        ..html::Chrome::default()
-    };
+    let chrome = html::Chrome::signed_in_as(principal);
     let note = crate::api::audit_note::AuditNote(error.message.clone());
     let mut response =
         (error.status, Html(html::problem(error.status.as_u16(), &error.message, &chrome))).into_response();
@@ -259,11 +266,7 @@ async fn act(
     let key = crate::api::request::key(kind, namespace, name)?;
     let action = Action::parse(kind, action)
         .ok_or_else(|| ApiError::not_found(format!("a {} has no action {action:?}", kind.as_str())))?;
-    if !fields.get("csrf").is_some_and(|sent| same(sent, &viewer.form_token)) {
-        return Err(ApiError::forbidden(
-            "this form does not carry this session's form token (it is stale, or another site made it): reload the page and try again",
-        ));
-    }
+    check_form_token(fields, &viewer.form_token)?;
     let object = state.store.get(&key).await?;
     if action.destroys() && fields.get("confirm").map(String::as_str) != Some("yes") {
         let page = confirmation(state, viewer, &object, action, fields).await?;
@@ -332,10 +335,7 @@ async fn act(
             )
             .await?;
             let value = answer.get("value").and_then(Value::as_str).unwrap_or_default();
-            let chrome = html::Chrome {
-                signed_in: (!principal.is_anonymous()).then(|| principal.name.clone()),
-                ..html::Chrome::default()
-            };
+            let chrome = html::Chrome::signed_in_as(principal);
             let frame = html::Frame {
                 title: "Secret value",
                 watch: "",
@@ -430,10 +430,7 @@ async fn confirmation(
     if let Some(backup) = fields.get("backup") {
         carried = html! { (carried) input type="hidden" name="backup" value=(backup); };
     }
-    let chrome = html::Chrome {
-        signed_in: (!viewer.principal.is_anonymous()).then(|| viewer.principal.name.clone()),
-        ..html::Chrome::default()
-    };
+    let chrome = html::Chrome::signed_in_as(&viewer.principal);
     let frame =
         html::Frame { title: &question, watch: "", revision: 0, events_head: None, after: html! {}, chrome: &chrome };
     let plural = Kind::from_kind_name(&object.kind).map_or("", Kind::plural);

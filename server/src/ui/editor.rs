@@ -24,7 +24,7 @@ use minicloud_crds::{Kind, Object};
 use minicloud_model::manifest::{self, Diagnostic, ManifestError, Source};
 use serde_json::{json, Value};
 
-use super::actions::{form_token, same};
+use super::actions::form_token;
 use super::html;
 use crate::api::error::ApiError;
 use crate::api::AppState;
@@ -131,10 +131,7 @@ pub async fn submit(
     Form(fields): Form<HashMap<String, String>>,
 ) -> Response {
     let text = fields.get("yaml").cloned().unwrap_or_default();
-    if !fields.get("csrf").is_some_and(|sent| same(sent, &form_token(&headers))) {
-        let error = ApiError::forbidden(
-            "this form does not carry this session's form token (it is stale, or another site made it): reload the page and try again",
-        );
+    if let Err(error) = super::actions::check_form_token(&fields, &form_token(&headers)) {
         return super::actions::problem_response(&principal, error);
     }
     let apply_now = fields.get("intent").map(String::as_str) == Some("apply");
@@ -259,8 +256,7 @@ fn shown(value: &Value) -> String {
 
 /// The editor page: the form, then the problems (each under its line) or the plan.
 fn page(principal: &Principal, headers: &HeaderMap, title: &str, text: &str, outcome: &Outcome) -> Response {
-    let chrome =
-        html::Chrome { signed_in: (!principal.is_anonymous()).then(|| principal.name.clone()), ..Default::default() };
+    let chrome = html::Chrome::signed_in_as(principal);
     let frame = html::Frame { title, watch: "", revision: 0, events_head: None, after: html! {}, chrome: &chrome };
     let lines = text.lines().count().clamp(12, 40);
     let main = html! {

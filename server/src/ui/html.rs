@@ -51,6 +51,11 @@ pub struct Chrome {
 }
 
 impl Chrome {
+    /// The header for `principal` alone (no namespace picker): the pages that follow nothing.
+    pub fn signed_in_as(principal: &crate::auth::Principal) -> Chrome {
+        Chrome { signed_in: (!principal.is_anonymous()).then(|| principal.name.clone()), ..Chrome::default() }
+    }
+
     /// `path` with the picked namespace as its query (the links of the header keep it).
     pub fn href(&self, path: &str) -> String {
         match &self.namespace {

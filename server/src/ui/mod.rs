@@ -99,7 +99,7 @@ fn answer(frame: html::Frame<'_>, params: &HashMap<String, String>, main: maud::
 /// bound to one namespace has nothing to pick). `?namespace=` picks one; anything that is not
 /// a namespace name is ignored.
 async fn chrome(state: &AppState, principal: &Principal, params: &HashMap<String, String>) -> html::Chrome {
-    let signed_in = (!principal.is_anonymous()).then(|| principal.name.clone());
+    let signed_in = html::Chrome::signed_in_as(principal).signed_in;
     if principal.namespace.is_some() {
         return html::Chrome { signed_in, namespaces: Vec::new(), namespace: principal.namespace.clone() };
     }
