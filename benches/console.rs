@@ -7,7 +7,11 @@
 //!   Instance actually got a point (a round of 50 takes longer than 5 s);
 //! - `docker stats --no-stream` of the same 50 containers, the engine's own tool, as reference;
 //! - the server's rendering of the console's pages with 1,000 Instances (list, summary,
-//!   activity), against a JSON list of the same objects from the API.
+//!   activity, the template gallery and a template's form), against a JSON list of the same
+//!   objects from the API;
+//! - installing a template from the gallery (the form's post, as the Install button sends it)
+//!   until `cloud wait` sees the stack Ready, against `cloud templates install` then the same
+//!   `cloud wait`, alternately, three times each.
 //!
 //! Run: `cargo bench --bench console` (needs `scripts/local-images.sh web`). Everything it
 //! starts carries `minicloud.dev/test=bench-...` and is removed at the end.
@@ -185,9 +189,13 @@ fn main() {
     }
     let (list_json, json_size) =
         timed_get(&http, &format!("{}/apis/minicloud.dev/v1/namespaces/listed/instances", server.url));
-    for (what, path) in
-        [("Instance list page", "/ui/instances"), ("summary page", "/ui"), ("activity page", "/ui/events")]
-    {
+    for (what, path) in [
+        ("Instance list page", "/ui/instances"),
+        ("summary page", "/ui"),
+        ("activity page", "/ui/events"),
+        ("template gallery", "/ui/templates"),
+        ("template form", "/ui/templates/static-site"),
+    ] {
         let (took, size) = timed_get(&http, &format!("{}{path}", server.url));
         println!(
             "| console {what} with {LISTED} Instances, served whole ({} KB) | {} | API list as JSON ({} KB): {} | {:.2}x |",
@@ -198,4 +206,58 @@ fn main() {
             took.as_secs_f64() / list_json.as_secs_f64(),
         );
     }
+    drop(server);
+
+    // Installing a template: the gallery's Install against the CLI, each followed by `cloud wait`.
+    let installs = tempfile::tempdir().expect("tempdir");
+    let server = start_server_with(installs.path(), &label, &[]);
+    let form = http.get(format!("{}/ui/templates/static-site", server.url)).send().expect("form").text().expect("html");
+    let marker = "name=\"csrf\" value=\"";
+    let start = form.find(marker).expect("a form token") + marker.len();
+    let token = form[start..].split('"').next().expect("token").to_owned();
+    let no_redirects =
+        reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let cloud = |arguments: &[&str]| {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_cloud"))
+            .args(["--server", &server.url])
+            .args(arguments)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("cloud");
+        assert!(status.success(), "cloud {arguments:?}");
+    };
+    let wait = |stack: &str| {
+        cloud(&["wait", &format!("stack/{stack}"), "-n", "gallery", "--for", "condition=Ready", "--timeout", "180s"])
+    };
+    let (mut console, mut cli) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        let stack = format!("console-{round}");
+        let started = Instant::now();
+        let answer = no_redirects
+            .post(format!("{}/ui/templates/static-site", server.url))
+            .form(&[
+                ("csrf", token.as_str()),
+                ("stack", stack.as_str()),
+                ("namespace", "gallery"),
+                ("value.replicas", "1"),
+                ("intent", "install"),
+            ])
+            .send()
+            .expect("install");
+        assert_eq!(answer.status(), reqwest::StatusCode::SEE_OTHER, "the install redirects to the stack");
+        wait(&stack);
+        console.push(started.elapsed());
+        let stack = format!("cli-{round}");
+        let started = Instant::now();
+        cloud(&["templates", "install", "static-site", &stack, "-n", "gallery", "--set", "replicas=1"]);
+        wait(&stack);
+        cli.push(started.elapsed());
+    }
+    let (console, cli) = (median(console), median(cli));
+    println!(
+        "| static-site (1 member + load balancer) installed from the gallery → `cloud wait` sees it Ready, median of 3 | {} | `cloud templates install` → `cloud wait`: {} | {:.2}x |",
+        ms(console),
+        ms(cli),
+        console.as_secs_f64() / cli.as_secs_f64(),
+    );
 }

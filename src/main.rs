@@ -40,6 +40,9 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cloud = Cloud::parse();
+    // The catalog of every command: the CLI's, and the server's (the console's gallery, and
+    // Stacks naming a template, validated by the API).
+    cloud.global.use_template_directories();
     let outcome = match cloud.command {
         Command::Client(command) => return minicloud_cli::run(cloud.global, command, Cloud::command).await,
         Command::Server(args) => serve::run(args).await,

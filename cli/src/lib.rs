@@ -90,6 +90,14 @@ pub struct GlobalArgs {
     templates_dirs: Vec<PathBuf>,
 }
 
+impl GlobalArgs {
+    /// Adds the `--templates-dir` directories to the template catalog: call once, before any
+    /// command (client or server) reads the catalog.
+    pub fn use_template_directories(&self) {
+        minicloud_model::templates::add_directories(&self.templates_dirs);
+    }
+}
+
 /// Output formats of `get`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -439,7 +447,6 @@ impl ApplySetArgs {
 /// something differs, 2 on error). `whole` is the whole command line's definition, for
 /// `completion`.
 pub async fn run(global: GlobalArgs, command: Command, whole: impl FnOnce() -> clap::Command) -> ExitCode {
-    minicloud_model::templates::add_directories(&global.templates_dirs);
     let offline = matches!(
         command,
         Command::Config(_)

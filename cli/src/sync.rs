@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::Utc;
+use futures::StreamExt;
 use minicloud_crds::conditions::set_condition;
 use minicloud_crds::meta::ConditionStatus;
-use minicloud_crds::sync::{SyncSpec, SyncStatus};
+use minicloud_crds::sync::{SyncSpec, SyncStatus, SYNC_REQUEST_ANNOTATION};
 use minicloud_crds::{Kind, API_VERSION};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -225,6 +226,8 @@ impl Syncer {
         let stored = timed(client.get(Kind::Sync, &settings.namespace, &settings.name)).await?;
         let mut status: SyncStatus = serde_json::from_value(stored.status.clone()).unwrap_or_default();
         status.syncer = Some(syncer_identity());
+        // The first round runs at once: it answers a request made while no one synced.
+        status.last_request = stored.metadata.annotations.get(SYNC_REQUEST_ANNOTATION).cloned();
         status.observed_generation = stored.metadata.generation;
         Ok(Syncer { client, generation: stored.metadata.generation.unwrap_or(0), settings, status })
     }
@@ -443,6 +446,12 @@ pub async fn run(client: Client, settings: SyncSettings, stop: impl Future<Outpu
         }
     };
     let interval = syncer.settings.interval;
+    let mut requests = requests(
+        syncer.client.clone(),
+        syncer.settings.namespace.clone(),
+        syncer.settings.name.clone(),
+        syncer.status.last_request.clone(),
+    );
     loop {
         let outcome = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -453,8 +462,55 @@ pub async fn run(client: Client, settings: SyncSettings, stop: impl Future<Outpu
             _ = &mut stop => return Ok(()),
             _ = tokio::time::sleep(interval) => {}
             Some(()) = changes.recv() => settle(&mut changes).await,
+            Some(request) = requests.recv() => syncer.status.last_request = Some(request),
         }
     }
+}
+
+/// Requests for a round now: the value of the Sync object's [`SYNC_REQUEST_ANNOTATION`] each
+/// time it differs from the last one seen (`answered` at first), followed through a watch that
+/// is opened again after it drops (backing off up to 10 s). Ends when the receiver goes.
+fn requests(client: Client, namespace: String, name: String, answered: Option<String>) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut seen = answered;
+        let mut delay = Duration::from_millis(200);
+        while !sender.is_closed() {
+            match client.watch(Kind::Sync, Some(&namespace), None, None).await {
+                Ok(mut lines) => {
+                    delay = Duration::from_millis(200);
+                    loop {
+                        let line = tokio::select! {
+                            line = lines.next() => line,
+                            () = sender.closed() => return,
+                        };
+                        let Some(Ok(line)) = line else { break };
+                        let metadata = line.object.get("metadata");
+                        if metadata.and_then(|m| m.get("name")).and_then(Value::as_str) != Some(name.as_str()) {
+                            continue;
+                        }
+                        let asked = metadata
+                            .and_then(|m| m.get("annotations"))
+                            .and_then(|a| a.get(SYNC_REQUEST_ANNOTATION))
+                            .and_then(Value::as_str);
+                        if let Some(asked) = asked.filter(|asked| seen.as_deref() != Some(*asked)) {
+                            seen = Some(asked.to_owned());
+                            if sender.send(asked.to_owned()).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(%error, sync = %name, "cannot watch the sync for requests; trying again"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = sender.closed() => return,
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    });
+    receiver
 }
 
 /// Waits until the files have been quiet for [`DEBOUNCE`] (at most [`MAX_DEBOUNCE`]).

@@ -126,6 +126,8 @@ pub struct Metrics {
     restores: Family<RestoreLabels, Counter>,
     /// Last raw HAProxy numbers per load balancer and target.
     last_raw: Mutex<HashMap<(String, String), RawByTarget>>,
+    /// Requests per load balancer, all targets together (the console's request-rate chart).
+    lb_request_totals: Mutex<HashMap<(String, String), u64>>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -243,6 +245,7 @@ impl Default for Metrics {
             last_backup_time,
             restores,
             last_raw: Mutex::default(),
+            lb_request_totals: Mutex::default(),
         }
     }
 }
@@ -360,6 +363,7 @@ impl Metrics {
     pub(crate) fn record_lb_targets(&self, namespace: &str, name: &str, targets: &[TargetTraffic]) {
         let mut last_raw = self.last_raw.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous = last_raw.entry((namespace.to_owned(), name.to_owned())).or_default();
+        let mut requests = 0;
         let labels = |target: &str| TargetLabels {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
@@ -374,6 +378,7 @@ impl Metrics {
             let increment =
                 |index: usize| if raw[index] >= before[index] { raw[index] - before[index] } else { raw[index] };
             self.lb_requests.get_or_create(&labels(&target.target)).inc_by(increment(0));
+            requests += increment(0);
             for (class_index, class) in CODE_CLASSES.iter().enumerate() {
                 let delta = increment(class_index + 1);
                 let series = ResponseLabels {
@@ -386,6 +391,12 @@ impl Metrics {
             }
             self.lb_target_up.get_or_create(&labels(&target.target)).set(i64::from(target.up));
         }
+        *self
+            .lb_request_totals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default() += requests;
         let gone: Vec<String> =
             previous.keys().filter(|known| !targets.iter().any(|t| &t.target == *known)).cloned().collect();
         for target in gone {
@@ -394,8 +405,20 @@ impl Metrics {
         }
     }
 
+    /// Requests each load balancer has sent to its targets since this replica began to follow
+    /// it, as `(namespace, name, requests)`; never going down (HAProxy's reloads are accounted
+    /// for). Only the replica that runs the load balancers' controller counts.
+    pub fn lb_request_totals(&self) -> Vec<(String, String, u64)> {
+        let totals = self.lb_request_totals.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        totals.iter().map(|((namespace, name), requests)| (namespace.clone(), name.clone(), *requests)).collect()
+    }
+
     /// Drops every series of a deleted load balancer.
     pub(crate) fn forget_lb(&self, namespace: &str, name: &str) {
+        self.lb_request_totals
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .remove(&(namespace.to_owned(), name.to_owned()));
         let mut last_raw = self.last_raw.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(targets) = last_raw.remove(&(namespace.to_owned(), name.to_owned())) {
             for target in targets.keys() {
@@ -453,6 +476,7 @@ mod tests {
         let ok = r#"minicloud_lb_responses_total{namespace="default",name="web",target="a",code_class="2xx"}"#;
         assert_eq!(sample(&text, ok), Some(17.0), "{text}");
         assert!(!text.contains(r#"target="b""#), "b left: {text}");
+        assert_eq!(metrics.lb_request_totals(), vec![("default".into(), "web".into(), 22)], "all targets, never down");
         metrics.record_reconcile(Kind::LoadBalancer, 0.01, Some(Cause::EngineUnreachable));
         metrics.set_queue_depth(Kind::LoadBalancer, 2);
         let text = metrics.encode();
@@ -464,6 +488,7 @@ mod tests {
         assert_eq!(sample(&text, r#"minicloud_queue_depth{kind="LoadBalancer"}"#), Some(2.0), "{text}");
         metrics.forget_lb("default", "web");
         assert!(!metrics.encode().contains("minicloud_lb_requests_total{"));
+        assert!(metrics.lb_request_totals().is_empty());
         metrics.record_scaling("default", "web", "out");
         metrics.record_scaling("default", "web", "out");
         let series = r#"minicloud_scaling_decisions_total{namespace="default",name="web",direction="out"}"#;

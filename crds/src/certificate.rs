@@ -20,6 +20,10 @@ pub const CERT_KEY: &str = "tls.crt";
 pub const KEY_KEY: &str = "tls.key";
 /// At most this many names per certificate (Let's Encrypt's limit).
 pub const MAX_DNS_NAMES: usize = 100;
+/// The annotation that asks for a new certificate now, due or not (the console's "Renew now"):
+/// a timestamp; each new value is answered by one new certificate, recorded in
+/// `status.lastRenewalRequest`.
+pub const RENEW_REQUEST_ANNOTATION: &str = "minicloud.dev/renew-requested-at";
 
 /// The Secret that holds a Certificate's key pair.
 pub fn secret_name(certificate: &str) -> String {
@@ -138,6 +142,9 @@ pub struct CertificateStatus {
     /// balancers answer them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub challenges_published_time: Option<DateTime<Utc>>,
+    /// The last request to renew now ([`RENEW_REQUEST_ANNOTATION`]) a new certificate answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_renewal_request: Option<String>,
 }
 
 /// One HTTP-01 challenge: the CA fetches `/.well-known/acme-challenge/TOKEN` from the name and

@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::meta::Condition;
 
+/// The annotation that asks the syncing process for a round now (the console's "Sync now"):
+/// a timestamp; each new value is answered by one round, recorded in `status.lastRequest`.
+pub const SYNC_REQUEST_ANNOTATION: &str = "minicloud.dev/sync-requested-at";
+
 /// How a directory is synced.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -61,4 +65,7 @@ pub struct SyncStatus {
     /// Rounds run since the sync began.
     #[serde(default)]
     pub rounds: u64,
+    /// The last request for a round now ([`SYNC_REQUEST_ANNOTATION`]) a round answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
 }

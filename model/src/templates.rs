@@ -56,6 +56,25 @@ pub enum TemplateError {
     Values(String),
 }
 
+/// One thing wrong with a value asked of a bundle: the parameter it concerns and what is
+/// wrong, in the same words for `cloud templates install --set` and the console's form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueProblem {
+    /// The parameter (or the unknown key given).
+    pub parameter: String,
+    /// The text given, when one was.
+    pub given: Option<String>,
+    pub message: String,
+}
+
+impl std::fmt::Display for ValueProblem {
+    /// As `--set` reports it: `--set KEY=TEXT: MESSAGE`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given = self.given.as_deref().unwrap_or("VALUE");
+        write!(f, "--set {}={given}: {}", self.parameter, self.message)
+    }
+}
+
 /// The `template.yaml` of a bundle.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -188,18 +207,27 @@ impl Bundle {
     }
 
     /// Typed values from `KEY=VALUE` settings: each key must be a parameter, each value fit
-    /// it (type, allowed values, range, pattern).
+    /// it (type, allowed values, range, pattern). Every problem, as `--set` reports them.
     pub fn values(&self, settings: &[(String, String)]) -> Result<BTreeMap<String, Value>, TemplateError> {
+        self.checked_values(settings).map_err(|problems| {
+            TemplateError::Values(problems.iter().map(ValueProblem::to_string).collect::<Vec<_>>().join("\n"))
+        })
+    }
+
+    /// Like [`Bundle::values`], with each problem tied to its parameter (the console's form
+    /// shows each under its field).
+    pub fn checked_values(&self, settings: &[(String, String)]) -> Result<BTreeMap<String, Value>, Vec<ValueProblem>> {
         let mut values = BTreeMap::new();
         let mut problems = Vec::new();
+        let mut problem = |parameter: &str, given: Option<&str>, message: String| {
+            problems.push(ValueProblem { parameter: parameter.to_owned(), given: given.map(str::to_owned), message })
+        };
         for (key, text) in settings {
             let Some(parameter) = self.parameters.iter().find(|p| &p.name == key) else {
                 let known: Vec<&str> = self.parameters.iter().map(|p| p.name.as_str()).collect();
-                problems.push(format!(
-                    "--set {key}: template {} has no parameter {key:?}; its parameters: {}",
-                    self.name,
-                    known.join(", ")
-                ));
+                let message =
+                    format!("template {} has no parameter {key:?}; its parameters: {}", self.name, known.join(", "));
+                problem(key, Some(text), message);
                 continue;
             };
             let value = match parameter.type_ {
@@ -209,31 +237,31 @@ impl Bundle {
                 ParameterType::Boolean => text.trim().parse::<bool>().ok().map(Value::from),
             };
             match value {
-                None => problems.push(format!("--set {key}={text}: parameter {key:?} expects a {:?}", parameter.type_)),
+                None => problem(key, Some(text), format!("parameter {key:?} expects a {:?}", parameter.type_)),
                 Some(value) => match check_parameter_value(parameter, &value) {
                     Ok(()) => {
                         values.insert(key.clone(), value);
                     }
-                    Err(message) => problems.push(format!("--set {key}={text}: {message}")),
+                    Err(message) => problem(key, Some(text), message),
                 },
             }
         }
         for parameter in &self.parameters {
             let provided =
                 parameter.default.is_some() || parameter.generate.is_some() || values.contains_key(&parameter.name);
-            if !provided {
-                problems.push(format!(
-                    "parameter {:?} has no default: give it with --set {}=VALUE{}",
-                    parameter.name,
+            if !provided && !settings.iter().any(|(key, _)| key == &parameter.name) {
+                let message = format!(
+                    "parameter {:?} has no default: give it a value{}",
                     parameter.name,
                     parameter.description.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
-                ));
+                );
+                problem(&parameter.name, None, message);
             }
         }
         if problems.is_empty() {
             Ok(values)
         } else {
-            Err(TemplateError::Values(problems.join("\n")))
+            Err(problems)
         }
     }
 
@@ -395,6 +423,31 @@ mod tests {
         assert!(error.contains("has no parameter \"replica\""), "{error}");
         let error = bundle.values(&[("replicas".into(), "99".into())]).expect_err("range").to_string();
         assert!(error.contains("outside the range"), "{error}");
+        let problems = bundle.checked_values(&[("replicas".into(), "three".into())]).expect_err("a word");
+        assert_eq!(
+            problems,
+            vec![ValueProblem {
+                parameter: "replicas".into(),
+                given: Some("three".into()),
+                message: "parameter \"replicas\" expects a Integer".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_required_parameter_is_asked_for_once() {
+        let template = "name: demo\nversion: 1.0.0\ndescription: d\ncategory: c\nparameters:\n  - name: label\n    pattern: \"[a-z]+\"\n    description: Lowercase.\n";
+        let resources = "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: web\nspec:\n  image: x\n";
+        let bundle = Bundle::parse("demo", template, resources, "x/demo").expect("bundle");
+        let missing = bundle.checked_values(&[]).expect_err("required");
+        assert_eq!(missing.len(), 1);
+        assert_eq!(
+            missing[0].to_string(),
+            "--set label=VALUE: parameter \"label\" has no default: give it a value (Lowercase.)"
+        );
+        let wrong = bundle.checked_values(&[("label".into(), "ABC".into())]).expect_err("pattern");
+        assert_eq!(wrong.len(), 1, "a wrong value is not also reported missing: {wrong:?}");
+        assert!(wrong[0].message.contains("does not match the pattern"), "{wrong:?}");
     }
 
     #[test]

@@ -330,7 +330,7 @@ pub async fn run(
             let history = Arc::new(crate::usage::UsageHistory::default());
             state.usage = Some(history.clone());
             state.usage_interval = config.usage_interval;
-            Some(crate::usage::spawn_sampler(store, driver, history, config.usage_interval))
+            Some(crate::usage::spawn_sampler(store, driver, state.metrics.clone(), history, config.usage_interval))
         }
         _ => None,
     };

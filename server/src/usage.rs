@@ -1,7 +1,9 @@
-//! CPU and memory history of every Instance's container, for the console's charts: a sampler
-//! asks the engine for each running container's use every interval (5 s by default) and keeps
-//! the last hour per Instance. Memory is bounded: at most [`MAX_SERIES`] Instances of
-//! [`POINTS`] points each; an Instance not seen in two rounds is forgotten.
+//! CPU and memory history of every Instance's container, and the request count of every load
+//! balancer, for the console's charts: a sampler asks the engine for each running container's
+//! use every interval (5 s by default), reads the load balancers' request counters the
+//! controllers keep for `/metrics` ([`Metrics::lb_request_totals`]), and keeps the last hour
+//! of each. Memory is bounded: at most [`MAX_SERIES`] Instances and as many load balancers, of
+//! [`POINTS`] points each; one not seen in two rounds is forgotten.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -9,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use minicloud_controllers::docker::ContainerDriver;
+use minicloud_controllers::metrics::Metrics;
 use minicloud_crds::Kind;
 use serde::Serialize;
 
@@ -38,27 +41,38 @@ pub struct Point {
     pub memory_bytes: u64,
 }
 
-struct Series {
-    points: VecDeque<Point>,
+/// One reading of a load balancer's request counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Count {
+    /// Unix time, seconds.
+    pub time: i64,
+    /// Requests sent to its targets so far (never goes down).
+    pub requests: u64,
+}
+
+struct Series<P> {
+    points: VecDeque<P>,
     last_round: u64,
 }
 
-/// The history of every followed Instance, keyed `namespace/name`.
-#[derive(Default)]
-pub struct UsageHistory {
-    series: Mutex<HashMap<String, Series>>,
+/// Series keyed `namespace/name`, bounded in number and length.
+struct Bounded<P>(HashMap<String, Series<P>>);
+
+impl<P> Default for Bounded<P> {
+    fn default() -> Self {
+        Bounded(HashMap::new())
+    }
 }
 
-impl UsageHistory {
-    /// Appends a point to `key`'s series (dropping the oldest beyond [`POINTS`]); a new series
-    /// is refused once [`MAX_SERIES`] exist.
-    pub fn record(&self, key: &str, point: Point, round: u64) -> bool {
-        let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !series.contains_key(key) && series.len() >= MAX_SERIES {
+impl<P: Copy> Bounded<P> {
+    /// Appends a point (dropping the oldest beyond [`POINTS`]); a new series is refused once
+    /// [`MAX_SERIES`] exist.
+    fn record(&mut self, key: &str, point: P, round: u64) -> bool {
+        if !self.0.contains_key(key) && self.0.len() >= MAX_SERIES {
             return false;
         }
         let entry =
-            series.entry(key.to_owned()).or_insert_with(|| Series { points: VecDeque::new(), last_round: round });
+            self.0.entry(key.to_owned()).or_insert_with(|| Series { points: VecDeque::new(), last_round: round });
         entry.last_round = round;
         entry.points.push_back(point);
         while entry.points.len() > POINTS {
@@ -67,25 +81,61 @@ impl UsageHistory {
         true
     }
 
-    /// Forgets the Instances not seen in this round nor the one before.
+    fn forget_unseen(&mut self, round: u64) {
+        self.0.retain(|_, series| series.last_round + 1 >= round);
+    }
+
+    fn points(&self, key: &str) -> Vec<P> {
+        self.0.get(key).map(|series| series.points.iter().copied().collect()).unwrap_or_default()
+    }
+}
+
+/// The history of every followed Instance and load balancer, keyed `namespace/name`.
+#[derive(Default)]
+pub struct UsageHistory {
+    series: Mutex<Bounded<Point>>,
+    traffic: Mutex<Bounded<Count>>,
+}
+
+fn locked<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl UsageHistory {
+    /// Appends a point to `key`'s series (dropping the oldest beyond [`POINTS`]); a new series
+    /// is refused once [`MAX_SERIES`] exist.
+    pub fn record(&self, key: &str, point: Point, round: u64) -> bool {
+        locked(&self.series).record(key, point, round)
+    }
+
+    /// Appends a reading of a load balancer's request counter (bounded like [`Self::record`]).
+    pub fn record_requests(&self, key: &str, count: Count, round: u64) -> bool {
+        locked(&self.traffic).record(key, count, round)
+    }
+
+    /// Forgets the Instances and load balancers not seen in this round nor the one before.
     pub fn forget_unseen(&self, round: u64) {
-        let mut series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        series.retain(|_, series| series.last_round + 1 >= round);
+        locked(&self.series).forget_unseen(round);
+        locked(&self.traffic).forget_unseen(round);
     }
 
     /// The points of `namespace/name`, oldest first.
     pub fn points(&self, key: &str) -> Vec<Point> {
-        let series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        series.get(key).map(|series| series.points.iter().copied().collect()).unwrap_or_default()
+        locked(&self.series).points(key)
+    }
+
+    /// The request counts of the load balancer `namespace/name`, oldest first.
+    pub fn requests(&self, key: &str) -> Vec<Count> {
+        locked(&self.traffic).points(key)
     }
 
     /// How many Instances are followed, and their latest figures summed.
     pub fn totals(&self) -> (usize, f64, u64) {
-        let series = self.series.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let latest = series.values().filter_map(|series| series.points.back());
+        let series = locked(&self.series);
+        let latest = series.0.values().filter_map(|series| series.points.back());
         let (cores, memory) = latest
             .fold((0.0, 0), |(cores, memory), point| (cores + f64::from(point.cores), memory + point.memory_bytes));
-        (series.len(), cores, memory)
+        (series.0.len(), cores, memory)
     }
 }
 
@@ -105,10 +155,12 @@ pub fn sum(series: &[Vec<Point>], interval: Duration) -> Vec<Point> {
     buckets.into_values().collect()
 }
 
-/// Samples every Instance's container each `interval` until the task is aborted.
+/// Samples every Instance's container and every load balancer's request count each
+/// `interval` until the task is aborted.
 pub fn spawn_sampler(
     store: Arc<dyn Store>,
     driver: Arc<dyn ContainerDriver>,
+    metrics: Arc<Metrics>,
     history: Arc<UsageHistory>,
     interval: Duration,
 ) -> tokio::task::JoinHandle<()> {
@@ -153,8 +205,13 @@ pub fn spawn_sampler(
                     }
                 }
             }
+            for (namespace, name, requests) in metrics.lb_request_totals() {
+                if !history.record_requests(&format!("{namespace}/{name}"), Count { time: now, requests }, round) {
+                    refused += 1;
+                }
+            }
             if refused > 0 {
-                tracing::warn!(refused, limit = MAX_SERIES, "usage sampler: more Instances than the charts follow");
+                tracing::warn!(refused, limit = MAX_SERIES, "usage sampler: more series than the charts follow");
             }
             history.forget_unseen(round);
         }

@@ -136,6 +136,66 @@ impl Browser {
         std::fs::write(std::path::Path::new(&directory).join(name), png).expect("write screenshot");
     }
 
+    /// What an accessibility checker's basics find on the page: a form control without a
+    /// label, a button or link without text or out of the keyboard's reach, a page without a
+    /// title or language, a duplicate id, text whose contrast with its background is below
+    /// WCAG AA (4.5:1, 3:1 for large text). Empty when there is nothing.
+    async fn accessibility_problems(&self) -> Vec<String> {
+        let found = self
+            .script(
+                r#"const problems = [];
+                for (const e of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+                    const labelled = (e.id && document.querySelector(`label[for="${CSS.escape(e.id)}"]`))
+                        || e.closest('label') || e.getAttribute('aria-label') || e.getAttribute('aria-labelledby');
+                    if (!labelled) problems.push(`unlabelled ${e.tagName} ${e.name || e.id}`);
+                }
+                for (const e of document.querySelectorAll('button, a[href]')) {
+                    if (!e.innerText.trim() && !e.getAttribute('aria-label') && !e.closest('[hidden]'))
+                        problems.push(`no text: ${e.outerHTML.slice(0, 80)}`);
+                    if (e.tabIndex < 0) problems.push(`out of the keyboard's reach: ${e.outerHTML.slice(0, 80)}`);
+                }
+                if (!document.title.trim()) problems.push('no title');
+                if (!document.documentElement.lang) problems.push('no language');
+                const ids = new Set();
+                for (const e of document.querySelectorAll('[id]')) {
+                    if (ids.has(e.id)) problems.push(`duplicate id ${e.id}`);
+                    ids.add(e.id);
+                }
+                const rgb = (color) => (color.match(/[\d.]+/g) || []).map(Number);
+                const luminance = ([r, g, b]) => {
+                    const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
+                    return 0.2126 * f(r) + 0.7152 * f(g) + 0.0722 * f(b);
+                };
+                const background = (e) => {
+                    for (let n = e; n; n = n.parentElement) {
+                        const c = rgb(getComputedStyle(n).backgroundColor);
+                        if (c.length === 3 || (c.length === 4 && c[3] > 0)) return c.slice(0, 3);
+                    }
+                    return [255, 255, 255];
+                };
+                for (const e of document.querySelectorAll('body *')) {
+                    if (e.closest('svg') || !e.getClientRects().length) continue;
+                    if (![...e.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim())) continue;
+                    const style = getComputedStyle(e);
+                    const [a, b] = [luminance(rgb(style.color).slice(0, 3)), luminance(background(e))];
+                    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+                    const size = parseFloat(style.fontSize);
+                    const large = size >= 24 || (size >= 18.66 && Number(style.fontWeight) >= 700);
+                    if (ratio < (large ? 3 : 4.5))
+                        problems.push(`contrast ${ratio.toFixed(2)}:1 of "${e.innerText.trim().slice(0, 40)}"`);
+                }
+                return problems;"#,
+            )
+            .await;
+        found.as_array().unwrap_or_else(|| panic!("WebDriver answered {found}")).iter().map(|p| p.to_string()).collect()
+    }
+
+    /// Fails when [`Browser::accessibility_problems`] finds any on the page `what`.
+    async fn assert_accessible(&self, what: &str) {
+        let problems = self.accessibility_problems().await;
+        assert!(problems.is_empty(), "accessibility problems on {what}: {problems:#?}");
+    }
+
     /// The browser's SEVERE console messages, less those naming one of `tolerated`.
     async fn errors_besides(&self, tolerated: &[&str]) -> Vec<String> {
         self.errors().await.into_iter().filter(|error| !tolerated.iter().any(|known| error.contains(known))).collect()
@@ -238,6 +298,7 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
         appeared.as_millis()
     );
     assert!(appeared < Duration::from_secs(1), "appeared after {appeared:?}");
+    browser.assert_accessible("the summary").await;
     browser.screenshot("console-summary.png").await;
 
     // Its detail page shows the controller's conditions and events as they come.
@@ -278,6 +339,7 @@ async fn the_console_follows_the_cluster_live_in_a_real_browser() {
     assert_eq!(summary["objects"]["Instance"]["total"], 1, "{summary}");
     assert_eq!(summary["usage"]["instances"], 1, "{summary}");
     assert!(summary["usage"]["memoryBytes"].as_u64().unwrap_or(0) > 0, "a running container uses memory: {summary}");
+    browser.assert_accessible("an Instance's page").await;
     browser.screenshot("console-detail.png").await;
 
     // Text from the store is shown as text: an event message carrying markup injects nothing.
@@ -357,6 +419,30 @@ async fn the_console_shows_targets_scaling_backups_and_stack_outputs_of_real_obj
             text.matches("blog-web-").count() == 3 && text.matches("UP").count() == 3
         })
         .await;
+
+    // Its request rate, from the counters the controller reads off HAProxy (those of
+    // /metrics): requests sent through it show on the chart, without a reload.
+    let endpoint = crate::common::cluster::endpoint(&harness.get("loadbalancers", "blog").await.expect("lb"));
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for _ in 0..20 {
+            let _ = crate::common::cluster::fetch(&http, &endpoint).await;
+        }
+        let heading = browser.text("requests-chart").await;
+        let highest = heading
+            .split(" at most")
+            .next()
+            .and_then(|before| before.rsplit(' ').next())
+            .and_then(|figure| figure.parse::<f64>().ok());
+        if highest.is_some_and(|rate| rate > 0.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request chart never showed the traffic: {heading}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    browser.assert_accessible("a load balancer's page").await;
+    browser.screenshot("console-loadbalancer.png").await;
 
     // The scaling group's decision, and its members' usage summed in charts.
     browser.open(&page("scalinggroups", "blog-web")).await;
@@ -556,6 +642,8 @@ async fn actions_taken_in_the_browser_change_real_containers() {
 
     // Scale a group from 1 to 3: three members appear on its page, live.
     browser.open(&page("scalinggroups", "pool")).await;
+    browser.wait_for_text("actions", "the buttons", Duration::from_secs(10), |text| text.contains("Scale")).await;
+    browser.assert_accessible("a scaling group's page with its actions").await;
     browser.screenshot("console-actions.png").await;
     submit(&browser, "action-scale", &[("replicas", "3")]).await;
     browser.wait_for_text("notice", "the note", Duration::from_secs(10), |text| text.contains("desired count")).await;
@@ -587,6 +675,7 @@ async fn actions_taken_in_the_browser_change_real_containers() {
     };
     browser.open(&format!("{}/edit", page("instances", "web"))).await;
     browser.wait_for_text("editor", "the editor", Duration::from_secs(10), |text| text.contains("Apply")).await;
+    browser.assert_accessible("the editor").await;
     let shown = browser.script("return document.getElementById('yaml').value;").await;
     assert!(shown.as_str().is_some_and(|yaml| yaml.contains("kind: Instance")), "{shown}");
     let generation = harness.get("instances", "web").await.expect("web")["metadata"]["generation"].clone();
@@ -762,6 +851,34 @@ async fn a_view_token_is_offered_no_action_and_a_forged_post_is_refused_and_audi
         .expect("get");
     assert!(still.status().is_success(), "nothing was deleted");
 
+    // The gallery: a viewer sees the form without its buttons; posting it anyway, with this
+    // session's own form token, is refused by the API apply's permission check and installs
+    // nothing.
+    browser.open(&format!("{}/ui/templates/static-site", server.url)).await;
+    browser.wait_for_text("install", "the form", Duration::from_secs(10), |text| text.contains("Stack name")).await;
+    assert_eq!(browser.script("return document.querySelectorAll('#install button').length;").await, json!(0));
+    browser
+        .script(
+            "const csrf = document.querySelector('#install [name=csrf]').value;
+             fetch(location.pathname, {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'},
+                 body: 'csrf=' + csrf + '&stack=site&namespace=default&intent=install'}).then((r) => { window.installed = r.status; });
+             return null;",
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while browser.script("return window.installed || null;").await == Value::Null {
+        assert!(Instant::now() < deadline, "the install post was answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(browser.script("return window.installed;").await, json!(403));
+    let stack = reqwest::Client::new()
+        .get(format!("{}/apis/minicloud.dev/v1/namespaces/default/stacks/site", server.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(stack.status(), reqwest::StatusCode::NOT_FOUND, "nothing was installed");
+
     // An unknown object is a page in the console's frame, not JSON.
     browser.open(&format!("{}/ui/namespaces/default/instances/missing", server.url)).await;
     browser.wait_for_text("main", "the 404 page", Duration::from_secs(10), |text| text.contains("Not found")).await;
@@ -787,7 +904,8 @@ async fn a_view_token_is_offered_no_action_and_a_forged_post_is_refused_and_audi
         .expect("get");
     assert_eq!(gone.status(), reqwest::StatusCode::NOT_FOUND);
     // The refused post and the missing object's page are answered as they should be.
-    let errors = browser.errors_besides(&["/web/delete - ", "/instances/missing - "]).await;
+    let errors =
+        browser.errors_besides(&["/web/delete - ", "/instances/missing - ", "/ui/templates/static-site - "]).await;
     assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
     server.stop().await;
 }
@@ -841,4 +959,250 @@ async fn hostile_text_stays_text_on_the_editor_plan_and_reveal_pages() {
     let errors = browser.errors_besides(&[]).await;
     assert!(errors.is_empty(), "the browser logged errors (a CSP violation would be one): {errors:?}");
     server.stop().await;
+}
+
+/// A bundle for `--templates-dir` with markup in every text the gallery shows, and a
+/// parameter of each form control: a choice of allowed values, a boolean, a bounded integer,
+/// a generated secret and a required string with a pattern.
+fn hostile_bundle(directory: &std::path::Path) {
+    let bundle = directory.join("hostile");
+    std::fs::create_dir_all(&bundle).expect("bundle directory");
+    let markup = r#"<img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>"#;
+    let template = format!(
+        r#"name: hostile
+version: 1.0.0
+description: "A bundle that tries {markup}"
+category: "<b>web</b>"
+parameters:
+  - name: size
+    type: String
+    default: small
+    allowedValues: [small, large]
+    description: "How big {markup}"
+  - name: enabled
+    type: Boolean
+    default: true
+  - name: count
+    type: Integer
+    default: 1
+    minimum: 1
+    maximum: 3
+  - name: token
+    type: String
+    secret: true
+    generate:
+      password: 20
+  - name: label
+    type: String
+    pattern: "[a-z]+"
+    description: Lowercase letters only.
+outputs:
+  - name: where
+    value: "${{resources.${{stack.name}}.status.containerId}}"
+    description: "The container {markup}"
+notes: |
+  </pre><script>window.pwned=3</script>
+"#
+    );
+    std::fs::write(bundle.join("template.yaml"), template).expect("template.yaml");
+    let resources = "apiVersion: minicloud.dev/v1\nkind: Instance\nmetadata:\n  name: \"${stack.name}\"\n  labels:\n    size: \"${params.size}\"\nspec:\n  image: minicloud/web:local\n";
+    std::fs::write(bundle.join("resources.yaml"), resources).expect("resources.yaml");
+}
+
+#[tokio::test]
+async fn a_template_is_planned_installed_and_followed_to_ready_from_the_gallery() {
+    let bundles = tempfile::tempdir().expect("templates dir");
+    hostile_bundle(bundles.path());
+    let templates_dir = bundles.path().to_str().expect("utf-8 path").to_owned();
+    let harness = Harness::start_on(
+        "console-gallery",
+        crate::common::TestDb::sqlite().await,
+        &["--templates-dir", &templates_dir],
+    )
+    .await;
+    let url = harness.server().url.clone();
+    let namespace = harness.namespace.clone();
+    let browser = Browser::start().await;
+    let pwned = "return window.pwned === undefined ? null : String(window.pwned);";
+
+    // The gallery: every shipped bundle and the one of --templates-dir, as cards; its markup
+    // stays text.
+    browser.open(&format!("{url}/ui/templates?namespace={namespace}")).await;
+    let cards = browser.text("templates").await;
+    for name in ["static-site", "web-app-postgres", "redis-cache", "hostile"] {
+        assert!(cards.contains(name), "the gallery shows {name}: {cards}");
+    }
+    assert!(cards.contains("<img src=x onerror="), "the description is text: {cards}");
+    assert!(cards.contains("Creates: ScalingGroup, LoadBalancer, Route"), "{cards}");
+    assert_eq!(browser.script(pwned).await, Value::Null, "markup of a bundle ran");
+    browser.assert_accessible("the gallery").await;
+    browser.screenshot("console-gallery.png").await;
+
+    // A bundle's form: one control per parameter type, every control labelled; a value the
+    // pattern refuses is refused with the CLI's words, under its field, and nothing is made.
+    browser.open(&format!("{url}/ui/templates/hostile?namespace={namespace}")).await;
+    let controls = browser
+        .script(
+            "const kind = id => { const e = document.getElementById(id); return e.tagName + ':' + (e.type || ''); };
+             const unlabelled = [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+                 .filter(e => !document.querySelector(`label[for=\"${e.id}\"]`)).map(e => e.id || e.name);
+             return [kind('value-size'), kind('value-enabled'), kind('value-count'), kind('value-token'),
+                     kind('value-label'), document.getElementById('value-count').max, unlabelled.join(',')];",
+        )
+        .await;
+    assert_eq!(
+        controls,
+        json!(["SELECT:select-one", "SELECT:select-one", "INPUT:number", "INPUT:password", "INPUT:text", "3", ""]),
+        "typed controls, each labelled"
+    );
+    assert!(browser.text("hint-value-token").await.contains("20-character password is generated"));
+    assert_eq!(browser.script(pwned).await, Value::Null, "markup of a bundle ran");
+    submit(&browser, "install", &[("stack", "odd"), ("namespace", &namespace), ("value.label", "ABC")]).await;
+    let refused = browser
+        .wait_for_text("error-value-label", "the pattern's refusal", Duration::from_secs(10), |text| !text.is_empty())
+        .await;
+    eprintln!("the form showed the refusal {} ms after Plan", refused.as_millis());
+    let shown = browser.text("error-value-label").await;
+    let (ok, _, cli) = harness.cloud(&[
+        "--templates-dir",
+        &templates_dir,
+        "templates",
+        "render",
+        "hostile",
+        "odd",
+        "--set",
+        "label=ABC",
+    ]);
+    assert!(!ok && cli.contains(&shown), "the console says what the CLI says: {shown:?} in {cli:?}");
+    assert!(shown.contains("does not match the pattern"), "{shown}");
+    browser.assert_accessible("a form with a refused value").await;
+    assert!(harness.get("stacks", "odd").await.is_none(), "a refused form makes nothing");
+    // The server's catalog is the gallery's: a Stack naming the bundle is filled from it.
+    let by_reference = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Stack",
+        "metadata": {"name": "by-reference", "namespace": namespace},
+        "spec": {"templateRef": {"name": "hostile"}, "values": {"label": "fine"}},
+    });
+    let (status, body) = harness.try_apply(vec![by_reference]).await;
+    assert!(status < 300, "a Stack naming a --templates-dir bundle is accepted: {status} {body}");
+
+    // static-site: planned (nothing written), then installed with one click; its page follows
+    // it to Ready and its output is a link that serves.
+    browser.open(&format!("{url}/ui/templates/static-site?namespace={namespace}")).await;
+    browser.screenshot("console-template-form.png").await;
+    submit(&browser, "install", &[("stack", "site"), ("namespace", &namespace), ("value.replicas", "1")]).await;
+    let plan =
+        browser.wait_for_text("plan", "the plan", Duration::from_secs(10), |text| text.contains("stack/site")).await;
+    eprintln!("the plan was shown {} ms after Plan", plan.as_millis());
+    let planned = browser.text("plan").await;
+    assert!(planned.contains("created"), "{planned}");
+    let creates = browser.text("creates").await;
+    assert!(
+        creates.contains("scalinggroup/site") && creates.contains("loadbalancer/site") && !creates.contains("route/"),
+        "what the stack will create (no hostname: no Route): {creates}"
+    );
+    assert!(harness.get("stacks", "site").await.is_none(), "a plan writes nothing");
+    browser.assert_accessible("the plan").await;
+    browser.screenshot("console-template-plan.png").await;
+    let clicked = Instant::now();
+    browser.script("document.querySelector('#install button[value=install]').click(); return null;").await;
+    browser.wait_for_text("notice", "installed", Duration::from_secs(10), |text| text.contains("installed")).await;
+    browser.wait_for_text("facts", "Ready", Duration::from_secs(120), |text| text.contains("Ready\tTrue")).await;
+    eprintln!("install clicked → the stack's page showed Ready in {} ms", clicked.elapsed().as_millis());
+    let output = browser
+        .wait_for_text("outputs", "the URL", Duration::from_secs(20), |text| text.contains("http://127.0.0.1:"))
+        .await;
+    let _ = output;
+    let href = browser.script("return document.querySelector('#outputs a').href;").await;
+    let href = href.as_str().expect("the output is a link").to_owned();
+    crate::common::cluster::fetch(&reqwest::Client::new(), &href).await.expect("the site serves");
+    browser.assert_accessible("the stack's page").await;
+    browser.script("document.getElementById('resources').scrollIntoView(); return null;").await;
+    browser.screenshot("console-stack.png").await;
+    let stack = harness.get("stacks", "site").await.expect("installed");
+    assert_eq!(stack["spec"]["templateRef"]["name"], "static-site");
+    assert_eq!(stack["spec"]["values"]["replicas"], 1);
+
+    let errors = browser
+        .errors_besides(&["/ui/templates/hostile#plan - Failed to load resource: the server responded with a status of 422"])
+        .await;
+    assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
+    harness.finish().await;
+}
+
+#[tokio::test]
+async fn sync_now_and_renew_now_are_answered_by_the_sync_loop_and_the_certificate_controller() {
+    // A directory synced by the server every hour (so a round within the test is the button's),
+    // and a self-signed certificate.
+    let directory = tempfile::tempdir().expect("sync directory");
+    let synced = directory.path().to_str().expect("utf-8 path").to_owned();
+    std::fs::write(
+        directory.path().join("config.yaml"),
+        "apiVersion: minicloud.dev/v1\nkind: Secret\nmetadata:\n  name: settings\nspec:\n  stringData:\n    mode: calm\n",
+    )
+    .expect("manifest");
+    let harness = Harness::start_on(
+        "console-requests",
+        crate::common::TestDb::sqlite().await,
+        &["--sync", &synced, "--sync-name", "site", "--sync-interval", "1h"],
+    )
+    .await;
+    let url = harness.server().url.clone();
+    let namespace = harness.namespace.clone();
+    let certificate = json!({
+        "apiVersion": "minicloud.dev/v1", "kind": "Certificate",
+        "metadata": {"name": "shop", "namespace": namespace},
+        "spec": {"dnsNames": ["shop.example.com"], "issuer": {"selfSigned": {}}},
+    });
+    harness.apply(vec![certificate]).await;
+    let ready = |object: &Value| crate::common::cluster::condition(object, "Ready").map(|c| c.0) == Some("True");
+    let issued = harness.wait_for("certificates", "shop", "Ready", ready).await;
+    let serial = issued["status"]["serial"].as_str().expect("a serial").to_owned();
+    let sync_url = format!("{url}/apis/minicloud.dev/v1/namespaces/default/syncs/site");
+    let read_sync = || async { reqwest::get(&sync_url).await.expect("sync").json::<Value>().await.expect("json") };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sync = read_sync().await;
+    while sync["status"]["rounds"].as_u64().unwrap_or(0) < 1 {
+        assert!(Instant::now() < deadline, "the first round: {sync}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        sync = read_sync().await;
+    }
+    let rounds = sync["status"]["rounds"].as_u64().expect("rounds");
+    let browser = Browser::start().await;
+
+    // Sync now: one more round, which records the request it answered.
+    browser.open(&format!("{url}/ui/namespaces/default/syncs/site")).await;
+    submit(&browser, "action-sync", &[]).await;
+    browser.wait_for_text("notice", "the note", Duration::from_secs(10), |text| text.contains("sync round")).await;
+    let asked = read_sync().await["metadata"]["annotations"][minicloud_crds::sync::SYNC_REQUEST_ANNOTATION].clone();
+    assert!(asked.is_string(), "the button wrote the request");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let sync = read_sync().await;
+        if sync["status"]["lastRequest"] == asked {
+            assert_eq!(sync["status"]["rounds"].as_u64(), Some(rounds + 1), "one round answers it: {sync}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request was never answered: {sync}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Renew now: a new certificate (a new serial) long before it is due, shown on its page.
+    browser.open(&format!("{url}/ui/namespaces/{namespace}/certificates/shop")).await;
+    submit(&browser, "action-renew", &[]).await;
+    browser.wait_for_text("notice", "the note", Duration::from_secs(10), |text| text.contains("new certificate")).await;
+    let renewed = harness
+        .wait_for("certificates", "shop", "a new serial", |object| {
+            object["status"]["serial"].as_str().is_some_and(|now| now != serial)
+                && object["status"]["lastRenewalRequest"].is_string()
+        })
+        .await;
+    let new_serial = renewed["status"]["serial"].as_str().expect("serial").to_owned();
+    browser
+        .wait_for_text("validity", "the new serial", Duration::from_secs(10), |text| text.contains(&new_serial))
+        .await;
+
+    let errors = browser.errors_besides(&["ERR_NETWORK_CHANGED"]).await;
+    assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
+    harness.finish().await;
 }

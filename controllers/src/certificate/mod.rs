@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use minicloud_crds::certificate::{
     parse_duration_seconds, secret_name, AcmeIssuer, CertificateSpec, CertificateStatus, CERT_KEY, KEY_KEY,
+    RENEW_REQUEST_ANNOTATION,
 };
 use minicloud_crds::conditions::set_condition;
 use minicloud_crds::kinds::Certificate;
@@ -211,7 +212,10 @@ impl CertificateController {
         let generation = ctx.generation();
         let secret = secret_name(ctx.name());
         let current = stored.as_ref().map(|(_, inspected)| inspected.clone());
-        if let Some(inspected) = current.as_ref().filter(|inspected| is_current(spec, inspected, now)) {
+        let renewal_asked = renewal_asked(ctx.object(), &status);
+        if let Some(inspected) =
+            current.as_ref().filter(|inspected| is_current(spec, inspected, now) && renewal_asked.is_none())
+        {
             acme::forget_order(&mut status);
             status.next_attempt_time = None;
             report(&mut status, spec, Some(inspected), &secret, generation, now);
@@ -358,6 +362,9 @@ impl CertificateController {
                     }
                 };
                 self.store_pair(ctx, &Pair { chain, key }).await?;
+                if renewal_asked.is_some() {
+                    status.last_renewal_request = renewal_asked;
+                }
                 state.order_key = None;
                 state.order_url = None;
                 self.write_acme_state(ctx, &state).await?;
@@ -463,6 +470,16 @@ pub fn renewal_time(spec: &CertificateSpec, inspected: &Inspected) -> DateTime<U
     inspected.not_after - before.min(lifetime)
 }
 
+/// The request to renew now ([`RENEW_REQUEST_ANNOTATION`]) no new certificate has answered yet.
+fn renewal_asked(object: &minicloud_crds::Object, status: &CertificateStatus) -> Option<String> {
+    object
+        .metadata
+        .annotations
+        .get(RENEW_REQUEST_ANNOTATION)
+        .filter(|asked| status.last_renewal_request.as_ref() != Some(*asked))
+        .cloned()
+}
+
 /// Whether a stored pair can stay: valid now, covering every name, and not due for renewal.
 fn is_current(spec: &CertificateSpec, inspected: &Inspected, now: DateTime<Utc>) -> bool {
     spec.dns_names.iter().all(|name| inspected.covers(name)) && now < renewal_time(spec, inspected)
@@ -531,6 +548,7 @@ impl Controller for CertificateController {
         let stored = self.read_pair(ctx.namespace(), &secret).await?;
         let stored =
             stored.and_then(|pair| tls::inspect(&pair.chain, &pair.key, now).ok().map(|inspected| (pair, inspected)));
+        let renewal_asked = renewal_asked(ctx.object(), &status);
         let issuer = &spec.issuer;
         if let Some(acme_issuer) = &issuer.acme {
             return self.acme_round(ctx, spec, acme_issuer, status, stored, now).await;
@@ -538,7 +556,9 @@ impl Controller for CertificateController {
         let outcome: Result<Option<Pair>, (&'static str, String)> = if let Some(self_signed) = &issuer.self_signed {
             match &stored {
                 Some((_, inspected))
-                    if is_current(spec, inspected, now) && inspected.issuer.contains("minicloud self-signed") =>
+                    if is_current(spec, inspected, now)
+                        && inspected.issuer.contains("minicloud self-signed")
+                        && renewal_asked.is_none() =>
                 {
                     Ok(None)
                 }
@@ -550,6 +570,10 @@ impl Controller for CertificateController {
                 }
             }
         } else if let Some(reference) = &issuer.secret_ref {
+            // The user's pair is read again every round: that answers a request to renew.
+            if renewal_asked.is_some() {
+                status.last_renewal_request = renewal_asked.clone();
+            }
             match self.user_pair(ctx.namespace(), &reference.name, spec, now).await? {
                 Ok(pair)
                     if stored
@@ -573,6 +597,9 @@ impl Controller for CertificateController {
                 let inspected = tls::inspect(&pair.chain, &pair.key, now)
                     .map_err(|error| ReconcileError::Failed(error.to_string()))?;
                 self.store_pair(ctx, &pair).await?;
+                if renewal_asked.is_some() {
+                    status.last_renewal_request = renewal_asked.clone();
+                }
                 let (reason, verb, message) = issued(&inspected, stored.is_some());
                 ctx.event(EventType::Normal, reason, message).await;
                 set_condition(
@@ -678,6 +705,17 @@ mod tests {
         assert!(status["conditions"].to_string().contains("\"Ready\""), "{status}");
         reconcile(&controller, &key).await.expect("again");
         assert_eq!(store.get(&key).await.expect("cert").status["serial"], serial, "not due: not renewed");
+
+        // Asked to renew now: one new certificate answers the request, and only one.
+        let mut certificate = store.get(&key).await.expect("cert");
+        certificate.metadata.annotations.insert(RENEW_REQUEST_ANNOTATION.into(), "2026-12-08T01:00:00Z".into());
+        store.update(certificate).await.expect("annotated");
+        reconcile(&controller, &key).await.expect("renewed");
+        let status = store.get(&key).await.expect("cert").status;
+        assert_ne!(status["serial"], serial, "renewed on request");
+        assert_eq!(status["lastRenewalRequest"], "2026-12-08T01:00:00Z");
+        reconcile(&controller, &key).await.expect("again");
+        assert_eq!(store.get(&key).await.expect("cert").status["serial"], status["serial"], "answered once");
     }
 
     #[tokio::test]

@@ -203,6 +203,13 @@ pub fn classify(
             classified.verb = "apply".into();
             classified.resource = "objects".into();
         }
+        // A template installed from the gallery: checked for the Stack the form names by the
+        // API's apply, as `cloud templates install` is.
+        "/ui/templates/{name}" if *method == Method::POST => {
+            classified.access = Access::PerObject;
+            classified.verb = "install".into();
+            classified.resource = "stacks".into();
+        }
         // The console's actions need what the API request they stand for needs.
         "/ui/namespaces/{namespace}/{plural}/{name}/{action}" if *method == Method::POST => {
             let (plural, action) = (param("plural").unwrap_or_default(), param("action").unwrap_or_default());
@@ -274,6 +281,8 @@ pub fn console_action(kind: minicloud_crds::Kind, action: &str, namespace: &str)
         ("scale", Kind::ScalingGroup) => (Verb::Update, "scalinggroups/scale"),
         ("backup" | "restore", Kind::ManagedDatabase) => (Verb::Patch, "manageddatabases"),
         ("reveal", Kind::Secret) => (Verb::Reveal, "secrets"),
+        ("sync", Kind::Sync) => (Verb::Patch, "syncs"),
+        ("renew", Kind::Certificate) => (Verb::Patch, "certificates"),
         _ => return None,
     };
     Some(Permission::new(verb, resource, Some(namespace)))
@@ -281,7 +290,8 @@ pub fn console_action(kind: minicloud_crds::Kind, action: &str, namespace: &str)
 
 /// The console's form routes: POSTs whose handler refuses a form without the session's form
 /// token, so the cookie may authenticate them.
-pub const CONSOLE_FORM_ROUTES: &[&str] = &["/ui/namespaces/{namespace}/{plural}/{name}/{action}", "/ui/apply"];
+pub const CONSOLE_FORM_ROUTES: &[&str] =
+    &["/ui/namespaces/{namespace}/{plural}/{name}/{action}", "/ui/apply", "/ui/templates/{name}"];
 
 /// Whether a request can change something (and so is always audited).
 fn mutating(method: &Method) -> bool {

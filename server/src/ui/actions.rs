@@ -1,6 +1,6 @@
 //! What the console can do besides showing: delete an object, restart an Instance (a new
 //! container), scale a ScalingGroup, take a database backup or restore one, reveal a Secret's
-//! value. Each is a plain form POST (no script needed) to
+//! value, run a GitOps sync round now, renew a certificate now. Each is a plain form POST (no script needed) to
 //! `/ui/namespaces/NS/PLURAL/NAME/ACTION` that
 //!
 //! - carries the page's form token (`csrf`): a digest of the credential the browser signed in
@@ -41,11 +41,21 @@ pub enum Action {
     Backup,
     Restore,
     Reveal,
+    Sync,
+    Renew,
 }
 
 impl Action {
-    const ALL: [Action; 6] =
-        [Action::Restart, Action::Scale, Action::Backup, Action::Restore, Action::Reveal, Action::Delete];
+    const ALL: [Action; 8] = [
+        Action::Restart,
+        Action::Scale,
+        Action::Backup,
+        Action::Restore,
+        Action::Reveal,
+        Action::Sync,
+        Action::Renew,
+        Action::Delete,
+    ];
 
     /// The action named in a URL, when `kind` has it.
     pub fn parse(kind: Kind, name: &str) -> Option<Action> {
@@ -60,6 +70,8 @@ impl Action {
             Action::Backup => "backup",
             Action::Restore => "restore",
             Action::Reveal => "reveal",
+            Action::Sync => "sync",
+            Action::Renew => "renew",
         }
     }
 
@@ -84,6 +96,8 @@ impl Action {
             Action::Backup => format!("{object}: a backup was asked for; it is listed once taken."),
             Action::Restore => format!("{object}: the restore was asked for."),
             Action::Reveal => format!("{object}: revealed."),
+            Action::Sync => format!("{object}: a sync round was asked for; its status shows it once done."),
+            Action::Renew => format!("{object}: a new certificate was asked for."),
         }
     }
 }
@@ -204,6 +218,10 @@ pub fn section(viewer: &Viewer, object: &Object) -> Markup {
             };
             form(viewer, object, *action, fields, "Reveal value")
         }
+        Action::Sync => form(viewer, object, *action, html! {}, "Sync now"),
+        // A certificate from the user's own Secret is renewed by the user.
+        Action::Renew if object.spec.pointer("/issuer/secretRef").is_some() => html! {},
+        Action::Renew => form(viewer, object, *action, html! {}, "Renew now"),
         Action::Delete => form(viewer, object, *action, html! {}, "Delete…"),
     });
     html! {
@@ -216,9 +234,17 @@ pub fn section(viewer: &Viewer, object: &Object) -> Markup {
 
 /// The note a page shows after an action redirected to it (`?done=ACTION`).
 pub fn notice(kind: Kind, name: &str, params: &HashMap<String, String>) -> Markup {
-    if params.get("done").is_some_and(|done| done == "apply") {
-        let object = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
-        return html! { p id="notice" class="notice" role="status" { (object) " was applied." } };
+    let object = format!("{}/{name}", kind.as_str().to_ascii_lowercase());
+    match params.get("done").map(String::as_str) {
+        Some("apply") => return html! { p id="notice" class="notice" role="status" { (object) " was applied." } },
+        Some("install") => {
+            return html! {
+                p id="notice" class="notice" role="status" {
+                    (object) " was installed; this page follows it until it is Ready."
+                }
+            }
+        }
+        _ => {}
     }
     let Some(action) = params.get("done").and_then(|done| Action::parse(kind, done)) else { return html! {} };
     html! { p id="notice" class="notice" role="status" { (action.done(kind, name)) } }
@@ -325,6 +351,15 @@ async fn act(
             let annotation = minicloud_crds::database::RESTORE_REQUEST_ANNOTATION;
             annotate(state, principal, namespace, plural, name, annotation, &format!("{request} {backup}")).await?;
             Ok(Redirect::to(&format!("{detail}?done=restore")).into_response())
+        }
+        Action::Sync | Action::Renew => {
+            let annotation = match action {
+                Action::Sync => minicloud_crds::sync::SYNC_REQUEST_ANNOTATION,
+                _ => minicloud_crds::certificate::RENEW_REQUEST_ANNOTATION,
+            };
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            annotate(state, principal, namespace, plural, name, annotation, &now).await?;
+            Ok(Redirect::to(&format!("{detail}?done={}", action.name())).into_response())
         }
         Action::Reveal => {
             let wanted = fields.get("key").cloned().unwrap_or_default();

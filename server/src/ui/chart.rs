@@ -1,12 +1,12 @@
-//! Usage charts of an Instance (or of a scaling group's members summed): CPU and memory as
-//! inline SVG line charts with axes. The value axis starts at zero and ends at a round number
+//! Usage charts of an Instance (or of a scaling group's members summed): CPU and memory; and
+//! a load balancer's request rate; as inline SVG line charts with axes. The value axis starts at zero and ends at a round number
 //! no lower than the series' floor, so a few thousandths of a core stay a flat line near the
 //! bottom instead of filling the chart; its ticks carry the unit. The time axis runs from the
 //! oldest sample to "now".
 
 use maud::{html, Markup};
 
-use crate::usage::Point;
+use crate::usage::{Count, Point};
 
 /// The drawing's size, in SVG units, and the margins that hold the axis labels.
 const WIDTH: f64 = 640.0;
@@ -29,6 +29,7 @@ struct Series {
 
 const CPU: Series = Series { id: "cpu-chart", title: "CPU", unit: "cores", floor: 0.05, decimals: 3 };
 const MEMORY: Series = Series { id: "memory-chart", title: "Memory", unit: "MiB", floor: 16.0, decimals: 1 };
+const REQUESTS: Series = Series { id: "requests-chart", title: "Requests", unit: "req/s", floor: 1.0, decimals: 2 };
 
 /// CPU and memory charts of `points`; `interval` is how often the page asks for newer ones
 /// (the section's `data-chart`).
@@ -43,6 +44,29 @@ pub fn charts(points: &[Point], interval: std::time::Duration) -> Markup {
             (chart(&MEMORY, &memory))
         }
     }
+}
+
+/// A load balancer's request rate from readings of its request counter; `interval` as for
+/// [`charts`].
+pub fn traffic(counts: &[Count], interval: std::time::Duration) -> Markup {
+    html! {
+        section class="charts" data-chart=(interval.as_secs().max(1)) {
+            h2 { "Traffic" }
+            (chart(&REQUESTS, &rates(counts)))
+        }
+    }
+}
+
+/// Requests per second between consecutive readings, at the later one's time.
+fn rates(counts: &[Count]) -> Vec<(i64, f64)> {
+    counts
+        .windows(2)
+        .filter_map(|pair| {
+            let seconds = pair[1].time - pair[0].time;
+            let requests = pair[1].requests.saturating_sub(pair[0].requests);
+            (seconds > 0).then(|| (pair[1].time, requests as f64 / seconds as f64))
+        })
+        .collect()
 }
 
 /// One line chart: `values` as (unix time, value), oldest first.
@@ -172,6 +196,16 @@ mod tests {
         // 0.001 of 0.05 cores: 2 % of the plot's height above its floor line (y = 156).
         assert!(drawn.contains("points=\"64.0,153.1 632.0,153.1\""), "{drawn}");
         assert!(drawn.contains(">0.025 cores<") && drawn.contains(">0.05 cores<"), "{drawn}");
+    }
+
+    #[test]
+    fn request_rates_come_from_counter_differences() {
+        let counts = [(100, 0), (105, 50), (110, 50), (115, 80)].map(|(time, requests)| Count { time, requests });
+        assert_eq!(rates(&counts), vec![(105, 10.0), (110, 0.0), (115, 6.0)]);
+        let drawn = traffic(&counts, std::time::Duration::from_secs(5)).into_string();
+        assert!(drawn.contains("Requests (req/s): 6.00 now, 10.00 at most over the last 10 s"), "{drawn}");
+        assert!(drawn.contains(">10 req/s<"), "{drawn}");
+        assert!(traffic(&counts[..1], std::time::Duration::from_secs(5)).into_string().contains("collecting…"));
     }
 
     #[test]

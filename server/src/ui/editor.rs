@@ -43,7 +43,7 @@ enum Outcome {
 }
 
 /// One object of a plan.
-struct Planned {
+pub(super) struct Planned {
     label: String,
     action: String,
     impact: Option<&'static str>,
@@ -204,7 +204,7 @@ fn read(text: &str) -> Result<Value, Vec<Diagnostic>> {
 
 /// What the dry run answered, with each field change of an update (values of Secrets never
 /// shown).
-async fn plan(state: &AppState, answer: &Value, item: &Value) -> Vec<Planned> {
+pub(super) async fn plan(state: &AppState, answer: &Value, item: &Value) -> Vec<Planned> {
     let mut planned = Vec::new();
     for applied in answer.get("items").and_then(Value::as_array).into_iter().flatten() {
         let field = |name: &str| applied.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -285,19 +285,7 @@ fn outcome_markup(text: &str, outcome: &Outcome) -> Markup {
         Outcome::Plan(planned) => html! {
             section id="plan" aria-label="Plan" {
                 h2 { "Plan" }
-                @for object in planned {
-                    h3 {
-                        (object.label) ": " (object.action)
-                        @if let Some(impact) = object.impact { " (" (impact) ")" }
-                    }
-                    @if !object.changes.is_empty() && object.action != "created" {
-                        ul class="changes" {
-                            @for (path, before, after) in &object.changes {
-                                li { code { (path) } ": " (before) " → " (after) }
-                            }
-                        }
-                    }
-                }
+                (plan_markup(planned))
             }
         },
         Outcome::Problems(problems) => {
@@ -315,6 +303,25 @@ fn outcome_markup(text: &str, outcome: &Outcome) -> Markup {
                                 }
                             }
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Each object of a plan: what applying does to it, and the fields it changes, old → new.
+pub(super) fn plan_markup(planned: &[Planned]) -> Markup {
+    html! {
+        @for object in planned {
+            h3 {
+                (object.label) ": " (object.action)
+                @if let Some(impact) = object.impact { " (" (impact) ")" }
+            }
+            @if !object.changes.is_empty() && object.action != "created" {
+                ul class="changes" {
+                    @for (path, before, after) in &object.changes {
+                        li { code { (path) } ": " (before) " → " (after) }
                     }
                 }
             }

@@ -95,6 +95,7 @@ pub fn page(frame: &Frame<'_>, main: &Markup) -> String {
                         @for kind in minicloud_crds::Kind::ALL {
                             " " a href=(chrome.href(&format!("/ui/{}", kind.plural()))) { (kind.as_str()) }
                         }
+                        " " a href=(chrome.href("/ui/templates")) { "Templates" }
                         " " a href=(chrome.href("/ui/events")) { "Activity" }
                     }
                     @if !chrome.namespaces.is_empty() {

@@ -9,6 +9,7 @@
 pub mod actions;
 mod chart;
 mod editor;
+mod gallery;
 mod html;
 mod login;
 mod pages;
@@ -52,6 +53,8 @@ pub fn routes() -> Router<AppState> {
         )
         .route("/ui/login", get(login::page).post(login::sign_in))
         .route("/ui/logout", axum::routing::post(login::sign_out))
+        .route("/ui/templates", get(gallery::index))
+        .route("/ui/templates/{name}", get(gallery::show).post(gallery::submit))
         .route("/ui/{plural}", get(list))
         .route("/ui/namespaces/{namespace}/{plural}/{name}", get(detail))
         .route("/ui/namespaces/{namespace}/{plural}/{name}/{action}", get(editor::edit).post(actions::perform))

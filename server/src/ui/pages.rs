@@ -120,7 +120,10 @@ fn cards(objects: &[Object]) -> Markup {
                         }
                     }
                     @if WRITTEN_BY_PEOPLE.contains(&kind) {
-                        p class="quick" { a href={ "/ui/" (kind.plural()) "/new" } { "New " (kind.as_str()) "…" } }
+                        p class="quick" {
+                            a href={ "/ui/" (kind.plural()) "/new" } { "New " (kind.as_str()) "…" }
+                            @if kind == Kind::Stack { " · " a href="/ui/templates" { "From a template…" } }
+                        }
                     }
                 }
             }
@@ -263,6 +266,10 @@ pub async fn detail(
                 .collect();
             Some(super::chart::charts(&crate::usage::sum(&members, state.usage_interval), state.usage_interval))
         }
+        (Some(usage), Some(Kind::LoadBalancer)) => Some(super::chart::traffic(
+            &usage.requests(&format!("{}/{}", object.namespace(), meta.name)),
+            state.usage_interval,
+        )),
         _ => None,
     };
     // Tells the script that the Instance's container exists, so its output can be read.
