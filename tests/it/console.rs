@@ -435,13 +435,18 @@ async fn the_console_shows_targets_scaling_backups_and_stack_outputs_of_real_obj
             .next()
             .and_then(|before| before.rsplit(' ').next())
             .and_then(|figure| figure.parse::<f64>().ok());
-        if highest.is_some_and(|rate| rate > 0.0) {
+        let points =
+            browser.script("return Number(document.getElementById('requests-chart').dataset.points || 0);").await;
+        if highest.is_some_and(|rate| rate > 0.0) && points.as_u64().unwrap_or(0) >= 3 {
             break;
         }
         assert!(Instant::now() < deadline, "the request chart never showed the traffic: {heading}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     browser.assert_accessible("a load balancer's page").await;
+    let linked = browser.script("return [...document.querySelectorAll('#facts a')].map(a => a.href).join(' ');").await;
+    assert!(linked.as_str().is_some_and(|links| links.contains(&endpoint)), "the endpoint is a link: {linked}");
+    browser.script("document.getElementById('requests-chart').scrollIntoView(); return null;").await;
     browser.screenshot("console-loadbalancer.png").await;
 
     // The scaling group's decision, and its members' usage summed in charts.
@@ -1124,7 +1129,9 @@ async fn a_template_is_planned_installed_and_followed_to_ready_from_the_gallery(
     assert_eq!(stack["spec"]["values"]["replicas"], 1);
 
     let errors = browser
-        .errors_besides(&["/ui/templates/hostile#plan - Failed to load resource: the server responded with a status of 422"])
+        .errors_besides(&[
+            "/ui/templates/hostile#plan - Failed to load resource: the server responded with a status of 422",
+        ])
         .await;
     assert!(errors.is_empty(), "the browser logged errors: {errors:?}");
     harness.finish().await;

@@ -92,11 +92,15 @@ fn chart(series: &Series, values: &[(i64, f64)]) -> Markup {
         duration(last - first)
     );
     let ticks = [0.0, top / 2.0, top];
-    let times = [
-        (first, format!("-{}", duration(last - first))),
-        (first + (last - first) / 2, format!("-{}", duration((last - first) / 2))),
-        (last, "now".to_owned()),
-    ];
+    let times = if last > first {
+        vec![
+            (first, format!("-{}", duration(last - first))),
+            (first + (last - first) / 2, format!("-{}", duration((last - first) / 2))),
+            (last, "now".to_owned()),
+        ]
+    } else {
+        vec![(last, "now".to_owned())]
+    };
     html! {
         div class="chart" id=(series.id) data-points=(values.len()) data-top=(top) {
             h3 { (heading) }
@@ -114,6 +118,8 @@ fn chart(series: &Series, values: &[(i64, f64)]) -> Markup {
                 line class="axis" x1=(LEFT) x2=(LEFT) y1=(TOP) y2=(TOP + plot_height) {}
                 line class="axis" x1=(LEFT) x2=(WIDTH - RIGHT) y1=(TOP + plot_height) y2=(TOP + plot_height) {}
                 polyline class="series" fill="none" points=(coordinates.join(" ")) {}
+                // One point alone makes no line.
+                @if values.len() == 1 { circle class="point" cx=(format!("{:.1}", x(last))) cy=(format!("{:.1}", y(latest))) r="3" {} }
             }
         }
     }
@@ -206,6 +212,8 @@ mod tests {
         assert!(drawn.contains("Requests (req/s): 6.00 now, 10.00 at most over the last 10 s"), "{drawn}");
         assert!(drawn.contains(">10 req/s<"), "{drawn}");
         assert!(traffic(&counts[..1], std::time::Duration::from_secs(5)).into_string().contains("collecting…"));
+        let one = traffic(&counts[..2], std::time::Duration::from_secs(5)).into_string();
+        assert!(one.contains("<circle class=\"point\"") && one.matches("class=\"tick\"").count() == 4, "{one}");
     }
 
     #[test]

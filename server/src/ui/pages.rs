@@ -223,6 +223,26 @@ pub async fn detail(
         }
     };
     facts.push(vec![html! { "Labels" }, labels]);
+    // Where it answers (a load balancer's listeners): web addresses are links.
+    let endpoints: Vec<(&String, &str)> = object
+        .status
+        .get("endpoints")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter_map(|(name, address)| Some((name, address.as_str()?)))
+        .collect();
+    if !endpoints.is_empty() {
+        let cell = html! {
+            @for (index, (name, address)) in endpoints.iter().enumerate() {
+                @if index > 0 { br; }
+                (name) ": "
+                @if address.starts_with("http://") || address.starts_with("https://") { a href=(address) { (address) } }
+                @else { (address) }
+            }
+        };
+        facts.push(vec![html! { "Endpoints" }, cell]);
+    }
     for owner in &meta.owner_references {
         let plural = Kind::from_kind_name(&owner.kind).map_or("", Kind::plural);
         let href = format!("/ui/namespaces/{}/{plural}/{}", object.namespace(), owner.name);
