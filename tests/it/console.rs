@@ -1091,46 +1091,70 @@ async fn a_template_is_planned_installed_and_followed_to_ready_from_the_gallery(
     let (status, body) = harness.try_apply(vec![by_reference]).await;
     assert!(status < 300, "a Stack naming a --templates-dir bundle is accepted: {status} {body}");
 
-    // static-site: planned (nothing written), then installed with one click; its page follows
-    // it to Ready and its output is a link that serves.
-    browser.open(&format!("{url}/ui/templates/static-site?namespace={namespace}")).await;
+    // web-app-postgres: a value its pattern refuses is shown at its field and makes nothing;
+    // fixed, it is planned (nothing written), then installed with one click; the stack's page
+    // follows it to Ready without a reload, and its URL output is a link to the application.
+    browser.open(&format!("{url}/ui/templates/web-app-postgres?namespace={namespace}")).await;
     browser.screenshot("console-template-form.png").await;
-    submit(&browser, "install", &[("stack", "site"), ("namespace", &namespace), ("value.replicas", "1")]).await;
+    let form = |database: &'static str| {
+        [("stack", "shop"), ("namespace", namespace.as_str()), ("value.replicas", "1"), ("value.database", database)]
+    };
+    submit(&browser, "install", &form("Shop-DB")).await;
+    browser
+        .wait_for_text("error-value-database", "the refusal", Duration::from_secs(10), |text| text.contains("Shop-DB"))
+        .await;
+    assert!(browser.text("error-value-database").await.contains("does not match the pattern"));
+    assert!(harness.get("stacks", "shop").await.is_none(), "a refused form makes nothing");
+    submit(&browser, "install", &form("shop")).await;
     let plan =
-        browser.wait_for_text("plan", "the plan", Duration::from_secs(10), |text| text.contains("stack/site")).await;
+        browser.wait_for_text("plan", "the plan", Duration::from_secs(10), |text| text.contains("stack/shop")).await;
     eprintln!("the plan was shown {} ms after Plan", plan.as_millis());
-    let planned = browser.text("plan").await;
-    assert!(planned.contains("created"), "{planned}");
+    assert!(browser.text("plan").await.contains("created"), "{}", browser.text("plan").await);
     let creates = browser.text("creates").await;
-    assert!(
-        creates.contains("scalinggroup/site") && creates.contains("loadbalancer/site") && !creates.contains("route/"),
-        "what the stack will create (no hostname: no Route): {creates}"
+    let listed: Vec<&str> = creates.lines().map(str::trim).collect();
+    assert_eq!(
+        listed,
+        ["manageddatabase/shop-db", "loadbalancer/shop", "scalinggroup/shop-app"],
+        "what the stack will create, the database first (no hostname: no Route)"
     );
-    assert!(harness.get("stacks", "site").await.is_none(), "a plan writes nothing");
+    assert!(harness.get("stacks", "shop").await.is_none(), "a plan writes nothing");
     browser.assert_accessible("the plan").await;
     browser.screenshot("console-template-plan.png").await;
+    browser.script("window.notReloaded = true; return null;").await;
     let clicked = Instant::now();
     browser.script("document.querySelector('#install button[value=install]').click(); return null;").await;
     browser.wait_for_text("notice", "installed", Duration::from_secs(10), |text| text.contains("installed")).await;
-    browser.wait_for_text("facts", "Ready", Duration::from_secs(120), |text| text.contains("Ready\tTrue")).await;
+    browser.script("window.notReloaded = true; return null;").await;
+    browser.wait_for_text("facts", "Ready", Duration::from_secs(180), |text| text.contains("Ready\tTrue")).await;
     eprintln!("install clicked → the stack's page showed Ready in {} ms", clicked.elapsed().as_millis());
-    let output = browser
+    assert_eq!(browser.script("return window.notReloaded === true;").await, json!(true), "followed without a reload");
+    browser
         .wait_for_text("outputs", "the URL", Duration::from_secs(20), |text| text.contains("http://127.0.0.1:"))
         .await;
-    let _ = output;
-    let href = browser.script("return document.querySelector('#outputs a').href;").await;
-    let href = href.as_str().expect("the output is a link").to_owned();
-    crate::common::cluster::fetch(&reqwest::Client::new(), &href).await.expect("the site serves");
     browser.assert_accessible("the stack's page").await;
     browser.script("document.getElementById('resources').scrollIntoView(); return null;").await;
     browser.screenshot("console-stack.png").await;
-    let stack = harness.get("stacks", "site").await.expect("installed");
-    assert_eq!(stack["spec"]["templateRef"]["name"], "static-site");
-    assert_eq!(stack["spec"]["values"]["replicas"], 1);
+    let stack = harness.get("stacks", "shop").await.expect("installed");
+    assert_eq!(stack["spec"]["templateRef"]["name"], "web-app-postgres");
+    assert_eq!(stack["spec"]["values"], json!({"replicas": 1, "database": "shop"}));
+    // Clicking the output opens the application (minicloud/web answers with its host name).
+    browser.script("document.querySelector('#outputs a[href^=\"http://127.0.0.1:\"]').click(); return null;").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let at = browser.script("return [location.href, document.body ? document.body.innerText : ''];").await;
+        if at[0].as_str().is_some_and(|href| !href.contains("/ui/")) && at[1].as_str().is_some_and(|t| !t.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the output link never opened the application: {at}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     let errors = browser
         .errors_besides(&[
             "/ui/templates/hostile#plan - Failed to load resource: the server responded with a status of 422",
+            "/ui/templates/web-app-postgres#plan - Failed to load resource: the server responded with a status of 422",
+            // The application's page, opened from the output link, has no icon.
+            "/favicon.ico - Failed to load resource",
         ])
         .await;
     assert!(errors.is_empty(), "the browser logged errors: {errors:?}");

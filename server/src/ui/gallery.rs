@@ -152,10 +152,18 @@ impl Filled {
         !self.problems.is_empty() || !self.general.is_empty()
     }
 
-    /// The settings the values make: `KEY=VALUE` as `--set` gives them; an empty field is left
-    /// out (the default, or the generated value, applies).
-    fn settings(&self) -> Vec<(String, String)> {
-        self.values.iter().filter(|(_, text)| !text.is_empty()).map(|(key, text)| (key.clone(), text.clone())).collect()
+    /// The settings the values make: `KEY=VALUE` as `--set` gives them. A field left empty or
+    /// at its default is left out (the default, or the generated value, applies), so the Stack
+    /// records what was chosen, as `cloud templates install --set` does.
+    fn settings(&self, bundle: &Bundle) -> Vec<(String, String)> {
+        let is_default = |key: &str, text: &str| {
+            bundle.parameters.iter().any(|p| p.name == key && p.default.as_ref().is_some_and(|d| text_of(d) == text))
+        };
+        self.values
+            .iter()
+            .filter(|(key, text)| !text.is_empty() && !is_default(key, text))
+            .map(|(key, text)| (key.clone(), text.clone()))
+            .collect()
     }
 
     /// Places problems of the Stack manifest (`metadata.name`, `spec.values.X`, ...) under
@@ -276,7 +284,7 @@ fn checked(bundle: &Bundle, filled: &mut Filled) -> Option<(Value, BTreeMap<Stri
     if let Err(reason) = check_dns_label(&filled.namespace) {
         filled.problem(NAMESPACE_FIELD, format!("namespace {:?}: {reason}", filled.namespace));
     }
-    let values = match bundle.checked_values(&filled.settings()) {
+    let values = match bundle.checked_values(&filled.settings(bundle)) {
         Ok(values) => values,
         Err(problems) => {
             for ValueProblem { parameter, message, .. } in problems {
@@ -541,6 +549,16 @@ mod tests {
         let password = control(secret, "value-x", "", "hint-value-x", true).into_string();
         assert!(password.contains("type=\"password\"") && password.contains("aria-invalid=\"true\""), "{password}");
         assert!(!password.contains("required"), "a generated value is not required: {password}");
+    }
+
+    #[test]
+    fn only_values_other_than_the_defaults_are_settings() {
+        let bundle = shipped("static-site");
+        let mut filled = Filled::defaults(bundle, None);
+        assert!(filled.settings(bundle).is_empty(), "{:?}", filled.settings(bundle));
+        filled.values.insert("replicas".into(), "3".into());
+        filled.values.insert("hostname".into(), String::new());
+        assert_eq!(filled.settings(bundle), [("replicas".to_owned(), "3".to_owned())]);
     }
 
     #[test]
