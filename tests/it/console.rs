@@ -1149,6 +1149,37 @@ async fn a_template_is_planned_installed_and_followed_to_ready_from_the_gallery(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    // Forged installs: another site's page (with a good token), or a guessed token, install
+    // nothing.
+    let form_page = format!("{url}/ui/templates/static-site");
+    let token = form_token_of(&form_page).await;
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let fields = |csrf: &str| {
+        vec![
+            ("csrf", csrf.to_owned()),
+            ("stack", "forged".into()),
+            ("namespace", namespace.clone()),
+            ("intent", "install".into()),
+        ]
+    };
+    let cross_site = http
+        .post(&form_page)
+        .header("origin", "http://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .form(&fields(&token))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(cross_site.status(), reqwest::StatusCode::FORBIDDEN);
+    let guessed = http.post(&form_page).form(&fields("guessed")).send().await.expect("post");
+    assert_eq!(guessed.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(harness.get("stacks", "forged").await.is_none(), "a forged install makes nothing");
+    let mut planned = fields(&token);
+    planned[3].1 = "plan".into();
+    let genuine = http.post(&form_page).form(&planned).send().await.expect("post");
+    assert_eq!(genuine.status(), reqwest::StatusCode::OK, "the same post with the token, from no page, works");
+    assert!(genuine.text().await.expect("page").contains("stack/forged"), "and answers its plan");
+
     let errors = browser
         .errors_besides(&[
             "/ui/templates/hostile#plan - Failed to load resource: the server responded with a status of 422",
