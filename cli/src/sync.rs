@@ -1,7 +1,8 @@
 //! Continuous sync of a manifest directory (`cloud sync DIR`, `cloud server --sync DIR`): the
 //! directory is applied as one applyset with prune whenever its files change (a file watcher,
-//! debounced) and at an interval, so the cluster follows the directory — a git work tree, most
-//! often — the way Flux or Argo CD follow a repository.
+//! debounced), at an interval, and when asked (the console's "Sync now" sets an annotation on
+//! the Sync object, which the loop watches), so the cluster follows the directory — a git work
+//! tree, most often — the way Flux or Argo CD follow a repository.
 //!
 //! A round reads and validates every file first: a broken file means nothing is applied and
 //! nothing pruned, and the round is reported as failed. What each round did is written to a
