@@ -13,12 +13,14 @@
 #   minicloud/redis:local     Redis 7 from Debian (mmdebstrap); set REDIS_PASSWORD; data in /data
 #   minicloud/mariadb:local   MariaDB 10.11 from Debian (mmdebstrap); on first start set
 #                             MARIADB_DATABASE, MARIADB_USER, MARIADB_PASSWORD
+#   minicloud/nats:local      nats-server 2.9 from Debian with JetStream (file storage in
+#                             /data; monitoring on 8222)
 #
-# Usage: scripts/local-images.sh [--rebuild] [web] [haproxy] [postgres] [redis] [mariadb]
+# Usage: scripts/local-images.sh [--rebuild] [web] [haproxy] [postgres] [redis] [mariadb] [nats]
 #        (default: all of them)
 # An image that exists already is kept unless --rebuild is given or it is older than this
 # script's recipe (the image label minicloud.dev/image-version). Missing Debian packages
-# (busybox-static, haproxy, mmdebstrap) are installed when running as root.
+# (busybox-static, haproxy, mmdebstrap, nats-server) are installed when running as root.
 set -euo pipefail
 
 rebuild=false
@@ -26,11 +28,11 @@ wanted=()
 for argument in "$@"; do
     case "$argument" in
         --rebuild) rebuild=true ;;
-        web | haproxy | postgres | redis | mariadb) wanted+=("$argument") ;;
-        *) echo "usage: $0 [--rebuild] [web] [haproxy] [postgres] [redis] [mariadb]" >&2; exit 2 ;;
+        web | haproxy | postgres | redis | mariadb | nats) wanted+=("$argument") ;;
+        *) echo "usage: $0 [--rebuild] [web] [haproxy] [postgres] [redis] [mariadb] [nats]" >&2; exit 2 ;;
     esac
 done
-[ ${#wanted[@]} -eq 0 ] && wanted=(web haproxy postgres redis mariadb)
+[ ${#wanted[@]} -eq 0 ] && wanted=(web haproxy postgres redis mariadb nats)
 
 command -v docker >/dev/null || { echo "local-images: docker is not installed" >&2; exit 1; }
 docker info >/dev/null 2>&1 || { echo "local-images: the Docker engine does not answer (is dockerd running?)" >&2; exit 1; }
@@ -172,6 +174,35 @@ FROM scratch
 COPY root /
 EXPOSE 8080
 ENTRYPOINT ["/usr/sbin/haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]
+EOF
+    docker build -q "${label_args[@]}" --label "minicloud.dev/image-version=$version" -t "$image" "$context" >/dev/null
+    rm -rf "$context"
+    echo "local-images: built $image"
+}
+
+build_nats() {
+    local image=minicloud/nats:local version=1
+    needed "$image" "$version" || return 0
+    ensure_packages nats-server
+    local context
+    context="$(mktemp -d)"
+    mkdir -p "$context/root/usr/sbin" "$context/root/etc" "$context/root/data" "$context/root/tmp"
+    cp /usr/sbin/nats-server "$context/root/usr/sbin/nats-server"
+    # The binary and every library it loads, at their own paths.
+    ldd /usr/sbin/nats-server | grep -o '/[^ ]*' | while read -r library; do
+        mkdir -p "$context/root$(dirname "$library")"
+        cp -L "$library" "$context/root$library"
+    done
+    mkdir -p "$context/root/lib64"
+    cp -L /lib64/ld-linux-x86-64.so.2 "$context/root/lib64/"
+    printf 'root:x:0:0:root:/:/bin/false\n' > "$context/root/etc/passwd"
+    printf 'root:x:0:\n' > "$context/root/etc/group"
+    cat > "$context/Dockerfile" <<'EOF'
+FROM scratch
+COPY root /
+EXPOSE 4222 8222
+VOLUME /data
+ENTRYPOINT ["/usr/sbin/nats-server", "--jetstream", "--store_dir", "/data", "--http_port", "8222"]
 EOF
     docker build -q "${label_args[@]}" --label "minicloud.dev/image-version=$version" -t "$image" "$context" >/dev/null
     rm -rf "$context"
