@@ -259,6 +259,8 @@ pub async fn run(
     // A SQLite store belongs to one server: held until this process ends.
     let _sole_server = store::sql::claim_sqlite(&config.database_url)?;
     let keys = Arc::new(SecretKeys::load(config.secret_key_file.as_deref(), &config.data_dir)?);
+    // The console's forms without authentication: one secret for every replica sharing the keys.
+    crate::ui::actions::share_anonymous_secret(keys.derived("console form"));
     let sql = Arc::new(
         SqlStore::open(&config.database_url, keys)
             .await

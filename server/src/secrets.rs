@@ -186,6 +186,20 @@ impl SecretKeys {
         self.ring().primary().id.clone()
     }
 
+    /// A value for one `purpose` derived from the key that seals (SHA-256 of both): the same on
+    /// every replica that shares the keys, and unknowable without them.
+    pub fn derived(&self, purpose: &str) -> String {
+        use sha2::Digest;
+        let ring = self.ring();
+        let digest = sha2::Sha256::new()
+            .chain_update(b"minicloud derived value\n")
+            .chain_update(purpose.as_bytes())
+            .chain_update(b"\n")
+            .chain_update(ring.primary().bytes)
+            .finalize();
+        digest.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
     /// Seals every value of a Secret that is not sealed yet (other kinds are left alone), and
     /// redacts the copies of its values that applied-configuration annotations hold: nothing
     /// sensitive is stored in clear.

@@ -155,6 +155,19 @@ impl Replicas {
     }
 }
 
+/// The form token of the console's template form on `server` (read as any client reads it).
+async fn console_form_token(server: &TestServer) -> String {
+    let page = reqwest::get(format!("{}/ui/templates/static-site", server.url))
+        .await
+        .expect("page")
+        .text()
+        .await
+        .expect("html");
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).unwrap_or_else(|| panic!("a form token in {page}")) + marker.len();
+    page[start..].split('"').next().expect("token").to_owned()
+}
+
 /// Waits until every lease in `names` has a holder other than `not`; returns them.
 async fn held_by_others(
     http: &reqwest::Client,
@@ -256,6 +269,26 @@ async fn replicas_started_together_elect_one_holder_per_lease_and_an_orderly_sto
     }
     assert_eq!(identities.len(), 3, "every replica has its own identity: {identities:?}");
     let api_replica = identity(harness.server()).await;
+
+    // A console form served by one replica of a server without authentication is accepted by
+    // every other: their form tokens are derived from the secret keys they share (and a
+    // server with another key has another token).
+    let token = console_form_token(harness.server()).await;
+    for (index, server) in replicas.running() {
+        assert_eq!(console_form_token(server).await, token, "replica {index} accepts the same forms");
+    }
+    let other_key = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode([7u8; 32])
+    };
+    let stranger = TestServer::start_with_env(
+        TestDb::sqlite().await,
+        &["--no-controllers"],
+        &[(minicloud_server::KEY_ENV, other_key.as_str())],
+    )
+    .await;
+    assert_ne!(console_form_token(&stranger).await, token, "another key, another token");
+    stranger.stop().await;
 
     // Every lease gets one holder, among the replicas that campaign for it.
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -102,13 +102,25 @@ impl Action {
     }
 }
 
+/// What the form token of a request without a token is a digest of: a value derived from the
+/// server's secret key, so that every replica sharing the keys accepts the forms of the others
+/// (see [`share_anonymous_secret`]); a random one drawn by this process when none was given.
+static ANONYMOUS_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes `secret` (derived from the server's secret key) what the form tokens of requests
+/// without a token are made from; the composition root calls it once, before serving.
+pub fn share_anonymous_secret(secret: String) {
+    if ANONYMOUS_SECRET.set(secret).is_err() {
+        tracing::debug!("the console's anonymous form secret was set already");
+    }
+}
+
 /// The form token of a request: a digest of the token it signed in with (the console's
-/// cookie, or a bearer token), the same on every replica; without authentication, of a secret
-/// this process drew at start.
+/// cookie, or a bearer token), the same on every replica; without authentication, of the
+/// anonymous secret, also the same on every replica that shares the secret keys.
 pub fn form_token(headers: &HeaderMap) -> String {
-    static PROCESS_SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     let credential = crate::api::access::presented_token(headers)
-        .unwrap_or_else(|| PROCESS_SECRET.get_or_init(|| format!("{:032x}", rand::random::<u128>())).clone());
+        .unwrap_or_else(|| ANONYMOUS_SECRET.get_or_init(|| format!("{:032x}", rand::random::<u128>())).clone());
     let digest = Sha256::new().chain_update(b"minicloud console form\n").chain_update(credential.as_bytes()).finalize();
     digest.iter().map(|byte| format!("{byte:02x}")).collect()
 }
