@@ -29,6 +29,7 @@ fn forbidden() -> Vec<(&'static str, Vec<&'static str>)> {
         ("minicloud-store", all(&[SQL, HTTP_SERVER, HTTP_CLIENT, &["hyper"]])),
         ("minicloud-model", all(&[SQL, HTTP_SERVER, HTTP_CLIENT, &["tokio", "hyper"]])),
         ("minicloud-controllers", all(&[SQL, HTTP_SERVER, HTTP_CLIENT])),
+        ("minicloud-queues", all(&[SQL, HTTP_SERVER, HTTP_CLIENT, SERVER_CRATES])),
         ("minicloud-client", all(&[SQL, SERVER_FRAMEWORK, SERVER_CRATES])),
         ("minicloud-cli", all(&[SQL, SERVER_FRAMEWORK, SERVER_CRATES])),
     ]
