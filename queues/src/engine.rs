@@ -1,6 +1,10 @@
 //! The SQS operations on a JetStream server (see the crate documentation for the mapping).
 //! A receipt handle is the delivery's acknowledgement subject, base64url-encoded: opaque to
-//! clients, and checked to belong to the queue it is used on.
+//! clients, and checked to belong to the queue it is used on and to be the message's latest
+//! delivery. JetStream itself accepts an acknowledgement of an earlier delivery of a message
+//! delivered again; SQS does not, so each delivery handed out is recorded in the stream
+//! [`RECEIPTS_STREAM`] (one message per subject `minicloud.receipts.STREAM.SEQUENCE`: the
+//! message's latest delivery), which deletes and visibility changes are checked against.
 
 use std::time::Duration;
 
@@ -22,6 +26,10 @@ pub const MAX_IN_FLIGHT: i64 = 120_000;
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// How long an acknowledgement waits for the server's confirmation.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The stream recording each message's latest delivery (never a queue's `Q_…` name).
+pub const RECEIPTS_STREAM: &str = "MINICLOUD_RECEIPTS";
+/// How long a delivery is remembered: SQS's longest retention.
+const LONGEST_RETENTION: Duration = Duration::from_secs(14 * 86_400);
 
 /// What can go wrong.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +104,12 @@ pub struct Counts {
 pub struct Engine {
     client: async_nats::Client,
     jetstream: jetstream::Context,
+    receipts: stream::Stream,
+}
+
+/// The subject recording a message's latest delivery: its stream and position.
+fn receipt_subject(stream: &str, sequence: u64) -> String {
+    format!("minicloud.receipts.{stream}.{sequence}")
 }
 
 fn queue_error(queue: &QueueRef, error: impl std::fmt::Display) -> EngineError {
@@ -111,7 +125,22 @@ impl Engine {
             .await
             .map_err(|error| EngineError::Unreachable { url: url.to_owned(), reason: error.to_string() })?;
         let jetstream = jetstream::new(client.clone());
-        Ok(Engine { client, jetstream })
+        let receipts = jetstream
+            .create_or_update_stream(stream::Config {
+                name: RECEIPTS_STREAM.to_owned(),
+                subjects: vec!["minicloud.receipts.>".to_owned()],
+                max_messages_per_subject: 1,
+                max_age: LONGEST_RETENTION,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| EngineError::Unreachable { url: url.to_owned(), reason: error.to_string() })?;
+        let receipts = jetstream
+            .get_stream(receipts.config.name)
+            .await
+            .map_err(|error| EngineError::Unreachable { url: url.to_owned(), reason: error.to_string() })?;
+        Ok(Engine { client, jetstream, receipts })
     }
 
     /// Creates the queue's stream and consumer, or brings them to `settings`.
@@ -255,12 +284,13 @@ impl Engine {
         let mut received = Vec::new();
         while let Some(message) = batch.next().await {
             let message = message.map_err(|error| queue_error(queue, error))?;
-            let (reply, delivered, published) = {
+            let (reply, delivered, published, record) = {
                 let info = message.info().map_err(|error| queue_error(queue, error))?;
                 let published =
                     DateTime::<Utc>::from_timestamp(info.published.unix_timestamp(), info.published.nanosecond())
                         .unwrap_or_default();
-                (message.reply.clone().map(|reply| reply.to_string()).unwrap_or_default(), info.delivered, published)
+                let reply = message.reply.clone().map(|reply| reply.to_string()).unwrap_or_default();
+                (reply, info.delivered, published, receipt_subject(info.stream, info.stream_sequence))
             };
             let header = |name: &str| {
                 message.headers.as_ref().and_then(|headers| headers.get(name)).map(|value| value.as_str().to_owned())
@@ -275,6 +305,13 @@ impl Engine {
                 message.ack_with(AckKind::Nak(Some(rest))).await.map_err(|error| queue_error(queue, error))?;
                 continue;
             }
+            // This delivery is the message's latest: earlier receipt handles stop working.
+            self.jetstream
+                .publish(record, Bytes::from(delivered.to_string()))
+                .await
+                .map_err(|error| queue_error(queue, error))?
+                .await
+                .map_err(|error| queue_error(queue, error))?;
             if let Some(visibility) = visibility {
                 message.ack_with(AckKind::Nak(Some(visibility))).await.map_err(|error| queue_error(queue, error))?;
             }
@@ -290,35 +327,52 @@ impl Engine {
         Ok(received)
     }
 
-    /// The acknowledgement subject a receipt handle stands for, when it is one of `queue`'s.
-    fn subject_of(queue: &QueueRef, receipt_handle: &str) -> Result<String, EngineError> {
+    /// The acknowledgement subject a receipt handle stands for, when it is one of `queue`'s,
+    /// with the subject recording the message's latest delivery and the delivery it names.
+    fn subject_of(queue: &QueueRef, receipt_handle: &str) -> Result<(String, String, u64), EngineError> {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(receipt_handle)
             .map_err(|_| EngineError::ReceiptHandleIsInvalid)?;
         let subject = String::from_utf8(bytes).map_err(|_| EngineError::ReceiptHandleIsInvalid)?;
-        let well_formed = subject.starts_with(&queue.ack_prefix())
-            && subject.split('.').count() >= 9
-            && subject.bytes().all(|byte| byte.is_ascii_graphic());
-        if !well_formed {
+        if !subject.starts_with(&queue.ack_prefix()) || !subject.bytes().all(|byte| byte.is_ascii_graphic()) {
             return Err(EngineError::ReceiptHandleIsInvalid);
         }
-        Ok(subject)
+        // $JS.ACK.STREAM.CONSUMER.DELIVERED.STREAM_SEQUENCE.CONSUMER_SEQUENCE.TIME.PENDING
+        let tokens: Vec<&str> = subject.split('.').collect();
+        let number = |index: usize| tokens.get(index).and_then(|token| token.parse::<u64>().ok());
+        let (Some(delivered), Some(sequence), 9..) = (number(4), number(5), tokens.len()) else {
+            return Err(EngineError::ReceiptHandleIsInvalid);
+        };
+        Ok((subject, receipt_subject(&queue.stream(), sequence), delivered))
     }
 
-    /// Sends `kind` for a delivery and waits for the server to confirm it.
-    async fn acknowledge(&self, queue: &QueueRef, receipt_handle: &str, kind: AckKind) -> Result<(), EngineError> {
-        let subject = Self::subject_of(queue, receipt_handle)?;
+    /// Sends `kind` for a delivery, when it is the message's latest, and waits for the server
+    /// to confirm it; answers the subject recording the message's latest delivery.
+    async fn acknowledge(&self, queue: &QueueRef, receipt_handle: &str, kind: AckKind) -> Result<String, EngineError> {
+        let (subject, record, delivered) = Self::subject_of(queue, receipt_handle)?;
+        let latest = match self.receipts.get_last_raw_message_by_subject(&record).await {
+            Ok(message) => Some(message.payload),
+            Err(error) if error.kind() == stream::LastRawMessageErrorKind::NoMessageFound => None,
+            Err(error) => return Err(queue_error(queue, error)),
+        };
+        if latest.as_deref() != Some(delivered.to_string().as_bytes()) {
+            // Deleted already, or received again since.
+            return Err(EngineError::ReceiptHandleIsInvalid);
+        }
         let request = self.client.request(subject, Bytes::from(kind));
         match tokio::time::timeout(ACK_TIMEOUT, request).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(record),
             Ok(Err(error)) => Err(EngineError::NotConfirmed(error.to_string())),
             Err(_) => Err(EngineError::NotConfirmed(format!("no answer within {} s", ACK_TIMEOUT.as_secs()))),
         }
     }
 
-    /// Deletes a received message.
+    /// Deletes a received message (with the receipt handle of its latest receive); the handle
+    /// stops working.
     pub async fn delete(&self, queue: &QueueRef, receipt_handle: &str) -> Result<(), EngineError> {
-        self.acknowledge(queue, receipt_handle, AckKind::Ack).await
+        let record = self.acknowledge(queue, receipt_handle, AckKind::Ack).await?;
+        self.receipts.purge().filter(record).await.map_err(|error| queue_error(queue, error))?;
+        Ok(())
     }
 
     /// Makes a received message visible again after `visibility` (0: at once).
@@ -329,7 +383,7 @@ impl Engine {
         visibility: Duration,
     ) -> Result<(), EngineError> {
         let kind = if visibility.is_zero() { AckKind::Nak(None) } else { AckKind::Nak(Some(visibility)) };
-        self.acknowledge(queue, receipt_handle, kind).await
+        self.acknowledge(queue, receipt_handle, kind).await.map(|_| ())
     }
 
     /// Deletes every message of the queue.

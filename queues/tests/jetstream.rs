@@ -124,7 +124,16 @@ async fn messages_are_received_kept_invisible_counted_and_deleted_as_sqs_does() 
     assert_eq!(again.len(), 1, "visible again after the timeout");
     assert_eq!(again[0].receive_count, 2);
     assert_ne!(again[0].receipt_handle, first.receipt_handle, "each receive has its own receipt handle");
+    // The first receive's handle stopped working when the message was received again: it
+    // neither deletes nor changes anything.
+    let stale = engine.delete(&queue, &first.receipt_handle).await;
+    assert!(matches!(stale, Err(EngineError::ReceiptHandleIsInvalid)), "{stale:?}");
+    let stale = engine.change_visibility(&queue, &first.receipt_handle, Duration::ZERO).await;
+    assert!(matches!(stale, Err(EngineError::ReceiptHandleIsInvalid)), "{stale:?}");
+    assert_eq!(engine.counts(&queue).await.expect("counts").total, 1, "still there");
     engine.delete(&queue, &again[0].receipt_handle).await.expect("delete");
+    let twice = engine.delete(&queue, &again[0].receipt_handle).await;
+    assert!(matches!(twice, Err(EngineError::ReceiptHandleIsInvalid)), "a deleted message's handle: {twice:?}");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(engine.receive(&queue, 10, Duration::ZERO, None).await.expect("receive").is_empty(), "deleted");
     assert_eq!(engine.counts(&queue).await.expect("counts").total, 0, "gone from the stream");
