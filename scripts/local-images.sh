@@ -139,6 +139,19 @@ EOF
     echo "local-images: built $image"
 }
 
+# copy_with_libraries BINARY ROOT: the binary, every library it loads and the loader, at their
+# own paths under ROOT (a scratch image's file system).
+copy_with_libraries() {
+    local binary="$1" root="$2"
+    mkdir -p "$root$(dirname "$binary")" "$root/lib64"
+    cp "$binary" "$root$binary"
+    ldd "$binary" | grep -o '/[^ ]*' | while read -r library; do
+        mkdir -p "$root$(dirname "$library")"
+        cp -L "$library" "$root$library"
+    done
+    cp -L /lib64/ld-linux-x86-64.so.2 "$root/lib64/"
+}
+
 build_haproxy() {
     local image=minicloud/haproxy:local version=1
     needed "$image" "$version" || return 0
@@ -146,14 +159,7 @@ build_haproxy() {
     local context
     context="$(mktemp -d)"
     mkdir -p "$context/root/usr/sbin" "$context/root/etc" "$context/root/usr/local/etc/haproxy" "$context/root/run" "$context/root/tmp"
-    cp /usr/sbin/haproxy "$context/root/usr/sbin/haproxy"
-    # The binary and every library it loads, at their own paths.
-    ldd /usr/sbin/haproxy | grep -o '/[^ ]*' | while read -r library; do
-        mkdir -p "$context/root$(dirname "$library")"
-        cp -L "$library" "$context/root$library"
-    done
-    mkdir -p "$context/root/lib64"
-    cp -L /lib64/ld-linux-x86-64.so.2 "$context/root/lib64/"
+    copy_with_libraries /usr/sbin/haproxy "$context/root"
     printf 'root:x:0:0:root:/:/bin/false\nhaproxy:x:99:99:haproxy:/:/bin/false\n' > "$context/root/etc/passwd"
     printf 'root:x:0:\nhaproxy:x:99:\n' > "$context/root/etc/group"
     cat > "$context/root/usr/local/etc/haproxy/haproxy.cfg" <<'EOF'
@@ -187,14 +193,7 @@ build_nats() {
     local context
     context="$(mktemp -d)"
     mkdir -p "$context/root/usr/sbin" "$context/root/etc" "$context/root/data" "$context/root/tmp"
-    cp /usr/sbin/nats-server "$context/root/usr/sbin/nats-server"
-    # The binary and every library it loads, at their own paths.
-    ldd /usr/sbin/nats-server | grep -o '/[^ ]*' | while read -r library; do
-        mkdir -p "$context/root$(dirname "$library")"
-        cp -L "$library" "$context/root$library"
-    done
-    mkdir -p "$context/root/lib64"
-    cp -L /lib64/ld-linux-x86-64.so.2 "$context/root/lib64/"
+    copy_with_libraries /usr/sbin/nats-server "$context/root"
     printf 'root:x:0:0:root:/:/bin/false\n' > "$context/root/etc/passwd"
     printf 'root:x:0:\n' > "$context/root/etc/group"
     cat > "$context/Dockerfile" <<'EOF'

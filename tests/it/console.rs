@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::cluster::Harness;
+use crate::common::server::form_token_of;
 use serde_json::{json, Value};
 
 /// A chromedriver process and one headless Chromium session.
@@ -194,6 +195,24 @@ impl Browser {
     async fn assert_accessible(&self, what: &str) {
         let problems = self.accessibility_problems().await;
         assert!(problems.is_empty(), "accessibility problems on {what}: {problems:#?}");
+    }
+
+    /// Posts a form body from the open page, as a script on it could (the cookie goes with it);
+    /// `path` and `body` are JavaScript expressions evaluated there. Answers the status.
+    async fn post_from_page(&self, path: &str, body: &str) -> Value {
+        let source = format!(
+            "window.posted = null; fetch({path}, {{method: 'POST', headers: {{'content-type': 'application/x-www-form-urlencoded'}}, body: {body}}}).then((r) => {{ window.posted = r.status; }}); return null;"
+        );
+        self.script(&source).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let status = self.script("return window.posted;").await;
+            if !status.is_null() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the post from {path} was answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The browser's SEVERE console messages, less those naming one of `tolerated`.
@@ -607,13 +626,6 @@ async fn audited(url: &str, token: Option<&str>, wanted: impl Fn(&Value) -> bool
     }
 }
 
-/// The `csrf` field of the first form of a page, read as any client can read the page.
-async fn form_token_of(page: &str) -> String {
-    let html = reqwest::get(page).await.expect("page").text().await.expect("html");
-    let start = html.find("name=\"csrf\" value=\"").expect("a form with a token") + "name=\"csrf\" value=\"".len();
-    html[start..].split('"').next().expect("token").to_owned()
-}
-
 #[tokio::test]
 async fn actions_taken_in_the_browser_change_real_containers() {
     let harness = Harness::start_on("console-actions", crate::common::TestDb::sqlite().await, &[]).await;
@@ -834,17 +846,8 @@ async fn a_view_token_is_offered_no_action_and_a_forged_post_is_refused_and_audi
     browser.open(&page).await;
     browser.wait_for_text("facts", "the page", Duration::from_secs(10), |text| text.contains("Instance")).await;
     assert_eq!(browser.script("return document.getElementById('actions') === null;").await, json!(true));
-    browser
-        .script(
-            "fetch(location.pathname + '/delete', {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'csrf=x&confirm=yes'}).then((r) => { window.forged = r.status; }); return null;",
-        )
-        .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while browser.script("return window.forged || null;").await == Value::Null {
-        assert!(Instant::now() < deadline, "the forged post was answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(browser.script("return window.forged;").await, json!(403));
+    let forged = browser.post_from_page("location.pathname + '/delete'", "'csrf=x&confirm=yes'").await;
+    assert_eq!(forged, json!(403));
     let entry =
         audited(&server.url, Some(&admin), |entry| entry["principal"] == "reader" && entry["verb"] == "delete").await;
     assert_eq!(entry["code"], 403, "{entry}");
@@ -862,20 +865,13 @@ async fn a_view_token_is_offered_no_action_and_a_forged_post_is_refused_and_audi
     browser.open(&format!("{}/ui/templates/static-site", server.url)).await;
     browser.wait_for_text("install", "the form", Duration::from_secs(10), |text| text.contains("Stack name")).await;
     assert_eq!(browser.script("return document.querySelectorAll('#install button').length;").await, json!(0));
-    browser
-        .script(
-            "const csrf = document.querySelector('#install [name=csrf]').value;
-             fetch(location.pathname, {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'},
-                 body: 'csrf=' + csrf + '&stack=site&namespace=default&intent=install'}).then((r) => { window.installed = r.status; });
-             return null;",
+    let installed = browser
+        .post_from_page(
+            "location.pathname",
+            "'csrf=' + document.querySelector('#install [name=csrf]').value + '&stack=site&namespace=default&intent=install'",
         )
         .await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while browser.script("return window.installed || null;").await == Value::Null {
-        assert!(Instant::now() < deadline, "the install post was answered");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(browser.script("return window.installed;").await, json!(403));
+    assert_eq!(installed, json!(403));
     let stack = reqwest::Client::new()
         .get(format!("{}/apis/minicloud.dev/v1/namespaces/default/stacks/site", server.url))
         .bearer_auth(&admin)

@@ -155,17 +155,9 @@ impl Replicas {
     }
 }
 
-/// The form token of the console's template form on `server` (read as any client reads it).
+/// The form token of the console's template form on `server`.
 async fn console_form_token(server: &TestServer) -> String {
-    let page = reqwest::get(format!("{}/ui/templates/static-site", server.url))
-        .await
-        .expect("page")
-        .text()
-        .await
-        .expect("html");
-    let marker = "name=\"csrf\" value=\"";
-    let start = page.find(marker).unwrap_or_else(|| panic!("a form token in {page}")) + marker.len();
-    page[start..].split('"').next().expect("token").to_owned()
+    crate::common::server::form_token_of(&format!("{}/ui/templates/static-site", server.url)).await
 }
 
 /// Waits until every lease in `names` has a holder other than `not`; returns them.

@@ -139,19 +139,8 @@ pub async fn submit(
         Ok(item) => item,
         Err(problems) => return page(&principal, &headers, "Editor", &text, &Outcome::Problems(problems)),
     };
-    let mut params = HashMap::new();
-    if !apply_now {
-        params.insert("dryRun".to_owned(), "true".to_owned());
-    }
-    let answer = crate::api::apply::apply(
-        State(state.clone()),
-        Extension(principal.clone()),
-        Query(params),
-        Body::from(json!({"items": [item.clone()]}).to_string()),
-    )
-    .await;
-    let answer = match answer {
-        Ok((_, _, axum::Json(answer))) => answer,
+    let answer = match apply_one(&state, &principal, &item, apply_now).await {
+        Ok(answer) => answer,
         Err(error) => {
             let mut problems: Vec<Diagnostic> = error
                 .causes
@@ -183,6 +172,28 @@ pub async fn submit(
     }
     let planned = plan(&state, &answer, &item).await;
     page(&principal, &headers, "Plan", &text, &Outcome::Plan(planned))
+}
+
+/// Applies one object through the API's apply handler (its permission check, admission
+/// policies, conflict retries), as a dry run unless `for_real`; the handler's answer.
+pub(super) async fn apply_one(
+    state: &AppState,
+    principal: &Principal,
+    item: &Value,
+    for_real: bool,
+) -> Result<Value, ApiError> {
+    let mut params = HashMap::new();
+    if !for_real {
+        params.insert("dryRun".to_owned(), "true".to_owned());
+    }
+    let (_, _, axum::Json(answer)) = crate::api::apply::apply(
+        State(state.clone()),
+        Extension(principal.clone()),
+        Query(params),
+        Body::from(json!({"items": [item]}).to_string()),
+    )
+    .await?;
+    Ok(answer)
 }
 
 /// The one object the text holds, validated as `cloud apply` validates a file.

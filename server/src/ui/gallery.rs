@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -28,7 +27,7 @@ use maud::{html, Markup};
 use minicloud_crds::stack::{dependencies, dependency_order, ParameterSpec, ParameterType, StackSpec};
 use minicloud_crds::validation::check_dns_label;
 use minicloud_model::templates::{self, Bundle, ValueProblem};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::actions::{check_form_token, form_token, problem_response};
 use super::html;
@@ -230,19 +229,8 @@ pub async fn submit(
     let Some((manifest, values)) = checked(bundle, &mut filled) else {
         return page(&principal, &headers, &chrome, bundle, &filled, None, StatusCode::UNPROCESSABLE_ENTITY);
     };
-    let mut params = HashMap::new();
-    if !install {
-        params.insert("dryRun".to_owned(), "true".to_owned());
-    }
-    let answer = crate::api::apply::apply(
-        State(state.clone()),
-        Extension(principal.clone()),
-        Query(params),
-        Body::from(json!({"items": [manifest.clone()]}).to_string()),
-    )
-    .await;
-    let answer = match answer {
-        Ok((_, _, axum::Json(answer))) => answer,
+    let answer = match super::editor::apply_one(&state, &principal, &manifest, install).await {
+        Ok(answer) => answer,
         Err(error) => {
             let status = error.status;
             for cause in &error.causes {
@@ -288,7 +276,7 @@ fn checked(bundle: &Bundle, filled: &mut Filled) -> Option<(Value, BTreeMap<Stri
         Ok(values) => values,
         Err(problems) => {
             for ValueProblem { parameter, message, .. } in problems {
-                if filled.values.contains_key(&parameter) || bundle.parameters.iter().any(|p| p.name == parameter) {
+                if bundle.parameters.iter().any(|p| p.name == parameter) {
                     filled.problem(&parameter, message);
                 } else {
                     filled.general.push(message);

@@ -10,6 +10,14 @@ pub fn link(href: &str, text: &str) -> Markup {
     html! { a href=(href) { (text) } }
 }
 
+/// A web address as a link to itself; any other text as text.
+pub fn text_or_link(text: &str) -> Markup {
+    if text.starts_with("http://") || text.starts_with("https://") {
+        return link(text, text);
+    }
+    html! { (text) }
+}
+
 /// A table with a header row; an empty one says "none".
 pub fn table(id: &str, headers: &[&str], rows: &[Vec<Markup>]) -> Markup {
     html! {

@@ -236,9 +236,7 @@ pub async fn detail(
         let cell = html! {
             @for (index, (name, address)) in endpoints.iter().enumerate() {
                 @if index > 0 { br; }
-                (name) ": "
-                @if address.starts_with("http://") || address.starts_with("https://") { a href=(address) { (address) } }
-                @else { (address) }
+                (name) ": " (super::html::text_or_link(address))
             }
         };
         facts.push(vec![html! { "Endpoints" }, cell]);

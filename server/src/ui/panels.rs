@@ -8,7 +8,7 @@ use maud::{html, Markup};
 use minicloud_crds::{Kind, Object};
 use serde_json::Value;
 
-use super::html::{link, table};
+use super::html::{link, table, text_or_link};
 use crate::store::Event;
 use minicloud_model::columns::age;
 
@@ -25,11 +25,7 @@ fn text(value: &Value) -> String {
 
 /// A value as a cell: a URL of the web becomes a link, anything else text.
 fn cell(value: &Value) -> Markup {
-    let shown = text(value);
-    if shown.starts_with("http://") || shown.starts_with("https://") {
-        return link(&shown, &shown);
-    }
-    html! { (shown) }
+    text_or_link(&text(value))
 }
 
 /// Several values in one cell, one per line.

@@ -215,3 +215,11 @@ impl Drop for TestServer {
         let _ = self.child.wait();
     }
 }
+
+/// The `csrf` field of the first form of a console page, read as any client can read the page.
+pub async fn form_token_of(page: &str) -> String {
+    let html = reqwest::get(page).await.expect("page").text().await.expect("html");
+    let marker = "name=\"csrf\" value=\"";
+    let start = html.find(marker).unwrap_or_else(|| panic!("a form with a token in {html}")) + marker.len();
+    html[start..].split('"').next().expect("token").to_owned()
+}
